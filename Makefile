@@ -1,0 +1,162 @@
+# longheads — one non-recursive Makefile.  `make help` lists the targets.
+#
+# Layout of the outputs (everything under build/):
+#   build/obj/...         objects (+ .d dependency files), mirroring the source tree
+#   build/gen/            protoc-c output (longheads.pb-c.[ch])
+#   build/longheadsd      the daemon
+#   build/longheads       the CLI
+#   build/liblongheads.so.1  the client library
+#   build/longheads-<x>   tools/<x>.c (run, ppl, mkmodel, bench, ...)
+#   build/test_main       every CUnit suite
+#   build/asan/...        the same tree built with ASan + UBSan (`make asan`)
+
+CC       ?= gcc
+BUILD    ?= build
+MODEL    ?= models/stories260K.gguf
+PREFIX   ?= /usr/local
+DESTDIR  ?=
+SOCKET   ?=
+
+DEB_PKGS := build-essential pkg-config libdnnl-dev libprotobuf-c-dev protobuf-c-compiler \
+            libcunit1-dev systemd
+
+WARN     := -Wall -Wextra -Wshadow -Wstrict-prototypes -Wno-unused-parameter
+ifneq ($(CI),)
+WARN     += -Werror
+endif
+OPT      ?= -O2 -march=native
+CFLAGS_ALL = -std=c11 -D_GNU_SOURCE -g $(OPT) $(WARN) -fopenmp -fPIC -MMD -MP \
+             -I. -Ikernels -Iengine -Iproto -Idaemon -Iclient -I$(BUILD)/gen $(EXTRA_CFLAGS)
+LDLIBS_ALL = -ldnnl -lprotobuf-c -lm -lpthread $(EXTRA_LDFLAGS)
+
+KERNEL_SRCS := $(wildcard kernels/*.c)
+ENGINE_SRCS := $(wildcard engine/*.c)
+PROTO_SRCS  := $(wildcard proto/*.c) $(BUILD)/gen/longheads.pb-c.c
+DAEMON_SRCS := $(filter-out daemon/main.c,$(wildcard daemon/*.c))
+CLIB_SRCS   := $(wildcard client/longheads*.c)
+CLI_SRCS    := $(wildcard client/cli*.c)
+TOOL_SRCS   := $(wildcard tools/*.c)
+TEST_SRCS   := $(wildcard tests/*.c)
+
+obj = $(patsubst %.c,$(BUILD)/obj/%.o,$(patsubst $(BUILD)/gen/%,gen/%,$(1)))
+
+CORE_OBJS   := $(call obj,$(KERNEL_SRCS) $(ENGINE_SRCS))
+PROTO_OBJS  := $(call obj,$(PROTO_SRCS))
+DAEMON_OBJS := $(call obj,$(DAEMON_SRCS))
+CLIB_OBJS   := $(call obj,$(CLIB_SRCS))
+CLI_OBJS    := $(call obj,$(CLI_SRCS))
+TEST_OBJS   := $(call obj,$(TEST_SRCS))
+TOOLS       := $(patsubst tools/%.c,$(BUILD)/longheads-%,$(TOOL_SRCS))
+
+BINS := $(BUILD)/longheadsd $(BUILD)/longheads $(BUILD)/liblongheads.so.1 $(TOOLS) $(BUILD)/test_main
+
+.PHONY: all deps run test check asan bench eval install clean help
+.DEFAULT_GOAL := all
+
+all: $(BINS)
+
+help:
+	@echo "make deps     install missing Debian packages (apt-get as root; prints the line otherwise)"
+	@echo "make          build daemon, CLI, client library, tools and tests into $(BUILD)/"
+	@echo "make run      deps + build, then start longheadsd on $(MODEL)"
+	@echo "make test     deps + build, then every test suite (CUnit + end-to-end)"
+	@echo "make asan     the whole suite built with AddressSanitizer + UndefinedBehaviorSanitizer"
+	@echo "make bench    kernel, prefill/decode and LongHeads-vs-full benchmarks (ratios)"
+	@echo "make eval     long evaluations: perplexity per bucket, passkey table"
+	@echo "make install  install binaries, library, header, pkg-config file, systemd units"
+	@echo "              (PREFIX=$(PREFIX) DESTDIR=$(DESTDIR))"
+	@echo "make clean    remove $(BUILD)/"
+
+# ---- set-up: install what is missing from Debian --------------------------------------------
+deps:
+	@missing=""; for p in $(DEB_PKGS); do \
+	  dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q "install ok installed" || missing="$$missing $$p"; \
+	done; \
+	if [ -n "$$missing" ]; then \
+	  if [ "$$(id -u)" = 0 ]; then \
+	    echo "deps: installing$$missing"; \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null || exit 1; \
+	  else \
+	    echo "deps: missing packages; run as root:"; \
+	    echo "  apt-get install -y$$missing"; exit 1; \
+	  fi; \
+	fi
+
+# ---- build --------------------------------------------------------------------------------
+$(BUILD)/gen/longheads.pb-c.c $(BUILD)/gen/longheads.pb-c.h: proto/longheads.proto
+	@mkdir -p $(BUILD)/gen
+	protoc-c --proto_path=proto --c_out=$(BUILD)/gen proto/longheads.proto
+
+# Every object may include the generated header; make sure it exists first.
+$(BUILD)/obj/%.o: %.c | $(BUILD)/gen/longheads.pb-c.h
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS_ALL) -c $< -o $@
+
+$(BUILD)/obj/gen/%.o: $(BUILD)/gen/%.c
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS_ALL) -Wno-unused-parameter -c $< -o $@
+
+$(BUILD)/libcore.a: $(CORE_OBJS)
+	@rm -f $@
+	ar rcs $@ $^
+
+$(BUILD)/longheadsd: $(BUILD)/obj/daemon/main.o $(DAEMON_OBJS) $(PROTO_OBJS) $(BUILD)/libcore.a
+	$(CC) $(CFLAGS_ALL) -o $@ $^ $(LDLIBS_ALL)
+
+$(BUILD)/liblongheads.so.1: $(CLIB_OBJS) $(PROTO_OBJS)
+	$(CC) $(CFLAGS_ALL) -shared -Wl,-soname,liblongheads.so.1 -o $@ $^ -lprotobuf-c -lpthread
+	ln -sf liblongheads.so.1 $(BUILD)/liblongheads.so
+
+$(BUILD)/longheads: $(CLI_OBJS) $(BUILD)/liblongheads.so.1
+	$(CC) $(CFLAGS_ALL) -o $@ $(CLI_OBJS) -L$(BUILD) -l:liblongheads.so.1 -Wl,-rpath,'$$ORIGIN' -lm -lpthread
+
+$(BUILD)/longheads-%: $(BUILD)/obj/tools/%.o $(BUILD)/libcore.a
+	$(CC) $(CFLAGS_ALL) -o $@ $^ $(LDLIBS_ALL)
+
+$(BUILD)/test_main: $(TEST_OBJS) $(DAEMON_OBJS) $(PROTO_OBJS) $(CLIB_OBJS) $(BUILD)/libcore.a
+	$(CC) $(CFLAGS_ALL) -o $@ $^ -lcunit $(LDLIBS_ALL)
+
+-include $(shell find $(BUILD)/obj -name '*.d' 2>/dev/null)
+
+# ---- run / test ---------------------------------------------------------------------------
+run: deps all
+	@echo "longheadsd: serving $(MODEL); talk to it with:"
+	@echo "  $(BUILD)/longheads generate 'Once upon a time'"
+	@echo "  $(BUILD)/longheads info    (Ctrl-C here stops the daemon)"
+	$(BUILD)/longheadsd --model $(MODEL) $(if $(SOCKET),--socket $(SOCKET))
+
+# LH_BUILD tells the tests where the binaries are (end-to-end suites start the real daemon).
+test: deps all
+	LH_BUILD=$(BUILD) LH_MODEL=$(MODEL) $(BUILD)/test_main
+	LH_BUILD=$(BUILD) LH_MODEL=$(MODEL) sh tests/cli.sh
+
+check: test
+
+asan: deps
+	$(MAKE) BUILD=build/asan OPT="-O1 -fno-omit-frame-pointer -fsanitize=address,undefined -fno-sanitize-recover=undefined" all
+	ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 UBSAN_OPTIONS=print_stacktrace=1 \
+	  LH_BUILD=build/asan LH_MODEL=$(MODEL) LH_ASAN=1 build/asan/test_main
+
+bench: deps all
+	sh tools/bench.sh $(BUILD)
+
+eval: deps all
+	sh tools/eval.sh $(BUILD)
+
+install: all
+	install -d $(DESTDIR)$(PREFIX)/bin $(DESTDIR)$(PREFIX)/lib $(DESTDIR)$(PREFIX)/include \
+	  $(DESTDIR)$(PREFIX)/lib/pkgconfig $(DESTDIR)$(PREFIX)/share/longheads \
+	  $(DESTDIR)$(PREFIX)/lib/systemd/system
+	install -m 755 $(BUILD)/longheadsd $(BUILD)/longheads $(DESTDIR)$(PREFIX)/bin/
+	install -m 755 $(BUILD)/longheads-run $(BUILD)/longheads-ppl $(DESTDIR)$(PREFIX)/bin/
+	install -m 755 $(BUILD)/liblongheads.so.1 $(DESTDIR)$(PREFIX)/lib/
+	ln -sf liblongheads.so.1 $(DESTDIR)$(PREFIX)/lib/liblongheads.so
+	install -m 644 client/longheads.h $(DESTDIR)$(PREFIX)/include/
+	sed -e 's|@PREFIX@|$(PREFIX)|g' client/longheads.pc.in > $(DESTDIR)$(PREFIX)/lib/pkgconfig/longheads.pc
+	install -m 644 $(MODEL) $(DESTDIR)$(PREFIX)/share/longheads/
+	sed -e 's|@PREFIX@|$(PREFIX)|g' contrib/systemd/longheadsd.service.in \
+	  > $(DESTDIR)$(PREFIX)/lib/systemd/system/longheadsd.service
+	install -m 644 contrib/systemd/longheadsd.socket $(DESTDIR)$(PREFIX)/lib/systemd/system/
+
+clean:
+	rm -rf $(BUILD)

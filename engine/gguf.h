@@ -1,0 +1,80 @@
+/* engine/gguf — read-only GGUF (v2, v3) files over mmap, validated before anything is used.
+ *
+ * lh_gguf_open maps the file and checks everything: magic, version (2 or 3; v1 is refused),
+ * KV and tensor counts against the bytes left, every string length, KV value types, array
+ * lengths, n_dims <= 4, positive dims whose products cannot overflow, tensor types (F32, F16,
+ * BF16, Q8_0; others refused by name), offsets aligned to general.alignment, tensor extents inside
+ * the file, unique tensor names.  A failure logs once: the file name, the byte offset and what is
+ * wrong, and returns LH_E_FORMAT (or -errno for I/O).  After a successful open every pointer
+ * handed out points into the mapping and stays valid until lh_gguf_close.
+ *
+ * lh_gguf_open_mem does the same over caller memory (tests build malformed files in memory).
+ */
+#ifndef LH_GGUF_H
+#define LH_GGUF_H
+
+#include <stddef.h>
+#include <stdint.h>
+#include "quant.h"
+#include "log.h"
+
+typedef enum {
+    LH_GGUF_UINT8 = 0, LH_GGUF_INT8 = 1, LH_GGUF_UINT16 = 2, LH_GGUF_INT16 = 3,
+    LH_GGUF_UINT32 = 4, LH_GGUF_INT32 = 5, LH_GGUF_FLOAT32 = 6, LH_GGUF_BOOL = 7,
+    LH_GGUF_STRING = 8, LH_GGUF_ARRAY = 9, LH_GGUF_UINT64 = 10, LH_GGUF_INT64 = 11,
+    LH_GGUF_FLOAT64 = 12
+} lh_gguf_vtype;
+
+typedef struct {
+    const char *name;        /* NUL-terminated copy owned by the lh_gguf */
+    uint32_t type;           /* lh_type */
+    uint32_t n_dims;
+    uint64_t ne[4];          /* ne[0] is the fastest-moving dimension; unused dims are 1 */
+    uint64_t n_elems;
+    size_t size;             /* bytes */
+    const void *data;        /* inside the mapping, aligned */
+} lh_gguf_tensor;
+
+typedef struct lh_gguf lh_gguf;
+
+int lh_gguf_open(lh_gguf **gp, const char *path);
+int lh_gguf_open_mem(lh_gguf **gp, const void *data, size_t size, const char *name);
+void lh_gguf_close(lh_gguf *g);
+
+uint32_t lh_gguf_version(const lh_gguf *g);
+size_t lh_gguf_n_tensors(const lh_gguf *g);
+const lh_gguf_tensor *lh_gguf_tensor_at(const lh_gguf *g, size_t i);
+const lh_gguf_tensor *lh_gguf_find_tensor(const lh_gguf *g, const char *name); /* NULL if absent */
+
+/* Scalar getters: 0 on success, LH_E_NOTFOUND if the key is absent, LH_E_FORMAT if it has
+ * another type (integer getters accept any integer type whose value fits). */
+int lh_gguf_get_u32(const lh_gguf *g, const char *key, uint32_t *outp);
+int lh_gguf_get_f32(const lh_gguf *g, const char *key, float *outp);
+int lh_gguf_get_bool(const lh_gguf *g, const char *key, int *outp);
+/* String: pointer into the mapping and its length (not NUL-terminated). */
+int lh_gguf_get_str(const lh_gguf *g, const char *key, const char **sp, size_t *lenp);
+/* Array: element type and count; then element access. */
+int lh_gguf_get_arr(const lh_gguf *g, const char *key, lh_gguf_vtype *etypep, size_t *np);
+int lh_gguf_arr_str(const lh_gguf *g, const char *key, size_t i, const char **sp, size_t *lenp);
+int lh_gguf_arr_f32(const lh_gguf *g, const char *key, size_t i, float *outp);
+int lh_gguf_arr_i32(const lh_gguf *g, const char *key, size_t i, int32_t *outp);
+
+/* ---- writer (tools, tests): builds a GGUF v3 file in memory ---- */
+typedef struct lh_gguf_writer lh_gguf_writer;
+int lh_gguf_writer_new(lh_gguf_writer **wp);
+void lh_gguf_writer_free(lh_gguf_writer *w);
+int lh_gguf_writer_u32(lh_gguf_writer *w, const char *key, uint32_t v);
+int lh_gguf_writer_f32(lh_gguf_writer *w, const char *key, float v);
+int lh_gguf_writer_bool(lh_gguf_writer *w, const char *key, int v);
+int lh_gguf_writer_str(lh_gguf_writer *w, const char *key, const char *v);
+int lh_gguf_writer_arr_str(lh_gguf_writer *w, const char *key, const char *const *v, size_t n);
+int lh_gguf_writer_arr_f32(lh_gguf_writer *w, const char *key, const float *v, size_t n);
+int lh_gguf_writer_arr_i32(lh_gguf_writer *w, const char *key, const int32_t *v, size_t n);
+/* data of lh_type_row_size(type, ne[0]) * ne[1] * ... bytes is copied. */
+int lh_gguf_writer_tensor(lh_gguf_writer *w, const char *name, lh_type type, uint32_t n_dims,
+                          const uint64_t *ne, const void *data);
+/* Serialise: *bufp (malloc'd, caller frees) of *sizep bytes; or write to a file. */
+int lh_gguf_writer_finish(lh_gguf_writer *w, void **bufp, size_t *sizep);
+int lh_gguf_writer_save(lh_gguf_writer *w, const char *path);
+
+#endif

@@ -1,0 +1,76 @@
+/* engine/model — a LLaMA-family model from a GGUF file, and the contexts that run it.
+ *
+ * Lifetimes (llama2.c's split): lh_model holds the hyper-parameters, the tokenizer and the
+ * weights (pointers into the GGUF mapping, kept in their file type), immutable after
+ * lh_model_open and shareable by any number of contexts.  lh_ctx is one sequence being run:
+ * its KV cache, LongHeads state and all scratch, sized once in lh_ctx_new so that lh_ctx_eval
+ * never allocates.
+ *
+ * Architecture: token embedding, n_layer × [RMSNorm → Q,K,V → RoPE (llama's adjacent-pair layout)
+ * → grouped-query attention (full or LongHeads) → output projection → residual, RMSNorm → SwiGLU
+ * FFN → residual], final RMSNorm, classifier (tied to the embedding when output.weight is absent).
+ * Prefill runs a batch of tokens through matrix-matrix products; decode is the same path with
+ * n = 1.
+ */
+#ifndef LH_MODEL_H
+#define LH_MODEL_H
+
+#include <stddef.h>
+#include <stdint.h>
+#include "quant.h"
+#include "tokenizer.h"
+
+typedef struct {
+    size_t n_vocab, n_embd, n_ff, n_layer, n_head, n_head_kv, head_dim, n_rot;
+    size_t n_ctx_train;
+    float rope_base, rope_freq_scale, rms_eps;
+} lh_hparams;
+
+typedef enum { LH_ATTN_FULL = 0, LH_ATTN_LONGHEADS = 1 } lh_attn_mode;
+
+typedef struct {
+    size_t n_ctx;          /* KV capacity in tokens (default: n_ctx_train; up to >= 131072) */
+    size_t n_batch;        /* max tokens per forward (prefill slice), default 64 */
+    lh_type kv_type;       /* LH_TYPE_F32 (default) or LH_TYPE_F16 */
+    lh_attn_mode attn;     /* default LH_ATTN_FULL */
+    size_t chunk;          /* LongHeads w (0: default 256, capped so that window/chunk >= 2) */
+    size_t window;         /* LongHeads L (0: n_ctx_train rounded down to a multiple of chunk) */
+} lh_ctx_params;
+
+typedef struct lh_model lh_model;
+typedef struct lh_ctx lh_ctx;
+
+/* Loads and validates.  Returns 0, LH_E_FORMAT (logged: file, what is wrong),
+ * LH_E_UNSUPPORTED (architecture other than llama, tensor type not handled), -errno. */
+int lh_model_open(lh_model **mp, const char *path);
+void lh_model_close(lh_model *m);
+const lh_hparams *lh_model_hparams(const lh_model *m);
+const lh_tok *lh_model_tok(const lh_model *m);
+/* A one-line description ("llama, 5 layers, dim 64, ... F32, 260K params") for logs and Info. */
+const char *lh_model_desc(const lh_model *m);
+const char *lh_model_path(const lh_model *m);
+size_t lh_model_n_params(const lh_model *m);
+
+void lh_ctx_params_default(lh_ctx_params *p);
+/* Resolves the defaults in *p (when p is not const-qualified by the caller, pass a copy).
+ * Returns 0, -EINVAL (bad chunk/window/n_ctx, logged), -ENOMEM. */
+int lh_ctx_new(lh_ctx **cp, const lh_model *m, const lh_ctx_params *p);
+void lh_ctx_free(lh_ctx *c);
+const lh_ctx_params *lh_ctx_params_get(const lh_ctx *c);  /* with defaults resolved */
+size_t lh_ctx_n_past(const lh_ctx *c);
+/* Forget everything after the first n_keep tokens; returns how many were kept (LongHeads may
+ * round down to a chunk boundary; see lh_lh_truncate). */
+size_t lh_ctx_truncate(lh_ctx *c, size_t n_keep);
+/* The tokens currently in the cache (for prompt reuse): pointer to n_past ids. */
+const int32_t *lh_ctx_tokens(const lh_ctx *c);
+
+/* Run n tokens at positions n_past .. n_past+n-1 (n may exceed n_batch: processed in slices).
+ * logits: NULL, or (n_vocab) for the last token, or (n, n_vocab) when all != 0.
+ * Returns 0, LH_E_LIMIT (context full: nothing run), LH_E_FORMAT (token id out of range). */
+int lh_ctx_eval(lh_ctx *c, const int32_t *tokens, size_t n, float *logits, int all);
+
+/* KV-cache and LongHeads-state bytes per token of context, for reporting. */
+size_t lh_ctx_kv_bytes_per_token(const lh_ctx *c);
+double lh_ctx_lh_bytes_per_token(const lh_ctx *c);
+
+#endif

@@ -1,0 +1,66 @@
+/* kernels/longheads — LongHeads attention (Lu et al. 2024, arXiv 2402.10685): every query head
+ * selects its own chunks of the context and attends only to them, laid out contiguously with
+ * fresh positions, so that no head ever sees a distance longer than the window it was trained on.
+ *
+ * Terms: chunk size w (`chunk`), attended length per head L (`window`, a multiple of w),
+ * K = L / w chunks per head.  Chunk c holds positions [c*w, (c+1)*w).
+ *
+ * Cache contract (shared with the model): per layer, k and v are (n_head_kv, n_ctx, head_dim) of
+ * kv_type, and every key is stored rotated by its LOCAL position pos mod w.  Queries are passed
+ * UN-rotated; this module rotates them as each layout slot requires (RoPE is relative:
+ * rot(q,P)·rot(k,p) = rot(q,P-p0)·rot(k,p-p0)), so no key is ever re-rotated.
+ *
+ * State (lh_lh, one per sequence): for every layer, query head and complete chunk, the chunk
+ * representation c (head_dim floats); and for every layer the un-rotated queries of the tokens
+ * of the current partial chunk (needed to build its representation once it completes).
+ * Scratch for every thread is sized in lh_lh_new; lh_lh_layer never allocates.
+ */
+#ifndef LH_LONGHEADS_H
+#define LH_LONGHEADS_H
+
+#include <stddef.h>
+#include "quant.h"
+
+typedef struct {
+    size_t n_layer;
+    size_t n_head, n_head_kv, head_dim, n_rot;
+    float rope_base, rope_freq_scale;
+    size_t chunk;        /* w */
+    size_t window;       /* L, a multiple of w, L >= 2*w */
+    size_t n_ctx;        /* cache capacity in tokens */
+    lh_type kv_type;     /* LH_TYPE_F32 or LH_TYPE_F16 */
+} lh_lh_params;
+
+typedef struct lh_lh lh_lh;
+
+/* max_q: the largest batch lh_lh_layer will see.  Returns 0, -EINVAL (bad params: w == 0,
+ * L % w != 0, L < 2w), -ENOMEM. */
+int lh_lh_new(lh_lh **sp, const lh_lh_params *p, size_t max_q);
+void lh_lh_free(lh_lh *s);
+
+/* The state now describes the first n_past tokens only. Returns the number of tokens that can be
+ * kept (<= n_past): chunk representations of chunks that end at or before it survive, and the
+ * pending queries of a partial chunk survive only if they are still held; otherwise the result is
+ * rounded down to a chunk boundary and the caller must re-evaluate from there. */
+size_t lh_lh_truncate(lh_lh *s, size_t n_past);
+
+/* One layer, one batch of n_q consecutive tokens at positions pos0 .. pos0+n_q-1 (pos0 equal to
+ * the number of tokens already processed for this layer).  q (n_q, n_head*head_dim) un-rotated;
+ * their keys and values are already in k/v.  First builds the representations of chunks this
+ * batch completes, then, for each query t: if t < L ordinary causal attention at absolute
+ * positions, else the per-head selection and attention described in longheads.c.
+ * out (n_q, n_head*head_dim).  Returns 0. */
+int lh_lh_layer(lh_lh *s, size_t layer, const float *q, size_t n_q, size_t pos0,
+                const void *k, const void *v, float *out);
+
+/* The oracle: a plain scalar implementation written straight from the description, with no
+ * cached state: q_all (n_tok, n_head*head_dim) are the un-rotated queries of ALL tokens 0..n_tok-1
+ * of this layer, k/v the cache as above; computes outputs for tokens pos0..n_tok-1 into out
+ * ((n_tok-pos0), n_head*head_dim). */
+void lh_lh_layer_ref(const lh_lh_params *p, const float *q_all, size_t n_tok, size_t pos0,
+                     const void *k, const void *v, float *out);
+
+/* Bytes of state per token of context (chunk representations), for reporting. */
+double lh_lh_bytes_per_token(const lh_lh_params *p);
+
+#endif

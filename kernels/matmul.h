@@ -1,0 +1,43 @@
+/* kernels/matmul — y = x · Wᵀ with the weight W kept in its file type.
+ *
+ * W is (n_out, n_in): n_out rows of n_in elements of type `wtype` (ggml's layout: a GGUF 2-D
+ * tensor with dims [ne0=n_in, ne1=n_out]). x is (n_rows, n_in) F32, y is (n_rows, n_out) F32.
+ *
+ * This is the only module that includes dnnl.h. A lh_matmul is created once per weight shape
+ * (at model load) and reused for every call: the oneDNN primitive, its memory descriptors and any
+ * scratch for converting W panels to F32 are made in lh_matmul_new, never during lh_matmul_run.
+ * n_rows == 1 (decode) takes a hand-written GEMV over the rows of W (OpenMP over outputs);
+ * n_rows > 1 (prefill) goes through oneDNN.  lh_matmul_run must be called from serial code
+ * (oneDNN and the GEMV open their own parallel regions).
+ * lh_matmul_ref is the plain scalar reference the tests compare against.
+ */
+#ifndef LH_MATMUL_H
+#define LH_MATMUL_H
+
+#include <stddef.h>
+#include "quant.h"
+
+typedef struct lh_matmul lh_matmul;
+
+/* max_rows: the largest n_rows ever passed to lh_matmul_run. Returns 0, -ENOMEM, -EINVAL,
+ * or LH_E_FORMAT-style positive codes are not used here: unsupported types give -EINVAL. */
+int lh_matmul_new(lh_matmul **mp, lh_type wtype, size_t n_in, size_t n_out, size_t max_rows);
+void lh_matmul_free(lh_matmul *m);
+/* y (n_rows, n_out) = x (n_rows, n_in) · Wᵀ.  n_rows <= max_rows. Returns 0 or -EIO on a
+ * oneDNN failure (logged once). No allocation. */
+int lh_matmul_run(lh_matmul *m, const void *w, const float *x, size_t n_rows, float *y);
+
+/* Scalar reference: same contract, no oneDNN, no OpenMP, double accumulation. */
+void lh_matmul_ref(lh_type wtype, const void *w, const float *x, size_t n_rows, size_t n_in,
+                   size_t n_out, float *y);
+
+/* Plain F32 C (m, n) = A (m, k) · Bᵀ where B is (n, k), both row-major with leading dimensions
+ * lda, ldb, ldc; beta 0 or 1 (C += when 1).  Used by attention kernels for QKᵀ-style products on
+ * small gathered blocks; a blocked, vectorised loop, safe to call inside a parallel region. */
+void lh_gemm_nt(size_t m, size_t n, size_t k, const float *a, size_t lda, const float *b,
+                size_t ldb, float *c, size_t ldc, float beta);
+/* C (m, n) (+)= A (m, k) · B (k, n), row-major; same rules as lh_gemm_nt. */
+void lh_gemm_nn(size_t m, size_t n, size_t k, const float *a, size_t lda, const float *b,
+                size_t ldb, float *c, size_t ldc, float beta);
+
+#endif

@@ -1,0 +1,26 @@
+/* tests/test.h — what every suite shares: CUnit, the registration hook, paths. */
+#ifndef LH_TEST_H
+#define LH_TEST_H
+
+#include <CUnit/Basic.h>
+#include <CUnit/CUnit.h>
+#include <math.h>
+#include <stddef.h>
+
+/* The bundled model (LH_MODEL, default models/stories260K.gguf). */
+const char *lh_test_model_path(void);
+/* Where the built binaries are (LH_BUILD, default build). */
+const char *lh_test_build_dir(void);
+/* 1 when running under ASan (LH_ASAN set): suites may shorten slow loops, never drop asserts. */
+int lh_test_asan(void);
+/* max |a[i] - b[i]| */
+double lh_test_max_abs_diff(const float *a, const float *b, size_t n);
+
+/* Each tests/test_<module>.c defines `void lh_test_<module>(void)` which adds its suite(s) with
+ * CU_add_suite/CU_add_test.  test_main.c calls every one that is linked in. */
+#define LH_TEST_SUITES(X) \
+    X(quant) X(matmul) X(ops) X(attn) X(longheads) \
+    X(gguf) X(tokenizer) X(sampler) X(model) \
+    X(frame) X(proto) X(daemon) X(client) X(e2e)
+
+#endif

@@ -1,0 +1,73 @@
+/* tests/test_main — runs every CUnit suite, or those named on the command line:
+ *   build/test_main            all suites
+ *   build/test_main gguf ops   only the suites whose names start with "gguf" or "ops"
+ */
+#include "test.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "log.h"
+
+#define DECLARE(name) __attribute__((weak)) void lh_test_##name(void);
+LH_TEST_SUITES(DECLARE)
+#undef DECLARE
+
+const char *lh_test_model_path(void)
+{
+    const char *p = getenv("LH_MODEL");
+    return p && *p ? p : "models/stories260K.gguf";
+}
+
+const char *lh_test_build_dir(void)
+{
+    const char *p = getenv("LH_BUILD");
+    return p && *p ? p : "build";
+}
+
+int lh_test_asan(void) { return getenv("LH_ASAN") != NULL; }
+
+double lh_test_max_abs_diff(const float *a, const float *b, size_t n)
+{
+    double m = 0;
+    for (size_t i = 0; i < n; i++) {
+        double d = fabs((double)a[i] - (double)b[i]);
+        if (d > m || d != d)
+            m = d != d ? INFINITY : d;
+    }
+    return m;
+}
+
+int main(int argc, char **argv)
+{
+    if (CU_initialize_registry() != CUE_SUCCESS)
+        return 2;
+    /* Expected errors (malformed files, bad frames) are logged by the code under test; keep the
+     * output readable unless LH_TEST_LOG is set. */
+    if (!getenv("LH_TEST_LOG"))
+        lh_log_set_level(-1);
+#define REGISTER(name) if (lh_test_##name) lh_test_##name();
+    LH_TEST_SUITES(REGISTER)
+#undef REGISTER
+    if (argc > 1) {
+        /* deactivate the suites not asked for */
+        for (CU_pSuite s = CU_get_registry()->pSuite; s; s = s->pNext) {
+            int want = 0;
+            for (int i = 1; i < argc; i++)
+                if (strncmp(s->pName, argv[i], strlen(argv[i])) == 0)
+                    want = 1;
+            CU_set_suite_active(s, want ? CU_TRUE : CU_FALSE);
+        }
+    }
+    CU_basic_set_mode(CU_BRM_VERBOSE);
+    CU_basic_run_tests();
+    unsigned failed = CU_get_number_of_failures() + CU_get_number_of_tests_failed();
+    unsigned ran = CU_get_number_of_tests_run();
+    CU_cleanup_registry();
+    if (ran == 0) {
+        fprintf(stderr, "test_main: no test ran\n");
+        return 1;
+    }
+    return failed ? 1 : 0;
+}
