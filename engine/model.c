@@ -1,0 +1,676 @@
+/* engine/model — see model.h.
+ *
+ * Memory: the weights are pointers into the GGUF mapping, in their file type (only the 1-D norm
+ * vectors are copied to F32 at load: they are tiny and read every token).  Each lh_ctx owns
+ * - the KV cache: per layer k and v, (n_head_kv, n_ctx, head_dim) of kv_type, in an anonymous
+ *   mapping with MAP_NORESERVE so a 131072-token context costs only the pages actually used;
+ * - the activations of one slice of n_batch tokens and the per-thread attention scratch;
+ * - the matmul objects (oneDNN primitives + panel scratch), one per distinct weight shape;
+ * - the LongHeads state when attn == LH_ATTN_LONGHEADS.
+ * All of it is sized in lh_ctx_new; lh_ctx_eval allocates nothing.
+ *
+ * RoPE: in full mode keys are cached rotated at their absolute position and queries rotated the
+ * same way.  In LongHeads mode keys are cached rotated at their position inside their chunk
+ * (pos mod w) and queries are handed to lh_lh_layer un-rotated: it rotates them per layout slot
+ * (see longheads.h), so no key is ever rotated twice.
+ */
+#include "model.h"
+
+#include <errno.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#ifdef _OPENMP
+#include <omp.h>
+#endif
+
+#include "attn.h"
+#include "gguf.h"
+#include "log.h"
+#include "longheads.h"
+#include "matmul.h"
+#include "ops.h"
+
+typedef struct {
+    const lh_gguf_tensor *t; /* (n_out, n_in) in file type */
+} weight;
+
+typedef struct {
+    float *attn_norm;        /* (n_embd) */
+    float *ffn_norm;         /* (n_embd) */
+    weight wq, wk, wv, wo;   /* (n_head*hd, n_embd) (n_kv*hd, n_embd) x2 (n_embd, n_head*hd) */
+    weight w_gate, w_up;     /* (n_ff, n_embd) */
+    weight w_down;           /* (n_embd, n_ff) */
+} layer;
+
+struct lh_model {
+    char *path;
+    lh_gguf *gguf;
+    lh_tok *tok;
+    lh_hparams hp;
+    weight tok_embd;         /* (n_vocab, n_embd) */
+    weight output;           /* (n_vocab, n_embd); the embedding when tied */
+    float *output_norm;      /* (n_embd) */
+    layer *layers;           /* (n_layer) */
+    size_t n_params;
+    char desc[256];
+};
+
+/* A matmul for one weight shape; the context keeps one per distinct (type, n_in, n_out). */
+typedef struct {
+    uint32_t type;
+    size_t n_in, n_out;
+    lh_matmul *mm;
+} mm_slot;
+
+#define N_MM_SLOTS 16
+
+struct lh_ctx {
+    const lh_model *m;
+    lh_ctx_params p;          /* defaults resolved */
+    size_t n_past;
+    int32_t *tokens;          /* (n_ctx) */
+    void **k, **v;            /* (n_layer) each (n_head_kv, n_ctx, head_dim) of kv_type */
+    size_t kv_layer_size;     /* bytes of one layer's k (or v) */
+    lh_attn_shape shape;
+    lh_lh *lh;                /* LongHeads state, or NULL in full mode */
+    mm_slot mms[N_MM_SLOTS];
+    size_t n_mms;
+    size_t n_threads;
+    /* activations for one slice of up to n_batch tokens */
+    float *x;                 /* (n_batch, n_embd) residual stream */
+    float *xb;                /* (n_batch, n_embd) */
+    float *q;                 /* (n_batch, n_head*hd) */
+    float *kb, *vb;           /* (n_batch, n_kv*hd) */
+    float *att;               /* (n_batch, n_head*hd) */
+    float *hb, *hb2;          /* (n_batch, n_ff) */
+    void *attn_scratch;       /* n_threads * lh_attn_scratch_size */
+};
+
+/* ------------------------------------------------------------------------------------------ */
+/* loading                                                                                      */
+
+static int get_u32(const lh_model *m, const char *arch, const char *key, size_t *out, int required)
+{
+    char name[128];
+    snprintf(name, sizeof name, "%s.%s", arch, key);
+    uint32_t v;
+    int rc = lh_gguf_get_u32(m->gguf, name, &v);
+    if (rc == LH_E_NOTFOUND && !required)
+        return 0;
+    if (rc) {
+        lh_log_error("%s: %s %s", m->path, name, rc == LH_E_NOTFOUND ? "is missing" : "is not an integer");
+        return LH_E_FORMAT;
+    }
+    *out = v;
+    return 0;
+}
+
+static int get_f32(const lh_model *m, const char *arch, const char *key, float *out)
+{
+    char name[128];
+    snprintf(name, sizeof name, "%s.%s", arch, key);
+    int rc = lh_gguf_get_f32(m->gguf, name, out);
+    if (rc == LH_E_NOTFOUND)
+        return 0;
+    if (rc) {
+        lh_log_error("%s: %s is not a float32", m->path, name);
+        return LH_E_FORMAT;
+    }
+    return 0;
+}
+
+/* Finds a 2-D weight with dims [n_in, n_out]. */
+static int find_weight(lh_model *m, const char *name, size_t n_in, size_t n_out, weight *w)
+{
+    const lh_gguf_tensor *t = lh_gguf_find_tensor(m->gguf, name);
+    if (!t) {
+        lh_log_error("%s: tensor '%s' is missing", m->path, name);
+        return LH_E_FORMAT;
+    }
+    if (t->n_dims != 2 || t->ne[0] != n_in || t->ne[1] != n_out) {
+        lh_log_error("%s: tensor '%s' has shape [%llu, %llu] (%u dims), expected [%zu, %zu]",
+                     m->path, name, (unsigned long long)t->ne[0], (unsigned long long)t->ne[1],
+                     t->n_dims, n_in, n_out);
+        return LH_E_FORMAT;
+    }
+    w->t = t;
+    m->n_params += (size_t)t->n_elems;
+    return 0;
+}
+
+/* Copies a 1-D vector of n elements (any supported type) to a new F32 array. */
+static int load_vec(lh_model *m, const char *name, size_t n, float **outp)
+{
+    const lh_gguf_tensor *t = lh_gguf_find_tensor(m->gguf, name);
+    if (!t) {
+        lh_log_error("%s: tensor '%s' is missing", m->path, name);
+        return LH_E_FORMAT;
+    }
+    if (t->n_elems != n || t->ne[0] != n) {
+        lh_log_error("%s: tensor '%s' has %llu elements, expected %zu", m->path, name,
+                     (unsigned long long)t->n_elems, n);
+        return LH_E_FORMAT;
+    }
+    float *v = malloc(n * sizeof *v);
+    if (!v)
+        return -ENOMEM;
+    lh_dequant_row((lh_type)t->type, t->data, v, n);
+    *outp = v;
+    m->n_params += n;
+    return 0;
+}
+
+static int load_hparams(lh_model *m)
+{
+    const char *s;
+    size_t len;
+    char arch[32];
+    if (lh_gguf_get_str(m->gguf, "general.architecture", &s, &len)) {
+        lh_log_error("%s: general.architecture is missing", m->path);
+        return LH_E_FORMAT;
+    }
+    if (len != 5 || memcmp(s, "llama", 5) != 0) {
+        lh_log_error("%s: architecture '%.*s' is not supported (only llama)", m->path,
+                     (int)(len > 32 ? 32 : len), s);
+        return LH_E_UNSUPPORTED;
+    }
+    memcpy(arch, "llama", 6);
+    lh_hparams *hp = &m->hp;
+    int rc;
+    if ((rc = get_u32(m, arch, "embedding_length", &hp->n_embd, 1)) ||
+        (rc = get_u32(m, arch, "feed_forward_length", &hp->n_ff, 1)) ||
+        (rc = get_u32(m, arch, "block_count", &hp->n_layer, 1)) ||
+        (rc = get_u32(m, arch, "attention.head_count", &hp->n_head, 1)))
+        return rc;
+    hp->n_head_kv = hp->n_head;
+    hp->n_ctx_train = 2048;
+    hp->rope_base = 10000.0f;
+    hp->rope_freq_scale = 1.0f;
+    hp->rms_eps = 1e-5f;
+    if ((rc = get_u32(m, arch, "attention.head_count_kv", &hp->n_head_kv, 0)) ||
+        (rc = get_u32(m, arch, "context_length", &hp->n_ctx_train, 0)) ||
+        (rc = get_f32(m, arch, "rope.freq_base", &hp->rope_base)) ||
+        (rc = get_f32(m, arch, "attention.layer_norm_rms_epsilon", &hp->rms_eps)))
+        return rc;
+    /* Bounds: everything below is used to size allocations. */
+    if (hp->n_embd == 0 || hp->n_embd > 65536 || hp->n_ff == 0 || hp->n_ff > 262144 ||
+        hp->n_layer == 0 || hp->n_layer > 512 || hp->n_head == 0 || hp->n_head > 1024 ||
+        hp->n_head_kv == 0 || hp->n_head % hp->n_head_kv != 0 || hp->n_embd % hp->n_head != 0 ||
+        hp->n_ctx_train == 0 || hp->n_ctx_train > (1u << 24)) {
+        lh_log_error("%s: inconsistent hyper-parameters (embd %zu, ff %zu, layers %zu, heads %zu/%zu, ctx %zu)",
+                     m->path, hp->n_embd, hp->n_ff, hp->n_layer, hp->n_head, hp->n_head_kv,
+                     hp->n_ctx_train);
+        return LH_E_FORMAT;
+    }
+    hp->head_dim = hp->n_embd / hp->n_head;
+    hp->n_rot = hp->head_dim;
+    if ((rc = get_u32(m, arch, "rope.dimension_count", &hp->n_rot, 0)))
+        return rc;
+    if (hp->n_rot == 0 || hp->n_rot > hp->head_dim || hp->n_rot % 2 != 0) {
+        lh_log_error("%s: rope.dimension_count %zu does not fit head_dim %zu", m->path, hp->n_rot,
+                     hp->head_dim);
+        return LH_E_FORMAT;
+    }
+    if (!(hp->rope_base > 0) || !(hp->rms_eps > 0) || hp->rms_eps > 1) {
+        lh_log_error("%s: bad rope.freq_base %g or rms epsilon %g", m->path, hp->rope_base, hp->rms_eps);
+        return LH_E_FORMAT;
+    }
+    /* Linear RoPE scaling (llama.rope.scaling.type = "linear", .factor = f): positions / f. */
+    if (lh_gguf_get_str(m->gguf, "llama.rope.scaling.type", &s, &len) == 0 &&
+        !(len == 4 && memcmp(s, "none", 4) == 0)) {
+        float factor = 1.0f;
+        get_f32(m, arch, "rope.scaling.factor", &factor);
+        if (len != 6 || memcmp(s, "linear", 6) != 0 || !(factor >= 1.0f)) {
+            lh_log_error("%s: rope scaling '%.*s' (factor %g) is not supported (only linear)",
+                         m->path, (int)(len > 32 ? 32 : len), s, factor);
+            return LH_E_UNSUPPORTED;
+        }
+        hp->rope_freq_scale = 1.0f / factor;
+    } else {
+        float factor = 0;
+        if (lh_gguf_get_f32(m->gguf, "llama.rope.scale_linear", &factor) == 0 && factor >= 1.0f)
+            hp->rope_freq_scale = 1.0f / factor;
+    }
+    return 0;
+}
+
+static int load_weights(lh_model *m)
+{
+    const lh_hparams *hp = &m->hp;
+    size_t hd = hp->head_dim, q_dim = hp->n_head * hd, kv_dim = hp->n_head_kv * hd;
+    int rc;
+    const lh_gguf_tensor *emb = lh_gguf_find_tensor(m->gguf, "token_embd.weight");
+    if (!emb || emb->n_dims != 2 || emb->ne[0] != hp->n_embd || emb->ne[1] == 0 ||
+        emb->ne[1] > (1u << 24)) {
+        lh_log_error("%s: token_embd.weight is missing or not [%zu, n_vocab]", m->path, hp->n_embd);
+        return LH_E_FORMAT;
+    }
+    m->hp.n_vocab = (size_t)emb->ne[1];
+    if (lh_tok_n_vocab(m->tok) != m->hp.n_vocab) {
+        lh_log_error("%s: the vocabulary has %zu tokens but token_embd.weight has %zu rows", m->path,
+                     lh_tok_n_vocab(m->tok), m->hp.n_vocab);
+        return LH_E_FORMAT;
+    }
+    if ((rc = find_weight(m, "token_embd.weight", hp->n_embd, hp->n_vocab, &m->tok_embd)))
+        return rc;
+    if (lh_gguf_find_tensor(m->gguf, "output.weight")) {
+        if ((rc = find_weight(m, "output.weight", hp->n_embd, hp->n_vocab, &m->output)))
+            return rc;
+    } else {
+        m->output = m->tok_embd; /* tied classifier */
+    }
+    if ((rc = load_vec(m, "output_norm.weight", hp->n_embd, &m->output_norm)))
+        return rc;
+    m->layers = calloc(hp->n_layer, sizeof *m->layers);
+    if (!m->layers)
+        return -ENOMEM;
+    for (size_t l = 0; l < hp->n_layer; l++) {
+        layer *L = &m->layers[l];
+        char name[96];
+#define NAME(suffix) (snprintf(name, sizeof name, "blk.%zu." suffix, l), name)
+        if ((rc = load_vec(m, NAME("attn_norm.weight"), hp->n_embd, &L->attn_norm)) ||
+            (rc = load_vec(m, NAME("ffn_norm.weight"), hp->n_embd, &L->ffn_norm)) ||
+            (rc = find_weight(m, NAME("attn_q.weight"), hp->n_embd, q_dim, &L->wq)) ||
+            (rc = find_weight(m, NAME("attn_k.weight"), hp->n_embd, kv_dim, &L->wk)) ||
+            (rc = find_weight(m, NAME("attn_v.weight"), hp->n_embd, kv_dim, &L->wv)) ||
+            (rc = find_weight(m, NAME("attn_output.weight"), q_dim, hp->n_embd, &L->wo)) ||
+            (rc = find_weight(m, NAME("ffn_gate.weight"), hp->n_embd, hp->n_ff, &L->w_gate)) ||
+            (rc = find_weight(m, NAME("ffn_up.weight"), hp->n_embd, hp->n_ff, &L->w_up)) ||
+            (rc = find_weight(m, NAME("ffn_down.weight"), hp->n_ff, hp->n_embd, &L->w_down)))
+            return rc;
+#undef NAME
+    }
+    return 0;
+}
+
+int lh_model_open(lh_model **mp, const char *path)
+{
+    int rc;
+    lh_model *m = calloc(1, sizeof *m);
+    if (!m) {
+        rc = -ENOMEM;
+        goto fail;
+    }
+    m->path = strdup(path);
+    if (!m->path) {
+        rc = -ENOMEM;
+        goto fail;
+    }
+    if ((rc = lh_gguf_open(&m->gguf, path)))
+        goto fail;
+    if ((rc = load_hparams(m)))
+        goto fail;
+    if ((rc = lh_tok_load(&m->tok, m->gguf)))
+        goto fail;
+    if ((rc = load_weights(m)))
+        goto fail;
+    const lh_hparams *hp = &m->hp;
+    const char *type = lh_type_name(m->layers[0].wq.t->type);
+    snprintf(m->desc, sizeof m->desc,
+             "llama, %zu layers, dim %zu, ff %zu, %zu heads (%zu kv), vocab %zu, %s, %.2fM params, trained ctx %zu",
+             hp->n_layer, hp->n_embd, hp->n_ff, hp->n_head, hp->n_head_kv, hp->n_vocab, type,
+             m->n_params / 1e6, hp->n_ctx_train);
+    *mp = m;
+    return 0;
+fail:
+    lh_model_close(m);
+    return rc;
+}
+
+void lh_model_close(lh_model *m)
+{
+    if (!m)
+        return;
+    if (m->layers) {
+        for (size_t l = 0; l < m->hp.n_layer; l++) {
+            free(m->layers[l].attn_norm);
+            free(m->layers[l].ffn_norm);
+        }
+        free(m->layers);
+    }
+    free(m->output_norm);
+    lh_tok_free(m->tok);
+    lh_gguf_close(m->gguf);
+    free(m->path);
+    free(m);
+}
+
+const lh_hparams *lh_model_hparams(const lh_model *m) { return &m->hp; }
+const lh_tok *lh_model_tok(const lh_model *m) { return m->tok; }
+const char *lh_model_desc(const lh_model *m) { return m->desc; }
+const char *lh_model_path(const lh_model *m) { return m->path; }
+size_t lh_model_n_params(const lh_model *m) { return m->n_params; }
+
+/* ------------------------------------------------------------------------------------------ */
+/* contexts                                                                                     */
+
+void lh_ctx_params_default(lh_ctx_params *p)
+{
+    memset(p, 0, sizeof *p);
+    p->n_batch = 64;
+    p->kv_type = LH_TYPE_F32;
+    p->attn = LH_ATTN_FULL;
+}
+
+/* Anonymous, lazily committed memory for the KV cache. */
+static void *map_zeroed(size_t size)
+{
+    void *p = mmap(NULL, size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE,
+                   -1, 0);
+    return p == MAP_FAILED ? NULL : p;
+}
+
+static int add_matmul(lh_ctx *c, const weight *w)
+{
+    const lh_gguf_tensor *t = w->t;
+    for (size_t i = 0; i < c->n_mms; i++)
+        if (c->mms[i].type == t->type && c->mms[i].n_in == t->ne[0] && c->mms[i].n_out == t->ne[1])
+            return 0;
+    if (c->n_mms == N_MM_SLOTS)
+        return -ENOMEM; /* cannot happen for llama: at most 7 shapes x 2 types */
+    mm_slot *s = &c->mms[c->n_mms];
+    int rc = lh_matmul_new(&s->mm, (lh_type)t->type, (size_t)t->ne[0], (size_t)t->ne[1], c->p.n_batch);
+    if (rc)
+        return rc;
+    s->type = t->type;
+    s->n_in = (size_t)t->ne[0];
+    s->n_out = (size_t)t->ne[1];
+    c->n_mms++;
+    return 0;
+}
+
+/* y (n, n_out) = x (n, n_in) · Wᵀ through the context's matmul for that shape. */
+static int matmul(lh_ctx *c, const weight *w, const float *x, size_t n, float *y)
+{
+    const lh_gguf_tensor *t = w->t;
+    for (size_t i = 0; i < c->n_mms; i++) {
+        mm_slot *s = &c->mms[i];
+        if (s->type == t->type && s->n_in == t->ne[0] && s->n_out == t->ne[1])
+            return lh_matmul_run(s->mm, t->data, x, n, y);
+    }
+    return -EINVAL; /* every weight got a slot in lh_ctx_new */
+}
+
+static int resolve_params(const lh_model *m, lh_ctx_params *p)
+{
+    const lh_hparams *hp = &m->hp;
+    if (p->n_ctx == 0)
+        p->n_ctx = hp->n_ctx_train;
+    if (p->n_batch == 0)
+        p->n_batch = 64;
+    if (p->n_ctx > (1u << 22) || p->n_batch > 4096) {
+        lh_log_error("context %zu tokens / batch %zu is past the limits (4194304 / 4096)", p->n_ctx,
+                     p->n_batch);
+        return -EINVAL;
+    }
+    if (p->kv_type != LH_TYPE_F32 && p->kv_type != LH_TYPE_F16) {
+        lh_log_error("KV cache type %s is not supported (F32 or F16)", lh_type_name(p->kv_type));
+        return -EINVAL;
+    }
+    if (p->attn == LH_ATTN_LONGHEADS) {
+        if (p->chunk == 0)
+            p->chunk = 256;
+        if (p->window == 0) {
+            p->window = hp->n_ctx_train / p->chunk * p->chunk;
+            if (p->window < 2 * p->chunk) {
+                p->chunk = hp->n_ctx_train / 2;
+                p->window = 2 * p->chunk;
+            }
+        }
+        if (p->chunk == 0 || p->window % p->chunk != 0 || p->window < 2 * p->chunk) {
+            lh_log_error("LongHeads needs a window that is a multiple of the chunk and at least two "
+                         "chunks (chunk %zu, window %zu)", p->chunk, p->window);
+            return -EINVAL;
+        }
+    } else if (p->attn != LH_ATTN_FULL) {
+        lh_log_error("unknown attention mode %d", (int)p->attn);
+        return -EINVAL;
+    }
+    return 0;
+}
+
+int lh_ctx_new(lh_ctx **cp, const lh_model *m, const lh_ctx_params *params)
+{
+    int rc;
+    const lh_hparams *hp = &m->hp;
+    lh_ctx *c = calloc(1, sizeof *c);
+    if (!c)
+        return -ENOMEM;
+    c->m = m;
+    c->p = *params;
+    if ((rc = resolve_params(m, &c->p)))
+        goto fail;
+    const lh_ctx_params *p = &c->p;
+#ifdef _OPENMP
+    c->n_threads = (size_t)omp_get_max_threads();
+#else
+    c->n_threads = 1;
+#endif
+    c->shape = (lh_attn_shape){ .n_head = hp->n_head, .n_head_kv = hp->n_head_kv,
+                                .head_dim = hp->head_dim, .n_ctx = p->n_ctx, .kv_type = p->kv_type };
+    size_t hd = hp->head_dim, q_dim = hp->n_head * hd, kv_dim = hp->n_head_kv * hd, nb = p->n_batch;
+    c->kv_layer_size = lh_type_row_size(p->kv_type, kv_dim) * p->n_ctx;
+    c->tokens = malloc(p->n_ctx * sizeof *c->tokens);
+    c->k = calloc(hp->n_layer, sizeof *c->k);
+    c->v = calloc(hp->n_layer, sizeof *c->v);
+    c->x = malloc(nb * hp->n_embd * sizeof(float));
+    c->xb = malloc(nb * hp->n_embd * sizeof(float));
+    c->q = malloc(nb * q_dim * sizeof(float));
+    c->kb = malloc(nb * kv_dim * sizeof(float));
+    c->vb = malloc(nb * kv_dim * sizeof(float));
+    c->att = malloc(nb * q_dim * sizeof(float));
+    c->hb = malloc(nb * hp->n_ff * sizeof(float));
+    c->hb2 = malloc(nb * hp->n_ff * sizeof(float));
+    if (!c->tokens || !c->k || !c->v || !c->x || !c->xb || !c->q || !c->kb || !c->vb || !c->att ||
+        !c->hb || !c->hb2) {
+        rc = -ENOMEM;
+        goto fail;
+    }
+    for (size_t l = 0; l < hp->n_layer; l++) {
+        c->k[l] = map_zeroed(c->kv_layer_size);
+        c->v[l] = map_zeroed(c->kv_layer_size);
+        if (!c->k[l] || !c->v[l]) {
+            rc = -ENOMEM;
+            goto fail;
+        }
+    }
+    if (p->attn == LH_ATTN_FULL) {
+        size_t ss = lh_attn_scratch_size(&c->shape, nb);
+        c->attn_scratch = malloc(ss * c->n_threads + 64);
+        if (!c->attn_scratch) {
+            rc = -ENOMEM;
+            goto fail;
+        }
+    } else {
+        lh_lh_params lp = {
+            .n_layer = hp->n_layer, .n_head = hp->n_head, .n_head_kv = hp->n_head_kv,
+            .head_dim = hd, .n_rot = hp->n_rot, .rope_base = hp->rope_base,
+            .rope_freq_scale = hp->rope_freq_scale, .chunk = p->chunk, .window = p->window,
+            .n_ctx = p->n_ctx, .kv_type = p->kv_type,
+        };
+        if ((rc = lh_lh_new(&c->lh, &lp, nb)))
+            goto fail;
+    }
+    if ((rc = add_matmul(c, &m->output)))
+        goto fail;
+    for (size_t l = 0; l < hp->n_layer; l++) {
+        const layer *L = &m->layers[l];
+        const weight *ws[] = { &L->wq, &L->wk, &L->wv, &L->wo, &L->w_gate, &L->w_up, &L->w_down };
+        for (size_t i = 0; i < sizeof ws / sizeof *ws; i++)
+            if ((rc = add_matmul(c, ws[i])))
+                goto fail;
+    }
+    *cp = c;
+    return 0;
+fail:
+    if (rc == -ENOMEM)
+        lh_log_error("out of memory creating a context of %zu tokens", c->p.n_ctx);
+    lh_ctx_free(c);
+    return rc;
+}
+
+void lh_ctx_free(lh_ctx *c)
+{
+    if (!c)
+        return;
+    size_t n_layer = c->m->hp.n_layer;
+    for (size_t l = 0; c->k && l < n_layer; l++)
+        if (c->k[l])
+            munmap(c->k[l], c->kv_layer_size);
+    for (size_t l = 0; c->v && l < n_layer; l++)
+        if (c->v[l])
+            munmap(c->v[l], c->kv_layer_size);
+    for (size_t i = 0; i < c->n_mms; i++)
+        lh_matmul_free(c->mms[i].mm);
+    lh_lh_free(c->lh);
+    free(c->k);
+    free(c->v);
+    free(c->tokens);
+    free(c->x);
+    free(c->xb);
+    free(c->q);
+    free(c->kb);
+    free(c->vb);
+    free(c->att);
+    free(c->hb);
+    free(c->hb2);
+    free(c->attn_scratch);
+    free(c);
+}
+
+const lh_ctx_params *lh_ctx_params_get(const lh_ctx *c) { return &c->p; }
+size_t lh_ctx_n_past(const lh_ctx *c) { return c->n_past; }
+const int32_t *lh_ctx_tokens(const lh_ctx *c) { return c->tokens; }
+
+size_t lh_ctx_truncate(lh_ctx *c, size_t n_keep)
+{
+    if (n_keep > c->n_past)
+        n_keep = c->n_past;
+    if (c->lh)
+        n_keep = lh_lh_truncate(c->lh, n_keep);
+    c->n_past = n_keep;
+    return n_keep;
+}
+
+size_t lh_ctx_kv_bytes_per_token(const lh_ctx *c)
+{
+    const lh_hparams *hp = &c->m->hp;
+    return 2 * hp->n_layer * lh_type_row_size(c->p.kv_type, hp->n_head_kv * hp->head_dim);
+}
+
+double lh_ctx_lh_bytes_per_token(const lh_ctx *c)
+{
+    if (!c->lh)
+        return 0;
+    const lh_hparams *hp = &c->m->hp;
+    lh_lh_params lp = { .n_layer = hp->n_layer, .n_head = hp->n_head, .n_head_kv = hp->n_head_kv,
+                        .head_dim = hp->head_dim, .n_rot = hp->n_rot, .chunk = c->p.chunk,
+                        .window = c->p.window, .n_ctx = c->p.n_ctx, .kv_type = c->p.kv_type };
+    return lh_lh_bytes_per_token(&lp);
+}
+
+/* ------------------------------------------------------------------------------------------ */
+/* forward                                                                                      */
+
+/* One slice of n <= n_batch tokens at positions c->n_past ..; logits as in lh_ctx_eval for this
+ * slice (NULL, last row only, or all n rows). */
+static int forward(lh_ctx *c, const int32_t *tokens, size_t n, float *logits, int all)
+{
+    const lh_model *m = c->m;
+    const lh_hparams *hp = &m->hp;
+    const size_t D = hp->n_embd, hd = hp->head_dim, q_dim = hp->n_head * hd;
+    const size_t kv_dim = hp->n_head_kv * hd, pos0 = c->n_past;
+    const int longheads = c->p.attn == LH_ATTN_LONGHEADS;
+    int rc;
+
+    const lh_gguf_tensor *emb = m->tok_embd.t;
+    size_t emb_row = lh_type_row_size(emb->type, D);
+    for (size_t i = 0; i < n; i++)
+        lh_dequant_row((lh_type)emb->type, (const char *)emb->data + (size_t)tokens[i] * emb_row,
+                       c->x + i * D, D);
+
+    for (size_t l = 0; l < hp->n_layer; l++) {
+        const layer *L = &m->layers[l];
+        lh_ops_rmsnorm(c->xb, c->x, L->attn_norm, n, D, hp->rms_eps);
+        if ((rc = matmul(c, &L->wq, c->xb, n, c->q)) || (rc = matmul(c, &L->wk, c->xb, n, c->kb)) ||
+            (rc = matmul(c, &L->wv, c->xb, n, c->vb)))
+            return rc;
+        for (size_t i = 0; i < n; i++) {
+            size_t pos = pos0 + i;
+            float *qi = c->q + i * q_dim, *ki = c->kb + i * kv_dim;
+            if (longheads) {
+                lh_ops_rope(ki, hp->n_head_kv, hd, hp->n_rot, (double)(pos % c->p.chunk),
+                            hp->rope_base, hp->rope_freq_scale);
+            } else {
+                lh_ops_rope(qi, hp->n_head, hd, hp->n_rot, (double)pos, hp->rope_base,
+                            hp->rope_freq_scale);
+                lh_ops_rope(ki, hp->n_head_kv, hd, hp->n_rot, (double)pos, hp->rope_base,
+                            hp->rope_freq_scale);
+            }
+            lh_attn_store(&c->shape, c->k[l], pos, ki);
+            lh_attn_store(&c->shape, c->v[l], pos, c->vb + i * kv_dim);
+        }
+        if (longheads)
+            rc = lh_lh_layer(c->lh, l, c->q, n, pos0, c->k[l], c->v[l], c->att);
+        else
+            lh_attn_dense(&c->shape, c->q, n, pos0, c->k[l], c->v[l], c->att, c->attn_scratch,
+                          c->n_threads), rc = 0;
+        if (rc || (rc = matmul(c, &L->wo, c->att, n, c->xb)))
+            return rc;
+        lh_ops_add(c->x, c->xb, n * D);
+
+        lh_ops_rmsnorm(c->xb, c->x, L->ffn_norm, n, D, hp->rms_eps);
+        if ((rc = matmul(c, &L->w_gate, c->xb, n, c->hb)) || (rc = matmul(c, &L->w_up, c->xb, n, c->hb2)))
+            return rc;
+        lh_ops_swiglu(c->hb, c->hb, c->hb2, n * hp->n_ff);
+        if ((rc = matmul(c, &L->w_down, c->hb, n, c->xb)))
+            return rc;
+        lh_ops_add(c->x, c->xb, n * D);
+    }
+
+    if (logits) {
+        size_t first = all ? 0 : n - 1, rows = all ? n : 1;
+        lh_ops_rmsnorm(c->xb, c->x + first * D, m->output_norm, rows, D, hp->rms_eps);
+        if ((rc = matmul(c, &m->output, c->xb, rows, logits)))
+            return rc;
+    }
+    memcpy(c->tokens + pos0, tokens, n * sizeof *tokens);
+    c->n_past += n;
+    return 0;
+}
+
+int lh_ctx_eval(lh_ctx *c, const int32_t *tokens, size_t n, float *logits, int all)
+{
+    const lh_hparams *hp = &c->m->hp;
+    if (n == 0)
+        return 0;
+    if (n > c->p.n_ctx - c->n_past) {
+        lh_log_error("context full: %zu tokens in the cache, %zu more do not fit in %zu", c->n_past,
+                     n, c->p.n_ctx);
+        return LH_E_LIMIT;
+    }
+    for (size_t i = 0; i < n; i++) {
+        if (tokens[i] < 0 || (size_t)tokens[i] >= hp->n_vocab) {
+            lh_log_error("token id %d at index %zu is outside the vocabulary (%zu)", tokens[i], i,
+                         hp->n_vocab);
+            return LH_E_FORMAT;
+        }
+    }
+    for (size_t done = 0; done < n;) {
+        size_t k = n - done < c->p.n_batch ? n - done : c->p.n_batch;
+        int last = done + k == n;
+        float *out = NULL;
+        if (logits && all)
+            out = logits + done * hp->n_vocab;
+        else if (logits && last)
+            out = logits;
+        int rc = forward(c, tokens + done, k, out, all);
+        if (rc)
+            return rc;
+        done += k;
+    }
+    return 0;
+}

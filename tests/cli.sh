@@ -1,0 +1,40 @@
+#!/bin/sh
+# tests/cli.sh — the one-shot runner's contract, checked on the real binaries:
+#   longheads-run -m <bundled model> -n 256 --temp 0 prints exactly the golden text.
+set -u
+B=${LH_BUILD:-build}
+M=${LH_MODEL:-models/stories260K.gguf}
+pass=0 fail=0
+check() { # name, command's exit status
+    if [ "$2" -eq 0 ]; then pass=$((pass + 1)); echo "  cli: $1 ... passed"
+    else fail=$((fail + 1)); echo "  cli: $1 ... FAILED"; fi
+}
+out=$(mktemp); trap 'rm -f "$out"' EXIT
+
+"$B/longheads-run" -m "$M" -n 256 --temp 0 >"$out" 2>/dev/null
+cmp -s "$out" tests/data/stories260K.golden.txt
+check "longheads-run -n 256 --temp 0 prints the golden text" $?
+
+"$B/longheads-run" -m "$M" -p "Once upon a time" -n 40 --temp 0 >"$out" 2>/dev/null
+# the continuation of the prompt is the golden text after "Once upon a time"
+golden_tail=$(tail -c +17 tests/data/stories260K.golden.txt)
+case "$golden_tail" in "$(cat "$out")"*) r=0 ;; *) r=1 ;; esac
+check "longheads-run continues 'Once upon a time' like the golden text" $r
+
+"$B/longheads-run" -m "$M" -n 20 --temp 0.9 --seed 7 >"$out" 2>/dev/null
+a=$(cat "$out")
+"$B/longheads-run" -m "$M" -n 20 --temp 0.9 --seed 7 >"$out" 2>/dev/null
+[ "$a" = "$(cat "$out")" ]
+check "same seed, same text" $?
+
+"$B/longheads-run" -m tests/data/stories260K.golden.txt -n 1 >/dev/null 2>"$out"
+r=$?
+[ $r -eq 1 ] && grep -q "stories260K.golden.txt" "$out"
+check "a file that is not GGUF is refused with its name" $?
+
+"$B/longheads-run" -m "$M" --attn bogus >/dev/null 2>&1
+[ $? -eq 2 ]
+check "a bad option value is a usage error" $?
+
+echo "$pass passed, $fail failed"
+[ "$fail" -eq 0 ]

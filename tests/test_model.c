@@ -1,0 +1,275 @@
+/* tests/test_model — the real stories260K model end to end: golden greedy output, prefill versus
+ * one-at-a-time decode, LongHeads inside the window versus full attention, limits and errors. */
+#include "test.h"
+
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "log.h"
+#include "model.h"
+#include "sampler.h"
+#include "tokenizer.h"
+
+static lh_model *g_model;
+
+static int suite_init(void) { return lh_model_open(&g_model, lh_test_model_path()) ? -1 : 0; }
+static int suite_clean(void)
+{
+    lh_model_close(g_model);
+    g_model = NULL;
+    return 0;
+}
+
+static char *read_golden(void)
+{
+    FILE *f = fopen("tests/data/stories260K.golden.txt", "rb");
+    if (!f)
+        return NULL;
+    char *buf = calloc(1, 8192);
+    size_t n = buf ? fread(buf, 1, 8191, f) : 0;
+    (void)n;
+    fclose(f);
+    return buf;
+}
+
+/* Greedy generation of up to n tokens after the prompt ids; appends decoded text to out. */
+static size_t greedy(lh_ctx *c, const int32_t *prompt, size_t n_prompt, size_t n, int32_t *gen,
+                     char *out, size_t cap)
+{
+    const lh_tok *tok = lh_model_tok(g_model);
+    size_t n_vocab = lh_model_hparams(g_model)->n_vocab, len = 0, k = 0;
+    float *logits = malloc(n_vocab * sizeof *logits);
+    CU_ASSERT_FATAL(logits != NULL);
+    CU_ASSERT_EQUAL_FATAL(lh_ctx_eval(c, prompt, n_prompt, logits, 0), 0);
+    int32_t prev = prompt[n_prompt - 1];
+    for (; k < n; k++) {
+        size_t best = 0;
+        for (size_t i = 1; i < n_vocab; i++)
+            if (logits[i] > logits[best])
+                best = i;
+        int32_t next = (int32_t)best;
+        if (next == lh_tok_eos(tok) || next == lh_tok_bos(tok))
+            break;
+        gen[k] = next;
+        size_t plen;
+        const char *p = lh_tok_piece(tok, next, &plen);
+        if (prev == lh_tok_bos(tok) && plen && p[0] == ' ')
+            p++, plen--;
+        if (len + plen < cap) {
+            memcpy(out + len, p, plen);
+            len += plen;
+            out[len] = 0;
+        }
+        prev = next;
+        if (k + 1 < n)
+            CU_ASSERT_EQUAL_FATAL(lh_ctx_eval(c, &next, 1, logits, 0), 0);
+    }
+    free(logits);
+    return k;
+}
+
+static const int32_t golden_ids[40] = { 403, 407, 261, 378, 432, 383, 286, 261, 376, 298,
+                                        315, 421, 395, 317, 426, 338, 401, 396, 267, 337,
+                                        410, 408, 419, 292, 411, 322, 265, 282, 295, 433,
+                                        426, 385, 328, 432, 358, 394, 261, 370, 432, 352 };
+
+static void test_golden_from_bos(void)
+{
+    char *golden = read_golden();
+    CU_ASSERT_FATAL(golden != NULL);
+    lh_ctx_params p;
+    lh_ctx_params_default(&p);
+    p.n_ctx = 512;
+    lh_ctx *c = NULL;
+    CU_ASSERT_EQUAL_FATAL(lh_ctx_new(&c, g_model, &p), 0);
+    int32_t bos = 1, gen[256];
+    char text[8192] = { 0 };
+    size_t n = greedy(c, &bos, 1, 256, gen, text, sizeof text);
+    CU_ASSERT_EQUAL(n, 256);
+    CU_ASSERT_EQUAL(memcmp(gen, golden_ids, sizeof golden_ids), 0);
+    /* The golden file ends with the newline that closes the README's block. */
+    size_t glen = strlen(golden);
+    if (glen && golden[glen - 1] == '\n' && (strlen(text) == 0 || text[strlen(text) - 1] != '\n'))
+        golden[--glen] = 0;
+    CU_ASSERT_STRING_EQUAL(text, golden);
+    lh_ctx_free(c);
+    free(golden);
+}
+
+static void test_golden_with_prompt(void)
+{
+    char *golden = read_golden();
+    CU_ASSERT_FATAL(golden != NULL);
+    const lh_tok *tok = lh_model_tok(g_model);
+    int32_t ids[16];
+    size_t n_ids = 0;
+    const char *prompt = "Once upon a time";
+    CU_ASSERT_EQUAL_FATAL(lh_tok_encode(tok, prompt, strlen(prompt), 1, ids, 16, &n_ids), 0);
+    CU_ASSERT_EQUAL_FATAL(n_ids, 5);
+    lh_ctx_params p;
+    lh_ctx_params_default(&p);
+    p.n_ctx = 512;
+    lh_ctx *c = NULL;
+    CU_ASSERT_EQUAL_FATAL(lh_ctx_new(&c, g_model, &p), 0);
+    int32_t gen[100];
+    char text[8192] = { 0 };
+    size_t n = greedy(c, ids, n_ids, 100, gen, text, sizeof text);
+    CU_ASSERT_EQUAL(n, 100);
+    /* teacher-forcing the first four generated tokens continues with the same text */
+    CU_ASSERT_EQUAL(memcmp(gen, golden_ids + 4, 36 * sizeof *gen), 0);
+    CU_ASSERT_EQUAL(strncmp(text, golden + strlen(prompt), strlen(text)), 0);
+    lh_ctx_free(c);
+    free(golden);
+}
+
+/* Logits of every position fed as one prefill versus one token at a time. */
+static void check_prefill_vs_decode(lh_ctx_params *p, size_t n, double tol)
+{
+    size_t V = lh_model_hparams(g_model)->n_vocab;
+    int32_t *toks = malloc(n * sizeof *toks);
+    float *a = malloc(n * V * sizeof *a), *b = malloc(V * sizeof *b);
+    CU_ASSERT_FATAL(toks && a && b);
+    for (size_t i = 0; i < n; i++)
+        toks[i] = i == 0 ? 1 : (int32_t)(259 + (i * 7919) % 253);
+    lh_ctx *c1 = NULL, *c2 = NULL;
+    CU_ASSERT_EQUAL_FATAL(lh_ctx_new(&c1, g_model, p), 0);
+    CU_ASSERT_EQUAL_FATAL(lh_ctx_new(&c2, g_model, p), 0);
+    CU_ASSERT_EQUAL_FATAL(lh_ctx_eval(c1, toks, n, a, 1), 0);
+    double worst = 0;
+    for (size_t i = 0; i < n; i++) {
+        CU_ASSERT_EQUAL_FATAL(lh_ctx_eval(c2, toks + i, 1, b, 0), 0);
+        double d = lh_test_max_abs_diff(a + i * V, b, V);
+        worst = d > worst ? d : worst;
+    }
+    CU_ASSERT(worst <= tol);
+    if (worst > tol)
+        printf("\n  prefill vs decode: max |dlogit| %.3g > %.3g (n %zu)\n", worst, tol, n);
+    /* N-1 in one batch then one decode step equals the N-th row of the full prefill */
+    lh_ctx_truncate(c2, 0);
+    CU_ASSERT_EQUAL(lh_ctx_n_past(c2), 0);
+    CU_ASSERT_EQUAL_FATAL(lh_ctx_eval(c2, toks, n - 1, NULL, 0), 0);
+    CU_ASSERT_EQUAL_FATAL(lh_ctx_eval(c2, toks + n - 1, 1, b, 0), 0);
+    CU_ASSERT(lh_test_max_abs_diff(a + (n - 1) * V, b, V) <= tol);
+    lh_ctx_free(c1);
+    lh_ctx_free(c2);
+    free(toks);
+    free(a);
+    free(b);
+}
+
+static void test_prefill_equals_decode_full(void)
+{
+    lh_ctx_params p;
+    lh_ctx_params_default(&p);
+    p.n_ctx = 300;
+    p.n_batch = 37; /* slices that do not divide the prompt */
+    check_prefill_vs_decode(&p, 300, 1e-4);
+    p.kv_type = LH_TYPE_F16;
+    check_prefill_vs_decode(&p, 200, 1e-4);
+}
+
+static void test_prefill_equals_decode_longheads(void)
+{
+    lh_ctx_params p;
+    lh_ctx_params_default(&p);
+    p.attn = LH_ATTN_LONGHEADS;
+    p.chunk = 16;
+    p.window = 64;
+    p.n_batch = 29;
+    p.n_ctx = lh_test_asan() ? 400 : 1100; /* far past the window: ~17x */
+    check_prefill_vs_decode(&p, p.n_ctx, 1e-4);
+}
+
+/* Inside the window LongHeads must equal full attention. */
+static void test_longheads_inside_window_equals_full(void)
+{
+    size_t V = lh_model_hparams(g_model)->n_vocab, n = 256;
+    int32_t toks[256];
+    for (size_t i = 0; i < n; i++)
+        toks[i] = i == 0 ? 1 : (int32_t)(259 + (i * 31) % 253);
+    float *a = malloc(n * V * sizeof *a), *b = malloc(n * V * sizeof *b);
+    lh_ctx_params p;
+    lh_ctx_params_default(&p);
+    p.n_ctx = 512;
+    lh_ctx *c1 = NULL, *c2 = NULL;
+    CU_ASSERT_EQUAL_FATAL(lh_ctx_new(&c1, g_model, &p), 0);
+    p.attn = LH_ATTN_LONGHEADS;
+    p.chunk = 32;
+    p.window = 256;
+    CU_ASSERT_EQUAL_FATAL(lh_ctx_new(&c2, g_model, &p), 0);
+    CU_ASSERT_EQUAL_FATAL(lh_ctx_eval(c1, toks, n, a, 1), 0);
+    CU_ASSERT_EQUAL_FATAL(lh_ctx_eval(c2, toks, n, b, 1), 0);
+    double d = lh_test_max_abs_diff(a, b, n * V);
+    CU_ASSERT(d <= 1e-5);
+    if (d > 1e-5)
+        printf("\n  longheads inside window vs full: %.3g\n", d);
+    lh_ctx_free(c1);
+    lh_ctx_free(c2);
+    free(a);
+    free(b);
+}
+
+static void test_limits_and_errors(void)
+{
+    lh_ctx_params p;
+    lh_ctx_params_default(&p);
+    p.n_ctx = 8;
+    lh_ctx *c = NULL;
+    CU_ASSERT_EQUAL_FATAL(lh_ctx_new(&c, g_model, &p), 0);
+    int32_t toks[9] = { 1, 300, 301, 302, 303, 304, 305, 306, 307 };
+    CU_ASSERT_EQUAL(lh_ctx_eval(c, toks, 9, NULL, 0), LH_E_LIMIT);
+    CU_ASSERT_EQUAL(lh_ctx_n_past(c), 0);
+    int32_t bad[2] = { 1, 512 };
+    CU_ASSERT_EQUAL(lh_ctx_eval(c, bad, 2, NULL, 0), LH_E_FORMAT);
+    bad[1] = -1;
+    CU_ASSERT_EQUAL(lh_ctx_eval(c, bad, 2, NULL, 0), LH_E_FORMAT);
+    CU_ASSERT_EQUAL(lh_ctx_eval(c, toks, 8, NULL, 0), 0);
+    CU_ASSERT_EQUAL(lh_ctx_eval(c, toks, 1, NULL, 0), LH_E_LIMIT);
+    CU_ASSERT_EQUAL(memcmp(lh_ctx_tokens(c), toks, 8 * sizeof *toks), 0);
+    lh_ctx_free(c);
+    /* bad LongHeads geometry */
+    p.attn = LH_ATTN_LONGHEADS;
+    p.chunk = 32;
+    p.window = 48;
+    CU_ASSERT_EQUAL(lh_ctx_new(&c, g_model, &p), -EINVAL);
+    CU_ASSERT_PTR_NULL(c);
+    p.window = 32;
+    CU_ASSERT_EQUAL(lh_ctx_new(&c, g_model, &p), -EINVAL);
+    /* a context of 131072 tokens fits (memory is committed lazily) */
+    lh_ctx_params_default(&p);
+    p.n_ctx = 131072;
+    CU_ASSERT_EQUAL(lh_ctx_new(&c, g_model, &p), 0);
+    CU_ASSERT_EQUAL(lh_ctx_kv_bytes_per_token(c), 2 * 5 * 4 * 8 * 4);
+    lh_ctx_free(c);
+    lh_ctx_free(NULL);
+    lh_model_close(NULL);
+}
+
+static void test_hparams(void)
+{
+    const lh_hparams *hp = lh_model_hparams(g_model);
+    CU_ASSERT_EQUAL(hp->n_embd, 64);
+    CU_ASSERT_EQUAL(hp->n_ff, 172);
+    CU_ASSERT_EQUAL(hp->n_layer, 5);
+    CU_ASSERT_EQUAL(hp->n_head, 8);
+    CU_ASSERT_EQUAL(hp->n_head_kv, 4);
+    CU_ASSERT_EQUAL(hp->head_dim, 8);
+    CU_ASSERT_EQUAL(hp->n_vocab, 512);
+    CU_ASSERT_EQUAL(hp->n_ctx_train, 2048);
+    CU_ASSERT_EQUAL(lh_model_n_params(g_model), 260032 + 64 * 512); /* + the tied copy */
+    CU_ASSERT_EQUAL(lh_model_open(&(lh_model *){ NULL }, "/nonexistent/model.gguf") < 0, 1);
+}
+
+void lh_test_model(void)
+{
+    CU_pSuite s = CU_add_suite("model", suite_init, suite_clean);
+    CU_add_test(s, "hyper-parameters", test_hparams);
+    CU_add_test(s, "golden 256 tokens from BOS", test_golden_from_bos);
+    CU_add_test(s, "golden continuation of a prompt", test_golden_with_prompt);
+    CU_add_test(s, "prefill equals decode (full, F32 and F16 KV)", test_prefill_equals_decode_full);
+    CU_add_test(s, "prefill equals decode (longheads, 17x window)", test_prefill_equals_decode_longheads);
+    CU_add_test(s, "longheads inside the window equals full", test_longheads_inside_window_equals_full);
+    CU_add_test(s, "limits and errors", test_limits_and_errors);
+}

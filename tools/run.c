@@ -1,0 +1,207 @@
+/* tools/run — longheads-run: the engine, one shot, no daemon.
+ *
+ *   longheads-run -m MODEL [-p PROMPT | -f FILE] [-n N] [--temp T] [--seed S] [--top-k K]
+ *                 [--top-p P] [--min-p P] [--repeat-penalty R] [--attn full|longheads]
+ *                 [--chunk W] [--window L] [--ctx N] [--kv f32|f16] [--batch B] [--threads T]
+ *
+ * Prints the generated text (not the prompt) to stdout as it is produced, timings to stderr.
+ * With no prompt, generation starts from BOS alone.  Generation stops after N tokens (default
+ * 256) or when the model produces EOS or BOS (llama2.c's rule).  Exit status 0, 1 on an error
+ * (message on stderr), 2 on bad usage.
+ */
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#ifdef _OPENMP
+#include <omp.h>
+#endif
+
+#include "log.h"
+#include "model.h"
+#include "params.h"
+#include "sampler.h"
+#include "tokenizer.h"
+
+static double now_s(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + ts.tv_nsec * 1e-9;
+}
+
+static void usage(FILE *f)
+{
+    fprintf(f,
+            "usage: longheads-run -m MODEL [-p PROMPT | -f FILE] [-n N] [--temp T] [--seed S]\n"
+            "         [--top-k K] [--top-p P] [--min-p P] [--repeat-penalty R] [--repeat-last-n N]\n"
+            "         [--attn full|longheads] [--chunk W] [--window L] [--ctx N] [--kv f32|f16]\n"
+            "         [--batch B] [--threads T]\n"
+            "Prints the generated text to stdout, timings to stderr. No prompt: start from BOS.\n");
+}
+
+static char *read_file(const char *path, size_t *lenp)
+{
+    FILE *f = fopen(path, "rb");
+    if (!f) {
+        fprintf(stderr, "longheads-run: %s: %s\n", path, strerror(errno));
+        return NULL;
+    }
+    size_t cap = 1 << 16, len = 0;
+    char *buf = malloc(cap);
+    while (buf) {
+        len += fread(buf + len, 1, cap - len, f);
+        if (len < cap)
+            break;
+        char *nb = realloc(buf, cap *= 2);
+        if (!nb)
+            free(buf);
+        buf = nb;
+    }
+    fclose(f);
+    *lenp = len;
+    return buf;
+}
+
+int main(int argc, char **argv)
+{
+    const char *model_path = NULL, *prompt = "", *file = NULL;
+    size_t n_gen = 256;
+    int rc = 1;
+    lh_ctx_params cp;
+    lh_sampler_params sp;
+    lh_ctx_params_default(&cp);
+    lh_sampler_params_default(&sp);
+    for (int i = 1; i < argc; i++) {
+        const char *a = argv[i];
+        if (strcmp(a, "-h") == 0 || strcmp(a, "--help") == 0) {
+            usage(stdout);
+            return 0;
+        }
+        if (i + 1 >= argc) {
+            fprintf(stderr, "longheads-run: %s needs a value\n", a);
+            usage(stderr);
+            return 2;
+        }
+        const char *v = argv[++i];
+        if (strcmp(a, "-m") == 0 || strcmp(a, "--model") == 0) {
+            model_path = v;
+        } else if (strcmp(a, "-p") == 0 || strcmp(a, "--prompt") == 0) {
+            prompt = v;
+        } else if (strcmp(a, "-f") == 0 || strcmp(a, "--file") == 0) {
+            file = v;
+        } else if (strcmp(a, "-n") == 0) {
+            if (lh_params_parse_size(v, 0, 1u << 24, &n_gen)) {
+                fprintf(stderr, "longheads-run: -n: '%s' is not a token count\n", v);
+                return 2;
+            }
+        } else if (strcmp(a, "--threads") == 0 || strcmp(a, "-t") == 0) {
+            size_t t;
+            if (lh_params_parse_size(v, 1, 1024, &t)) {
+                fprintf(stderr, "longheads-run: --threads: '%s' is not a thread count\n", v);
+                return 2;
+            }
+#ifdef _OPENMP
+            omp_set_num_threads((int)t);
+#endif
+        } else if (strncmp(a, "--", 2) == 0) {
+            int prc = lh_params_set(&cp, &sp, a + 2, v);
+            if (prc == LH_E_NOTFOUND)
+                fprintf(stderr, "longheads-run: unknown option %s\n", a);
+            if (prc)
+                return 2;
+        } else {
+            fprintf(stderr, "longheads-run: unknown argument %s\n", a);
+            usage(stderr);
+            return 2;
+        }
+    }
+    if (!model_path) {
+        usage(stderr);
+        return 2;
+    }
+
+    lh_model *m = NULL;
+    lh_ctx *c = NULL;
+    lh_sampler *s = NULL;
+    int32_t *toks = NULL;
+    float *logits = NULL;
+    char *text = NULL;
+    size_t text_len = strlen(prompt);
+    if (file && !(text = read_file(file, &text_len)))
+        goto out;
+    if (lh_model_open(&m, model_path))
+        goto out;
+    const lh_hparams *hp = lh_model_hparams(m);
+    const lh_tok *tok = lh_model_tok(m);
+    if (cp.n_ctx == 0)
+        cp.n_ctx = hp->n_ctx_train;
+    size_t cap = cp.n_ctx, n_prompt = 0;
+    toks = malloc(cap * sizeof *toks);
+    logits = malloc(hp->n_vocab * sizeof *logits);
+    if (!toks || !logits)
+        goto out;
+    int erc = lh_tok_encode(tok, text ? text : prompt, text_len, 1, toks, cap, &n_prompt);
+    if (erc == LH_E_LIMIT) {
+        fprintf(stderr, "longheads-run: the prompt is %zu tokens, past the context of %zu (--ctx)\n",
+                n_prompt, cap);
+        goto out;
+    } else if (erc) {
+        goto out;
+    }
+    if (n_gen > cap - n_prompt)
+        n_gen = cap - n_prompt;
+    if (lh_ctx_new(&c, m, &cp) || lh_sampler_new(&s, &sp, hp->n_vocab))
+        goto out;
+    for (size_t i = 0; i < n_prompt; i++)
+        lh_sampler_accept(s, toks[i]);
+
+    double t0 = now_s();
+    if (lh_ctx_eval(c, toks, n_prompt, logits, 0))
+        goto out;
+    double t1 = now_s();
+    size_t n_done = 0;
+    int32_t prev = toks[n_prompt - 1];
+    while (n_done < n_gen) {
+        int32_t next = lh_sampler_sample(s, logits);
+        n_done++;
+        if (next == lh_tok_eos(tok) || next == lh_tok_bos(tok))
+            break;
+        size_t plen;
+        const char *piece = lh_tok_piece(tok, next, &plen);
+        if (prev == lh_tok_bos(tok) && plen > 0 && piece[0] == ' ') /* the dummy prefix */
+            piece++, plen--;
+        fwrite(piece, 1, plen, stdout);
+        fflush(stdout);
+        lh_sampler_accept(s, next);
+        prev = next;
+        if (n_done == n_gen)
+            break;
+        if (lh_ctx_eval(c, &next, 1, logits, 0))
+            goto out;
+    }
+    double t2 = now_s();
+    const lh_ctx_params *rp = lh_ctx_params_get(c);
+    fprintf(stderr,
+            "\nlongheads-run: %s\n  attn %s", lh_model_desc(m),
+            rp->attn == LH_ATTN_LONGHEADS ? "longheads" : "full");
+    if (rp->attn == LH_ATTN_LONGHEADS)
+        fprintf(stderr, " (chunk %zu, window %zu)", rp->chunk, rp->window);
+    fprintf(stderr, ", ctx %zu, kv %s\n  prefill %zu tokens in %.3f s (%.1f tok/s), "
+            "generated %zu tokens in %.3f s (%.1f tok/s)\n",
+            rp->n_ctx, lh_type_name(rp->kv_type), n_prompt, t1 - t0,
+            n_prompt / (t1 - t0 > 0 ? t1 - t0 : 1e-9), n_done, t2 - t1,
+            n_done / (t2 - t1 > 0 ? t2 - t1 : 1e-9));
+    rc = 0;
+out:
+    if (rc)
+        fprintf(stderr, "longheads-run: failed (see the message above)\n");
+    lh_sampler_free(s);
+    lh_ctx_free(c);
+    lh_model_close(m);
+    free(toks);
+    free(logits);
+    free(text);
+    return rc;
+}
