@@ -36,7 +36,7 @@ DAEMON_SRCS := $(filter-out daemon/main.c,$(wildcard daemon/*.c))
 CLIB_SRCS   := $(wildcard client/longheads*.c)
 CLI_SRCS    := $(wildcard client/cli*.c)
 TOOL_SRCS   := $(wildcard tools/*.c)
-TEST_SRCS   := $(wildcard tests/*.c)
+TEST_SRCS   := $(filter-out tests/fuzz_%.c,$(wildcard tests/*.c))
 
 obj = $(patsubst %.c,$(BUILD)/obj/%.o,$(patsubst $(BUILD)/gen/%,gen/%,$(1)))
 
@@ -160,3 +160,21 @@ install: all
 
 clean:
 	rm -rf $(BUILD)
+
+# ---- fuzzing (explicit only; needs clang with libFuzzer) ----------------------------------------
+# make fuzz: build $(BUILD)/fuzz_gguf (GGUF reader + tokenizer) and run it for FUZZ_TIME seconds
+# on $(BUILD)/fuzz-corpus; FUZZ_ARGS adds libFuzzer options.  Not part of `make test`.
+FUZZ_CC   ?= clang
+FUZZ_TIME ?= 60
+FUZZ_ARGS ?=
+.PHONY: fuzz
+fuzz: $(BUILD)/fuzz_gguf
+	@mkdir -p $(BUILD)/fuzz-corpus
+	LH_MODEL=$(MODEL) $(BUILD)/fuzz_gguf -max_total_time=$(FUZZ_TIME) -max_len=65536 $(FUZZ_ARGS) \
+	  $(BUILD)/fuzz-corpus
+
+$(BUILD)/fuzz_gguf: tests/fuzz_gguf.c engine/gguf.c engine/tokenizer.c kernels/log.c kernels/quant.c \
+                    engine/gguf.h engine/tokenizer.h kernels/quant.h kernels/log.h
+	@mkdir -p $(BUILD)
+	$(FUZZ_CC) -std=c11 -D_GNU_SOURCE -g -O1 $(WARN) -fsanitize=fuzzer,address,undefined \
+	  -fno-sanitize-recover=undefined -Ikernels -Iengine -o $@ $(filter %.c,$^) -lm -lpthread

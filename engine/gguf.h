@@ -42,6 +42,8 @@ int lh_gguf_open_mem(lh_gguf **gp, const void *data, size_t size, const char *na
 void lh_gguf_close(lh_gguf *g);
 
 uint32_t lh_gguf_version(const lh_gguf *g);
+/* The name given at open (path, or the name passed to lh_gguf_open_mem), for messages. */
+const char *lh_gguf_name(const lh_gguf *g);
 size_t lh_gguf_n_tensors(const lh_gguf *g);
 const lh_gguf_tensor *lh_gguf_tensor_at(const lh_gguf *g, size_t i);
 const lh_gguf_tensor *lh_gguf_find_tensor(const lh_gguf *g, const char *name); /* NULL if absent */

@@ -49,7 +49,9 @@ size_t lh_lh_truncate(lh_lh *s, size_t n_past);
  * their keys and values are already in k/v.  First builds the representations of chunks this
  * batch completes, then, for each query t: if t < L ordinary causal attention at absolute
  * positions, else the per-head selection and attention described in longheads.c.
- * out (n_q, n_head*head_dim).  Returns 0. */
+ * out (n_q, n_head*head_dim).  Returns 0, or -EINVAL (logged) when layer is out of range, pos0
+ * is not the number of tokens this layer has processed (truncate first) or the batch would pass
+ * n_ctx. */
 int lh_lh_layer(lh_lh *s, size_t layer, const float *q, size_t n_q, size_t pos0,
                 const void *k, const void *v, float *out);
 
@@ -59,6 +61,15 @@ int lh_lh_layer(lh_lh *s, size_t layer, const float *q, size_t n_q, size_t pos0,
  * ((n_tok-pos0), n_head*head_dim). */
 void lh_lh_layer_ref(const lh_lh_params *p, const float *q_all, size_t n_tok, size_t pos0,
                      const void *k, const void *v, float *out);
+
+/* The chunks (ascending, layout order) that query head `head` of `layer` attends to for a query at
+ * position t whose un-rotated query for that head is q_head (head_dim floats), from the cached
+ * representations: exactly what lh_lh_layer uses.  For t < L that is 0 .. t/w.  Needs the
+ * representations of chunks up to t/w - 2, i.e. (t/w - 1)*w tokens processed in that layer.
+ * Returns the number of chunks written (K for t >= L), or 0 when cap < K or the layer has not got
+ * that far.  For tests and diagnostics (which heads look where); allocates, not for the forward. */
+size_t lh_lh_select(const lh_lh *s, size_t layer, size_t head, const float *q_head, size_t t,
+                    size_t *chunks, size_t cap);
 
 /* Bytes of state per token of context (chunk representations), for reporting. */
 double lh_lh_bytes_per_token(const lh_lh_params *p);

@@ -27,6 +27,10 @@ void lh_matmul_free(lh_matmul *m);
  * oneDNN failure (logged once). No allocation. */
 int lh_matmul_run(lh_matmul *m, const void *w, const float *x, size_t n_rows, float *y);
 
+/* The oneDNN path for any n_rows (1 included), bypassing the GEMV: what lh_matmul_run does for
+ * n_rows > 1.  For benchmarks and tests that compare the two paths at n_rows == 1. */
+int lh_matmul_run_dnnl(lh_matmul *m, const void *w, const float *x, size_t n_rows, float *y);
+
 /* Scalar reference: same contract, no oneDNN, no OpenMP, double accumulation. */
 void lh_matmul_ref(lh_type wtype, const void *w, const float *x, size_t n_rows, size_t n_in,
                    size_t n_out, float *y);

@@ -47,5 +47,9 @@ void lh_dequant_row(lh_type t, const void *src, float *dst, size_t n);
 void lh_quant_row(lh_type t, const float *src, void *dst, size_t n);
 /* Dot product of a row of type t with an F32 vector x, n elements. */
 float lh_dot_row(lh_type t, const void *row, const float *x, size_t n);
+/* y[r] = lh_dot_row(t, row r, x, n) for n_rows rows that start row_size bytes apart; F32/F16/BF16
+ * rows are taken four at a time so that each load of x serves four rows (the decode GEMV). */
+void lh_dot_rows(lh_type t, const void *rows, size_t row_size, const float *x, size_t n, float *y,
+                 size_t n_rows);
 
 #endif

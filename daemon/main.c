@@ -1,0 +1,407 @@
+/* daemon/main — longheadsd: options and config file, model loading, signals, systemd.
+ *
+ * Settings come from, in increasing precedence: built-in defaults, the config file (--config
+ * FILE: `key = value` lines, `#` comments, keys are the long option names without `--`), the
+ * command line.  The socket: --socket, else an inherited systemd socket (LISTEN_FDS), else
+ * $XDG_RUNTIME_DIR/longheads.sock, else /run/longheads/longheads.sock for root, else
+ * /tmp/longheads-$UID/longheads.sock (its directory created 0700).
+ * Signals: SIGTERM/SIGINT drain (twice: cancel now), SIGHUP reopens the log file, SIGPIPE is
+ * ignored (writes use MSG_NOSIGNAL anyway).
+ */
+#include <errno.h>
+#include <limits.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "log.h"
+#include "model.h"
+#include "params.h"
+#include "scheduler.h"
+#include "server.h"
+#include "systemd.h"
+
+#define MAX_ALLOW 64
+
+typedef struct {
+    char *model;
+    char *socket;
+    char *log_file;
+    lh_sched_config sc;
+    lh_server_config srv;
+    uid_t allow_uid[MAX_ALLOW];
+    gid_t allow_gid[MAX_ALLOW];
+    int verbose;
+} options;
+
+static const char usage_text[] =
+    "usage: longheadsd [options]\n"
+    "Keeps a LLaMA-family model resident and serves generation over a Unix socket.\n"
+    "\n"
+    "  --model PATH             GGUF model (default: the bundled stories260K)\n"
+    "  --socket PATH            listening socket (default: $XDG_RUNTIME_DIR/longheads.sock,\n"
+    "                           /run/longheads/longheads.sock for root,\n"
+    "                           /tmp/longheads-$UID/longheads.sock otherwise)\n"
+    "  --config FILE            read `key = value` settings (keys: these option names)\n"
+    "  --threads N              compute threads (default: all cores)\n"
+    "  --slots N                KV-cache slots = requests run concurrently (default 1)\n"
+    "  --ctx N                  context tokens per slot (default: the model's)\n"
+    "  --batch N                largest prefill slice in tokens (default 64)\n"
+    "  --kv f32|f16             KV-cache type (default f32)\n"
+    "  --attn full|longheads    default attention (default full)\n"
+    "  --chunk N, --window N    default LongHeads chunk size and window\n"
+    "  --allow-attn LIST        modes requests may ask for: full,longheads (default both)\n"
+    "  --slice-ms MS            target duration of one prefill slice (default 20)\n"
+    "  --max-tokens N           default tokens per generation (default 256)\n"
+    "  --max-connections N      (default 64)\n"
+    "  --max-prompt-tokens N    (default: the context size - 1)\n"
+    "  --max-frame BYTES        largest request frame (default 16777216)\n"
+    "  --max-queued N           queued requests, all clients (default 64)\n"
+    "  --max-per-connection N   requests in flight per connection (default 16)\n"
+    "  --timeout SECONDS        per-request timeout, queueing included (default 600, 0 none)\n"
+    "  --drain-timeout SECONDS  on SIGTERM, time given to running requests (default 10)\n"
+    "  --allow-uid LIST         only these uids (and root, and the daemon's uid) may connect\n"
+    "  --allow-gid LIST         ... or members of these gids\n"
+    "  --log-file PATH          log there instead of stderr (reopened on SIGHUP)\n"
+    "  --verbose, --quiet       more or less logging\n"
+    "  --help\n";
+
+static lh_server *g_srv;
+
+static void on_signal(int sig)
+{
+    if (!g_srv)
+        _exit(128 + sig); /* still loading: nothing to drain */
+    if (sig == SIGHUP)
+        lh_server_request_reopen(g_srv);
+    else
+        lh_server_request_stop(g_srv);
+}
+
+static int set_str(char **dst, const char *v)
+{
+    char *s = strdup(v);
+    if (!s)
+        return -ENOMEM;
+    free(*dst);
+    *dst = s;
+    return 0;
+}
+
+static int parse_size(const char *key, const char *v, size_t lo, size_t hi, size_t *outp)
+{
+    if (lh_params_parse_size(v, lo, hi, outp) != 0) {
+        lh_log_error("%s: '%s' is not a number in [%zu, %zu]", key, v, lo, hi);
+        return LH_E_FORMAT;
+    }
+    return 0;
+}
+
+static int parse_seconds(const char *key, const char *v, double *outp)
+{
+    char *end;
+    errno = 0;
+    double d = strtod(v, &end);
+    if (errno || end == v || *end || !(d >= 0 && d < 1e7)) {
+        lh_log_error("%s: '%s' is not a number of seconds", key, v);
+        return LH_E_FORMAT;
+    }
+    *outp = d;
+    return 0;
+}
+
+static int parse_ids(const char *key, const char *v, unsigned *out, size_t *np)
+{
+    *np = 0;
+    const char *p = v;
+    while (*p) {
+        char *end;
+        errno = 0;
+        unsigned long x = strtoul(p, &end, 10);
+        if (errno || end == p || x > UINT_MAX - 1 || *np == MAX_ALLOW) {
+            lh_log_error("%s: '%s' is not a comma-separated list of at most %d ids", key, v,
+                         MAX_ALLOW);
+            return LH_E_FORMAT;
+        }
+        out[(*np)++] = (unsigned)x;
+        p = end;
+        if (*p == ',')
+            p++;
+        else if (*p) {
+            lh_log_error("%s: unexpected '%c' in '%s'", key, *p, v);
+            return LH_E_FORMAT;
+        }
+    }
+    return 0;
+}
+
+/* One setting by name.  Returns 0, LH_E_NOTFOUND (unknown key), LH_E_FORMAT (logged). */
+static int set_option(options *o, const char *key, const char *v)
+{
+    size_t z;
+    int rc;
+    if (strcmp(key, "model") == 0)
+        return set_str(&o->model, v);
+    if (strcmp(key, "socket") == 0)
+        return set_str(&o->socket, v);
+    if (strcmp(key, "log-file") == 0)
+        return set_str(&o->log_file, v);
+    if (strcmp(key, "threads") == 0) {
+        if ((rc = parse_size(key, v, 0, 4096, &z)) == 0)
+            o->sc.n_threads = (int)z;
+        return rc;
+    }
+    if (strcmp(key, "slots") == 0)
+        return parse_size(key, v, 1, 256, &o->sc.n_slots);
+    if (strcmp(key, "allow-attn") == 0) {
+        o->sc.allow_full = strstr(v, "full") != NULL;
+        o->sc.allow_longheads = strstr(v, "longheads") != NULL;
+        if (!o->sc.allow_full && !o->sc.allow_longheads) {
+            lh_log_error("allow-attn: '%s' names neither full nor longheads", v);
+            return LH_E_FORMAT;
+        }
+        return 0;
+    }
+    if (strcmp(key, "slice-ms") == 0)
+        return parse_seconds(key, v, &o->sc.slice_ms);
+    if (strcmp(key, "max-tokens") == 0) {
+        if ((rc = parse_size(key, v, 1, 1u << 30, &z)) == 0)
+            o->sc.max_tokens_default = (uint32_t)z;
+        return rc;
+    }
+    if (strcmp(key, "max-connections") == 0)
+        return parse_size(key, v, 1, 1u << 16, &o->srv.max_conns);
+    if (strcmp(key, "max-prompt-tokens") == 0)
+        return parse_size(key, v, 1, SIZE_MAX / 8, &o->sc.max_prompt_tokens);
+    if (strcmp(key, "max-frame") == 0)
+        return parse_size(key, v, 64, 0xffffffffu, &o->srv.max_frame);
+    if (strcmp(key, "max-queued") == 0)
+        return parse_size(key, v, 1, 1u << 20, &o->sc.max_queued);
+    if (strcmp(key, "max-per-connection") == 0)
+        return parse_size(key, v, 1, 1u << 20, &o->sc.max_per_owner);
+    if (strcmp(key, "timeout") == 0)
+        return parse_seconds(key, v, &o->sc.timeout_s);
+    if (strcmp(key, "drain-timeout") == 0)
+        return parse_seconds(key, v, &o->srv.drain_s);
+    if (strcmp(key, "allow-uid") == 0)
+        return parse_ids(key, v, (unsigned *)o->allow_uid, &o->srv.n_allow_uid);
+    if (strcmp(key, "allow-gid") == 0)
+        return parse_ids(key, v, (unsigned *)o->allow_gid, &o->srv.n_allow_gid);
+    /* ctx, batch, kv, attn, chunk, window: the engine's shared parser */
+    rc = lh_params_set(&o->sc.ctx, NULL, key, v);
+    return rc;
+}
+
+static int load_config(options *o, const char *path)
+{
+    FILE *f = fopen(path, "r");
+    if (!f) {
+        lh_log_error("config %s: %s", path, strerror(errno));
+        return -errno;
+    }
+    char line[4096];
+    int rc = 0, lineno = 0;
+    while (fgets(line, sizeof line, f)) {
+        lineno++;
+        char *s = line;
+        s[strcspn(s, "\r\n")] = 0;
+        char *hash = strchr(s, '#');
+        if (hash)
+            *hash = 0;
+        while (*s == ' ' || *s == '\t')
+            s++;
+        if (!*s)
+            continue;
+        char *eq = strchr(s, '=');
+        if (!eq) {
+            lh_log_error("config %s:%d: expected key = value", path, lineno);
+            rc = LH_E_FORMAT;
+            break;
+        }
+        char *k = s, *v = eq + 1, *ke = eq;
+        while (ke > k && (ke[-1] == ' ' || ke[-1] == '\t'))
+            ke--;
+        *ke = 0;
+        while (*v == ' ' || *v == '\t')
+            v++;
+        size_t vl = strlen(v);
+        while (vl && (v[vl - 1] == ' ' || v[vl - 1] == '\t'))
+            v[--vl] = 0;
+        for (char *p = k; *p; p++)
+            if (*p == '_')
+                *p = '-';
+        int r = set_option(o, k, v);
+        if (r == LH_E_NOTFOUND) {
+            lh_log_error("config %s:%d: unknown key '%s' (see longheadsd --help)", path, lineno, k);
+            r = LH_E_FORMAT;
+        }
+        if (r != 0) {
+            if (r == LH_E_FORMAT)
+                lh_log_error("config %s:%d: bad value for %s", path, lineno, k);
+            rc = r;
+            break;
+        }
+    }
+    fclose(f);
+    return rc;
+}
+
+/* The bundled model: next to the binary in a build tree (../models) or installed
+ * (../share/longheads). */
+static char *default_model(void)
+{
+    char exe[PATH_MAX];
+    ssize_t n = readlink("/proc/self/exe", exe, sizeof exe - 1);
+    static const char *rel[] = {"/../models/stories260K.gguf",
+                                "/../share/longheads/stories260K.gguf"};
+    if (n > 0) {
+        exe[n] = 0;
+        char *slash = strrchr(exe, '/');
+        if (slash) {
+            *slash = 0;
+            for (size_t i = 0; i < 2; i++) {
+                char path[PATH_MAX + 64];
+                snprintf(path, sizeof path, "%s%s", exe, rel[i]);
+                if (access(path, R_OK) == 0)
+                    return realpath(path, NULL);
+            }
+        }
+    }
+    return strdup("models/stories260K.gguf");
+}
+
+static char *default_socket(void)
+{
+    char buf[512];
+    const char *xdg = getenv("XDG_RUNTIME_DIR");
+    if (xdg && *xdg)
+        snprintf(buf, sizeof buf, "%s/longheads.sock", xdg);
+    else if (geteuid() == 0)
+        snprintf(buf, sizeof buf, "/run/longheads/longheads.sock");
+    else
+        snprintf(buf, sizeof buf, "/tmp/longheads-%u/longheads.sock", (unsigned)geteuid());
+    return strdup(buf);
+}
+
+int main(int argc, char **argv)
+{
+    /* OpenMP workers that spin after each parallel region would take the cores the poll loop
+     * and the clients need (cancel latency suffers most on small machines): make them sleep.
+     * libgomp reads the variable when it loads, so set it and start again (same pid, so
+     * LISTEN_PID stays right). */
+    if (!getenv("OMP_WAIT_POLICY") && setenv("OMP_WAIT_POLICY", "PASSIVE", 1) == 0) {
+        execv("/proc/self/exe", argv);
+        /* not fatal: go on spinning */
+    }
+    options o;
+    memset(&o, 0, sizeof o);
+    lh_sched_config_default(&o.sc);
+    lh_server_config_default(&o.srv);
+    lh_model *m = NULL;
+    lh_server *srv = NULL;
+    int rc = 1, listen_fd = -1;
+    /* the config file first, so that the command line overrides it */
+    for (int i = 1; i < argc; i++) {
+        if (strcmp(argv[i], "--help") == 0 || strcmp(argv[i], "-h") == 0) {
+            fputs(usage_text, stdout);
+            return 0;
+        }
+        if (strcmp(argv[i], "--config") == 0 && i + 1 < argc && load_config(&o, argv[++i]) != 0)
+            goto out;
+    }
+    for (int i = 1; i < argc; i++) {
+        const char *a = argv[i];
+        if (strcmp(a, "--config") == 0) {
+            i++;
+            continue;
+        }
+        if (strcmp(a, "--verbose") == 0) {
+            lh_log_set_level(LH_LOG_DEBUG);
+            continue;
+        }
+        if (strcmp(a, "--quiet") == 0) {
+            lh_log_set_level(LH_LOG_WARN);
+            continue;
+        }
+        if (strncmp(a, "--", 2) != 0) {
+            fprintf(stderr, "longheadsd: unexpected argument '%s'\n%s", a, usage_text);
+            goto out;
+        }
+        char key[64];
+        const char *eq = strchr(a, '='), *v;
+        if (eq) {
+            snprintf(key, sizeof key, "%.*s", (int)(eq - a - 2), a + 2);
+            v = eq + 1;
+        } else {
+            if (i + 1 >= argc) {
+                fprintf(stderr, "longheadsd: %s needs a value\n", a);
+                goto out;
+            }
+            snprintf(key, sizeof key, "%s", a + 2);
+            v = argv[++i];
+        }
+        int r = set_option(&o, key, v);
+        if (r == LH_E_NOTFOUND) {
+            fprintf(stderr, "longheadsd: unknown option --%s\n%s", key, usage_text);
+            goto out;
+        }
+        if (r != 0)
+            goto out;
+    }
+    if (o.log_file && lh_log_set_file(o.log_file) != 0) {
+        fprintf(stderr, "longheadsd: cannot open log file %s: %s\n", o.log_file, strerror(errno));
+        goto out;
+    }
+    struct sigaction sa = {.sa_handler = on_signal};
+    sigemptyset(&sa.sa_mask);
+    sigaction(SIGTERM, &sa, NULL);
+    sigaction(SIGINT, &sa, NULL);
+    sigaction(SIGHUP, &sa, NULL);
+    signal(SIGPIPE, SIG_IGN);
+
+    listen_fd = lh_systemd_listen_fd();
+    if (listen_fd < -1)
+        goto out;
+    if (!o.socket && listen_fd < 0 && !(o.socket = default_socket()))
+        goto out;
+    if (!o.model && !(o.model = default_model()))
+        goto out;
+    lh_systemd_notify("STATUS=loading the model");
+    int e = lh_model_open(&m, o.model);
+    if (e != 0) {
+        lh_log_error("cannot load the model %s (%d%s%s)", o.model, e, e < 0 ? ": " : "",
+                     e < 0 ? strerror(-e) : "");
+        goto out;
+    }
+    lh_log_info("model %s: %s", o.model, lh_model_desc(m));
+    o.srv.socket_path = listen_fd >= 0 && !o.socket ? NULL : o.socket;
+    o.srv.listen_fd = listen_fd;
+    o.srv.allow_uid = o.allow_uid;
+    o.srv.allow_gid = o.allow_gid;
+    if (listen_fd >= 0 && o.socket)
+        lh_log_info("socket-activated: --socket %s only names the inherited socket", o.socket);
+    e = lh_server_new(&srv, &o.srv, m, &o.sc);
+    if (e != 0) {
+        if (e == -EINVAL)
+            lh_log_error("cannot set up the daemon: invalid context parameters");
+        else if (e != -EADDRINUSE && e != -ENAMETOOLONG && e != -EEXIST)
+            lh_log_error("cannot set up the daemon: %s", strerror(-e));
+        goto out;
+    }
+    g_srv = srv;
+    listen_fd = -1; /* the server owns it now */
+    lh_systemd_notify("READY=1\nSTATUS=serving");
+    rc = lh_server_run(srv) == 0 ? 0 : 1;
+    g_srv = NULL;
+out:
+    lh_server_free(srv);
+    if (listen_fd >= 0)
+        close(listen_fd);
+    lh_model_close(m);
+    free(o.model);
+    free(o.socket);
+    free(o.log_file);
+    return rc;
+}

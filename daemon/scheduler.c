@@ -1,0 +1,1186 @@
+/* daemon/scheduler — see scheduler.h. */
+#include "scheduler.h"
+
+#include <errno.h>
+#include <math.h>
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#ifdef _OPENMP
+#include <omp.h>
+#endif
+
+#include "log.h"
+#include "tokenizer.h"
+
+enum { CANCEL_NONE = 0, CANCEL_CLIENT, CANCEL_DISCONNECT, CANCEL_SHUTDOWN };
+enum { PHASE_PREFILL, PHASE_DECODE };
+
+typedef struct slot {
+    lh_ctx *ctx;
+    lh_attn_mode attn;          /* what the slot was created for (requested values) */
+    size_t chunk, window;
+    float *logits;              /* (n_batch, n_vocab) */
+    size_t n_batch;
+    struct req *busy;           /* the request using it, NULL if free */
+    uint64_t last_used;
+} slot;
+
+typedef struct req {
+    struct req *next;
+    uint64_t owner, id, tag, seq;
+    lh_sched_args a;
+    atomic_int cancel;
+    int active;
+    slot *sl;
+    int phase;
+    int32_t *prompt;            /* (n_prompt) */
+    size_t n_prompt, n_done, n_reused, n_gen;
+    size_t n_slice;             /* adaptive prefill slice */
+    int32_t cur, prev;          /* sampled token not yet handled; the token before it */
+    lh_sampler *sampler;
+    float *lp;                  /* score: (n_prompt - 1) log-probabilities */
+    double lp_total;
+    double t_submit, t_start, t_prefill, t_decode, deadline;
+    /* text streaming: raw bytes of an incomplete UTF-8 sequence, then validated text not yet
+     * sent because it may be the start of a stop string */
+    char raw[8];
+    size_t n_raw;
+    char *pend;
+    size_t n_pend, cap_pend;
+} req;
+
+typedef struct {
+    uint64_t owner, tag;
+    size_t n_inflight;
+    int throttled;
+} owner_rec;
+
+struct lh_sched {
+    const lh_model *model;
+    const lh_tok *tok;
+    lh_sched_config cfg;
+    lh_ctx_params defaults;     /* resolved */
+    slot *slots;
+    size_t n_vocab;
+    lh_sched_emit_fn emit;
+    void *ud;
+    pthread_t thread;
+    int thread_started;
+    pthread_mutex_t lock;
+    pthread_cond_t cond;
+    /* under lock */
+    req *pending, *active;
+    size_t n_pending, n_active;
+    owner_rec *owners;
+    size_t n_owners, cap_owners;
+    uint64_t vclock, seq, n_served, use_clock;
+    int stop, shutting_down;
+    size_t rr;                  /* round-robin cursor over active requests */
+};
+
+static double now_s(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
+}
+
+void lh_sched_args_deinit(lh_sched_args *a)
+{
+    if (!a)
+        return;
+    free(a->text);
+    free(a->tokens);
+    for (size_t i = 0; i < a->n_stop; i++)
+        free(a->stop[i]);
+    free(a->stop);
+    a->text = NULL;
+    a->tokens = NULL;
+    a->stop = NULL;
+    a->n_stop = a->n_tokens = a->text_len = 0;
+}
+
+void lh_sched_config_default(lh_sched_config *c)
+{
+    memset(c, 0, sizeof *c);
+    c->n_slots = 1;
+    lh_ctx_params_default(&c->ctx);
+    c->allow_full = c->allow_longheads = 1;
+    c->max_queued = 64;
+    c->max_per_owner = 16;
+    c->timeout_s = 600;
+    c->slice_ms = 20;
+    c->max_tokens_default = 256;
+}
+
+const lh_ctx_params *lh_sched_ctx_params(const lh_sched *s) { return &s->defaults; }
+const lh_sched_config *lh_sched_config_get(const lh_sched *s) { return &s->cfg; }
+
+/* ---- owners (under lock) ------------------------------------------------------------------- */
+
+static owner_rec *find_owner(lh_sched *s, uint64_t owner, int create)
+{
+    for (size_t i = 0; i < s->n_owners; i++)
+        if (s->owners[i].owner == owner)
+            return &s->owners[i];
+    if (!create)
+        return NULL;
+    if (s->n_owners == s->cap_owners) {
+        size_t cap = s->cap_owners ? s->cap_owners * 2 : 16;
+        owner_rec *o = realloc(s->owners, cap * sizeof *o);
+        if (!o)
+            return NULL;
+        s->owners = o;
+        s->cap_owners = cap;
+    }
+    owner_rec *o = &s->owners[s->n_owners++];
+    memset(o, 0, sizeof *o);
+    o->owner = owner;
+    return o;
+}
+
+static void drop_owner_if_idle(lh_sched *s, owner_rec *o)
+{
+    if (o->n_inflight == 0 && !o->throttled) {
+        *o = s->owners[--s->n_owners];
+    }
+}
+
+/* ---- events -------------------------------------------------------------------------------- */
+
+static void emit_error(lh_sched *s, req *r, lh_err_code err, const char *msg)
+{
+    lh_sched_event ev = {.kind = LH_EV_ERROR, .owner = r->owner, .id = r->id, .err = err,
+                         .err_msg = msg};
+    s->emit(s->ud, &ev);
+}
+
+static const char *finish_name(lh_finish f)
+{
+    static const char *names[] = {"none", "length", "stop", "eos", "cancelled", "error"};
+    return (unsigned)f < sizeof names / sizeof names[0] ? names[f] : "?";
+}
+
+static const char *kind_name(lh_req_kind k)
+{
+    static const char *names[] = {"generate", "score", "tokenize", "detokenize"};
+    return names[k];
+}
+
+static const char *cancel_name(int c)
+{
+    static const char *names[] = {"", " (cancelled by the client)", " (client disconnected)",
+                                  " (daemon shutting down)"};
+    return names[c];
+}
+
+/* Text still held back, with an incomplete UTF-8 tail replaced by U+FFFD. */
+static void flush_raw(req *r);
+
+static void finish_generate(lh_sched *s, req *r, lh_finish finish, lh_err_code err,
+                            const char *msg)
+{
+    double t = now_s();
+    int why = finish == LH_FINISH_CANCELLED ? atomic_load(&r->cancel) : CANCEL_NONE;
+    if (!r->t_start)
+        r->t_start = t;
+    if (r->phase == PHASE_PREFILL && r->t_start && !r->t_prefill)
+        r->t_prefill = t;
+    const char *text = "";
+    size_t text_len = 0;
+    if (finish != LH_FINISH_STOP) {
+        flush_raw(r);
+        text = r->pend ? r->pend : "";
+        text_len = r->n_pend;
+    }
+    lh_sched_event ev = {
+        .kind = LH_EV_FINAL, .owner = r->owner, .id = r->id, .finish = finish, .text = text,
+        .text_len = text_len, .n_prompt = r->n_prompt, .n_reused = r->n_reused,
+        .n_generated = r->n_gen, .queue_ms = (r->t_start - r->t_submit) * 1e3,
+        .prefill_ms = r->t_prefill ? (r->t_prefill - r->t_start) * 1e3 : (t - r->t_start) * 1e3,
+        .decode_ms = r->t_prefill ? (t - r->t_prefill) * 1e3 : 0, .err = err, .err_msg = msg};
+    s->emit(s->ud, &ev);
+    double pf_s = ev.prefill_ms / 1e3, dec_s = ev.decode_ms / 1e3;
+    lh_log_info("request %llu.%llu uid %u: generate, prompt %zu tokens (%zu reused), generated "
+                "%zu; queue %.1f ms, prefill %.1f ms (%.0f tok/s), decode %.1f ms (%.1f tok/s); "
+                "finish %s%s%s%s",
+                (unsigned long long)r->owner, (unsigned long long)r->id, (unsigned)r->a.uid,
+                r->n_prompt, r->n_reused, r->n_gen, ev.queue_ms, ev.prefill_ms,
+                pf_s > 0 ? (double)(r->n_done - r->n_reused) / pf_s : 0.0, ev.decode_ms,
+                dec_s > 0 ? (double)r->n_gen / dec_s : 0.0, finish_name(finish),
+                cancel_name(why), msg ? ": " : "", msg ? msg : "");
+}
+
+/* The request's single terminal event for a cancellation, timeout or error. */
+static void finish_req(lh_sched *s, req *r, lh_finish finish, lh_err_code err, const char *msg)
+{
+    if (r->a.kind == LH_REQ_GENERATE) {
+        finish_generate(s, r, finish, err, msg);
+        return;
+    }
+    if (finish == LH_FINISH_CANCELLED) {
+        err = LH_ERR_INTERNAL;
+        msg = "request cancelled";
+    }
+    emit_error(s, r, err, msg);
+    lh_log_info("request %llu.%llu uid %u: %s, finish %s: %s", (unsigned long long)r->owner,
+                (unsigned long long)r->id, (unsigned)r->a.uid, kind_name(r->a.kind),
+                finish_name(finish), msg);
+}
+
+static void req_free(req *r)
+{
+    if (!r)
+        return;
+    lh_sched_args_deinit(&r->a);
+    lh_sampler_free(r->sampler);
+    free(r->prompt);
+    free(r->lp);
+    free(r->pend);
+    free(r);
+}
+
+/* ---- text streaming ------------------------------------------------------------------------ */
+
+/* Length of the UTF-8 sequence at p (n bytes available): > 0 complete and valid, 0 valid so far
+ * but incomplete, -1 invalid (the first byte is to be replaced). */
+static int utf8_seq(const unsigned char *p, size_t n)
+{
+    unsigned c = p[0];
+    int len;
+    unsigned lo = 0x80, hi = 0xbf;
+    if (c < 0x80)
+        return 1;
+    if (c >= 0xc2 && c <= 0xdf)
+        len = 2;
+    else if (c >= 0xe0 && c <= 0xef) {
+        len = 3;
+        if (c == 0xe0)
+            lo = 0xa0;
+        if (c == 0xed)
+            hi = 0x9f;
+    } else if (c >= 0xf0 && c <= 0xf4) {
+        len = 4;
+        if (c == 0xf0)
+            lo = 0x90;
+        if (c == 0xf4)
+            hi = 0x8f;
+    } else
+        return -1;
+    for (int i = 1; i < len; i++) {
+        if ((size_t)i >= n)
+            return 0;
+        unsigned b = p[i];
+        if (b < (i == 1 ? lo : 0x80) || b > (i == 1 ? hi : 0xbf))
+            return -1;
+    }
+    return len;
+}
+
+static int pend_add(req *r, const char *p, size_t n)
+{
+    if (r->n_pend + n + 1 > r->cap_pend) {
+        size_t cap = r->cap_pend ? r->cap_pend : 64;
+        while (cap < r->n_pend + n + 1)
+            cap *= 2;
+        char *np = realloc(r->pend, cap);
+        if (!np)
+            return -ENOMEM;
+        r->pend = np;
+        r->cap_pend = cap;
+    }
+    memcpy(r->pend + r->n_pend, p, n);
+    r->n_pend += n;
+    r->pend[r->n_pend] = 0;
+    return 0;
+}
+
+/* Moves the complete, valid characters of raw + piece to pend; invalid bytes become U+FFFD; an
+ * incomplete trailing sequence stays in raw. */
+static int text_add(req *r, const char *piece, size_t len)
+{
+    static const char repl[] = "\xef\xbf\xbd";
+    size_t i = 0;
+    while (r->n_raw || i < len) {
+        /* work on raw first, topped up from piece one byte at a time */
+        if (r->n_raw) {
+            while (r->n_raw < 4 && i < len && utf8_seq((unsigned char *)r->raw, r->n_raw) == 0)
+                r->raw[r->n_raw++] = piece[i++];
+            int k = utf8_seq((unsigned char *)r->raw, r->n_raw);
+            if (k == 0)
+                return 0; /* still incomplete: wait for the next token */
+            if (k < 0) {
+                if (pend_add(r, repl, 3))
+                    return -ENOMEM;
+                memmove(r->raw, r->raw + 1, --r->n_raw);
+                /* the bytes after the bad lead are re-examined as leads */
+                continue;
+            }
+            if (pend_add(r, r->raw, (size_t)k))
+                return -ENOMEM;
+            memmove(r->raw, r->raw + k, r->n_raw - (size_t)k);
+            r->n_raw -= (size_t)k;
+            continue;
+        }
+        /* fast path over the piece */
+        size_t start = i;
+        int k = 0;
+        while (i < len && (k = utf8_seq((const unsigned char *)piece + i, len - i)) > 0)
+            i += (size_t)k;
+        if (i > start && pend_add(r, piece + start, i - start))
+            return -ENOMEM;
+        if (i < len) {
+            if (k == 0) {
+                memcpy(r->raw, piece + i, len - i);
+                r->n_raw = len - i;
+                return 0;
+            }
+            if (pend_add(r, repl, 3))
+                return -ENOMEM;
+            i++;
+        }
+    }
+    return 0;
+}
+
+static void flush_raw(req *r)
+{
+    if (r->n_raw) {
+        pend_add(r, "\xef\xbf\xbd", 3);
+        r->n_raw = 0;
+    }
+}
+
+/* After text was added: the number of pend bytes that may be sent now, and whether a stop string
+ * occurs (then *stopp = 1 and the result is the offset where it starts). */
+static size_t text_ready(const req *r, int *stopp)
+{
+    *stopp = 0;
+    size_t best = r->n_pend;
+    for (size_t i = 0; i < r->a.n_stop; i++) {
+        const char *st = r->a.stop[i];
+        size_t sl = strlen(st);
+        if (!sl)
+            continue;
+        const char *hit = memmem(r->pend, r->n_pend, st, sl);
+        if (hit && (size_t)(hit - r->pend) <= best) {
+            if (!*stopp || (size_t)(hit - r->pend) < best)
+                best = (size_t)(hit - r->pend);
+            *stopp = 1;
+        }
+    }
+    if (*stopp)
+        return best;
+    /* hold back the longest suffix of pend that is a proper prefix of a stop string */
+    size_t hold = 0;
+    for (size_t i = 0; i < r->a.n_stop; i++) {
+        const char *st = r->a.stop[i];
+        size_t sl = strlen(st);
+        for (size_t k = sl > 0 ? sl - 1 : 0; k > hold; k--) {
+            if (k <= r->n_pend && memcmp(r->pend + r->n_pend - k, st, k) == 0) {
+                hold = k;
+                break;
+            }
+        }
+    }
+    return r->n_pend - hold;
+}
+
+/* ---- slots --------------------------------------------------------------------------------- */
+
+static int slot_create(lh_sched *s, slot *sl, lh_attn_mode attn, size_t chunk, size_t window)
+{
+    lh_ctx_params p = s->cfg.ctx;
+    p.attn = attn;
+    p.chunk = chunk;
+    p.window = window;
+    lh_ctx_free(sl->ctx);
+    sl->ctx = NULL;
+    int rc = lh_ctx_new(&sl->ctx, s->model, &p);
+    if (rc != 0)
+        return rc;
+    const lh_ctx_params *rp = lh_ctx_params_get(sl->ctx);
+    if (!sl->logits || rp->n_batch > sl->n_batch) {
+        free(sl->logits);
+        sl->logits = malloc(rp->n_batch * s->n_vocab * sizeof *sl->logits);
+        if (!sl->logits) {
+            lh_ctx_free(sl->ctx);
+            sl->ctx = NULL;
+            return -ENOMEM;
+        }
+        sl->n_batch = rp->n_batch;
+    }
+    sl->attn = attn;
+    sl->chunk = chunk;
+    sl->window = window;
+    return 0;
+}
+
+static int slot_matches(const slot *sl, lh_attn_mode attn, size_t chunk, size_t window)
+{
+    if (!sl->ctx || sl->attn != attn)
+        return 0;
+    return attn == LH_ATTN_FULL || (sl->chunk == chunk && sl->window == window);
+}
+
+static size_t common_prefix(const int32_t *a, size_t na, const int32_t *b, size_t nb)
+{
+    size_t n = na < nb ? na : nb, i = 0;
+    while (i < n && a[i] == b[i])
+        i++;
+    return i;
+}
+
+/* ---- the steps ----------------------------------------------------------------------------- */
+
+/* Tokenizes the prompt (generate, score).  Returns 0 or sets *errp/msg. */
+static int prepare_prompt(lh_sched *s, req *r, char *msg, size_t msg_size, lh_err_code *errp)
+{
+    size_t limit = s->cfg.max_prompt_tokens;
+    if (r->a.n_tokens) {
+        r->prompt = r->a.tokens;
+        r->n_prompt = r->a.n_tokens;
+        r->a.tokens = NULL;
+        r->a.n_tokens = 0;
+        for (size_t i = 0; i < r->n_prompt; i++) {
+            if (r->prompt[i] < 0 || (size_t)r->prompt[i] >= s->n_vocab) {
+                snprintf(msg, msg_size, "prompt token %zu is %d, outside the vocabulary [0, %zu)",
+                         i, r->prompt[i], s->n_vocab);
+                *errp = LH_ERR_INVALID_ARGUMENT;
+                return -1;
+            }
+        }
+    } else {
+        int add_bos = r->a.kind == LH_REQ_SCORE ? 1 : lh_tok_add_bos(s->tok);
+        size_t cap = limit + 2, n = 0;
+        r->prompt = malloc(cap * sizeof *r->prompt);
+        if (!r->prompt) {
+            snprintf(msg, msg_size, "out of memory tokenizing the prompt");
+            *errp = LH_ERR_INTERNAL;
+            return -1;
+        }
+        int rc = lh_tok_encode(s->tok, r->a.text ? r->a.text : "", r->a.text_len, add_bos,
+                               r->prompt, cap, &n);
+        if (rc == LH_E_LIMIT) {
+            snprintf(msg, msg_size, "the prompt is longer than %zu tokens, the daemon's limit "
+                     "(max-prompt-tokens); shorten it", limit);
+            *errp = LH_ERR_LIMIT;
+            return -1;
+        }
+        if (rc != 0) {
+            snprintf(msg, msg_size, "tokenizing the prompt failed (%d)", rc);
+            *errp = LH_ERR_INTERNAL;
+            return -1;
+        }
+        r->n_prompt = n;
+    }
+    if (r->n_prompt == 0) {
+        /* an empty prompt is just BOS: generation needs a token to start from */
+        r->prompt[0] = lh_tok_bos(s->tok);
+        r->n_prompt = 1;
+    }
+    if (r->n_prompt > limit) {
+        snprintf(msg, msg_size, "the prompt has %zu tokens; the daemon allows %zu "
+                 "(max-prompt-tokens)", r->n_prompt, limit);
+        *errp = LH_ERR_LIMIT;
+        return -1;
+    }
+    return 0;
+}
+
+/* Chooses and prepares a free slot for r.  Runs unlocked: only the compute thread assigns and
+ * releases slots, so the free ones cannot change under it.  Returns the slot or NULL (msg set). */
+static slot *pick_slot(lh_sched *s, req *r, char *msg, size_t msg_size, lh_err_code *errp)
+{
+    lh_attn_mode attn = r->a.attn < 0 ? s->cfg.ctx.attn : (lh_attn_mode)r->a.attn;
+    size_t chunk = r->a.chunk ? r->a.chunk : s->cfg.ctx.chunk;
+    size_t window = r->a.window ? r->a.window : s->cfg.ctx.window;
+    slot *best = NULL, *lru = NULL;
+    size_t best_lcp = 0;
+    for (size_t i = 0; i < s->cfg.n_slots; i++) {
+        slot *sl = &s->slots[i];
+        if (sl->busy)
+            continue;
+        if (!lru || sl->last_used < lru->last_used)
+            lru = sl;
+        if (!slot_matches(sl, attn, chunk, window))
+            continue;
+        size_t lcp = common_prefix(lh_ctx_tokens(sl->ctx), lh_ctx_n_past(sl->ctx), r->prompt,
+                                   r->n_prompt);
+        if (!best || lcp > best_lcp) {
+            best = sl;
+            best_lcp = lcp;
+        }
+    }
+    if (best)
+        return best;
+    if (!lru) {
+        snprintf(msg, msg_size, "no free slot");
+        *errp = LH_ERR_INTERNAL;
+        return NULL;
+    }
+    int rc = slot_create(s, lru, attn, chunk, window);
+    if (rc != 0) {
+        snprintf(msg, msg_size, "cannot create a context with attention %s, chunk %zu, window "
+                 "%zu (%s); check the values against `longheads info`",
+                 attn == LH_ATTN_FULL ? "full" : "longheads", chunk, window,
+                 rc == -EINVAL ? "invalid parameters" : "out of memory");
+        *errp = rc == -EINVAL ? LH_ERR_INVALID_ARGUMENT : LH_ERR_INTERNAL;
+        /* put the slot back to the defaults so that later requests find it usable */
+        if (slot_create(s, lru, s->cfg.ctx.attn, s->cfg.ctx.chunk, s->cfg.ctx.window) != 0)
+            lh_log_error("slot could not be recreated with the default parameters; it stays "
+                         "unusable until the next request recreates it");
+        return NULL;
+    }
+    lh_log_info("slot %zu recreated: attention %s, chunk %zu, window %zu", (size_t)(lru - s->slots),
+                attn == LH_ATTN_FULL ? "full" : "longheads", chunk, window);
+    return lru;
+}
+
+/* Quick jobs that need no slot (tokenize, detokenize): emits the reply. */
+static void run_quick(lh_sched *s, req *r)
+{
+    char msg[256];
+    if (r->a.kind == LH_REQ_TOKENIZE) {
+        size_t cap = r->a.text_len + 2, n = 0;
+        int32_t *ids = malloc(cap * sizeof *ids);
+        int rc = ids ? lh_tok_encode(s->tok, r->a.text ? r->a.text : "", r->a.text_len,
+                                     r->a.add_bos, ids, cap, &n)
+                     : -ENOMEM;
+        if (rc != 0) {
+            snprintf(msg, sizeof msg, "tokenize failed (%d)", rc);
+            emit_error(s, r, LH_ERR_INTERNAL, msg);
+        } else {
+            lh_sched_event ev = {.kind = LH_EV_TOKENS, .owner = r->owner, .id = r->id,
+                                 .tokens = ids, .n_tokens = n};
+            s->emit(s->ud, &ev);
+        }
+        free(ids);
+        return;
+    }
+    /* detokenize */
+    for (size_t i = 0; i < r->a.n_tokens; i++) {
+        if (r->a.tokens[i] < 0 || (size_t)r->a.tokens[i] >= s->n_vocab) {
+            snprintf(msg, sizeof msg, "token %zu is %d, outside the vocabulary [0, %zu)", i,
+                     r->a.tokens[i], s->n_vocab);
+            emit_error(s, r, LH_ERR_INVALID_ARGUMENT, msg);
+            return;
+        }
+    }
+    size_t len = 0, cap = 256;
+    char *buf = NULL;
+    int rc;
+    for (;;) {
+        free(buf);
+        buf = malloc(cap);
+        if (!buf) {
+            rc = -ENOMEM;
+            break;
+        }
+        rc = lh_tok_decode(s->tok, r->a.tokens, r->a.n_tokens, 0, buf, cap, &len);
+        if (rc != LH_E_LIMIT || cap > len)
+            break;
+        cap = len + 1;
+    }
+    if (rc != 0) {
+        emit_error(s, r, LH_ERR_INTERNAL, "detokenize failed");
+    } else {
+        lh_sched_event ev = {.kind = LH_EV_TEXT, .owner = r->owner, .id = r->id, .text = buf,
+                             .text_len = len};
+        s->emit(s->ud, &ev);
+    }
+    free(buf);
+}
+
+/* Starts a generate/score request on its slot: prompt reuse, sampler.  0 or error. */
+static int start_on_slot(lh_sched *s, req *r, char *msg, size_t msg_size, lh_err_code *errp)
+{
+    lh_ctx *ctx = r->sl->ctx;
+    size_t n_ctx = lh_ctx_params_get(ctx)->n_ctx;
+    if (r->n_prompt >= n_ctx) {
+        snprintf(msg, msg_size, "the prompt has %zu tokens but the context holds %zu (with room "
+                 "for at least one generated token); shorten it or start the daemon with a "
+                 "larger --ctx", r->n_prompt, n_ctx);
+        *errp = LH_ERR_LIMIT;
+        return -1;
+    }
+    size_t keep = 0;
+    if (r->a.kind == LH_REQ_GENERATE) {
+        /* keep the common prefix, but always evaluate the last prompt token: its logits are
+         * what the first generated token is sampled from */
+        keep = common_prefix(lh_ctx_tokens(ctx), lh_ctx_n_past(ctx), r->prompt, r->n_prompt);
+        if (keep >= r->n_prompt)
+            keep = r->n_prompt - 1;
+    }
+    r->n_reused = lh_ctx_truncate(ctx, keep);
+    r->n_done = r->n_reused;
+    /* start small: the first slice's cost is unknown; the adaptation grows it */
+    r->n_slice = 4;
+    if (r->a.kind == LH_REQ_SCORE) {
+        r->lp = malloc((r->n_prompt > 1 ? r->n_prompt - 1 : 1) * sizeof *r->lp);
+        if (!r->lp) {
+            snprintf(msg, msg_size, "out of memory");
+            *errp = LH_ERR_INTERNAL;
+            return -1;
+        }
+        return 0;
+    }
+    int rc = lh_sampler_new(&r->sampler, &r->a.sp, s->n_vocab);
+    if (rc != 0) {
+        snprintf(msg, msg_size, "invalid sampling parameters (temperature >= 0, top-p in (0, 1], "
+                 "min-p in [0, 1], repeat-penalty > 0)");
+        *errp = rc == -EINVAL ? LH_ERR_INVALID_ARGUMENT : LH_ERR_INTERNAL;
+        return -1;
+    }
+    for (size_t i = 0; i < r->n_prompt; i++)
+        lh_sampler_accept(r->sampler, r->prompt[i]);
+    r->phase = PHASE_PREFILL;
+    return 0;
+}
+
+static void emit_progress(lh_sched *s, req *r)
+{
+    lh_sched_event ev = {.kind = LH_EV_PROGRESS, .owner = r->owner, .id = r->id,
+                         .n_done = r->n_done, .n_total = r->n_prompt};
+    s->emit(s->ud, &ev);
+}
+
+static void score_slice(const lh_sched *s, req *r, const float *logits, size_t first, size_t n)
+{
+    for (size_t j = 0; j < n; j++) {
+        size_t pos = first + j;
+        if (pos + 1 >= r->n_prompt)
+            break;
+        const float *l = logits + j * s->n_vocab;
+        float mx = l[0];
+        for (size_t v = 1; v < s->n_vocab; v++)
+            mx = l[v] > mx ? l[v] : mx;
+        double sum = 0;
+        for (size_t v = 0; v < s->n_vocab; v++)
+            sum += exp((double)(l[v] - mx));
+        double lp = (double)(l[r->prompt[pos + 1]] - mx) - log(sum);
+        r->lp[pos] = (float)lp;
+        r->lp_total += lp;
+    }
+}
+
+/* One step of an active request.  Returns 1 when it finished (its terminal event emitted). */
+static int step(lh_sched *s, req *r)
+{
+    lh_ctx *ctx = r->sl->ctx;
+    int c = atomic_load(&r->cancel);
+    double t = now_s();
+    if (c) {
+        finish_req(s, r, LH_FINISH_CANCELLED, LH_ERR_NONE, NULL);
+        return 1;
+    }
+    if (r->deadline && t > r->deadline) {
+        finish_req(s, r, LH_FINISH_ERROR, LH_ERR_TIMEOUT,
+                   "the request exceeded its timeout; raise it (timeout) or shorten the prompt");
+        return 1;
+    }
+    if (r->n_done < r->n_prompt) {
+        size_t n = r->n_prompt - r->n_done;
+        if (n > r->n_slice)
+            n = r->n_slice;
+        int last = r->n_done + n == r->n_prompt;
+        float *logits = r->a.kind == LH_REQ_SCORE ? r->sl->logits
+                        : last ? r->sl->logits : NULL;
+        int rc = lh_ctx_eval(ctx, r->prompt + r->n_done, n, logits, r->a.kind == LH_REQ_SCORE);
+        if (rc != 0) {
+            finish_req(s, r, LH_FINISH_ERROR, rc == LH_E_LIMIT ? LH_ERR_LIMIT : LH_ERR_INTERNAL,
+                       rc == LH_E_LIMIT ? "the context is full" : "evaluation failed");
+            return 1;
+        }
+        if (r->a.kind == LH_REQ_SCORE)
+            score_slice(s, r, logits, r->n_done, n);
+        r->n_done += n;
+        /* adapt the slice so that one takes about slice_ms: attention cost grows with the
+         * context, so later slices of a long prompt get shorter */
+        double dt = now_s() - t, per = dt / (double)n, target = s->cfg.slice_ms * 1e-3;
+        size_t want = per > 0 ? (size_t)(target / per) : r->sl->n_batch;
+        if (want > 2 * n)
+            want = 2 * n; /* grow at most 2x per slice: a misestimate costs one slice */
+        if (want < 1)
+            want = 1;
+        if (want > r->sl->n_batch)
+            want = r->sl->n_batch;
+        r->n_slice = want;
+        emit_progress(s, r);
+        if (!last)
+            return 0;
+        r->t_prefill = now_s();
+        if (r->a.kind == LH_REQ_SCORE) {
+            lh_sched_event ev = {.kind = LH_EV_SCORE, .owner = r->owner, .id = r->id,
+                                 .tokens = r->prompt, .n_tokens = r->n_prompt,
+                                 .logprobs = r->lp, .total = r->lp_total};
+            s->emit(s->ud, &ev);
+            lh_log_info("request %llu.%llu uid %u: score, %zu tokens, %.1f ms, logprob %.3f",
+                        (unsigned long long)r->owner, (unsigned long long)r->id,
+                        (unsigned)r->a.uid, r->n_prompt, (r->t_prefill - r->t_start) * 1e3,
+                        r->lp_total);
+            return 1;
+        }
+        r->prev = r->prompt[r->n_prompt - 1];
+        r->cur = lh_sampler_sample(r->sampler, r->sl->logits);
+        lh_sampler_accept(r->sampler, r->cur);
+        r->phase = PHASE_DECODE;
+        return 0;
+    }
+    /* decode: handle the sampled token, then evaluate it and sample the next */
+    if (r->cur == lh_tok_eos(s->tok) || r->cur == lh_tok_bos(s->tok)) {
+        finish_generate(s, r, LH_FINISH_EOS, LH_ERR_NONE, NULL);
+        return 1;
+    }
+    size_t len = 0;
+    const char *piece = lh_tok_piece(s->tok, r->cur, &len);
+    if (!piece)
+        piece = "", len = 0;
+    if (r->prev == lh_tok_bos(s->tok) && len && piece[0] == ' ')
+        piece++, len--; /* the dummy-prefix space of the first word (as llama2.c) */
+    if (text_add(r, piece, len) != 0) {
+        finish_generate(s, r, LH_FINISH_ERROR, LH_ERR_INTERNAL, "out of memory");
+        return 1;
+    }
+    int stop;
+    size_t ready = text_ready(r, &stop);
+    r->n_gen++;
+    lh_sched_event ev = {.kind = LH_EV_TOKEN, .owner = r->owner, .id = r->id, .token = r->cur,
+                         .text = r->pend ? r->pend : "", .text_len = ready};
+    s->emit(s->ud, &ev);
+    if (stop) {
+        finish_generate(s, r, LH_FINISH_STOP, LH_ERR_NONE, NULL);
+        return 1;
+    }
+    memmove(r->pend, r->pend + ready, r->n_pend - ready);
+    r->n_pend -= ready;
+    if (r->pend)
+        r->pend[r->n_pend] = 0;
+    uint32_t max = r->a.max_tokens ? r->a.max_tokens : s->cfg.max_tokens_default;
+    if (r->n_gen >= max || lh_ctx_n_past(ctx) + 1 >= lh_ctx_params_get(ctx)->n_ctx) {
+        finish_generate(s, r, LH_FINISH_LENGTH, LH_ERR_NONE, NULL);
+        return 1;
+    }
+    int rc = lh_ctx_eval(ctx, &r->cur, 1, r->sl->logits, 0);
+    if (rc != 0) {
+        finish_generate(s, r, rc == LH_E_LIMIT ? LH_FINISH_LENGTH : LH_FINISH_ERROR,
+                        rc == LH_E_LIMIT ? LH_ERR_NONE : LH_ERR_INTERNAL,
+                        rc == LH_E_LIMIT ? NULL : "evaluation failed");
+        return 1;
+    }
+    r->prev = r->cur;
+    r->cur = lh_sampler_sample(r->sampler, r->sl->logits);
+    lh_sampler_accept(r->sampler, r->cur);
+    return 0;
+}
+
+/* ---- the compute thread -------------------------------------------------------------------- */
+
+static void list_remove(req **head, req *r)
+{
+    for (req **pp = head; *pp; pp = &(*pp)->next)
+        if (*pp == r) {
+            *pp = r->next;
+            r->next = NULL;
+            return;
+        }
+}
+
+/* Under lock: a request ends; account it.  The caller frees it. */
+static void retire(lh_sched *s, req *r)
+{
+    owner_rec *o = find_owner(s, r->owner, 0);
+    if (o) {
+        o->n_inflight--;
+        drop_owner_if_idle(s, o);
+    }
+    if (r->sl) {
+        r->sl->busy = NULL;
+        r->sl->last_used = ++s->use_clock;
+    }
+    s->n_served++;
+}
+
+static int has_free_slot(const lh_sched *s)
+{
+    for (size_t i = 0; i < s->cfg.n_slots; i++)
+        if (!s->slots[i].busy)
+            return 1;
+    return 0;
+}
+
+/* Under lock: the next queued request by tag, for which there is room (slot-less quick jobs
+ * always have room).  Cancelled or expired ones are returned first so they end promptly. */
+static req *next_pending(lh_sched *s, double t)
+{
+    req *best = NULL;
+    int free_slot = has_free_slot(s);
+    for (req *r = s->pending; r; r = r->next) {
+        if (atomic_load(&r->cancel) || (r->deadline && t > r->deadline))
+            return r;
+        int quick = r->a.kind == LH_REQ_TOKENIZE || r->a.kind == LH_REQ_DETOKENIZE;
+        if (!quick && !free_slot)
+            continue;
+        if (!best || r->tag < best->tag || (r->tag == best->tag && r->seq < best->seq))
+            best = r;
+    }
+    return best;
+}
+
+static int owner_throttled(lh_sched *s, uint64_t owner)
+{
+    owner_rec *o = find_owner(s, owner, 0);
+    return o && o->throttled;
+}
+
+static void *compute_main(void *arg)
+{
+    lh_sched *s = arg;
+#ifdef _OPENMP
+    if (s->cfg.n_threads > 0)
+        omp_set_num_threads(s->cfg.n_threads);
+#endif
+    char msg[512];
+    pthread_mutex_lock(&s->lock);
+    while (!s->stop || s->pending || s->active) {
+        double t = now_s();
+        req *r = next_pending(s, t);
+        if (r) {
+            list_remove(&s->pending, r);
+            s->n_pending--;
+            int quick = r->a.kind == LH_REQ_TOKENIZE || r->a.kind == LH_REQ_DETOKENIZE;
+            if (r->tag > s->vclock)
+                s->vclock = r->tag;
+            pthread_mutex_unlock(&s->lock);
+            int done = 1;
+            r->t_start = now_s();
+            lh_err_code err = LH_ERR_NONE;
+            if (atomic_load(&r->cancel)) {
+                finish_req(s, r, LH_FINISH_CANCELLED, LH_ERR_NONE, NULL);
+            } else if (r->deadline && r->t_start > r->deadline) {
+                finish_req(s, r, LH_FINISH_ERROR, LH_ERR_TIMEOUT,
+                           "the request timed out while queued; the daemon is busy");
+            } else if (quick) {
+                run_quick(s, r);
+            } else if (prepare_prompt(s, r, msg, sizeof msg, &err) != 0 ||
+                       !(r->sl = pick_slot(s, r, msg, sizeof msg, &err))) {
+                finish_req(s, r, LH_FINISH_ERROR, err, msg);
+            } else {
+                r->sl->busy = r;
+                if (start_on_slot(s, r, msg, sizeof msg, &err) != 0) {
+                    finish_req(s, r, LH_FINISH_ERROR, err, msg);
+                } else {
+                    done = 0;
+                    emit_progress(s, r);
+                }
+            }
+            pthread_mutex_lock(&s->lock);
+            if (done) {
+                retire(s, r);
+                pthread_mutex_unlock(&s->lock);
+                req_free(r);
+                pthread_mutex_lock(&s->lock);
+            } else {
+                r->active = 1;
+                r->next = s->active;
+                s->active = r;
+                s->n_active++;
+            }
+            continue;
+        }
+        /* round-robin over the active requests that may run */
+        req *pick = NULL;
+        size_t i = 0, n = s->n_active;
+        for (size_t k = 0; k < n && !pick; k++) {
+            size_t want = (s->rr + k) % n;
+            i = 0;
+            for (req *a = s->active; a; a = a->next, i++) {
+                if (i != want)
+                    continue;
+                if (atomic_load(&a->cancel) || (a->deadline && t > a->deadline) ||
+                    !owner_throttled(s, a->owner))
+                    pick = a;
+                break;
+            }
+            if (pick)
+                s->rr = want + 1;
+        }
+        if (!pick) {
+            struct timespec ts;
+            clock_gettime(CLOCK_REALTIME, &ts);
+            ts.tv_nsec += 100 * 1000000L;
+            if (ts.tv_nsec >= 1000000000L) {
+                ts.tv_sec++;
+                ts.tv_nsec -= 1000000000L;
+            }
+            pthread_cond_timedwait(&s->cond, &s->lock, &ts);
+            continue;
+        }
+        pthread_mutex_unlock(&s->lock);
+        int done = step(s, pick);
+        pthread_mutex_lock(&s->lock);
+        if (done) {
+            list_remove(&s->active, pick);
+            s->n_active--;
+            retire(s, pick);
+            pthread_mutex_unlock(&s->lock);
+            req_free(pick);
+            pthread_mutex_lock(&s->lock);
+        }
+    }
+    pthread_mutex_unlock(&s->lock);
+    return NULL;
+}
+
+/* ---- public -------------------------------------------------------------------------------- */
+
+int lh_sched_new(lh_sched **sp, const lh_model *m, const lh_sched_config *cfg,
+                 lh_sched_emit_fn emit, void *ud)
+{
+    *sp = NULL;
+    int rc = 0;
+    lh_sched *s = calloc(1, sizeof *s);
+    if (!s)
+        return -ENOMEM;
+    s->model = m;
+    s->tok = lh_model_tok(m);
+    s->cfg = *cfg;
+    if (!s->cfg.n_slots)
+        s->cfg.n_slots = 1;
+    if (s->cfg.slice_ms <= 0)
+        s->cfg.slice_ms = 20;
+    if (!s->cfg.max_tokens_default)
+        s->cfg.max_tokens_default = 256;
+    s->n_vocab = lh_model_hparams(m)->n_vocab;
+    s->emit = emit;
+    s->ud = ud;
+    pthread_mutex_init(&s->lock, NULL);
+    pthread_cond_init(&s->cond, NULL);
+    s->slots = calloc(s->cfg.n_slots, sizeof *s->slots);
+    if (!s->slots) {
+        rc = -ENOMEM;
+        goto fail;
+    }
+    for (size_t i = 0; i < s->cfg.n_slots; i++) {
+        rc = slot_create(s, &s->slots[i], s->cfg.ctx.attn, s->cfg.ctx.chunk, s->cfg.ctx.window);
+        if (rc != 0)
+            goto fail;
+    }
+    s->defaults = *lh_ctx_params_get(s->slots[0].ctx);
+    if (!s->cfg.max_prompt_tokens || s->cfg.max_prompt_tokens >= s->defaults.n_ctx)
+        s->cfg.max_prompt_tokens = s->defaults.n_ctx - 1;
+    rc = -pthread_create(&s->thread, NULL, compute_main, s);
+    if (rc != 0)
+        goto fail;
+    s->thread_started = 1;
+    *sp = s;
+    return 0;
+fail:
+    lh_sched_free(s);
+    return rc;
+}
+
+void lh_sched_free(lh_sched *s)
+{
+    if (!s)
+        return;
+    if (s->thread_started) {
+        lh_sched_shutdown(s, 1);
+        pthread_mutex_lock(&s->lock);
+        s->stop = 1;
+        pthread_cond_broadcast(&s->cond);
+        pthread_mutex_unlock(&s->lock);
+        pthread_join(s->thread, NULL);
+    }
+    for (size_t i = 0; s->slots && i < s->cfg.n_slots; i++) {
+        lh_ctx_free(s->slots[i].ctx);
+        free(s->slots[i].logits);
+    }
+    free(s->slots);
+    free(s->owners);
+    pthread_cond_destroy(&s->cond);
+    pthread_mutex_destroy(&s->lock);
+    free(s);
+}
+
+static int find_inflight(lh_sched *s, uint64_t owner, uint64_t id, req **rp)
+{
+    for (req *r = s->pending; r; r = r->next)
+        if (r->owner == owner && r->id == id)
+            return *rp = r, 1;
+    for (req *r = s->active; r; r = r->next)
+        if (r->owner == owner && r->id == id)
+            return *rp = r, 1;
+    return 0;
+}
+
+int lh_sched_submit(lh_sched *s, uint64_t owner, uint64_t id, lh_sched_args *a, char *err,
+                    size_t err_size)
+{
+    int rc = LH_ERR_NONE;
+    req *r = NULL;
+    err[0] = 0;
+    if (a->kind == LH_REQ_GENERATE) {
+        if (a->attn >= 0 && ((a->attn == LH_ATTN_FULL && !s->cfg.allow_full) ||
+                             (a->attn == LH_ATTN_LONGHEADS && !s->cfg.allow_longheads))) {
+            snprintf(err, err_size, "attention mode %s is not allowed by this daemon (allow-attn)",
+                     a->attn == LH_ATTN_FULL ? "full" : "longheads");
+            rc = LH_ERR_INVALID_ARGUMENT;
+            goto out;
+        }
+        if (a->attn > LH_ATTN_LONGHEADS) {
+            snprintf(err, err_size, "unknown attention mode %d", a->attn);
+            rc = LH_ERR_INVALID_ARGUMENT;
+            goto out;
+        }
+        const lh_sampler_params *p = &a->sp;
+        if (!(p->temperature >= 0 && p->temperature <= 1000) || !(p->top_p > 0 && p->top_p <= 1) ||
+            !(p->min_p >= 0 && p->min_p <= 1) || !(p->repeat_penalty > 0 && p->repeat_penalty < 1000) ||
+            p->top_k < 0 || p->repeat_last_n < 0) {
+            snprintf(err, err_size, "sampling options out of range: temperature in [0, 1000], "
+                     "top-p in (0, 1], min-p in [0, 1], repeat-penalty in (0, 1000), top-k and "
+                     "repeat-last-n >= 0");
+            rc = LH_ERR_INVALID_ARGUMENT;
+            goto out;
+        }
+        if (a->n_tokens > s->cfg.max_prompt_tokens) {
+            snprintf(err, err_size, "the prompt has %zu tokens; the daemon allows %zu "
+                     "(max-prompt-tokens)", a->n_tokens, s->cfg.max_prompt_tokens);
+            rc = LH_ERR_LIMIT;
+            goto out;
+        }
+    }
+    r = calloc(1, sizeof *r);
+    if (!r) {
+        snprintf(err, err_size, "out of memory");
+        rc = LH_ERR_INTERNAL;
+        goto out;
+    }
+    r->owner = owner;
+    r->id = id;
+    r->a = *a;
+    memset(a, 0, sizeof *a);
+    r->t_submit = now_s();
+    double to = s->cfg.timeout_s;
+    if (r->a.timeout_ms && (to <= 0 || r->a.timeout_ms * 1e-3 < to))
+        to = r->a.timeout_ms * 1e-3;
+    r->deadline = to > 0 ? r->t_submit + to : 0;
+    pthread_mutex_lock(&s->lock);
+    req *dup;
+    owner_rec *o;
+    if (s->shutting_down) {
+        snprintf(err, err_size, "the daemon is shutting down; retry when it is back");
+        rc = LH_ERR_SHUTTING_DOWN;
+    } else if (s->n_pending >= s->cfg.max_queued) {
+        snprintf(err, err_size, "%zu requests are queued (max-queued); retry later", s->n_pending);
+        rc = LH_ERR_BUSY;
+    } else if (find_inflight(s, owner, id, &dup)) {
+        snprintf(err, err_size, "request id %llu is already in flight on this connection",
+                 (unsigned long long)id);
+        rc = LH_ERR_DUPLICATE_ID;
+    } else if (!(o = find_owner(s, owner, 1))) {
+        snprintf(err, err_size, "out of memory");
+        rc = LH_ERR_INTERNAL;
+    } else if (o->n_inflight >= s->cfg.max_per_owner) {
+        snprintf(err, err_size, "%zu requests in flight on this connection (max-per-connection); "
+                 "wait for one to finish", o->n_inflight);
+        rc = LH_ERR_BUSY;
+    } else {
+        o->n_inflight++;
+        r->tag = (o->tag > s->vclock ? o->tag : s->vclock) + 1;
+        o->tag = r->tag;
+        r->seq = ++s->seq;
+        /* append (FIFO among equal tags is decided by seq anyway) */
+        r->next = s->pending;
+        s->pending = r;
+        s->n_pending++;
+        r = NULL;
+        pthread_cond_signal(&s->cond);
+    }
+    pthread_mutex_unlock(&s->lock);
+out:
+    if (r) {
+        req_free(r);
+    } else {
+        lh_sched_args_deinit(a);
+    }
+    return rc;
+}
+
+static void set_cancel(req *r, int why)
+{
+    int expected = CANCEL_NONE;
+    atomic_compare_exchange_strong(&r->cancel, &expected, why);
+}
+
+void lh_sched_cancel(lh_sched *s, uint64_t owner, uint64_t id)
+{
+    pthread_mutex_lock(&s->lock);
+    req *r;
+    if (find_inflight(s, owner, id, &r)) {
+        set_cancel(r, CANCEL_CLIENT);
+        pthread_cond_signal(&s->cond);
+    }
+    pthread_mutex_unlock(&s->lock);
+}
+
+void lh_sched_cancel_owner(lh_sched *s, uint64_t owner)
+{
+    pthread_mutex_lock(&s->lock);
+    for (req *r = s->pending; r; r = r->next)
+        if (r->owner == owner)
+            set_cancel(r, CANCEL_DISCONNECT);
+    for (req *r = s->active; r; r = r->next)
+        if (r->owner == owner)
+            set_cancel(r, CANCEL_DISCONNECT);
+    owner_rec *o = find_owner(s, owner, 0);
+    if (o) {
+        o->throttled = 0; /* let its requests run to their cancellation */
+        drop_owner_if_idle(s, o);
+    }
+    pthread_cond_signal(&s->cond);
+    pthread_mutex_unlock(&s->lock);
+}
+
+void lh_sched_set_throttled(lh_sched *s, uint64_t owner, int on)
+{
+    pthread_mutex_lock(&s->lock);
+    owner_rec *o = find_owner(s, owner, on);
+    if (o) {
+        o->throttled = on;
+        if (!on)
+            drop_owner_if_idle(s, o);
+    }
+    pthread_cond_signal(&s->cond);
+    pthread_mutex_unlock(&s->lock);
+}
+
+void lh_sched_shutdown(lh_sched *s, int cancel)
+{
+    pthread_mutex_lock(&s->lock);
+    s->shutting_down = 1;
+    if (cancel) {
+        for (req *r = s->pending; r; r = r->next)
+            set_cancel(r, CANCEL_SHUTDOWN);
+        for (req *r = s->active; r; r = r->next)
+            set_cancel(r, CANCEL_SHUTDOWN);
+        for (size_t i = 0; i < s->n_owners; i++)
+            s->owners[i].throttled = 0;
+    }
+    pthread_cond_signal(&s->cond);
+    pthread_mutex_unlock(&s->lock);
+}
+
+void lh_sched_get_stats(lh_sched *s, lh_sched_stats *st)
+{
+    pthread_mutex_lock(&s->lock);
+    st->n_queued = s->n_pending;
+    st->n_active = s->n_active;
+    st->n_inflight = s->n_pending + s->n_active;
+    st->n_served = s->n_served;
+    pthread_mutex_unlock(&s->lock);
+}

@@ -1,0 +1,57 @@
+/* daemon/server — longheadsd's I/O: the listening Unix socket, one poll loop, the connections,
+ * the protocol (this is the only daemon file that sees protobuf types), per-peer limits and
+ * backpressure.  Compute happens on the scheduler's thread (scheduler.h); its events come back
+ * through a locked outbox and an eventfd, are encoded as frames there and queued on the
+ * connection, so a slow client never blocks the compute thread and a long prefill never blocks
+ * I/O.
+ *
+ * Backpressure: a connection whose unsent output exceeds 256 KiB is throttled (the scheduler
+ * pauses its requests) until it drops below 64 KiB; above 8 MiB the daemon also stops reading
+ * from it.  A peer that disconnects has all its requests cancelled.
+ *
+ * Shutdown (lh_server_request_stop, e.g. SIGTERM): the listening socket is closed and removed,
+ * new requests are refused with ERR_SHUTTING_DOWN, in-flight requests get drain_s seconds to
+ * finish and are then cancelled (a second stop request cancels at once); lh_server_run returns
+ * once every final frame is written or 5 s after the cancel.
+ */
+#ifndef LH_SERVER_H
+#define LH_SERVER_H
+
+#include <stddef.h>
+#include <sys/types.h>
+
+#include "model.h"
+#include "scheduler.h"
+
+typedef struct {
+    const char *socket_path;  /* created (see lh_server_new) unless listen_fd >= 0 */
+    int listen_fd;            /* an inherited listening socket (systemd), or -1 */
+    size_t max_conns;         /* default 64 */
+    size_t max_frame;         /* largest request frame accepted; default LH_FRAME_MAX_DEFAULT */
+    const uid_t *allow_uid;   /* when either list is non-empty, only these uids/gids (and root, */
+    size_t n_allow_uid;       /* and the daemon's own uid) may connect */
+    const gid_t *allow_gid;
+    size_t n_allow_gid;
+    double drain_s;           /* default 10 */
+} lh_server_config;
+
+void lh_server_config_default(lh_server_config *c);
+
+typedef struct lh_server lh_server;
+
+/* Creates the socket (path length checked; the parent directory is created 0700 when missing; an
+ * existing path is removed only if it is a socket nobody listens on; mode 0660 through the umask)
+ * and the scheduler.  Returns 0, -EADDRINUSE (a daemon already listens; logged), -ENAMETOOLONG,
+ * -EEXIST (a non-socket file is in the way), -errno. */
+int lh_server_new(lh_server **sp, const lh_server_config *cfg, const lh_model *m,
+                  const lh_sched_config *sc);
+/* Runs the poll loop until a stop completes.  Returns 0 or -errno (poll failed). */
+int lh_server_run(lh_server *srv);
+/* Async-signal-safe: begin the shutdown (twice: cancel at once). */
+void lh_server_request_stop(lh_server *srv);
+/* Async-signal-safe: reopen the log file (SIGHUP). */
+void lh_server_request_reopen(lh_server *srv);
+/* Closes everything (the socket file is removed when this server created it); NULL accepted. */
+void lh_server_free(lh_server *srv);
+
+#endif

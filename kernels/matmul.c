@@ -1,0 +1,531 @@
+/* kernels/matmul — see matmul.h.
+ *
+ * Prefill (n_rows > 1) runs one oneDNN matmul primitive created at _new with a RUNTIME M
+ * dimension, so one primitive serves every n_rows in 1..max_rows.  oneDNN reads M from the memory
+ * descriptors it is given at execution, so _new also makes one (buffer-less) src and dst memory
+ * object per M; _run only points them at the caller's arrays.  The weights are Wᵀ as oneDNN sees
+ * them: dims {n_in, n_out}, format `ba` (W row-major is exactly Wᵀ column-major), so F32 weights
+ * are used in place.  F16/BF16/Q8_0 weights are converted, a panel of rows of W at a time, into
+ * F32 scratch made at _new, and each panel is one execution writing a column slice of y (a strided
+ * dst).  Scratchpad mode is `user`: its buffer too is allocated at _new.
+ *
+ * Decode (n_rows == 1) is a GEMV: every output is a lh_dot_row of one W row with x, rows split
+ * statically over threads.  A oneDNN call for M = 1 costs more in fixed overhead and packing than
+ * the whole GEMV for our shapes (tools/kbench measures both).
+ */
+#include "matmul.h"
+
+#include <errno.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <dnnl.h>
+
+#include "log.h"
+#include "simd.h"
+
+/* A converted panel of W is this many bytes of F32 (a size oneDNN handles at full speed while the
+ * conversion of the next panel stays cheap). */
+#define PANEL_BYTES (2u << 20)
+
+struct lh_matmul {
+    lh_type wtype;
+    size_t n_in, n_out, max_rows;
+    size_t row_size;              /* bytes of one W row in its file type */
+    size_t panel;                 /* W rows per panel (== n_out for F32) */
+    size_t n_panel_full, tail;    /* n_out = n_panel_full * panel + tail */
+
+    dnnl_engine_t eng;
+    dnnl_stream_t stream;
+    dnnl_primitive_t prim, prim_tail;    /* full panel (or all of W), tail panel */
+    dnnl_memory_t w_mem, w_tail_mem;     /* weights: file F32 in place or panel scratch */
+    dnnl_memory_t *src_mem;              /* [max_rows + 1], index M */
+    dnnl_memory_t *dst_mem, *dst_tail_mem; /* [max_rows + 1], index M */
+    dnnl_memory_t scratch_mem, scratch_tail_mem;
+    void *scratchpad, *scratchpad_tail;
+    float *wpanel;                       /* (panel, n_in) F32 when wtype != F32 */
+};
+
+#define DNNL_CHECK(call)                                                                      \
+    do {                                                                                      \
+        dnnl_status_t st_ = (call);                                                           \
+        if (st_ != dnnl_success) {                                                            \
+            lh_log_error("matmul: %s failed: oneDNN status %d", #call, (int)st_);            \
+            goto fail;                                                                        \
+        }                                                                                     \
+    } while (0)
+
+/* ---- small F32 GEMMs for attention ---------------------------------------------------------- */
+
+#ifdef LH_HAVE_AVX2
+static inline __m256i tail_mask(size_t r)
+{
+    /* lanes 0..r-1 set (r <= 8) */
+    static const int32_t m[16] = {-1, -1, -1, -1, -1, -1, -1, -1, 0, 0, 0, 0, 0, 0, 0, 0};
+    return _mm256_loadu_si256((const __m256i *)(m + 8 - r));
+}
+
+/* C[0..mr)[0..nr) (+)= A rows · B rows, a 2 x 4 block; rows past mr/nr repeat the last valid one
+ * (their results are dropped), so one register-resident kernel serves every edge. */
+static void nt_block(size_t mr, size_t nr, size_t k, const float *a, size_t lda, const float *b,
+                     size_t ldb, float *c, size_t ldc, float beta)
+{
+    const float *a0 = a, *a1 = a + (mr > 1 ? lda : 0);
+    const float *b0 = b, *b1 = b + (nr > 1 ? 1 : 0) * ldb, *b2 = b + (nr > 2 ? 2 : nr - 1) * ldb,
+                *b3 = b + (nr > 3 ? 3 : nr - 1) * ldb;
+    __m256 c00 = _mm256_setzero_ps(), c01 = c00, c02 = c00, c03 = c00;
+    __m256 c10 = c00, c11 = c00, c12 = c00, c13 = c00;
+    size_t p = 0;
+    for (; p + 8 <= k; p += 8) {
+        __m256 va0 = _mm256_loadu_ps(a0 + p), va1 = _mm256_loadu_ps(a1 + p);
+        __m256 vb = _mm256_loadu_ps(b0 + p);
+        c00 = _mm256_fmadd_ps(va0, vb, c00);
+        c10 = _mm256_fmadd_ps(va1, vb, c10);
+        vb = _mm256_loadu_ps(b1 + p);
+        c01 = _mm256_fmadd_ps(va0, vb, c01);
+        c11 = _mm256_fmadd_ps(va1, vb, c11);
+        vb = _mm256_loadu_ps(b2 + p);
+        c02 = _mm256_fmadd_ps(va0, vb, c02);
+        c12 = _mm256_fmadd_ps(va1, vb, c12);
+        vb = _mm256_loadu_ps(b3 + p);
+        c03 = _mm256_fmadd_ps(va0, vb, c03);
+        c13 = _mm256_fmadd_ps(va1, vb, c13);
+    }
+    if (p < k) {
+        __m256i msk = tail_mask(k - p);
+        __m256 va0 = _mm256_maskload_ps(a0 + p, msk), va1 = _mm256_maskload_ps(a1 + p, msk);
+        __m256 vb = _mm256_maskload_ps(b0 + p, msk);
+        c00 = _mm256_fmadd_ps(va0, vb, c00);
+        c10 = _mm256_fmadd_ps(va1, vb, c10);
+        vb = _mm256_maskload_ps(b1 + p, msk);
+        c01 = _mm256_fmadd_ps(va0, vb, c01);
+        c11 = _mm256_fmadd_ps(va1, vb, c11);
+        vb = _mm256_maskload_ps(b2 + p, msk);
+        c02 = _mm256_fmadd_ps(va0, vb, c02);
+        c12 = _mm256_fmadd_ps(va1, vb, c12);
+        vb = _mm256_maskload_ps(b3 + p, msk);
+        c03 = _mm256_fmadd_ps(va0, vb, c03);
+        c13 = _mm256_fmadd_ps(va1, vb, c13);
+    }
+    float r[2][4];
+    _mm_storeu_ps(r[0], lh_hsum4x256(c00, c01, c02, c03));
+    _mm_storeu_ps(r[1], lh_hsum4x256(c10, c11, c12, c13));
+    for (size_t i = 0; i < mr; i++)
+        for (size_t j = 0; j < nr; j++)
+            c[i * ldc + j] = beta != 0 ? c[i * ldc + j] + r[i][j] : r[i][j];
+}
+#endif
+
+void lh_gemm_nt(size_t m, size_t n, size_t k, const float *a, size_t lda, const float *b,
+                size_t ldb, float *c, size_t ldc, float beta)
+{
+#ifdef LH_HAVE_AVX2
+    /* B rows are streamed once per pair of A rows; the caller's blocks are small enough (a tile of
+     * keys × head_dim) to stay in L1/L2, so no further blocking. */
+    for (size_t i = 0; i < m; i += 2) {
+        size_t mr = m - i < 2 ? m - i : 2;
+        for (size_t j = 0; j < n; j += 4) {
+            size_t nr = n - j < 4 ? n - j : 4;
+            nt_block(mr, nr, k, a + i * lda, lda, b + j * ldb, ldb, c + i * ldc + j, ldc, beta);
+        }
+    }
+#else
+    for (size_t i = 0; i < m; i++)
+        for (size_t j = 0; j < n; j++) {
+            float s = 0;
+            for (size_t p = 0; p < k; p++)
+                s += a[i * lda + p] * b[j * ldb + p];
+            c[i * ldc + j] = beta != 0 ? c[i * ldc + j] + s : s;
+        }
+#endif
+}
+
+#ifdef LH_HAVE_AVX2
+/* C[0..mr)[0..nr) (+)= A[0..mr)[0..k) · B[0..k)[0..nr), a 4 x 16 block; nr <= 16 via masks, A rows
+ * past mr repeat the last one (results dropped). */
+static void nn_block(size_t mr, size_t nr, size_t k, const float *a, size_t lda, const float *b,
+                     size_t ldb, float *c, size_t ldc, int accumulate)
+{
+    const float *a0 = a, *a1 = a + (mr > 1 ? 1 : 0) * lda, *a2 = a + (mr > 2 ? 2 : mr - 1) * lda,
+                *a3 = a + (mr > 3 ? 3 : mr - 1) * lda;
+    __m256i m0 = tail_mask(nr < 8 ? nr : 8), m1 = tail_mask(nr > 8 ? nr - 8 : 0);
+    __m256 c00 = _mm256_setzero_ps(), c01 = c00, c10 = c00, c11 = c00;
+    __m256 c20 = c00, c21 = c00, c30 = c00, c31 = c00;
+    if (mr == 1) {
+        /* one row (decode attention: P·V for a single query): no wasted broadcasts */
+        for (size_t p = 0; p < k; p++) {
+            __m256 va = _mm256_broadcast_ss(a0 + p);
+            c00 = _mm256_fmadd_ps(va, _mm256_maskload_ps(b + p * ldb, m0), c00);
+            c01 = _mm256_fmadd_ps(va, _mm256_maskload_ps(b + p * ldb + 8, m1), c01);
+        }
+    } else if (nr == 16) {
+        for (size_t p = 0; p < k; p++) {
+            __m256 b0 = _mm256_loadu_ps(b + p * ldb), b1 = _mm256_loadu_ps(b + p * ldb + 8);
+            __m256 va = _mm256_broadcast_ss(a0 + p);
+            c00 = _mm256_fmadd_ps(va, b0, c00);
+            c01 = _mm256_fmadd_ps(va, b1, c01);
+            va = _mm256_broadcast_ss(a1 + p);
+            c10 = _mm256_fmadd_ps(va, b0, c10);
+            c11 = _mm256_fmadd_ps(va, b1, c11);
+            va = _mm256_broadcast_ss(a2 + p);
+            c20 = _mm256_fmadd_ps(va, b0, c20);
+            c21 = _mm256_fmadd_ps(va, b1, c21);
+            va = _mm256_broadcast_ss(a3 + p);
+            c30 = _mm256_fmadd_ps(va, b0, c30);
+            c31 = _mm256_fmadd_ps(va, b1, c31);
+        }
+    } else {
+        for (size_t p = 0; p < k; p++) {
+            __m256 b0 = _mm256_maskload_ps(b + p * ldb, m0);
+            __m256 b1 = _mm256_maskload_ps(b + p * ldb + 8, m1);
+            __m256 va = _mm256_broadcast_ss(a0 + p);
+            c00 = _mm256_fmadd_ps(va, b0, c00);
+            c01 = _mm256_fmadd_ps(va, b1, c01);
+            va = _mm256_broadcast_ss(a1 + p);
+            c10 = _mm256_fmadd_ps(va, b0, c10);
+            c11 = _mm256_fmadd_ps(va, b1, c11);
+            va = _mm256_broadcast_ss(a2 + p);
+            c20 = _mm256_fmadd_ps(va, b0, c20);
+            c21 = _mm256_fmadd_ps(va, b1, c21);
+            va = _mm256_broadcast_ss(a3 + p);
+            c30 = _mm256_fmadd_ps(va, b0, c30);
+            c31 = _mm256_fmadd_ps(va, b1, c31);
+        }
+    }
+    __m256 acc[4][2] = {{c00, c01}, {c10, c11}, {c20, c21}, {c30, c31}};
+    for (size_t i = 0; i < mr; i++) {
+        float *ci = c + i * ldc;
+        __m256 r0 = acc[i][0], r1 = acc[i][1];
+        if (accumulate) {
+            r0 = _mm256_add_ps(r0, _mm256_maskload_ps(ci, m0));
+            r1 = _mm256_add_ps(r1, _mm256_maskload_ps(ci + 8, m1));
+        }
+        _mm256_maskstore_ps(ci, m0, r0);
+        _mm256_maskstore_ps(ci + 8, m1, r1);
+    }
+}
+#endif
+
+void lh_gemm_nn(size_t m, size_t n, size_t k, const float *a, size_t lda, const float *b,
+                size_t ldb, float *c, size_t ldc, float beta)
+{
+#ifdef LH_HAVE_AVX2
+    /* k is cut into slices of KC so a 16-column strip of B (KC x 16 floats = 16 KiB) stays in L1
+     * while every 4-row block of A passes over it. */
+    enum { KC = 256 };
+    if (k == 0) {
+        if (beta == 0)
+            for (size_t i = 0; i < m; i++)
+                memset(c + i * ldc, 0, n * sizeof *c);
+        return;
+    }
+    for (size_t p0 = 0; p0 < k; p0 += KC) {
+        size_t kc = k - p0 < KC ? k - p0 : KC;
+        int accumulate = p0 > 0 || beta != 0;
+        for (size_t j = 0; j < n; j += 16) {
+            size_t nr = n - j < 16 ? n - j : 16;
+            for (size_t i = 0; i < m; i += 4) {
+                size_t mr = m - i < 4 ? m - i : 4;
+                nn_block(mr, nr, kc, a + i * lda + p0, lda, b + p0 * ldb + j, ldb,
+                         c + i * ldc + j, ldc, accumulate);
+            }
+        }
+    }
+#else
+    for (size_t i = 0; i < m; i++) {
+        float *ci = c + i * ldc;
+        if (beta == 0)
+            memset(ci, 0, n * sizeof *ci);
+        for (size_t p = 0; p < k; p++) {
+            float av = a[i * lda + p];
+            const float *bp = b + p * ldb;
+            for (size_t j = 0; j < n; j++)
+                ci[j] += av * bp[j];
+        }
+    }
+#endif
+}
+
+/* ---- reference ------------------------------------------------------------------------------ */
+
+static float ref_elem(lh_type t, const void *row, size_t i)
+{
+    switch (t) {
+    case LH_TYPE_F32: return ((const float *)row)[i];
+    case LH_TYPE_F16: return lh_f16_to_f32(((const uint16_t *)row)[i]);
+    case LH_TYPE_BF16: return lh_bf16_to_f32(((const uint16_t *)row)[i]);
+    case LH_TYPE_Q8_0: {
+        const lh_block_q8_0 *b = (const lh_block_q8_0 *)row + i / LH_QK8_0;
+        return lh_f16_to_f32(b->d) * (float)b->qs[i % LH_QK8_0];
+    }
+    }
+    return 0;
+}
+
+void lh_matmul_ref(lh_type wtype, const void *w, const float *x, size_t n_rows, size_t n_in,
+                   size_t n_out, float *y)
+{
+    size_t rs = lh_type_row_size(wtype, n_in);
+    for (size_t r = 0; r < n_rows; r++)
+        for (size_t o = 0; o < n_out; o++) {
+            const void *row = (const char *)w + o * rs;
+            double s = 0;
+            for (size_t i = 0; i < n_in; i++)
+                s += (double)ref_elem(wtype, row, i) * x[r * n_in + i];
+            y[r * n_out + o] = (float)s;
+        }
+}
+
+/* ---- oneDNN prefill + GEMV decode ----------------------------------------------------------- */
+
+static void free_mems(dnnl_memory_t *mems, size_t n)
+{
+    if (!mems)
+        return;
+    for (size_t i = 0; i < n; i++)
+        if (mems[i])
+            dnnl_memory_destroy(mems[i]);
+    free(mems);
+}
+
+void lh_matmul_free(lh_matmul *m)
+{
+    if (!m)
+        return;
+    free_mems(m->src_mem, m->max_rows + 1);
+    free_mems(m->dst_mem, m->max_rows + 1);
+    free_mems(m->dst_tail_mem, m->max_rows + 1);
+    if (m->w_mem)
+        dnnl_memory_destroy(m->w_mem);
+    if (m->w_tail_mem)
+        dnnl_memory_destroy(m->w_tail_mem);
+    if (m->scratch_mem)
+        dnnl_memory_destroy(m->scratch_mem);
+    if (m->scratch_tail_mem)
+        dnnl_memory_destroy(m->scratch_tail_mem);
+    if (m->prim)
+        dnnl_primitive_destroy(m->prim);
+    if (m->prim_tail)
+        dnnl_primitive_destroy(m->prim_tail);
+    if (m->stream)
+        dnnl_stream_destroy(m->stream);
+    if (m->eng)
+        dnnl_engine_destroy(m->eng);
+    free(m->scratchpad);
+    free(m->scratchpad_tail);
+    free(m->wpanel);
+    free(m);
+}
+
+/* The primitive for output columns of width n_cols (dst row stride n_out), with M at run time;
+ * also its weights memory and its user scratchpad. */
+static int make_prim(lh_matmul *m, size_t n_cols, dnnl_primitive_t *primp, dnnl_memory_t *wmemp,
+                     dnnl_memory_t *spmemp, void **spp)
+{
+    int rc = -EIO;
+    dnnl_primitive_attr_t attr = NULL;
+    dnnl_primitive_desc_t pd = NULL;
+    dnnl_memory_desc_t src_md, w_md, dst_md;
+    dnnl_dims_t src_dims = {DNNL_RUNTIME_DIM_VAL, (dnnl_dim_t)m->n_in};
+    dnnl_dims_t src_strides = {(dnnl_dim_t)m->n_in, 1};
+    dnnl_dims_t w_dims = {(dnnl_dim_t)m->n_in, (dnnl_dim_t)n_cols};
+    dnnl_dims_t w_strides = {1, (dnnl_dim_t)m->n_in};
+    dnnl_dims_t dst_dims = {DNNL_RUNTIME_DIM_VAL, (dnnl_dim_t)n_cols};
+    dnnl_dims_t dst_strides = {(dnnl_dim_t)m->n_out, 1};
+    dnnl_matmul_desc_t desc;
+    DNNL_CHECK(dnnl_memory_desc_init_by_strides(&src_md, 2, src_dims, dnnl_f32, src_strides));
+    DNNL_CHECK(dnnl_memory_desc_init_by_strides(&w_md, 2, w_dims, dnnl_f32, w_strides));
+    DNNL_CHECK(dnnl_memory_desc_init_by_strides(&dst_md, 2, dst_dims, dnnl_f32, dst_strides));
+    DNNL_CHECK(dnnl_matmul_desc_init(&desc, &src_md, &w_md, NULL, &dst_md));
+    DNNL_CHECK(dnnl_primitive_attr_create(&attr));
+    DNNL_CHECK(dnnl_primitive_attr_set_scratchpad_mode(attr, dnnl_scratchpad_mode_user));
+    DNNL_CHECK(dnnl_primitive_desc_create(&pd, &desc, attr, m->eng, NULL));
+    DNNL_CHECK(dnnl_primitive_create(primp, pd));
+    DNNL_CHECK(dnnl_memory_create(wmemp, &w_md, m->eng, DNNL_MEMORY_NONE));
+    const dnnl_memory_desc_t *sp_md = dnnl_primitive_desc_query_md(pd, dnnl_query_scratchpad_md, 0);
+    size_t sp_size = sp_md ? dnnl_memory_desc_get_size(sp_md) : 0;
+    if (sp_size > 0) {
+        if (posix_memalign(spp, 64, sp_size) != 0) {
+            *spp = NULL;
+            rc = -ENOMEM;
+            goto fail;
+        }
+        DNNL_CHECK(dnnl_memory_create(spmemp, sp_md, m->eng, *spp));
+    }
+    rc = 0;
+fail:
+    if (pd)
+        dnnl_primitive_desc_destroy(pd);
+    if (attr)
+        dnnl_primitive_attr_destroy(attr);
+    return rc;
+}
+
+/* One buffer-less memory object per M in 1..max_rows for a (M, n_cols) block with row stride ld. */
+static int make_mems(lh_matmul *m, size_t n_cols, size_t ld, dnnl_memory_t **memsp)
+{
+    int rc = -ENOMEM;
+    dnnl_memory_t *mems = calloc(m->max_rows + 1, sizeof *mems);
+    if (!mems)
+        goto fail;
+    *memsp = mems;
+    rc = -EIO;
+    for (size_t r = 1; r <= m->max_rows; r++) {
+        dnnl_memory_desc_t md;
+        dnnl_dims_t dims = {(dnnl_dim_t)r, (dnnl_dim_t)n_cols};
+        dnnl_dims_t strides = {(dnnl_dim_t)ld, 1};
+        DNNL_CHECK(dnnl_memory_desc_init_by_strides(&md, 2, dims, dnnl_f32, strides));
+        DNNL_CHECK(dnnl_memory_create(&mems[r], &md, m->eng, DNNL_MEMORY_NONE));
+    }
+    rc = 0;
+fail:
+    return rc;
+}
+
+int lh_matmul_new(lh_matmul **mp, lh_type wtype, size_t n_in, size_t n_out, size_t max_rows)
+{
+    int rc = -EINVAL;
+    lh_matmul *m = NULL;
+    *mp = NULL;
+    if (!lh_type_known(wtype) || n_in == 0 || n_out == 0 || max_rows == 0 ||
+        n_in % lh_type_block(wtype) != 0 || n_in > INT32_MAX || n_out > INT32_MAX ||
+        max_rows > INT32_MAX) {
+        lh_log_error("matmul: unsupported shape %zu x %zu of %s (max_rows %zu)", n_out, n_in,
+                     lh_type_name(wtype), max_rows);
+        goto fail;
+    }
+    rc = -ENOMEM;
+    m = calloc(1, sizeof *m);
+    if (!m)
+        goto fail;
+    m->wtype = wtype;
+    m->n_in = n_in;
+    m->n_out = n_out;
+    m->max_rows = max_rows;
+    m->row_size = lh_type_row_size(wtype, n_in);
+    if (wtype == LH_TYPE_F32) {
+        m->panel = n_out;
+    } else {
+        size_t p = PANEL_BYTES / (n_in * sizeof(float));
+        p = p < 16 ? 16 : p & ~(size_t)15;
+        m->panel = p < n_out ? p : n_out;
+    }
+    m->n_panel_full = n_out / m->panel;
+    m->tail = n_out % m->panel;
+    if (wtype != LH_TYPE_F32) {
+        if (posix_memalign((void **)&m->wpanel, 64, m->panel * n_in * sizeof(float)) != 0) {
+            m->wpanel = NULL;
+            goto fail;
+        }
+    }
+    rc = -EIO;
+    DNNL_CHECK(dnnl_engine_create(&m->eng, dnnl_cpu, 0));
+    DNNL_CHECK(dnnl_stream_create(&m->stream, m->eng, dnnl_stream_default_flags));
+    if ((rc = make_prim(m, m->panel, &m->prim, &m->w_mem, &m->scratch_mem, &m->scratchpad)) != 0)
+        goto fail;
+    if ((rc = make_mems(m, n_in, n_in, &m->src_mem)) != 0)
+        goto fail;
+    if ((rc = make_mems(m, m->panel, n_out, &m->dst_mem)) != 0)
+        goto fail;
+    if (m->tail) {
+        if ((rc = make_prim(m, m->tail, &m->prim_tail, &m->w_tail_mem, &m->scratch_tail_mem,
+                            &m->scratchpad_tail)) != 0)
+            goto fail;
+        if ((rc = make_mems(m, m->tail, n_out, &m->dst_tail_mem)) != 0)
+            goto fail;
+    }
+    *mp = m;
+    return 0;
+fail:
+    if (rc == -ENOMEM)
+        lh_log_error("matmul: out of memory for %zu x %zu", n_out, n_in);
+    lh_matmul_free(m);
+    return rc;
+}
+
+static void gemv(const lh_matmul *m, const void *w, const float *x, float *y)
+{
+    size_t n_out = m->n_out, n_in = m->n_in, rs = m->row_size;
+    lh_type t = m->wtype;
+    /* Blocks of 16 rows (lh_dot_rows takes them four at a time).  Small matrices stay on one
+     * thread: waking the team costs more than they take. */
+    size_t n_blk = (n_out + 15) / 16;
+    OMP(omp parallel for schedule(static) if (n_out * n_in >= 131072))
+    for (size_t b = 0; b < n_blk; b++) {
+        size_t o = b * 16, nr = n_out - o < 16 ? n_out - o : 16;
+        lh_dot_rows(t, (const char *)w + o * rs, rs, x, n_in, y + o, nr);
+    }
+}
+
+static int exec(lh_matmul *m, dnnl_primitive_t prim, dnnl_memory_t wmem, const void *wdata,
+                dnnl_memory_t smem, dnnl_memory_t dmem, float *ydata, dnnl_memory_t spmem,
+                const float *x)
+{
+    DNNL_CHECK(dnnl_memory_set_data_handle(wmem, (void *)wdata));
+    DNNL_CHECK(dnnl_memory_set_data_handle(smem, (void *)x));
+    DNNL_CHECK(dnnl_memory_set_data_handle(dmem, ydata));
+    dnnl_exec_arg_t args[4] = {
+        {DNNL_ARG_SRC, smem}, {DNNL_ARG_WEIGHTS, wmem}, {DNNL_ARG_DST, dmem},
+        {DNNL_ARG_SCRATCHPAD, spmem},
+    };
+    DNNL_CHECK(dnnl_primitive_execute(prim, m->stream, spmem ? 4 : 3, args));
+    DNNL_CHECK(dnnl_stream_wait(m->stream));
+    return 0;
+fail:
+    return -EIO;
+}
+
+/* rows [r0, r0+n) of W to F32 in the panel scratch, split over threads. */
+static void convert_panel(lh_matmul *m, const void *w, size_t r0, size_t n)
+{
+    const char *base = (const char *)w + r0 * m->row_size;
+    size_t n_in = m->n_in, rs = m->row_size;
+    lh_type t = m->wtype;
+    float *dst = m->wpanel;
+    OMP(omp parallel for schedule(static))
+    for (size_t r = 0; r < n; r++)
+        lh_dequant_row(t, base + r * rs, dst + r * n_in, n_in);
+}
+
+int lh_matmul_run(lh_matmul *m, const void *w, const float *x, size_t n_rows, float *y)
+{
+    if (n_rows == 0)
+        return 0;
+    if (n_rows > m->max_rows) {
+        lh_log_error("matmul: %zu rows > max_rows %zu", n_rows, m->max_rows);
+        return -EINVAL;
+    }
+    if (n_rows == 1) {
+        gemv(m, w, x, y);
+        return 0;
+    }
+    return lh_matmul_run_dnnl(m, w, x, n_rows, y);
+}
+
+int lh_matmul_run_dnnl(lh_matmul *m, const void *w, const float *x, size_t n_rows, float *y)
+{
+    if (n_rows == 0)
+        return 0;
+    if (n_rows > m->max_rows) {
+        lh_log_error("matmul: %zu rows > max_rows %zu", n_rows, m->max_rows);
+        return -EINVAL;
+    }
+    int rc = 0;
+    dnnl_memory_t smem = m->src_mem[n_rows];
+    if (m->wtype == LH_TYPE_F32)
+        return exec(m, m->prim, m->w_mem, w, smem, m->dst_mem[n_rows], y, m->scratch_mem, x);
+    for (size_t p = 0; p < m->n_panel_full && rc == 0; p++) {
+        size_t r0 = p * m->panel;
+        convert_panel(m, w, r0, m->panel);
+        rc = exec(m, m->prim, m->w_mem, m->wpanel, smem, m->dst_mem[n_rows], y + r0,
+                  m->scratch_mem, x);
+    }
+    if (m->tail && rc == 0) {
+        size_t r0 = m->n_panel_full * m->panel;
+        convert_panel(m, w, r0, m->tail);
+        rc = exec(m, m->prim_tail, m->w_tail_mem, m->wpanel, smem, m->dst_tail_mem[n_rows],
+                  y + r0, m->scratch_tail_mem, x);
+    }
+    return rc;
+}

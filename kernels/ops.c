@@ -1,0 +1,264 @@
+/* kernels/ops — see ops.h.
+ *
+ * Each optimised op is the scalar reference's arithmetic reordered for 8-lane AVX2 (sums are
+ * accumulated in 8 partial sums, so results differ from the reference by float rounding only);
+ * without AVX2 the optimised entry points run the same scalar loops.  RoPE angles are computed in
+ * double: at positions near 128k a float angle would already be off by ~0.01 rad.
+ */
+#include "ops.h"
+
+#include <math.h>
+#include <stdint.h>
+
+#include "simd.h"
+
+/* Below this many floats of work an op stays on the calling thread: a parallel region costs a few
+ * microseconds, more than a decode-sized row takes. */
+#define PAR_MIN 65536
+
+/* ---- RMSNorm ------------------------------------------------------------------------------ */
+
+void lh_ops_rmsnorm_ref(float *out, const float *x, const float *w, size_t n_rows, size_t n, float eps)
+{
+    for (size_t r = 0; r < n_rows; r++) {
+        const float *xr = x + r * n;
+        float *o = out + r * n;
+        double ss = 0;
+        for (size_t i = 0; i < n; i++)
+            ss += (double)xr[i] * xr[i];
+        float scale = (float)(1.0 / sqrt(ss / (double)(n ? n : 1) + eps));
+        for (size_t i = 0; i < n; i++)
+            o[i] = xr[i] * scale * w[i];
+    }
+}
+
+static void rmsnorm_row(float *o, const float *x, const float *w, size_t n, float eps)
+{
+    size_t i = 0;
+    float ss = 0;
+#ifdef LH_HAVE_AVX2
+    __m256 a0 = _mm256_setzero_ps(), a1 = _mm256_setzero_ps();
+    for (; i + 16 <= n; i += 16) {
+        __m256 v0 = _mm256_loadu_ps(x + i), v1 = _mm256_loadu_ps(x + i + 8);
+        a0 = _mm256_fmadd_ps(v0, v0, a0);
+        a1 = _mm256_fmadd_ps(v1, v1, a1);
+    }
+    for (; i + 8 <= n; i += 8) {
+        __m256 v0 = _mm256_loadu_ps(x + i);
+        a0 = _mm256_fmadd_ps(v0, v0, a0);
+    }
+    ss = lh_hsum256(_mm256_add_ps(a0, a1));
+#endif
+    for (; i < n; i++)
+        ss += x[i] * x[i];
+    float scale = 1.0f / sqrtf(ss / (float)(n ? n : 1) + eps);
+    i = 0;
+#ifdef LH_HAVE_AVX2
+    __m256 vs = _mm256_set1_ps(scale);
+    for (; i + 8 <= n; i += 8)
+        _mm256_storeu_ps(o + i, _mm256_mul_ps(_mm256_mul_ps(_mm256_loadu_ps(x + i), vs),
+                                              _mm256_loadu_ps(w + i)));
+#endif
+    for (; i < n; i++)
+        o[i] = x[i] * scale * w[i];
+}
+
+void lh_ops_rmsnorm(float *out, const float *x, const float *w, size_t n_rows, size_t n, float eps)
+{
+    OMP(omp parallel for schedule(static) if (n_rows > 1 && n_rows * n >= PAR_MIN))
+    for (size_t r = 0; r < n_rows; r++)
+        rmsnorm_row(out + r * n, x + r * n, w, n, eps);
+}
+
+/* ---- RoPE --------------------------------------------------------------------------------- */
+
+/* theta_i = pos * freq_scale * base^(-2i/n_rot), in double. */
+static double rope_freq(size_t i, size_t n_rot, float base, float freq_scale)
+{
+    return (double)freq_scale * pow((double)base, -(double)(2 * i) / (double)n_rot);
+}
+
+void lh_ops_rope_ref(float *x, size_t n_head, size_t head_dim, size_t n_rot, double pos,
+                     float base, float freq_scale)
+{
+    for (size_t h = 0; h < n_head; h++) {
+        float *xh = x + h * head_dim;
+        for (size_t i = 0; 2 * i + 1 < n_rot && 2 * i + 1 < head_dim; i++) {
+            double th = pos * rope_freq(i, n_rot, base, freq_scale);
+            double c = cos(th), s = sin(th);
+            double x0 = xh[2 * i], x1 = xh[2 * i + 1];
+            xh[2 * i] = (float)(x0 * c - x1 * s);
+            xh[2 * i + 1] = (float)(x0 * s + x1 * c);
+        }
+    }
+}
+
+void lh_ops_rope_table(float *cs, size_t n_pos, size_t n_rot, float base, float freq_scale)
+{
+    size_t half = n_rot / 2;
+    for (size_t i = 0; i < half; i++) {
+        double f = rope_freq(i, n_rot, base, freq_scale);
+        for (size_t p = 0; p < n_pos; p++) {
+            double th = (double)p * f;
+            cs[(p * half + i) * 2] = (float)cos(th);
+            cs[(p * half + i) * 2 + 1] = (float)sin(th);
+        }
+    }
+}
+
+void lh_ops_rope_apply(float *x, size_t n_head, size_t head_dim, size_t n_rot, const float *cs_row)
+{
+    size_t n = n_rot < head_dim ? n_rot : head_dim;
+    n &= ~(size_t)1;
+    for (size_t h = 0; h < n_head; h++) {
+        float *xh = x + h * head_dim;
+        size_t j = 0;
+#ifdef LH_HAVE_AVX2
+        /* 4 pairs per vector: even lanes x0*c - x1*s, odd lanes x1*c + x0*s (addsub). */
+        for (; j + 8 <= n; j += 8) {
+            __m256 v = _mm256_loadu_ps(xh + j);
+            __m256 t = _mm256_loadu_ps(cs_row + j);
+            __m256 c = _mm256_moveldup_ps(t), s = _mm256_movehdup_ps(t);
+            __m256 sw = _mm256_permute_ps(v, 0xB1);
+            _mm256_storeu_ps(xh + j, _mm256_fmaddsub_ps(v, c, _mm256_mul_ps(sw, s)));
+        }
+#endif
+        for (; j < n; j += 2) {
+            float c = cs_row[j], s = cs_row[j + 1];
+            float x0 = xh[j], x1 = xh[j + 1];
+            xh[j] = x0 * c - x1 * s;
+            xh[j + 1] = x0 * s + x1 * c;
+        }
+    }
+}
+
+void lh_ops_rope(float *x, size_t n_head, size_t head_dim, size_t n_rot, double pos, float base,
+                 float freq_scale)
+{
+    /* One table row for this position, shared by all heads (the reference recomputes it per
+     * head).  n_rot is a head dimension: a few hundred at most. */
+    float cs[1024];
+    size_t half = (n_rot < head_dim ? n_rot : head_dim) / 2;
+    if (half > sizeof cs / sizeof cs[0] / 2) {
+        lh_ops_rope_ref(x, n_head, head_dim, n_rot, pos, base, freq_scale);
+        return;
+    }
+    for (size_t i = 0; i < half; i++) {
+        double th = pos * rope_freq(i, n_rot, base, freq_scale);
+        cs[2 * i] = (float)cos(th);
+        cs[2 * i + 1] = (float)sin(th);
+    }
+    lh_ops_rope_apply(x, n_head, head_dim, 2 * half, cs);
+}
+
+/* ---- SwiGLU ------------------------------------------------------------------------------- */
+
+void lh_ops_swiglu_ref(float *out, const float *gate, const float *up, size_t n)
+{
+    for (size_t i = 0; i < n; i++) {
+        double g = gate[i];
+        out[i] = (float)(g / (1.0 + exp(-g)) * up[i]);
+    }
+}
+
+static void swiglu_span(float *out, const float *gate, const float *up, size_t n)
+{
+    size_t i = 0;
+#ifdef LH_HAVE_AVX2
+    const __m256 one = _mm256_set1_ps(1.0f);
+    for (; i + 8 <= n; i += 8) {
+        __m256 g = _mm256_loadu_ps(gate + i);
+        __m256 e = lh_exp256(_mm256_sub_ps(_mm256_setzero_ps(), g));
+        __m256 silu = _mm256_div_ps(g, _mm256_add_ps(one, e));
+        _mm256_storeu_ps(out + i, _mm256_mul_ps(silu, _mm256_loadu_ps(up + i)));
+    }
+#endif
+    for (; i < n; i++)
+        out[i] = gate[i] / (1.0f + expf(-gate[i])) * up[i];
+}
+
+void lh_ops_swiglu(float *out, const float *gate, const float *up, size_t n)
+{
+    if (n < PAR_MIN) {
+        swiglu_span(out, gate, up, n);
+        return;
+    }
+    size_t n_blk = (n + 4095) / 4096;
+    OMP(omp parallel for schedule(static))
+    for (size_t b = 0; b < n_blk; b++) {
+        size_t i0 = b * 4096, len = n - i0 < 4096 ? n - i0 : 4096;
+        swiglu_span(out + i0, gate + i0, up + i0, len);
+    }
+}
+
+/* ---- softmax ------------------------------------------------------------------------------ */
+
+void lh_ops_softmax_ref(float *x, size_t n)
+{
+    if (n == 0)
+        return;
+    double mx = x[0];
+    for (size_t i = 1; i < n; i++)
+        if (x[i] > mx)
+            mx = x[i];
+    double sum = 0;
+    for (size_t i = 0; i < n; i++)
+        sum += exp((double)x[i] - mx);
+    for (size_t i = 0; i < n; i++)
+        x[i] = (float)(exp((double)x[i] - mx) / sum);
+}
+
+void lh_ops_softmax(float *x, size_t n)
+{
+    if (n == 0)
+        return;
+    size_t i = 0;
+    float mx = x[0];
+#ifdef LH_HAVE_AVX2
+    if (n >= 8) {
+        __m256 vm = _mm256_loadu_ps(x);
+        for (i = 8; i + 8 <= n; i += 8)
+            vm = _mm256_max_ps(vm, _mm256_loadu_ps(x + i));
+        mx = lh_hmax256(vm);
+    }
+#endif
+    for (; i < n; i++)
+        mx = x[i] > mx ? x[i] : mx;
+    float sum = 0;
+    i = 0;
+#ifdef LH_HAVE_AVX2
+    __m256 vmx = _mm256_set1_ps(mx), vs = _mm256_setzero_ps();
+    for (; i + 8 <= n; i += 8) {
+        __m256 e = lh_exp256(_mm256_sub_ps(_mm256_loadu_ps(x + i), vmx));
+        _mm256_storeu_ps(x + i, e);
+        vs = _mm256_add_ps(vs, e);
+    }
+    sum = lh_hsum256(vs);
+#endif
+    for (; i < n; i++) {
+        x[i] = expf(x[i] - mx);
+        sum += x[i];
+    }
+    float inv = 1.0f / sum;
+    i = 0;
+#ifdef LH_HAVE_AVX2
+    __m256 vi = _mm256_set1_ps(inv);
+    for (; i + 8 <= n; i += 8)
+        _mm256_storeu_ps(x + i, _mm256_mul_ps(_mm256_loadu_ps(x + i), vi));
+#endif
+    for (; i < n; i++)
+        x[i] *= inv;
+}
+
+/* ---- add ---------------------------------------------------------------------------------- */
+
+void lh_ops_add(float *y, const float *x, size_t n)
+{
+    size_t i = 0;
+#ifdef LH_HAVE_AVX2
+    for (; i + 8 <= n; i += 8)
+        _mm256_storeu_ps(y + i, _mm256_add_ps(_mm256_loadu_ps(y + i), _mm256_loadu_ps(x + i)));
+#endif
+    for (; i < n; i++)
+        y[i] += x[i];
+}

@@ -1,0 +1,481 @@
+/* tests/test_longheads — LongHeads attention against its oracle, against dense attention inside
+ * the window, batch-split and truncate invariance, F16 caches, and a planted chunk that only a
+ * working per-head selection finds.
+ *
+ * Data: random un-rotated q and raw keys; the cache holds keys rotated by pos mod w, as the model
+ * stores them.  Tolerances: fast vs oracle 1e-4 (float vs double sums over a few hundred terms),
+ * inside-window vs dense 1e-5.
+ */
+#include "test.h"
+
+#include <errno.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "attn.h"
+#include "longheads.h"
+#include "ops.h"
+#include "quant.h"
+
+typedef struct {
+    lh_lh_params p;
+    size_t n_tok;
+    float *q;      /* (n_layer, n_tok, n_head*head_dim) un-rotated */
+    float *kraw;   /* (n_head_kv, n_ctx, head_dim) keys before any rotation */
+    void *k, *v;   /* (n_head_kv, n_ctx, head_dim) of kv_type; k rotated by pos mod w */
+} fixture;
+
+static uint64_t rng_state;
+
+static float frand(void)
+{
+    rng_state ^= rng_state << 13;
+    rng_state ^= rng_state >> 7;
+    rng_state ^= rng_state << 17;
+    return (float)((rng_state >> 40) * (1.0 / 16777216.0)) * 2.0f - 1.0f;
+}
+
+static lh_lh_params params(size_t w, size_t L, size_t nh, size_t nkv, size_t d, size_t n_rot,
+                           size_t n_ctx, lh_type kv)
+{
+    lh_lh_params p = {
+        .n_layer = 2, .n_head = nh, .n_head_kv = nkv, .head_dim = d, .n_rot = n_rot,
+        .rope_base = 10000.0f, .rope_freq_scale = 1.0f, .chunk = w, .window = L,
+        .n_ctx = n_ctx, .kv_type = kv,
+    };
+    return p;
+}
+
+static size_t kv_elt(const lh_lh_params *p) { return p->kv_type == LH_TYPE_F16 ? 2 : 4; }
+
+/* Store row `pos` of KV head g (head_dim floats) in the cache's type. */
+static void put_row(const lh_lh_params *p, void *cache, size_t g, size_t pos, const float *x)
+{
+    size_t off = (g * p->n_ctx + pos) * p->head_dim;
+    lh_quant_row(p->kv_type, x, (char *)cache + off * kv_elt(p), p->head_dim);
+}
+
+static void fixture_init(fixture *f, const lh_lh_params *p, size_t n_tok, uint64_t seed)
+{
+    size_t d = p->head_dim, nq = p->n_layer * n_tok * p->n_head * d;
+    size_t nkv = p->n_head_kv * p->n_ctx * d;
+    f->p = *p;
+    f->n_tok = n_tok;
+    f->q = malloc(nq * sizeof(float));
+    f->kraw = calloc(nkv, sizeof(float));
+    f->k = calloc(nkv, kv_elt(p));
+    f->v = calloc(nkv, kv_elt(p));
+    CU_ASSERT_FATAL(f->q && f->kraw && f->k && f->v);
+    rng_state = seed * 0x9E3779B97F4A7C15ull + 1;
+    for (size_t i = 0; i < nq; i++)
+        f->q[i] = 1.5f * frand();
+    float *row = malloc(d * sizeof(float));
+    CU_ASSERT_FATAL(row != NULL);
+    for (size_t g = 0; g < p->n_head_kv; g++)
+        for (size_t t = 0; t < n_tok; t++) {
+            float *kr = f->kraw + (g * p->n_ctx + t) * d;
+            for (size_t i = 0; i < d; i++)
+                kr[i] = 1.5f * frand();
+            memcpy(row, kr, d * sizeof(float));
+            lh_ops_rope_ref(row, 1, d, p->n_rot, (double)(t % p->chunk), p->rope_base,
+                            p->rope_freq_scale);
+            put_row(p, f->k, g, t, row);
+            for (size_t i = 0; i < d; i++)
+                row[i] = frand();
+            put_row(p, f->v, g, t, row);
+        }
+    free(row);
+}
+
+/* Re-rotate key (g, t) from its raw value (after a test edits kraw). */
+static void fixture_set_key(fixture *f, size_t g, size_t t)
+{
+    const lh_lh_params *p = &f->p;
+    float row[64];
+    memcpy(row, f->kraw + (g * p->n_ctx + t) * p->head_dim, p->head_dim * sizeof(float));
+    lh_ops_rope_ref(row, 1, p->head_dim, p->n_rot, (double)(t % p->chunk), p->rope_base,
+                    p->rope_freq_scale);
+    put_row(p, f->k, g, t, row);
+}
+
+static void fixture_free(fixture *f)
+{
+    free(f->q);
+    free(f->kraw);
+    free(f->k);
+    free(f->v);
+}
+
+static const float *q_of(const fixture *f, size_t layer)
+{
+    return f->q + layer * f->n_tok * f->p.n_head * f->p.head_dim;
+}
+
+/* Feed tokens [from, to) through lh_lh_layer in batches of `batch` (layer 0 then layer 1 per batch,
+ * as a model does), outputs into out (n_layer, n_tok, n_head*head_dim) rows from..to-1. */
+static int feed(lh_lh *s, const fixture *f, size_t from, size_t to, size_t batch, float *out)
+{
+    size_t ld = f->p.n_head * f->p.head_dim;
+    for (size_t pos = from; pos < to;) {
+        size_t n = to - pos < batch ? to - pos : batch;
+        for (size_t l = 0; l < f->p.n_layer; l++) {
+            int rc = lh_lh_layer(s, l, q_of(f, l) + pos * ld, n, pos, f->k, f->v,
+                                 out + (l * f->n_tok + pos) * ld);
+            if (rc)
+                return rc;
+        }
+        pos += n;
+    }
+    return 0;
+}
+
+static float *run_ref(const fixture *f)
+{
+    size_t ld = f->p.n_head * f->p.head_dim;
+    float *ref = malloc(f->p.n_layer * f->n_tok * ld * sizeof(float));
+    CU_ASSERT_FATAL(ref != NULL);
+    for (size_t l = 0; l < f->p.n_layer; l++)
+        lh_lh_layer_ref(&f->p, q_of(f, l), f->n_tok, 0, f->k, f->v, ref + l * f->n_tok * ld);
+    return ref;
+}
+
+/* ---- (a) + (d): fast vs oracle, batches 1, 3, 17, whole; contexts 1x, 4x, 16x ---------------- */
+
+static void check_vs_oracle(lh_lh_params p, size_t n_tok, uint64_t seed)
+{
+    fixture f;
+    p.n_ctx = n_tok + 7;
+    fixture_init(&f, &p, n_tok, seed);
+    size_t ld = p.n_head * p.head_dim, n_out = p.n_layer * n_tok * ld;
+    float *ref = run_ref(&f);
+    float *out = malloc(n_out * sizeof(float));
+    CU_ASSERT_FATAL(out != NULL);
+    size_t batches[] = { 1, 3, 17, n_tok };
+    for (size_t b = 0; b < sizeof batches / sizeof batches[0]; b++) {
+        if (lh_test_asan() && batches[b] == 1 && n_tok > 256)
+            continue;
+        lh_lh *s = NULL;
+        CU_ASSERT_FATAL(lh_lh_new(&s, &p, batches[b]) == 0);
+        for (size_t i = 0; i < n_out; i++)
+            out[i] = NAN;
+        CU_ASSERT_EQUAL(feed(s, &f, 0, n_tok, batches[b], out), 0);
+        double e = lh_test_max_abs_diff(out, ref, n_out);
+        if (!(e <= 1e-4))
+            fprintf(stderr, "\n  w=%zu L=%zu heads %zu/%zu d=%zu %s n_tok=%zu batch=%zu: %g\n",
+                    p.chunk, p.window, p.n_head, p.n_head_kv, p.head_dim,
+                    p.kv_type == LH_TYPE_F16 ? "f16" : "f32", n_tok, batches[b], e);
+        CU_ASSERT(e <= 1e-4);
+        lh_lh_free(s);
+    }
+    /* the oracle from a later pos0 is the tail of the full run */
+    size_t pos0 = n_tok / 2 + 1;
+    float *tail = malloc((n_tok - pos0) * ld * sizeof(float));
+    CU_ASSERT_FATAL(tail != NULL);
+    lh_lh_layer_ref(&p, q_of(&f, 0), n_tok, pos0, f.k, f.v, tail);
+    CU_ASSERT(lh_test_max_abs_diff(tail, ref + pos0 * ld, (n_tok - pos0) * ld) == 0.0);
+    free(tail);
+    free(out);
+    free(ref);
+    fixture_free(&f);
+}
+
+static const lh_lh_params *shapes(size_t *np, lh_type kv)
+{
+    static lh_lh_params ps[6];
+    ps[0] = params(4, 16, 4, 2, 8, 8, 0, kv);    /* K = 4, GQA 2:1 */
+    ps[1] = params(8, 32, 4, 2, 8, 8, 0, kv);    /* K = 4 */
+    ps[2] = params(3, 15, 3, 1, 6, 4, 0, kv);    /* odd: w = 3, K = 5, partial rotation, MQA */
+    ps[3] = params(4, 8, 2, 2, 8, 8, 0, kv);     /* K = 2: sink + current */
+    ps[4] = params(2, 6, 4, 4, 16, 16, 0, kv);   /* K = 3: no free slot */
+    ps[5] = params(2, 40, 2, 1, 8, 8, 0, kv);    /* K = 20: a long top list */
+    *np = 6;
+    return ps;
+}
+
+static void oracle_all(lh_type kv)
+{
+    size_t n;
+    const lh_lh_params *ps = shapes(&n, kv);
+    size_t mult[] = { 1, 4, 16 };
+    for (size_t i = 0; i < n; i++)
+        for (size_t m = 0; m < 3; m++) {
+            size_t n_tok = mult[m] * ps[i].window;
+            check_vs_oracle(ps[i], n_tok, 100 * i + m);
+            check_vs_oracle(ps[i], n_tok + ps[i].chunk / 2 + 1, 7 + 100 * i + m); /* partial end */
+        }
+}
+
+static void test_oracle_f32(void) { oracle_all(LH_TYPE_F32); }
+static void test_oracle_f16(void) { oracle_all(LH_TYPE_F16); }
+
+/* ---- (b) inside the window LongHeads is dense causal attention at absolute positions --------- */
+
+static void test_inside_window_dense(void)
+{
+    lh_type kvs[] = { LH_TYPE_F32, LH_TYPE_F16 };
+    for (size_t ki = 0; ki < 2; ki++) {
+        lh_lh_params p = params(8, 64, 4, 2, 16, 16, 64, kvs[ki]);
+        fixture f;
+        size_t n_tok = p.window, d = p.head_dim, ld = p.n_head * d;
+        fixture_init(&f, &p, n_tok, 42 + ki);
+        /* dense cache: the same keys rotated at their absolute positions */
+        void *kabs = calloc(p.n_head_kv * p.n_ctx * d, kv_elt(&p));
+        float *qabs = malloc(n_tok * ld * sizeof(float));
+        float *dense = malloc(n_tok * ld * sizeof(float));
+        float *out = malloc(p.n_layer * n_tok * ld * sizeof(float));
+        CU_ASSERT_FATAL(kabs && qabs && dense && out);
+        float row[16];
+        for (size_t g = 0; g < p.n_head_kv; g++)
+            for (size_t t = 0; t < n_tok; t++) {
+                memcpy(row, f.kraw + (g * p.n_ctx + t) * d, sizeof row);
+                lh_ops_rope_ref(row, 1, d, p.n_rot, (double)t, p.rope_base, p.rope_freq_scale);
+                put_row(&p, kabs, g, t, row);
+            }
+        memcpy(qabs, q_of(&f, 0), n_tok * ld * sizeof(float));
+        for (size_t t = 0; t < n_tok; t++)
+            lh_ops_rope_ref(qabs + t * ld, p.n_head, d, p.n_rot, (double)t, p.rope_base,
+                            p.rope_freq_scale);
+        lh_attn_shape sh = { p.n_head, p.n_head_kv, d, p.n_ctx, p.kv_type };
+        lh_attn_dense_ref(&sh, qabs, n_tok, 0, kabs, f.v, dense);
+
+        size_t batches[] = { 1, 5, n_tok };
+        for (size_t b = 0; b < 3; b++) {
+            lh_lh *s = NULL;
+            CU_ASSERT_FATAL(lh_lh_new(&s, &p, batches[b]) == 0);
+            CU_ASSERT_EQUAL(feed(s, &f, 0, n_tok, batches[b], out), 0);
+            double e = lh_test_max_abs_diff(out, dense, n_tok * ld);
+            /* F16 keys round differently when stored at local vs absolute rotation */
+            double tol = kvs[ki] == LH_TYPE_F16 ? 5e-3 : 1e-5;
+            if (!(e <= tol))
+                fprintf(stderr, "\n  inside window, batch %zu: %g\n", batches[b], e);
+            CU_ASSERT(e <= tol);
+            lh_lh_free(s);
+        }
+        float *ref = run_ref(&f);
+        CU_ASSERT(lh_test_max_abs_diff(ref, dense, n_tok * ld) <= (ki ? 5e-3 : 1e-5));
+        free(ref);
+        free(kabs);
+        free(qabs);
+        free(dense);
+        free(out);
+        fixture_free(&f);
+    }
+}
+
+/* ---- (c) N tokens at once == N-1 then 1 ------------------------------------------------------ */
+
+static void test_split_invariance(void)
+{
+    lh_lh_params p = params(4, 16, 4, 2, 8, 8, 0, LH_TYPE_F32);
+    size_t ns[] = { 7, 15, 16, 17, 40, 64, 16 * 16 + 3, 16 * 16 + 4 };
+    for (size_t i = 0; i < sizeof ns / sizeof ns[0]; i++) {
+        size_t n = ns[i], ld = p.n_head * p.head_dim, n_out = p.n_layer * n * ld;
+        fixture f;
+        p.n_ctx = n;
+        fixture_init(&f, &p, n, 300 + i);
+        float *a = malloc(n_out * sizeof(float)), *b = malloc(n_out * sizeof(float));
+        CU_ASSERT_FATAL(a && b);
+        lh_lh *s = NULL;
+        CU_ASSERT_FATAL(lh_lh_new(&s, &p, n) == 0);
+        CU_ASSERT_EQUAL(feed(s, &f, 0, n, n, a), 0);
+        lh_lh_free(s);
+        CU_ASSERT_FATAL(lh_lh_new(&s, &p, n) == 0);
+        CU_ASSERT_EQUAL(feed(s, &f, 0, n - 1, n - 1, b), 0);
+        CU_ASSERT_EQUAL(feed(s, &f, n - 1, n, 1, b), 0);
+        lh_lh_free(s);
+        double e = lh_test_max_abs_diff(a, b, n_out);
+        if (!(e <= 1e-4))
+            fprintf(stderr, "\n  split at %zu: %g\n", n, e);
+        CU_ASSERT(e <= 1e-4);
+        free(a);
+        free(b);
+        fixture_free(&f);
+    }
+}
+
+/* ---- (e) truncate, then re-run: same outputs ------------------------------------------------- */
+
+/* Two states agree on every chunk representation a query at t could use: random probe queries
+ * select the same chunks in both (a wrong representation changes some probe's top list). */
+static int same_selections(const lh_lh *x, const lh_lh *y, const lh_lh_params *p, size_t t)
+{
+    size_t got_x[64], got_y[64];
+    float probe[64];
+    int same = 1;
+    for (size_t l = 0; l < p->n_layer; l++)
+        for (size_t h = 0; h < p->n_head; h++)
+            for (int r = 0; r < 200; r++) {
+                for (size_t i = 0; i < p->head_dim; i++)
+                    probe[i] = frand();
+                size_t nx = lh_lh_select(x, l, h, probe, t, got_x, 64);
+                size_t ny = lh_lh_select(y, l, h, probe, t, got_y, 64);
+                same &= nx > 0 && nx == ny && memcmp(got_x, got_y, nx * sizeof got_x[0]) == 0;
+            }
+    return same;
+}
+
+static void test_truncate(void)
+{
+    lh_lh_params p = params(4, 16, 4, 2, 8, 8, 0, LH_TYPE_F32);
+    size_t n = 10 * 16 + 13, ld = p.n_head * p.head_dim, n_out = p.n_layer * n * ld;
+    fixture f;
+    p.n_ctx = n + 4;
+    fixture_init(&f, &p, n, 77);
+    float *a = malloc(n_out * sizeof(float)), *b = malloc(n_out * sizeof(float));
+    CU_ASSERT_FATAL(a && b);
+    lh_lh *full = NULL, *s = NULL;
+    CU_ASSERT_FATAL(lh_lh_new(&full, &p, 16) == 0);
+    CU_ASSERT_EQUAL(feed(full, &f, 0, n, 16, a), 0);
+
+    /* contract: never more than asked or than held */
+    CU_ASSERT_EQUAL(lh_lh_truncate(full, n + 10), n);
+    /* a batch that does not follow is refused */
+    CU_ASSERT_EQUAL(lh_lh_layer(full, 0, q_of(&f, 0), 1, n - 1, f.k, f.v, b), -EINVAL);
+
+    /* n = 173, w = 4: the ring holds the queries of [169, 173) */
+    struct { size_t ask, got, batch; } cases[] = {
+        { 172, 172, 5 },   /* chunk boundary */
+        { 171, 168, 5 },   /* [168, 171) needs 168, which left the ring when 172 arrived */
+        { 150, 148, 3 },   /* far back: rounded down to the chunk boundary */
+        { 3, 0, 17 },
+        { 0, 0, 1 },
+    };
+    for (size_t c = 0; c < sizeof cases / sizeof cases[0]; c++) {
+        CU_ASSERT_FATAL(lh_lh_new(&s, &p, 17) == 0);
+        CU_ASSERT_EQUAL(feed(s, &f, 0, n, 16, b), 0);
+        size_t got = lh_lh_truncate(s, cases[c].ask);
+        CU_ASSERT_EQUAL(got, cases[c].got);
+        for (size_t i = 0; i < n_out; i++)
+            b[i] = NAN;
+        CU_ASSERT_EQUAL(feed(s, &f, got, n, cases[c].batch, b), 0);
+        for (size_t l = 0; l < p.n_layer; l++) {
+            double e = lh_test_max_abs_diff(a + (l * n + got) * ld, b + (l * n + got) * ld,
+                                            (n - got) * ld);
+            CU_ASSERT(e <= 1e-4);
+        }
+        CU_ASSERT(same_selections(full, s, &p, n + 3));
+        lh_lh_free(s);
+    }
+    /* truncating inside the partial chunk still held: decode continues from there */
+    CU_ASSERT_FATAL(lh_lh_new(&s, &p, 16) == 0);
+    CU_ASSERT_EQUAL(feed(s, &f, 0, n - 2, 1, b), 0);   /* 171 processed; ring [167, 171) */
+    CU_ASSERT_EQUAL(lh_lh_truncate(s, 170), 170);       /* [168, 170) held */
+    CU_ASSERT_EQUAL(feed(s, &f, 170, n, 1, b), 0);
+    for (size_t l = 0; l < p.n_layer; l++)
+        CU_ASSERT(lh_test_max_abs_diff(a + (l * n + 170) * ld, b + (l * n + 170) * ld,
+                                       (n - 170) * ld) <= 1e-4);
+    CU_ASSERT(same_selections(full, s, &p, n + 3));
+    lh_lh_free(s);
+    /* a batch that ends on a chunk boundary still leaves that chunk's queries in the ring:
+     * 168 processed in batches of 8, ring [164, 168); back to 166, and chunk 41 = [164, 168) is
+     * summarised again from the ring */
+    CU_ASSERT_FATAL(lh_lh_new(&s, &p, 16) == 0);
+    CU_ASSERT_EQUAL(feed(s, &f, 0, 168, 8, b), 0);
+    CU_ASSERT_EQUAL(lh_lh_truncate(s, 166), 166);
+    CU_ASSERT_EQUAL(feed(s, &f, 166, n, 3, b), 0);
+    for (size_t l = 0; l < p.n_layer; l++)
+        CU_ASSERT(lh_test_max_abs_diff(a + (l * n + 166) * ld, b + (l * n + 166) * ld,
+                                       (n - 166) * ld) <= 1e-4);
+    CU_ASSERT(same_selections(full, s, &p, n + 3));
+    lh_lh_free(s);
+    lh_lh_free(full);
+    free(a);
+    free(b);
+    fixture_free(&f);
+}
+
+/* ---- (f) selection: a planted chunk is found by the head whose query points at it ------------- */
+
+static void test_selection_planted(void)
+{
+    /* w = 8, L = 32 (K = 4), d = 8, heads 0 and 1 share KV head 0.  Chunk 20's keys are all
+     * 8·e6 (pair 3, whose rotation over 32 positions is ~0.03 rad) and its values all 3.  The
+     * last query of head 0 is 4·e6, of head 1 -4·e6.  Head 0 must select chunk 20 (far from the
+     * always-kept 0, 62, 63) and read ~3 from it; head 1 must not select it. */
+    lh_lh_params p = params(8, 32, 4, 2, 8, 8, 0, LH_TYPE_F32);
+    size_t n = 16 * 32, d = p.head_dim, ld = p.n_head * d, planted = 20;
+    fixture f;
+    p.n_ctx = n;
+    fixture_init(&f, &p, n, 5);
+    float three[8] = { 3, 3, 3, 3, 3, 3, 3, 3 };
+    for (size_t j = 0; j < p.chunk; j++) {
+        size_t t = planted * p.chunk + j;
+        float *kr = f.kraw + t * d;   /* KV head 0 */
+        memset(kr, 0, d * sizeof(float));
+        kr[6] = 8.0f;
+        fixture_set_key(&f, 0, t);
+        put_row(&p, f.v, 0, t, three);
+    }
+    for (size_t l = 0; l < p.n_layer; l++) {
+        float *qt = (float *)q_of(&f, l) + (n - 1) * ld;
+        memset(qt, 0, 2 * d * sizeof(float));
+        qt[6] = 4.0f;        /* head 0 */
+        qt[d + 6] = -4.0f;   /* head 1 */
+    }
+    size_t n_out = p.n_layer * n * ld;
+    float *out = malloc(n_out * sizeof(float));
+    CU_ASSERT_FATAL(out != NULL);
+    size_t batches[] = { n, 1 };
+    for (size_t b = 0; b < 2; b++) {
+        lh_lh *s = NULL;
+        CU_ASSERT_FATAL(lh_lh_new(&s, &p, batches[b]) == 0);
+        CU_ASSERT_EQUAL(feed(s, &f, 0, n, batches[b], out), 0);
+        for (size_t l = 0; l < p.n_layer; l++) {
+            const float *qt = q_of(&f, l) + (n - 1) * ld;
+            size_t sel[8], ns = lh_lh_select(s, l, 0, qt, n - 1, sel, 8);
+            CU_ASSERT_EQUAL_FATAL(ns, 4);
+            CU_ASSERT(sel[0] == 0 && sel[1] == planted && sel[2] == 62 && sel[3] == 63);
+            ns = lh_lh_select(s, l, 1, qt + d, n - 1, sel, 8);
+            CU_ASSERT_EQUAL_FATAL(ns, 4);
+            CU_ASSERT(sel[0] == 0 && sel[1] != planted && sel[2] == 62 && sel[3] == 63);
+            const float *o = out + (l * n + n - 1) * ld;
+            double far0 = 0, far1 = 0;
+            for (size_t i = 0; i < d; i++) {
+                far0 = fmax(far0, fabs(o[i] - 3.0));
+                far1 = fmax(far1, fabs(o[d + i] - 3.0));
+            }
+            CU_ASSERT(far0 < 0.05);    /* head 0 reads the planted values */
+            CU_ASSERT(far1 > 1.0);     /* head 1 does not */
+        }
+        lh_lh_free(s);
+    }
+    float *ref = run_ref(&f);
+    CU_ASSERT(lh_test_max_abs_diff(out, ref, n_out) <= 1e-4);
+    free(ref);
+    free(out);
+    fixture_free(&f);
+}
+
+static void test_bad_params(void)
+{
+    lh_lh *s = (lh_lh *)1;
+    lh_lh_params p = params(0, 16, 4, 2, 8, 8, 64, LH_TYPE_F32);
+    CU_ASSERT_EQUAL(lh_lh_new(&s, &p, 1), -EINVAL);
+    CU_ASSERT_PTR_NULL(s);
+    p = params(4, 18, 4, 2, 8, 8, 64, LH_TYPE_F32);     /* L % w */
+    CU_ASSERT_EQUAL(lh_lh_new(&s, &p, 1), -EINVAL);
+    p = params(4, 4, 4, 2, 8, 8, 64, LH_TYPE_F32);      /* L < 2w */
+    CU_ASSERT_EQUAL(lh_lh_new(&s, &p, 1), -EINVAL);
+    p = params(4, 16, 4, 3, 8, 8, 64, LH_TYPE_F32);     /* heads not a multiple of KV heads */
+    CU_ASSERT_EQUAL(lh_lh_new(&s, &p, 1), -EINVAL);
+    p = params(4, 16, 4, 2, 8, 8, 64, LH_TYPE_Q8_0);
+    CU_ASSERT_EQUAL(lh_lh_new(&s, &p, 1), -EINVAL);
+    p = params(4, 16, 4, 2, 8, 8, 64, LH_TYPE_F16);
+    CU_ASSERT_EQUAL(lh_lh_new(&s, &p, 1), 0);
+    CU_ASSERT(lh_lh_bytes_per_token(&p) == 2.0 * 4 * 8 * 4 / 4);
+    lh_lh_free(s);
+    lh_lh_free(NULL);
+}
+
+void lh_test_longheads(void)
+{
+    CU_pSuite s = CU_add_suite("longheads", NULL, NULL);
+    CU_add_test(s, "fast == oracle, f32, batches 1/3/17/all", test_oracle_f32);
+    CU_add_test(s, "fast == oracle, f16 cache", test_oracle_f16);
+    CU_add_test(s, "inside the window == dense", test_inside_window_dense);
+    CU_add_test(s, "N at once == N-1 then 1", test_split_invariance);
+    CU_add_test(s, "truncate then re-run", test_truncate);
+    CU_add_test(s, "planted chunk is selected per head", test_selection_planted);
+    CU_add_test(s, "bad parameters", test_bad_params);
+}

@@ -1,0 +1,215 @@
+/* tests/test_matmul — lh_matmul_run (GEMV and oneDNN paths, every weight type, panel edges) and
+ * the small GEMMs against scalar double-accumulating references. */
+#include "test.h"
+
+#include <errno.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "matmul.h"
+
+static uint64_t rng = 0xd1b54a32d192ed03ull;
+
+static float frand(float lo, float hi)
+{
+    rng ^= rng << 13;
+    rng ^= rng >> 7;
+    rng ^= rng << 17;
+    return lo + (hi - lo) * (float)((rng >> 40) * (1.0 / 16777216.0));
+}
+
+static void test_ref_values(void)
+{
+    /* W = [[1, 2], [3, 4], [-1, 0.5]], x = [[1, 1], [2, -1]]: y = x·Wᵀ */
+    float w[6] = {1, 2, 3, 4, -1, 0.5f}, x[4] = {1, 1, 2, -1}, y[6];
+    lh_matmul_ref(LH_TYPE_F32, w, x, 2, 2, 3, y);
+    float e[6] = {3, 7, -0.5f, 0, 2, -2.5f};
+    CU_ASSERT(memcmp(y, e, sizeof e) == 0);
+}
+
+/* One shape, one type: every n_rows in `rows` against the reference.  The tolerance is relative
+ * to Σ|w·x| of each output: float accumulation (oneDNN's or ours) over n_in <= 4096 terms stays
+ * far below 1e-5 of it, while a wrong element, row or panel is off by O(1) of it. */
+static void check_matmul(lh_type t, size_t n_in, size_t n_out, size_t max_rows)
+{
+    static const size_t rows[] = {1, 2, 3, 17, 20};
+    float *wf = malloc(n_out * n_in * sizeof *wf), *x = malloc(max_rows * n_in * sizeof *x);
+    float *y = malloc(max_rows * n_out * sizeof *y), *yr = malloc(max_rows * n_out * sizeof *yr);
+    float *wd = malloc(n_in * sizeof *wd);
+    size_t rs = lh_type_row_size(t, n_in);
+    char *w = malloc(n_out * rs);
+    double *mag = malloc(max_rows * n_out * sizeof *mag);
+    for (size_t i = 0; i < n_out * n_in; i++)
+        wf[i] = frand(-1, 1);
+    for (size_t i = 0; i < max_rows * n_in; i++)
+        x[i] = frand(-1, 1);
+    for (size_t o = 0; o < n_out; o++)
+        lh_quant_row(t, wf + o * n_in, w + o * rs, n_in);
+    for (size_t o = 0; o < n_out; o++) {
+        lh_dequant_row(t, w + o * rs, wd, n_in);
+        for (size_t r = 0; r < max_rows; r++) {
+            double m = 0;
+            for (size_t i = 0; i < n_in; i++)
+                m += fabs((double)wd[i] * x[r * n_in + i]);
+            mag[r * n_out + o] = m;
+        }
+    }
+    lh_matmul *mm = NULL;
+    int rc = lh_matmul_new(&mm, t, n_in, n_out, max_rows);
+    CU_ASSERT_EQUAL_FATAL(rc, 0);
+    for (size_t ri = 0; ri < sizeof rows / sizeof rows[0]; ri++) {
+        size_t nr = rows[ri];
+        if (nr > max_rows)
+            continue;
+        for (size_t i = 0; i < nr * n_out; i++)
+            y[i] = NAN;
+        CU_ASSERT_EQUAL(lh_matmul_run(mm, w, x, nr, y), 0);
+        lh_matmul_ref(t, w, x, nr, n_in, n_out, yr);
+        int bad = 0;
+        for (size_t i = 0; i < nr * n_out; i++)
+            bad += !(fabs((double)y[i] - yr[i]) <= 1e-5 * mag[i] + 1e-30);
+        if (bad)
+            fprintf(stderr, "\n  matmul %s %zux%zu rows %zu: %d bad\n", lh_type_name(t), n_out,
+                    n_in, nr, bad);
+        CU_ASSERT_EQUAL(bad, 0);
+        if (nr <= 2) {
+            /* the oneDNN path also at 1 and 2 rows (what kbench compares the GEMV with) */
+            for (size_t i = 0; i < nr * n_out; i++)
+                y[i] = NAN;
+            CU_ASSERT_EQUAL(lh_matmul_run_dnnl(mm, w, x, nr, y), 0);
+            bad = 0;
+            for (size_t i = 0; i < nr * n_out; i++)
+                bad += !(fabs((double)y[i] - yr[i]) <= 1e-5 * mag[i] + 1e-30);
+            CU_ASSERT_EQUAL(bad, 0);
+        }
+    }
+    lh_matmul_free(mm);
+    free(wf), free(x), free(y), free(yr), free(wd), free(w), free(mag);
+}
+
+static void test_matmul_f32(void)
+{
+    check_matmul(LH_TYPE_F32, 1, 1, 3);
+    check_matmul(LH_TYPE_F32, 3, 17, 20);
+    check_matmul(LH_TYPE_F32, 17, 257, 20);
+    check_matmul(LH_TYPE_F32, 257, 3, 20);
+    check_matmul(LH_TYPE_F32, 64, 64, 1);   /* decode-only object */
+}
+
+/* n_in = 4096 makes a panel 128 rows, so n_out = 257 is two panels and a 1-row tail. */
+static void test_matmul_f16(void)
+{
+    check_matmul(LH_TYPE_F16, 17, 3, 20);
+    check_matmul(LH_TYPE_F16, 257, 17, 20);
+    check_matmul(LH_TYPE_F16, 4096, 257, 17);
+}
+
+static void test_matmul_bf16(void)
+{
+    check_matmul(LH_TYPE_BF16, 3, 1, 3);
+    check_matmul(LH_TYPE_BF16, 257, 17, 20);
+    check_matmul(LH_TYPE_BF16, 4096, 257, 17);
+}
+
+static void test_matmul_q8_0(void)
+{
+    check_matmul(LH_TYPE_Q8_0, 32, 1, 3);
+    check_matmul(LH_TYPE_Q8_0, 96, 17, 20);
+    check_matmul(LH_TYPE_Q8_0, 288, 257, 20);
+    check_matmul(LH_TYPE_Q8_0, 4096, 257, 17);
+}
+
+static void test_matmul_errors(void)
+{
+    lh_matmul *m = (lh_matmul *)1;
+    CU_ASSERT_EQUAL(lh_matmul_new(&m, LH_TYPE_Q8_0, 33, 4, 4), -EINVAL);   /* not whole blocks */
+    CU_ASSERT_PTR_NULL(m);
+    CU_ASSERT_EQUAL(lh_matmul_new(&m, (lh_type)12, 256, 4, 4), -EINVAL);  /* Q4_K: not handled */
+    CU_ASSERT_EQUAL(lh_matmul_new(&m, LH_TYPE_F32, 0, 4, 4), -EINVAL);
+    CU_ASSERT_EQUAL_FATAL(lh_matmul_new(&m, LH_TYPE_F32, 8, 4, 4), 0);
+    float w[32] = {0}, x[40] = {0}, y[20];
+    CU_ASSERT_EQUAL(lh_matmul_run(m, w, x, 5, y), -EINVAL);
+    lh_matmul_free(m);
+    lh_matmul_free(NULL);
+}
+
+/* C = A·Bᵀ / A·B in double, honouring beta and strides. */
+static void gemm_ref(int nt, size_t m, size_t n, size_t k, const float *a, size_t lda,
+                     const float *b, size_t ldb, float *c, size_t ldc, float beta, double *mag)
+{
+    for (size_t i = 0; i < m; i++)
+        for (size_t j = 0; j < n; j++) {
+            double s = 0, g = 0;
+            for (size_t p = 0; p < k; p++) {
+                double t = (double)a[i * lda + p] * (nt ? b[j * ldb + p] : b[p * ldb + j]);
+                s += t;
+                g += fabs(t);
+            }
+            c[i * ldc + j] = (float)(beta != 0 ? c[i * ldc + j] + s : s);
+            mag[i * n + j] = g + (beta != 0 ? fabs(c[i * ldc + j]) : 0);
+        }
+}
+
+static void check_gemm(int nt, size_t m, size_t n, size_t k, float beta)
+{
+    /* padded leading dimensions, so a kernel that assumes packed rows fails */
+    size_t lda = k + 3, ldb = (nt ? k : n) + 5, ldc = n + 2;
+    size_t brows = nt ? n : k;
+    float *a = malloc((m * lda + 1) * sizeof *a), *b = malloc((brows * ldb + 1) * sizeof *b);
+    float *c = malloc(m * ldc * sizeof *c), *cr = malloc(m * ldc * sizeof *cr);
+    double *mag = malloc((m * n + 1) * sizeof *mag);
+    for (size_t i = 0; i < m * lda; i++)
+        a[i] = frand(-1, 1);
+    for (size_t i = 0; i < brows * ldb; i++)
+        b[i] = frand(-1, 1);
+    for (size_t i = 0; i < m * ldc; i++)
+        c[i] = cr[i] = beta != 0 ? frand(-1, 1) : NAN;   /* beta 0 must not read C */
+    if (nt)
+        lh_gemm_nt(m, n, k, a, lda, b, ldb, c, ldc, beta);
+    else
+        lh_gemm_nn(m, n, k, a, lda, b, ldb, c, ldc, beta);
+    gemm_ref(nt, m, n, k, a, lda, b, ldb, cr, ldc, beta, mag);
+    int bad = 0;
+    for (size_t i = 0; i < m; i++) {
+        for (size_t j = 0; j < n; j++)
+            /* float sums of k <= 300 products: < 1e-5 of Σ|a·b| */
+            bad += !(fabs((double)c[i * ldc + j] - cr[i * ldc + j]) <= 1e-5 * mag[i * n + j] + 1e-30);
+        for (size_t j = n; j < ldc; j++)   /* the padding between rows is untouched */
+            bad += !(isnan(c[i * ldc + j]) ? isnan(cr[i * ldc + j]) : c[i * ldc + j] == cr[i * ldc + j]);
+    }
+    if (bad)
+        fprintf(stderr, "\n  gemm_%s m %zu n %zu k %zu beta %g: %d bad\n", nt ? "nt" : "nn", m, n,
+                k, beta, bad);
+    CU_ASSERT_EQUAL(bad, 0);
+    free(a), free(b), free(c), free(cr), free(mag);
+}
+
+static void test_gemm(void)
+{
+    static const size_t d[] = {1, 3, 17, 257};
+    for (int nt = 0; nt < 2; nt++)
+        for (size_t i = 0; i < 4; i++)
+            for (size_t j = 0; j < 4; j++)
+                for (size_t l = 0; l < 4; l++) {
+                    check_gemm(nt, d[i], d[j], d[l], 0);
+                    if ((i + j + l) % 2 == 0)
+                        check_gemm(nt, d[i], d[j], d[l], 1);
+                }
+    /* attention-like shapes: 16 queries × 64 keys × head_dim 128 and P·V */
+    check_gemm(1, 16, 64, 128, 0);
+    check_gemm(0, 16, 128, 64, 1);
+    check_gemm(0, 5, 64, 300, 0);   /* k over the nn k-slice (256) */
+}
+
+void lh_test_matmul(void)
+{
+    CU_pSuite s = CU_add_suite("matmul", NULL, NULL);
+    CU_add_test(s, "reference values", test_ref_values);
+    CU_add_test(s, "F32", test_matmul_f32);
+    CU_add_test(s, "F16 (panels + tail)", test_matmul_f16);
+    CU_add_test(s, "BF16 (panels + tail)", test_matmul_bf16);
+    CU_add_test(s, "Q8_0 (panels + tail)", test_matmul_q8_0);
+    CU_add_test(s, "errors", test_matmul_errors);
+    CU_add_test(s, "gemm nt/nn", test_gemm);
+}

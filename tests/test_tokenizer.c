@@ -1,0 +1,572 @@
+/* tests/test_tokenizer — the bundled model's SentencePiece vocabulary (tok512): golden ids,
+ * byte-exact round trips over mixed scripts and invalid UTF-8, byte fallback, control tokens
+ * never produced from text, capacity limits; and a hand-built vocabulary whose merge order
+ * (score, then leftmost) is checked directly. */
+#include "test.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "gguf.h"
+#include "tokenizer.h"
+
+static lh_gguf *g_gguf;
+static lh_tok *g_tok;
+
+static int suite_init(void)
+{
+    if (lh_gguf_open(&g_gguf, lh_test_model_path()) != 0)
+        return 1;
+    return lh_tok_load(&g_tok, g_gguf) != 0;
+}
+
+static int suite_clean(void)
+{
+    lh_tok_free(g_tok);
+    lh_gguf_close(g_gguf);
+    g_tok = NULL;
+    g_gguf = NULL;
+    return 0;
+}
+
+/* encode into a malloc'd array; *np the count */
+static int32_t *enc(const lh_tok *t, const char *s, size_t len, int bos, size_t *np)
+{
+    size_t cap = 3 * len + 8;
+    int32_t *ids = malloc(cap * sizeof *ids);
+    int rc = lh_tok_encode(t, s, len, bos, ids, cap, np);
+    CU_ASSERT_EQUAL(rc, 0);
+    return ids;
+}
+
+/* decode(encode(s)) == s byte for byte, with the dummy prefix stripped */
+static void roundtrip(const lh_tok *t, const char *s, size_t len)
+{
+    size_t n, out_len;
+    int32_t *ids = enc(t, s, len, 1, &n);
+    char *buf = malloc(len + 16);
+    CU_ASSERT_EQUAL(lh_tok_decode(t, ids, n, 1, buf, len + 16, &out_len), 0);
+    CU_ASSERT_EQUAL(out_len, len);
+    CU_ASSERT(out_len == len && memcmp(buf, s, len) == 0);
+    CU_ASSERT_EQUAL(buf[out_len < len + 16 ? out_len : 0], '\0');
+    free(buf);
+    free(ids);
+}
+
+static int is_byte_token(const lh_tok *t, int32_t id, int byte)
+{
+    char want[8];
+    snprintf(want, sizeof want, "<0x%02X>", byte);
+    const char *raw = lh_tok_raw(t, id);
+    return raw && strcmp(raw, want) == 0;
+}
+
+static void test_vocab(void)
+{
+    CU_ASSERT_EQUAL(lh_tok_n_vocab(g_tok), 512);
+    CU_ASSERT_EQUAL(lh_tok_bos(g_tok), 1);
+    CU_ASSERT_EQUAL(lh_tok_eos(g_tok), 2);
+    CU_ASSERT_EQUAL(lh_tok_add_bos(g_tok), 1);
+    CU_ASSERT_STRING_EQUAL(lh_tok_raw(g_tok, 1), "<s>");
+    CU_ASSERT_PTR_NULL(lh_tok_raw(g_tok, 512));
+    CU_ASSERT_PTR_NULL(lh_tok_raw(g_tok, -1));
+    size_t len;
+    CU_ASSERT_PTR_NULL(lh_tok_piece(g_tok, 512, &len));
+    const char *p = lh_tok_piece(g_tok, 1, &len); /* control: nothing */
+    CU_ASSERT(p && len == 0);
+    p = lh_tok_piece(g_tok, 3 + 'A', &len);      /* <0x41> */
+    CU_ASSERT(p && len == 1 && p[0] == 'A');
+    p = lh_tok_piece(g_tok, 259, &len);          /* "\u2581t" */
+    CU_ASSERT(p && len == 2 && memcmp(p, " t", 2) == 0);
+}
+
+static void test_golden(void)
+{
+    const char *s = "Once upon a time";
+    int32_t ids[16];
+    size_t n;
+    CU_ASSERT_EQUAL(lh_tok_encode(g_tok, s, strlen(s), 1, ids, 16, &n), 0);
+    const int32_t want[] = {1, 403, 407, 261, 378};
+    CU_ASSERT_EQUAL_FATAL(n, 5);
+    for (size_t i = 0; i < 5; i++)
+        CU_ASSERT_EQUAL(ids[i], want[i]);
+    /* without BOS */
+    CU_ASSERT_EQUAL(lh_tok_encode(g_tok, s, strlen(s), 0, ids, 16, &n), 0);
+    CU_ASSERT(n == 4 && ids[0] == 403);
+    char buf[64];
+    size_t len;
+    CU_ASSERT_EQUAL(lh_tok_decode(g_tok, want, 5, 1, buf, sizeof buf, &len), 0);
+    CU_ASSERT_STRING_EQUAL(buf, "Once upon a time");
+    CU_ASSERT_EQUAL(lh_tok_decode(g_tok, want, 5, 0, buf, sizeof buf, &len), 0);
+    CU_ASSERT_STRING_EQUAL(buf, " Once upon a time");
+    CU_ASSERT_EQUAL(len, 17);
+}
+
+static void test_golden_story(void)
+{
+    /* the golden story text encodes and decodes back byte for byte */
+    FILE *f = fopen("tests/data/stories260K.golden.txt", "rb");
+    if (!f)
+        return;
+    char text[4096];
+    size_t len = fread(text, 1, sizeof text, f);
+    fclose(f);
+    CU_ASSERT(len > 100);
+    roundtrip(g_tok, text, len);
+}
+
+static void test_roundtrip_mixed(void)
+{
+    const char *cases[] = {
+        "Hello \xe4\xb8\x96\xe7\x95\x8c, caf\xc3\xa9 na\xc3\xafve \xe2\x80\x94 ok",
+        "  leading and trailing spaces  ",
+        "tabs\tand\nnewlines\r\n",
+        "emoji \xf0\x9f\x98\x80 and U+10FFFF \xf4\x8f\xbf\xbf",
+        "a",
+        " ",
+        "Lily's mom said, \"Lily, let's go to the park.\"",
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++)
+        roundtrip(g_tok, cases[i], strlen(cases[i]));
+
+    /* CJK is not in tok512: each character becomes its three byte tokens */
+    const char *cjk = "\xe4\xb8\x96";
+    int32_t ids[8];
+    size_t n;
+    CU_ASSERT_EQUAL(lh_tok_encode(g_tok, cjk, 3, 0, ids, 8, &n), 0);
+    CU_ASSERT_EQUAL_FATAL(n, 4); /* "\u2581" then 3 bytes */
+    CU_ASSERT(is_byte_token(g_tok, ids[1], 0xe4) && is_byte_token(g_tok, ids[2], 0xb8) &&
+              is_byte_token(g_tok, ids[3], 0x96));
+}
+
+static void test_invalid_utf8(void)
+{
+    struct {
+        const char *s;
+        size_t len;
+        int bad_byte; /* a byte that must come out as its own byte token */
+    } cases[] = {
+        {"a\xff" "b", 3, 0xff},                 /* lone 0xff */
+        {"x\xe4\xb8", 3, 0xe4},                 /* truncated 3-byte sequence at the end */
+        {"\xe4\xb8y", 3, 0xe4},                 /* truncated, followed by ASCII */
+        {"\xc0\xaf", 2, 0xc0},                  /* overlong '/' */
+        {"\xe0\x80\xaf", 3, 0xe0},              /* overlong 3-byte */
+        {"\xed\xa0\x80", 3, 0xed},              /* surrogate U+D800 */
+        {"\xf4\x90\x80\x80", 4, 0xf4},          /* beyond U+10FFFF */
+        {"\x80\x80 z", 4, 0x80},                /* stray continuation bytes */
+        {"ok\xe2\x96", 4, 0xe2},                /* half a U+2581 */
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        roundtrip(g_tok, cases[i].s, cases[i].len);
+        size_t n;
+        int32_t *ids = enc(g_tok, cases[i].s, cases[i].len, 0, &n);
+        int found = 0;
+        for (size_t j = 0; j < n; j++)
+            found |= is_byte_token(g_tok, ids[j], cases[i].bad_byte);
+        CU_ASSERT(found);
+        free(ids);
+    }
+    /* every byte value on its own */
+    for (int b = 0; b < 256; b++) {
+        char c = (char)b;
+        if (b == ' ')
+            continue;
+        roundtrip(g_tok, &c, 1);
+    }
+    /* all 256 bytes in one string */
+    char all[256];
+    for (int b = 0; b < 256; b++)
+        all[b] = (char)b;
+    roundtrip(g_tok, all, 256);
+}
+
+static void test_no_control_from_text(void)
+{
+    const char *s = "<s> hello </s><unk>";
+    size_t n;
+    int32_t *ids = enc(g_tok, s, strlen(s), 0, &n);
+    for (size_t i = 0; i < n; i++) {
+        CU_ASSERT_NOT_EQUAL(ids[i], 0);
+        CU_ASSERT_NOT_EQUAL(ids[i], 1);
+        CU_ASSERT_NOT_EQUAL(ids[i], 2);
+    }
+    free(ids);
+    roundtrip(g_tok, s, strlen(s));
+    /* "<0x41>" as text stays text, not the byte token */
+    ids = enc(g_tok, "<0x41>", 6, 0, &n);
+    CU_ASSERT(n > 1);
+    for (size_t i = 0; i < n; i++)
+        CU_ASSERT_NOT_EQUAL(ids[i], 3 + 0x41);
+    free(ids);
+}
+
+static void test_empty(void)
+{
+    int32_t ids[4] = {-7, -7, -7, -7};
+    size_t n = 99;
+    CU_ASSERT_EQUAL(lh_tok_encode(g_tok, "", 0, 1, ids, 4, &n), 0);
+    CU_ASSERT(n == 1 && ids[0] == 1);
+    CU_ASSERT_EQUAL(lh_tok_encode(g_tok, "", 0, 0, ids, 4, &n), 0);
+    CU_ASSERT_EQUAL(n, 0);
+    CU_ASSERT_EQUAL(lh_tok_encode(g_tok, NULL, 0, 0, NULL, 0, &n), 0);
+    CU_ASSERT_EQUAL(n, 0);
+    char buf[4] = "zzz";
+    size_t len = 99;
+    CU_ASSERT_EQUAL(lh_tok_decode(g_tok, NULL, 0, 1, buf, sizeof buf, &len), 0);
+    CU_ASSERT(len == 0 && buf[0] == '\0');
+}
+
+static void test_decode_bytes(void)
+{
+    /* byte tokens forming U+00E9 and U+4E16, after BOS */
+    const int32_t ids[] = {1, 3 + 0xc3, 3 + 0xa9, 3 + 0xe4, 3 + 0xb8, 3 + 0x96, 2};
+    char buf[16];
+    size_t len;
+    CU_ASSERT_EQUAL(lh_tok_decode(g_tok, ids, 7, 1, buf, sizeof buf, &len), 0);
+    CU_ASSERT_EQUAL(len, 5);
+    CU_ASSERT_STRING_EQUAL(buf, "\xc3\xa9\xe4\xb8\x96");
+    /* an id out of range */
+    const int32_t bad[] = {403, 512};
+    CU_ASSERT_EQUAL(lh_tok_decode(g_tok, bad, 2, 0, buf, sizeof buf, &len), LH_E_FORMAT);
+    const int32_t neg[] = {-1};
+    CU_ASSERT_EQUAL(lh_tok_decode(g_tok, neg, 1, 0, buf, sizeof buf, &len), LH_E_FORMAT);
+}
+
+static void test_limits(void)
+{
+    const char *s = "Once upon a time";
+    int32_t ids[8] = {0};
+    size_t n = 0;
+    /* too small: LH_E_LIMIT, the full count, the first cap ids, nothing written past cap */
+    ids[3] = -5;
+    CU_ASSERT_EQUAL(lh_tok_encode(g_tok, s, strlen(s), 1, ids, 3, &n), LH_E_LIMIT);
+    CU_ASSERT_EQUAL(n, 5);
+    CU_ASSERT(ids[0] == 1 && ids[1] == 403 && ids[2] == 407 && ids[3] == -5);
+    CU_ASSERT_EQUAL(lh_tok_encode(g_tok, s, strlen(s), 1, NULL, 0, &n), LH_E_LIMIT);
+    CU_ASSERT_EQUAL(n, 5);
+    CU_ASSERT_EQUAL(lh_tok_encode(g_tok, s, strlen(s), 1, ids, 5, &n), 0);
+
+    const int32_t want[] = {1, 403, 407, 261, 378};
+    char buf[32];
+    size_t len;
+    memset(buf, 'x', sizeof buf);
+    CU_ASSERT_EQUAL(lh_tok_decode(g_tok, want, 5, 1, buf, 5, &len), LH_E_LIMIT);
+    CU_ASSERT_EQUAL(len, 16);
+    CU_ASSERT_STRING_EQUAL(buf, "Once");
+    CU_ASSERT_EQUAL(buf[5], 'x');
+    CU_ASSERT_EQUAL(lh_tok_decode(g_tok, want, 5, 1, buf, 16, &len), LH_E_LIMIT); /* no room for NUL */
+    CU_ASSERT_EQUAL(lh_tok_decode(g_tok, want, 5, 1, buf, 17, &len), 0);
+    CU_ASSERT_EQUAL(lh_tok_decode(g_tok, want, 5, 1, NULL, 0, &len), LH_E_LIMIT);
+    CU_ASSERT_EQUAL(len, 16);
+}
+
+/* A long prompt (megabytes) encodes in n log n: it would take minutes if merging were n^2.
+ * Each repetition starts with an invalid byte, which never merges, so every repetition must
+ * tokenise exactly like the first. */
+static void test_long(void)
+{
+    const char *unit = "\xff Once upon a time, there was a little girl named Lily. caf\xc3\xa9";
+    size_t ulen = strlen(unit), reps = lh_test_asan() ? 4000 : 40000;
+    size_t len = ulen * reps;
+    char *text = malloc(len);
+    for (size_t i = 0; i < reps; i++)
+        memcpy(text + i * ulen, unit, ulen);
+    size_t n, n_unit;
+    int32_t *ids = enc(g_tok, text, len, 1, &n);
+    int32_t *uids = enc(g_tok, unit, ulen, 1, &n_unit);
+    /* BOS and the dummy prefix come once; then each repetition is <0xFF> and the body */
+    size_t n_pre;
+    int32_t *pre = enc(g_tok, "\xff", 1, 1, &n_pre);
+    size_t head = n_pre - 1, period = n_unit - head;
+    CU_ASSERT(period > 10 && pre[head] == uids[head]);
+    CU_ASSERT_EQUAL(n, head + period * reps);
+    int same = n == head + period * reps && memcmp(ids, uids, n_unit * sizeof *ids) == 0;
+    for (size_t r = 1; r < reps && same; r++)
+        same = memcmp(ids + head + r * period, uids + head, period * sizeof *ids) == 0;
+    CU_ASSERT(same);
+    char *buf = malloc(len + 1);
+    size_t out_len;
+    CU_ASSERT_EQUAL(lh_tok_decode(g_tok, ids, n, 1, buf, len + 1, &out_len), 0);
+    CU_ASSERT(out_len == len && memcmp(buf, text, len) == 0);
+    free(buf);
+    free(pre);
+    free(uids);
+    free(ids);
+    free(text);
+}
+
+/* The definition, slowly: repeatedly scan every adjacent pair for the best NORMAL piece
+ * (highest score, leftmost), over spans of the escaped text.  Valid UTF-8 input only. */
+static int32_t naive_find(const char *s, size_t len)
+{
+    static int32_t types[512];
+    if (types[0] == 0)
+        for (size_t id = 0; id < 512; id++)
+            lh_gguf_arr_i32(g_gguf, "tokenizer.ggml.token_type", id, &types[id]);
+    for (size_t id = 0; id < lh_tok_n_vocab(g_tok) && id < 512; id++) {
+        const char *raw = lh_tok_raw(g_tok, (int32_t)id);
+        if (types[id] == 1 && strlen(raw) == len && memcmp(raw, s, len) == 0)
+            return (int32_t)id;
+    }
+    return -1;
+}
+
+static size_t naive_encode(const char *text, int32_t *out)
+{
+    char esc[512];
+    size_t n = 0, start[256], len[256], n_sym = 0, n_out = 0;
+    memcpy(esc, "\xe2\x96\x81", 3);
+    n = 3;
+    for (const char *p = text; *p; p++) {
+        if (*p == ' ') {
+            memcpy(esc + n, "\xe2\x96\x81", 3);
+            n += 3;
+        } else {
+            esc[n++] = *p;
+        }
+    }
+    for (size_t i = 0; i < n;) {
+        uint8_t c = (uint8_t)esc[i];
+        size_t l = c < 0x80 ? 1 : c < 0xe0 ? 2 : c < 0xf0 ? 3 : 4;
+        start[n_sym] = i;
+        len[n_sym++] = l;
+        i += l;
+    }
+    for (;;) {
+        size_t best = SIZE_MAX;
+        float best_score = 0;
+        for (size_t i = 0; i + 1 < n_sym; i++) {
+            int32_t id = naive_find(esc + start[i], len[i] + len[i + 1]);
+            float sc;
+            if (id < 0)
+                continue;
+            lh_gguf_arr_f32(g_gguf, "tokenizer.ggml.scores", (size_t)id, &sc);
+            if (best == SIZE_MAX || sc > best_score) {
+                best = i;
+                best_score = sc;
+            }
+        }
+        if (best == SIZE_MAX)
+            break;
+        len[best] += len[best + 1];
+        memmove(start + best + 1, start + best + 2, (n_sym - best - 2) * sizeof *start);
+        memmove(len + best + 1, len + best + 2, (n_sym - best - 2) * sizeof *len);
+        n_sym--;
+    }
+    for (size_t i = 0; i < n_sym; i++) {
+        int32_t id = naive_find(esc + start[i], len[i]);
+        if (id >= 0)
+            out[n_out++] = id;
+        else
+            for (size_t j = 0; j < len[i]; j++)
+                out[n_out++] = 3 + (uint8_t)esc[start[i] + j];
+    }
+    return n_out;
+}
+
+static void test_against_naive(void)
+{
+    /* random strings over letters, spaces, punctuation and a few multi-byte characters */
+    static const char *const alphabet[] = {
+        "a", "e", "t", "h", "o", "n", "s", "i", "l", "d", "r", "y", " ", " ", " ", ".", ",",
+        "'", "L", "O", "\xc3\xa9", "\xe4\xb8\x96", "\n",
+    };
+    uint32_t seed = 12345;
+    int mismatches = 0;
+    for (int iter = 0; iter < 300; iter++) {
+        char text[128] = "";
+        size_t tl = 0;
+        seed = seed * 1664525u + 1013904223u;
+        int m = 1 + (int)(seed >> 27);
+        for (int k = 0; k < m; k++) {
+            seed = seed * 1664525u + 1013904223u;
+            const char *c = alphabet[(seed >> 16) % (sizeof alphabet / sizeof alphabet[0])];
+            memcpy(text + tl, c, strlen(c));
+            tl += strlen(c);
+        }
+        text[tl] = '\0';
+        int32_t want[512], got[512];
+        size_t n_want = naive_encode(text, want), n_got;
+        CU_ASSERT_EQUAL(lh_tok_encode(g_tok, text, tl, 0, got, 512, &n_got), 0);
+        if (n_got != n_want || memcmp(got, want, n_got * sizeof *got) != 0)
+            mismatches++;
+    }
+    CU_ASSERT_EQUAL(mismatches, 0);
+}
+
+/* ---- hand-built vocabularies --------------------------------------------------------------- */
+
+/* pieces/scores/types -> a GGUF in memory -> tokenizer */
+static int load_vocab(const char *const *pieces, const float *scores, const int32_t *types,
+                      size_t n, const char *model, lh_tok **tp, void **bufp, lh_gguf **gp)
+{
+    lh_gguf_writer *w = NULL;
+    size_t size;
+    lh_gguf_writer_new(&w);
+    lh_gguf_writer_str(w, "tokenizer.ggml.model", model);
+    lh_gguf_writer_arr_str(w, "tokenizer.ggml.tokens", pieces, n);
+    if (scores)
+        lh_gguf_writer_arr_f32(w, "tokenizer.ggml.scores", scores, n);
+    if (types)
+        lh_gguf_writer_arr_i32(w, "tokenizer.ggml.token_type", types, n);
+    lh_gguf_writer_finish(w, bufp, &size);
+    lh_gguf_writer_free(w);
+    *gp = NULL;
+    *tp = NULL;
+    int rc = lh_gguf_open_mem(gp, *bufp, size, "vocab");
+    if (rc == 0)
+        rc = lh_tok_load(tp, *gp);
+    return rc;
+}
+
+static void test_merge_order(void)
+{
+    /* "abc": "ab" (score -1) and "bc" (score -0.5): "bc" wins, then "abc" is not reachable
+     * from "a"+"bc" unless present; ties go leftmost. */
+    const char *pieces[] = {"<unk>", "<s>", "</s>", "a", "b", "c", "ab", "bc", "\xe2\x96\x81",
+                            ("\xe2\x96\x81" "a"), "<s>", "aa"};
+    const float scores[] = {0, 0, 0, -5, -5, -5, -1, -0.5f, -5, -10, 0, -2};
+    const int32_t types[] = {2, 3, 3, 1, 1, 1, 1, 1, 1, 1, 4, 1};
+    lh_tok *t;
+    lh_gguf *g;
+    void *buf;
+    CU_ASSERT_EQUAL_FATAL(load_vocab(pieces, scores, types, 12, "llama", &t, &buf, &g), 0);
+    int32_t ids[16];
+    size_t n;
+    /* dummy prefix "\u2581" then "abc": pairs ▁a(-10) ab(-1) bc(-0.5) -> bc, then ▁a -> [▁a, bc] */
+    CU_ASSERT_EQUAL(lh_tok_encode(t, "abc", 3, 0, ids, 16, &n), 0);
+    CU_ASSERT(n == 2 && ids[0] == 9 && ids[1] == 7);
+    /* "aaa" without bos: ▁a(-10), aa(-2), aa(-2): the leftmost aa wins -> ▁ is then alone with
+     * aa to its right (no piece "▁aa"), so [▁, aa, a] */
+    CU_ASSERT_EQUAL(lh_tok_encode(t, "aaa", 3, 0, ids, 16, &n), 0);
+    CU_ASSERT(n == 3 && ids[0] == 8 && ids[1] == 11 && ids[2] == 3);
+    /* a character with no piece and no byte tokens becomes <unk> */
+    CU_ASSERT_EQUAL(lh_tok_encode(t, "z", 1, 0, ids, 16, &n), 0);
+    CU_ASSERT(n == 2 && ids[0] == 8 && ids[1] == 0);
+    /* the user-defined duplicate "<s>" (type 4) does not match text either */
+    CU_ASSERT_EQUAL(lh_tok_encode(t, "<s>", 3, 0, ids, 16, &n), 0);
+    for (size_t i = 0; i < n; i++)
+        CU_ASSERT(ids[i] != 1 && ids[i] != 10);
+    lh_tok_free(t);
+    lh_gguf_close(g);
+    free(buf);
+}
+
+/* add_space_prefix = false: no dummy prefix, and decode keeps a leading space; add_bos_token
+ * is reported as stored. */
+static void test_flags(void)
+{
+    const char *pieces[] = {"<unk>", "<s>", "</s>", "a", "b", "ab", "\xe2\x96\x81",
+                            ("\xe2\x96\x81" "a")};
+    const float scores[] = {0, 0, 0, -5, -5, -1, -5, -2};
+    const int32_t types[] = {2, 3, 3, 1, 1, 1, 1, 1};
+    lh_gguf_writer *w = NULL;
+    void *buf;
+    size_t size;
+    lh_gguf_writer_new(&w);
+    lh_gguf_writer_str(w, "tokenizer.ggml.model", "llama");
+    lh_gguf_writer_arr_str(w, "tokenizer.ggml.tokens", pieces, 8);
+    lh_gguf_writer_arr_f32(w, "tokenizer.ggml.scores", scores, 8);
+    lh_gguf_writer_arr_i32(w, "tokenizer.ggml.token_type", types, 8);
+    lh_gguf_writer_bool(w, "tokenizer.ggml.add_bos_token", 0);
+    lh_gguf_writer_bool(w, "tokenizer.ggml.add_space_prefix", 0);
+    lh_gguf_writer_finish(w, &buf, &size);
+    lh_gguf_writer_free(w);
+    lh_gguf *g = NULL;
+    lh_tok *t = NULL;
+    CU_ASSERT_EQUAL_FATAL(lh_gguf_open_mem(&g, buf, size, "flags"), 0);
+    CU_ASSERT_EQUAL_FATAL(lh_tok_load(&t, g), 0);
+    CU_ASSERT_EQUAL(lh_tok_add_bos(t), 0);
+    int32_t ids[8];
+    size_t n;
+    CU_ASSERT_EQUAL(lh_tok_encode(t, "ab", 2, 0, ids, 8, &n), 0);
+    CU_ASSERT(n == 1 && ids[0] == 5);
+    CU_ASSERT_EQUAL(lh_tok_encode(t, " a", 2, 1, ids, 8, &n), 0);
+    CU_ASSERT(n == 2 && ids[0] == 1 && ids[1] == 7);
+    char out[8];
+    size_t len;
+    CU_ASSERT_EQUAL(lh_tok_decode(t, ids, n, 1, out, sizeof out, &len), 0);
+    CU_ASSERT_STRING_EQUAL(out, " a");
+    lh_tok_free(t);
+    lh_gguf_close(g);
+    free(buf);
+}
+
+static void test_bad_vocab(void)
+{
+    const char *pieces[] = {"<unk>", "<s>", "</s>", "a"};
+    const float scores[] = {0, 0, 0, 0};
+    const int32_t types[] = {2, 3, 3, 1};
+    lh_tok *t;
+    lh_gguf *g;
+    void *buf;
+    CU_ASSERT_EQUAL(load_vocab(pieces, scores, types, 4, "llama", &t, &buf, &g), 0);
+    lh_tok_free(t);
+    lh_gguf_close(g);
+    free(buf);
+    CU_ASSERT_EQUAL(load_vocab(pieces, scores, types, 4, "gpt2", &t, &buf, &g), LH_E_UNSUPPORTED);
+    CU_ASSERT_PTR_NULL(t);
+    lh_gguf_close(g);
+    free(buf);
+
+    /* array lengths that disagree */
+    lh_gguf_writer *w = NULL;
+    size_t size;
+    lh_gguf_writer_new(&w);
+    lh_gguf_writer_str(w, "tokenizer.ggml.model", "llama");
+    lh_gguf_writer_arr_str(w, "tokenizer.ggml.tokens", pieces, 4);
+    lh_gguf_writer_arr_f32(w, "tokenizer.ggml.scores", scores, 3);
+    lh_gguf_writer_finish(w, &buf, &size);
+    lh_gguf_writer_free(w);
+    CU_ASSERT_EQUAL_FATAL(lh_gguf_open_mem(&g, buf, size, "vocab"), 0);
+    CU_ASSERT_EQUAL(lh_tok_load(&t, g), LH_E_FORMAT);
+    lh_gguf_close(g);
+    free(buf);
+
+    /* bos id out of range; a byte token that is not <0xNN>; a missing model key */
+    lh_gguf_writer_new(&w);
+    lh_gguf_writer_str(w, "tokenizer.ggml.model", "llama");
+    lh_gguf_writer_arr_str(w, "tokenizer.ggml.tokens", pieces, 4);
+    lh_gguf_writer_u32(w, "tokenizer.ggml.bos_token_id", 4);
+    lh_gguf_writer_finish(w, &buf, &size);
+    lh_gguf_writer_free(w);
+    CU_ASSERT_EQUAL_FATAL(lh_gguf_open_mem(&g, buf, size, "vocab"), 0);
+    CU_ASSERT_EQUAL(lh_tok_load(&t, g), LH_E_FORMAT);
+    lh_gguf_close(g);
+    free(buf);
+
+    const int32_t bad_types[] = {2, 3, 3, 6};
+    CU_ASSERT_EQUAL(load_vocab(pieces, scores, bad_types, 4, "llama", &t, &buf, &g), LH_E_FORMAT);
+    lh_gguf_close(g);
+    free(buf);
+
+    lh_gguf_writer_new(&w);
+    lh_gguf_writer_arr_str(w, "tokenizer.ggml.tokens", pieces, 4);
+    lh_gguf_writer_finish(w, &buf, &size);
+    lh_gguf_writer_free(w);
+    CU_ASSERT_EQUAL_FATAL(lh_gguf_open_mem(&g, buf, size, "vocab"), 0);
+    CU_ASSERT_EQUAL(lh_tok_load(&t, g), LH_E_FORMAT);
+    lh_gguf_close(g);
+    free(buf);
+    lh_tok_free(NULL);
+}
+
+void lh_test_tokenizer(void)
+{
+    CU_pSuite s = CU_add_suite("tokenizer", suite_init, suite_clean);
+    CU_add_test(s, "vocabulary", test_vocab);
+    CU_add_test(s, "golden ids", test_golden);
+    CU_add_test(s, "golden story round-trip", test_golden_story);
+    CU_add_test(s, "mixed scripts round-trip", test_roundtrip_mixed);
+    CU_add_test(s, "invalid UTF-8", test_invalid_utf8);
+    CU_add_test(s, "control tokens never from text", test_no_control_from_text);
+    CU_add_test(s, "empty", test_empty);
+    CU_add_test(s, "decode byte tokens", test_decode_bytes);
+    CU_add_test(s, "capacity limits", test_limits);
+    CU_add_test(s, "long prompt", test_long);
+    CU_add_test(s, "same as the naive definition", test_against_naive);
+    CU_add_test(s, "merge order", test_merge_order);
+    CU_add_test(s, "add_bos / add_space_prefix off", test_flags);
+    CU_add_test(s, "bad vocabularies", test_bad_vocab);
+}

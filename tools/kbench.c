@@ -1,0 +1,257 @@
+/* tools/kbench — kernel timings side by side, with ratios, in one run:
+ *   matmul: oneDNN vs the hand-written GEMV vs the scalar reference, decode (M = 1) and prefill
+ *           (M = 64, 512), F32 / F16 / Q8_0 weights, a few LLaMA-like shapes;
+ *   attention: dense per-token cost (decode and a 64-token prefill slice) at several context
+ *           lengths, F32 and F16 KV, against the scalar reference where that is affordable.
+ *
+ * Usage: longheads-kbench [max_ctx]   (default 16384; attention contexts 1k, 4k, then x4 up to
+ * max_ctx).  The default run takes well under a minute on two cores.
+ */
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#ifdef _OPENMP
+#include <omp.h>
+#endif
+
+#include "attn.h"
+#include "log.h"
+#include "matmul.h"
+#include "quant.h"
+
+static double now(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
+}
+
+static uint64_t rng = 0x9e3779b97f4a7c15ull;
+
+static float frand(void)
+{
+    rng ^= rng << 13;
+    rng ^= rng >> 7;
+    rng ^= rng << 17;
+    return (float)((rng >> 40) * (2.0 / 16777216.0) - 1.0);
+}
+
+/* Seconds per call of fn: the best of calls made until min_s have passed (at least 3, after one
+ * warm-up call); min_s == 0: one cold call (the slow references).  The best, not the mean: on a
+ * shared machine the mean measures the neighbours. */
+typedef int (*bench_fn)(void *arg);
+static double timeit(bench_fn fn, void *arg, double min_s)
+{
+    double t0 = now();
+    if (fn(arg) != 0)
+        return -1;
+    double best = now() - t0;
+    if (min_s == 0)
+        return best;
+    double start = now();
+    for (int n = 0; n < 3 || now() - start < min_s; n++) {
+        t0 = now();
+        fn(arg);
+        double t = now() - t0;
+        best = t < best ? t : best;
+    }
+    return best;
+}
+
+typedef struct {
+    lh_matmul *m;
+    lh_type t;
+    const void *w;
+    const float *x;
+    float *y;
+    size_t rows, n_in, n_out;
+} mm_arg;
+
+static int run_gemv(void *p)
+{
+    mm_arg *a = p;
+    for (size_t r = 0; r < a->rows; r++) {
+        int rc = lh_matmul_run(a->m, a->w, a->x + r * a->n_in, 1, a->y + r * a->n_out);
+        if (rc)
+            return rc;
+    }
+    return 0;
+}
+
+static int run_dnnl(void *p)
+{
+    mm_arg *a = p;
+    return lh_matmul_run_dnnl(a->m, a->w, a->x, a->rows, a->y);
+}
+
+static int run_ref(void *p)
+{
+    mm_arg *a = p;
+    lh_matmul_ref(a->t, a->w, a->x, a->rows, a->n_in, a->n_out, a->y);
+    return 0;
+}
+
+static int bench_matmul(void)
+{
+    static const size_t shapes[][2] = {{768, 768}, {2048, 768}, {768, 2048}};   /* n_out, n_in */
+    static const lh_type types[] = {LH_TYPE_F32, LH_TYPE_F16, LH_TYPE_Q8_0};
+    static const size_t rows[] = {1, 64, 512};
+    size_t max_rows = 512;
+    printf("matmul  y = x·Wᵀ   (times per call; GEMV for M > 1 = one GEMV per row)\n");
+    printf("%-5s %-11s %4s %11s %11s %11s %10s %10s\n", "type", "n_out×n_in", "M", "oneDNN",
+           "GEMV", "scalar-ref", "GEMV/dnnl", "ref/best");
+    for (size_t si = 0; si < 3; si++) {
+        size_t n_out = shapes[si][0], n_in = shapes[si][1];
+        float *wf = malloc(n_out * n_in * sizeof *wf), *x = malloc(max_rows * n_in * sizeof *x);
+        float *y = malloc(max_rows * n_out * sizeof *y);
+        void *w = malloc(n_out * n_in * sizeof(float));
+        if (!wf || !x || !y || !w)
+            return -ENOMEM;
+        for (size_t i = 0; i < n_out * n_in; i++)
+            wf[i] = frand();
+        for (size_t i = 0; i < max_rows * n_in; i++)
+            x[i] = frand();
+        for (size_t ti = 0; ti < 3; ti++) {
+            lh_type t = types[ti];
+            size_t rs = lh_type_row_size(t, n_in);
+            for (size_t o = 0; o < n_out; o++)
+                lh_quant_row(t, wf + o * n_in, (char *)w + o * rs, n_in);
+            lh_matmul *m;
+            int rc = lh_matmul_new(&m, t, n_in, n_out, max_rows);
+            if (rc)
+                return rc;
+            for (size_t ri = 0; ri < 3; ri++) {
+                mm_arg a = {m, t, w, x, y, rows[ri], n_in, n_out};
+                double td = timeit(run_dnnl, &a, 0.05);
+                double tg = timeit(run_gemv, &a, rows[ri] > 64 ? 0 : 0.05);
+                /* the scalar reference only where it takes well under a second */
+                double tr = rows[ri] == 1 || (rows[ri] == 64 && si == 0) ? timeit(run_ref, &a, 0.0) : -1;
+                double best = td < tg ? td : tg;
+                char shape[32], ref[32], rr[32];
+                snprintf(shape, sizeof shape, "%zux%zu", n_out, n_in);
+                if (tr > 0) {
+                    snprintf(ref, sizeof ref, "%8.3f ms", tr * 1e3);
+                    snprintf(rr, sizeof rr, "%9.1fx", tr / best);
+                } else {
+                    snprintf(ref, sizeof ref, "%11s", "-");
+                    snprintf(rr, sizeof rr, "%10s", "-");
+                }
+                printf("%-5s %-11s %4zu %8.3f ms %8.3f ms %11s %9.2fx %10s\n", lh_type_name(t),
+                       shape, rows[ri], td * 1e3, tg * 1e3, ref, tg / td, rr);
+                fflush(stdout);
+            }
+            lh_matmul_free(m);
+        }
+        free(wf), free(x), free(y), free(w);
+    }
+    return 0;
+}
+
+typedef struct {
+    lh_attn_shape s;
+    const float *q;
+    size_t n_q, pos0;
+    const void *k, *v;
+    float *out;
+    void *scratch;
+    size_t n_threads;
+} at_arg;
+
+static int run_attn(void *p)
+{
+    at_arg *a = p;
+    lh_attn_dense(&a->s, a->q, a->n_q, a->pos0, a->k, a->v, a->out, a->scratch, a->n_threads);
+    return 0;
+}
+
+static int run_attn_ref(void *p)
+{
+    at_arg *a = p;
+    lh_attn_dense_ref(&a->s, a->q, a->n_q, a->pos0, a->k, a->v, a->out);
+    return 0;
+}
+
+static int bench_attn(size_t max_ctx, size_t n_threads)
+{
+    /* a 768-wide model (12 heads of 64) and a GQA one (32 query heads over 8 KV heads of 128) */
+    static const size_t heads[][3] = {{12, 12, 64}, {32, 8, 128}};
+    static const lh_type kvts[] = {LH_TYPE_F32, LH_TYPE_F16};
+    size_t n_batch = 64;
+    printf("\ndense attention, per token (decode: 1 query at the end of the context; prefill: a\n"
+           "slice of %zu queries ending there), %zu threads\n", n_batch, n_threads);
+    printf("%-5s %-10s %7s %12s %12s %12s %10s\n", "kv", "heads", "ctx", "decode", "prefill/tok",
+           "ref decode", "ref/dense");
+    for (size_t hi = 0; hi < 2; hi++)
+        for (size_t ki = 0; ki < 2; ki++) {
+            lh_attn_shape s = {heads[hi][0], heads[hi][1], heads[hi][2], max_ctx, kvts[ki]};
+            size_t esz = kvts[ki] == LH_TYPE_F16 ? 2 : 4;
+            size_t kv_w = s.n_head_kv * s.head_dim, q_w = s.n_head * s.head_dim;
+            void *k = malloc(max_ctx * kv_w * esz), *v = malloc(max_ctx * kv_w * esz);
+            float *row = malloc(kv_w * sizeof *row), *q = malloc(n_batch * q_w * sizeof *q);
+            float *out = malloc(n_batch * q_w * sizeof *out);
+            size_t ssz = lh_attn_scratch_size(&s, n_batch);
+            void *scratch = malloc(ssz * n_threads);
+            if (!k || !v || !row || !q || !out || !scratch)
+                return -ENOMEM;
+            for (size_t p = 0; p < max_ctx; p++) {
+                for (size_t i = 0; i < kv_w; i++)
+                    row[i] = frand();
+                lh_attn_store(&s, k, p, row);
+                for (size_t i = 0; i < kv_w; i++)
+                    row[i] = frand();
+                lh_attn_store(&s, v, p, row);
+            }
+            for (size_t i = 0; i < n_batch * q_w; i++)
+                q[i] = frand();
+            for (size_t ctx = 1024; ctx <= max_ctx; ctx *= 4) {
+                at_arg dec = {s, q, 1, ctx - 1, k, v, out, scratch, n_threads};
+                at_arg pre = {s, q, n_batch, ctx - n_batch, k, v, out, scratch, n_threads};
+                double td = timeit(run_attn, &dec, 0.05);
+                double tp = timeit(run_attn, &pre, 0.05) / (double)n_batch;
+                double tr = ctx <= 1024 ? timeit(run_attn_ref, &dec, 0.0) : -1;
+                char hs[16], ref[32], rr[32];
+                snprintf(hs, sizeof hs, "%zu/%zu×%zu", s.n_head, s.n_head_kv, s.head_dim);
+                if (tr > 0) {
+                    snprintf(ref, sizeof ref, "%9.3f ms", tr * 1e3);
+                    snprintf(rr, sizeof rr, "%9.1fx", tr / td);
+                } else {
+                    snprintf(ref, sizeof ref, "%12s", "-");
+                    snprintf(rr, sizeof rr, "%10s", "-");
+                }
+                printf("%-5s %-10s %7zu %9.3f ms %9.3f ms %12s %10s\n", lh_type_name(s.kv_type),
+                       hs, ctx, td * 1e3, tp * 1e3, ref, rr);
+                fflush(stdout);
+            }
+            free(k), free(v), free(row), free(q), free(out), free(scratch);
+        }
+    return 0;
+}
+
+int main(int argc, char **argv)
+{
+    size_t max_ctx = 16384;
+    if (argc > 1) {
+        char *end;
+        unsigned long long v = strtoull(argv[1], &end, 10);
+        if (*end || v < 1024 || v > (1ull << 20)) {
+            fprintf(stderr, "usage: %s [max_ctx: 1024 .. 1048576]\n", argv[0]);
+            return 2;
+        }
+        max_ctx = (size_t)v;
+    }
+    size_t n_threads = 1;
+#ifdef _OPENMP
+    n_threads = (size_t)omp_get_max_threads();
+#endif
+    printf("longheads-kbench: %zu threads\n\n", n_threads);
+    int rc = bench_matmul();
+    if (rc == 0)
+        rc = bench_attn(max_ctx, n_threads);
+    if (rc) {
+        fprintf(stderr, "kbench: failed: %d\n", rc);
+        return 1;
+    }
+    return 0;
+}
