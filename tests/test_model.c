@@ -6,7 +6,9 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
+#include "gguf.h"
 #include "log.h"
 #include "model.h"
 #include "sampler.h"
@@ -265,6 +267,96 @@ static void test_hparams(void)
     CU_ASSERT_EQUAL(lh_model_open(&(lh_model *){ NULL }, "/nonexistent/model.gguf") < 0, 1);
 }
 
+/* The same random weights written as F32, F16, BF16 and Q8_0 by longheads-mkmodel (one seed, so
+ * every type quantises the same draws): the typed models' logits must follow the F32 model's
+ * within the precision of the type, relative to the size of the logits. */
+static void test_weight_types(void)
+{
+    const char *types[] = { "f32", "f16", "bf16", "q8_0" };
+    const double rel_tol[] = { 0, 2e-3, 2e-2, 2e-2 };
+    char path[4][128], cmd[4096];
+    float *logits[4] = { NULL };
+    int32_t toks[24];
+    for (size_t i = 0; i < 24; i++)
+        toks[i] = i == 0 ? 1 : (int32_t)(3 + (i * 37) % 297);
+    for (int t = 0; t < 4; t++) {
+        snprintf(path[t], sizeof path[t], "/tmp/lh-test-model-%d-%s.gguf", (int)getpid(), types[t]);
+        snprintf(cmd, sizeof cmd,
+                 "%s/longheads-mkmodel -o %s --type %s --dim 64 --ff 192 --layers 2 --heads 4 "
+                 "--kv-heads 2 --vocab 300 --ctx 256 --seed 5 2>/dev/null",
+                 lh_test_build_dir(), path[t], types[t]);
+        CU_ASSERT_EQUAL_FATAL(system(cmd), 0);
+        lh_model *m = NULL;
+        CU_ASSERT_EQUAL_FATAL(lh_model_open(&m, path[t]), 0);
+        CU_ASSERT_PTR_NOT_NULL(strstr(lh_model_desc(m), t == 3 ? "Q8_0" : t == 2 ? "BF16" : t == 1 ? "F16" : "F32"));
+        lh_ctx_params p;
+        lh_ctx_params_default(&p);
+        p.n_ctx = 64;
+        p.n_batch = 7;
+        lh_ctx *c = NULL;
+        CU_ASSERT_EQUAL_FATAL(lh_ctx_new(&c, m, &p), 0);
+        logits[t] = malloc(24 * 300 * sizeof(float));
+        CU_ASSERT_EQUAL(lh_ctx_eval(c, toks, 23, logits[t], 1), 0);
+        /* the last row through the decode path (GEMV over typed rows) */
+        CU_ASSERT_EQUAL(lh_ctx_eval(c, toks + 23, 1, logits[t] + 23 * 300, 0), 0);
+        lh_ctx_free(c);
+        lh_model_close(m);
+        unlink(path[t]);
+    }
+    double scale = 0;
+    for (size_t i = 0; i < 24 * 300; i++)
+        scale = fabs(logits[0][i]) > scale ? fabs(logits[0][i]) : scale;
+    CU_ASSERT(scale > 0.01);
+    for (int t = 1; t < 4; t++) {
+        double d = lh_test_max_abs_diff(logits[0], logits[t], 24 * 300);
+        CU_ASSERT(d > 0);             /* really another type */
+        CU_ASSERT(d <= rel_tol[t] * scale);
+        if (d > rel_tol[t] * scale)
+            printf("\n  %s: max |dlogit| %.3g, scale %.3g\n", types[t], d, scale);
+    }
+    for (int t = 0; t < 4; t++)
+        free(logits[t]);
+}
+
+/* Files that are valid GGUF but not a usable model: a clean error, nothing leaked. */
+static void test_bad_models(void)
+{
+    struct { const char *arch; int with_dims; int with_vocab; int expect; } cases[] = {
+        { "gpt2", 1, 1, LH_E_UNSUPPORTED },
+        { "llama", 0, 1, LH_E_FORMAT },   /* no embedding_length */
+        { "llama", 1, 0, LH_E_FORMAT },   /* no vocabulary */
+        { "llama", 1, 1, LH_E_FORMAT },   /* hyper-parameters but no tensors */
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof *cases; i++) {
+        lh_gguf_writer *w = NULL;
+        CU_ASSERT_EQUAL_FATAL(lh_gguf_writer_new(&w), 0);
+        lh_gguf_writer_str(w, "general.architecture", cases[i].arch);
+        if (cases[i].with_dims) {
+            lh_gguf_writer_u32(w, "llama.embedding_length", 64);
+            lh_gguf_writer_u32(w, "llama.feed_forward_length", 128);
+            lh_gguf_writer_u32(w, "llama.block_count", 1);
+            lh_gguf_writer_u32(w, "llama.attention.head_count", 8);
+        }
+        if (cases[i].with_vocab) {
+            const char *toks[3] = { "<unk>", "<s>", "</s>" };
+            float scores[3] = { 0, 0, 0 };
+            int32_t types[3] = { 2, 3, 3 };
+            lh_gguf_writer_str(w, "tokenizer.ggml.model", "llama");
+            lh_gguf_writer_arr_str(w, "tokenizer.ggml.tokens", toks, 3);
+            lh_gguf_writer_arr_f32(w, "tokenizer.ggml.scores", scores, 3);
+            lh_gguf_writer_arr_i32(w, "tokenizer.ggml.token_type", types, 3);
+        }
+        char path[128];
+        snprintf(path, sizeof path, "/tmp/lh-test-bad-%d-%zu.gguf", (int)getpid(), i);
+        CU_ASSERT_EQUAL_FATAL(lh_gguf_writer_save(w, path), 0);
+        lh_gguf_writer_free(w);
+        lh_model *m = NULL;
+        CU_ASSERT_EQUAL(lh_model_open(&m, path), cases[i].expect);
+        CU_ASSERT_PTR_NULL(m);
+        unlink(path);
+    }
+}
+
 void lh_test_model(void)
 {
     CU_pSuite s = CU_add_suite("model", suite_init, suite_clean);
@@ -275,4 +367,6 @@ void lh_test_model(void)
     CU_add_test(s, "prefill equals decode (longheads, 17x window)", test_prefill_equals_decode_longheads);
     CU_add_test(s, "longheads inside the window equals full", test_longheads_inside_window_equals_full);
     CU_add_test(s, "limits and errors", test_limits_and_errors);
+    CU_add_test(s, "F16, BF16 and Q8_0 weights follow F32", test_weight_types);
+    CU_add_test(s, "unusable models are refused", test_bad_models);
 }
