@@ -12,6 +12,7 @@
  * Scratch per thread is therefore O(rows × (head_dim + KT) + KT × head_dim), independent of n_ctx.
  */
 #include "attn.h"
+#include "ops.h"
 
 #include <math.h>
 #include <stdint.h>
@@ -177,32 +178,10 @@ static void attn_item(const lh_attn_shape *s, const float *q, size_t pos0, size_
                     sr[j] = 0;   /* contributes nothing to P·V */
                 continue;
             }
-            size_t j = 0;
-            float mx = m[r];
-#ifdef LH_HAVE_AVX2
-            __m256 vm = _mm256_set1_ps(mx);
-            for (; j + 8 <= lim; j += 8)
-                vm = _mm256_max_ps(vm, _mm256_loadu_ps(sr + j));
-            mx = lh_hmax256(vm);
-#endif
-            for (; j < lim; j++)
-                mx = sr[j] > mx ? sr[j] : mx;
+            float mx = lh_ops_max(sr, lim, m[r]);
             float corr = expf(m[r] - mx);   /* 0 on the first tile (m = -inf) */
-            float sum = 0;
-            j = 0;
-#ifdef LH_HAVE_AVX2
-            __m256 vmx = _mm256_set1_ps(mx), vs = _mm256_setzero_ps();
-            for (; j + 8 <= lim; j += 8) {
-                __m256 e = lh_exp256(_mm256_sub_ps(_mm256_loadu_ps(sr + j), vmx));
-                _mm256_storeu_ps(sr + j, e);
-                vs = _mm256_add_ps(vs, e);
-            }
-            sum = lh_hsum256(vs);
-#endif
-            for (; j < lim; j++) {
-                sr[j] = expf(sr[j] - mx);
-                sum += sr[j];
-            }
+            float sum = lh_ops_exp_sum(sr, lim, mx);
+            size_t j = lim;
             for (; j < kt; j++)
                 sr[j] = 0;
             m[r] = mx;

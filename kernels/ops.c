@@ -208,24 +208,27 @@ void lh_ops_softmax_ref(float *x, size_t n)
         x[i] = (float)(exp((double)x[i] - mx) / sum);
 }
 
-void lh_ops_softmax(float *x, size_t n)
+float lh_ops_max(const float *x, size_t n, float start)
 {
-    if (n == 0)
-        return;
     size_t i = 0;
-    float mx = x[0];
+    float mx = start;
 #ifdef LH_HAVE_AVX2
     if (n >= 8) {
-        __m256 vm = _mm256_loadu_ps(x);
-        for (i = 8; i + 8 <= n; i += 8)
+        __m256 vm = _mm256_set1_ps(start);
+        for (; i + 8 <= n; i += 8)
             vm = _mm256_max_ps(vm, _mm256_loadu_ps(x + i));
         mx = lh_hmax256(vm);
     }
 #endif
     for (; i < n; i++)
         mx = x[i] > mx ? x[i] : mx;
+    return mx;
+}
+
+float lh_ops_exp_sum(float *x, size_t n, float mx)
+{
     float sum = 0;
-    i = 0;
+    size_t i = 0;
 #ifdef LH_HAVE_AVX2
     __m256 vmx = _mm256_set1_ps(mx), vs = _mm256_setzero_ps();
     for (; i + 8 <= n; i += 8) {
@@ -239,8 +242,15 @@ void lh_ops_softmax(float *x, size_t n)
         x[i] = expf(x[i] - mx);
         sum += x[i];
     }
-    float inv = 1.0f / sum;
-    i = 0;
+    return sum;
+}
+
+void lh_ops_softmax(float *x, size_t n)
+{
+    if (n == 0)
+        return;
+    float inv = 1.0f / lh_ops_exp_sum(x, n, lh_ops_max(x, n, -INFINITY));
+    size_t i = 0;
 #ifdef LH_HAVE_AVX2
     __m256 vi = _mm256_set1_ps(inv);
     for (; i + 8 <= n; i += 8)

@@ -35,6 +35,11 @@ void lh_ops_swiglu_ref(float *out, const float *gate, const float *up, size_t n)
 void lh_ops_softmax(float *x, size_t n);
 void lh_ops_softmax_ref(float *x, size_t n);
 
+/* The largest of start and x[0..n). */
+float lh_ops_max(const float *x, size_t n, float start);
+/* x[i] = exp(x[i] - mx) for i < n; returns their sum (the inner step of every softmax). */
+float lh_ops_exp_sum(float *x, size_t n, float mx);
+
 /* y[i] += x[i] */
 void lh_ops_add(float *y, const float *x, size_t n);
 
