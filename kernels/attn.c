@@ -230,6 +230,7 @@ void lh_attn_dense(const lh_attn_shape *s, const float *q, size_t n_q, size_t po
     /* Waking a team costs microseconds, and on a loaded machine a preempted spinning thread costs
      * milliseconds: only go parallel when the products are worth it (~64k multiply-adds). */
     int big = (double)n_q * (double)(pos0 + n_q) * (double)(s->n_head * s->head_dim) >= 65536.0;
+    (void)big; /* unused without -fopenmp */
     /* Later query blocks first, so the round-robin deal starts with the costliest items. */
     OMP(omp parallel num_threads(n_threads) if (big))
     {
