@@ -141,6 +141,37 @@ static void test_bad_params(void)
     lh_sampler_free(NULL);
 }
 
+/* top-k over a large vocabulary (the partial selection path) keeps exactly the k best */
+static void test_top_k_large(void)
+{
+    enum { N = 5003 };
+    lh_sampler_params p;
+    lh_sampler_params_default(&p);
+    p.temperature = 50.0f, p.top_k = 7, p.top_p = 1, p.min_p = 0, p.seed = 3;
+    lh_sampler *s = NULL;
+    CU_ASSERT_EQUAL_FATAL(lh_sampler_new(&s, &p, N), 0);
+    float *l = malloc(N * sizeof *l);
+    int seen[N] = { 0 };
+    for (int it = 0; it < 700; it++) {
+        for (int i = 0; i < N; i++)
+            l[i] = (float)(i % 1000) * 0.001f; /* many ties */
+        int32_t t = lh_sampler_sample(s, l);
+        CU_ASSERT(t >= 0 && t < N);
+        seen[t]++;
+    }
+    /* the 7 best: the five ids with logit 0.999, then the two lowest ids with 0.998 (ties go to
+     * the lower id); at temperature 50 all of them are drawn and nothing else is */
+    const int best[7] = { 999, 1999, 2999, 3999, 4999, 998, 1998 };
+    int drawn = 0;
+    for (int i = 0; i < 7; i++) {
+        CU_ASSERT(seen[best[i]] > 0);
+        drawn += seen[best[i]];
+    }
+    CU_ASSERT_EQUAL(drawn, 700);
+    free(l);
+    lh_sampler_free(s);
+}
+
 void lh_test_sampler(void)
 {
     CU_pSuite s = CU_add_suite("sampler", NULL, NULL);
@@ -150,4 +181,5 @@ void lh_test_sampler(void)
     CU_add_test(s, "temperature frequencies", test_temperature_frequencies);
     CU_add_test(s, "repetition penalty", test_repeat_penalty);
     CU_add_test(s, "bad parameters", test_bad_params);
+    CU_add_test(s, "top-k over a large vocabulary", test_top_k_large);
 }
