@@ -52,6 +52,8 @@ BINS := $(BUILD)/longheadsd $(BUILD)/longheads $(BUILD)/liblongheads.so.1 $(TOOL
 
 .PHONY: all deps run test check asan bench eval install clean help
 .DEFAULT_GOAL := all
+# keep the objects of tools/X.c (pattern-rule intermediates) so relinking does not rebuild them
+.SECONDARY:
 
 all: $(BINS)
 

@@ -1,0 +1,529 @@
+/* tools/bench — longheads-bench: the model-level benchmark.  Whole forward passes (lh_ctx_eval)
+ * on a real model file, timed side by side in one run, reported per token and as ratios.
+ *
+ * Context table (the default): for every context N = m × L (m in --mults, default 1,8,32,128):
+ * a fresh context, a prefill of N tokens (timed as a whole: per token = total / N), then D
+ * decode steps at that depth (one token each, logits computed as a real decoder does; D defaults
+ * to the chunk size w so that exactly one chunk completes and pays for its representations);
+ * LongHeads and full attention back to back.  Full attention is quadratic in prefill: it runs up
+ * to --full-max (default 32) × L only, and the table says so.  Ratios: LH N / LH 1x, full N /
+ * full 1x, full / LH at the same N.  Then the memory: KV-cache and chunk-representation bytes per
+ * token, a context of 131072 tokens created in both modes, and (--long N) a LongHeads prefill of
+ * N tokens with the resident memory it leaves.
+ *
+ *   longheads-bench -m MODEL [--window L] [--chunk W] [--mults 1,8,32,128] [--full-max M]
+ *                   [--decode D] [--reps R] [--kv f32|f16] [--batch B] [--long N]
+ *
+ * llama-bench-like mode (--pp and/or --tg given): tokens per second of prompt processing (N
+ * tokens from an empty context) and of generation (T tokens one at a time after a prefill of
+ * each --depth), in one attention mode; one line per test, "pp512 5660.1" / "tg64@4096 900.2",
+ * for tools/bench.sh to set beside the llama.cpp reference.
+ *
+ *   longheads-bench -m MODEL [--pp 512,4096] [--tg 64] [--depth 0,4096] [--attn full|longheads]
+ *                   [--reps R] [--kv f32|f16] [--batch B] [--window L] [--chunk W]
+ *
+ * Timings are the best of --reps runs (default 3; after one untimed warm-up) up to 8 × L
+ * (decode rewound with lh_ctx_truncate, prefill from 0); past that prefill runs once and decode
+ * twice, so a busy machine inflates exactly the figures at large N: the ratios err
+ * against LongHeads, not for it.  Tokens are random ids (fixed seed): the work per token does not
+ * depend on them.  Exit status 0, 1 on an error, 2 on bad usage.
+ */
+#include <errno.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#ifdef _OPENMP
+#include <omp.h>
+#endif
+
+#include "log.h"
+#include "model.h"
+#include "params.h"
+
+#define MAX_LIST 8
+#define LONG_CTX 131072
+
+typedef struct {
+    const char *model;
+    lh_ctx_params cp;        /* kv_type, n_batch, chunk, window (attn set per run) */
+    size_t mults[MAX_LIST], n_mults;
+    size_t full_max;
+    size_t n_decode;         /* 0: the chunk size */
+    size_t reps;
+    size_t long_n;
+    /* llama-bench-like mode */
+    size_t pp[MAX_LIST], n_pp;
+    size_t tg;
+    size_t depth[MAX_LIST], n_depth;
+    lh_attn_mode attn;
+} opts;
+
+static double now_s(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + ts.tv_nsec * 1e-9;
+}
+
+/* Resident memory of this process in bytes (VmRSS), 0 when /proc is not there. */
+static size_t rss_bytes(void)
+{
+    FILE *f = fopen("/proc/self/status", "r");
+    char line[256];
+    size_t kb = 0;
+    if (!f)
+        return 0;
+    while (fgets(line, sizeof line, f))
+        if (sscanf(line, "VmRSS: %zu kB", &kb) == 1)
+            break;
+    fclose(f);
+    return kb * 1024;
+}
+
+static double mib(double bytes) { return bytes / (1024.0 * 1024.0); }
+
+static uint64_t rng = 0x2545f4914f6cdd1dULL;
+
+/* n random token ids in [3, n_vocab): past <unk>, <s> and </s>. */
+static void random_tokens(int32_t *t, size_t n, size_t n_vocab)
+{
+    for (size_t i = 0; i < n; i++) {
+        rng ^= rng << 13;
+        rng ^= rng >> 7;
+        rng ^= rng << 17;
+        t[i] = (int32_t)(3 + rng % (n_vocab - 3));
+    }
+}
+
+/* "1,8,32" → list; 0 or LH_E_FORMAT. */
+static int parse_list(const char *s, size_t lo, size_t hi, size_t *out, size_t *np)
+{
+    char buf[128];
+    size_t n = 0;
+    if (strlen(s) >= sizeof buf)
+        return LH_E_FORMAT;
+    strcpy(buf, s);
+    for (char *save = NULL, *tok = strtok_r(buf, ",", &save); tok; tok = strtok_r(NULL, ",", &save)) {
+        if (n == MAX_LIST || lh_params_parse_size(tok, lo, hi, &out[n]))
+            return LH_E_FORMAT;
+        n++;
+    }
+    if (n == 0)
+        return LH_E_FORMAT;
+    *np = n;
+    return 0;
+}
+
+/* ------------------------------------------------------------------------------------------ */
+/* measurements                                                                                 */
+
+/* Prefill of tokens[0..n) into c from where it stands: seconds, or < 0 on an error. */
+static double time_prefill(lh_ctx *c, const int32_t *tokens, size_t n, float *logits)
+{
+    double t0 = now_s();
+    if (lh_ctx_eval(c, tokens, n, logits, 0))
+        return -1;
+    return now_s() - t0;
+}
+
+/* n decode steps from the current position (one token each, logits every step): seconds. */
+static double time_decode(lh_ctx *c, const int32_t *tokens, size_t n, float *logits)
+{
+    double t0 = now_s();
+    for (size_t i = 0; i < n; i++)
+        if (lh_ctx_eval(c, &tokens[i], 1, logits, 0))
+            return -1;
+    return now_s() - t0;
+}
+
+/* Best of reps decode runs of n tokens starting at depth `at` (rewound each time): seconds per
+ * token.  The context must hold at least `at` tokens. */
+static double best_decode(lh_ctx *c, size_t at, const int32_t *tokens, size_t n, size_t reps,
+                          float *logits)
+{
+    double best = -1;
+    for (size_t r = 0; r < reps; r++) {
+        if (lh_ctx_truncate(c, at) != at)
+            break; /* LongHeads could not rewind exactly: keep what was measured */
+        double t = time_decode(c, tokens, n, logits);
+        if (t < 0)
+            return -1;
+        if (best < 0 || t < best)
+            best = t;
+    }
+    return best < 0 ? -1 : best / (double)n;
+}
+
+typedef struct {
+    double prefill, decode;  /* seconds per token; < 0: not run */
+    double rss;              /* bytes of resident memory the context added by the end */
+} point;
+
+/* One context of N tokens in one mode: fresh context, prefill, decode.  0 or -1 (logged). */
+static int run_point(const lh_model *m, const opts *o, lh_attn_mode attn, size_t N, size_t n_dec,
+                     const int32_t *tokens, float *logits, point *pt)
+{
+    lh_ctx_params cp = o->cp;
+    cp.attn = attn;
+    cp.n_ctx = N + n_dec;
+    lh_ctx *c = NULL;
+    size_t rss0 = rss_bytes();
+    if (lh_ctx_new(&c, m, &cp))
+        return -1;
+    /* short prefills are repeated (rewound to 0), long ones run once */
+    size_t reps = N <= 8 * cp.window ? o->reps : 1;
+    double best = -1;
+    for (size_t r = 0; r < reps; r++) {
+        if (r > 0 && lh_ctx_truncate(c, 0) != 0)
+            break;
+        double t = time_prefill(c, tokens, N, logits);
+        if (t < 0)
+            goto fail;
+        if (best < 0 || t < best)
+            best = t;
+    }
+    pt->prefill = best / (double)N;
+    size_t dreps = N <= 8 * cp.window ? o->reps : (o->reps < 2 ? o->reps : 2);
+    pt->decode = best_decode(c, N, tokens + N, n_dec, dreps, logits);
+    if (pt->decode < 0)
+        goto fail;
+    pt->rss = (double)rss_bytes() - (double)rss0;
+    lh_ctx_free(c);
+    return 0;
+fail:
+    fprintf(stderr, "longheads-bench: %s at %zu tokens failed\n",
+            attn == LH_ATTN_LONGHEADS ? "longheads" : "full", N);
+    lh_ctx_free(c);
+    return -1;
+}
+
+static void fmt_ms(char *buf, size_t cap, double s)
+{
+    if (s < 0)
+        snprintf(buf, cap, "%8s", "-");
+    else
+        snprintf(buf, cap, "%8.3f", s * 1e3);
+}
+
+static void fmt_ratio(char *buf, size_t cap, double a, double b)
+{
+    if (a < 0 || b <= 0)
+        snprintf(buf, cap, "%7s", "-");
+    else
+        snprintf(buf, cap, "%6.2fx", a / b);
+}
+
+static int context_table(const lh_model *m, const opts *o)
+{
+    const lh_hparams *hp = lh_model_hparams(m);
+    int rc = 1;
+    lh_ctx *probe = NULL, *big = NULL;
+    int32_t *tokens = NULL;
+    float *logits = malloc(hp->n_vocab * sizeof *logits);
+    point lhp[MAX_LIST], fup[MAX_LIST];
+
+    /* resolve L and w once (the context's own defaults) */
+    lh_ctx_params cp = o->cp;
+    cp.attn = LH_ATTN_LONGHEADS;
+    cp.n_ctx = 0;
+    if (!logits || lh_ctx_new(&probe, m, &cp))
+        goto out;
+    const lh_ctx_params *rp = lh_ctx_params_get(probe);
+    opts ro = *o;
+    ro.cp.chunk = rp->chunk;
+    ro.cp.window = rp->window;
+    size_t L = rp->window, w = rp->chunk, n_dec = o->n_decode ? o->n_decode : w;
+    size_t max_n = 0;
+    for (size_t i = 0; i < o->n_mults; i++)
+        max_n = o->mults[i] * L > max_n ? o->mults[i] * L : max_n;
+    tokens = malloc((max_n + n_dec) * sizeof *tokens);
+    if (!tokens)
+        goto out;
+    random_tokens(tokens, max_n + n_dec, hp->n_vocab);
+
+    int n_thr = 1;
+#ifdef _OPENMP
+    n_thr = omp_get_max_threads();
+#endif
+    printf("longheads-bench: %s\n", lh_model_desc(m));
+    printf("  LongHeads L=%zu w=%zu (K=%zu chunks per head), kv %s, batch %zu, %d threads; "
+           "decode %zu tokens at each depth\n",
+           L, w, L / w, lh_type_name(rp->kv_type), rp->n_batch, n_thr, n_dec);
+    printf("  times: best of %zu up to 8x L; past it prefill runs once, decode twice (best)\n",
+           o->reps);
+
+    /* warm-up: the weights' pages and the matmul primitives' first run */
+    point warm;
+    if (run_point(m, &ro, LH_ATTN_LONGHEADS, L, n_dec, tokens, logits, &warm))
+        goto out;
+
+    printf("\n%8s %4s | %-41s | %-41s | %s\n", "", "", "prefill, ms/token", "decode, ms/token",
+           "ctx RSS MiB");
+    printf("%8s %4s | %8s %8s %7s %7s %7s | %8s %8s %7s %7s %7s | %6s %6s\n", "context", "xL",
+           "LH", "full", "LH/1x", "fu/1x", "fu/LH", "LH", "full", "LH/1x", "fu/1x", "fu/LH", "LH",
+           "full");
+    fflush(stdout);
+    size_t i1 = SIZE_MAX;  /* the 1x entry, if listed */
+    for (size_t i = 0; i < o->n_mults; i++)
+        if (o->mults[i] == 1)
+            i1 = i;
+    for (size_t i = 0; i < o->n_mults; i++) {
+        size_t N = o->mults[i] * L;
+        if (run_point(m, &ro, LH_ATTN_LONGHEADS, N, n_dec, tokens, logits, &lhp[i]))
+            goto out;
+        fup[i] = (point){ -1, -1, 0 };
+        if (o->mults[i] <= o->full_max &&
+            run_point(m, &ro, LH_ATTN_FULL, N, n_dec, tokens, logits, &fup[i]))
+            goto out;
+        const point *l1 = i1 != SIZE_MAX ? &lhp[i1] : NULL, *f1 = i1 != SIZE_MAX ? &fup[i1] : NULL;
+        char a[8][32];
+        fmt_ms(a[0], 32, lhp[i].prefill);
+        fmt_ms(a[1], 32, fup[i].prefill);
+        fmt_ms(a[2], 32, lhp[i].decode);
+        fmt_ms(a[3], 32, fup[i].decode);
+        char r[6][32];
+        fmt_ratio(r[0], 32, lhp[i].prefill, l1 && i >= i1 ? l1->prefill : -1);
+        fmt_ratio(r[1], 32, fup[i].prefill, f1 && i >= i1 ? f1->prefill : -1);
+        fmt_ratio(r[2], 32, fup[i].prefill, lhp[i].prefill);
+        fmt_ratio(r[3], 32, lhp[i].decode, l1 && i >= i1 ? l1->decode : -1);
+        fmt_ratio(r[4], 32, fup[i].decode, f1 && i >= i1 ? f1->decode : -1);
+        fmt_ratio(r[5], 32, fup[i].decode, lhp[i].decode);
+        char frss[16];
+        if (fup[i].prefill < 0)
+            snprintf(frss, sizeof frss, "%6s", "-");
+        else
+            snprintf(frss, sizeof frss, "%6.1f", mib(fup[i].rss));
+        printf("%8zu %4zu | %s %s %s %s %s | %s %s %s %s %s | %6.1f %s\n", N, o->mults[i], a[0],
+               a[1], r[0], r[1], r[2], a[2], a[3], r[3], r[4], r[5], mib(lhp[i].rss), frss);
+        fflush(stdout);
+    }
+    for (size_t i = 0; i < o->n_mults; i++)
+        if (o->mults[i] > o->full_max) {
+            printf("  full attention runs up to %zux L only (--full-max): its prefill is quadratic "
+                   "in the context\n", o->full_max);
+            break;
+        }
+    /* the goal, on the largest context measured */
+    size_t ib = 0;
+    for (size_t i = 0; i < o->n_mults; i++)
+        if (o->mults[i] > o->mults[ib])
+            ib = i;
+    if (i1 != SIZE_MAX && ib != i1) {
+        double rp_ = lhp[ib].prefill / lhp[i1].prefill, rd = lhp[ib].decode / lhp[i1].decode;
+        printf("  goal: LongHeads per-token cost at %zux <= 1.3x its cost at 1x: prefill %.2fx "
+               "(%s), decode %.2fx (%s)\n", o->mults[ib], rp_, rp_ <= 1.3 ? "met" : "NOT met", rd,
+               rd <= 1.3 ? "met" : "NOT met");
+    }
+
+    /* memory */
+    lh_ctx_params bp = ro.cp;
+    bp.n_ctx = LONG_CTX;
+    bp.attn = LH_ATTN_FULL;
+    size_t kvb = lh_ctx_kv_bytes_per_token(probe);
+    double lhb = lh_ctx_lh_bytes_per_token(probe);
+    printf("\nmemory: KV cache %zu bytes/token (%.1f MiB at %d tokens); LongHeads chunk "
+           "representations %.1f bytes/token (%.1f%% on top of the KV cache)\n", kvb,
+           mib((double)kvb * LONG_CTX), LONG_CTX, lhb, 100.0 * lhb / (double)kvb);
+    for (int mode = 0; mode < 2; mode++) {
+        bp.attn = mode ? LH_ATTN_LONGHEADS : LH_ATTN_FULL;
+        size_t r0 = rss_bytes();
+        double t0 = now_s();
+        if (lh_ctx_new(&big, m, &bp)) {
+            printf("  a context of %d tokens (%s) could NOT be created\n", LONG_CTX,
+                   mode ? "longheads" : "full");
+            goto out;
+        }
+        printf("  a context of %d tokens (%s): created in %.1f ms, resident %.1f MiB after "
+               "creation (the KV cache is committed as it fills)\n", LONG_CTX,
+               mode ? "longheads" : "full", (now_s() - t0) * 1e3,
+               mib((double)rss_bytes() - (double)r0));
+        lh_ctx_free(big);
+        big = NULL;
+    }
+    if (o->long_n) {
+        int32_t *lt = malloc(o->long_n * sizeof *lt);
+        bp.attn = LH_ATTN_LONGHEADS;
+        bp.n_ctx = o->long_n;
+        size_t r0 = rss_bytes();
+        if (!lt || lh_ctx_new(&big, m, &bp)) {
+            free(lt);
+            goto out;
+        }
+        random_tokens(lt, o->long_n, hp->n_vocab);
+        double t = time_prefill(big, lt, o->long_n - n_dec, logits);
+        double td = t < 0 ? -1 : time_decode(big, lt + o->long_n - n_dec, n_dec, logits);
+        free(lt);
+        if (t < 0 || td < 0)
+            goto out;
+        double r = (double)rss_bytes() - (double)r0;
+        printf("  LongHeads, %zu tokens: prefill %.1f s (%.3f ms/token), decode at the end %.3f "
+               "ms/token; resident %.1f MiB (%.0f bytes/token; KV + reps would be %.0f)\n",
+               o->long_n, t, t * 1e3 / (double)(o->long_n - n_dec), td * 1e3 / (double)n_dec,
+               mib(r), r / (double)o->long_n, (double)kvb + lhb);
+    }
+    rc = 0;
+out:
+    lh_ctx_free(big);
+    lh_ctx_free(probe);
+    free(tokens);
+    free(logits);
+    return rc;
+}
+
+/* ------------------------------------------------------------------------------------------ */
+/* llama-bench-like tests                                                                       */
+
+static int llama_tests(const lh_model *m, const opts *o)
+{
+    const lh_hparams *hp = lh_model_hparams(m);
+    int rc = 1;
+    lh_ctx *c = NULL;
+    int32_t *tokens = NULL;
+    float *logits = malloc(hp->n_vocab * sizeof *logits);
+    size_t max_n = 0;
+    for (size_t i = 0; i < o->n_pp; i++)
+        max_n = o->pp[i] > max_n ? o->pp[i] : max_n;
+    for (size_t i = 0; i < o->n_depth; i++)
+        max_n = o->depth[i] + o->tg > max_n ? o->depth[i] + o->tg : max_n;
+    lh_ctx_params cp = o->cp;
+    cp.attn = o->attn;
+    cp.n_ctx = max_n;
+    tokens = malloc(max_n * sizeof *tokens);
+    if (!logits || !tokens || lh_ctx_new(&c, m, &cp))
+        goto out;
+    random_tokens(tokens, max_n, hp->n_vocab);
+    const lh_ctx_params *rp = lh_ctx_params_get(c);
+    printf("# %s\n# attn %s, kv %s, batch %zu; best of %zu after a warm-up\n", lh_model_desc(m),
+           rp->attn == LH_ATTN_LONGHEADS ? "longheads" : "full", lh_type_name(rp->kv_type),
+           rp->n_batch, o->reps);
+    for (size_t i = 0; i < o->n_pp; i++) {
+        double best = -1;
+        for (size_t r = 0; r <= o->reps; r++) {   /* r == 0: warm-up */
+            lh_ctx_truncate(c, 0);
+            double t = time_prefill(c, tokens, o->pp[i], logits);
+            if (t < 0)
+                goto out;
+            if (r > 0 && (best < 0 || t < best))
+                best = t;
+        }
+        printf("pp%zu %.1f\n", o->pp[i], (double)o->pp[i] / best);
+        fflush(stdout);
+    }
+    for (size_t i = 0; o->tg && i < o->n_depth; i++) {
+        size_t d = o->depth[i];
+        lh_ctx_truncate(c, 0);
+        if (d && time_prefill(c, tokens, d, logits) < 0)
+            goto out;
+        if (lh_ctx_n_past(c) != d)
+            goto out;
+        if (best_decode(c, d, tokens + d, o->tg, 1, logits) < 0)   /* warm-up */
+            goto out;
+        double s = best_decode(c, d, tokens + d, o->tg, o->reps, logits);
+        if (s < 0)
+            goto out;
+        if (d)
+            printf("tg%zu@%zu %.1f\n", o->tg, d, 1.0 / s);
+        else
+            printf("tg%zu %.1f\n", o->tg, 1.0 / s);
+        fflush(stdout);
+    }
+    rc = 0;
+out:
+    if (rc)
+        fprintf(stderr, "longheads-bench: a test failed (see the message above)\n");
+    lh_ctx_free(c);
+    free(tokens);
+    free(logits);
+    return rc;
+}
+
+/* ------------------------------------------------------------------------------------------ */
+
+static void usage(FILE *f)
+{
+    fprintf(f,
+            "usage: longheads-bench -m MODEL [--window L] [--chunk W] [--mults 1,8,32,128]\n"
+            "         [--full-max M] [--decode D] [--reps R] [--kv f32|f16] [--batch B] [--long N]\n"
+            "       longheads-bench -m MODEL [--pp N,..] [--tg T] [--depth D,..]\n"
+            "         [--attn full|longheads] [--reps R] [--kv f32|f16] [--batch B]\n"
+            "Per-token prefill and decode times, LongHeads against full attention, with ratios;\n"
+            "with --pp/--tg: tokens/s in the manner of llama-bench.\n");
+}
+
+int main(int argc, char **argv)
+{
+    opts o;
+    memset(&o, 0, sizeof o);
+    lh_ctx_params_default(&o.cp);
+    o.cp.window = 512;
+    o.cp.chunk = 64;
+    o.mults[0] = 1, o.mults[1] = 8, o.mults[2] = 32, o.mults[3] = 128, o.n_mults = 4;
+    o.full_max = 32;
+    o.reps = 3;
+    o.depth[0] = 0, o.n_depth = 1;
+    o.attn = LH_ATTN_FULL;
+    int llama_mode = 0;
+    for (int i = 1; i < argc; i++) {
+        const char *a = argv[i];
+        if (!strcmp(a, "-h") || !strcmp(a, "--help")) {
+            usage(stdout);
+            return 0;
+        }
+        if (i + 1 >= argc) {
+            fprintf(stderr, "longheads-bench: %s needs a value\n", a);
+            return 2;
+        }
+        const char *v = argv[++i];
+        int bad = 0;
+        if (!strcmp(a, "-m") || !strcmp(a, "--model"))
+            o.model = v;
+        else if (!strcmp(a, "--mults"))
+            bad = parse_list(v, 1, 4096, o.mults, &o.n_mults);
+        else if (!strcmp(a, "--full-max"))
+            bad = lh_params_parse_size(v, 0, 4096, &o.full_max);
+        else if (!strcmp(a, "--decode"))
+            bad = lh_params_parse_size(v, 1, 4096, &o.n_decode);
+        else if (!strcmp(a, "--reps"))
+            bad = lh_params_parse_size(v, 1, 100, &o.reps);
+        else if (!strcmp(a, "--long"))
+            bad = lh_params_parse_size(v, 4096, 1u << 22, &o.long_n);
+        else if (!strcmp(a, "--pp"))
+            bad = parse_list(v, 1, 1u << 20, o.pp, &o.n_pp), llama_mode = 1;
+        else if (!strcmp(a, "--tg"))
+            bad = lh_params_parse_size(v, 1, 1u << 16, &o.tg), llama_mode = 1;
+        else if (!strcmp(a, "--depth"))
+            bad = parse_list(v, 0, 1u << 20, o.depth, &o.n_depth);
+        else if (!strcmp(a, "--attn") || !strcmp(a, "--kv") || !strcmp(a, "--batch") ||
+                 !strcmp(a, "--chunk") || !strcmp(a, "--window")) {
+            lh_ctx_params cp = o.cp;
+            int prc = lh_params_set(&cp, NULL, a + 2, v);
+            if (prc)
+                return 2;  /* lh_params_set logged the accepted range */
+            o.attn = cp.attn;
+            o.cp = cp;
+            o.cp.attn = LH_ATTN_FULL;
+        } else {
+            fprintf(stderr, "longheads-bench: unknown option %s\n", a);
+            usage(stderr);
+            return 2;
+        }
+        if (bad) {
+            fprintf(stderr, "longheads-bench: bad value for %s: '%s'\n", a, v);
+            return 2;
+        }
+    }
+    if (!o.model) {
+        usage(stderr);
+        return 2;
+    }
+    lh_model *m = NULL;
+    if (lh_model_open(&m, o.model)) {
+        fprintf(stderr, "longheads-bench: cannot open %s (see the message above)\n", o.model);
+        return 1;
+    }
+    int rc = llama_mode ? llama_tests(m, &o) : context_table(m, &o);
+    lh_model_close(m);
+    return rc;
+}
