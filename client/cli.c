@@ -2,7 +2,7 @@
  *
  *   longheads [--socket PATH] generate [options] [PROMPT | -f FILE | -]
  *   longheads [--socket PATH] info | health | tokenize [TEXT|-f FILE|-] | detokenize ID... |
- *                             score [TEXT|-f FILE|-]
+ *                             score [TEXT|-f FILE|-] | passkey [options]
  *
  * generate streams text to stdout as it arrives; while a long prompt is evaluated a progress
  * bar is drawn on stderr (only when stderr is a terminal).  Ctrl-C cancels the request (the
@@ -56,6 +56,13 @@ static const char usage_text[] =
     "  tokenize [--no-bos] [TEXT | -f FILE | -]   token ids, one per line\n"
     "  detokenize ID...           text of token ids\n"
     "  score [TEXT | -f FILE | -] log-probability of the text under the model\n"
+    "  passkey [options]          the pass-key retrieval test (LongHeads paper): a key hidden\n"
+    "                             at a random depth of filler text, asked for at the end\n"
+    "      --lengths LIST         prompt lengths in tokens (default\n"
+    "                             256,1024,4096,8192,16384,32768,131072)\n"
+    "      --trials N, --seed S   prompts per length (default 20), seed (default 1)\n"
+    "      --attn, --chunk, --window, --timeout   as for generate\n"
+    "      --max-tokens N         answer tokens (default 8); -v: a line per trial\n"
     "\n"
     "  --socket PATH              daemon socket (default: $LONGHEADS_SOCKET, else\n"
     "                             $XDG_RUNTIME_DIR/longheads.sock, /run/longheads/longheads.sock\n"
@@ -65,6 +72,9 @@ static const char usage_text[] =
     "             130 cancelled with Ctrl-C\n";
 
 static void usage(FILE *f) { fputs(usage_text, f); }
+
+/* client/cli_passkey.c: `longheads passkey`; returns an exit status of the list above. */
+int lh_cli_passkey(const char *sock, int argc, char **argv);
 
 /* ---- reading the prompt -------------------------------------------------------------------- */
 
@@ -577,6 +587,8 @@ int main(int argc, char **argv)
         return cmd_tokenize(sock, sub_argc, sub_argv, 1);
     if (strcmp(cmd, "detokenize") == 0)
         return cmd_detokenize(sock, sub_argc, sub_argv);
+    if (strcmp(cmd, "passkey") == 0)
+        return lh_cli_passkey(sock, sub_argc, sub_argv);
     if (strcmp(cmd, "help") == 0) {
         usage(stdout);
         return 0;
