@@ -1,5 +1,5 @@
 /* client/cli_passkey — `longheads passkey`: the pass-key retrieval test of the LongHeads paper
- * (Lu et al. 2024, arXiv 2402.10685, section 4; after Mohtashami & Jaggi's landmark attention),
+ * (Lu et al. 2024, arXiv 2402.10685; after Mohtashami & Jaggi's landmark attention),
  * run end to end through the daemon.
  *
  *   longheads [--socket PATH] passkey [--lengths 256,1024,...] [--trials N] [--seed S]
@@ -29,7 +29,8 @@
  *
  * Output on stdout, one line per length:
  *   length N: C/T correct (depths of the misses 0.12 0.85); 12.3 s, prefill 4567 tok/s
- * then a summary line.  -v adds a line per trial.  While a prompt is evaluated a progress line is
+ * (prefill: the prompt tokens computed, reused ones left out, per second of prefill), then a
+ * summary line.  -v adds a line per trial.  While a prompt is evaluated a progress line is
  * drawn on stderr when it is a terminal.  Exit status as the other commands: 0 every trial ran
  * (whatever the score), 1 usage, 2 no daemon, 3 a request failed.
  */

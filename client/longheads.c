@@ -581,7 +581,8 @@ int lh_client_tokenize(lh_client *c, const char *text, size_t len, int add_bos, 
     if (rc != 0)
         return rc;
     size_t n = r->tokenize->n_tokens;
-    memcpy(out, r->tokenize->tokens, (n < cap ? n : cap) * sizeof *out);
+    if (cap > 0 && n > 0) /* out may be NULL when only the count is wanted */
+        memcpy(out, r->tokenize->tokens, (n < cap ? n : cap) * sizeof *out);
     *n_outp = n;
     longheads__response__free_unpacked(r, NULL);
     return n > cap ? LH_CLIENT_E_LIMIT : 0;

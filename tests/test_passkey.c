@@ -2,13 +2,13 @@
  * the CLI as a user runs it.
  *
  * With models/passkey-aligned.gguf (tools/train/train_passkey.py --align, trained at 256 tokens;
- * LH_PASSKEY_MODEL names another)
- * the CI subset of the paper's table: LongHeads (chunk 32, window 256) retrieves every key at 256
- * tokens and at least two thirds at 4096 (16x the trained length), while full attention, the
- * control, retrieves every key at 256 and at most 10% at 4096 (1024 under ASan, where the dense
- * kernel is too slow for 4096).  Replacing LongHeads by full attention fails the 4096 assertion.  Without that file the suite runs on the bundled model,
- * which cannot retrieve keys: it checks the mechanics only (prompt sizes as the daemon saw them,
- * one line per length, reproducible keys and depths, refusals and exit statuses).
+ * LH_PASSKEY_MODEL names another) the CI subset of the paper's table: LongHeads (chunk 32,
+ * window 256) retrieves every key at 256 tokens and all but one (at least two thirds) at 4096,
+ * 16x the trained length; full attention, the control, retrieves every key at 256 and at most
+ * 10% at 4096 (at 2048 under ASan, where the dense kernel makes 4096 take minutes).  Replacing
+ * LongHeads by full attention fails the 4096 assertion.  Without that file the suite runs on the
+ * bundled model, which cannot retrieve keys: it checks the mechanics only (prompt sizes as the
+ * daemon saw them, one line per length, reproducible keys and depths, refusals, exit statuses).
  */
 #include "test.h"
 
@@ -294,23 +294,25 @@ static void test_retrieval(void)
     CU_ASSERT(pk_result(out, 256, &c256, &n) == 0 && n == trials);
     CU_ASSERT(pk_result(out, 4096, &c4096, &n) == 0 && n == trials);
     CU_ASSERT_EQUAL(c256, trials);
-    CU_ASSERT(c4096 >= 0 && 3 * c4096 >= 2 * trials);
+    /* measured: 6/6 here, 20/20 in `make eval`; at least two thirds, one miss allowed */
+    CU_ASSERT(c4096 >= 0 && 3 * c4096 >= 2 * trials && c4096 >= trials - 1);
     free(out);
 
-    /* the control; under ASan the dense kernel is ~40x slower (3 trials at 4096 took 150 s), so
-     * there it runs at 1024 tokens, already 4x the trained length */
-    size_t control = lh_test_asan() ? 1024 : 4096;
-    int c_long = -1;
+    /* the control.  Measured with full attention: 0/20 at 2048, 3072, 4096 and 8192, but 5/20
+     * at 1024 and 1/20 at 1536 (close enough to 256 to be found now and then).  Under ASan
+     * 3 trials at 4096 took 150 s: there the control runs at 2048, twice. */
+    size_t control = lh_test_asan() ? 2048 : 4096;
+    int trials_full = lh_test_asan() ? 2 : trials, c_long = -1;
     snprintf(args, sizeof args, "--lengths 256,%zu --trials %d --seed 11 --attn full", control,
-             trials);
+             trials_full);
     out = pk_run(args, &st);
     CU_ASSERT_PTR_NOT_NULL_FATAL(out);
     printf("%s", out);
     CU_ASSERT_EQUAL(st, 0);
-    CU_ASSERT(pk_result(out, 256, &c256, &n) == 0 && n == trials);
-    CU_ASSERT(pk_result(out, control, &c_long, &n) == 0 && n == trials);
-    CU_ASSERT_EQUAL(c256, trials);
-    CU_ASSERT(c_long >= 0 && 10 * c_long <= trials);
+    CU_ASSERT(pk_result(out, 256, &c256, &n) == 0 && n == trials_full);
+    CU_ASSERT(pk_result(out, control, &c_long, &n) == 0 && n == trials_full);
+    CU_ASSERT_EQUAL(c256, trials_full);
+    CU_ASSERT(c_long >= 0 && 10 * c_long <= trials_full);
     free(out);
 }
 

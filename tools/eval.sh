@@ -2,8 +2,9 @@
 # tools/eval.sh BUILD — the long evaluations of `make eval` (minutes to hours; not part of CI).
 #
 # 1. Perplexity per bucket of positions (build/longheads-ppl) of tests/data/stories-long.txt
-#    under the bundled model (trained at 2048 tokens): full attention against LongHeads, side by
-#    side, with the time of each run.
+#    under the bundled model (trained at 512 tokens, though its file says 2048; models/README.md):
+#    full attention against LongHeads, side by side, with the time of each run; buckets of
+#    LH_EVAL_PPL_BUCKET tokens (default 512, so the first is inside the trained length).
 # 2. The pass-key table of the LongHeads paper (`longheads passkey`), end to end through a
 #    longheadsd started here on a temporary socket with a context of the longest length + 64:
 #    for models/passkey-aligned.gguf and models/passkey-plain.gguf (tools/train/train_passkey.py,
@@ -17,16 +18,20 @@
 # Full attention costs grow with the square of the length (every query reads the whole prefix):
 # past 16384 tokens it runs fewer trials (LH_EVAL_FULL_LONG_TRIALS), and lengths above
 # LH_EVAL_FULL_MAX are skipped with an estimate from the longest length run.  The output says so.
+# Measured on 2 idle cores with the passkey models: one full-attention trial at 32768 tokens takes
+# about a minute, so about 17 minutes at 131072; LongHeads about 4 s and 16 s.  The whole
+# evaluation of both models takes about an hour, mostly full attention at 131072.
 #
 # Environment (all optional):
 #   LH_EVAL_LENGTHS          default 256,1024,4096,8192,16384,32768,131072
 #   LH_EVAL_TRIALS           trials per length (default 20)
-#   LH_EVAL_FULL_LONG_TRIALS full-attention trials per length past 16384 (default 2)
-#   LH_EVAL_FULL_MAX         longest length run with full attention (default 32768)
+#   LH_EVAL_FULL_LONG_TRIALS full-attention trials per length past 16384 (default 1)
+#   LH_EVAL_FULL_MAX         longest length run with full attention (default 131072)
 #   LH_EVAL_SEED             seed of the keys and depths (default 1)
 #   LH_EVAL_MODELS           the passkey models (default models/passkey-aligned.gguf
 #                            models/passkey-plain.gguf, those that exist)
 #   LH_EVAL_SKIP_PPL         set: skip part 1
+#   LH_EVAL_PPL_BUCKET       positions per perplexity bucket (default 512)
 #   LH_EVAL_THREADS          compute threads of the daemon and ppl (default: all cores)
 #
 # Every daemon started here is stopped by its PID (SIGTERM, then SIGKILL after 30 s), also on
@@ -36,8 +41,8 @@ set -u
 B=${1:-build}
 LENGTHS=${LH_EVAL_LENGTHS:-256,1024,4096,8192,16384,32768,131072}
 TRIALS=${LH_EVAL_TRIALS:-20}
-FULL_LONG_TRIALS=${LH_EVAL_FULL_LONG_TRIALS:-2}
-FULL_MAX=${LH_EVAL_FULL_MAX:-32768}
+FULL_LONG_TRIALS=${LH_EVAL_FULL_LONG_TRIALS:-1}
+FULL_MAX=${LH_EVAL_FULL_MAX:-131072}
 SEED=${LH_EVAL_SEED:-1}
 THREADS=${LH_EVAL_THREADS:-}
 BUNDLED=models/stories260K.gguf
@@ -115,7 +120,8 @@ rc=0
 # ---- 1. perplexity ------------------------------------------------------------------------------
 if [ -z "${LH_EVAL_SKIP_PPL:-}" ]; then
     text=tests/data/stories-long.txt
-    echo "== perplexity of $text under $BUNDLED (trained at 2048 tokens), buckets of 2048 tokens"
+    bucket=${LH_EVAL_PPL_BUCKET:-512}
+    echo "== perplexity of $text under $BUNDLED (trained at 512 tokens), buckets of $bucket tokens"
     set -- "full" "" \
            "lh-w32-L512" "--attn longheads --chunk 32 --window 512" \
            "lh-w64-L256" "--attn longheads --chunk 64 --window 256"
@@ -125,7 +131,7 @@ if [ -z "${LH_EVAL_SKIP_PPL:-}" ]; then
         shift 2
         t0=$(now)
         # shellcheck disable=SC2086  # args is a list of options
-        if ! "$B/longheads-ppl" -m "$BUNDLED" -f "$text" --bucket 2048 $args \
+        if ! "$B/longheads-ppl" -m "$BUNDLED" -f "$text" --bucket "$bucket" $args \
                 ${THREADS:+--threads "$THREADS"} >"$tmp/ppl-$name" 2>"$tmp/ppl-$name.err"; then
             echo "eval: longheads-ppl $args failed:" >&2
             cat "$tmp/ppl-$name.err" >&2
@@ -161,6 +167,22 @@ if [ -z "${LH_EVAL_SKIP_PPL:-}" ]; then
 fi
 
 # ---- 2. passkey ---------------------------------------------------------------------------------
+models=${LH_EVAL_MODELS:-}
+if [ -z "$models" ]; then
+    for m in models/passkey-aligned.gguf models/passkey-plain.gguf; do
+        [ -f "$m" ] && models="$models $m"
+    done
+fi
+if [ -z "$models" ]; then
+    echo "== passkey: models/passkey-aligned.gguf and models/passkey-plain.gguf are not there;"
+    echo "   running the table on $BUNDLED, which cannot retrieve keys: mechanics and timings only"
+    echo "   (${LH_EVAL_TRIALS:-2} trials per length, full attention up to ${LH_EVAL_FULL_MAX:-32768}" \
+         "tokens, unless LH_EVAL_TRIALS / LH_EVAL_FULL_MAX say otherwise)"
+    models=$BUNDLED
+    TRIALS=${LH_EVAL_TRIALS:-2}
+    FULL_MAX=${LH_EVAL_FULL_MAX:-32768}
+fi
+
 max_len=0
 short_lengths=""
 long_lengths=""
@@ -176,21 +198,6 @@ for n in $(echo "$LENGTHS" | tr ',' ' '); do
     fi
 done
 ctx=$((max_len + 64))
-
-models=${LH_EVAL_MODELS:-}
-if [ -z "$models" ]; then
-    for m in models/passkey-aligned.gguf models/passkey-plain.gguf; do
-        [ -f "$m" ] && models="$models $m"
-    done
-fi
-if [ -z "$models" ]; then
-    echo "== passkey: models/passkey-aligned.gguf and models/passkey-plain.gguf are not there;"
-    echo "   running the table on $BUNDLED, which cannot retrieve keys: mechanics and timings only"
-    echo "   (${LH_EVAL_TRIALS:-2} trials per length unless LH_EVAL_TRIALS says otherwise)"
-    models=$BUNDLED
-    TRIALS=${LH_EVAL_TRIALS:-2}
-    FULL_LONG_TRIALS=${LH_EVAL_FULL_LONG_TRIALS:-1}
-fi
 
 for model in $models; do
     [ -f "$model" ] || { echo "eval: $model: no such file" >&2; rc=1; continue; }
@@ -244,12 +251,14 @@ for model in $models; do
             END {
                 n = split(skip, s, ",")
                 for (i = 1; i <= n; i++)
-                    if (best > 0)
-                        printf "-- full attention at %d tokens NOT RUN: about %.0f min per trial" \
+                    if (best > 0) {
+                        est = per * (s[i] / best) ^ 2
+                        printf "-- full attention at %d tokens NOT RUN: about %.0f %s per trial" \
                                " here (%.1f s per trial at %d, times (%d/%d)^2); set" \
                                " LH_EVAL_FULL_MAX=%d to run it\n", s[i],
-                               per * (s[i] / best) ^ 2 / 60, per, best, s[i], best, s[i]
-                    else
+                               est < 120 ? est : est / 60, est < 120 ? "s" : "min", per, best,
+                               s[i], best, s[i]
+                    } else
                         printf "-- full attention at %d tokens NOT RUN (LH_EVAL_FULL_MAX)\n", s[i]
             }' "$tmp/full"
     fi
