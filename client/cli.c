@@ -20,16 +20,11 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "cli.h"
 #include "longheads.h"
 
 #include <math.h>
 
-enum {
-    EXIT_USAGE = 1,     /* bad command line, unreadable prompt file */
-    EXIT_CONNECT = 2,   /* cannot reach the daemon (not running, wrong socket, version) */
-    EXIT_REQUEST = 3,   /* the daemon refused or failed the request; connection lost */
-    EXIT_INTERRUPTED = 130, /* cancelled with Ctrl-C */
-};
 
 static const char usage_text[] =
     "usage: longheads [--socket PATH] COMMAND [options]\n"
@@ -73,8 +68,6 @@ static const char usage_text[] =
 
 static void usage(FILE *f) { fputs(usage_text, f); }
 
-/* client/cli_passkey.c: `longheads passkey`; returns an exit status of the list above. */
-int lh_cli_passkey(const char *sock, int argc, char **argv);
 
 /* ---- reading the prompt -------------------------------------------------------------------- */
 
@@ -150,7 +143,7 @@ static int get_text(const char *file, int argc, char **argv, char **textp, size_
 
 /* ---- connection and signals ---------------------------------------------------------------- */
 
-static int connect_or_report(lh_client **cp, const char *sock)
+int lh_cli_connect(lh_client **cp, const char *sock)
 {
     int rc = lh_client_connect(cp, sock, 5000);
     if (rc != 0) {
@@ -346,7 +339,7 @@ static int cmd_generate(const char *sock, int argc, char **argv)
     o.stop = stops;
     o.n_stop = n_stop;
     lh_client *cl = NULL;
-    if ((rc = connect_or_report(&cl, sock)) != 0)
+    if ((rc = lh_cli_connect(&cl, sock)) != 0)
         goto out;
     start_signal_thread(cl);
     if (echo) {
@@ -393,7 +386,7 @@ out:
 static int cmd_info(const char *sock)
 {
     lh_client *cl;
-    int rc = connect_or_report(&cl, sock);
+    int rc = lh_cli_connect(&cl, sock);
     if (rc != 0)
         return rc;
     lh_client_info info;
@@ -424,7 +417,7 @@ static int cmd_info(const char *sock)
 static int cmd_health(const char *sock)
 {
     lh_client *cl;
-    int rc = connect_or_report(&cl, sock);
+    int rc = lh_cli_connect(&cl, sock);
     if (rc != 0)
         return rc;
     lh_client_health h;
@@ -468,7 +461,7 @@ static int cmd_tokenize(const char *sock, int argc, char **argv, int score)
         rc = EXIT_USAGE;
         goto out;
     }
-    if ((rc = connect_or_report(&cl, sock)) != 0)
+    if ((rc = lh_cli_connect(&cl, sock)) != 0)
         goto out;
     double total = 0;
     int trc = score ? lh_client_score(cl, text, len, lp, cap, &n, &total)
@@ -516,7 +509,7 @@ static int cmd_detokenize(const char *sock, int argc, char **argv)
         ids[i] = (int32_t)v;
     }
     lh_client *cl;
-    int rc = connect_or_report(&cl, sock);
+    int rc = lh_cli_connect(&cl, sock);
     if (rc != 0) {
         free(ids);
         return rc;

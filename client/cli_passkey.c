@@ -43,10 +43,9 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "cli.h"
 #include "longheads.h"
 
-/* the exit statuses of client/cli.c */
-enum { PK_EXIT_USAGE = 1, PK_EXIT_CONNECT = 2, PK_EXIT_REQUEST = 3 };
 
 #define PK_MAX_LENGTHS 64
 #define PK_MAX_TRIALS 100000
@@ -147,12 +146,12 @@ static void report_request(pk_run *r, const char *what, int rc)
 }
 
 /* Tokens of the prompt (n_fill, at, key), BOS included, into r->ids; *np their count.
- * 0 or PK_EXIT_REQUEST (reported). */
+ * 0 or EXIT_REQUEST (reported). */
 static int count_tokens(pk_run *r, size_t n_fill, size_t at, const char *key, size_t *np)
 {
     if (build_prompt(&r->text, n_fill, at, key) != 0) {
         fprintf(stderr, "longheads: passkey: out of memory for a prompt of %zu sentences\n", n_fill);
-        return PK_EXIT_REQUEST;
+        return EXIT_REQUEST;
     }
     for (;;) {
         size_t n = 0;
@@ -163,12 +162,12 @@ static int count_tokens(pk_run *r, size_t n_fill, size_t at, const char *key, si
         }
         if (rc != LH_CLIENT_E_LIMIT || n <= r->cap_ids) {
             report_request(r, "tokenize", rc);
-            return PK_EXIT_REQUEST;
+            return EXIT_REQUEST;
         }
         int32_t *ids = realloc(r->ids, n * sizeof *ids);
         if (!ids) {
             fprintf(stderr, "longheads: passkey: out of memory for %zu tokens\n", n);
-            return PK_EXIT_REQUEST;
+            return EXIT_REQUEST;
         }
         r->ids = ids;
         r->cap_ids = n;
@@ -179,7 +178,7 @@ static int count_tokens(pk_run *r, size_t n_fill, size_t at, const char *key, si
  * grows with the filler by about the same number of tokens per sentence, so each probe
  * interpolates between the best count known to fit (lo) and the smallest known not to (hi),
  * falling back to bisection; a few Tokenize requests even at 131072 tokens.
- * 0, PK_EXIT_USAGE (the fixed parts alone are longer), PK_EXIT_REQUEST. */
+ * 0, EXIT_USAGE (the fixed parts alone are longer), EXIT_REQUEST. */
 static int fit_filler(pk_run *r, size_t length, const char *key, size_t *n_fillp)
 {
     size_t n0, n5, n;
@@ -189,7 +188,7 @@ static int fit_filler(pk_run *r, size_t length, const char *key, size_t *n_fillp
     if (n0 > length) {
         fprintf(stderr, "longheads: passkey: length %zu is shorter than the prompt without filler "
                         "(%zu tokens)\n", length, n0);
-        return PK_EXIT_USAGE;
+        return EXIT_USAGE;
     }
     if ((rc = count_tokens(r, PK_N_FILLER, 0, key, &n5)) != 0)
         return rc;
@@ -282,7 +281,7 @@ static int run_length(pk_run *r, size_t length, uint64_t seed, size_t *correctp)
     int rc = 0;
     if (!miss) {
         fprintf(stderr, "longheads: passkey: out of memory\n");
-        return PK_EXIT_REQUEST;
+        return EXIT_REQUEST;
     }
     r->length = length;
     /* every key has five digits, so one fit serves all trials; each trial still checks its own
@@ -303,7 +302,7 @@ static int run_length(pk_run *r, size_t length, uint64_t seed, size_t *correctp)
         if (n_tok > length) {
             fprintf(stderr, "longheads: passkey: the prompt with key %s is %zu tokens, over %zu\n",
                     key, n_tok, length);
-            rc = PK_EXIT_USAGE;
+            rc = EXIT_USAGE;
             goto out;
         }
         if (at > nf)
@@ -325,7 +324,7 @@ static int run_length(pk_run *r, size_t length, uint64_t seed, size_t *correctp)
             else
                 fprintf(stderr, "longheads: passkey: generate: %s\n",
                         res.finish == LH_CLIENT_FINISH_ERROR ? res.error : "cancelled");
-            rc = PK_EXIT_REQUEST;
+            rc = EXIT_REQUEST;
             goto out;
         }
         int ok = answer_matches(r->answer, key);
@@ -414,8 +413,6 @@ static int parse_lengths(const char *s, size_t *out, size_t *np)
     return 0;
 }
 
-int lh_cli_passkey(const char *sock, int argc, char **argv);
-
 int lh_cli_passkey(const char *sock, int argc, char **argv)
 {
     enum { O_LENGTHS = 256, O_TRIALS, O_SEED, O_ATTN, O_CHUNK, O_WINDOW, O_MAXTOK, O_TIMEOUT };
@@ -442,15 +439,15 @@ int lh_cli_passkey(const char *sock, int argc, char **argv)
         switch (c) {
         case O_LENGTHS:
             if (parse_lengths(optarg, lengths, &n_lengths))
-                return PK_EXIT_USAGE;
+                return EXIT_USAGE;
             break;
         case O_TRIALS:
             if (parse_u64("--trials", optarg, 1, PK_MAX_TRIALS, &trials))
-                return PK_EXIT_USAGE;
+                return EXIT_USAGE;
             break;
         case O_SEED:
             if (parse_u64("--seed", optarg, 0, UINT64_MAX, &seed))
-                return PK_EXIT_USAGE;
+                return EXIT_USAGE;
             break;
         case O_ATTN:
             if (strcmp(optarg, "full") == 0)
@@ -459,34 +456,34 @@ int lh_cli_passkey(const char *sock, int argc, char **argv)
                 r.o.attn = LH_CLIENT_ATTN_LONGHEADS;
             else {
                 fprintf(stderr, "longheads: passkey: --attn takes full or longheads\n");
-                return PK_EXIT_USAGE;
+                return EXIT_USAGE;
             }
             break;
         case O_CHUNK:
         case O_WINDOW:
             if (parse_u64(c == O_CHUNK ? "--chunk" : "--window", optarg, 0, 1u << 30, &v))
-                return PK_EXIT_USAGE;
+                return EXIT_USAGE;
             *(c == O_CHUNK ? &r.o.chunk : &r.o.window) = (uint32_t)v;
             break;
         case O_MAXTOK:
             if (parse_u64("--max-tokens", optarg, 1, 1024, &v))
-                return PK_EXIT_USAGE;
+                return EXIT_USAGE;
             r.o.max_tokens = (uint32_t)v;
             break;
         case O_TIMEOUT:
             if (parse_u64("--timeout", optarg, 0, UINT32_MAX, &v))
-                return PK_EXIT_USAGE;
+                return EXIT_USAGE;
             r.o.timeout_ms = (uint32_t)v;
             break;
         case 'v': r.verbose = 1; break;
         case 'h': fputs(passkey_usage, stdout); return 0;
-        default: fputs(passkey_usage, stderr); return PK_EXIT_USAGE;
+        default: fputs(passkey_usage, stderr); return EXIT_USAGE;
         }
     }
     if (optind < argc) {
         fprintf(stderr, "longheads: passkey: unexpected argument '%s'\n%s", argv[optind],
                 passkey_usage);
-        return PK_EXIT_USAGE;
+        return EXIT_USAGE;
     }
     if (n_lengths == 0) {
         n_lengths = sizeof default_lengths / sizeof default_lengths[0];
@@ -498,18 +495,13 @@ int lh_cli_passkey(const char *sock, int argc, char **argv)
     r.ids = malloc(r.cap_ids * sizeof *r.ids);
     if (!r.ids) {
         fprintf(stderr, "longheads: passkey: out of memory\n");
-        return PK_EXIT_REQUEST;
+        return EXIT_REQUEST;
     }
 
-    int rc = lh_client_connect(&r.cl, sock, 5000);
+    int rc = lh_cli_connect(&r.cl, sock);
     if (rc != 0) {
-        char path[512];
-        if (lh_client_socket_path(sock, path, sizeof path) != 0)
-            snprintf(path, sizeof path, "(too long)");
-        fprintf(stderr, "longheads: cannot connect to the daemon at %s: %s\n", path,
-                lh_client_strerror(rc));
         free(r.ids);
-        return PK_EXIT_CONNECT;
+        return rc;
     }
     const lh_client_model_info *m = lh_client_model(r.cl);
     /* refuse before running anything: a length the daemon cannot hold with its answer */
@@ -518,7 +510,7 @@ int lh_cli_passkey(const char *sock, int argc, char **argv)
             fprintf(stderr, "longheads: passkey: length %zu does not fit the daemon (context %u "
                             "tokens, prompts up to %u); start longheadsd with --ctx %zu or more\n",
                     lengths[i], m->n_ctx, m->max_prompt_tokens, lengths[i] + r.o.max_tokens);
-            rc = PK_EXIT_USAGE;
+            rc = EXIT_USAGE;
             goto out;
         }
     }
