@@ -218,6 +218,15 @@ static int load_hparams(lh_model *m)
         lh_log_error("%s: bad rope.freq_base %g or rms epsilon %g", m->path, hp->rope_base, hp->rms_eps);
         return LH_E_FORMAT;
     }
+    /* LongHeads defaults a model may carry (the project's passkey models do): ignored unless
+     * they describe a valid layout. */
+    uint32_t lw = 0, lL = 0;
+    if (lh_gguf_get_u32(m->gguf, "longheads.chunk_size", &lw) == 0 &&
+        lh_gguf_get_u32(m->gguf, "longheads.window", &lL) == 0 && lw > 0 && lL % lw == 0 &&
+        lL >= 2 * lw && lL <= (1u << 20)) {
+        hp->lh_chunk = lw;
+        hp->lh_window = lL;
+    }
     /* Linear RoPE scaling (llama.rope.scaling.type = "linear", .factor = f): positions / f. */
     if (lh_gguf_get_str(m->gguf, "llama.rope.scaling.type", &s, &len) == 0 &&
         !(len == 4 && memcmp(s, "none", 4) == 0)) {
@@ -411,6 +420,10 @@ static int resolve_params(const lh_model *m, lh_ctx_params *p)
         return -EINVAL;
     }
     if (p->attn == LH_ATTN_LONGHEADS) {
+        if (p->chunk == 0 && p->window == 0 && hp->lh_chunk) {
+            p->chunk = hp->lh_chunk;
+            p->window = hp->lh_window;
+        }
         if (p->chunk == 0)
             p->chunk = 256;
         if (p->window == 0) {

@@ -24,6 +24,8 @@ typedef struct {
     size_t n_vocab, n_embd, n_ff, n_layer, n_head, n_head_kv, head_dim, n_rot;
     size_t n_ctx_train;
     float rope_base, rope_freq_scale, rms_eps;
+    size_t lh_chunk, lh_window; /* LongHeads defaults the file suggests (longheads.chunk_size,
+                                 * longheads.window), 0 when absent */
 } lh_hparams;
 
 typedef enum { LH_ATTN_FULL = 0, LH_ATTN_LONGHEADS = 1 } lh_attn_mode;
@@ -33,8 +35,10 @@ typedef struct {
     size_t n_batch;        /* max tokens per forward (prefill slice), default 64 */
     lh_type kv_type;       /* LH_TYPE_F32 (default) or LH_TYPE_F16 */
     lh_attn_mode attn;     /* default LH_ATTN_FULL */
-    size_t chunk;          /* LongHeads w (0: default 256, capped so that window/chunk >= 2) */
-    size_t window;         /* LongHeads L (0: n_ctx_train rounded down to a multiple of chunk) */
+    size_t chunk;          /* LongHeads w (0: the file's longheads.chunk_size, else 256, capped
+                            * so that window/chunk >= 2) */
+    size_t window;         /* LongHeads L (0: the file's longheads.window, else n_ctx_train
+                            * rounded down to a multiple of chunk) */
 } lh_ctx_params;
 
 typedef struct lh_model lh_model;

@@ -357,6 +357,34 @@ static void test_bad_models(void)
     }
 }
 
+/* A model may carry LongHeads defaults (the passkey models do: w=32, L=256); a context that asks
+ * for LongHeads without a geometry takes them, one that gives its own keeps it. */
+static void test_longheads_defaults_from_file(void)
+{
+    lh_model *m = NULL;
+    CU_ASSERT_EQUAL_FATAL(lh_model_open(&m, "models/passkey-aligned.gguf"), 0);
+    CU_ASSERT_EQUAL(lh_model_hparams(m)->lh_chunk, 32);
+    CU_ASSERT_EQUAL(lh_model_hparams(m)->lh_window, 256);
+    lh_ctx_params p;
+    lh_ctx_params_default(&p);
+    p.attn = LH_ATTN_LONGHEADS;
+    p.n_ctx = 1024;
+    lh_ctx *c = NULL;
+    CU_ASSERT_EQUAL_FATAL(lh_ctx_new(&c, m, &p), 0);
+    CU_ASSERT_EQUAL(lh_ctx_params_get(c)->chunk, 32);
+    CU_ASSERT_EQUAL(lh_ctx_params_get(c)->window, 256);
+    lh_ctx_free(c);
+    p.chunk = 64;
+    p.window = 128;
+    CU_ASSERT_EQUAL_FATAL(lh_ctx_new(&c, m, &p), 0);
+    CU_ASSERT_EQUAL(lh_ctx_params_get(c)->chunk, 64);
+    CU_ASSERT_EQUAL(lh_ctx_params_get(c)->window, 128);
+    lh_ctx_free(c);
+    lh_model_close(m);
+    /* the bundled model carries none: its defaults come from its context length */
+    CU_ASSERT_EQUAL(lh_model_hparams(g_model)->lh_chunk, 0);
+}
+
 void lh_test_model(void)
 {
     CU_pSuite s = CU_add_suite("model", suite_init, suite_clean);
@@ -369,4 +397,5 @@ void lh_test_model(void)
     CU_add_test(s, "limits and errors", test_limits_and_errors);
     CU_add_test(s, "F16, BF16 and Q8_0 weights follow F32", test_weight_types);
     CU_add_test(s, "unusable models are refused", test_bad_models);
+    CU_add_test(s, "LongHeads defaults from the file", test_longheads_defaults_from_file);
 }
