@@ -445,6 +445,18 @@ static int resolve_params(const lh_model *m, lh_ctx_params *p)
     return 0;
 }
 
+/* The LongHeads geometry of a context (its resolved params and the model's shape). */
+static lh_lh_params lh_params_of(const lh_ctx *c)
+{
+    const lh_hparams *hp = &c->m->hp;
+    return (lh_lh_params){
+        .n_layer = hp->n_layer, .n_head = hp->n_head, .n_head_kv = hp->n_head_kv,
+        .head_dim = hp->head_dim, .n_rot = hp->n_rot, .rope_base = hp->rope_base,
+        .rope_freq_scale = hp->rope_freq_scale, .chunk = c->p.chunk, .window = c->p.window,
+        .n_ctx = c->p.n_ctx, .kv_type = c->p.kv_type,
+    };
+}
+
 int lh_ctx_new(lh_ctx **cp, const lh_model *m, const lh_ctx_params *params)
 {
     int rc;
@@ -498,12 +510,7 @@ int lh_ctx_new(lh_ctx **cp, const lh_model *m, const lh_ctx_params *params)
             goto fail;
         }
     } else {
-        lh_lh_params lp = {
-            .n_layer = hp->n_layer, .n_head = hp->n_head, .n_head_kv = hp->n_head_kv,
-            .head_dim = hd, .n_rot = hp->n_rot, .rope_base = hp->rope_base,
-            .rope_freq_scale = hp->rope_freq_scale, .chunk = p->chunk, .window = p->window,
-            .n_ctx = p->n_ctx, .kv_type = p->kv_type,
-        };
+        lh_lh_params lp = lh_params_of(c);
         if ((rc = lh_lh_new(&c->lh, &lp, nb)))
             goto fail;
     }
@@ -578,10 +585,7 @@ double lh_ctx_lh_bytes_per_token(const lh_ctx *c)
 {
     if (!c->lh)
         return 0;
-    const lh_hparams *hp = &c->m->hp;
-    lh_lh_params lp = { .n_layer = hp->n_layer, .n_head = hp->n_head, .n_head_kv = hp->n_head_kv,
-                        .head_dim = hp->head_dim, .n_rot = hp->n_rot, .chunk = c->p.chunk,
-                        .window = c->p.window, .n_ctx = c->p.n_ctx, .kv_type = c->p.kv_type };
+    lh_lh_params lp = lh_params_of(c);
     return lh_lh_bytes_per_token(&lp);
 }
 
