@@ -209,6 +209,10 @@ static void on_event(void *ud, const lh_sched_event *ev)
             return; /* out of memory: the piece is lost, the final frame still comes */
         token.id = ev->token;
         token.text = text;
+        if (memchr(ev->text, 0, ev->text_len)) {
+            token.text_bytes.data = (uint8_t *)ev->text;
+            token.text_bytes.len = ev->text_len;
+        }
         resp.body_case = LONGHEADS__RESPONSE__BODY_TOKEN;
         resp.token = &token;
         break;
@@ -216,6 +220,10 @@ static void on_event(void *ud, const lh_sched_event *ev)
         text = cstr(ev->text ? ev->text : "", ev->text_len, stackbuf, sizeof stackbuf);
         fin.reason = (Longheads__FinishReason)ev->finish;
         fin.text = text ? text : "";
+        if (ev->text && memchr(ev->text, 0, ev->text_len)) {
+            fin.text_bytes.data = (uint8_t *)ev->text;
+            fin.text_bytes.len = ev->text_len;
+        }
         fin.n_prompt = (uint32_t)ev->n_prompt;
         fin.n_reused = (uint32_t)ev->n_reused;
         fin.n_generated = (uint32_t)ev->n_generated;
@@ -404,6 +412,18 @@ static char *dup_str(const char *s, size_t *lenp)
     return d;
 }
 
+/* Takes a string out of an unpacked message (free_unpacked skips it then): a 16 MB text is not
+ * copied once more.  The shared empty default is copied instead. */
+static char *take_str(char **field, size_t *lenp)
+{
+    char *s = *field;
+    if (!s || s == protobuf_c_empty_string)
+        return dup_str("", lenp);
+    *field = NULL;
+    *lenp = strlen(s);
+    return s;
+}
+
 /* Generate → lh_sched_args.  Returns 0 or an error code with msg. */
 static Longheads__ErrorCode generate_args(const Longheads__GenerateRequest *g, lh_sched_args *a,
                                           char *msg, size_t msg_size)
@@ -474,7 +494,7 @@ static void submit(lh_server *srv, conn *c, uint64_t id, lh_sched_args *a)
         send_error(c, id, map_err((lh_err_code)rc), msg);
 }
 
-static void handle_request(lh_server *srv, conn *c, const Longheads__Request *req)
+static void handle_request(lh_server *srv, conn *c, Longheads__Request *req)
 {
     char msg[512];
     if (!c->hello) {
@@ -564,7 +584,7 @@ static void handle_request(lh_server *srv, conn *c, const Longheads__Request *re
     case LONGHEADS__REQUEST__BODY_TOKENIZE:
         a.kind = LH_REQ_TOKENIZE;
         a.add_bos = req->tokenize->add_bos;
-        if (!(a.text = dup_str(req->tokenize->text, &a.text_len))) {
+        if (!(a.text = take_str(&req->tokenize->text, &a.text_len))) {
             send_error(c, req->id, LONGHEADS__ERROR_CODE__ERR_INTERNAL, "out of memory");
             return;
         }
@@ -583,7 +603,7 @@ static void handle_request(lh_server *srv, conn *c, const Longheads__Request *re
         return;
     case LONGHEADS__REQUEST__BODY_SCORE:
         a.kind = LH_REQ_SCORE;
-        if (!(a.text = dup_str(req->score->text, &a.text_len))) {
+        if (!(a.text = take_str(&req->score->text, &a.text_len))) {
             send_error(c, req->id, LONGHEADS__ERROR_CODE__ERR_INTERNAL, "out of memory");
             return;
         }
