@@ -34,7 +34,17 @@ struct lh_client {
     lh_client_model_info model;
     char err[256];
     int err_code;
+    int timeout_ms;              /* lh_client_set_timeout; 0: none */
 };
+
+void lh_client_set_timeout(lh_client *c, int timeout_ms)
+{
+    if (c)
+        c->timeout_ms = timeout_ms > 0 ? timeout_ms : 0;
+}
+
+/* The deadline of one wait for the daemon (-1: none). */
+static int64_t wait_deadline(const lh_client *c);
 
 const char *lh_client_strerror(int err)
 {
@@ -148,6 +158,11 @@ static int recv_response(lh_client *c, int64_t deadline, Longheads__Response **r
     }
 }
 
+static int64_t wait_deadline(const lh_client *c)
+{
+    return c->timeout_ms > 0 ? now_ms() + c->timeout_ms : -1;
+}
+
 static void copy_model(lh_client_model_info *m, const Longheads__ModelInfo *p)
 {
     memset(m, 0, sizeof *m);
@@ -231,7 +246,17 @@ fail:
 
 int lh_client_connect(lh_client **cp, const char *path, int timeout_ms)
 {
+    return lh_client_connect_err(cp, path, timeout_ms, NULL, 0, NULL);
+}
+
+int lh_client_connect_err(lh_client **cp, const char *path, int timeout_ms, char *err,
+                          size_t err_size, int *err_codep)
+{
     *cp = NULL;
+    if (err && err_size)
+        err[0] = 0;
+    if (err_codep)
+        *err_codep = 0;
     char sock[sizeof ((struct sockaddr_un *)0)->sun_path + 1];
     if (lh_client_socket_path(path, sock, sizeof sock) != 0)
         return LH_CLIENT_E_ARGUMENT;
@@ -254,9 +279,13 @@ int lh_client_connect(lh_client **cp, const char *path, int timeout_ms)
     req.id = c->next_id++;
     req.body_case = LONGHEADS__REQUEST__BODY_HELLO;
     req.hello = &hello;
-    if ((rc = send_request(c, &req)) != 0)
-        goto fail;
-    if ((rc = recv_response(c, deadline, &resp)) != 0)
+    rc = send_request(c, &req);
+    /* a daemon that refuses (not allowed, busy) writes its Error and closes at once, maybe before
+     * our Hello arrives: a failed write still leaves its Error to read */
+    int rrc = recv_response(c, rc == 0 ? deadline : now_ms() + 200, &resp);
+    if (rc == 0 || (rrc == 0 && resp->body_case == LONGHEADS__RESPONSE__BODY_ERROR))
+        rc = rrc;
+    if (rc != 0)
         goto fail;
     if (resp->body_case == LONGHEADS__RESPONSE__BODY_ERROR) {
         set_error(c, resp->error);
@@ -281,8 +310,11 @@ int lh_client_connect(lh_client **cp, const char *path, int timeout_ms)
 fail:
     if (resp)
         longheads__response__free_unpacked(resp, NULL);
-    /* keep the daemon's message for the caller even though c goes away: it cannot, so the
-     * version/server error is reported by code only */
+    /* the daemon's message outlives c: it says why (allow-uid, max-connections, version) */
+    if (err && err_size)
+        snprintf(err, err_size, "%s", c->err);
+    if (err_codep)
+        *err_codep = c->err_code;
     lh_client_close(c);
     return rc;
 }
@@ -410,7 +442,7 @@ int lh_client_generate(lh_client *c, const lh_client_gen_opts *o, lh_client_gen_
         goto out;
     for (;;) {
         Longheads__Response *r;
-        if ((rc = recv_response(c, -1, &r)) != 0)
+        if ((rc = recv_response(c, wait_deadline(c), &r)) != 0)
             goto out;
         if (r->id != req.id) { /* not ours (e.g. an error about a cancel): skip */
             longheads__response__free_unpacked(r, NULL);
@@ -428,18 +460,27 @@ int lh_client_generate(lh_client *c, const lh_client_gen_opts *o, lh_client_gen_
         case LONGHEADS__RESPONSE__BODY_TOKEN:
             ev.kind = LH_CLIENT_EV_TOKEN;
             ev.token = r->token->id;
-            ev.text = r->token->text ? r->token->text : "";
-            ev.text_len = strlen(ev.text);
+            if (r->token->text_bytes.len) {
+                ev.text = (const char *)r->token->text_bytes.data;
+                ev.text_len = r->token->text_bytes.len;
+            } else {
+                ev.text = r->token->text ? r->token->text : "";
+                ev.text_len = strlen(ev.text);
+            }
             stop = cb ? cb(&ev, ud) : 0;
             break;
         case LONGHEADS__RESPONSE__BODY_FINAL:
-            if (r->final->text && r->final->text[0] && cb) {
-                ev.kind = LH_CLIENT_EV_TOKEN;
-                ev.token = -1;
-                ev.text = r->final->text;
+            ev.kind = LH_CLIENT_EV_TOKEN;
+            ev.token = -1;
+            if (r->final->text_bytes.len) {
+                ev.text = (const char *)r->final->text_bytes.data;
+                ev.text_len = r->final->text_bytes.len;
+            } else {
+                ev.text = r->final->text ? r->final->text : "";
                 ev.text_len = strlen(ev.text);
-                cb(&ev, ud);
             }
+            if (ev.text_len && cb)
+                cb(&ev, ud);
             fill_result(res, r->final);
             if (r->final->error)
                 set_error(c, r->final->error);
@@ -485,9 +526,10 @@ static int call(lh_client *c, Longheads__Request *req, Longheads__Response__Body
     int rc = send_request(c, req);
     if (rc != 0)
         return rc;
+    int64_t deadline = wait_deadline(c);
     for (;;) {
         Longheads__Response *r;
-        if ((rc = recv_response(c, -1, &r)) != 0)
+        if ((rc = recv_response(c, deadline, &r)) != 0)
             return rc;
         if (r->id != req->id || r->body_case == LONGHEADS__RESPONSE__BODY_PROGRESS) {
             longheads__response__free_unpacked(r, NULL);

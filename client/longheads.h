@@ -79,6 +79,17 @@ int lh_client_socket_path(const char *path, char *buf, size_t cap);
 
 /* Connects and does the handshake, within timeout_ms (<= 0: 5000).  path NULL: the default. */
 int lh_client_connect(lh_client **cp, const char *path, int timeout_ms);
+/* As lh_client_connect; when the daemon refused the connection (LH_CLIENT_E_SERVER or
+ * LH_CLIENT_E_VERSION: not allowed, too many connections, shutting down, another protocol
+ * version) its message goes to err (err_size bytes, NUL-terminated; "" otherwise) and its code
+ * (LH_CLIENT_ERR_*, 0 otherwise) to *err_codep.  err and err_codep may be NULL. */
+int lh_client_connect_err(lh_client **cp, const char *path, int timeout_ms, char *err,
+                          size_t err_size, int *err_codep);
+/* Bounds every later wait for the daemon on c: a call (info, health, tokenize, detokenize,
+ * score) returns LH_CLIENT_E_TIMEOUT when its reply has not come within timeout_ms, a generate
+ * when no frame came for timeout_ms (a slow but progressing stream is not cut).  0: wait as long
+ * as it takes (the default; the daemon's own per-request timeout still applies). */
+void lh_client_set_timeout(lh_client *c, int timeout_ms);
 /* Closes the connection and frees; NULL is accepted. */
 void lh_client_close(lh_client *c);
 /* The model the daemon announced in the handshake. */
@@ -114,7 +125,8 @@ typedef struct {
     lh_client_event_kind kind;
     uint64_t n_done, n_total;  /* PROGRESS: prompt tokens in the cache / in all */
     int32_t token;             /* TOKEN: the id, or -1 for text flushed at the end */
-    const char *text;          /* TOKEN: valid UTF-8, not NUL-terminated, may be empty */
+    const char *text;          /* TOKEN: valid UTF-8, not NUL-terminated, may be empty; may contain
+                                * NUL bytes (a <0x00> piece): use text_len, not strlen */
     size_t text_len;
 } lh_client_event;
 

@@ -8,6 +8,14 @@
  * during the call.  This module knows nothing of sockets or protobuf: owners are opaque ids
  * (server.c uses connection ids), errors are lh_err_code values.
  *
+ * Tokenize and detokenize run on a second, "prep" thread, one at a time: a huge Tokenize never
+ * delays a generation and its scratch memory is bounded by one request.  A request taken off the
+ * queue is "admitting" (tokenized, given a slot, or run by the prep thread) until it is active or
+ * done; cancel, disconnect and the duplicate-id check see admitting requests too.
+ *
+ * The model file is checked (stat) before each request: changed in place, every request is
+ * refused from then on and lh_sched_stats.fatal tells the server to stop.
+ *
  * Work is done in steps, and no step is longer than about one prefill slice: a prefill slice
  * (its size adapted so that it takes about slice_ms), one decoded token, one tokenization.
  * Between steps the thread admits queued requests, finishes cancelled or expired ones, and
@@ -88,6 +96,8 @@ typedef struct {
     double slice_ms;             /* target duration of a prefill slice; default 20 */
     uint32_t max_tokens_default; /* default 256 */
     int n_threads;               /* OpenMP threads of the compute thread; 0: the runtime's */
+    double slot_idle_s;          /* a slot unused this long gives its KV cache back; 0: never;
+                                  * default 300 */
 } lh_sched_config;
 
 void lh_sched_config_default(lh_sched_config *c);
@@ -145,8 +155,10 @@ void lh_sched_set_throttled(lh_sched *s, uint64_t owner, int on);
 void lh_sched_shutdown(lh_sched *s, int cancel);
 
 typedef struct {
-    size_t n_queued, n_active, n_inflight;
+    size_t n_queued, n_active, n_admitting, n_inflight;
     uint64_t n_served;
+    int fatal;                /* the model file changed in place: the daemon must stop */
+    double heartbeat_age_s;   /* seconds since the compute thread last went round its loop */
 } lh_sched_stats;
 void lh_sched_get_stats(lh_sched *s, lh_sched_stats *st);
 
