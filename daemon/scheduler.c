@@ -437,6 +437,20 @@ static size_t common_prefix(const int32_t *a, size_t na, const int32_t *b, size_
 
 /* ---- the steps ----------------------------------------------------------------------------- */
 
+/* The refusal of a prompt of n tokens over the limit: its length, the limit, the flag that
+ * raises it. */
+static void prompt_limit_msg(const lh_sched *s, size_t n, char *msg, size_t msg_size)
+{
+    size_t limit = s->cfg.max_prompt_tokens, n_ctx = s->defaults.n_ctx;
+    if (limit + 1 < n_ctx)
+        snprintf(msg, msg_size, "the prompt has %zu tokens; this daemon takes at most %zu "
+                 "(--max-prompt-tokens; its context holds %zu)", n, limit, n_ctx);
+    else
+        snprintf(msg, msg_size, "the prompt has %zu tokens; this daemon takes at most %zu, its "
+                 "context of %zu less one; start longheadsd with a larger -c/--ctx-size (and "
+                 "--max-memory if the budget limits it)", n, limit, n_ctx);
+}
+
 /* Tokenizes the prompt (generate, score).  Returns 0 or sets *errp/msg. */
 static int prepare_prompt(lh_sched *s, req *r, char *msg, size_t msg_size, lh_err_code *errp)
 {
@@ -466,8 +480,7 @@ static int prepare_prompt(lh_sched *s, req *r, char *msg, size_t msg_size, lh_er
         int rc = lh_tok_encode(s->tok, r->a.text ? r->a.text : "", r->a.text_len, add_bos,
                                r->prompt, cap, &n);
         if (rc == LH_E_LIMIT) {
-            snprintf(msg, msg_size, "the prompt is longer than %zu tokens, the daemon's limit "
-                     "(max-prompt-tokens); shorten it", limit);
+            prompt_limit_msg(s, n, msg, msg_size);
             *errp = LH_ERR_LIMIT;
             return -1;
         }
@@ -484,8 +497,7 @@ static int prepare_prompt(lh_sched *s, req *r, char *msg, size_t msg_size, lh_er
         r->n_prompt = 1;
     }
     if (r->n_prompt > limit) {
-        snprintf(msg, msg_size, "the prompt has %zu tokens; the daemon allows %zu "
-                 "(max-prompt-tokens)", r->n_prompt, limit);
+        prompt_limit_msg(s, r->n_prompt, msg, msg_size);
         *errp = LH_ERR_LIMIT;
         return -1;
     }
@@ -604,7 +616,7 @@ static int start_on_slot(lh_sched *s, req *r, char *msg, size_t msg_size, lh_err
     if (r->n_prompt >= n_ctx) {
         snprintf(msg, msg_size, "the prompt has %zu tokens but the context holds %zu (with room "
                  "for at least one generated token); shorten it or start the daemon with a "
-                 "larger --ctx", r->n_prompt, n_ctx);
+                 "larger -c/--ctx-size", r->n_prompt, n_ctx);
         *errp = LH_ERR_LIMIT;
         return -1;
     }
@@ -1048,8 +1060,7 @@ int lh_sched_submit(lh_sched *s, uint64_t owner, uint64_t id, lh_sched_args *a, 
             goto out;
         }
         if (a->n_tokens > s->cfg.max_prompt_tokens) {
-            snprintf(err, err_size, "the prompt has %zu tokens; the daemon allows %zu "
-                     "(max-prompt-tokens)", a->n_tokens, s->cfg.max_prompt_tokens);
+            prompt_limit_msg(s, a->n_tokens, err, err_size);
             rc = LH_ERR_LIMIT;
             goto out;
         }
