@@ -30,6 +30,7 @@
 #include "scheduler.h"
 #include "server.h"
 #include "systemd.h"
+#include "version.h"
 
 #define MAX_ALLOW 64
 
@@ -42,24 +43,30 @@ typedef struct {
     uid_t allow_uid[MAX_ALLOW];
     gid_t allow_gid[MAX_ALLOW];
     int verbose;
+    size_t max_memory;          /* bytes for the slots' contexts; 0: 3/4 of the available memory */
 } options;
 
 static const char usage_text[] =
     "usage: longheadsd [options]\n"
     "Keeps a LLaMA-family model resident and serves generation over a Unix socket.\n"
     "\n"
-    "  --model PATH             GGUF model (default: the bundled stories260K)\n"
+    "  -m, --model PATH         GGUF model (default: the bundled stories260K)\n"
     "  --socket PATH            listening socket (default: $XDG_RUNTIME_DIR/longheads.sock,\n"
     "                           /run/longheads/longheads.sock for root,\n"
     "                           /tmp/longheads-$UID/longheads.sock otherwise)\n"
     "  --config FILE            read `key = value` settings (keys: these option names)\n"
     "  --threads N              compute threads (default: all cores)\n"
     "  --slots N                KV-cache slots = requests run concurrently (default 1)\n"
-    "  --ctx N                  context tokens per slot (default: the model's)\n"
+    "  -c, --ctx-size N         context tokens per slot (default: as many as --max-memory\n"
+    "                           holds, up to 131072; committed as it fills)\n"
+    "  --max-memory BYTES       budget for the slots' contexts, K/M/G suffixes (default: 3/4\n"
+    "                           of the available memory)\n"
     "  --batch N                largest prefill slice in tokens (default 64)\n"
     "  --kv f32|f16             KV-cache type (default f32)\n"
-    "  --attn full|longheads    default attention (default full)\n"
-    "  --chunk N, --window N    default LongHeads chunk size and window\n"
+    "  --attn full|longheads    default attention (default longheads: inside the window it\n"
+    "                           is full attention, past it each head picks its chunks)\n"
+    "  --chunk N, --window N    default LongHeads chunk size and window (default: the model\n"
+    "                           file's longheads.* keys, else the trained length)\n"
     "  --allow-attn LIST        modes requests may ask for: full,longheads (default both)\n"
     "  --slice-ms MS            target duration of one prefill slice (default 20)\n"
     "  --max-tokens N           default tokens per generation (default 256)\n"
@@ -80,7 +87,7 @@ static const char usage_text[] =
     "  --slot-idle S            an idle slot gives its KV cache back after S (default 300, 0 never)\n"
     "  --log-file PATH          log there instead of stderr (reopened on SIGHUP)\n"
     "  --verbose, --quiet       more or less logging\n"
-    "  --help\n";
+    "  --version, --help\n";
 
 /* The socket file to remove if the process dies of SIGBUS (set once it exists). */
 static char g_sock_file[128];
@@ -202,6 +209,13 @@ static int set_option(options *o, const char *key, const char *v)
         return parse_seconds(key, v, &o->sc.timeout_s);
     if (strcmp(key, "drain-timeout") == 0)
         return parse_seconds(key, v, &o->srv.drain_s);
+    if (strcmp(key, "max-memory") == 0) {
+        if (lh_params_parse_bytes(v, &o->max_memory) != 0) {
+            lh_log_error("max-memory: '%s' is not a byte size (e.g. 8G, 512M)", v);
+            return LH_E_FORMAT;
+        }
+        return 0;
+    }
     if (strcmp(key, "allow-uid") == 0)
         return parse_ids(key, v, (unsigned *)o->allow_uid, &o->srv.n_allow_uid);
     if (strcmp(key, "allow-gid") == 0)
@@ -346,6 +360,7 @@ int main(int argc, char **argv)
     options o;
     memset(&o, 0, sizeof o);
     lh_sched_config_default(&o.sc);
+    lh_params_default(&o.sc.ctx); /* LongHeads, the context the memory budget holds */
     lh_server_config_default(&o.srv);
     lh_model *m = NULL;
     lh_server *srv = NULL;
@@ -354,6 +369,10 @@ int main(int argc, char **argv)
     for (int i = 1; i < argc; i++) {
         if (strcmp(argv[i], "--help") == 0 || strcmp(argv[i], "-h") == 0) {
             fputs(usage_text, stdout);
+            return 0;
+        }
+        if (strcmp(argv[i], "--version") == 0) {
+            printf("longheadsd %s\n", LH_VERSION);
             return 0;
         }
         if (strcmp(argv[i], "--config") == 0 && i + 1 < argc && load_config(&o, argv[++i]) != 0)
@@ -373,13 +392,22 @@ int main(int argc, char **argv)
             lh_log_set_level(LH_LOG_WARN);
             continue;
         }
-        if (strncmp(a, "--", 2) != 0) {
+        /* the short forms people know from llama.cpp */
+        const char *shrt = strcmp(a, "-m") == 0 ? "model" : strcmp(a, "-c") == 0 ? "ctx" : NULL;
+        if (strncmp(a, "--", 2) != 0 && !shrt) {
             fprintf(stderr, "longheadsd: unexpected argument '%s'\n%s", a, usage_text);
             goto out;
         }
         char key[64];
-        const char *eq = strchr(a, '='), *v;
-        if (eq) {
+        const char *eq = shrt ? NULL : strchr(a, '='), *v;
+        if (shrt) {
+            if (i + 1 >= argc) {
+                fprintf(stderr, "longheadsd: %s needs a value\n", a);
+                goto out;
+            }
+            snprintf(key, sizeof key, "%s", shrt);
+            v = argv[++i];
+        } else if (eq) {
             snprintf(key, sizeof key, "%.*s", (int)(eq - a - 2), a + 2);
             v = eq + 1;
         } else {
@@ -434,6 +462,10 @@ int main(int argc, char **argv)
         goto out;
     }
     lh_log_info("model %s: %s", o.model, lh_model_desc(m));
+    char fit[512];
+    if (lh_params_fit_ctx(m, &o.sc.ctx, o.sc.n_slots, o.max_memory, fit, sizeof fit) != 0)
+        goto out;
+    lh_log_info("%s", fit);
     o.srv.socket_path = listen_fd >= 0 && !o.socket ? NULL : o.socket;
     o.srv.listen_fd = listen_fd;
     o.srv.allow_uid = o.allow_uid;

@@ -30,6 +30,7 @@ typedef struct slot {
     struct req *busy;           /* the request using it, NULL if free */
     uint64_t last_used;
     double t_used;              /* when it was last released (idle release) */
+    lh_sched_slot_status st;    /* under lock: what it held when its last request retired */
 } slot;
 
 typedef struct req {
@@ -93,6 +94,8 @@ struct lh_sched {
     uint64_t vclock, seq, n_served, use_clock;
     int stop, shutting_down;
     size_t rr;                  /* round-robin cursor over active requests */
+    lh_chat_tmpl chat;          /* the model's chat template family */
+    char chat_desc[160];
 };
 
 static double now_s(void)
@@ -118,6 +121,13 @@ void lh_sched_args_deinit(lh_sched_args *a)
     for (size_t i = 0; i < a->n_stop; i++)
         free(a->stop[i]);
     free(a->stop);
+    for (size_t i = 0; i < a->n_msgs; i++) {
+        free((char *)a->msgs[i].role);
+        free((char *)a->msgs[i].content);
+    }
+    free(a->msgs);
+    a->msgs = NULL;
+    a->n_msgs = 0;
     a->text = NULL;
     a->tokens = NULL;
     a->stop = NULL;
@@ -140,6 +150,65 @@ void lh_sched_config_default(lh_sched_config *c)
 
 const lh_ctx_params *lh_sched_ctx_params(const lh_sched *s) { return &s->defaults; }
 const lh_sched_config *lh_sched_config_get(const lh_sched *s) { return &s->cfg; }
+
+lh_chat_tmpl lh_sched_chat_template(const lh_sched *s, const char **descp)
+{
+    if (descp)
+        *descp = s->chat_desc;
+    return s->chat;
+}
+
+/* The model's chat template: its tokenizer.chat_template when we recognise it, else the default
+ * (and the description says which case it is). */
+static void find_chat_template(lh_sched *s)
+{
+    const char *src;
+    size_t len;
+    s->chat = LH_CHAT_DEFAULT;
+    if (lh_gguf_get_str(lh_model_gguf(s->model), "tokenizer.chat_template", &src, &len) != 0) {
+        snprintf(s->chat_desc, sizeof s->chat_desc, "%s (default: the model has no chat template)",
+                 lh_chat_name(s->chat));
+        return;
+    }
+    lh_chat_tmpl t = lh_chat_detect(src, len);
+    if (t == LH_CHAT_UNKNOWN) {
+        snprintf(s->chat_desc, sizeof s->chat_desc, "%s (default: the model's chat template is "
+                 "not one this daemon recognises)", lh_chat_name(s->chat));
+        lh_log_warn("the model's chat template is not one of the known families; chat uses %s",
+                    lh_chat_name(s->chat));
+        return;
+    }
+    s->chat = t;
+    snprintf(s->chat_desc, sizeof s->chat_desc, "%s", lh_chat_name(t));
+}
+
+/* Chat: the messages rendered into r->a.text, and the template's end-of-turn markers appended
+ * to the stop strings.  0 or -ENOMEM. */
+static int render_chat(lh_sched *s, lh_sched_args *a)
+{
+    char *text;
+    size_t len;
+    int rc = lh_chat_render(s->chat, a->msgs, a->n_msgs, 1, &text, &len);
+    if (rc != 0)
+        return rc;
+    free(a->text);
+    a->text = text;
+    a->text_len = len;
+    const char *const *stops = lh_chat_stops(s->chat);
+    size_t n = 0;
+    while (stops[n])
+        n++;
+    char **ns = realloc(a->stop, (a->n_stop + n + 1) * sizeof *ns);
+    if (!ns)
+        return -ENOMEM;
+    a->stop = ns;
+    for (size_t i = 0; i < n; i++) {
+        if (!(a->stop[a->n_stop] = strdup(stops[i])))
+            return -ENOMEM;
+        a->n_stop++;
+    }
+    return 0;
+}
 
 /* ---- owners (under lock) ------------------------------------------------------------------- */
 
@@ -458,10 +527,29 @@ static size_t common_prefix(const int32_t *a, size_t na, const int32_t *b, size_
 
 /* ---- the steps ----------------------------------------------------------------------------- */
 
+/* The refusal of a prompt of n tokens over the limit: its length, the limit, the flag that
+ * raises it. */
+static void prompt_limit_msg(const lh_sched *s, size_t n, char *msg, size_t msg_size)
+{
+    size_t limit = s->cfg.max_prompt_tokens, n_ctx = s->defaults.n_ctx;
+    if (limit + 1 < n_ctx)
+        snprintf(msg, msg_size, "the prompt has %zu tokens; this daemon takes at most %zu "
+                 "(--max-prompt-tokens; its context holds %zu)", n, limit, n_ctx);
+    else
+        snprintf(msg, msg_size, "the prompt has %zu tokens; this daemon takes at most %zu, its "
+                 "context of %zu less one; start longheadsd with a larger -c/--ctx-size (and "
+                 "--max-memory if the budget limits it)", n, limit, n_ctx);
+}
+
 /* Tokenizes the prompt (generate, score).  Returns 0 or sets *errp/msg. */
 static int prepare_prompt(lh_sched *s, req *r, char *msg, size_t msg_size, lh_err_code *errp)
 {
     size_t limit = s->cfg.max_prompt_tokens;
+    if (r->a.n_msgs && render_chat(s, &r->a) != 0) {
+        snprintf(msg, msg_size, "out of memory rendering the conversation");
+        *errp = LH_ERR_INTERNAL;
+        return -1;
+    }
     if (r->a.n_tokens) {
         r->prompt = r->a.tokens;
         r->n_prompt = r->a.n_tokens;
@@ -489,8 +577,7 @@ static int prepare_prompt(lh_sched *s, req *r, char *msg, size_t msg_size, lh_er
         int rc = lh_tok_encode(s->tok, r->a.text ? r->a.text : "", r->a.text_len, add_bos,
                                r->prompt, cap, &n);
         if (rc == LH_E_LIMIT) {
-            snprintf(msg, msg_size, "the prompt is longer than %zu tokens, the daemon's limit "
-                     "(max-prompt-tokens); shorten it", limit);
+            prompt_limit_msg(s, n, msg, msg_size);
             *errp = LH_ERR_LIMIT;
             return -1;
         }
@@ -507,8 +594,7 @@ static int prepare_prompt(lh_sched *s, req *r, char *msg, size_t msg_size, lh_er
         r->n_prompt = 1;
     }
     if (r->n_prompt > limit) {
-        snprintf(msg, msg_size, "the prompt has %zu tokens; the daemon allows %zu "
-                 "(max-prompt-tokens)", r->n_prompt, limit);
+        prompt_limit_msg(s, r->n_prompt, msg, msg_size);
         *errp = LH_ERR_LIMIT;
         return -1;
     }
@@ -627,7 +713,7 @@ static int start_on_slot(lh_sched *s, req *r, char *msg, size_t msg_size, lh_err
     if (r->n_prompt >= n_ctx) {
         snprintf(msg, msg_size, "the prompt has %zu tokens but the context holds %zu (with room "
                  "for at least one generated token); shorten it or start the daemon with a "
-                 "larger --ctx", r->n_prompt, n_ctx);
+                 "larger -c/--ctx-size", r->n_prompt, n_ctx);
         *errp = LH_ERR_LIMIT;
         return -1;
     }
@@ -813,6 +899,25 @@ static void list_remove(req **head, req *r)
         }
 }
 
+/* Under lock (and from the compute thread, which owns the contexts): what the slot holds, for
+ * lh_sched_get_slots. */
+static void slot_snapshot(slot *sl)
+{
+    lh_sched_slot_status *st = &sl->st;
+    if (!sl->ctx) {
+        memset(st, 0, sizeof *st);
+        return;
+    }
+    const lh_ctx_params *p = lh_ctx_params_get(sl->ctx);
+    st->n_cached = lh_ctx_n_past(sl->ctx);
+    st->n_ctx = p->n_ctx;
+    st->attn = p->attn;
+    st->chunk = p->attn == LH_ATTN_LONGHEADS ? p->chunk : 0;
+    st->window = p->attn == LH_ATTN_LONGHEADS ? p->window : 0;
+    st->kv_bytes = (size_t)((double)st->n_cached * ((double)lh_ctx_kv_bytes_per_token(sl->ctx) +
+                                                    lh_ctx_lh_bytes_per_token(sl->ctx)));
+}
+
 /* Under lock: a request ends; account it.  The caller frees it. */
 static void retire(lh_sched *s, req *r)
 {
@@ -825,6 +930,7 @@ static void retire(lh_sched *s, req *r)
         r->sl->busy = NULL;
         r->sl->last_used = ++s->use_clock;
         r->sl->t_used = now_s();
+        slot_snapshot(r->sl);
     }
     s->n_served++;
 }
@@ -1150,6 +1256,9 @@ int lh_sched_new(lh_sched **sp, const lh_model *m, const lh_sched_config *cfg,
             goto fail;
     }
     s->defaults = *lh_ctx_params_get(s->slots[0].ctx);
+    for (size_t i = 0; i < s->cfg.n_slots; i++)
+        slot_snapshot(&s->slots[i]);
+    find_chat_template(s);
     if (!s->cfg.max_prompt_tokens || s->cfg.max_prompt_tokens >= s->defaults.n_ctx)
         s->cfg.max_prompt_tokens = s->defaults.n_ctx - 1;
     rc = -pthread_create(&s->thread, NULL, compute_main, s);
@@ -1215,7 +1324,7 @@ int lh_sched_submit(lh_sched *s, uint64_t owner, uint64_t id, lh_sched_args *a, 
     int rc = LH_ERR_NONE;
     req *r = NULL;
     err[0] = 0;
-    if (a->kind == LH_REQ_GENERATE) {
+    if (a->kind == LH_REQ_GENERATE || a->kind == LH_REQ_SCORE) {
         if (a->attn >= 0 && ((a->attn == LH_ATTN_FULL && !s->cfg.allow_full) ||
                              (a->attn == LH_ATTN_LONGHEADS && !s->cfg.allow_longheads))) {
             snprintf(err, err_size, "attention mode %s is not allowed by this daemon (allow-attn)",
@@ -1228,6 +1337,8 @@ int lh_sched_submit(lh_sched *s, uint64_t owner, uint64_t id, lh_sched_args *a, 
             rc = LH_ERR_INVALID_ARGUMENT;
             goto out;
         }
+    }
+    if (a->kind == LH_REQ_GENERATE) {
         const lh_sampler_params *p = &a->sp;
         if (!(p->temperature >= 0 && p->temperature <= 1000) || !(p->top_p > 0 && p->top_p <= 1) ||
             !(p->min_p >= 0 && p->min_p <= 1) || !(p->repeat_penalty > 0 && p->repeat_penalty < 1000) ||
@@ -1248,8 +1359,7 @@ int lh_sched_submit(lh_sched *s, uint64_t owner, uint64_t id, lh_sched_args *a, 
             goto out;
         }
         if (a->n_tokens > s->cfg.max_prompt_tokens) {
-            snprintf(err, err_size, "the prompt has %zu tokens; the daemon allows %zu "
-                     "(max-prompt-tokens)", a->n_tokens, s->cfg.max_prompt_tokens);
+            prompt_limit_msg(s, a->n_tokens, err, err_size);
             rc = LH_ERR_LIMIT;
             goto out;
         }
@@ -1383,6 +1493,18 @@ void lh_sched_shutdown(lh_sched *s, int cancel)
     pthread_cond_signal(&s->cond);
     pthread_cond_signal(&s->prep_cond);
     pthread_mutex_unlock(&s->lock);
+}
+
+size_t lh_sched_get_slots(lh_sched *s, lh_sched_slot_status *out, size_t cap)
+{
+    pthread_mutex_lock(&s->lock);
+    size_t n = s->cfg.n_slots;
+    for (size_t i = 0; i < n && i < cap; i++) {
+        out[i] = s->slots[i].st;
+        out[i].busy = s->slots[i].busy != NULL;
+    }
+    pthread_mutex_unlock(&s->lock);
+    return n;
 }
 
 void lh_sched_get_stats(lh_sched *s, lh_sched_stats *st)

@@ -43,6 +43,7 @@
 #include <stdint.h>
 #include <sys/types.h>
 
+#include "chat.h"
 #include "model.h"
 #include "sampler.h"
 
@@ -81,6 +82,9 @@ typedef struct {
     size_t chunk, window;    /* 0: default */
     uint32_t timeout_ms;     /* 0: config timeout; otherwise the smaller wins */
     uid_t uid;               /* for the request's log line */
+    lh_chat_msg *msgs;       /* generate: when n_msgs > 0, the prompt is these messages rendered
+                              * with the model's chat template (strings owned, like text) */
+    size_t n_msgs;
 } lh_sched_args;
 
 void lh_sched_args_deinit(lh_sched_args *a);
@@ -140,6 +144,9 @@ void lh_sched_free(lh_sched *s);
 /* The default context parameters, resolved (n_ctx, chunk, window as the engine set them). */
 const lh_ctx_params *lh_sched_ctx_params(const lh_sched *s);
 const lh_sched_config *lh_sched_config_get(const lh_sched *s);
+/* The chat template family requests with messages are rendered with, and a description for
+ * people ("llama3", "chatml (default: the model has none)"). */
+lh_chat_tmpl lh_sched_chat_template(const lh_sched *s, const char **descp);
 
 /* Queues a request.  Returns 0, or an lh_err_code with a message for the client in err (the
  * request was not accepted: no event will follow).  Takes ownership of a's heap parts. */
@@ -161,5 +168,16 @@ typedef struct {
     double heartbeat_age_s;   /* seconds since the compute thread last went round its loop */
 } lh_sched_stats;
 void lh_sched_get_stats(lh_sched *s, lh_sched_stats *st);
+
+typedef struct {
+    int busy;
+    size_t n_cached;        /* tokens cached after the last request the slot ran */
+    size_t n_ctx;
+    lh_attn_mode attn;
+    size_t chunk, window;
+    size_t kv_bytes;        /* n_cached x the context's bytes per token */
+} lh_sched_slot_status;
+/* Fills out[0 .. min(cap, slots)); returns the number of slots. */
+size_t lh_sched_get_slots(lh_sched *s, lh_sched_slot_status *out, size_t cap);
 
 #endif

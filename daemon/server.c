@@ -397,6 +397,32 @@ static void fill_model_info(lh_server *srv, Longheads__ModelInfo *mi,
     mi->max_prompt_tokens = (uint32_t)sc->max_prompt_tokens;
     mi->max_frame = (uint32_t)srv->cfg.max_frame;
     mi->kv_type = cp->kv_type == LH_TYPE_F16 ? "f16" : "f32";
+    const char *chat;
+    lh_sched_chat_template(srv->sched, &chat);
+    mi->chat_template = (char *)chat;
+}
+
+static int attn_arg(Longheads__AttnMode m, int *attnp)
+{
+    switch (m) {
+    case LONGHEADS__ATTN_MODE__ATTN_DEFAULT: *attnp = -1; return 0;
+    case LONGHEADS__ATTN_MODE__ATTN_FULL: *attnp = LH_ATTN_FULL; return 0;
+    case LONGHEADS__ATTN_MODE__ATTN_LONGHEADS: *attnp = LH_ATTN_LONGHEADS; return 0;
+    default: return -1;
+    }
+}
+
+/* The daemon's resident memory in bytes (0 when /proc cannot tell). */
+static uint64_t rss_bytes(void)
+{
+    FILE *f = fopen("/proc/self/statm", "r");
+    unsigned long long size = 0, rss = 0;
+    if (!f)
+        return 0;
+    if (fscanf(f, "%llu %llu", &size, &rss) != 2)
+        rss = 0;
+    fclose(f);
+    return (uint64_t)rss * (uint64_t)sysconf(_SC_PAGESIZE);
 }
 
 static char *dup_str(const char *s, size_t *lenp)
@@ -536,6 +562,45 @@ static void handle_request(lh_server *srv, conn *c, Longheads__Request *req)
         send_error(c, req->id, LONGHEADS__ERROR_CODE__ERR_HANDSHAKE,
                    "Hello was already sent on this connection");
         return;
+    case LONGHEADS__REQUEST__BODY_CHAT: {
+        const Longheads__ChatRequest *ch = req->chat;
+        static const Longheads__GenerateRequest no_options = LONGHEADS__GENERATE_REQUEST__INIT;
+        const Longheads__GenerateRequest *g = ch->options ? ch->options : &no_options;
+        Longheads__ErrorCode e = LONGHEADS__ERROR_CODE__ERR_NONE;
+        if ((g->prompt && g->prompt[0]) || g->n_prompt_tokens) {
+            snprintf(msg, sizeof msg, "a chat's options carry no prompt: the messages are it");
+            e = LONGHEADS__ERROR_CODE__ERR_INVALID_ARGUMENT;
+        } else if (ch->n_messages == 0 || ch->n_messages > 100000) {
+            snprintf(msg, sizeof msg, "a chat needs 1 to 100000 messages, not %zu", ch->n_messages);
+            e = LONGHEADS__ERROR_CODE__ERR_INVALID_ARGUMENT;
+        } else {
+            e = generate_args(g, &a, msg, sizeof msg);
+        }
+        if (e == LONGHEADS__ERROR_CODE__ERR_NONE &&
+            !(a.msgs = calloc(ch->n_messages, sizeof *a.msgs))) {
+            snprintf(msg, sizeof msg, "out of memory");
+            e = LONGHEADS__ERROR_CODE__ERR_INTERNAL;
+        }
+        for (size_t i = 0; e == LONGHEADS__ERROR_CODE__ERR_NONE && i < ch->n_messages; i++) {
+            const Longheads__ChatMessage *cm = ch->messages[i];
+            a.n_msgs = i + 1;
+            if (!(a.msgs[i].role = dup_str(cm->role, NULL)) ||
+                !(a.msgs[i].content = dup_str(cm->content, NULL))) {
+                snprintf(msg, sizeof msg, "out of memory");
+                e = LONGHEADS__ERROR_CODE__ERR_INTERNAL;
+            } else if (!a.msgs[i].role[0]) {
+                snprintf(msg, sizeof msg, "message %zu has no role (system, user or assistant)", i);
+                e = LONGHEADS__ERROR_CODE__ERR_INVALID_ARGUMENT;
+            }
+        }
+        if (e != LONGHEADS__ERROR_CODE__ERR_NONE) {
+            lh_sched_args_deinit(&a);
+            send_error(c, req->id, e, msg);
+            return;
+        }
+        submit(srv, c, req->id, &a);
+        return;
+    }
     case LONGHEADS__REQUEST__BODY_GENERATE: {
         Longheads__ErrorCode e = generate_args(req->generate, &a, msg, sizeof msg);
         if (e != LONGHEADS__ERROR_CODE__ERR_NONE) {
@@ -575,6 +640,24 @@ static void handle_request(lh_server *srv, conn *c, Longheads__Request *req)
         h.n_queued = (uint32_t)st.n_queued;
         h.n_active = (uint32_t)st.n_active;
         h.n_served = st.n_served;
+        h.rss_bytes = rss_bytes();
+        lh_sched_slot_status ss[64];
+        Longheads__SlotStatus sp[64], *spp[64];
+        size_t n_slots = lh_sched_get_slots(srv->sched, ss, 64);
+        h.n_slots = n_slots < 64 ? n_slots : 64;
+        h.slots = spp;
+        for (size_t i = 0; i < h.n_slots; i++) {
+            longheads__slot_status__init(&sp[i]);
+            sp[i].busy = ss[i].busy;
+            sp[i].n_cached = (uint32_t)ss[i].n_cached;
+            sp[i].n_ctx = (uint32_t)ss[i].n_ctx;
+            sp[i].attn = ss[i].attn == LH_ATTN_LONGHEADS ? LONGHEADS__ATTN_MODE__ATTN_LONGHEADS
+                                                         : LONGHEADS__ATTN_MODE__ATTN_FULL;
+            sp[i].chunk = (uint32_t)ss[i].chunk;
+            sp[i].window = (uint32_t)ss[i].window;
+            sp[i].kv_bytes = ss[i].kv_bytes;
+            spp[i] = &sp[i];
+        }
         resp.id = req->id;
         resp.body_case = LONGHEADS__RESPONSE__BODY_HEALTH;
         resp.health = &h;
@@ -603,6 +686,14 @@ static void handle_request(lh_server *srv, conn *c, Longheads__Request *req)
         return;
     case LONGHEADS__REQUEST__BODY_SCORE:
         a.kind = LH_REQ_SCORE;
+        a.chunk = req->score->chunk;
+        a.window = req->score->window;
+        if (attn_arg(req->score->attn, &a.attn) != 0) {
+            snprintf(msg, sizeof msg, "unknown attention mode %d (0 default, 1 full, 2 longheads)",
+                     (int)req->score->attn);
+            send_error(c, req->id, LONGHEADS__ERROR_CODE__ERR_INVALID_ARGUMENT, msg);
+            return;
+        }
         if (!(a.text = take_str(&req->score->text, &a.text_len))) {
             send_error(c, req->id, LONGHEADS__ERROR_CODE__ERR_INTERNAL, "out of memory");
             return;

@@ -6,7 +6,8 @@
  * The file is tokenized with BOS and run through one context in slices of --batch tokens; the
  * negative log-likelihood of every token given all before it is accumulated per bucket of B
  * positions (default 512).  Prints one line per bucket, `tokens A-B ppl X`, then
- * `overall ppl X`.  The context size defaults to the token count.
+ * `overall ppl X`.  The context size defaults to the token count.  The attention defaults to
+ * LongHeads (the model file's chunk and window), as everywhere else; --attn full compares.
  */
 #include <errno.h>
 #include <math.h>
@@ -22,6 +23,7 @@
 #include "model.h"
 #include "params.h"
 #include "tokenizer.h"
+#include "version.h"
 
 static void usage(FILE *f)
 {
@@ -34,11 +36,15 @@ int main(int argc, char **argv)
     const char *model_path = NULL, *file = NULL;
     size_t bucket = 512, max_tokens = 1u << 22;
     lh_ctx_params cp;
-    lh_ctx_params_default(&cp);
+    lh_params_default(&cp); /* LongHeads with the model's chunk and window, like the daemon */
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i];
         if (strcmp(a, "-h") == 0 || strcmp(a, "--help") == 0) {
             usage(stdout);
+            return 0;
+        }
+        if (strcmp(a, "--version") == 0) {
+            printf("longheads-ppl %s\n", LH_VERSION);
             return 0;
         }
         if (i + 1 >= argc) {
