@@ -43,6 +43,11 @@ typedef struct {
     weight wq, wk, wv, wo;   /* (n_head*hd, n_embd) (n_kv*hd, n_embd) x2 (n_embd, n_head*hd) */
     weight w_gate, w_up;     /* (n_ff, n_embd) */
     weight w_down;           /* (n_embd, n_ff) */
+    /* optional biases (NULL when absent; qwen2 has bq, bk, bv) */
+    float *bq, *bk, *bv;     /* (n_head*hd) (n_kv*hd) (n_kv*hd) */
+    float *bo;               /* (n_embd) */
+    float *b_gate, *b_up;    /* (n_ff) */
+    float *b_down;           /* (n_embd) */
 } layer;
 
 struct lh_model {
@@ -53,6 +58,10 @@ struct lh_model {
     weight tok_embd;         /* (n_vocab, n_embd) */
     weight output;           /* (n_vocab, n_embd); the embedding when tied */
     float *output_norm;      /* (n_embd) */
+    float *output_bias;      /* (n_vocab) or NULL */
+    float *rope_freqs;       /* (n_rot/2) or NULL: hp.rope.freq_factors */
+    int32_t *eog;            /* (n_eog) ascending */
+    size_t n_eog;
     layer *layers;           /* (n_layer) */
     size_t n_params;
     char desc[256];
@@ -163,49 +172,148 @@ static int load_vec(lh_model *m, const char *name, size_t n, float **outp)
     return 0;
 }
 
+/* RoPE scaling as llama.cpp reads it (llama-model.cpp load_hparams, llama-context.cpp):
+ * rope.scaling.type (default "linear") is none, linear or yarn; factor f from rope.scaling.factor
+ * (or the older rope.scale_linear), freq_scale = 1/f (1 when f is 0 or absent, or the type is
+ * none); under yarn ext_factor = 1 and the ramp is placed with rope.scaling.original_context_length
+ * (default: the trained context) and betas 32 / 1; rope.scaling.attn_factor scales cos/sin. */
+static int load_rope_scaling(lh_model *m, const char *arch)
+{
+    lh_hparams *hp = &m->hp;
+    char key[128];
+    const char *s = "linear";
+    size_t len = 6;
+    int rc;
+    snprintf(key, sizeof key, "%s.rope.scaling.type", arch);
+    rc = lh_gguf_get_str(m->gguf, key, &s, &len);
+    if (rc && rc != LH_E_NOTFOUND) {
+        lh_log_error("%s: %s is not a string", m->path, key);
+        return LH_E_FORMAT;
+    }
+    int none = len == 4 && memcmp(s, "none", 4) == 0;
+    int linear = len == 6 && memcmp(s, "linear", 6) == 0;
+    int yarn = len == 4 && memcmp(s, "yarn", 4) == 0;
+    if (!none && !linear && !yarn) {
+        lh_log_error("%s: rope scaling '%.*s' is not supported (none, linear, yarn)", m->path,
+                     (int)(len > 32 ? 32 : len), s);
+        return LH_E_UNSUPPORTED;
+    }
+    float factor = 0.0f, attn = 1.0f;
+    size_t n_orig = hp->n_ctx_train;
+    snprintf(key, sizeof key, "%s.rope.scaling.factor", arch);
+    if (lh_gguf_get_f32(m->gguf, key, &factor) == LH_E_NOTFOUND)
+        rc = get_f32(m, arch, "rope.scale_linear", &factor);
+    else
+        rc = get_f32(m, arch, "rope.scaling.factor", &factor);
+    if (rc)
+        return rc;
+    if ((rc = get_f32(m, arch, "rope.scaling.attn_factor", &attn)) ||
+        (rc = get_u32(m, arch, "rope.scaling.original_context_length", &n_orig, 0)))
+        return rc;
+    if (!(factor >= 0.0f) || factor > 1e6f || !(attn > 0.0f) || attn > 1e3f || n_orig == 0 ||
+        n_orig > (1u << 24)) {
+        lh_log_error("%s: bad rope scaling (factor %g, attn_factor %g, original context %zu)",
+                     m->path, factor, attn, n_orig);
+        return LH_E_FORMAT;
+    }
+    hp->rope.freq_scale = none || factor == 0.0f ? 1.0f : 1.0f / factor;
+    hp->rope.ext_factor = yarn ? 1.0f : 0.0f;
+    hp->rope.attn_factor = attn;
+    hp->rope.n_ctx_orig = n_orig;
+    return 0;
+}
+
+/* As load_vec, but an absent tensor leaves *outp NULL. */
+static int load_vec_opt(lh_model *m, const char *name, size_t n, float **outp)
+{
+    *outp = NULL;
+    if (!lh_gguf_find_tensor(m->gguf, name))
+        return 0;
+    return load_vec(m, name, n, outp);
+}
+
+static const struct {
+    const char *name;
+    lh_arch arch;
+    int neox; /* RoPE pairs (i, i + n_rot/2) */
+} archs[] = {
+    { "llama", LH_ARCH_LLAMA, 0 },
+    { "qwen2", LH_ARCH_QWEN2, 1 },
+};
+
 static int load_hparams(lh_model *m)
 {
     const char *s;
     size_t len;
-    char arch[32];
+    const char *arch = NULL;
+    lh_hparams *hp = &m->hp;
     if (lh_gguf_get_str(m->gguf, "general.architecture", &s, &len)) {
         lh_log_error("%s: general.architecture is missing", m->path);
         return LH_E_FORMAT;
     }
-    if (len != 5 || memcmp(s, "llama", 5) != 0) {
-        lh_log_error("%s: architecture '%.*s' is not supported (only llama)", m->path,
-                     (int)(len > 32 ? 32 : len), s);
+    for (size_t i = 0; i < sizeof archs / sizeof *archs; i++)
+        if (strlen(archs[i].name) == len && memcmp(s, archs[i].name, len) == 0) {
+            arch = archs[i].name;
+            hp->arch = archs[i].arch;
+            hp->rope_neox = archs[i].neox;
+        }
+    if (!arch) {
+        lh_log_error("%s: architecture '%.*s' is not supported (supported: llama, qwen2)", m->path,
+                     (int)(len > 64 ? 64 : len), s);
         return LH_E_UNSUPPORTED;
     }
-    memcpy(arch, "llama", 6);
-    lh_hparams *hp = &m->hp;
     int rc;
+    size_t n_expert = 0;
     if ((rc = get_u32(m, arch, "embedding_length", &hp->n_embd, 1)) ||
         (rc = get_u32(m, arch, "feed_forward_length", &hp->n_ff, 1)) ||
         (rc = get_u32(m, arch, "block_count", &hp->n_layer, 1)) ||
-        (rc = get_u32(m, arch, "attention.head_count", &hp->n_head, 1)))
+        (rc = get_u32(m, arch, "attention.head_count", &hp->n_head, 1)) ||
+        (rc = get_u32(m, arch, "expert_count", &n_expert, 0)))
         return rc;
+    if (n_expert > 0) {
+        lh_log_error("%s: %s with %zu experts (mixture of experts) is not supported", m->path, arch,
+                     n_expert);
+        return LH_E_UNSUPPORTED;
+    }
     hp->n_head_kv = hp->n_head;
     hp->n_ctx_train = 2048;
-    hp->rope_base = 10000.0f;
-    hp->rope_freq_scale = 1.0f;
+    hp->rope = lh_ops_rope_plain(10000.0f);
     hp->rms_eps = 1e-5f;
     if ((rc = get_u32(m, arch, "attention.head_count_kv", &hp->n_head_kv, 0)) ||
         (rc = get_u32(m, arch, "context_length", &hp->n_ctx_train, 0)) ||
-        (rc = get_f32(m, arch, "rope.freq_base", &hp->rope_base)) ||
+        (rc = get_f32(m, arch, "rope.freq_base", &hp->rope.base)) ||
         (rc = get_f32(m, arch, "attention.layer_norm_rms_epsilon", &hp->rms_eps)))
         return rc;
     /* Bounds: everything below is used to size allocations. */
     if (hp->n_embd == 0 || hp->n_embd > 65536 || hp->n_ff == 0 || hp->n_ff > 262144 ||
         hp->n_layer == 0 || hp->n_layer > 512 || hp->n_head == 0 || hp->n_head > 1024 ||
-        hp->n_head_kv == 0 || hp->n_head % hp->n_head_kv != 0 || hp->n_embd % hp->n_head != 0 ||
+        hp->n_head_kv == 0 || hp->n_head % hp->n_head_kv != 0 ||
         hp->n_ctx_train == 0 || hp->n_ctx_train > (1u << 24)) {
         lh_log_error("%s: inconsistent hyper-parameters (embd %zu, ff %zu, layers %zu, heads %zu/%zu, ctx %zu)",
                      m->path, hp->n_embd, hp->n_ff, hp->n_layer, hp->n_head, hp->n_head_kv,
                      hp->n_ctx_train);
         return LH_E_FORMAT;
     }
-    hp->head_dim = hp->n_embd / hp->n_head;
+    /* head_dim: attention.key_length (Llama 3.x, Mistral write it), else n_embd / n_head; values
+     * must have the same width (attention.value_length). */
+    hp->head_dim = 0;
+    size_t v_len = 0;
+    if ((rc = get_u32(m, arch, "attention.key_length", &hp->head_dim, 0)) ||
+        (rc = get_u32(m, arch, "attention.value_length", &v_len, 0)))
+        return rc;
+    if (hp->head_dim == 0) {
+        if (hp->n_embd % hp->n_head != 0) {
+            lh_log_error("%s: embedding_length %zu is not a multiple of head_count %zu and "
+                         "attention.key_length is absent", m->path, hp->n_embd, hp->n_head);
+            return LH_E_FORMAT;
+        }
+        hp->head_dim = hp->n_embd / hp->n_head;
+    }
+    if (hp->head_dim > 1024 || (v_len && v_len != hp->head_dim)) {
+        lh_log_error("%s: attention.key_length %zu / value_length %zu: heads of at most 1024 with "
+                     "equal key and value widths only", m->path, hp->head_dim, v_len);
+        return LH_E_FORMAT;
+    }
     hp->n_rot = hp->head_dim;
     if ((rc = get_u32(m, arch, "rope.dimension_count", &hp->n_rot, 0)))
         return rc;
@@ -214,8 +322,9 @@ static int load_hparams(lh_model *m)
                      hp->head_dim);
         return LH_E_FORMAT;
     }
-    if (!(hp->rope_base > 0) || !(hp->rms_eps > 0) || hp->rms_eps > 1) {
-        lh_log_error("%s: bad rope.freq_base %g or rms epsilon %g", m->path, hp->rope_base, hp->rms_eps);
+    if (!(hp->rope.base > 0) || !isfinite(hp->rope.base) || !(hp->rms_eps > 0) || hp->rms_eps > 1) {
+        lh_log_error("%s: bad rope.freq_base %g or rms epsilon %g", m->path, hp->rope.base,
+                     hp->rms_eps);
         return LH_E_FORMAT;
     }
     /* LongHeads defaults a model may carry (the project's passkey models do): ignored unless
@@ -227,23 +336,7 @@ static int load_hparams(lh_model *m)
         hp->lh_chunk = lw;
         hp->lh_window = lL;
     }
-    /* Linear RoPE scaling (llama.rope.scaling.type = "linear", .factor = f): positions / f. */
-    if (lh_gguf_get_str(m->gguf, "llama.rope.scaling.type", &s, &len) == 0 &&
-        !(len == 4 && memcmp(s, "none", 4) == 0)) {
-        float factor = 1.0f;
-        get_f32(m, arch, "rope.scaling.factor", &factor);
-        if (len != 6 || memcmp(s, "linear", 6) != 0 || !(factor >= 1.0f)) {
-            lh_log_error("%s: rope scaling '%.*s' (factor %g) is not supported (only linear)",
-                         m->path, (int)(len > 32 ? 32 : len), s, factor);
-            return LH_E_UNSUPPORTED;
-        }
-        hp->rope_freq_scale = 1.0f / factor;
-    } else {
-        float factor = 0;
-        if (lh_gguf_get_f32(m->gguf, "llama.rope.scale_linear", &factor) == 0 && factor >= 1.0f)
-            hp->rope_freq_scale = 1.0f / factor;
-    }
-    return 0;
+    return load_rope_scaling(m, arch);
 }
 
 static int load_weights(lh_model *m)
@@ -271,8 +364,22 @@ static int load_weights(lh_model *m)
     } else {
         m->output = m->tok_embd; /* tied classifier */
     }
-    if ((rc = load_vec(m, "output_norm.weight", hp->n_embd, &m->output_norm)))
+    if ((rc = load_vec(m, "output_norm.weight", hp->n_embd, &m->output_norm)) ||
+        (rc = load_vec_opt(m, "output.bias", hp->n_vocab, &m->output_bias)))
         return rc;
+    /* Llama 3.1+: one divisor per rotated pair, shared by all layers (llama.cpp: theta / ff). */
+    if ((rc = load_vec_opt(m, "rope_freqs.weight", hp->n_rot / 2, &m->rope_freqs)))
+        return rc;
+    if (m->rope_freqs) {
+        for (size_t i = 0; i < hp->n_rot / 2; i++)
+            if (!(m->rope_freqs[i] > 0) || !isfinite(m->rope_freqs[i])) {
+                lh_log_error("%s: rope_freqs.weight[%zu] = %g is not a positive number", m->path, i,
+                             m->rope_freqs[i]);
+                return LH_E_FORMAT;
+            }
+        m->hp.rope.freq_factors = m->rope_freqs;
+    }
+    int bias_required = hp->arch == LH_ARCH_QWEN2;
     m->layers = calloc(hp->n_layer, sizeof *m->layers);
     if (!m->layers)
         return -ENOMEM;
@@ -290,7 +397,75 @@ static int load_weights(lh_model *m)
             (rc = find_weight(m, NAME("ffn_up.weight"), hp->n_embd, hp->n_ff, &L->w_up)) ||
             (rc = find_weight(m, NAME("ffn_down.weight"), hp->n_ff, hp->n_embd, &L->w_down)))
             return rc;
+        if (bias_required && ((rc = load_vec(m, NAME("attn_q.bias"), q_dim, &L->bq)) ||
+                              (rc = load_vec(m, NAME("attn_k.bias"), kv_dim, &L->bk)) ||
+                              (rc = load_vec(m, NAME("attn_v.bias"), kv_dim, &L->bv))))
+            return rc;
+        if ((!L->bq && (rc = load_vec_opt(m, NAME("attn_q.bias"), q_dim, &L->bq))) ||
+            (!L->bk && (rc = load_vec_opt(m, NAME("attn_k.bias"), kv_dim, &L->bk))) ||
+            (!L->bv && (rc = load_vec_opt(m, NAME("attn_v.bias"), kv_dim, &L->bv))) ||
+            (rc = load_vec_opt(m, NAME("attn_output.bias"), hp->n_embd, &L->bo)) ||
+            (rc = load_vec_opt(m, NAME("ffn_gate.bias"), hp->n_ff, &L->b_gate)) ||
+            (rc = load_vec_opt(m, NAME("ffn_up.bias"), hp->n_ff, &L->b_up)) ||
+            (rc = load_vec_opt(m, NAME("ffn_down.bias"), hp->n_embd, &L->b_down)))
+            return rc;
 #undef NAME
+    }
+    return 0;
+}
+
+/* llama.cpp's end-of-generation set (llama-vocab.cpp): these ids from the metadata, and every
+ * token whose text is one of these. */
+static const char *const eog_texts[] = {
+    "<|eot_id|>", "<|im_end|>", "<|end|>", "<|return|>", "<|call|>", "<end_of_turn>",
+    "<|endoftext|>", "<|eom_id|>", "<EOT>", "_<EOT>", "<|end_of_text|>", "<end_of_utterance>",
+};
+static const char *const eog_keys[] = {
+    "tokenizer.ggml.eot_token_id", "tokenizer.ggml.eom_token_id", "tokenizer.ggml.fim_pad_token_id",
+    "tokenizer.ggml.fim_rep_token_id", "tokenizer.ggml.fim_sep_token_id",
+};
+
+static int add_eog(lh_model *m, int32_t id, size_t *capp)
+{
+    for (size_t i = 0; i < m->n_eog; i++)
+        if (m->eog[i] == id)
+            return 0;
+    if (m->n_eog == *capp) {
+        size_t cap = *capp ? 2 * *capp : 8;
+        int32_t *e = realloc(m->eog, cap * sizeof *e);
+        if (!e)
+            return -ENOMEM;
+        m->eog = e;
+        *capp = cap;
+    }
+    size_t i = m->n_eog++;
+    for (; i > 0 && m->eog[i - 1] > id; i--)
+        m->eog[i] = m->eog[i - 1];
+    m->eog[i] = id;
+    return 0;
+}
+
+static int load_eog(lh_model *m)
+{
+    size_t cap = 0, n_vocab = lh_tok_n_vocab(m->tok);
+    int rc;
+    int32_t eos = lh_tok_eos(m->tok);
+    if (eos >= 0 && (rc = add_eog(m, eos, &cap)))
+        return rc;
+    for (size_t k = 0; k < sizeof eog_keys / sizeof *eog_keys; k++) {
+        uint32_t id;
+        /* like llama.cpp, an id past the vocabulary is ignored (it logs a warning) */
+        if (lh_gguf_get_u32(m->gguf, eog_keys[k], &id) == 0 && id < n_vocab &&
+            (rc = add_eog(m, (int32_t)id, &cap)))
+            return rc;
+    }
+    for (size_t id = 0; id < n_vocab; id++) {
+        const char *t = lh_tok_raw(m->tok, (int32_t)id);
+        if (!t || (t[0] != '<' && t[0] != '_'))
+            continue;
+        for (size_t k = 0; k < sizeof eog_texts / sizeof *eog_texts; k++)
+            if (strcmp(t, eog_texts[k]) == 0 && (rc = add_eog(m, (int32_t)id, &cap)))
+                return rc;
     }
     return 0;
 }
@@ -314,13 +489,13 @@ int lh_model_open(lh_model **mp, const char *path)
         goto fail;
     if ((rc = lh_tok_load(&m->tok, m->gguf)))
         goto fail;
-    if ((rc = load_weights(m)))
+    if ((rc = load_weights(m)) || (rc = load_eog(m)))
         goto fail;
     const lh_hparams *hp = &m->hp;
     const char *type = lh_type_name(m->layers[0].wq.t->type);
     snprintf(m->desc, sizeof m->desc,
-             "llama, %zu layers, dim %zu, ff %zu, %zu heads (%zu kv), vocab %zu, %s, %.2fM params, trained ctx %zu",
-             hp->n_layer, hp->n_embd, hp->n_ff, hp->n_head, hp->n_head_kv, hp->n_vocab, type,
+             "%s, %zu layers, dim %zu, ff %zu, %zu heads (%zu kv), vocab %zu, %s, %.2fM params, trained ctx %zu",
+             lh_model_arch_name(m), hp->n_layer, hp->n_embd, hp->n_ff, hp->n_head, hp->n_head_kv, hp->n_vocab, type,
              m->n_params / 1e6, hp->n_ctx_train);
     *mp = m;
     return 0;
@@ -337,10 +512,20 @@ void lh_model_close(lh_model *m)
         for (size_t l = 0; l < m->hp.n_layer; l++) {
             free(m->layers[l].attn_norm);
             free(m->layers[l].ffn_norm);
+            free(m->layers[l].bq);
+            free(m->layers[l].bk);
+            free(m->layers[l].bv);
+            free(m->layers[l].bo);
+            free(m->layers[l].b_gate);
+            free(m->layers[l].b_up);
+            free(m->layers[l].b_down);
         }
         free(m->layers);
     }
     free(m->output_norm);
+    free(m->output_bias);
+    free(m->rope_freqs);
+    free(m->eog);
     lh_tok_free(m->tok);
     lh_gguf_close(m->gguf);
     free(m->path);
@@ -353,6 +538,28 @@ const char *lh_model_desc(const lh_model *m) { return m->desc; }
 const char *lh_model_path(const lh_model *m) { return m->path; }
 const lh_gguf *lh_model_gguf(const lh_model *m) { return m->gguf; }
 size_t lh_model_n_params(const lh_model *m) { return m->n_params; }
+const char *lh_model_arch_name(const lh_model *m) { return archs[m->hp.arch].name; }
+
+int lh_model_is_eog(const lh_model *m, int32_t id)
+{
+    size_t lo = 0, hi = m->n_eog;
+    while (lo < hi) {
+        size_t mid = (lo + hi) / 2;
+        if (m->eog[mid] == id)
+            return 1;
+        if (m->eog[mid] < id)
+            lo = mid + 1;
+        else
+            hi = mid;
+    }
+    return 0;
+}
+
+size_t lh_model_eog_ids(const lh_model *m, const int32_t **idsp)
+{
+    *idsp = m->eog;
+    return m->n_eog;
+}
 
 /* ------------------------------------------------------------------------------------------ */
 /* contexts                                                                                     */
@@ -452,8 +659,7 @@ static lh_lh_params lh_params_of(const lh_ctx *c)
     const lh_hparams *hp = &c->m->hp;
     return (lh_lh_params){
         .n_layer = hp->n_layer, .n_head = hp->n_head, .n_head_kv = hp->n_head_kv,
-        .head_dim = hp->head_dim, .n_rot = hp->n_rot, .rope_base = hp->rope_base,
-        .rope_freq_scale = hp->rope_freq_scale, .chunk = c->p.chunk, .window = c->p.window,
+        .head_dim = hp->head_dim, .n_rot = hp->n_rot, .rope = hp->rope, .chunk = c->p.chunk, .window = c->p.window,
         .n_ctx = c->p.n_ctx, .kv_type = c->p.kv_type,
     };
 }
@@ -593,6 +799,15 @@ double lh_ctx_lh_bytes_per_token(const lh_ctx *c)
 /* ------------------------------------------------------------------------------------------ */
 /* forward                                                                                      */
 
+/* y (n, dim) += b (dim) per row; nothing when the bias is absent. */
+static void add_bias(float *y, const float *b, size_t n, size_t dim)
+{
+    if (!b)
+        return;
+    for (size_t i = 0; i < n; i++)
+        lh_ops_add(y + i * dim, b, dim);
+}
+
 /* One slice of n <= n_batch tokens at positions c->n_past ..; logits as in lh_ctx_eval for this
  * slice (NULL, last row only, or all n rows). */
 static int forward(lh_ctx *c, const int32_t *tokens, size_t n, float *logits, int all)
@@ -616,17 +831,21 @@ static int forward(lh_ctx *c, const int32_t *tokens, size_t n, float *logits, in
         if ((rc = matmul(c, &L->wq, c->xb, n, c->q)) || (rc = matmul(c, &L->wk, c->xb, n, c->kb)) ||
             (rc = matmul(c, &L->wv, c->xb, n, c->vb)))
             return rc;
+        add_bias(c->q, L->bq, n, q_dim);
+        add_bias(c->kb, L->bk, n, kv_dim);
+        add_bias(c->vb, L->bv, n, kv_dim);
         for (size_t i = 0; i < n; i++) {
             size_t pos = pos0 + i;
             float *qi = c->q + i * q_dim, *ki = c->kb + i * kv_dim;
+            if (hp->rope_neox) {
+                lh_ops_neox_to_pairs(qi, hp->n_head, hd, hp->n_rot);
+                lh_ops_neox_to_pairs(ki, hp->n_head_kv, hd, hp->n_rot);
+            }
             if (longheads) {
-                lh_ops_rope(ki, hp->n_head_kv, hd, hp->n_rot, (double)(pos % c->p.chunk),
-                            hp->rope_base, hp->rope_freq_scale);
+                lh_ops_rope(ki, hp->n_head_kv, hd, hp->n_rot, (double)(pos % c->p.chunk), &hp->rope);
             } else {
-                lh_ops_rope(qi, hp->n_head, hd, hp->n_rot, (double)pos, hp->rope_base,
-                            hp->rope_freq_scale);
-                lh_ops_rope(ki, hp->n_head_kv, hd, hp->n_rot, (double)pos, hp->rope_base,
-                            hp->rope_freq_scale);
+                lh_ops_rope(qi, hp->n_head, hd, hp->n_rot, (double)pos, &hp->rope);
+                lh_ops_rope(ki, hp->n_head_kv, hd, hp->n_rot, (double)pos, &hp->rope);
             }
             lh_attn_store(&c->shape, c->k[l], pos, ki);
             lh_attn_store(&c->shape, c->v[l], pos, c->vb + i * kv_dim);
@@ -638,14 +857,18 @@ static int forward(lh_ctx *c, const int32_t *tokens, size_t n, float *logits, in
                           c->n_threads), rc = 0;
         if (rc || (rc = matmul(c, &L->wo, c->att, n, c->xb)))
             return rc;
+        add_bias(c->xb, L->bo, n, D);
         lh_ops_add(c->x, c->xb, n * D);
 
         lh_ops_rmsnorm(c->xb, c->x, L->ffn_norm, n, D, hp->rms_eps);
         if ((rc = matmul(c, &L->w_gate, c->xb, n, c->hb)) || (rc = matmul(c, &L->w_up, c->xb, n, c->hb2)))
             return rc;
+        add_bias(c->hb, L->b_gate, n, hp->n_ff);
+        add_bias(c->hb2, L->b_up, n, hp->n_ff);
         lh_ops_swiglu(c->hb, c->hb, c->hb2, n * hp->n_ff);
         if ((rc = matmul(c, &L->w_down, c->hb, n, c->xb)))
             return rc;
+        add_bias(c->xb, L->b_down, n, D);
         lh_ops_add(c->x, c->xb, n * D);
     }
 
@@ -654,6 +877,7 @@ static int forward(lh_ctx *c, const int32_t *tokens, size_t n, float *logits, in
         lh_ops_rmsnorm(c->xb, c->x + first * D, m->output_norm, rows, D, hp->rms_eps);
         if ((rc = matmul(c, &m->output, c->xb, rows, logits)))
             return rc;
+        add_bias(logits, m->output_bias, rows, hp->n_vocab);
     }
     memcpy(c->tokens + pos0, tokens, n * sizeof *tokens);
     c->n_past += n;

@@ -6,9 +6,11 @@
  * its KV cache, LongHeads state and all scratch, sized once in lh_ctx_new so that lh_ctx_eval
  * never allocates.
  *
- * Architecture: token embedding, n_layer × [RMSNorm → Q,K,V → RoPE (llama's adjacent-pair layout)
- * → grouped-query attention (full or LongHeads) → output projection → residual, RMSNorm → SwiGLU
- * FFN → residual], final RMSNorm, classifier (tied to the embedding when output.weight is absent).
+ * Architecture: token embedding, n_layer × [RMSNorm → Q,K,V (+ biases when the file has them;
+ * qwen2 always) → RoPE (llama's adjacent-pair layout; qwen2's NeoX layout is permuted into it) with
+ * the model's frequency factors and scaling → grouped-query attention (full or LongHeads) → output
+ * projection (+ bias) → residual, RMSNorm → SwiGLU FFN (+ biases) → residual], final RMSNorm,
+ * classifier (tied to the embedding when output.weight is absent; + output.bias when present).
  * Prefill runs a batch of tokens through matrix-matrix products; decode is the same path with
  * n = 1.
  */
@@ -17,13 +19,26 @@
 
 #include <stddef.h>
 #include <stdint.h>
+#include "ops.h"
 #include "quant.h"
 #include "tokenizer.h"
 
+/* The architectures: llama (Llama 1/2/3.x, Mistral 7B, TinyLlama, SmolLM, ...; optional
+ * biases, tied output, Llama 3.1+'s rope_freqs) and qwen2 (Q/K/V biases, NeoX RoPE layout). */
+typedef enum { LH_ARCH_LLAMA = 0, LH_ARCH_QWEN2 = 1 } lh_arch;
+
 typedef struct {
-    size_t n_vocab, n_embd, n_ff, n_layer, n_head, n_head_kv, head_dim, n_rot;
+    lh_arch arch;
+    size_t n_vocab, n_embd, n_ff, n_layer, n_head, n_head_kv;
+    size_t head_dim;       /* attention.key_length, else n_embd / n_head */
+    size_t n_rot;          /* rope.dimension_count, else head_dim */
     size_t n_ctx_train;
-    float rope_base, rope_freq_scale, rms_eps;
+    float rms_eps;
+    lh_rope rope;          /* rope.freq_base, rope.scaling.{type,factor,attn_factor,
+                            * original_context_length}, rope_freqs.weight (freq_factors points
+                            * into the model: valid while it is open) */
+    int rope_neox;         /* qwen2: rotated pairs are (i, i + n_rot/2); the forward permutes q and
+                            * k into llama's adjacent pairs (lh_ops_neox_to_pairs) */
     size_t lh_chunk, lh_window; /* LongHeads defaults the file suggests (longheads.chunk_size,
                                  * longheads.window), 0 when absent */
 } lh_hparams;
@@ -45,7 +60,8 @@ typedef struct lh_model lh_model;
 typedef struct lh_ctx lh_ctx;
 
 /* Loads and validates.  Returns 0, LH_E_FORMAT (logged: file, what is wrong),
- * LH_E_UNSUPPORTED (architecture other than llama, tensor type not handled), -errno. */
+ * LH_E_UNSUPPORTED (logged with its name: an architecture other than llama/qwen2, mixture of
+ * experts, a RoPE scaling other than none/linear/yarn, a tensor type not handled), -errno. */
 int lh_model_open(lh_model **mp, const char *path);
 void lh_model_close(lh_model *m);
 const lh_hparams *lh_model_hparams(const lh_model *m);
@@ -56,6 +72,14 @@ const char *lh_model_path(const lh_model *m);
 /* The file's metadata (keys the engine does not interpret, e.g. tokenizer.chat_template). */
 const lh_gguf *lh_model_gguf(const lh_model *m);
 size_t lh_model_n_params(const lh_model *m);
+const char *lh_model_arch_name(const lh_model *m);
+
+/* End of generation: the vocabulary's eos, eot, eom (tokenizer.ggml.*_token_id), fim pad/rep/sep
+ * ids and the tokens llama.cpp treats as end of generation by their text (<|eot_id|>,
+ * <|im_end|>, <|endoftext|>, <|end_of_text|>, <end_of_turn>, ...).  Generation stops on any. */
+int lh_model_is_eog(const lh_model *m, int32_t id);
+/* The end-of-generation ids, ascending: *idsp gets the array, the count is returned. */
+size_t lh_model_eog_ids(const lh_model *m, const int32_t **idsp);
 
 void lh_ctx_params_default(lh_ctx_params *p);
 /* Resolves the defaults in *p (when p is not const-qualified by the caller, pass a copy).

@@ -170,7 +170,7 @@ int lh_lh_new(lh_lh **sp, const lh_lh_params *p, size_t max_q)
     s->sel = calloc(s->n_thread * (5 * w * s->n_keep + w), sizeof(size_t));
     if (!s->rep || !s->ring || !s->n_done || !s->rope || !s->scr || !s->sel)
         goto fail;
-    lh_ops_rope_table(s->rope, p->window, p->n_rot, p->rope_base, p->rope_freq_scale);
+    lh_ops_rope_table(s->rope, p->window, p->n_rot, &p->rope);
     *sp = s;
     return 0;
 fail:
@@ -659,7 +659,7 @@ static void ref_rep(const lh_lh_params *p, const float *q_all, size_t h, size_t 
         sv[i] = 0;
     for (size_t qi = 0; qi < w; qi++) {
         memcpy(qbuf, q_all + (c * w + qi) * p->n_head * d + h * d, d * sizeof(float));
-        lh_ops_rope_ref(qbuf, 1, d, p->n_rot, (double)qi, p->rope_base, p->rope_freq_scale);
+        lh_ops_rope_ref(qbuf, 1, d, p->n_rot, (double)qi, &p->rope);
         for (size_t j = 0; j < w; j++) {
             a[j] = 0;
             for (size_t i = 0; i < d; i++)
@@ -747,8 +747,7 @@ void lh_lh_layer_ref(const lh_lh_params *p, const float *q_all, size_t n_tok, si
             size_t P = (n_s - 1) * w + t % w, n_key = 0;
             for (size_t r = 0; r < n_s; r++) {
                 memcpy(qbuf, q, d * sizeof(float));
-                lh_ops_rope_ref(qbuf, 1, d, p->n_rot, (double)(P - r * w), p->rope_base,
-                                p->rope_freq_scale);
+                lh_ops_rope_ref(qbuf, 1, d, p->n_rot, (double)(P - r * w), &p->rope);
                 size_t nk = r + 1 == n_s ? t % w + 1 : w;
                 for (size_t j = 0; j < nk; j++) {
                     double dot = 0;

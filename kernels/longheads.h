@@ -19,12 +19,13 @@
 #define LH_LONGHEADS_H
 
 #include <stddef.h>
+#include "ops.h"
 #include "quant.h"
 
 typedef struct {
     size_t n_layer;
     size_t n_head, n_head_kv, head_dim, n_rot;
-    float rope_base, rope_freq_scale;
+    lh_rope rope;        /* the model's RoPE (frequency factors, scaling), borrowed */
     size_t chunk;        /* w */
     size_t window;       /* L, a multiple of w, L >= 2*w */
     size_t n_ctx;        /* cache capacity in tokens */

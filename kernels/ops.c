@@ -72,20 +72,63 @@ void lh_ops_rmsnorm(float *out, const float *x, const float *w, size_t n_rows, s
 
 /* ---- RoPE --------------------------------------------------------------------------------- */
 
-/* theta_i = pos * freq_scale * base^(-2i/n_rot), in double. */
-static double rope_freq(size_t i, size_t n_rot, float base, float freq_scale)
+lh_rope lh_ops_rope_plain(float base)
 {
-    return (double)freq_scale * pow((double)base, -(double)(2 * i) / (double)n_rot);
+    return (lh_rope){ .base = base, .freq_scale = 1.0f, .freq_factors = NULL, .ext_factor = 0.0f,
+                      .attn_factor = 1.0f, .beta_fast = 32.0f, .beta_slow = 1.0f, .n_ctx_orig = 0 };
+}
+
+/* The pair whose frequency turns it n_turns times over n_ctx_orig positions, as a real index:
+ * solve n_ctx_orig * base^(-2i/n_rot) = 2 pi n_turns for i. */
+static double yarn_pair(size_t n_rot, size_t n_ctx_orig, double n_turns, double base)
+{
+    return (double)n_rot * log((double)n_ctx_orig / (n_turns * 2 * M_PI)) / (2 * log(base));
+}
+
+/* YaRN's weight of extrapolation for pair i: 1 up to pair lo, 0 from pair hi on, linear between. */
+static double yarn_ramp(const lh_rope *r, size_t n_rot, size_t i)
+{
+    double lo = floor(yarn_pair(n_rot, r->n_ctx_orig, r->beta_fast, r->base));
+    double hi = ceil(yarn_pair(n_rot, r->n_ctx_orig, r->beta_slow, r->base));
+    lo = lo > 0 ? lo : 0;
+    hi = hi < (double)n_rot - 1 ? hi : (double)n_rot - 1;
+    double y = ((double)i - lo) / (hi - lo > 0.001 ? hi - lo : 0.001);
+    y = y < 0 ? 0 : y > 1 ? 1 : y;
+    return 1 - y;
+}
+
+double lh_ops_rope_theta(const lh_rope *r, size_t n_rot, size_t i)
+{
+    double th = pow((double)r->base, -(double)(2 * i) / (double)n_rot);
+    if (r->freq_factors)
+        th /= (double)r->freq_factors[i];
+    double mix = r->ext_factor != 0.0f ? r->ext_factor * yarn_ramp(r, n_rot, i) : 0.0;
+    return th * ((double)r->freq_scale * (1 - mix) + mix);
+}
+
+float lh_ops_rope_mscale(const lh_rope *r)
+{
+    double m = r->attn_factor;
+    if (r->ext_factor != 0.0f)
+        m *= 1.0 + 0.1 * log(1.0 / (double)r->freq_scale);
+    return (float)m;
 }
 
 void lh_ops_rope_ref(float *x, size_t n_head, size_t head_dim, size_t n_rot, double pos,
-                     float base, float freq_scale)
+                     const lh_rope *r)
 {
     for (size_t h = 0; h < n_head; h++) {
         float *xh = x + h * head_dim;
         for (size_t i = 0; 2 * i + 1 < n_rot && 2 * i + 1 < head_dim; i++) {
-            double th = pos * rope_freq(i, n_rot, base, freq_scale);
-            double c = cos(th), s = sin(th);
+            double ff = r->freq_factors ? r->freq_factors[i] : 1.0;
+            double extrap = pos * pow((double)r->base, -2.0 * (double)i / (double)n_rot) / ff;
+            double interp = extrap * r->freq_scale, th = interp, ms = r->attn_factor;
+            if (r->ext_factor != 0.0f) {
+                double mix = yarn_ramp(r, n_rot, i) * r->ext_factor;
+                th = interp * (1 - mix) + extrap * mix;
+                ms *= 1.0 + 0.1 * log(1.0 / r->freq_scale);
+            }
+            double c = cos(th) * ms, s = sin(th) * ms;
             double x0 = xh[2 * i], x1 = xh[2 * i + 1];
             xh[2 * i] = (float)(x0 * c - x1 * s);
             xh[2 * i + 1] = (float)(x0 * s + x1 * c);
@@ -93,15 +136,16 @@ void lh_ops_rope_ref(float *x, size_t n_head, size_t head_dim, size_t n_rot, dou
     }
 }
 
-void lh_ops_rope_table(float *cs, size_t n_pos, size_t n_rot, float base, float freq_scale)
+void lh_ops_rope_table(float *cs, size_t n_pos, size_t n_rot, const lh_rope *r)
 {
     size_t half = n_rot / 2;
+    double ms = lh_ops_rope_mscale(r);
     for (size_t i = 0; i < half; i++) {
-        double f = rope_freq(i, n_rot, base, freq_scale);
+        double f = lh_ops_rope_theta(r, n_rot, i);
         for (size_t p = 0; p < n_pos; p++) {
             double th = (double)p * f;
-            cs[(p * half + i) * 2] = (float)cos(th);
-            cs[(p * half + i) * 2 + 1] = (float)sin(th);
+            cs[(p * half + i) * 2] = (float)(cos(th) * ms);
+            cs[(p * half + i) * 2 + 1] = (float)(sin(th) * ms);
         }
     }
 }
@@ -132,23 +176,40 @@ void lh_ops_rope_apply(float *x, size_t n_head, size_t head_dim, size_t n_rot, c
     }
 }
 
-void lh_ops_rope(float *x, size_t n_head, size_t head_dim, size_t n_rot, double pos, float base,
-                 float freq_scale)
+void lh_ops_rope(float *x, size_t n_head, size_t head_dim, size_t n_rot, double pos, const lh_rope *r)
 {
     /* One table row for this position, shared by all heads (the reference recomputes it per
      * head).  n_rot is a head dimension: a few hundred at most. */
     float cs[1024];
     size_t half = (n_rot < head_dim ? n_rot : head_dim) / 2;
     if (half > sizeof cs / sizeof cs[0] / 2) {
-        lh_ops_rope_ref(x, n_head, head_dim, n_rot, pos, base, freq_scale);
+        lh_ops_rope_ref(x, n_head, head_dim, n_rot, pos, r);
         return;
     }
+    double ms = lh_ops_rope_mscale(r);
     for (size_t i = 0; i < half; i++) {
-        double th = pos * rope_freq(i, n_rot, base, freq_scale);
-        cs[2 * i] = (float)cos(th);
-        cs[2 * i + 1] = (float)sin(th);
+        double th = pos * lh_ops_rope_theta(r, n_rot, i);
+        cs[2 * i] = (float)(cos(th) * ms);
+        cs[2 * i + 1] = (float)(sin(th) * ms);
     }
     lh_ops_rope_apply(x, n_head, head_dim, 2 * half, cs);
+}
+
+void lh_ops_neox_to_pairs(float *x, size_t n_head, size_t head_dim, size_t n_rot)
+{
+    float tmp[1024];
+    size_t half = (n_rot < head_dim ? n_rot : head_dim) / 2;
+    if (half > sizeof tmp / sizeof tmp[0] / 2)
+        half = sizeof tmp / sizeof tmp[0] / 2; /* the model refuses such heads at load */
+    for (size_t h = 0; h < n_head; h++) {
+        float *xh = x + h * head_dim;
+        for (size_t i = 0; i < half; i++) {
+            tmp[2 * i] = xh[i];
+            tmp[2 * i + 1] = xh[half + i];
+        }
+        for (size_t j = 0; j < 2 * half; j++)
+            xh[j] = tmp[j];
+    }
 }
 
 /* ---- SwiGLU ------------------------------------------------------------------------------- */

@@ -41,7 +41,7 @@ static lh_lh_params params(size_t w, size_t L, size_t nh, size_t nkv, size_t d, 
 {
     lh_lh_params p = {
         .n_layer = 2, .n_head = nh, .n_head_kv = nkv, .head_dim = d, .n_rot = n_rot,
-        .rope_base = 10000.0f, .rope_freq_scale = 1.0f, .chunk = w, .window = L,
+        .rope = lh_ops_rope_plain(10000.0f), .chunk = w, .window = L,
         .n_ctx = n_ctx, .kv_type = kv,
     };
     return p;
@@ -78,8 +78,7 @@ static void fixture_init(fixture *f, const lh_lh_params *p, size_t n_tok, uint64
             for (size_t i = 0; i < d; i++)
                 kr[i] = 1.5f * frand();
             memcpy(row, kr, d * sizeof(float));
-            lh_ops_rope_ref(row, 1, d, p->n_rot, (double)(t % p->chunk), p->rope_base,
-                            p->rope_freq_scale);
+            lh_ops_rope_ref(row, 1, d, p->n_rot, (double)(t % p->chunk), &p->rope);
             put_row(p, f->k, g, t, row);
             for (size_t i = 0; i < d; i++)
                 row[i] = frand();
@@ -94,8 +93,7 @@ static void fixture_set_key(fixture *f, size_t g, size_t t)
     const lh_lh_params *p = &f->p;
     float row[64];
     memcpy(row, f->kraw + (g * p->n_ctx + t) * p->head_dim, p->head_dim * sizeof(float));
-    lh_ops_rope_ref(row, 1, p->head_dim, p->n_rot, (double)(t % p->chunk), p->rope_base,
-                    p->rope_freq_scale);
+    lh_ops_rope_ref(row, 1, p->head_dim, p->n_rot, (double)(t % p->chunk), &p->rope);
     put_row(p, f->k, g, t, row);
 }
 
@@ -229,13 +227,12 @@ static void test_inside_window_dense(void)
         for (size_t g = 0; g < p.n_head_kv; g++)
             for (size_t t = 0; t < n_tok; t++) {
                 memcpy(row, f.kraw + (g * p.n_ctx + t) * d, sizeof row);
-                lh_ops_rope_ref(row, 1, d, p.n_rot, (double)t, p.rope_base, p.rope_freq_scale);
+                lh_ops_rope_ref(row, 1, d, p.n_rot, (double)t, &p.rope);
                 put_row(&p, kabs, g, t, row);
             }
         memcpy(qabs, q_of(&f, 0), n_tok * ld * sizeof(float));
         for (size_t t = 0; t < n_tok; t++)
-            lh_ops_rope_ref(qabs + t * ld, p.n_head, d, p.n_rot, (double)t, p.rope_base,
-                            p.rope_freq_scale);
+            lh_ops_rope_ref(qabs + t * ld, p.n_head, d, p.n_rot, (double)t, &p.rope);
         lh_attn_shape sh = { p.n_head, p.n_head_kv, d, p.n_ctx, p.kv_type };
         lh_attn_dense_ref(&sh, qabs, n_tok, 0, kabs, f.v, dense);
 

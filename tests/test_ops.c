@@ -76,66 +76,162 @@ static void test_rope_values(void)
 {
     /* head_dim 4, n_rot 4, base 100: pair 0 turns by pos, pair 1 by pos/10 */
     float x[4] = {1, 0, 0, 1};
-    lh_ops_rope_ref(x, 1, 4, 4, 3.0, 100.0f, 1.0f);
+    lh_rope plain = lh_ops_rope_plain(100.0f);
+    lh_ops_rope_ref(x, 1, 4, 4, 3.0, &plain);
     CU_ASSERT_DOUBLE_EQUAL(x[0], cos(3.0), 1e-6);
     CU_ASSERT_DOUBLE_EQUAL(x[1], sin(3.0), 1e-6);
     CU_ASSERT_DOUBLE_EQUAL(x[2], -sin(0.3), 1e-6);
     CU_ASSERT_DOUBLE_EQUAL(x[3], cos(0.3), 1e-6);
     /* freq_scale 0.5 halves the angle; n_rot 2 of head_dim 4 leaves the rest alone */
     float y[4] = {1, 0, 0.25f, -0.5f};
-    lh_ops_rope(y, 1, 4, 2, 3.0, 100.0f, 0.5f);
+    lh_rope half = plain;
+    half.freq_scale = 0.5f;
+    lh_ops_rope(y, 1, 4, 2, 3.0, &half);
     CU_ASSERT_DOUBLE_EQUAL(y[0], cos(1.5), 1e-6);
     CU_ASSERT_DOUBLE_EQUAL(y[1], sin(1.5), 1e-6);
     CU_ASSERT_EQUAL(y[2], 0.25f);
     CU_ASSERT_EQUAL(y[3], -0.5f);
 }
 
+/* The RoPE variants the models use: plain, Llama 3.1 frequency factors, linear scaling, YaRN
+ * (with factors too).  factors must hold 64 floats. */
+static lh_rope rope_variant(int v, float *factors)
+{
+    lh_rope r = lh_ops_rope_plain(10000.0f);
+    for (size_t i = 0; i < 64; i++)
+        factors[i] = 1.0f + (float)(i % 7) * 1.3f;
+    if (v == 1 || v == 4)
+        r.freq_factors = factors;
+    if (v == 2)
+        r.freq_scale = 0.25f;
+    if (v >= 3) {
+        r.freq_scale = 1.0f / 6.0f;
+        r.ext_factor = 1.0f;
+        r.attn_factor = 0.9f;
+        r.n_ctx_orig = 4096;
+        r.base = 500000.0f;
+    }
+    return r;
+}
+
 static void test_rope_vs_ref(void)
 {
     static const size_t dims[][2] = {{2, 2}, {6, 6}, {34, 16}, {34, 34}, {64, 64}, {128, 128}};
     static const double poss[] = {0, 1, 17, 4097, 131071};
-    for (size_t d = 0; d < sizeof dims / sizeof dims[0]; d++)
-        for (size_t p = 0; p < sizeof poss / sizeof poss[0]; p++) {
-            size_t hd = dims[d][0], nr = dims[d][1], nh = 3;
-            float *a = malloc(nh * hd * sizeof *a), *b = malloc(nh * hd * sizeof *b);
-            fill(a, nh * hd, -1, 1);
-            memcpy(b, a, nh * hd * sizeof *a);
-            lh_ops_rope(a, nh, hd, nr, poss[p], 10000.0f, 1.0f);
-            lh_ops_rope_ref(b, nh, hd, nr, poss[p], 10000.0f, 1.0f);
-            /* both take angles in double; the optimised one rounds cos/sin to float first:
-             * a few float ulps on |x| <= 1. */
-            CU_ASSERT(lh_test_max_abs_diff(a, b, nh * hd) < 2e-6);
+    float factors[64];
+    for (int v = 0; v < 5; v++) {
+        lh_rope r = rope_variant(v, factors);
+        for (size_t d = 0; d < sizeof dims / sizeof dims[0]; d++)
+            for (size_t p = 0; p < sizeof poss / sizeof poss[0]; p++) {
+                size_t hd = dims[d][0], nr = dims[d][1], nh = 3;
+                float *a = malloc(nh * hd * sizeof *a), *b = malloc(nh * hd * sizeof *b);
+                fill(a, nh * hd, -1, 1);
+                memcpy(b, a, nh * hd * sizeof *a);
+                lh_ops_rope(a, nh, hd, nr, poss[p], &r);
+                lh_ops_rope_ref(b, nh, hd, nr, poss[p], &r);
+                /* both take angles in double; the optimised one rounds cos/sin to float first:
+                 * a few float ulps on |x| <= 1.  (YaRN's ramp: the two forms of the mixed angle
+                 * differ by double rounding, ~1e-16 * pos rad.) */
+                CU_ASSERT(lh_test_max_abs_diff(a, b, nh * hd) < 2e-6);
 
-            /* the table path gives the same rotation */
-            size_t npos = (size_t)poss[p] + 1;
-            if (npos <= 4098) {
-                float *cs = malloc(npos * (nr / 2) * 2 * sizeof *cs);
-                float *c = malloc(nh * hd * sizeof *c);
-                fill(c, nh * hd, -1, 1);
-                memcpy(a, c, nh * hd * sizeof *a);
-                lh_ops_rope_table(cs, npos, nr, 10000.0f, 1.0f);
-                lh_ops_rope_apply(c, nh, hd, nr, cs + (npos - 1) * (nr / 2) * 2);
-                lh_ops_rope_ref(a, nh, hd, nr, poss[p], 10000.0f, 1.0f);
-                CU_ASSERT(lh_test_max_abs_diff(a, c, nh * hd) < 2e-6);
-                free(cs), free(c);
+                /* the table path gives the same rotation */
+                size_t npos = (size_t)poss[p] + 1;
+                if (npos <= 4098) {
+                    float *cs = malloc(npos * (nr / 2) * 2 * sizeof *cs);
+                    float *c = malloc(nh * hd * sizeof *c);
+                    fill(c, nh * hd, -1, 1);
+                    memcpy(a, c, nh * hd * sizeof *a);
+                    lh_ops_rope_table(cs, npos, nr, &r);
+                    lh_ops_rope_apply(c, nh, hd, nr, cs + (npos - 1) * (nr / 2) * 2);
+                    lh_ops_rope_ref(a, nh, hd, nr, poss[p], &r);
+                    CU_ASSERT(lh_test_max_abs_diff(a, c, nh * hd) < 2e-6);
+                    free(cs), free(c);
+                }
+                free(a), free(b);
             }
-            free(a), free(b);
+    }
+}
+
+/* Frequency factors and YaRN against values worked out by hand. */
+static void test_rope_factors_yarn(void)
+{
+    /* factors: pair 1's frequency (1/10 with base 100, n_rot 4) divided by 4 -> pos/40 */
+    float ff[2] = {1.0f, 4.0f};
+    lh_rope r = lh_ops_rope_plain(100.0f);
+    r.freq_factors = ff;
+    float x[4] = {1, 0, 1, 0};
+    lh_ops_rope(x, 1, 4, 4, 8.0, &r);
+    CU_ASSERT_DOUBLE_EQUAL(x[0], cos(8.0), 1e-6);
+    CU_ASSERT_DOUBLE_EQUAL(x[2], cos(0.2), 1e-6);
+    CU_ASSERT_DOUBLE_EQUAL(x[3], sin(0.2), 1e-6);
+    CU_ASSERT_DOUBLE_EQUAL(lh_ops_rope_theta(&r, 4, 1), 1.0 / 40, 1e-12);
+
+    /* YaRN, factor 4, base 10000, n_rot 64, original context 4096: pairs turning more than 32
+     * times over 4096 positions (i <= floor(64 ln(4096/(64 pi))/(2 ln 1e4)) = 10) keep their
+     * frequency; pairs turning less than once (i >= ceil(64 ln(4096/(2 pi))/(2 ln 1e4)) = 23) are
+     * interpolated (frequency / 4); in between the mix is linear; magnitudes scale by
+     * 1 + 0.1 ln 4. */
+    lh_rope y = lh_ops_rope_plain(10000.0f);
+    y.freq_scale = 0.25f;
+    y.ext_factor = 1.0f;
+    y.n_ctx_orig = 4096;
+    double th8 = pow(10000.0, -16.0 / 64), th23 = pow(10000.0, -46.0 / 64);
+    double th15 = pow(10000.0, -30.0 / 64), mix15 = 1 - (15.0 - 10) / (23 - 10);
+    CU_ASSERT_DOUBLE_EQUAL(lh_ops_rope_theta(&y, 64, 0), 1.0, 1e-12);
+    CU_ASSERT_DOUBLE_EQUAL(lh_ops_rope_theta(&y, 64, 8), th8, 1e-12);
+    CU_ASSERT_DOUBLE_EQUAL(lh_ops_rope_theta(&y, 64, 23), th23 * 0.25, 1e-12);
+    CU_ASSERT_DOUBLE_EQUAL(lh_ops_rope_theta(&y, 64, 15), th15 * (0.25 * (1 - mix15) + mix15), 1e-12);
+    CU_ASSERT_DOUBLE_EQUAL(lh_ops_rope_mscale(&y), 1 + 0.1 * log(4.0), 1e-6);
+    float z[64] = {0};
+    z[46] = 1.0f; /* pair 23 */
+    lh_ops_rope_ref(z, 1, 64, 64, 100.0, &y);
+    CU_ASSERT_DOUBLE_EQUAL(z[46], cos(100 * th23 * 0.25) * (1 + 0.1 * log(4.0)), 1e-6);
+    CU_ASSERT_DOUBLE_EQUAL(z[47], sin(100 * th23 * 0.25) * (1 + 0.1 * log(4.0)), 1e-6);
+    /* linear scaling alone has no magnitude change */
+    y.ext_factor = 0;
+    CU_ASSERT_DOUBLE_EQUAL(lh_ops_rope_mscale(&y), 1.0, 1e-12);
+    CU_ASSERT_DOUBLE_EQUAL(lh_ops_rope_theta(&y, 64, 0), 0.25, 1e-12);
+}
+
+/* NeoX layout -> pairs: applying RoPE after the permutation equals NeoX RoPE (pairs (i, i+h))
+ * followed by the permutation, and q·k is unchanged by it. */
+static void test_neox_to_pairs(void)
+{
+    size_t hd = 24, nr = 16, nh = 2, half = nr / 2;
+    lh_rope r = lh_ops_rope_plain(10000.0f);
+    float q[48], a[48], b[48];
+    fill(q, nh * hd, -1, 1);
+    memcpy(a, q, sizeof q);
+    lh_ops_neox_to_pairs(a, nh, hd, nr);
+    lh_ops_rope(a, nh, hd, nr, 37.0, &r);
+    memcpy(b, q, sizeof q);
+    for (size_t h = 0; h < nh; h++) /* NeoX RoPE written out */
+        for (size_t i = 0; i < half; i++) {
+            double th = 37.0 * pow(10000.0, -2.0 * (double)i / (double)nr);
+            float x0 = b[h * hd + i], x1 = b[h * hd + i + half];
+            b[h * hd + i] = (float)(x0 * cos(th) - x1 * sin(th));
+            b[h * hd + i + half] = (float)(x0 * sin(th) + x1 * cos(th));
         }
+    lh_ops_neox_to_pairs(b, nh, hd, nr);
+    CU_ASSERT(lh_test_max_abs_diff(a, b, nh * hd) < 1e-6);
+    CU_ASSERT_EQUAL(a[hd - 1], q[hd - 1]); /* past n_rot: untouched */
+    CU_ASSERT_EQUAL(a[2], b[2]);
 }
 
 /* RoPE is relative: rot(q, P)·rot(k, p) depends on P - p only (what LongHeads relies on). */
 static void test_rope_relative(void)
 {
+    lh_rope r = lh_ops_rope_plain(10000.0f);
     size_t hd = 64;
     float q[64], k[64], q1[64], k1[64], q2[64], k2[64];
     fill(q, hd, -1, 1);
     fill(k, hd, -1, 1);
     memcpy(q1, q, sizeof q), memcpy(k1, k, sizeof k);
     memcpy(q2, q, sizeof q), memcpy(k2, k, sizeof k);
-    lh_ops_rope(q1, 1, hd, hd, 100000, 10000.0f, 1.0f);
-    lh_ops_rope(k1, 1, hd, hd, 99000, 10000.0f, 1.0f);
-    lh_ops_rope(q2, 1, hd, hd, 1500, 10000.0f, 1.0f);
-    lh_ops_rope(k2, 1, hd, hd, 500, 10000.0f, 1.0f);
+    lh_ops_rope(q1, 1, hd, hd, 100000, &r);
+    lh_ops_rope(k1, 1, hd, hd, 99000, &r);
+    lh_ops_rope(q2, 1, hd, hd, 1500, &r);
+    lh_ops_rope(k2, 1, hd, hd, 500, &r);
     double d1 = 0, d2 = 0, d0 = 0;
     for (size_t i = 0; i < hd; i++) {
         d1 += (double)q1[i] * k1[i];
@@ -227,6 +323,8 @@ void lh_test_ops(void)
     CU_add_test(s, "rope fixed values", test_rope_values);
     CU_add_test(s, "rope and table vs ref", test_rope_vs_ref);
     CU_add_test(s, "rope is relative", test_rope_relative);
+    CU_add_test(s, "rope frequency factors and yarn", test_rope_factors_yarn);
+    CU_add_test(s, "neox layout to pairs", test_neox_to_pairs);
     CU_add_test(s, "swiglu", test_swiglu);
     CU_add_test(s, "softmax", test_softmax);
     CU_add_test(s, "add", test_add);

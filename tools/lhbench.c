@@ -86,7 +86,7 @@ int main(int argc, char **argv)
         void *scr = malloc(scr_size * n_thr);
         lh_lh *s = NULL;
         lh_lh_params p = { .n_layer = 1, .n_head = nh, .n_head_kv = nkv, .head_dim = d,
-                           .n_rot = d, .rope_base = 10000.0f, .rope_freq_scale = 1.0f,
+                           .n_rot = d, .rope = lh_ops_rope_plain(10000.0f),
                            .chunk = w, .window = L, .n_ctx = ctx, .kv_type = kvt };
         if (!k || !v || !scr || lh_lh_new(&s, &p, SLICE) != 0) {
             fprintf(stderr, "lhbench: out of memory at context %zu\n", ctx);
