@@ -59,7 +59,8 @@ size_t lh_type_block(uint32_t type)
     case LH_TYPE_Q4_1:
     case LH_TYPE_Q5_0:
     case LH_TYPE_Q5_1:
-    case LH_TYPE_Q8_0: return 32;
+    case LH_TYPE_Q8_0:
+    case LH_TYPE_IQ4_NL: return 32;
     case LH_TYPE_Q2_K:
     case LH_TYPE_Q3_K:
     case LH_TYPE_Q4_K:
@@ -85,6 +86,7 @@ size_t lh_type_block_size(uint32_t type)
     case LH_TYPE_Q4_K: return sizeof(lh_block_q4_K);
     case LH_TYPE_Q5_K: return sizeof(lh_block_q5_K);
     case LH_TYPE_Q6_K: return sizeof(lh_block_q6_K);
+    case LH_TYPE_IQ4_NL: return sizeof(lh_block_iq4_nl);
     default: return 0;
     }
 }
@@ -349,6 +351,21 @@ static void dequant_q6_K(const lh_block_q6_K *b, float *y, size_t nb)
                 y[l + 64] = d * (float)sc[is + 4] * (float)q3;
                 y[l + 96] = d * (float)sc[is + 6] * (float)q4;
             }
+    }
+}
+
+/* IQ4_NL: 16 non-uniform int8 levels (ggml's kvalues_iq4nl). */
+const int8_t lh_iq4nl_values[16] = {-127, -104, -83, -65, -49, -35, -22, -10,
+                                    1,    13,   25,  38,  53,  69,  89,  113};
+
+static void dequant_iq4_nl(const lh_block_iq4_nl *b, float *y, size_t nb)
+{
+    for (size_t i = 0; i < nb; i++, y += 32) {
+        float d = f16_fast(b[i].d);
+        for (int j = 0; j < 16; j++) {
+            y[j] = d * (float)lh_iq4nl_values[b[i].qs[j] & 0x0f];
+            y[j + 16] = d * (float)lh_iq4nl_values[b[i].qs[j] >> 4];
+        }
     }
 }
 
@@ -890,6 +907,84 @@ static void quant_q6_K(const float *x, lh_block_q6_K *b, size_t nb)
     }
 }
 
+/* Index of the level of val[0..n) (ascending) nearest to x; ties go up. */
+static int best_index_int8(int n, const int8_t *val, float x)
+{
+    if (x <= (float)val[0])
+        return 0;
+    if (x >= (float)val[n - 1])
+        return n - 1;
+    int ml = 0, mu = n - 1;
+    while (mu - ml > 1) {
+        int mav = (ml + mu) / 2;
+        if (x < (float)val[mav])
+            mu = mav;
+        else
+            ml = mav;
+    }
+    return x - (float)val[mu - 1] < (float)val[mu] - x ? mu - 1 : mu;
+}
+
+/* ggml's quantize_iq4_nl without an importance matrix (weights x², 15 candidate scales around
+ * max/127, then the levels for the best scale). */
+static void quant_iq4_nl(const float *x, lh_block_iq4_nl *b, size_t nb)
+{
+    const int8_t *values = lh_iq4nl_values;
+    const int ntry = 7;
+    uint8_t L[32];
+    float weight[32];
+    for (size_t i = 0; i < nb; i++, x += 32) {
+        float scale;
+        memset(b[i].qs, 0, 16);
+        for (int j = 0; j < 32; j++)
+            weight[j] = x[j] * x[j];
+        float amax = 0, max = 0;
+        for (int j = 0; j < 32; j++) {
+            float ax = fabsf(x[j]);
+            if (ax > amax) {
+                amax = ax;
+                max = x[j];
+            }
+        }
+        if (amax < GROUP_MAX_EPS) {
+            scale = 0;
+        } else {
+            float d = -max / (float)values[0];
+            float id = 1 / d;
+            float sumqx = 0, sumq2 = 0;
+            for (int j = 0; j < 32; j++) {
+                float q = (float)values[best_index_int8(16, values, id * x[j])];
+                float w = weight[j];
+                sumqx += w * q * x[j];
+                sumq2 += w * q * q;
+            }
+            d = sumqx / sumq2;
+            float best = d * sumqx;
+            for (int itry = -ntry; itry <= ntry; itry++) {
+                id = (float)(itry + values[0]) / max;
+                sumqx = sumq2 = 0;
+                for (int j = 0; j < 32; j++) {
+                    float q = (float)values[best_index_int8(16, values, id * x[j])];
+                    float w = weight[j];
+                    sumqx += w * q * x[j];
+                    sumq2 += w * q * q;
+                }
+                if (sumq2 > 0 && sumqx * sumqx > best * sumq2) {
+                    d = sumqx / sumq2;
+                    best = d * sumqx;
+                }
+            }
+            scale = d;
+        }
+        b[i].d = lh_f32_to_f16(scale);
+        float id = scale != 0 ? 1 / scale : 0;
+        for (int j = 0; j < 32; j++)
+            L[j] = (uint8_t)best_index_int8(16, values, id * x[j]);
+        for (int j = 0; j < 16; j++)
+            b[i].qs[j] = (uint8_t)(L[j] | L[16 + j] << 4);
+    }
+}
+
 /* ---- rows ----------------------------------------------------------------------------------- */
 
 static void dequant_q8_0(const lh_block_q8_0 *b, float *dst, size_t n)
@@ -952,6 +1047,7 @@ void lh_dequant_row(lh_type t, const void *src, float *dst, size_t n)
     case LH_TYPE_Q4_K: dequant_q4_K(src, dst, n / LH_QK_K); return;
     case LH_TYPE_Q5_K: dequant_q5_K(src, dst, n / LH_QK_K); return;
     case LH_TYPE_Q6_K: dequant_q6_K(src, dst, n / LH_QK_K); return;
+    case LH_TYPE_IQ4_NL: dequant_iq4_nl(src, dst, n / 32); return;
     }
 }
 
@@ -1005,6 +1101,7 @@ void lh_quant_row(lh_type t, const float *src, void *dst, size_t n)
     case LH_TYPE_Q4_K: quant_q4_K(src, dst, n / LH_QK_K); return;
     case LH_TYPE_Q5_K: quant_q5_K(src, dst, n / LH_QK_K); return;
     case LH_TYPE_Q6_K: quant_q6_K(src, dst, n / LH_QK_K); return;
+    case LH_TYPE_IQ4_NL: quant_iq4_nl(src, dst, n / 32); return;
     }
 }
 
@@ -1222,7 +1319,8 @@ int lh_q8_kind(lh_type t)
     case LH_TYPE_Q4_1:
     case LH_TYPE_Q5_0:
     case LH_TYPE_Q5_1:
-    case LH_TYPE_Q8_0: return LH_Q8A_32;
+    case LH_TYPE_Q8_0:
+    case LH_TYPE_IQ4_NL: return LH_Q8A_32;
     case LH_TYPE_Q2_K:
     case LH_TYPE_Q3_K:
     case LH_TYPE_Q4_K:
@@ -1424,6 +1522,19 @@ static float vdot_q8_0(const lh_block_q8_0 *w, const lh_block_q8a *a, size_t nb)
         __m256i x = _mm256_loadu_si256((const __m256i *)a[i].qs);
         /* |w| × (x with w's sign): u8 × s8 with the same products */
         __m256i p = dot_us(_mm256_setzero_si256(), _mm256_sign_epi8(q, q), _mm256_sign_epi8(x, q));
+        acc = _mm256_fmadd_ps(_mm256_set1_ps(f16_fast(w[i].d) * a[i].d), _mm256_cvtepi32_ps(p), acc);
+    }
+    return lh_hsum256(acc);
+}
+
+static float vdot_iq4_nl(const lh_block_iq4_nl *w, const lh_block_q8a *a, size_t nb)
+{
+    const __m256i table = _mm256_broadcastsi128_si256(_mm_loadu_si128((const __m128i *)lh_iq4nl_values));
+    __m256 acc = _mm256_setzero_ps();
+    for (size_t i = 0; i < nb; i++) {
+        __m256i v = _mm256_shuffle_epi8(table, nibbles32(w[i].qs));   /* the int8 levels */
+        __m256i x = _mm256_loadu_si256((const __m256i *)a[i].qs);
+        __m256i p = dot_us(_mm256_setzero_si256(), _mm256_sign_epi8(v, v), _mm256_sign_epi8(x, v));
         acc = _mm256_fmadd_ps(_mm256_set1_ps(f16_fast(w[i].d) * a[i].d), _mm256_cvtepi32_ps(p), acc);
     }
     return lh_hsum256(acc);
@@ -1636,6 +1747,7 @@ void lh_dot_rows_q8(lh_type t, const void *rows, size_t row_size, const void *xq
         case LH_TYPE_Q4_K: y[i] = vdot_q4_K((const void *)r, xq, nb); break;
         case LH_TYPE_Q5_K: y[i] = vdot_q5_K((const void *)r, xq, nb); break;
         case LH_TYPE_Q6_K: y[i] = vdot_q6_K((const void *)r, xq, nb); break;
+        case LH_TYPE_IQ4_NL: y[i] = vdot_iq4_nl((const void *)r, xq, nb); break;
         default: y[i] = 0; break;
         }
     }
