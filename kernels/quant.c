@@ -1364,7 +1364,7 @@ static void q8a_quant(const float *x, lh_block_q8a *b, size_t nb)
         p = _mm256_permutevar8x32_epi32(p, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7));
         _mm256_storeu_si256((__m256i *)b[i].qs, p);
         b[i].d = d;
-        b[i].s = _mm_cvtsi128_si32(s4);
+        b[i].ds = d * (float)_mm_cvtsi128_si32(s4);
 #else
         float amax = 0;
         for (int j = 0; j < 32; j++)
@@ -1376,7 +1376,7 @@ static void q8a_quant(const float *x, lh_block_q8a *b, size_t nb)
             s += b[i].qs[j];
         }
         b[i].d = d;
-        b[i].s = s;
+        b[i].ds = d * (float)s;
 #endif
     }
 }
@@ -1449,14 +1449,16 @@ static inline __m256i nibbles32(const uint8_t *q)
 /* 32 bits -> 32 bytes, byte j = 0x10 where bit j is set (the fifth bit of Q5_0/Q5_1). */
 static inline __m256i bits32_x10(uint32_t x)
 {
+#if defined(__AVX512BW__) && defined(__AVX512VL__)
+    return _mm256_maskz_mov_epi8((__mmask32)x, _mm256_set1_epi8(0x10));   /* one masked move */
+#else
     __m256i v = _mm256_shuffle_epi8(_mm256_set1_epi32((int)x),
                                     _mm256_setr_epi8(0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1,
                                                      2, 2, 2, 2, 2, 2, 2, 2, 3, 3, 3, 3, 3, 3, 3, 3));
     const __m256i bit = _mm256_set1_epi64x(0x8040201008040201ll);
     return _mm256_and_si256(_mm256_cmpeq_epi8(_mm256_and_si256(v, bit), bit), _mm256_set1_epi8(0x10));
+#endif
 }
-
-static inline float hsum_i32_f(__m256i v) { return lh_hsum256(_mm256_cvtepi32_ps(v)); }
 
 static float vdot_q4_0(const lh_block_q4_0 *w, const lh_block_q8a *a, size_t nb)
 {
@@ -1467,7 +1469,7 @@ static float vdot_q4_0(const lh_block_q4_0 *w, const lh_block_q8a *a, size_t nb)
                            _mm256_loadu_si256((const __m256i *)a[i].qs));
         float dd = f16_fast(w[i].d) * a[i].d;
         acc = _mm256_fmadd_ps(_mm256_set1_ps(dd), _mm256_cvtepi32_ps(p), acc);
-        off += dd * (float)a[i].s;
+        off += f16_fast(w[i].d) * a[i].ds;
     }
     return lh_hsum256(acc) - 8 * off;
 }
@@ -1481,7 +1483,7 @@ static float vdot_q4_1(const lh_block_q4_1 *w, const lh_block_q8a *a, size_t nb)
                            _mm256_loadu_si256((const __m256i *)a[i].qs));
         float dd = f16_fast(w[i].d) * a[i].d;
         acc = _mm256_fmadd_ps(_mm256_set1_ps(dd), _mm256_cvtepi32_ps(p), acc);
-        off += f16_fast(w[i].m) * a[i].d * (float)a[i].s;
+        off += f16_fast(w[i].m) * a[i].ds;
     }
     return lh_hsum256(acc) + off;
 }
@@ -1495,7 +1497,7 @@ static float vdot_q5_0(const lh_block_q5_0 *w, const lh_block_q8a *a, size_t nb)
         __m256i p = dot_us(_mm256_setzero_si256(), u, _mm256_loadu_si256((const __m256i *)a[i].qs));
         float dd = f16_fast(w[i].d) * a[i].d;
         acc = _mm256_fmadd_ps(_mm256_set1_ps(dd), _mm256_cvtepi32_ps(p), acc);
-        off += dd * (float)a[i].s;
+        off += f16_fast(w[i].d) * a[i].ds;
     }
     return lh_hsum256(acc) - 16 * off;
 }
@@ -1509,7 +1511,7 @@ static float vdot_q5_1(const lh_block_q5_1 *w, const lh_block_q8a *a, size_t nb)
         __m256i p = dot_us(_mm256_setzero_si256(), u, _mm256_loadu_si256((const __m256i *)a[i].qs));
         float dd = f16_fast(w[i].d) * a[i].d;
         acc = _mm256_fmadd_ps(_mm256_set1_ps(dd), _mm256_cvtepi32_ps(p), acc);
-        off += f16_fast(w[i].m) * a[i].d * (float)a[i].s;
+        off += f16_fast(w[i].m) * a[i].ds;
     }
     return lh_hsum256(acc) + off;
 }

@@ -96,11 +96,11 @@ typedef struct {
 
 /* ---- quantised activations, for the fused dot products (ours, not ggml's layout) ---------- */
 
-/* A 32-element block of the activation row: value = d * qs[i]; s = Σ qs (for the offset and
- * min terms of Q4_0/Q5_0/Q4_1/Q5_1). Pairs with every 32-block weight type. */
+/* A 32-element block of the activation row: value = d * qs[i]; ds = d * (float)Σ qs (the block
+ * sum, for the offset and min terms of Q4_0/Q5_0/Q4_1/Q5_1). Pairs with every 32-block weight
+ * type. */
 typedef struct {
-    float d;
-    int32_t s;
+    float d, ds;
     int8_t qs[32];
 } lh_block_q8a;            /* 40 bytes */
 /* A 256-element block (ggml's block_q8_K): value = d * qs[i]; bsums[j] = Σ qs[16j .. 16j+15]. */
