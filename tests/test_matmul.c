@@ -141,10 +141,11 @@ static void test_matmul_q8_0(void)
  * odd row counts; n_in = 2560 makes a panel 192 rows, so n_out = 257 is a panel and a 65-row tail. */
 static void test_matmul_quant(void)
 {
-    static const lh_type legacy[] = {LH_TYPE_Q4_0, LH_TYPE_Q4_1, LH_TYPE_Q5_0, LH_TYPE_Q5_1};
+    static const lh_type legacy[] = {LH_TYPE_Q4_0, LH_TYPE_Q4_1, LH_TYPE_Q5_0, LH_TYPE_Q5_1,
+                                     LH_TYPE_IQ4_NL};
     static const lh_type kq[] = {LH_TYPE_Q2_K, LH_TYPE_Q3_K, LH_TYPE_Q4_K, LH_TYPE_Q5_K,
                                  LH_TYPE_Q6_K};
-    for (size_t i = 0; i < 4; i++) {
+    for (size_t i = 0; i < 5; i++) {
         check_matmul(legacy[i], 32, 1, 3);
         check_matmul(legacy[i], 96, 17, 20);
         check_matmul(legacy[i], 2560, 257, 17);
@@ -162,7 +163,7 @@ static void test_matmul_errors(void)
     CU_ASSERT_EQUAL(lh_matmul_new(&m, LH_TYPE_Q8_0, 33, 4, 4), -EINVAL);   /* not whole blocks */
     CU_ASSERT_PTR_NULL(m);
     CU_ASSERT_EQUAL(lh_matmul_new(&m, LH_TYPE_Q4_K, 32, 4, 4), -EINVAL);  /* not a super-block */
-    CU_ASSERT_EQUAL(lh_matmul_new(&m, (lh_type)20, 256, 4, 4), -EINVAL);  /* IQ4_NL: not read */
+    CU_ASSERT_EQUAL(lh_matmul_new(&m, (lh_type)23, 256, 4, 4), -EINVAL);  /* IQ4_XS: not read */
     CU_ASSERT_EQUAL(lh_matmul_new(&m, LH_TYPE_F32, 0, 4, 4), -EINVAL);
     CU_ASSERT_EQUAL_FATAL(lh_matmul_new(&m, LH_TYPE_F32, 8, 4, 4), 0);
     float w[32] = {0}, x[40] = {0}, y[20];
@@ -247,7 +248,7 @@ void lh_test_matmul(void)
     CU_add_test(s, "F16 (panels + tail)", test_matmul_f16);
     CU_add_test(s, "BF16 (panels + tail)", test_matmul_bf16);
     CU_add_test(s, "Q8_0 (panels + tail)", test_matmul_q8_0);
-    CU_add_test(s, "Q4_0 .. Q5_1, Q2_K .. Q6_K (GEMV, panels + tail)", test_matmul_quant);
+    CU_add_test(s, "Q4_0 .. Q5_1, Q2_K .. Q6_K, IQ4_NL (GEMV, panels + tail)", test_matmul_quant);
     CU_add_test(s, "errors", test_matmul_errors);
     CU_add_test(s, "gemm nt/nn", test_gemm);
 }
