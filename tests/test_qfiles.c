@@ -40,9 +40,10 @@ typedef struct {
     size_t ppl_ctx, ppl_chunks;
     double ppl;
     /* results, for the table */
+    int decisive;       /* a random fixture made to have a clear winner at every step */
     int loaded, tok_ok, greedy_match;
-    size_t greedy_done;
-    double min_margin, min_margin_sd, ppl_ours;
+    size_t greedy_same, n_flips;
+    double min_margin, min_margin_sd, worst_flip_sd, ppl_ours;
 } entry;
 
 static entry g_e[MAX_MODELS];
@@ -121,6 +122,7 @@ static int parse_expected(void)
             e = &g_e[g_n++];
             memset(e, 0, sizeof *e);
             snprintf(e->path, sizeof e->path, "%s", v);
+            e->decisive = strstr(v, "/rand-") != NULL;
         } else if (!e) {
             continue;
         } else if (strcmp(line, "prompt") == 0) {
@@ -154,7 +156,14 @@ static void test_fixtures_present(void)
     }
 }
 
-/* Greedy decoding from the prompt, as llama-cli --temp 0 does it (lowest id on ties). */
+/* Greedy decoding from the prompt, as llama-cli --temp 0 does it (lowest id on ties), compared
+ * step by step with llama.cpp's tokens.  Where they differ, decoding goes on with llama.cpp's
+ * token (so every step is still compared) and the step counts as a flip.  Flips fail the test on
+ * the decisive (random) fixtures; on stories260K, a real model with genuine near ties, a flip
+ * passes only when llama.cpp's token is within NEAR_TIE logit standard deviations of our best
+ * (both engines round differently: llama.cpp runs F16 weights against F16 activations and the
+ * quantized ones against 8-bit activation blocks). */
+#define NEAR_TIE 0.01
 static void run_greedy(entry *e, lh_model *m)
 {
     const lh_tok *tok = lh_model_tok(m);
@@ -200,21 +209,28 @@ static void run_greedy(entry *e, lh_model *m)
                 second = logits[j];
         }
         double margin = logits[b1] - second, sd = sqrt(var / (double)n_vocab);
-        memcpy(copy, logits, n_vocab * sizeof *copy);
-        int32_t next = lh_sampler_sample(s, copy);
-        if (i == e->n_greedy) { /* llama.cpp stopped here at an end-of-generation token */
-            e->greedy_match = next == lh_tok_eos(tok);
-            break;
-        }
-        if (next != e->greedy[i]) {
-            e->greedy_match = 0;
-            break;
-        }
-        e->greedy_done = i + 1;
         if (margin < e->min_margin)
             e->min_margin = margin;
         if (sd > 0 && margin / sd < e->min_margin_sd)
             e->min_margin_sd = margin / sd;
+        memcpy(copy, logits, n_vocab * sizeof *copy);
+        int32_t next = lh_sampler_sample(s, copy);
+        if (i == e->n_greedy) { /* llama.cpp stopped here at an end-of-generation token */
+            e->greedy_match &= next == lh_tok_eos(tok);
+            break;
+        }
+        if (next != e->greedy[i]) {
+            double gap = (double)logits[next] - logits[e->greedy[i]];
+            e->n_flips++;
+            e->worst_flip_sd = fmax(e->worst_flip_sd, sd > 0 ? gap / sd : INFINITY);
+            fprintf(stderr, "qfiles: %s: step %zu: ours %d, llama.cpp's %d (%.4f lower, sd %.3f)\n",
+                    e->path, i, next, e->greedy[i], gap, sd);
+            if (e->decisive || !(gap <= NEAR_TIE * sd))
+                e->greedy_match = 0;
+            next = e->greedy[i];
+        } else {
+            e->greedy_same++;
+        }
         lh_sampler_accept(s, next);
         if (i + 1 < N_GREEDY && lh_ctx_eval(c, &next, 1, logits, 0)) {
             e->greedy_match = 0;
@@ -269,22 +285,26 @@ static void test_models(void)
         run_ppl(e, m);
         lh_model_close(m);
     }
-    printf("\n  %-42s %-5s %-7s %-13s %-18s %s\n", "model", "loads", "prompt", "greedy",
+    printf("\n  %-24s %-5s %-7s %-34s %-15s %s\n", "model", "loads", "prompt", "greedy",
            "min margin (sd)", "ppl ours / llama.cpp (delta)");
     for (size_t i = 0; i < g_n; i++) {
         entry *e = &g_e[i];
         const char *name = strrchr(e->path, '/') ? strrchr(e->path, '/') + 1 : e->path;
-        char greedy[32] = "-", margin[32] = "-", ppl[64] = "-";
+        char greedy[80] = "-", margin[48] = "-", ppl[80] = "-";
         if (e->loaded) {
-            snprintf(greedy, sizeof greedy, "%s %zu/%zu", e->greedy_match ? "equal" : "DIFFERS",
-                     e->greedy_done, e->n_greedy);
-            if (e->greedy_done)
-                snprintf(margin, sizeof margin, "%.3f (%.3f)", e->min_margin, e->min_margin_sd);
+            if (e->n_flips)
+                snprintf(greedy, sizeof greedy, "%s %zu/%zu, %zu near tie%s (%.4f sd)",
+                         e->greedy_match ? "ok" : "DIFFERS", e->greedy_same, e->n_greedy,
+                         e->n_flips, e->n_flips > 1 ? "s" : "", e->worst_flip_sd);
+            else
+                snprintf(greedy, sizeof greedy, "%s %zu/%zu", e->greedy_match ? "equal" : "DIFFERS",
+                         e->greedy_same, e->n_greedy);
+            snprintf(margin, sizeof margin, "%.3f (%.3f)", e->min_margin, e->min_margin_sd);
             if (e->ppl_ours > 0)
                 snprintf(ppl, sizeof ppl, "%.4f / %.4f (%+.3f%%)", e->ppl_ours, e->ppl,
                          100 * (e->ppl_ours / e->ppl - 1));
         }
-        printf("  %-42s %-5s %-7s %-13s %-18s %s\n", name, e->loaded ? "yes" : "NO",
+        printf("  %-24s %-5s %-7s %-34s %-15s %s\n", name, e->loaded ? "yes" : "NO",
                e->loaded ? (e->tok_ok ? "same" : "DIFFERS") : "-", greedy, margin, ppl);
     }
 }
