@@ -17,6 +17,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "gguf.h"
 #include "log.h"
@@ -377,10 +378,73 @@ static void test_dequant(void)
     free(bin);
 }
 
+/* Opens a GGUF image from memory with the log sent to a temporary file; returns the open's code
+ * and the logged text in msg. */
+static int open_logged(const char *buf, size_t len, char *msg, size_t cap)
+{
+    char path[] = "/tmp/lh-qfiles-XXXXXX";
+    int fd = mkstemp(path);
+    msg[0] = 0;
+    if (fd < 0)
+        return -errno;
+    close(fd);
+    lh_gguf *g = NULL;
+    int level = lh_log_get_level();
+    lh_log_set_level(LH_LOG_ERROR);
+    lh_log_set_file(path);
+    int rc = lh_gguf_open_mem(&g, buf, len, "fixture");
+    lh_log_set_file(NULL);
+    lh_log_set_level(level);
+    lh_gguf_close(g);
+    FILE *f = fopen(path, "r");
+    if (f) {
+        msg[fread(msg, 1, cap - 1, f)] = 0;
+        fclose(f);
+    }
+    unlink(path);
+    return rc;
+}
+
+/* A quantized file cut short, and one whose tensor claims a type this build does not read, are
+ * refused with the tensor's name and the byte offset. */
+static void test_refusals(void)
+{
+    size_t len;
+    char *buf = slurp(QDIR "/rand-Q4_K_M.gguf", &len), msg[1024];
+    CU_ASSERT_FATAL(buf != NULL && len > 4096);
+    size_t cuts[] = { len - 1, len - 1000, len / 2 };
+    for (size_t i = 0; i < sizeof cuts / sizeof cuts[0]; i++) {
+        CU_ASSERT(open_logged(buf, cuts[i], msg, sizeof msg) == LH_E_FORMAT);
+        CU_ASSERT(strstr(msg, "byte ") != NULL && strstr(msg, "tensor '") != NULL &&
+                  strstr(msg, "extends past the end") != NULL);
+    }
+    /* output.weight's info: name, n_dims (u32), n_dims u64 extents, then the type (u32) */
+    const char *name = "output.weight";
+    char *at = memmem(buf, len, name, strlen(name));
+    CU_ASSERT_FATAL(at != NULL);
+    uint32_t n_dims, type;
+    memcpy(&n_dims, at + strlen(name), 4);
+    CU_ASSERT_FATAL(n_dims == 2);
+    char *type_at = at + strlen(name) + 4 + 8 * n_dims;
+    memcpy(&type, type_at, 4);
+    CU_ASSERT(type == 14); /* Q6_K */
+    uint32_t bad[] = { 16 /* IQ2_XXS */, 4 /* a retired type number */ };
+    for (size_t i = 0; i < 2; i++) {
+        memcpy(type_at, &bad[i], 4);
+        int rc = open_logged(buf, len, msg, sizeof msg);
+        CU_ASSERT(rc == LH_E_FORMAT || rc == LH_E_UNSUPPORTED);
+        CU_ASSERT(strstr(msg, "tensor 'output.weight'") != NULL && strstr(msg, "byte ") != NULL);
+        CU_ASSERT(strstr(msg, i == 0 ? "IQ2_XXS" : "type 4") != NULL);
+    }
+    free(buf);
+}
+
 void lh_test_qfiles(void)
 {
     CU_pSuite s = CU_add_suite("qfiles", NULL, NULL);
     CU_add_test(s, "fixtures present and well-formed", test_fixtures_present);
     CU_add_test(s, "dequantization equals gguf-py's bit for bit", test_dequant);
     CU_add_test(s, "models load, greedy 64 and perplexity equal llama.cpp's", test_models);
+    CU_add_test(s, "truncated files and unread types are refused with tensor and offset",
+                test_refusals);
 }
