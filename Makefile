@@ -170,15 +170,16 @@ clean:
 	rm -rf $(BUILD)
 
 # ---- fuzzing (explicit only; needs clang with libFuzzer) ----------------------------------------
-# make fuzz: build $(BUILD)/fuzz_gguf (GGUF reader + tokenizer) and run it for FUZZ_TIME seconds
-# on $(BUILD)/fuzz-corpus; FUZZ_ARGS adds libFuzzer options.  Not part of `make test`.
+# make fuzz: build $(BUILD)/fuzz_gguf (GGUF reader + SentencePiece and byte-level BPE tokenizers)
+# and run it for FUZZ_TIME seconds on $(BUILD)/fuzz-corpus; FUZZ_ARGS adds libFuzzer options.
+# Not part of `make test`.
 FUZZ_CC   ?= clang
 FUZZ_TIME ?= 60
 FUZZ_ARGS ?=
 .PHONY: fuzz
-fuzz: $(BUILD)/fuzz_gguf
+fuzz: $(BUILD)/fuzz_gguf $(VOCABS)
 	@mkdir -p $(BUILD)/fuzz-corpus
-	LH_MODEL=$(MODEL) $(BUILD)/fuzz_gguf -max_total_time=$(FUZZ_TIME) -max_len=65536 $(FUZZ_ARGS) \
+	LH_MODEL=$(MODEL) LH_FUZZ_VOCAB_DIR=$(BUILD)/vocab $(BUILD)/fuzz_gguf -max_total_time=$(FUZZ_TIME) -max_len=65536 $(FUZZ_ARGS) \
 	  $(BUILD)/fuzz-corpus
 
 $(BUILD)/fuzz_gguf: tests/fuzz_gguf.c engine/gguf.c engine/tokenizer.c kernels/log.c kernels/quant.c \
