@@ -1132,6 +1132,17 @@ static int partition(const lh_tok *t, const char *text, size_t len, int all, fra
     frag *v = NULL, *nv = NULL;
     size_t n = 0, cap = 0, nn, ncap;
     int rc;
+    /* which bytes and byte pairs occur: most special tokens are then skipped without a search
+     * (DeepSeek has 2385 user-defined "[PAD...]" tokens) */
+    uint64_t *seen = calloc(65536 / 64 + 256 / 64, sizeof *seen);
+    if (!seen)
+        return -ENOMEM;
+    uint64_t *seen1 = seen + 65536 / 64;
+    for (size_t i = 0; i < len; i++) {
+        unsigned b0 = (uint8_t)text[i], pair = b0 << 8 | (i + 1 < len ? (uint8_t)text[i + 1] : 0);
+        seen1[b0 / 64] |= 1ull << (b0 % 64);
+        seen[pair / 64] |= 1ull << (pair % 64);
+    }
     if ((rc = frag_add(&v, &n, &cap, 0, len, -1)))
         goto fail;
     for (size_t k = 0; k < t->n_special; k++) {
@@ -1140,6 +1151,10 @@ static int partition(const lh_tok *t, const char *text, size_t len, int all, fra
             continue;
         const char *p = t->blob + t->raw_off[id];
         size_t pl = t->raw_len[id], i;
+        unsigned b0 = (uint8_t)p[0], pair = b0 << 8 | (pl > 1 ? (uint8_t)p[1] : 0);
+        if (pl > len || !(seen1[b0 / 64] >> (b0 % 64) & 1) ||
+            (pl > 1 && !(seen[pair / 64] >> (pair % 64) & 1)))
+            continue;
         for (i = 0; i < n; i++)
             if (v[i].id < 0 && v[i].len >= pl && memmem(text + v[i].off, v[i].len, p, pl))
                 break;
@@ -1174,10 +1189,12 @@ static int partition(const lh_tok *t, const char *text, size_t len, int all, fra
         v = nv, n = nn, cap = ncap;
         nv = NULL;
     }
+    free(seen);
     *fp = v;
     *np = n;
     return 0;
 fail:
+    free(seen);
     free(v);
     free(nv);
     return rc;

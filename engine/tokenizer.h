@@ -82,8 +82,10 @@ int lh_tok_is_eog(const lh_tok *t, int32_t id);
 
 /* Encode len bytes of text.  flags: LH_TOK_* (a plain 0/1 means without/with BOS).  Output ids
  * into out[0..cap); *n_outp gets the number of tokens the full encoding needs even when it
- * exceeds cap (then LH_E_LIMIT is returned and out holds the first cap).  The encoding never has
- * more than len + 2 tokens.  Returns 0, LH_E_LIMIT, -ENOMEM. */
+ * exceeds cap (then LH_E_LIMIT is returned and out holds the first cap).  The encoding has at
+ * most len + 3 tokens (BOS, dummy prefix, EOS), except on SentencePiece vocabularies whose
+ * special tokens restart the dummy prefix: size from *n_outp and encode again on LH_E_LIMIT.
+ * Returns 0, LH_E_LIMIT, -ENOMEM. */
 int lh_tok_encode(const lh_tok *t, const char *text, size_t len, int flags, int32_t *out,
                   size_t cap, size_t *n_outp);
 
