@@ -52,7 +52,7 @@ static size_t greedy(lh_ctx *c, const int32_t *prompt, size_t n_prompt, size_t n
             if (logits[i] > logits[best])
                 best = i;
         int32_t next = (int32_t)best;
-        if (next == lh_tok_eos(tok) || next == lh_tok_bos(tok))
+        if (lh_model_is_eog(g_model, next) || next == lh_tok_bos(tok))
             break;
         gen[k] = next;
         size_t plen;
@@ -123,17 +123,17 @@ static void test_golden_with_prompt(void)
 }
 
 /* Logits of every position fed as one prefill versus one token at a time. */
-static void check_prefill_vs_decode(lh_ctx_params *p, size_t n, double tol)
+static void check_prefill_vs_decode_of(const lh_model *m, lh_ctx_params *p, size_t n, double tol)
 {
-    size_t V = lh_model_hparams(g_model)->n_vocab;
+    size_t V = lh_model_hparams(m)->n_vocab;
     int32_t *toks = malloc(n * sizeof *toks);
     float *a = malloc(n * V * sizeof *a), *b = malloc(V * sizeof *b);
     CU_ASSERT_FATAL(toks && a && b);
     for (size_t i = 0; i < n; i++)
         toks[i] = i == 0 ? 1 : (int32_t)(259 + (i * 7919) % 253);
     lh_ctx *c1 = NULL, *c2 = NULL;
-    CU_ASSERT_EQUAL_FATAL(lh_ctx_new(&c1, g_model, p), 0);
-    CU_ASSERT_EQUAL_FATAL(lh_ctx_new(&c2, g_model, p), 0);
+    CU_ASSERT_EQUAL_FATAL(lh_ctx_new(&c1, m, p), 0);
+    CU_ASSERT_EQUAL_FATAL(lh_ctx_new(&c2, m, p), 0);
     CU_ASSERT_EQUAL_FATAL(lh_ctx_eval(c1, toks, n, a, 1), 0);
     double worst = 0;
     for (size_t i = 0; i < n; i++) {
@@ -155,6 +155,11 @@ static void check_prefill_vs_decode(lh_ctx_params *p, size_t n, double tol)
     free(toks);
     free(a);
     free(b);
+}
+
+static void check_prefill_vs_decode(lh_ctx_params *p, size_t n, double tol)
+{
+    check_prefill_vs_decode_of(g_model, p, n, tol);
 }
 
 static void test_prefill_equals_decode_full(void)
@@ -385,6 +390,306 @@ static void test_longheads_defaults_from_file(void)
     CU_ASSERT_EQUAL(lh_model_hparams(g_model)->lh_chunk, 0);
 }
 
+/* ---- architectures: random-weight fixtures checked against llama.cpp -------------------------
+ * tests/data/arch/ holds small random-weight models written with llama.cpp's gguf-py
+ * (tools/make-arch-fixtures.py; README.md there says how) and expected.txt: per model the greedy
+ * ids llama.cpp's llama-cli produces for the prompt and llama-perplexity's PPL on
+ * tests/data/stories-long.txt (F32, -c 128 -b 128 --chunks 8). */
+
+#define ARCH_DIR "tests/data/arch/"
+#define ARCH_PROMPT "Once upon a time"
+#define ARCH_N_GEN 64
+#define ARCH_PPL_CTX 128
+#define ARCH_PPL_CHUNKS 8
+
+typedef struct {
+    char name[64];
+    double ppl;
+    int32_t ids[ARCH_N_GEN];
+    size_t n_ids;
+} arch_expect;
+
+/* One line of expected.txt: "<file> ppl=<float> ids=<id>,<id>,...". */
+static int arch_expected(const char *name, arch_expect *e)
+{
+    FILE *f = fopen(ARCH_DIR "expected.txt", "r");
+    char line[4096];
+    int found = 0;
+    while (f && !found && fgets(line, sizeof line, f)) {
+        if (line[0] == '#' || sscanf(line, "%63s ppl=%lf", e->name, &e->ppl) != 2 ||
+            strcmp(e->name, name) != 0)
+            continue;
+        const char *p = strstr(line, "ids=");
+        e->n_ids = 0;
+        for (p = p ? p + 4 : NULL; p && *p && *p != '\n' && e->n_ids < ARCH_N_GEN;) {
+            char *end;
+            long v = strtol(p, &end, 10);
+            if (end == p)
+                break;
+            e->ids[e->n_ids++] = (int32_t)v;
+            p = *end == ',' ? end + 1 : end;
+        }
+        found = 1;
+    }
+    if (f)
+        fclose(f);
+    return found;
+}
+
+/* Greedy from the prompt (with BOS) until ARCH_N_GEN tokens or an end-of-generation token, as
+ * llama-cli --temp 0 does; *min_marginp gets the smallest top-1 minus top-2 logit seen. */
+static size_t arch_greedy(const lh_model *m, int32_t *gen, double *min_marginp)
+{
+    const lh_tok *tok = lh_model_tok(m);
+    size_t V = lh_model_hparams(m)->n_vocab, n_prompt = 0, k = 0;
+    int32_t prompt[64];
+    CU_ASSERT_EQUAL_FATAL(lh_tok_encode(tok, ARCH_PROMPT, strlen(ARCH_PROMPT), 1, prompt, 64,
+                                        &n_prompt), 0);
+    lh_ctx_params p;
+    lh_ctx_params_default(&p);
+    p.n_ctx = 128;
+    lh_ctx *c = NULL;
+    float *logits = malloc(V * sizeof *logits);
+    CU_ASSERT_FATAL(logits != NULL);
+    CU_ASSERT_EQUAL_FATAL(lh_ctx_new(&c, m, &p), 0);
+    CU_ASSERT_EQUAL_FATAL(lh_ctx_eval(c, prompt, n_prompt, logits, 0), 0);
+    *min_marginp = INFINITY;
+    for (; k < ARCH_N_GEN; k++) {
+        size_t best = 0, second = 1;
+        for (size_t i = 1; i < V; i++) {
+            if (logits[i] > logits[best])
+                second = best, best = i;
+            else if (i != best && logits[i] > logits[second])
+                second = i;
+        }
+        double margin = (double)logits[best] - logits[second];
+        *min_marginp = margin < *min_marginp ? margin : *min_marginp;
+        if (lh_model_is_eog(m, (int32_t)best))
+            break;
+        gen[k] = (int32_t)best;
+        if (k + 1 < ARCH_N_GEN)
+            CU_ASSERT_EQUAL_FATAL(lh_ctx_eval(c, &gen[k], 1, logits, 0), 0);
+    }
+    lh_ctx_free(c);
+    free(logits);
+    return k;
+}
+
+/* llama-perplexity's quantity: the text with BOS first, cut into chunks of n_ctx tokens, each
+ * evaluated on its own with its first token replaced by BOS; the negative log-likelihood of the
+ * second half of each chunk (positions n_ctx/2 .. n_ctx-2 predicting the next token);
+ * PPL = exp(mean). */
+static double arch_perplexity(const lh_model *m, size_t n_ctx, size_t n_chunks)
+{
+    const lh_tok *tok = lh_model_tok(m);
+    size_t V = lh_model_hparams(m)->n_vocab, len = 0, n_tok = 0;
+    FILE *f = fopen("tests/data/stories-long.txt", "rb");
+    CU_ASSERT_FATAL(f != NULL);
+    char *text = malloc(1 << 20);
+    CU_ASSERT_FATAL(text != NULL);
+    len = fread(text, 1, (1 << 20) - 1, f);
+    fclose(f);
+    size_t cap = n_ctx * n_chunks + 1;
+    int32_t *toks = malloc(len * sizeof *toks + sizeof *toks);
+    float *logits = malloc(n_ctx * V * sizeof *logits);
+    CU_ASSERT_FATAL(toks && logits);
+    CU_ASSERT_EQUAL_FATAL(lh_tok_encode(tok, text, len, 1, toks, len + 1, &n_tok), 0);
+    CU_ASSERT_FATAL(n_tok >= cap);
+    lh_ctx_params p;
+    lh_ctx_params_default(&p);
+    p.n_ctx = n_ctx;
+    lh_ctx *c = NULL;
+    CU_ASSERT_EQUAL_FATAL(lh_ctx_new(&c, m, &p), 0);
+    double nll = 0;
+    size_t count = 0;
+    for (size_t ch = 0; ch < n_chunks; ch++) {
+        int32_t *t = toks + ch * n_ctx, saved = t[0];
+        t[0] = lh_tok_bos(tok);
+        lh_ctx_truncate(c, 0);
+        CU_ASSERT_EQUAL_FATAL(lh_ctx_eval(c, t, n_ctx, logits, 1), 0);
+        t[0] = saved;
+        for (size_t j = n_ctx / 2; j + 1 < n_ctx; j++) {
+            const float *row = logits + j * V;
+            double mx = row[0], sum = 0;
+            for (size_t i = 1; i < V; i++)
+                mx = row[i] > mx ? row[i] : mx;
+            for (size_t i = 0; i < V; i++)
+                sum += exp((double)row[i] - mx);
+            nll += log(sum) + mx - row[t[j + 1]];
+            count++;
+        }
+    }
+    lh_ctx_free(c);
+    free(toks);
+    free(logits);
+    free(text);
+    return exp(nll / (double)count);
+}
+
+static void check_arch_fixture(const char *name, const char *arch)
+{
+    char path[256];
+    snprintf(path, sizeof path, ARCH_DIR "%s", name);
+    lh_model *m = NULL;
+    CU_ASSERT_EQUAL_FATAL(lh_model_open(&m, path), 0);
+    CU_ASSERT_STRING_EQUAL(lh_model_arch_name(m), arch);
+    arch_expect e;
+    CU_ASSERT_FATAL(arch_expected(name, &e));
+    int32_t gen[ARCH_N_GEN];
+    double margin;
+    size_t n = arch_greedy(m, gen, &margin);
+    CU_ASSERT_EQUAL(n, e.n_ids);
+    CU_ASSERT(n == e.n_ids && memcmp(gen, e.ids, n * sizeof *gen) == 0);
+    /* decisive: a float-rounding difference between implementations cannot flip a choice */
+    CU_ASSERT(margin > 1e-3);
+    double ppl = arch_perplexity(m, ARCH_PPL_CTX, ARCH_PPL_CHUNKS);
+    double rel = fabs(ppl - e.ppl) / e.ppl;
+    CU_ASSERT(rel < 1e-3);
+    if (n != e.n_ids || memcmp(gen, e.ids, n * sizeof *gen) != 0 || rel >= 1e-3) {
+        printf("\n  %s: ppl=%.4f (llama.cpp %.4f, rel %.2g), min margin %.3g, ids=", name, ppl,
+               e.ppl, rel, margin);
+        for (size_t i = 0; i < n; i++)
+            printf("%s%d", i ? "," : "", gen[i]);
+        printf("\n");
+    }
+    lh_model_close(m);
+}
+
+static void test_arch_llama_rope_freqs(void) { check_arch_fixture("llama-rope-freqs.gguf", "llama"); }
+static void test_arch_qwen2_bias(void) { check_arch_fixture("qwen2-bias.gguf", "qwen2"); }
+static void test_arch_llama_yarn(void) { check_arch_fixture("llama-yarn.gguf", "llama"); }
+
+/* LongHeads on the new RoPE variants: inside its window it must equal full attention (keys are
+ * cached rotated at their position inside their chunk and queries rotated per layout slot: any
+ * rotation path that ignored the frequency factors, the YaRN ramp or the NeoX permutation would
+ * break the equality), and past the window prefill must equal decode. */
+static void test_arch_longheads(void)
+{
+    static const char *names[] = { "llama-rope-freqs.gguf", "qwen2-bias.gguf", "llama-yarn.gguf" };
+    for (size_t f = 0; f < 3; f++) {
+        char path[256];
+        snprintf(path, sizeof path, ARCH_DIR "%s", names[f]);
+        lh_model *m = NULL;
+        CU_ASSERT_EQUAL_FATAL(lh_model_open(&m, path), 0);
+        size_t V = lh_model_hparams(m)->n_vocab, n = 128;
+        int32_t toks[128];
+        for (size_t i = 0; i < n; i++)
+            toks[i] = i == 0 ? 1 : (int32_t)(259 + (i * 31) % 253);
+        float *a = malloc(n * V * sizeof *a), *b = malloc(n * V * sizeof *b);
+        CU_ASSERT_FATAL(a && b);
+        lh_ctx_params p;
+        lh_ctx_params_default(&p);
+        p.n_ctx = 256;
+        lh_ctx *c1 = NULL, *c2 = NULL;
+        CU_ASSERT_EQUAL_FATAL(lh_ctx_new(&c1, m, &p), 0);
+        p.attn = LH_ATTN_LONGHEADS;
+        p.chunk = 16;
+        p.window = 128;
+        CU_ASSERT_EQUAL_FATAL(lh_ctx_new(&c2, m, &p), 0);
+        CU_ASSERT_EQUAL_FATAL(lh_ctx_eval(c1, toks, n, a, 1), 0);
+        CU_ASSERT_EQUAL_FATAL(lh_ctx_eval(c2, toks, n, b, 1), 0);
+        double scale = 0;
+        for (size_t i = 0; i < n * V; i++)
+            scale = fabs(a[i]) > scale ? fabs(a[i]) : scale;
+        double d = lh_test_max_abs_diff(a, b, n * V);
+        CU_ASSERT(d <= 1e-5 * scale);
+        if (d > 1e-5 * scale)
+            printf("\n  %s: longheads inside window vs full: %.3g (logits up to %.3g)\n", names[f],
+                   d, scale);
+        lh_ctx_free(c1);
+        lh_ctx_free(c2);
+        free(a);
+        free(b);
+        /* 8x past a window of 32 */
+        p.chunk = 8;
+        p.window = 32;
+        p.n_batch = 13;
+        p.n_ctx = 256;
+        check_prefill_vs_decode_of(m, &p, 256, 1e-3);
+        lh_model_close(m);
+    }
+}
+
+/* End of generation: eos, eot/eom ids from the metadata and the tokens llama.cpp recognises by
+ * their text; any other architecture refused with its name. */
+static void test_arch_eog_and_refusals(void)
+{
+    const int32_t *ids;
+    size_t n = lh_model_eog_ids(g_model, &ids);
+    CU_ASSERT_EQUAL(n, 1); /* stories260K: </s> only */
+    CU_ASSERT(n >= 1 && ids[0] == 2);
+    CU_ASSERT(lh_model_is_eog(g_model, 2));
+    CU_ASSERT(!lh_model_is_eog(g_model, 1));
+    CU_ASSERT(!lh_model_is_eog(g_model, 100));
+    CU_ASSERT(!lh_model_is_eog(g_model, -1));
+
+    /* a vocabulary with Llama 3 / Qwen style end tokens and eot/eom ids */
+    static const char *toks[] = { "<unk>", "<s>", "</s>", "<|eot_id|>", "<|im_end|>", "a", "b",
+                                  "<|eom_id|>", "<|endoftext|>", "c" };
+    float scores[10] = { 0 };
+    int32_t types[10] = { 2, 3, 3, 3, 3, 1, 1, 3, 3, 1 };
+    struct { const char *arch; const char *extra_key; uint32_t extra_val; int expect; } cases[] = {
+        { "llama", "tokenizer.ggml.eot_token_id", 9, 0 },
+        { "gemma3", NULL, 0, LH_E_UNSUPPORTED },
+        { "llama", "llama.expert_count", 8, LH_E_UNSUPPORTED },
+        { "qwen2", NULL, 0, LH_E_FORMAT },     /* no attn_q.bias */
+        { "llama", "llama.rope.scaling.type", 0, LH_E_UNSUPPORTED }, /* "longrope" */
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof *cases; i++) {
+        lh_gguf_writer *w = NULL;
+        CU_ASSERT_EQUAL_FATAL(lh_gguf_writer_new(&w), 0);
+        const char *arch = cases[i].arch;
+        char key[64];
+        lh_gguf_writer_str(w, "general.architecture", arch);
+#define K(s) (snprintf(key, sizeof key, "%s." s, arch), key)
+        lh_gguf_writer_u32(w, K("embedding_length"), 8);
+        lh_gguf_writer_u32(w, K("feed_forward_length"), 16);
+        lh_gguf_writer_u32(w, K("block_count"), 1);
+        lh_gguf_writer_u32(w, K("attention.head_count"), 2);
+#undef K
+        if (cases[i].extra_key && strstr(cases[i].extra_key, "scaling.type"))
+            lh_gguf_writer_str(w, cases[i].extra_key, "longrope");
+        else if (cases[i].extra_key)
+            lh_gguf_writer_u32(w, cases[i].extra_key, cases[i].extra_val);
+        lh_gguf_writer_str(w, "tokenizer.ggml.model", "llama");
+        lh_gguf_writer_arr_str(w, "tokenizer.ggml.tokens", toks, 10);
+        lh_gguf_writer_arr_f32(w, "tokenizer.ggml.scores", scores, 10);
+        lh_gguf_writer_arr_i32(w, "tokenizer.ggml.token_type", types, 10);
+        lh_gguf_writer_u32(w, "tokenizer.ggml.eom_token_id", 7);
+        /* tensors: 8-dim, 2 heads of 4, ff 16, vocab 10, F32 zeros are enough to load */
+        static float zeros[16 * 10];
+        const struct { const char *name; uint64_t ne0, ne1; } ts[] = {
+            { "token_embd.weight", 8, 10 }, { "output_norm.weight", 8, 1 },
+            { "blk.0.attn_norm.weight", 8, 1 }, { "blk.0.ffn_norm.weight", 8, 1 },
+            { "blk.0.attn_q.weight", 8, 8 }, { "blk.0.attn_k.weight", 8, 8 },
+            { "blk.0.attn_v.weight", 8, 8 }, { "blk.0.attn_output.weight", 8, 8 },
+            { "blk.0.ffn_gate.weight", 8, 16 }, { "blk.0.ffn_up.weight", 8, 16 },
+            { "blk.0.ffn_down.weight", 16, 8 },
+        };
+        for (size_t t = 0; t < sizeof ts / sizeof *ts; t++) {
+            uint64_t ne[2] = { ts[t].ne0, ts[t].ne1 };
+            CU_ASSERT_EQUAL(lh_gguf_writer_tensor(w, ts[t].name, LH_TYPE_F32, ts[t].ne1 == 1 ? 1 : 2,
+                                                  ne, zeros), 0);
+        }
+        char path[128];
+        snprintf(path, sizeof path, "/tmp/lh-test-arch-%d-%zu.gguf", (int)getpid(), i);
+        CU_ASSERT_EQUAL_FATAL(lh_gguf_writer_save(w, path), 0);
+        lh_gguf_writer_free(w);
+        lh_model *m = NULL;
+        CU_ASSERT_EQUAL(lh_model_open(&m, path), cases[i].expect);
+        if (cases[i].expect == 0 && m) {
+            /* eos 2 (default), eot 9 from the key, eom 7 from the key, and by text: 3, 4, 7, 8 */
+            n = lh_model_eog_ids(m, &ids);
+            static const int32_t want[] = { 2, 3, 4, 7, 8, 9 };
+            CU_ASSERT_EQUAL(n, 6);
+            CU_ASSERT(n == 6 && memcmp(ids, want, sizeof want) == 0);
+            CU_ASSERT(!lh_model_is_eog(m, 5) && !lh_model_is_eog(m, 1) && lh_model_is_eog(m, 9));
+        }
+        lh_model_close(m);
+        unlink(path);
+    }
+}
+
 void lh_test_model(void)
 {
     CU_pSuite s = CU_add_suite("model", suite_init, suite_clean);
@@ -398,4 +703,9 @@ void lh_test_model(void)
     CU_add_test(s, "F16, BF16 and Q8_0 weights follow F32", test_weight_types);
     CU_add_test(s, "unusable models are refused", test_bad_models);
     CU_add_test(s, "LongHeads defaults from the file", test_longheads_defaults_from_file);
+    CU_add_test(s, "arch: llama with rope_freqs, tied output = llama.cpp", test_arch_llama_rope_freqs);
+    CU_add_test(s, "arch: qwen2 with biases = llama.cpp", test_arch_qwen2_bias);
+    CU_add_test(s, "arch: llama with yarn scaling = llama.cpp", test_arch_llama_yarn);
+    CU_add_test(s, "arch: LongHeads with factors, yarn, NeoX", test_arch_longheads);
+    CU_add_test(s, "arch: end of generation, refusals", test_arch_eog_and_refusals);
 }
