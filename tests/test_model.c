@@ -610,9 +610,85 @@ static void test_arch_longheads(void)
     }
 }
 
+/* A tiny model (dim 8, 2 heads of hd, ff 16, vocab 10 with Llama 3 / Qwen style end tokens)
+ * written in memory: the arch's keys, then `extra` (u32 unless a string or float is given), then
+ * the tensors (all zero; biases when bias != 0; rope_freqs of n_freqs values `freq`). */
+typedef struct {
+    const char *key;
+    const char *str;
+    float f;
+    uint32_t u;
+    int is_f32;
+} tiny_kv;
+
+static int tiny_model(const char *arch, size_t hd, const tiny_kv *extra, size_t n_extra, int bias,
+                      size_t n_freqs, float freq, lh_model **mp)
+{
+    static const char *toks[] = { "<unk>", "<s>", "</s>", "<|eot_id|>", "<|im_end|>", "a", "b",
+                                  "<|eom_id|>", "<|endoftext|>", "c" };
+    static float zeros[16 * 16], freqs[64];
+    float scores[10] = { 0 };
+    int32_t types[10] = { 2, 3, 3, 3, 3, 1, 1, 3, 3, 1 };
+    lh_gguf_writer *w = NULL;
+    char key[96], path[128];
+    if (lh_gguf_writer_new(&w))
+        return -ENOMEM;
+    lh_gguf_writer_str(w, "general.architecture", arch);
+#define K(s) (snprintf(key, sizeof key, "%s." s, arch), key)
+    lh_gguf_writer_u32(w, K("embedding_length"), 8);
+    lh_gguf_writer_u32(w, K("feed_forward_length"), 16);
+    lh_gguf_writer_u32(w, K("block_count"), 1);
+    lh_gguf_writer_u32(w, K("attention.head_count"), 2);
+    if (hd != 4)
+        lh_gguf_writer_u32(w, K("attention.key_length"), (uint32_t)hd);
+#undef K
+    for (size_t i = 0; i < n_extra; i++) {
+        if (extra[i].str)
+            lh_gguf_writer_str(w, extra[i].key, extra[i].str);
+        else if (extra[i].is_f32)
+            lh_gguf_writer_f32(w, extra[i].key, extra[i].f);
+        else
+            lh_gguf_writer_u32(w, extra[i].key, extra[i].u);
+    }
+    lh_gguf_writer_str(w, "tokenizer.ggml.model", "llama");
+    lh_gguf_writer_arr_str(w, "tokenizer.ggml.tokens", toks, 10);
+    lh_gguf_writer_arr_f32(w, "tokenizer.ggml.scores", scores, 10);
+    lh_gguf_writer_arr_i32(w, "tokenizer.ggml.token_type", types, 10);
+    lh_gguf_writer_u32(w, "tokenizer.ggml.eom_token_id", 7);
+    uint64_t qd = 2 * hd;
+    const struct { const char *name; uint64_t ne0, ne1; int dims; } ts[] = {
+        { "token_embd.weight", 8, 10, 2 }, { "output_norm.weight", 8, 1, 1 },
+        { "blk.0.attn_norm.weight", 8, 1, 1 }, { "blk.0.ffn_norm.weight", 8, 1, 1 },
+        { "blk.0.attn_q.weight", 8, qd, 2 }, { "blk.0.attn_k.weight", 8, qd, 2 },
+        { "blk.0.attn_v.weight", 8, qd, 2 }, { "blk.0.attn_output.weight", qd, 8, 2 },
+        { "blk.0.ffn_gate.weight", 8, 16, 2 }, { "blk.0.ffn_up.weight", 8, 16, 2 },
+        { "blk.0.ffn_down.weight", 16, 8, 2 }, { "blk.0.attn_q.bias", qd, 1, 1 },
+        { "blk.0.attn_k.bias", qd, 1, 1 }, { "blk.0.attn_v.bias", qd, 1, 1 },
+    };
+    for (size_t t = 0; t < sizeof ts / sizeof *ts; t++) {
+        if (!bias && strstr(ts[t].name, ".bias"))
+            continue;
+        uint64_t ne[2] = { ts[t].ne0, ts[t].ne1 };
+        lh_gguf_writer_tensor(w, ts[t].name, LH_TYPE_F32, (uint32_t)ts[t].dims, ne, zeros);
+    }
+    if (n_freqs) {
+        uint64_t ne[1] = { n_freqs };
+        for (size_t i = 0; i < n_freqs; i++)
+            freqs[i] = freq;
+        lh_gguf_writer_tensor(w, "rope_freqs.weight", LH_TYPE_F32, 1, ne, freqs);
+    }
+    snprintf(path, sizeof path, "/tmp/lh-test-arch-%d.gguf", (int)getpid());
+    int rc = lh_gguf_writer_save(w, path);
+    lh_gguf_writer_free(w);
+    if (rc == 0)
+        rc = lh_model_open(mp, path);
+    unlink(path);
+    return rc;
+}
+
 /* End of generation: eos, eot/eom ids from the metadata and the tokens llama.cpp recognises by
- * their text; any other architecture refused with its name. */
-static void test_arch_eog_and_refusals(void)
+ * their text. */
+static void test_arch_eog(void)
 {
     const int32_t *ids;
     size_t n = lh_model_eog_ids(g_model, &ids);
@@ -623,71 +699,98 @@ static void test_arch_eog_and_refusals(void)
     CU_ASSERT(!lh_model_is_eog(g_model, 100));
     CU_ASSERT(!lh_model_is_eog(g_model, -1));
 
-    /* a vocabulary with Llama 3 / Qwen style end tokens and eot/eom ids */
-    static const char *toks[] = { "<unk>", "<s>", "</s>", "<|eot_id|>", "<|im_end|>", "a", "b",
-                                  "<|eom_id|>", "<|endoftext|>", "c" };
-    float scores[10] = { 0 };
-    int32_t types[10] = { 2, 3, 3, 3, 3, 1, 1, 3, 3, 1 };
-    struct { const char *arch; const char *extra_key; uint32_t extra_val; int expect; } cases[] = {
-        { "llama", "tokenizer.ggml.eot_token_id", 9, 0 },
-        { "gemma3", NULL, 0, LH_E_UNSUPPORTED },
-        { "llama", "llama.expert_count", 8, LH_E_UNSUPPORTED },
-        { "qwen2", NULL, 0, LH_E_FORMAT },     /* no attn_q.bias */
-        { "llama", "llama.rope.scaling.type", 0, LH_E_UNSUPPORTED }, /* "longrope" */
-    };
-    for (size_t i = 0; i < sizeof cases / sizeof *cases; i++) {
-        lh_gguf_writer *w = NULL;
-        CU_ASSERT_EQUAL_FATAL(lh_gguf_writer_new(&w), 0);
-        const char *arch = cases[i].arch;
-        char key[64];
-        lh_gguf_writer_str(w, "general.architecture", arch);
-#define K(s) (snprintf(key, sizeof key, "%s." s, arch), key)
-        lh_gguf_writer_u32(w, K("embedding_length"), 8);
-        lh_gguf_writer_u32(w, K("feed_forward_length"), 16);
-        lh_gguf_writer_u32(w, K("block_count"), 1);
-        lh_gguf_writer_u32(w, K("attention.head_count"), 2);
-#undef K
-        if (cases[i].extra_key && strstr(cases[i].extra_key, "scaling.type"))
-            lh_gguf_writer_str(w, cases[i].extra_key, "longrope");
-        else if (cases[i].extra_key)
-            lh_gguf_writer_u32(w, cases[i].extra_key, cases[i].extra_val);
-        lh_gguf_writer_str(w, "tokenizer.ggml.model", "llama");
-        lh_gguf_writer_arr_str(w, "tokenizer.ggml.tokens", toks, 10);
-        lh_gguf_writer_arr_f32(w, "tokenizer.ggml.scores", scores, 10);
-        lh_gguf_writer_arr_i32(w, "tokenizer.ggml.token_type", types, 10);
-        lh_gguf_writer_u32(w, "tokenizer.ggml.eom_token_id", 7);
-        /* tensors: 8-dim, 2 heads of 4, ff 16, vocab 10, F32 zeros are enough to load */
-        static float zeros[16 * 10];
-        const struct { const char *name; uint64_t ne0, ne1; } ts[] = {
-            { "token_embd.weight", 8, 10 }, { "output_norm.weight", 8, 1 },
-            { "blk.0.attn_norm.weight", 8, 1 }, { "blk.0.ffn_norm.weight", 8, 1 },
-            { "blk.0.attn_q.weight", 8, 8 }, { "blk.0.attn_k.weight", 8, 8 },
-            { "blk.0.attn_v.weight", 8, 8 }, { "blk.0.attn_output.weight", 8, 8 },
-            { "blk.0.ffn_gate.weight", 8, 16 }, { "blk.0.ffn_up.weight", 8, 16 },
-            { "blk.0.ffn_down.weight", 16, 8 },
-        };
-        for (size_t t = 0; t < sizeof ts / sizeof *ts; t++) {
-            uint64_t ne[2] = { ts[t].ne0, ts[t].ne1 };
-            CU_ASSERT_EQUAL(lh_gguf_writer_tensor(w, ts[t].name, LH_TYPE_F32, ts[t].ne1 == 1 ? 1 : 2,
-                                                  ne, zeros), 0);
-        }
-        char path[128];
-        snprintf(path, sizeof path, "/tmp/lh-test-arch-%d-%zu.gguf", (int)getpid(), i);
-        CU_ASSERT_EQUAL_FATAL(lh_gguf_writer_save(w, path), 0);
-        lh_gguf_writer_free(w);
-        lh_model *m = NULL;
-        CU_ASSERT_EQUAL(lh_model_open(&m, path), cases[i].expect);
-        if (cases[i].expect == 0 && m) {
-            /* eos 2 (default), eot 9 from the key, eom 7 from the key, and by text: 3, 4, 7, 8 */
-            n = lh_model_eog_ids(m, &ids);
-            static const int32_t want[] = { 2, 3, 4, 7, 8, 9 };
-            CU_ASSERT_EQUAL(n, 6);
-            CU_ASSERT(n == 6 && memcmp(ids, want, sizeof want) == 0);
-            CU_ASSERT(!lh_model_is_eog(m, 5) && !lh_model_is_eog(m, 1) && lh_model_is_eog(m, 9));
-        }
-        lh_model_close(m);
-        unlink(path);
-    }
+    lh_model *m = NULL;
+    tiny_kv eot = { .key = "tokenizer.ggml.eot_token_id", .u = 9 };
+    CU_ASSERT_EQUAL_FATAL(tiny_model("llama", 4, &eot, 1, 0, 0, 0, &m), 0);
+    /* eos 2 (the default), eot 9 and eom 7 from the keys, and by their text 3, 4, 7, 8 */
+    static const int32_t want[] = { 2, 3, 4, 7, 8, 9 };
+    n = lh_model_eog_ids(m, &ids);
+    CU_ASSERT_EQUAL(n, 6);
+    CU_ASSERT(n == 6 && memcmp(ids, want, sizeof want) == 0);
+    CU_ASSERT(!lh_model_is_eog(m, 5) && !lh_model_is_eog(m, 1) && lh_model_is_eog(m, 9));
+    lh_model_close(m);
+}
+
+/* The metadata that shapes the architecture, read as llama.cpp reads it; what is not supported is
+ * refused with its name. */
+static void test_arch_metadata(void)
+{
+    lh_model *m = NULL;
+    const lh_hparams *hp;
+    /* refusals */
+    CU_ASSERT_EQUAL(tiny_model("gemma3", 4, NULL, 0, 0, 0, 0, &m), LH_E_UNSUPPORTED);
+    tiny_kv moe = { .key = "llama.expert_count", .u = 8 };
+    CU_ASSERT_EQUAL(tiny_model("llama", 4, &moe, 1, 0, 0, 0, &m), LH_E_UNSUPPORTED);
+    tiny_kv longrope = { .key = "llama.rope.scaling.type", .str = "longrope" };
+    CU_ASSERT_EQUAL(tiny_model("llama", 4, &longrope, 1, 0, 0, 0, &m), LH_E_UNSUPPORTED);
+    CU_ASSERT_EQUAL(tiny_model("qwen2", 4, NULL, 0, 0, 0, 0, &m), LH_E_FORMAT); /* no biases */
+    CU_ASSERT_EQUAL(tiny_model("llama", 4, NULL, 0, 0, 3, 1.0f, &m), LH_E_FORMAT); /* 3 != 2 factors */
+    CU_ASSERT_EQUAL(tiny_model("llama", 4, NULL, 0, 0, 2, 0.0f, &m), LH_E_FORMAT); /* factor 0 */
+    tiny_kv vlen = { .key = "llama.attention.value_length", .u = 6 };
+    CU_ASSERT_EQUAL(tiny_model("llama", 8, &vlen, 1, 0, 0, 0, &m), LH_E_FORMAT);
+    tiny_kv negf = { .key = "llama.rope.scaling.factor", .f = -2.0f, .is_f32 = 1 };
+    CU_ASSERT_EQUAL(tiny_model("llama", 4, &negf, 1, 0, 0, 0, &m), LH_E_FORMAT);
+    CU_ASSERT_PTR_NULL(m);
+
+    /* qwen2: biases, NeoX; plain RoPE by default */
+    CU_ASSERT_EQUAL_FATAL(tiny_model("qwen2", 4, NULL, 0, 1, 0, 0, &m), 0);
+    hp = lh_model_hparams(m);
+    CU_ASSERT_EQUAL(hp->arch, LH_ARCH_QWEN2);
+    CU_ASSERT(hp->rope_neox);
+    CU_ASSERT_PTR_NOT_NULL(strstr(lh_model_desc(m), "qwen2"));
+    CU_ASSERT_EQUAL(hp->rope.freq_scale, 1.0f);
+    CU_ASSERT_EQUAL(hp->rope.ext_factor, 0.0f);
+    lh_model_close(m);
+
+    /* linear scaling, the old key too; "none" ignores the factor */
+    tiny_kv lin[] = { { .key = "llama.rope.scaling.type", .str = "linear" },
+                      { .key = "llama.rope.scaling.factor", .f = 2.0f, .is_f32 = 1 } };
+    CU_ASSERT_EQUAL_FATAL(tiny_model("llama", 4, lin, 2, 0, 0, 0, &m), 0);
+    CU_ASSERT_EQUAL(lh_model_hparams(m)->rope.freq_scale, 0.5f);
+    CU_ASSERT_EQUAL(lh_model_hparams(m)->rope.ext_factor, 0.0f);
+    CU_ASSERT(!lh_model_hparams(m)->rope_neox);
+    lh_model_close(m);
+    tiny_kv old = { .key = "llama.rope.scale_linear", .f = 4.0f, .is_f32 = 1 };
+    CU_ASSERT_EQUAL_FATAL(tiny_model("llama", 4, &old, 1, 0, 0, 0, &m), 0);
+    CU_ASSERT_EQUAL(lh_model_hparams(m)->rope.freq_scale, 0.25f);
+    lh_model_close(m);
+    tiny_kv none[] = { { .key = "llama.rope.scaling.type", .str = "none" },
+                       { .key = "llama.rope.scaling.factor", .f = 4.0f, .is_f32 = 1 } };
+    CU_ASSERT_EQUAL_FATAL(tiny_model("llama", 4, none, 2, 0, 0, 0, &m), 0);
+    CU_ASSERT_EQUAL(lh_model_hparams(m)->rope.freq_scale, 1.0f);
+    lh_model_close(m);
+
+    /* YaRN: ext_factor 1, attn_factor and the original context from the file */
+    tiny_kv yarn[] = { { .key = "llama.rope.scaling.type", .str = "yarn" },
+                       { .key = "llama.rope.scaling.factor", .f = 8.0f, .is_f32 = 1 },
+                       { .key = "llama.rope.scaling.attn_factor", .f = 0.5f, .is_f32 = 1 },
+                       { .key = "llama.rope.scaling.original_context_length", .u = 32 },
+                       { .key = "llama.rope.freq_base", .f = 500000.0f, .is_f32 = 1 } };
+    CU_ASSERT_EQUAL_FATAL(tiny_model("llama", 4, yarn, 5, 0, 2, 2.0f, &m), 0);
+    hp = lh_model_hparams(m);
+    CU_ASSERT_EQUAL(hp->rope.freq_scale, 0.125f);
+    CU_ASSERT_EQUAL(hp->rope.ext_factor, 1.0f);
+    CU_ASSERT_EQUAL(hp->rope.attn_factor, 0.5f);
+    CU_ASSERT_EQUAL(hp->rope.n_ctx_orig, 32);
+    CU_ASSERT_EQUAL(hp->rope.base, 500000.0f);
+    CU_ASSERT(hp->rope.freq_factors && hp->rope.freq_factors[1] == 2.0f);
+    lh_model_close(m);
+
+    /* attention.key_length: heads of 8 in a model of dim 8 with 2 heads (q is 16 wide); runs */
+    CU_ASSERT_EQUAL_FATAL(tiny_model("llama", 8, NULL, 0, 1, 0, 0, &m), 0);
+    hp = lh_model_hparams(m);
+    CU_ASSERT_EQUAL(hp->head_dim, 8);
+    CU_ASSERT_EQUAL(hp->n_rot, 8);
+    lh_ctx_params p;
+    lh_ctx_params_default(&p);
+    p.n_ctx = 16;
+    lh_ctx *c = NULL;
+    float logits[10];
+    int32_t toks[3] = { 1, 5, 6 };
+    CU_ASSERT_EQUAL_FATAL(lh_ctx_new(&c, m, &p), 0);
+    CU_ASSERT_EQUAL(lh_ctx_eval(c, toks, 3, logits, 0), 0);
+    lh_ctx_free(c);
+    lh_model_close(m);
 }
 
 void lh_test_model(void)
@@ -707,5 +810,6 @@ void lh_test_model(void)
     CU_add_test(s, "arch: qwen2 with biases = llama.cpp", test_arch_qwen2_bias);
     CU_add_test(s, "arch: llama with yarn scaling = llama.cpp", test_arch_llama_yarn);
     CU_add_test(s, "arch: LongHeads with factors, yarn, NeoX", test_arch_longheads);
-    CU_add_test(s, "arch: end of generation, refusals", test_arch_eog_and_refusals);
+    CU_add_test(s, "arch: end of generation tokens", test_arch_eog);
+    CU_add_test(s, "arch: metadata and refusals", test_arch_metadata);
 }
