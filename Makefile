@@ -63,7 +63,7 @@ help:
 	@echo "make run      deps + build, then start longheadsd on $(MODEL)"
 	@echo "make test     deps + build, then every test suite (CUnit + end-to-end)"
 	@echo "make asan     the whole suite built with AddressSanitizer + UndefinedBehaviorSanitizer"
-	@echo "make bench    kernel, prefill/decode and LongHeads-vs-full benchmarks (ratios)"
+	@echo "make bench    longheads beside llama.cpp (LLAMA_BENCH=path/to/llama-bench), same files"
 	@echo "make eval     long evaluations: perplexity per bucket, passkey table"
 	@echo "make install  install binaries, library, header, pkg-config file, systemd units"
 	@echo "              (PREFIX=$(PREFIX) DESTDIR=$(DESTDIR))"
@@ -114,6 +114,10 @@ $(BUILD)/longheads: $(CLI_OBJS) $(BUILD)/liblongheads.so.1
 
 $(BUILD)/longheads-%: $(BUILD)/obj/tools/%.o $(BUILD)/libcore.a
 	$(CC) $(CFLAGS_ALL) -o $@ $^ $(LDLIBS_ALL)
+
+# the daemon-level benchmark is a client of longheadsd: the client library, not the engine
+$(BUILD)/longheads-dbench: $(BUILD)/obj/tools/dbench.o $(CLIB_OBJS) $(PROTO_OBJS)
+	$(CC) $(CFLAGS_ALL) -o $@ $^ -lprotobuf-c -lpthread
 
 $(BUILD)/test_main: $(TEST_OBJS) $(DAEMON_OBJS) $(PROTO_OBJS) $(CLIB_OBJS) $(BUILD)/libcore.a
 	$(CC) $(CFLAGS_ALL) -o $@ $^ -lcunit $(LDLIBS_ALL)

@@ -145,13 +145,16 @@ static int get_text(const char *file, int argc, char **argv, char **textp, size_
 
 int lh_cli_connect(lh_client **cp, const char *sock)
 {
-    int rc = lh_client_connect(cp, sock, 5000);
+    char why[256];
+    int code;
+    int rc = lh_client_connect_err(cp, sock, 5000, why, sizeof why, &code);
     if (rc != 0) {
         char path[512];
         if (lh_client_socket_path(sock, path, sizeof path) != 0)
             snprintf(path, sizeof path, "(too long)");
+        /* the daemon's own words when it refused us (allow-uid, busy, version) */
         fprintf(stderr, "longheads: cannot connect to the daemon at %s: %s\n", path,
-                lh_client_strerror(rc));
+                why[0] ? why : lh_client_strerror(rc));
         if (rc == -ENOENT || rc == -ECONNREFUSED)
             fprintf(stderr, "longheads: is longheadsd running? start it with `longheadsd "
                             "--model MODEL.gguf` or `make run`, or pass --socket PATH\n");

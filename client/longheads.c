@@ -32,9 +32,20 @@ struct lh_client {
     _Atomic uint64_t gen_id;     /* id of the generate in progress, 0 if none */
     atomic_int cancel_sent;
     lh_client_model_info model;
+    char chat_template[160];     /* ModelInfo.chat_template of the handshake */
     char err[256];
     int err_code;
+    int timeout_ms;              /* lh_client_set_timeout; 0: none */
 };
+
+void lh_client_set_timeout(lh_client *c, int timeout_ms)
+{
+    if (c)
+        c->timeout_ms = timeout_ms > 0 ? timeout_ms : 0;
+}
+
+/* The deadline of one wait for the daemon (-1: none). */
+static int64_t wait_deadline(const lh_client *c);
 
 const char *lh_client_strerror(int err)
 {
@@ -57,6 +68,7 @@ const char *lh_client_strerror(int err)
 const char *lh_client_last_error(const lh_client *c) { return c ? c->err : ""; }
 int lh_client_last_error_code(const lh_client *c) { return c ? c->err_code : 0; }
 const lh_client_model_info *lh_client_model(const lh_client *c) { return &c->model; }
+const char *lh_client_chat_template(const lh_client *c) { return c->chat_template; }
 
 int lh_client_socket_path(const char *path, char *buf, size_t cap)
 {
@@ -148,6 +160,11 @@ static int recv_response(lh_client *c, int64_t deadline, Longheads__Response **r
     }
 }
 
+static int64_t wait_deadline(const lh_client *c)
+{
+    return c->timeout_ms > 0 ? now_ms() + c->timeout_ms : -1;
+}
+
 static void copy_model(lh_client_model_info *m, const Longheads__ModelInfo *p)
 {
     memset(m, 0, sizeof *m);
@@ -231,7 +248,17 @@ fail:
 
 int lh_client_connect(lh_client **cp, const char *path, int timeout_ms)
 {
+    return lh_client_connect_err(cp, path, timeout_ms, NULL, 0, NULL);
+}
+
+int lh_client_connect_err(lh_client **cp, const char *path, int timeout_ms, char *err,
+                          size_t err_size, int *err_codep)
+{
     *cp = NULL;
+    if (err && err_size)
+        err[0] = 0;
+    if (err_codep)
+        *err_codep = 0;
     char sock[sizeof ((struct sockaddr_un *)0)->sun_path + 1];
     if (lh_client_socket_path(path, sock, sizeof sock) != 0)
         return LH_CLIENT_E_ARGUMENT;
@@ -254,9 +281,13 @@ int lh_client_connect(lh_client **cp, const char *path, int timeout_ms)
     req.id = c->next_id++;
     req.body_case = LONGHEADS__REQUEST__BODY_HELLO;
     req.hello = &hello;
-    if ((rc = send_request(c, &req)) != 0)
-        goto fail;
-    if ((rc = recv_response(c, deadline, &resp)) != 0)
+    rc = send_request(c, &req);
+    /* a daemon that refuses (not allowed, busy) writes its Error and closes at once, maybe before
+     * our Hello arrives: a failed write still leaves its Error to read */
+    int rrc = recv_response(c, rc == 0 ? deadline : now_ms() + 200, &resp);
+    if (rc == 0 || (rrc == 0 && resp->body_case == LONGHEADS__RESPONSE__BODY_ERROR))
+        rc = rrc;
+    if (rc != 0)
         goto fail;
     if (resp->body_case == LONGHEADS__RESPONSE__BODY_ERROR) {
         set_error(c, resp->error);
@@ -273,6 +304,9 @@ int lh_client_connect(lh_client **cp, const char *path, int timeout_ms)
         goto fail;
     }
     copy_model(&c->model, resp->hello->model);
+    const Longheads__ModelInfo *hm = resp->hello->model;
+    snprintf(c->chat_template, sizeof c->chat_template, "%s",
+             hm && hm->chat_template ? hm->chat_template : "");
     snprintf(c->model.server_version, sizeof c->model.server_version, "%s",
              resp->hello->server_version ? resp->hello->server_version : "");
     longheads__response__free_unpacked(resp, NULL);
@@ -281,8 +315,11 @@ int lh_client_connect(lh_client **cp, const char *path, int timeout_ms)
 fail:
     if (resp)
         longheads__response__free_unpacked(resp, NULL);
-    /* keep the daemon's message for the caller even though c goes away: it cannot, so the
-     * version/server error is reported by code only */
+    /* the daemon's message outlives c: it says why (allow-uid, max-connections, version) */
+    if (err && err_size)
+        snprintf(err, err_size, "%s", c->err);
+    if (err_codep)
+        *err_codep = c->err_code;
     lh_client_close(c);
     return rc;
 }
@@ -360,6 +397,66 @@ static void fill_result(lh_client_result *res, const Longheads__Final *f)
     }
 }
 
+/* The options of a generation (without its prompt) into g. */
+static void fill_gen(Longheads__GenerateRequest *g, const lh_client_gen_opts *o)
+{
+    g->max_tokens = o->max_tokens;
+    g->temperature = o->temperature;
+    g->top_k = o->top_k;
+    g->top_p = o->top_p;
+    g->min_p = o->min_p;
+    g->repeat_penalty = o->repeat_penalty;
+    g->repeat_last_n = o->repeat_last_n;
+    g->seed = o->has_seed ? o->seed : random_seed();
+    g->n_stop = o->n_stop;
+    g->stop = (char **)o->stop;
+    g->attn = (Longheads__AttnMode)o->attn;
+    g->chunk = o->chunk;
+    g->window = o->window;
+    g->timeout_ms = o->timeout_ms;
+}
+
+static int run_stream(lh_client *c, Longheads__Request *req, lh_client_gen_cb cb, void *ud,
+                      lh_client_result *res);
+
+int lh_client_chat(lh_client *c, const lh_client_chat_msg *msgs, size_t n,
+                   const lh_client_gen_opts *o, lh_client_gen_cb cb, void *ud,
+                   lh_client_result *res)
+{
+    memset(res, 0, sizeof *res);
+    if (!o || !n || !msgs || o->prompt || o->n_tokens)
+        return LH_CLIENT_E_ARGUMENT;
+    for (size_t i = 0; i < n; i++)
+        if (!msgs[i].role || !msgs[i].content)
+            return LH_CLIENT_E_ARGUMENT;
+    Longheads__GenerateRequest g = LONGHEADS__GENERATE_REQUEST__INIT;
+    fill_gen(&g, o);
+    Longheads__ChatMessage *cm = calloc(n, sizeof *cm);
+    Longheads__ChatMessage **cmp = calloc(n, sizeof *cmp);
+    if (!cm || !cmp) {
+        free(cm);
+        free(cmp);
+        return -ENOMEM;
+    }
+    for (size_t i = 0; i < n; i++) {
+        longheads__chat_message__init(&cm[i]);
+        cm[i].role = (char *)msgs[i].role;
+        cm[i].content = (char *)msgs[i].content;
+        cmp[i] = &cm[i];
+    }
+    Longheads__ChatRequest ch = LONGHEADS__CHAT_REQUEST__INIT;
+    ch.n_messages = n;
+    ch.messages = cmp;
+    ch.options = &g;
+    Longheads__Request req = LONGHEADS__REQUEST__INIT;
+    req.body_case = LONGHEADS__REQUEST__BODY_CHAT;
+    req.chat = &ch;
+    int rc = run_stream(c, &req, cb, ud, res);
+    free(cm);
+    free(cmp);
+    return rc;
+}
+
 int lh_client_generate(lh_client *c, const lh_client_gen_opts *o, lh_client_gen_cb cb, void *ud,
                        lh_client_result *res)
 {
@@ -374,7 +471,9 @@ int lh_client_generate(lh_client *c, const lh_client_gen_opts *o, lh_client_gen_
         g.prompt_tokens = (int32_t *)o->tokens;
     } else if (o->prompt) {
         size_t len = o->prompt_len == (size_t)-1 ? strlen(o->prompt) : o->prompt_len;
-        /* protobuf strings are NUL-terminated in protobuf-c: copy (an embedded NUL ends it) */
+        /* protobuf-c strings end at a NUL: a prompt with one would be cut there, silently */
+        if (memchr(o->prompt, 0, len))
+            return LH_CLIENT_E_ARGUMENT;
         prompt = malloc(len + 1);
         if (!prompt)
             return -ENOMEM;
@@ -382,35 +481,32 @@ int lh_client_generate(lh_client *c, const lh_client_gen_opts *o, lh_client_gen_
         prompt[len] = 0;
         g.prompt = prompt;
     }
-    g.max_tokens = o->max_tokens;
-    g.temperature = o->temperature;
-    g.top_k = o->top_k;
-    g.top_p = o->top_p;
-    g.min_p = o->min_p;
-    g.repeat_penalty = o->repeat_penalty;
-    g.repeat_last_n = o->repeat_last_n;
-    g.seed = o->has_seed ? o->seed : random_seed();
-    g.n_stop = o->n_stop;
-    g.stop = (char **)o->stop;
-    g.attn = (Longheads__AttnMode)o->attn;
-    g.chunk = o->chunk;
-    g.window = o->window;
-    g.timeout_ms = o->timeout_ms;
+    fill_gen(&g, o);
     Longheads__Request req = LONGHEADS__REQUEST__INIT;
-    req.id = c->next_id++;
     req.body_case = LONGHEADS__REQUEST__BODY_GENERATE;
     req.generate = &g;
+    rc = run_stream(c, &req, cb, ud, res);
+    free(prompt);
+    return rc;
+}
+
+/* Sends a Generate or Chat and delivers its stream to cb until the Final (or an Error). */
+static int run_stream(lh_client *c, Longheads__Request *req_in, lh_client_gen_cb cb, void *ud,
+                      lh_client_result *res)
+{
+    int rc = 0;
+    Longheads__Request req = *req_in;
+    req.id = c->next_id++;
     c->err[0] = 0;
     c->err_code = 0;
     atomic_store(&c->cancel_sent, 0);
     atomic_store(&c->gen_id, req.id);
     rc = send_request(c, &req);
-    free(prompt);
     if (rc != 0)
         goto out;
     for (;;) {
         Longheads__Response *r;
-        if ((rc = recv_response(c, -1, &r)) != 0)
+        if ((rc = recv_response(c, wait_deadline(c), &r)) != 0)
             goto out;
         if (r->id != req.id) { /* not ours (e.g. an error about a cancel): skip */
             longheads__response__free_unpacked(r, NULL);
@@ -428,18 +524,27 @@ int lh_client_generate(lh_client *c, const lh_client_gen_opts *o, lh_client_gen_
         case LONGHEADS__RESPONSE__BODY_TOKEN:
             ev.kind = LH_CLIENT_EV_TOKEN;
             ev.token = r->token->id;
-            ev.text = r->token->text ? r->token->text : "";
-            ev.text_len = strlen(ev.text);
+            if (r->token->text_bytes.len) {
+                ev.text = (const char *)r->token->text_bytes.data;
+                ev.text_len = r->token->text_bytes.len;
+            } else {
+                ev.text = r->token->text ? r->token->text : "";
+                ev.text_len = strlen(ev.text);
+            }
             stop = cb ? cb(&ev, ud) : 0;
             break;
         case LONGHEADS__RESPONSE__BODY_FINAL:
-            if (r->final->text && r->final->text[0] && cb) {
-                ev.kind = LH_CLIENT_EV_TOKEN;
-                ev.token = -1;
-                ev.text = r->final->text;
+            ev.kind = LH_CLIENT_EV_TOKEN;
+            ev.token = -1;
+            if (r->final->text_bytes.len) {
+                ev.text = (const char *)r->final->text_bytes.data;
+                ev.text_len = r->final->text_bytes.len;
+            } else {
+                ev.text = r->final->text ? r->final->text : "";
                 ev.text_len = strlen(ev.text);
-                cb(&ev, ud);
             }
+            if (ev.text_len && cb)
+                cb(&ev, ud);
             fill_result(res, r->final);
             if (r->final->error)
                 set_error(c, r->final->error);
@@ -485,9 +590,10 @@ static int call(lh_client *c, Longheads__Request *req, Longheads__Response__Body
     int rc = send_request(c, req);
     if (rc != 0)
         return rc;
+    int64_t deadline = wait_deadline(c);
     for (;;) {
         Longheads__Response *r;
-        if ((rc = recv_response(c, -1, &r)) != 0)
+        if ((rc = recv_response(c, deadline, &r)) != 0)
             return rc;
         if (r->id != req->id || r->body_case == LONGHEADS__RESPONSE__BODY_PROGRESS) {
             longheads__response__free_unpacked(r, NULL);
@@ -544,6 +650,41 @@ int lh_client_get_health(lh_client *c, lh_client_health *out)
     out->n_queued = r->health->n_queued;
     out->n_active = r->health->n_active;
     out->n_served = r->health->n_served;
+    longheads__response__free_unpacked(r, NULL);
+    return 0;
+}
+
+int lh_client_get_status(lh_client *c, lh_client_status *out)
+{
+    memset(out, 0, sizeof *out);
+    Longheads__Request req = LONGHEADS__REQUEST__INIT;
+    Longheads__HealthRequest h = LONGHEADS__HEALTH_REQUEST__INIT;
+    req.body_case = LONGHEADS__REQUEST__BODY_HEALTH;
+    req.health = &h;
+    Longheads__Response *r;
+    int rc = call(c, &req, LONGHEADS__RESPONSE__BODY_HEALTH, &r);
+    if (rc != 0)
+        return rc;
+    const Longheads__HealthReply *hr = r->health;
+    snprintf(out->health.status, sizeof out->health.status, "%s", hr->status ? hr->status : "");
+    out->health.uptime_s = hr->uptime_s;
+    out->health.n_connections = hr->n_connections;
+    out->health.n_queued = hr->n_queued;
+    out->health.n_active = hr->n_active;
+    out->health.n_served = hr->n_served;
+    out->rss_bytes = hr->rss_bytes;
+    out->n_slots = hr->n_slots;
+    for (size_t i = 0; i < hr->n_slots && i < LH_CLIENT_MAX_SLOTS; i++) {
+        const Longheads__SlotStatus *ss = hr->slots[i];
+        lh_client_slot *d = &out->slots[i];
+        d->busy = ss->busy;
+        d->n_cached = ss->n_cached;
+        d->n_ctx = ss->n_ctx;
+        d->attn = (lh_client_attn)ss->attn;
+        d->chunk = ss->chunk;
+        d->window = ss->window;
+        d->kv_bytes = ss->kv_bytes;
+    }
     longheads__response__free_unpacked(r, NULL);
     return 0;
 }
@@ -616,6 +757,14 @@ int lh_client_detokenize(lh_client *c, const int32_t *ids, size_t n, char *buf, 
 int lh_client_score(lh_client *c, const char *text, size_t len, float *logprobs, size_t cap,
                     size_t *n_outp, double *totalp)
 {
+    return lh_client_score_attn(c, text, len, LH_CLIENT_ATTN_DEFAULT, 0, 0, logprobs, cap, n_outp,
+                                totalp);
+}
+
+int lh_client_score_attn(lh_client *c, const char *text, size_t len, lh_client_attn attn,
+                         uint32_t chunk, uint32_t window, float *logprobs, size_t cap,
+                         size_t *n_outp, double *totalp)
+{
     *n_outp = 0;
     if (!text)
         return LH_CLIENT_E_ARGUMENT;
@@ -625,6 +774,9 @@ int lh_client_score(lh_client *c, const char *text, size_t len, float *logprobs,
     Longheads__Request req = LONGHEADS__REQUEST__INIT;
     Longheads__ScoreRequest sc = LONGHEADS__SCORE_REQUEST__INIT;
     sc.text = s;
+    sc.attn = (Longheads__AttnMode)attn;
+    sc.chunk = chunk;
+    sc.window = window;
     req.body_case = LONGHEADS__REQUEST__BODY_SCORE;
     req.score = &sc;
     Longheads__Response *r;

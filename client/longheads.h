@@ -79,10 +79,24 @@ int lh_client_socket_path(const char *path, char *buf, size_t cap);
 
 /* Connects and does the handshake, within timeout_ms (<= 0: 5000).  path NULL: the default. */
 int lh_client_connect(lh_client **cp, const char *path, int timeout_ms);
+/* As lh_client_connect; when the daemon refused the connection (LH_CLIENT_E_SERVER or
+ * LH_CLIENT_E_VERSION: not allowed, too many connections, shutting down, another protocol
+ * version) its message goes to err (err_size bytes, NUL-terminated; "" otherwise) and its code
+ * (LH_CLIENT_ERR_*, 0 otherwise) to *err_codep.  err and err_codep may be NULL. */
+int lh_client_connect_err(lh_client **cp, const char *path, int timeout_ms, char *err,
+                          size_t err_size, int *err_codep);
+/* Bounds every later wait for the daemon on c: a call (info, health, tokenize, detokenize,
+ * score) returns LH_CLIENT_E_TIMEOUT when its reply has not come within timeout_ms, a generate
+ * when no frame came for timeout_ms (a slow but progressing stream is not cut).  0: wait as long
+ * as it takes (the default; the daemon's own per-request timeout still applies). */
+void lh_client_set_timeout(lh_client *c, int timeout_ms);
 /* Closes the connection and frees; NULL is accepted. */
 void lh_client_close(lh_client *c);
 /* The model the daemon announced in the handshake. */
 const lh_client_model_info *lh_client_model(const lh_client *c);
+/* The chat template the daemon renders lh_client_chat with ("llama3", "chatml (default: the
+ * model has no chat template)"; "" from an older daemon). */
+const char *lh_client_chat_template(const lh_client *c);
 
 typedef struct {
     const char *prompt;        /* text (may be NULL or empty: just BOS) */
@@ -114,7 +128,8 @@ typedef struct {
     lh_client_event_kind kind;
     uint64_t n_done, n_total;  /* PROGRESS: prompt tokens in the cache / in all */
     int32_t token;             /* TOKEN: the id, or -1 for text flushed at the end */
-    const char *text;          /* TOKEN: valid UTF-8, not NUL-terminated, may be empty */
+    const char *text;          /* TOKEN: valid UTF-8, not NUL-terminated, may be empty; may contain
+                                * NUL bytes (a <0x00> piece): use text_len, not strlen */
     size_t text_len;
 } lh_client_event;
 
@@ -134,6 +149,19 @@ typedef struct {
  * was refused before it started (then res->finish is LH_CLIENT_FINISH_ERROR too). */
 int lh_client_generate(lh_client *c, const lh_client_gen_opts *o, lh_client_gen_cb cb, void *ud,
                        lh_client_result *res);
+typedef struct {
+    const char *role;          /* "system", "user" or "assistant" */
+    const char *content;       /* NUL-terminated UTF-8 */
+} lh_client_chat_msg;
+
+/* Runs one chat turn: the whole conversation so far (earlier answers included, so that the
+ * daemon's prompt cache reuses them), rendered by the daemon with the model's chat template and
+ * continued as lh_client_generate does (o's prompt and tokens must be unset; its stop strings
+ * are added to the template's end-of-turn markers).  Events and result as lh_client_generate;
+ * cancel with lh_client_cancel. */
+int lh_client_chat(lh_client *c, const lh_client_chat_msg *msgs, size_t n,
+                   const lh_client_gen_opts *o, lh_client_gen_cb cb, void *ud,
+                   lh_client_result *res);
 /* Cancels the generation in progress on c, if any.  Thread-safe; async-signal-unsafe.  The
  * generate call then returns with finish LH_CLIENT_FINISH_CANCELLED.  Returns 0 or -errno. */
 int lh_client_cancel(lh_client *c);
@@ -152,6 +180,23 @@ typedef struct {
 } lh_client_health;
 int lh_client_get_health(lh_client *c, lh_client_health *out);
 
+#define LH_CLIENT_MAX_SLOTS 64
+typedef struct {
+    int busy;
+    uint32_t n_cached, n_ctx;  /* tokens in its cache after its last request; capacity */
+    lh_client_attn attn;
+    uint32_t chunk, window;
+    uint64_t kv_bytes;         /* memory those cached tokens hold */
+} lh_client_slot;
+typedef struct {
+    lh_client_health health;
+    uint64_t rss_bytes;        /* the daemon's resident memory */
+    uint32_t n_slots;          /* slots[0 .. min(n_slots, LH_CLIENT_MAX_SLOTS)) are filled */
+    lh_client_slot slots[LH_CLIENT_MAX_SLOTS];
+} lh_client_status;
+/* Health plus the slots (cached tokens, attention) and the daemon's memory. */
+int lh_client_get_status(lh_client *c, lh_client_status *out);
+
 /* Token ids of text (BOS first when add_bos) into out[0..cap); *n_outp the count needed.
  * Returns LH_CLIENT_E_LIMIT when cap is too small (out holds the first cap). */
 int lh_client_tokenize(lh_client *c, const char *text, size_t len, int add_bos, int32_t *out,
@@ -163,6 +208,12 @@ int lh_client_detokenize(lh_client *c, const int32_t *ids, size_t n, char *buf, 
  * token 0 = BOS; *n_outp the count (tokens - 1), *totalp their sum (may be NULL). */
 int lh_client_score(lh_client *c, const char *text, size_t len, float *logprobs, size_t cap,
                     size_t *n_outp, double *totalp);
+/* The same with an attention mode (LH_CLIENT_ATTN_DEFAULT: the daemon's) and LongHeads chunk
+ * and window (0: the daemon's): a daemon serves a score from a slot with those settings, so the
+ * daemon's own keep their prompt cache. */
+int lh_client_score_attn(lh_client *c, const char *text, size_t len, lh_client_attn attn,
+                         uint32_t chunk, uint32_t window, float *logprobs, size_t cap,
+                         size_t *n_outp, double *totalp);
 
 const char *lh_client_strerror(int err);
 /* The daemon's last error message and code on this connection ("" and 0 if none). */

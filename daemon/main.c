@@ -6,14 +6,22 @@
  * $XDG_RUNTIME_DIR/longheads.sock, else /run/longheads/longheads.sock for root, else
  * /tmp/longheads-$UID/longheads.sock (its directory created 0700).
  * Signals: SIGTERM/SIGINT drain (twice: cancel now), SIGHUP reopens the log file, SIGPIPE is
- * ignored (writes use MSG_NOSIGNAL anyway).
+ * ignored (writes use MSG_NOSIGNAL anyway).  The three are blocked with pthread_sigmask before
+ * any thread (compute, OpenMP) starts, so no handler runs on a random thread, and are read from a
+ * signalfd by the poll loop (a SIGTERM that comes while the model loads waits in the signalfd and
+ * stops the daemon as soon as it serves, with nothing to drain).
+ * SIGBUS (the mapped model file truncated under us) is caught on whichever thread faults: one log
+ * line, the socket file removed, exit status 1 — never a silent death.
  */
 #include <errno.h>
 #include <limits.h>
+#include <grp.h>
+#include <pthread.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/signalfd.h>
 #include <unistd.h>
 
 #include "log.h"
@@ -22,6 +30,7 @@
 #include "scheduler.h"
 #include "server.h"
 #include "systemd.h"
+#include "version.h"
 
 #define MAX_ALLOW 64
 
@@ -34,24 +43,30 @@ typedef struct {
     uid_t allow_uid[MAX_ALLOW];
     gid_t allow_gid[MAX_ALLOW];
     int verbose;
+    size_t max_memory;          /* bytes for the slots' contexts; 0: 3/4 of the available memory */
 } options;
 
 static const char usage_text[] =
     "usage: longheadsd [options]\n"
     "Keeps a LLaMA-family model resident and serves generation over a Unix socket.\n"
     "\n"
-    "  --model PATH             GGUF model (default: the bundled stories260K)\n"
+    "  -m, --model PATH         GGUF model (default: the bundled stories260K)\n"
     "  --socket PATH            listening socket (default: $XDG_RUNTIME_DIR/longheads.sock,\n"
     "                           /run/longheads/longheads.sock for root,\n"
     "                           /tmp/longheads-$UID/longheads.sock otherwise)\n"
     "  --config FILE            read `key = value` settings (keys: these option names)\n"
     "  --threads N              compute threads (default: all cores)\n"
     "  --slots N                KV-cache slots = requests run concurrently (default 1)\n"
-    "  --ctx N                  context tokens per slot (default: the model's)\n"
+    "  -c, --ctx-size N         context tokens per slot (default: as many as --max-memory\n"
+    "                           holds, up to 131072; committed as it fills)\n"
+    "  --max-memory BYTES       budget for the slots' contexts, K/M/G suffixes (default: 3/4\n"
+    "                           of the available memory)\n"
     "  --batch N                largest prefill slice in tokens (default 64)\n"
     "  --kv f32|f16             KV-cache type (default f32)\n"
-    "  --attn full|longheads    default attention (default full)\n"
-    "  --chunk N, --window N    default LongHeads chunk size and window\n"
+    "  --attn full|longheads    default attention (default longheads: inside the window it\n"
+    "                           is full attention, past it each head picks its chunks)\n"
+    "  --chunk N, --window N    default LongHeads chunk size and window (default: the model\n"
+    "                           file's longheads.* keys, else the trained length)\n"
     "  --allow-attn LIST        modes requests may ask for: full,longheads (default both)\n"
     "  --slice-ms MS            target duration of one prefill slice (default 20)\n"
     "  --max-tokens N           default tokens per generation (default 256)\n"
@@ -64,20 +79,29 @@ static const char usage_text[] =
     "  --drain-timeout SECONDS  on SIGTERM, time given to running requests (default 10)\n"
     "  --allow-uid LIST         only these uids (and root, and the daemon's uid) may connect\n"
     "  --allow-gid LIST         ... or members of these gids\n"
+    "  --socket-mode MODE       permissions of the created socket, octal (default 0660)\n"
+    "  --socket-group GROUP     group of the created socket (name or gid; default the daemon's)\n"
+    "  --max-connections-per-uid N  (default: max-connections / 2)\n"
+    "  --handshake-timeout S    a connection must send Hello within S seconds (default 10)\n"
+    "  --frame-timeout S        a started request frame must complete within S (default 30)\n"
+    "  --slot-idle S            an idle slot gives its KV cache back after S (default 300, 0 never)\n"
     "  --log-file PATH          log there instead of stderr (reopened on SIGHUP)\n"
     "  --verbose, --quiet       more or less logging\n"
-    "  --help\n";
+    "  --version, --help\n";
 
-static lh_server *g_srv;
+/* The socket file to remove if the process dies of SIGBUS (set once it exists). */
+static char g_sock_file[128];
 
-static void on_signal(int sig)
+static void on_sigbus(int sig, siginfo_t *si, void *uctx)
 {
-    if (!g_srv)
-        _exit(128 + sig); /* still loading: nothing to drain */
-    if (sig == SIGHUP)
-        lh_server_request_reopen(g_srv);
-    else
-        lh_server_request_stop(g_srv);
+    (void)uctx;
+    /* lh_log formats and writes with one write(2): acceptable in a handler we never return from */
+    lh_log_error("fatal: %s at address %p: the model file was truncated or changed while mapped; "
+                 "exiting (restart the daemon to load the file as it is now)", strsignal(sig),
+                 si ? si->si_addr : NULL);
+    if (g_sock_file[0])
+        unlink(g_sock_file);
+    _exit(1);
 }
 
 static int set_str(char **dst, const char *v)
@@ -185,10 +209,48 @@ static int set_option(options *o, const char *key, const char *v)
         return parse_seconds(key, v, &o->sc.timeout_s);
     if (strcmp(key, "drain-timeout") == 0)
         return parse_seconds(key, v, &o->srv.drain_s);
+    if (strcmp(key, "max-memory") == 0) {
+        if (lh_params_parse_bytes(v, &o->max_memory) != 0) {
+            lh_log_error("max-memory: '%s' is not a byte size (e.g. 8G, 512M)", v);
+            return LH_E_FORMAT;
+        }
+        return 0;
+    }
     if (strcmp(key, "allow-uid") == 0)
         return parse_ids(key, v, (unsigned *)o->allow_uid, &o->srv.n_allow_uid);
     if (strcmp(key, "allow-gid") == 0)
         return parse_ids(key, v, (unsigned *)o->allow_gid, &o->srv.n_allow_gid);
+    if (strcmp(key, "socket-mode") == 0) {
+        char *end;
+        errno = 0;
+        unsigned long m = strtoul(v, &end, 8);
+        if (errno || end == v || *end || m == 0 || m > 0777) {
+            lh_log_error("socket-mode: '%s' is not an octal mode in (0, 0777]", v);
+            return LH_E_FORMAT;
+        }
+        o->srv.socket_mode = (unsigned)m;
+        return 0;
+    }
+    if (strcmp(key, "socket-group") == 0) {
+        struct group *g = getgrnam(v);
+        char *end;
+        errno = 0;
+        unsigned long id = g ? g->gr_gid : strtoul(v, &end, 10);
+        if (!g && (errno || end == v || *end || id >= UINT_MAX)) {
+            lh_log_error("socket-group: no group named '%s'", v);
+            return LH_E_FORMAT;
+        }
+        o->srv.socket_gid = (long)id;
+        return 0;
+    }
+    if (strcmp(key, "max-connections-per-uid") == 0)
+        return parse_size(key, v, 1, 1u << 16, &o->srv.max_conns_per_uid);
+    if (strcmp(key, "handshake-timeout") == 0)
+        return parse_seconds(key, v, &o->srv.handshake_s);
+    if (strcmp(key, "frame-timeout") == 0)
+        return parse_seconds(key, v, &o->srv.frame_s);
+    if (strcmp(key, "slot-idle") == 0)
+        return parse_seconds(key, v, &o->sc.slot_idle_s);
     /* ctx, batch, kv, attn, chunk, window: the engine's shared parser */
     rc = lh_params_set(&o->sc.ctx, NULL, key, v);
     return rc;
@@ -298,14 +360,19 @@ int main(int argc, char **argv)
     options o;
     memset(&o, 0, sizeof o);
     lh_sched_config_default(&o.sc);
+    lh_params_default(&o.sc.ctx); /* LongHeads, the context the memory budget holds */
     lh_server_config_default(&o.srv);
     lh_model *m = NULL;
     lh_server *srv = NULL;
-    int rc = 1, listen_fd = -1;
+    int rc = 1, listen_fd = -1, sig_fd = -1;
     /* the config file first, so that the command line overrides it */
     for (int i = 1; i < argc; i++) {
         if (strcmp(argv[i], "--help") == 0 || strcmp(argv[i], "-h") == 0) {
             fputs(usage_text, stdout);
+            return 0;
+        }
+        if (strcmp(argv[i], "--version") == 0) {
+            printf("longheadsd %s\n", LH_VERSION);
             return 0;
         }
         if (strcmp(argv[i], "--config") == 0 && i + 1 < argc && load_config(&o, argv[++i]) != 0)
@@ -325,13 +392,22 @@ int main(int argc, char **argv)
             lh_log_set_level(LH_LOG_WARN);
             continue;
         }
-        if (strncmp(a, "--", 2) != 0) {
+        /* the short forms people know from llama.cpp */
+        const char *shrt = strcmp(a, "-m") == 0 ? "model" : strcmp(a, "-c") == 0 ? "ctx" : NULL;
+        if (strncmp(a, "--", 2) != 0 && !shrt) {
             fprintf(stderr, "longheadsd: unexpected argument '%s'\n%s", a, usage_text);
             goto out;
         }
         char key[64];
-        const char *eq = strchr(a, '='), *v;
-        if (eq) {
+        const char *eq = shrt ? NULL : strchr(a, '='), *v;
+        if (shrt) {
+            if (i + 1 >= argc) {
+                fprintf(stderr, "longheadsd: %s needs a value\n", a);
+                goto out;
+            }
+            snprintf(key, sizeof key, "%s", shrt);
+            v = argv[++i];
+        } else if (eq) {
             snprintf(key, sizeof key, "%.*s", (int)(eq - a - 2), a + 2);
             v = eq + 1;
         } else {
@@ -354,12 +430,22 @@ int main(int argc, char **argv)
         fprintf(stderr, "longheadsd: cannot open log file %s: %s\n", o.log_file, strerror(errno));
         goto out;
     }
-    struct sigaction sa = {.sa_handler = on_signal};
-    sigemptyset(&sa.sa_mask);
-    sigaction(SIGTERM, &sa, NULL);
-    sigaction(SIGINT, &sa, NULL);
-    sigaction(SIGHUP, &sa, NULL);
+    /* before any thread exists: every thread inherits the mask, the loop reads the signalfd */
+    sigset_t sigs;
+    sigemptyset(&sigs);
+    sigaddset(&sigs, SIGTERM);
+    sigaddset(&sigs, SIGINT);
+    sigaddset(&sigs, SIGHUP);
+    pthread_sigmask(SIG_BLOCK, &sigs, NULL);
+    sig_fd = signalfd(-1, &sigs, SFD_NONBLOCK | SFD_CLOEXEC);
+    if (sig_fd < 0) {
+        lh_log_error("signalfd: %s", strerror(errno));
+        goto out;
+    }
     signal(SIGPIPE, SIG_IGN);
+    struct sigaction sb = {.sa_sigaction = on_sigbus, .sa_flags = SA_SIGINFO | SA_RESETHAND};
+    sigemptyset(&sb.sa_mask);
+    sigaction(SIGBUS, &sb, NULL);
 
     listen_fd = lh_systemd_listen_fd();
     if (listen_fd < -1)
@@ -376,10 +462,15 @@ int main(int argc, char **argv)
         goto out;
     }
     lh_log_info("model %s: %s", o.model, lh_model_desc(m));
+    char fit[512];
+    if (lh_params_fit_ctx(m, &o.sc.ctx, o.sc.n_slots, o.max_memory, fit, sizeof fit) != 0)
+        goto out;
+    lh_log_info("%s", fit);
     o.srv.socket_path = listen_fd >= 0 && !o.socket ? NULL : o.socket;
     o.srv.listen_fd = listen_fd;
     o.srv.allow_uid = o.allow_uid;
     o.srv.allow_gid = o.allow_gid;
+    o.srv.signal_fd = sig_fd;
     if (listen_fd >= 0 && o.socket)
         lh_log_info("socket-activated: --socket %s only names the inherited socket", o.socket);
     e = lh_server_new(&srv, &o.srv, m, &o.sc);
@@ -390,16 +481,19 @@ int main(int argc, char **argv)
             lh_log_error("cannot set up the daemon: %s", strerror(-e));
         goto out;
     }
-    g_srv = srv;
     listen_fd = -1; /* the server owns it now */
+    if (lh_server_socket_file(srv))
+        snprintf(g_sock_file, sizeof g_sock_file, "%s", lh_server_socket_file(srv));
     lh_systemd_notify("READY=1\nSTATUS=serving");
     rc = lh_server_run(srv) == 0 ? 0 : 1;
-    g_srv = NULL;
+    g_sock_file[0] = 0;
 out:
     lh_server_free(srv);
     if (listen_fd >= 0)
         close(listen_fd);
     lh_model_close(m);
+    if (sig_fd >= 0)
+        close(sig_fd);
     free(o.model);
     free(o.socket);
     free(o.log_file);

@@ -8,6 +8,8 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <malloc.h>
+#include <sys/stat.h>
 #include <time.h>
 #ifdef _OPENMP
 #include <omp.h>
@@ -27,6 +29,8 @@ typedef struct slot {
     size_t n_batch;
     struct req *busy;           /* the request using it, NULL if free */
     uint64_t last_used;
+    double t_used;              /* when it was last released (idle release) */
+    lh_sched_slot_status st;    /* under lock: what it held when its last request retired */
 } slot;
 
 typedef struct req {
@@ -68,18 +72,30 @@ struct lh_sched {
     size_t n_vocab;
     lh_sched_emit_fn emit;
     void *ud;
-    pthread_t thread;
-    int thread_started;
+    pthread_t thread, prep_thread;
+    int thread_started, prep_started;
     pthread_mutex_t lock;
-    pthread_cond_t cond;
+    pthread_cond_t cond;        /* the compute thread waits on it */
+    pthread_cond_t prep_cond;   /* the prep thread waits on it */
+    size_t max_piece;           /* longest token piece in bytes: bounds text per token */
+    struct stat model_st;       /* the model file as loaded (change detection) */
+    int model_st_ok, model_warned;
+    _Atomic int64_t heartbeat_ms; /* the compute thread's last sign of life (watchdog) */
     /* under lock */
     req *pending, *active;
-    size_t n_pending, n_active;
+    req *admitting;             /* off pending, not yet active: tokenizing, picking a slot, or a
+                                 * quick job running on the prep thread.  Cancel, disconnect and
+                                 * the duplicate-id check see these too. */
+    size_t n_pending, n_active, n_admitting;
+    int fatal;                  /* the model file changed under us: refuse everything */
+    char fatal_msg[256];
     owner_rec *owners;
     size_t n_owners, cap_owners;
     uint64_t vclock, seq, n_served, use_clock;
     int stop, shutting_down;
     size_t rr;                  /* round-robin cursor over active requests */
+    lh_chat_tmpl chat;          /* the model's chat template family */
+    char chat_desc[160];
 };
 
 static double now_s(void)
@@ -87,6 +103,13 @@ static double now_s(void)
     struct timespec ts;
     clock_gettime(CLOCK_MONOTONIC, &ts);
     return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
+}
+
+static int64_t now_ms(void) { return (int64_t)(now_s() * 1e3); }
+
+static int is_quick(const req *r)
+{
+    return r->a.kind == LH_REQ_TOKENIZE || r->a.kind == LH_REQ_DETOKENIZE;
 }
 
 void lh_sched_args_deinit(lh_sched_args *a)
@@ -98,6 +121,13 @@ void lh_sched_args_deinit(lh_sched_args *a)
     for (size_t i = 0; i < a->n_stop; i++)
         free(a->stop[i]);
     free(a->stop);
+    for (size_t i = 0; i < a->n_msgs; i++) {
+        free((char *)a->msgs[i].role);
+        free((char *)a->msgs[i].content);
+    }
+    free(a->msgs);
+    a->msgs = NULL;
+    a->n_msgs = 0;
     a->text = NULL;
     a->tokens = NULL;
     a->stop = NULL;
@@ -115,10 +145,70 @@ void lh_sched_config_default(lh_sched_config *c)
     c->timeout_s = 600;
     c->slice_ms = 20;
     c->max_tokens_default = 256;
+    c->slot_idle_s = 300;
 }
 
 const lh_ctx_params *lh_sched_ctx_params(const lh_sched *s) { return &s->defaults; }
 const lh_sched_config *lh_sched_config_get(const lh_sched *s) { return &s->cfg; }
+
+lh_chat_tmpl lh_sched_chat_template(const lh_sched *s, const char **descp)
+{
+    if (descp)
+        *descp = s->chat_desc;
+    return s->chat;
+}
+
+/* The model's chat template: its tokenizer.chat_template when we recognise it, else the default
+ * (and the description says which case it is). */
+static void find_chat_template(lh_sched *s)
+{
+    const char *src;
+    size_t len;
+    s->chat = LH_CHAT_DEFAULT;
+    if (lh_gguf_get_str(lh_model_gguf(s->model), "tokenizer.chat_template", &src, &len) != 0) {
+        snprintf(s->chat_desc, sizeof s->chat_desc, "%s (default: the model has no chat template)",
+                 lh_chat_name(s->chat));
+        return;
+    }
+    lh_chat_tmpl t = lh_chat_detect(src, len);
+    if (t == LH_CHAT_UNKNOWN) {
+        snprintf(s->chat_desc, sizeof s->chat_desc, "%s (default: the model's chat template is "
+                 "not one this daemon recognises)", lh_chat_name(s->chat));
+        lh_log_warn("the model's chat template is not one of the known families; chat uses %s",
+                    lh_chat_name(s->chat));
+        return;
+    }
+    s->chat = t;
+    snprintf(s->chat_desc, sizeof s->chat_desc, "%s", lh_chat_name(t));
+}
+
+/* Chat: the messages rendered into r->a.text, and the template's end-of-turn markers appended
+ * to the stop strings.  0 or -ENOMEM. */
+static int render_chat(lh_sched *s, lh_sched_args *a)
+{
+    char *text;
+    size_t len;
+    int rc = lh_chat_render(s->chat, a->msgs, a->n_msgs, 1, &text, &len);
+    if (rc != 0)
+        return rc;
+    free(a->text);
+    a->text = text;
+    a->text_len = len;
+    const char *const *stops = lh_chat_stops(s->chat);
+    size_t n = 0;
+    while (stops[n])
+        n++;
+    char **ns = realloc(a->stop, (a->n_stop + n + 1) * sizeof *ns);
+    if (!ns)
+        return -ENOMEM;
+    a->stop = ns;
+    for (size_t i = 0; i < n; i++) {
+        if (!(a->stop[a->n_stop] = strdup(stops[i])))
+            return -ENOMEM;
+        a->n_stop++;
+    }
+    return 0;
+}
 
 /* ---- owners (under lock) ------------------------------------------------------------------- */
 
@@ -437,10 +527,29 @@ static size_t common_prefix(const int32_t *a, size_t na, const int32_t *b, size_
 
 /* ---- the steps ----------------------------------------------------------------------------- */
 
+/* The refusal of a prompt of n tokens over the limit: its length, the limit, the flag that
+ * raises it. */
+static void prompt_limit_msg(const lh_sched *s, size_t n, char *msg, size_t msg_size)
+{
+    size_t limit = s->cfg.max_prompt_tokens, n_ctx = s->defaults.n_ctx;
+    if (limit + 1 < n_ctx)
+        snprintf(msg, msg_size, "the prompt has %zu tokens; this daemon takes at most %zu "
+                 "(--max-prompt-tokens; its context holds %zu)", n, limit, n_ctx);
+    else
+        snprintf(msg, msg_size, "the prompt has %zu tokens; this daemon takes at most %zu, its "
+                 "context of %zu less one; start longheadsd with a larger -c/--ctx-size (and "
+                 "--max-memory if the budget limits it)", n, limit, n_ctx);
+}
+
 /* Tokenizes the prompt (generate, score).  Returns 0 or sets *errp/msg. */
 static int prepare_prompt(lh_sched *s, req *r, char *msg, size_t msg_size, lh_err_code *errp)
 {
     size_t limit = s->cfg.max_prompt_tokens;
+    if (r->a.n_msgs && render_chat(s, &r->a) != 0) {
+        snprintf(msg, msg_size, "out of memory rendering the conversation");
+        *errp = LH_ERR_INTERNAL;
+        return -1;
+    }
     if (r->a.n_tokens) {
         r->prompt = r->a.tokens;
         r->n_prompt = r->a.n_tokens;
@@ -456,7 +565,9 @@ static int prepare_prompt(lh_sched *s, req *r, char *msg, size_t msg_size, lh_er
         }
     } else {
         int add_bos = r->a.kind == LH_REQ_SCORE ? 1 : lh_tok_add_bos(s->tok);
-        size_t cap = limit + 2, n = 0;
+        /* sized to the request: every token covers at least one byte of text, plus BOS and the
+         * dummy-prefix space; never more than the limit allows (+1 to detect "too long") */
+        size_t cap = (r->a.text_len < limit ? r->a.text_len : limit) + 3, n = 0;
         r->prompt = malloc(cap * sizeof *r->prompt);
         if (!r->prompt) {
             snprintf(msg, msg_size, "out of memory tokenizing the prompt");
@@ -466,8 +577,7 @@ static int prepare_prompt(lh_sched *s, req *r, char *msg, size_t msg_size, lh_er
         int rc = lh_tok_encode(s->tok, r->a.text ? r->a.text : "", r->a.text_len, add_bos,
                                r->prompt, cap, &n);
         if (rc == LH_E_LIMIT) {
-            snprintf(msg, msg_size, "the prompt is longer than %zu tokens, the daemon's limit "
-                     "(max-prompt-tokens); shorten it", limit);
+            prompt_limit_msg(s, n, msg, msg_size);
             *errp = LH_ERR_LIMIT;
             return -1;
         }
@@ -484,8 +594,7 @@ static int prepare_prompt(lh_sched *s, req *r, char *msg, size_t msg_size, lh_er
         r->n_prompt = 1;
     }
     if (r->n_prompt > limit) {
-        snprintf(msg, msg_size, "the prompt has %zu tokens; the daemon allows %zu "
-                 "(max-prompt-tokens)", r->n_prompt, limit);
+        prompt_limit_msg(s, r->n_prompt, msg, msg_size);
         *errp = LH_ERR_LIMIT;
         return -1;
     }
@@ -546,7 +655,7 @@ static void run_quick(lh_sched *s, req *r)
 {
     char msg[256];
     if (r->a.kind == LH_REQ_TOKENIZE) {
-        size_t cap = r->a.text_len + 2, n = 0;
+        size_t cap = r->a.text_len + 3, n = 0;
         int32_t *ids = malloc(cap * sizeof *ids);
         int rc = ids ? lh_tok_encode(s->tok, r->a.text ? r->a.text : "", r->a.text_len,
                                      r->a.add_bos, ids, cap, &n)
@@ -604,7 +713,7 @@ static int start_on_slot(lh_sched *s, req *r, char *msg, size_t msg_size, lh_err
     if (r->n_prompt >= n_ctx) {
         snprintf(msg, msg_size, "the prompt has %zu tokens but the context holds %zu (with room "
                  "for at least one generated token); shorten it or start the daemon with a "
-                 "larger --ctx", r->n_prompt, n_ctx);
+                 "larger -c/--ctx-size", r->n_prompt, n_ctx);
         *errp = LH_ERR_LIMIT;
         return -1;
     }
@@ -790,6 +899,25 @@ static void list_remove(req **head, req *r)
         }
 }
 
+/* Under lock (and from the compute thread, which owns the contexts): what the slot holds, for
+ * lh_sched_get_slots. */
+static void slot_snapshot(slot *sl)
+{
+    lh_sched_slot_status *st = &sl->st;
+    if (!sl->ctx) {
+        memset(st, 0, sizeof *st);
+        return;
+    }
+    const lh_ctx_params *p = lh_ctx_params_get(sl->ctx);
+    st->n_cached = lh_ctx_n_past(sl->ctx);
+    st->n_ctx = p->n_ctx;
+    st->attn = p->attn;
+    st->chunk = p->attn == LH_ATTN_LONGHEADS ? p->chunk : 0;
+    st->window = p->attn == LH_ATTN_LONGHEADS ? p->window : 0;
+    st->kv_bytes = (size_t)((double)st->n_cached * ((double)lh_ctx_kv_bytes_per_token(sl->ctx) +
+                                                    lh_ctx_lh_bytes_per_token(sl->ctx)));
+}
+
 /* Under lock: a request ends; account it.  The caller frees it. */
 static void retire(lh_sched *s, req *r)
 {
@@ -801,6 +929,8 @@ static void retire(lh_sched *s, req *r)
     if (r->sl) {
         r->sl->busy = NULL;
         r->sl->last_used = ++s->use_clock;
+        r->sl->t_used = now_s();
+        slot_snapshot(r->sl);
     }
     s->n_served++;
 }
@@ -813,17 +943,19 @@ static int has_free_slot(const lh_sched *s)
     return 0;
 }
 
-/* Under lock: the next queued request by tag, for which there is room (slot-less quick jobs
- * always have room).  Cancelled or expired ones are returned first so they end promptly. */
-static req *next_pending(lh_sched *s, double t)
+/* Under lock: the next queued request by tag of one kind (quick: tokenize/detokenize, served by
+ * the prep thread; else generate/score, which need a free slot).  Cancelled or expired ones are
+ * returned first so they end promptly. */
+static req *next_pending(lh_sched *s, double t, int quick)
 {
     req *best = NULL;
-    int free_slot = has_free_slot(s);
+    int free_slot = quick || has_free_slot(s);
     for (req *r = s->pending; r; r = r->next) {
+        if (is_quick(r) != quick)
+            continue;
         if (atomic_load(&r->cancel) || (r->deadline && t > r->deadline))
             return r;
-        int quick = r->a.kind == LH_REQ_TOKENIZE || r->a.kind == LH_REQ_DETOKENIZE;
-        if (!quick && !free_slot)
+        if (!free_slot)
             continue;
         if (!best || r->tag < best->tag || (r->tag == best->tag && r->seq < best->seq))
             best = r;
@@ -837,6 +969,142 @@ static int owner_throttled(lh_sched *s, uint64_t owner)
     return o && o->throttled;
 }
 
+/* Under lock: r leaves the queue and becomes visible as admitting. */
+static void admit(lh_sched *s, req *r)
+{
+    list_remove(&s->pending, r);
+    s->n_pending--;
+    r->next = s->admitting;
+    s->admitting = r;
+    s->n_admitting++;
+    if (r->tag > s->vclock)
+        s->vclock = r->tag;
+}
+
+static void unadmit(lh_sched *s, req *r)
+{
+    list_remove(&s->admitting, r);
+    s->n_admitting--;
+}
+
+/* Unlocked, before a request touches the model: is the mapped file still the one we loaded?
+ * Replaced by rename or deleted: the old mapping stays valid, serve on (warn once).  Changed in
+ * place (same inode, other size or mtime): the mapping may fault (SIGBUS) or hold other bytes:
+ * refuse everything from now on; the server sees lh_sched_stats.fatal and stops.  Returns 0 or
+ * -1 with msg set. */
+static int check_model_file(lh_sched *s, char *msg, size_t msg_size)
+{
+    if (!s->model_st_ok)
+        return 0;
+    pthread_mutex_lock(&s->lock);
+    int fatal = s->fatal;
+    if (fatal)
+        snprintf(msg, msg_size, "%s", s->fatal_msg);
+    pthread_mutex_unlock(&s->lock);
+    if (fatal)
+        return -1;
+    const char *path = lh_model_path(s->model);
+    struct stat st;
+    if (stat(path, &st) != 0 || st.st_dev != s->model_st.st_dev ||
+        st.st_ino != s->model_st.st_ino) {
+        if (!s->model_warned) {
+            s->model_warned = 1;
+            lh_log_warn("model file %s was replaced or removed; serving the copy loaded at start "
+                        "(restart the daemon to load the new file)", path);
+        }
+        return 0;
+    }
+    if (st.st_size == s->model_st.st_size && st.st_mtim.tv_sec == s->model_st.st_mtim.tv_sec &&
+        st.st_mtim.tv_nsec == s->model_st.st_mtim.tv_nsec)
+        return 0;
+    snprintf(msg, msg_size, "the model file %s changed on disk while loaded (size %lld, was %lld); "
+             "the daemon stops: restart it to load the new file", path, (long long)st.st_size,
+             (long long)s->model_st.st_size);
+    lh_log_error("%s", msg);
+    pthread_mutex_lock(&s->lock);
+    s->fatal = 1;
+    s->shutting_down = 1;
+    snprintf(s->fatal_msg, sizeof s->fatal_msg, "%s", msg);
+    pthread_mutex_unlock(&s->lock);
+    return -1;
+}
+
+/* Under lock, idle: give the memory of slots unused for slot_idle_s back to the system (their
+ * prompt cache is lost; the next request recreates the context). */
+static void release_idle_slots(lh_sched *s, double t)
+{
+    if (s->cfg.slot_idle_s <= 0)
+        return;
+    int freed = 0;
+    for (size_t i = 0; i < s->cfg.n_slots; i++) {
+        slot *sl = &s->slots[i];
+        if (sl->busy || !sl->ctx || !sl->t_used || t - sl->t_used < s->cfg.slot_idle_s)
+            continue;
+        lh_ctx_free(sl->ctx);
+        sl->ctx = NULL;
+        sl->t_used = 0;
+        freed = 1;
+        lh_log_info("slot %zu idle for %.0f s: its KV cache was released", i,
+                    s->cfg.slot_idle_s);
+    }
+    if (freed)
+        malloc_trim(0); /* free pages inside the heap, not only at its top */
+}
+
+static void heartbeat(lh_sched *s) { atomic_store(&s->heartbeat_ms, now_ms()); }
+
+static void cond_wait_ms(pthread_cond_t *c, pthread_mutex_t *m, long ms)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    ts.tv_nsec += ms * 1000000L;
+    while (ts.tv_nsec >= 1000000000L) {
+        ts.tv_sec++;
+        ts.tv_nsec -= 1000000000L;
+    }
+    pthread_cond_timedwait(c, m, &ts);
+}
+
+/* The prep thread: tokenize and detokenize requests, off the compute thread so that a 16 MB
+ * Tokenize never delays a generation, and one at a time so that their scratch memory is bounded
+ * by one request. */
+static void *prep_main(void *arg)
+{
+    lh_sched *s = arg;
+    char msg[512];
+    pthread_mutex_lock(&s->lock);
+    for (;;) {
+        double t = now_s();
+        req *r = next_pending(s, t, 1);
+        if (!r) {
+            if (s->stop)
+                break;
+            cond_wait_ms(&s->prep_cond, &s->lock, 1000);
+            continue;
+        }
+        admit(s, r);
+        pthread_mutex_unlock(&s->lock);
+        r->t_start = now_s();
+        if (atomic_load(&r->cancel))
+            finish_req(s, r, LH_FINISH_CANCELLED, LH_ERR_NONE, NULL);
+        else if (r->deadline && r->t_start > r->deadline)
+            finish_req(s, r, LH_FINISH_ERROR, LH_ERR_TIMEOUT,
+                       "the request timed out while queued; the daemon is busy");
+        else if (check_model_file(s, msg, sizeof msg) != 0)
+            finish_req(s, r, LH_FINISH_ERROR, LH_ERR_INTERNAL, msg);
+        else
+            run_quick(s, r);
+        pthread_mutex_lock(&s->lock);
+        unadmit(s, r);
+        retire(s, r);
+        pthread_mutex_unlock(&s->lock);
+        req_free(r);
+        pthread_mutex_lock(&s->lock);
+    }
+    pthread_mutex_unlock(&s->lock);
+    return NULL;
+}
+
 static void *compute_main(void *arg)
 {
     lh_sched *s = arg;
@@ -846,26 +1114,29 @@ static void *compute_main(void *arg)
 #endif
     char msg[512];
     pthread_mutex_lock(&s->lock);
-    while (!s->stop || s->pending || s->active) {
+    for (;;) {
         double t = now_s();
-        req *r = next_pending(s, t);
+        heartbeat(s);
+        req *r = next_pending(s, t, 0);
+        if (!r && s->stop && !s->active)
+            break;
         if (r) {
-            list_remove(&s->pending, r);
-            s->n_pending--;
-            int quick = r->a.kind == LH_REQ_TOKENIZE || r->a.kind == LH_REQ_DETOKENIZE;
-            if (r->tag > s->vclock)
-                s->vclock = r->tag;
+            admit(s, r);
             pthread_mutex_unlock(&s->lock);
             int done = 1;
             r->t_start = now_s();
             lh_err_code err = LH_ERR_NONE;
-            if (atomic_load(&r->cancel)) {
-                finish_req(s, r, LH_FINISH_CANCELLED, LH_ERR_NONE, NULL);
-            } else if (r->deadline && r->t_start > r->deadline) {
-                finish_req(s, r, LH_FINISH_ERROR, LH_ERR_TIMEOUT,
-                           "the request timed out while queued; the daemon is busy");
-            } else if (quick) {
-                run_quick(s, r);
+            if (atomic_load(&r->cancel) || (r->deadline && r->t_start > r->deadline)) {
+                /* its Final still reports the prompt's size (bounded: checked at submit) */
+                if (!r->prompt)
+                    prepare_prompt(s, r, msg, sizeof msg, &err);
+                if (atomic_load(&r->cancel))
+                    finish_req(s, r, LH_FINISH_CANCELLED, LH_ERR_NONE, NULL);
+                else
+                    finish_req(s, r, LH_FINISH_ERROR, LH_ERR_TIMEOUT,
+                               "the request timed out while queued; the daemon is busy");
+            } else if (check_model_file(s, msg, sizeof msg) != 0) {
+                finish_req(s, r, LH_FINISH_ERROR, LH_ERR_INTERNAL, msg);
             } else if (prepare_prompt(s, r, msg, sizeof msg, &err) != 0 ||
                        !(r->sl = pick_slot(s, r, msg, sizeof msg, &err))) {
                 finish_req(s, r, LH_FINISH_ERROR, err, msg);
@@ -879,12 +1150,14 @@ static void *compute_main(void *arg)
                 }
             }
             pthread_mutex_lock(&s->lock);
+            unadmit(s, r);
             if (done) {
                 retire(s, r);
                 pthread_mutex_unlock(&s->lock);
                 req_free(r);
                 pthread_mutex_lock(&s->lock);
             } else {
+                /* a cancel that came while it was admitting is in r->cancel: step() sees it */
                 r->active = 1;
                 r->next = s->active;
                 s->active = r;
@@ -910,14 +1183,9 @@ static void *compute_main(void *arg)
                 s->rr = want + 1;
         }
         if (!pick) {
-            struct timespec ts;
-            clock_gettime(CLOCK_REALTIME, &ts);
-            ts.tv_nsec += 100 * 1000000L;
-            if (ts.tv_nsec >= 1000000000L) {
-                ts.tv_sec++;
-                ts.tv_nsec -= 1000000000L;
-            }
-            pthread_cond_timedwait(&s->cond, &s->lock, &ts);
+            if (!s->active)
+                release_idle_slots(s, t);
+            cond_wait_ms(&s->cond, &s->lock, 100);
             continue;
         }
         pthread_mutex_unlock(&s->lock);
@@ -960,6 +1228,23 @@ int lh_sched_new(lh_sched **sp, const lh_model *m, const lh_sched_config *cfg,
     s->ud = ud;
     pthread_mutex_init(&s->lock, NULL);
     pthread_cond_init(&s->cond, NULL);
+    pthread_cond_init(&s->prep_cond, NULL);
+    heartbeat(s);
+    for (size_t id = 0; id < s->n_vocab; id++) {
+        size_t len = 0;
+        if (lh_tok_piece(s->tok, (int32_t)id, &len) && len > s->max_piece)
+            s->max_piece = len;
+    }
+    if (s->max_piece < 4)
+        s->max_piece = 4; /* byte fallback of a 4-byte character, at least */
+    if (stat(lh_model_path(m), &s->model_st) == 0)
+        s->model_st_ok = 1;
+#ifdef _OPENMP
+    /* the contexts size their per-thread scratch (attention) from omp_get_max_threads() when
+     * they are created, here on the caller's thread: give it the compute thread's count */
+    if (s->cfg.n_threads > 0)
+        omp_set_num_threads(s->cfg.n_threads);
+#endif
     s->slots = calloc(s->cfg.n_slots, sizeof *s->slots);
     if (!s->slots) {
         rc = -ENOMEM;
@@ -971,12 +1256,19 @@ int lh_sched_new(lh_sched **sp, const lh_model *m, const lh_sched_config *cfg,
             goto fail;
     }
     s->defaults = *lh_ctx_params_get(s->slots[0].ctx);
+    for (size_t i = 0; i < s->cfg.n_slots; i++)
+        slot_snapshot(&s->slots[i]);
+    find_chat_template(s);
     if (!s->cfg.max_prompt_tokens || s->cfg.max_prompt_tokens >= s->defaults.n_ctx)
         s->cfg.max_prompt_tokens = s->defaults.n_ctx - 1;
     rc = -pthread_create(&s->thread, NULL, compute_main, s);
     if (rc != 0)
         goto fail;
     s->thread_started = 1;
+    rc = -pthread_create(&s->prep_thread, NULL, prep_main, s);
+    if (rc != 0)
+        goto fail;
+    s->prep_started = 1;
     *sp = s;
     return 0;
 fail:
@@ -988,13 +1280,17 @@ void lh_sched_free(lh_sched *s)
 {
     if (!s)
         return;
-    if (s->thread_started) {
+    if (s->thread_started || s->prep_started) {
         lh_sched_shutdown(s, 1);
         pthread_mutex_lock(&s->lock);
         s->stop = 1;
         pthread_cond_broadcast(&s->cond);
+        pthread_cond_broadcast(&s->prep_cond);
         pthread_mutex_unlock(&s->lock);
-        pthread_join(s->thread, NULL);
+        if (s->thread_started)
+            pthread_join(s->thread, NULL);
+        if (s->prep_started)
+            pthread_join(s->prep_thread, NULL);
     }
     for (size_t i = 0; s->slots && i < s->cfg.n_slots; i++) {
         lh_ctx_free(s->slots[i].ctx);
@@ -1003,6 +1299,7 @@ void lh_sched_free(lh_sched *s)
     free(s->slots);
     free(s->owners);
     pthread_cond_destroy(&s->cond);
+    pthread_cond_destroy(&s->prep_cond);
     pthread_mutex_destroy(&s->lock);
     free(s);
 }
@@ -1010,6 +1307,9 @@ void lh_sched_free(lh_sched *s)
 static int find_inflight(lh_sched *s, uint64_t owner, uint64_t id, req **rp)
 {
     for (req *r = s->pending; r; r = r->next)
+        if (r->owner == owner && r->id == id)
+            return *rp = r, 1;
+    for (req *r = s->admitting; r; r = r->next)
         if (r->owner == owner && r->id == id)
             return *rp = r, 1;
     for (req *r = s->active; r; r = r->next)
@@ -1024,7 +1324,7 @@ int lh_sched_submit(lh_sched *s, uint64_t owner, uint64_t id, lh_sched_args *a, 
     int rc = LH_ERR_NONE;
     req *r = NULL;
     err[0] = 0;
-    if (a->kind == LH_REQ_GENERATE) {
+    if (a->kind == LH_REQ_GENERATE || a->kind == LH_REQ_SCORE) {
         if (a->attn >= 0 && ((a->attn == LH_ATTN_FULL && !s->cfg.allow_full) ||
                              (a->attn == LH_ATTN_LONGHEADS && !s->cfg.allow_longheads))) {
             snprintf(err, err_size, "attention mode %s is not allowed by this daemon (allow-attn)",
@@ -1037,6 +1337,8 @@ int lh_sched_submit(lh_sched *s, uint64_t owner, uint64_t id, lh_sched_args *a, 
             rc = LH_ERR_INVALID_ARGUMENT;
             goto out;
         }
+    }
+    if (a->kind == LH_REQ_GENERATE) {
         const lh_sampler_params *p = &a->sp;
         if (!(p->temperature >= 0 && p->temperature <= 1000) || !(p->top_p > 0 && p->top_p <= 1) ||
             !(p->min_p >= 0 && p->min_p <= 1) || !(p->repeat_penalty > 0 && p->repeat_penalty < 1000) ||
@@ -1047,9 +1349,17 @@ int lh_sched_submit(lh_sched *s, uint64_t owner, uint64_t id, lh_sched_args *a, 
             rc = LH_ERR_INVALID_ARGUMENT;
             goto out;
         }
+        if (a->text_len / s->max_piece > s->cfg.max_prompt_tokens) {
+            /* no token covers more than max_piece bytes: too long without tokenizing it (which
+             * would hold the compute thread for as long as the text is big) */
+            snprintf(err, err_size, "the prompt has %zu bytes, more than the daemon's limit of "
+                     "%zu tokens can hold (max-prompt-tokens)", a->text_len,
+                     s->cfg.max_prompt_tokens);
+            rc = LH_ERR_LIMIT;
+            goto out;
+        }
         if (a->n_tokens > s->cfg.max_prompt_tokens) {
-            snprintf(err, err_size, "the prompt has %zu tokens; the daemon allows %zu "
-                     "(max-prompt-tokens)", a->n_tokens, s->cfg.max_prompt_tokens);
+            prompt_limit_msg(s, a->n_tokens, err, err_size);
             rc = LH_ERR_LIMIT;
             goto out;
         }
@@ -1072,7 +1382,10 @@ int lh_sched_submit(lh_sched *s, uint64_t owner, uint64_t id, lh_sched_args *a, 
     pthread_mutex_lock(&s->lock);
     req *dup;
     owner_rec *o;
-    if (s->shutting_down) {
+    if (s->fatal) {
+        snprintf(err, err_size, "%s", s->fatal_msg);
+        rc = LH_ERR_SHUTTING_DOWN;
+    } else if (s->shutting_down) {
         snprintf(err, err_size, "the daemon is shutting down; retry when it is back");
         rc = LH_ERR_SHUTTING_DOWN;
     } else if (s->n_pending >= s->cfg.max_queued) {
@@ -1098,8 +1411,8 @@ int lh_sched_submit(lh_sched *s, uint64_t owner, uint64_t id, lh_sched_args *a, 
         r->next = s->pending;
         s->pending = r;
         s->n_pending++;
+        pthread_cond_signal(is_quick(r) ? &s->prep_cond : &s->cond);
         r = NULL;
-        pthread_cond_signal(&s->cond);
     }
     pthread_mutex_unlock(&s->lock);
 out:
@@ -1134,6 +1447,9 @@ void lh_sched_cancel_owner(lh_sched *s, uint64_t owner)
     for (req *r = s->pending; r; r = r->next)
         if (r->owner == owner)
             set_cancel(r, CANCEL_DISCONNECT);
+    for (req *r = s->admitting; r; r = r->next)
+        if (r->owner == owner)
+            set_cancel(r, CANCEL_DISCONNECT);
     for (req *r = s->active; r; r = r->next)
         if (r->owner == owner)
             set_cancel(r, CANCEL_DISCONNECT);
@@ -1143,6 +1459,7 @@ void lh_sched_cancel_owner(lh_sched *s, uint64_t owner)
         drop_owner_if_idle(s, o);
     }
     pthread_cond_signal(&s->cond);
+    pthread_cond_signal(&s->prep_cond);
     pthread_mutex_unlock(&s->lock);
 }
 
@@ -1166,13 +1483,28 @@ void lh_sched_shutdown(lh_sched *s, int cancel)
     if (cancel) {
         for (req *r = s->pending; r; r = r->next)
             set_cancel(r, CANCEL_SHUTDOWN);
+        for (req *r = s->admitting; r; r = r->next)
+            set_cancel(r, CANCEL_SHUTDOWN);
         for (req *r = s->active; r; r = r->next)
             set_cancel(r, CANCEL_SHUTDOWN);
         for (size_t i = 0; i < s->n_owners; i++)
             s->owners[i].throttled = 0;
     }
     pthread_cond_signal(&s->cond);
+    pthread_cond_signal(&s->prep_cond);
     pthread_mutex_unlock(&s->lock);
+}
+
+size_t lh_sched_get_slots(lh_sched *s, lh_sched_slot_status *out, size_t cap)
+{
+    pthread_mutex_lock(&s->lock);
+    size_t n = s->cfg.n_slots;
+    for (size_t i = 0; i < n && i < cap; i++) {
+        out[i] = s->slots[i].st;
+        out[i].busy = s->slots[i].busy != NULL;
+    }
+    pthread_mutex_unlock(&s->lock);
+    return n;
 }
 
 void lh_sched_get_stats(lh_sched *s, lh_sched_stats *st)
@@ -1180,7 +1512,10 @@ void lh_sched_get_stats(lh_sched *s, lh_sched_stats *st)
     pthread_mutex_lock(&s->lock);
     st->n_queued = s->n_pending;
     st->n_active = s->n_active;
-    st->n_inflight = s->n_pending + s->n_active;
+    st->n_admitting = s->n_admitting;
+    st->n_inflight = s->n_pending + s->n_admitting + s->n_active;
     st->n_served = s->n_served;
+    st->fatal = s->fatal;
+    st->heartbeat_age_s = (double)(now_ms() - atomic_load(&s->heartbeat_ms)) * 1e-3;
     pthread_mutex_unlock(&s->lock);
 }

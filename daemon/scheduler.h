@@ -8,6 +8,14 @@
  * during the call.  This module knows nothing of sockets or protobuf: owners are opaque ids
  * (server.c uses connection ids), errors are lh_err_code values.
  *
+ * Tokenize and detokenize run on a second, "prep" thread, one at a time: a huge Tokenize never
+ * delays a generation and its scratch memory is bounded by one request.  A request taken off the
+ * queue is "admitting" (tokenized, given a slot, or run by the prep thread) until it is active or
+ * done; cancel, disconnect and the duplicate-id check see admitting requests too.
+ *
+ * The model file is checked (stat) before each request: changed in place, every request is
+ * refused from then on and lh_sched_stats.fatal tells the server to stop.
+ *
  * Work is done in steps, and no step is longer than about one prefill slice: a prefill slice
  * (its size adapted so that it takes about slice_ms), one decoded token, one tokenization.
  * Between steps the thread admits queued requests, finishes cancelled or expired ones, and
@@ -35,6 +43,7 @@
 #include <stdint.h>
 #include <sys/types.h>
 
+#include "chat.h"
 #include "model.h"
 #include "sampler.h"
 
@@ -73,6 +82,9 @@ typedef struct {
     size_t chunk, window;    /* 0: default */
     uint32_t timeout_ms;     /* 0: config timeout; otherwise the smaller wins */
     uid_t uid;               /* for the request's log line */
+    lh_chat_msg *msgs;       /* generate: when n_msgs > 0, the prompt is these messages rendered
+                              * with the model's chat template (strings owned, like text) */
+    size_t n_msgs;
 } lh_sched_args;
 
 void lh_sched_args_deinit(lh_sched_args *a);
@@ -88,6 +100,8 @@ typedef struct {
     double slice_ms;             /* target duration of a prefill slice; default 20 */
     uint32_t max_tokens_default; /* default 256 */
     int n_threads;               /* OpenMP threads of the compute thread; 0: the runtime's */
+    double slot_idle_s;          /* a slot unused this long gives its KV cache back; 0: never;
+                                  * default 300 */
 } lh_sched_config;
 
 void lh_sched_config_default(lh_sched_config *c);
@@ -130,6 +144,9 @@ void lh_sched_free(lh_sched *s);
 /* The default context parameters, resolved (n_ctx, chunk, window as the engine set them). */
 const lh_ctx_params *lh_sched_ctx_params(const lh_sched *s);
 const lh_sched_config *lh_sched_config_get(const lh_sched *s);
+/* The chat template family requests with messages are rendered with, and a description for
+ * people ("llama3", "chatml (default: the model has none)"). */
+lh_chat_tmpl lh_sched_chat_template(const lh_sched *s, const char **descp);
 
 /* Queues a request.  Returns 0, or an lh_err_code with a message for the client in err (the
  * request was not accepted: no event will follow).  Takes ownership of a's heap parts. */
@@ -145,9 +162,22 @@ void lh_sched_set_throttled(lh_sched *s, uint64_t owner, int on);
 void lh_sched_shutdown(lh_sched *s, int cancel);
 
 typedef struct {
-    size_t n_queued, n_active, n_inflight;
+    size_t n_queued, n_active, n_admitting, n_inflight;
     uint64_t n_served;
+    int fatal;                /* the model file changed in place: the daemon must stop */
+    double heartbeat_age_s;   /* seconds since the compute thread last went round its loop */
 } lh_sched_stats;
 void lh_sched_get_stats(lh_sched *s, lh_sched_stats *st);
+
+typedef struct {
+    int busy;
+    size_t n_cached;        /* tokens cached after the last request the slot ran */
+    size_t n_ctx;
+    lh_attn_mode attn;
+    size_t chunk, window;
+    size_t kv_bytes;        /* n_cached x the context's bytes per token */
+} lh_sched_slot_status;
+/* Fills out[0 .. min(cap, slots)); returns the number of slots. */
+size_t lh_sched_get_slots(lh_sched *s, lh_sched_slot_status *out, size_t cap);
 
 #endif

@@ -12,6 +12,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/eventfd.h>
+#include <sys/signalfd.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/un.h>
@@ -38,6 +39,8 @@ typedef struct conn {
     gid_t gid;
     pid_t pid;
     lh_frame_reader rd;
+    double t_open;              /* accepted at (handshake timeout) */
+    double t_frame;             /* a partial frame started arriving at, or 0 (frame timeout) */
     int hello;                  /* handshake done */
     int closing;                /* close once the output is flushed */
     int throttled;
@@ -65,9 +68,14 @@ struct lh_server {
     uid_t *allow_uid;
     gid_t *allow_gid;
     pthread_mutex_t out_lock;
-    out_msg *out_head, *out_tail;
-    volatile sig_atomic_t stop_requests, reopen_requested;
+    out_msg *out_head, *out_tail;  /* under out_lock */
+    atomic_int stop_requests, reopen_requested; /* lh_server_request_*: any thread */
     int stops_seen;
+    double accept_paused_until;    /* out of fds: the listener is not polled until then */
+    double next_fd_log;            /* rate limit of the out-of-fds log line */
+    unsigned long n_fd_refusals;   /* accept failures since the last such line */
+    int wd_stalled;                /* the watchdog is being withheld (compute thread stuck) */
+    int exit_rc;
     double t_start, drain_deadline, cancel_deadline;
     int draining, cancelled;
 };
@@ -86,25 +94,37 @@ void lh_server_config_default(lh_server_config *c)
     c->max_conns = 64;
     c->max_frame = LH_FRAME_MAX_DEFAULT;
     c->drain_s = 10;
+    c->signal_fd = -1;
+    c->handshake_s = 10;
+    c->frame_s = 30;
+    c->socket_mode = 0660;
+    c->socket_gid = -1;
 }
 
 static void wake(lh_server *srv)
 {
+    int saved = errno; /* may run in a signal handler */
     uint64_t one = 1;
     ssize_t w = write(srv->efd, &one, sizeof one);
     (void)w;
+    errno = saved;
 }
 
 void lh_server_request_stop(lh_server *srv)
 {
-    srv->stop_requests++;
+    atomic_fetch_add(&srv->stop_requests, 1);
     wake(srv);
 }
 
 void lh_server_request_reopen(lh_server *srv)
 {
-    srv->reopen_requested = 1;
+    atomic_store(&srv->reopen_requested, 1);
     wake(srv);
+}
+
+const char *lh_server_socket_file(const lh_server *srv)
+{
+    return srv && srv->created ? srv->path : NULL;
 }
 
 /* ---- encoding ------------------------------------------------------------------------------ */
@@ -189,6 +209,10 @@ static void on_event(void *ud, const lh_sched_event *ev)
             return; /* out of memory: the piece is lost, the final frame still comes */
         token.id = ev->token;
         token.text = text;
+        if (memchr(ev->text, 0, ev->text_len)) {
+            token.text_bytes.data = (uint8_t *)ev->text;
+            token.text_bytes.len = ev->text_len;
+        }
         resp.body_case = LONGHEADS__RESPONSE__BODY_TOKEN;
         resp.token = &token;
         break;
@@ -196,6 +220,10 @@ static void on_event(void *ud, const lh_sched_event *ev)
         text = cstr(ev->text ? ev->text : "", ev->text_len, stackbuf, sizeof stackbuf);
         fin.reason = (Longheads__FinishReason)ev->finish;
         fin.text = text ? text : "";
+        if (ev->text && memchr(ev->text, 0, ev->text_len)) {
+            fin.text_bytes.data = (uint8_t *)ev->text;
+            fin.text_bytes.len = ev->text_len;
+        }
         fin.n_prompt = (uint32_t)ev->n_prompt;
         fin.n_reused = (uint32_t)ev->n_reused;
         fin.n_generated = (uint32_t)ev->n_generated;
@@ -330,6 +358,7 @@ static void conn_free(lh_server *srv, size_t i)
     free(c->out);
     free(c);
     srv->conns[i] = srv->conns[--srv->n_conns];
+    srv->accept_paused_until = 0; /* an fd came free: try accepting again */
 }
 
 /* ---- requests ------------------------------------------------------------------------------ */
@@ -368,6 +397,32 @@ static void fill_model_info(lh_server *srv, Longheads__ModelInfo *mi,
     mi->max_prompt_tokens = (uint32_t)sc->max_prompt_tokens;
     mi->max_frame = (uint32_t)srv->cfg.max_frame;
     mi->kv_type = cp->kv_type == LH_TYPE_F16 ? "f16" : "f32";
+    const char *chat;
+    lh_sched_chat_template(srv->sched, &chat);
+    mi->chat_template = (char *)chat;
+}
+
+static int attn_arg(Longheads__AttnMode m, int *attnp)
+{
+    switch (m) {
+    case LONGHEADS__ATTN_MODE__ATTN_DEFAULT: *attnp = -1; return 0;
+    case LONGHEADS__ATTN_MODE__ATTN_FULL: *attnp = LH_ATTN_FULL; return 0;
+    case LONGHEADS__ATTN_MODE__ATTN_LONGHEADS: *attnp = LH_ATTN_LONGHEADS; return 0;
+    default: return -1;
+    }
+}
+
+/* The daemon's resident memory in bytes (0 when /proc cannot tell). */
+static uint64_t rss_bytes(void)
+{
+    FILE *f = fopen("/proc/self/statm", "r");
+    unsigned long long size = 0, rss = 0;
+    if (!f)
+        return 0;
+    if (fscanf(f, "%llu %llu", &size, &rss) != 2)
+        rss = 0;
+    fclose(f);
+    return (uint64_t)rss * (uint64_t)sysconf(_SC_PAGESIZE);
 }
 
 static char *dup_str(const char *s, size_t *lenp)
@@ -381,6 +436,18 @@ static char *dup_str(const char *s, size_t *lenp)
     if (lenp)
         *lenp = len;
     return d;
+}
+
+/* Takes a string out of an unpacked message (free_unpacked skips it then): a 16 MB text is not
+ * copied once more.  The shared empty default is copied instead. */
+static char *take_str(char **field, size_t *lenp)
+{
+    char *s = *field;
+    if (!s || s == protobuf_c_empty_string)
+        return dup_str("", lenp);
+    *field = NULL;
+    *lenp = strlen(s);
+    return s;
 }
 
 /* Generate → lh_sched_args.  Returns 0 or an error code with msg. */
@@ -453,7 +520,7 @@ static void submit(lh_server *srv, conn *c, uint64_t id, lh_sched_args *a)
         send_error(c, id, map_err((lh_err_code)rc), msg);
 }
 
-static void handle_request(lh_server *srv, conn *c, const Longheads__Request *req)
+static void handle_request(lh_server *srv, conn *c, Longheads__Request *req)
 {
     char msg[512];
     if (!c->hello) {
@@ -495,6 +562,45 @@ static void handle_request(lh_server *srv, conn *c, const Longheads__Request *re
         send_error(c, req->id, LONGHEADS__ERROR_CODE__ERR_HANDSHAKE,
                    "Hello was already sent on this connection");
         return;
+    case LONGHEADS__REQUEST__BODY_CHAT: {
+        const Longheads__ChatRequest *ch = req->chat;
+        static const Longheads__GenerateRequest no_options = LONGHEADS__GENERATE_REQUEST__INIT;
+        const Longheads__GenerateRequest *g = ch->options ? ch->options : &no_options;
+        Longheads__ErrorCode e = LONGHEADS__ERROR_CODE__ERR_NONE;
+        if ((g->prompt && g->prompt[0]) || g->n_prompt_tokens) {
+            snprintf(msg, sizeof msg, "a chat's options carry no prompt: the messages are it");
+            e = LONGHEADS__ERROR_CODE__ERR_INVALID_ARGUMENT;
+        } else if (ch->n_messages == 0 || ch->n_messages > 100000) {
+            snprintf(msg, sizeof msg, "a chat needs 1 to 100000 messages, not %zu", ch->n_messages);
+            e = LONGHEADS__ERROR_CODE__ERR_INVALID_ARGUMENT;
+        } else {
+            e = generate_args(g, &a, msg, sizeof msg);
+        }
+        if (e == LONGHEADS__ERROR_CODE__ERR_NONE &&
+            !(a.msgs = calloc(ch->n_messages, sizeof *a.msgs))) {
+            snprintf(msg, sizeof msg, "out of memory");
+            e = LONGHEADS__ERROR_CODE__ERR_INTERNAL;
+        }
+        for (size_t i = 0; e == LONGHEADS__ERROR_CODE__ERR_NONE && i < ch->n_messages; i++) {
+            const Longheads__ChatMessage *cm = ch->messages[i];
+            a.n_msgs = i + 1;
+            if (!(a.msgs[i].role = dup_str(cm->role, NULL)) ||
+                !(a.msgs[i].content = dup_str(cm->content, NULL))) {
+                snprintf(msg, sizeof msg, "out of memory");
+                e = LONGHEADS__ERROR_CODE__ERR_INTERNAL;
+            } else if (!a.msgs[i].role[0]) {
+                snprintf(msg, sizeof msg, "message %zu has no role (system, user or assistant)", i);
+                e = LONGHEADS__ERROR_CODE__ERR_INVALID_ARGUMENT;
+            }
+        }
+        if (e != LONGHEADS__ERROR_CODE__ERR_NONE) {
+            lh_sched_args_deinit(&a);
+            send_error(c, req->id, e, msg);
+            return;
+        }
+        submit(srv, c, req->id, &a);
+        return;
+    }
     case LONGHEADS__REQUEST__BODY_GENERATE: {
         Longheads__ErrorCode e = generate_args(req->generate, &a, msg, sizeof msg);
         if (e != LONGHEADS__ERROR_CODE__ERR_NONE) {
@@ -534,6 +640,24 @@ static void handle_request(lh_server *srv, conn *c, const Longheads__Request *re
         h.n_queued = (uint32_t)st.n_queued;
         h.n_active = (uint32_t)st.n_active;
         h.n_served = st.n_served;
+        h.rss_bytes = rss_bytes();
+        lh_sched_slot_status ss[64];
+        Longheads__SlotStatus sp[64], *spp[64];
+        size_t n_slots = lh_sched_get_slots(srv->sched, ss, 64);
+        h.n_slots = n_slots < 64 ? n_slots : 64;
+        h.slots = spp;
+        for (size_t i = 0; i < h.n_slots; i++) {
+            longheads__slot_status__init(&sp[i]);
+            sp[i].busy = ss[i].busy;
+            sp[i].n_cached = (uint32_t)ss[i].n_cached;
+            sp[i].n_ctx = (uint32_t)ss[i].n_ctx;
+            sp[i].attn = ss[i].attn == LH_ATTN_LONGHEADS ? LONGHEADS__ATTN_MODE__ATTN_LONGHEADS
+                                                         : LONGHEADS__ATTN_MODE__ATTN_FULL;
+            sp[i].chunk = (uint32_t)ss[i].chunk;
+            sp[i].window = (uint32_t)ss[i].window;
+            sp[i].kv_bytes = ss[i].kv_bytes;
+            spp[i] = &sp[i];
+        }
         resp.id = req->id;
         resp.body_case = LONGHEADS__RESPONSE__BODY_HEALTH;
         resp.health = &h;
@@ -543,7 +667,7 @@ static void handle_request(lh_server *srv, conn *c, const Longheads__Request *re
     case LONGHEADS__REQUEST__BODY_TOKENIZE:
         a.kind = LH_REQ_TOKENIZE;
         a.add_bos = req->tokenize->add_bos;
-        if (!(a.text = dup_str(req->tokenize->text, &a.text_len))) {
+        if (!(a.text = take_str(&req->tokenize->text, &a.text_len))) {
             send_error(c, req->id, LONGHEADS__ERROR_CODE__ERR_INTERNAL, "out of memory");
             return;
         }
@@ -562,7 +686,15 @@ static void handle_request(lh_server *srv, conn *c, const Longheads__Request *re
         return;
     case LONGHEADS__REQUEST__BODY_SCORE:
         a.kind = LH_REQ_SCORE;
-        if (!(a.text = dup_str(req->score->text, &a.text_len))) {
+        a.chunk = req->score->chunk;
+        a.window = req->score->window;
+        if (attn_arg(req->score->attn, &a.attn) != 0) {
+            snprintf(msg, sizeof msg, "unknown attention mode %d (0 default, 1 full, 2 longheads)",
+                     (int)req->score->attn);
+            send_error(c, req->id, LONGHEADS__ERROR_CODE__ERR_INVALID_ARGUMENT, msg);
+            return;
+        }
+        if (!(a.text = take_str(&req->score->text, &a.text_len))) {
             send_error(c, req->id, LONGHEADS__ERROR_CODE__ERR_INTERNAL, "out of memory");
             return;
         }
@@ -577,8 +709,25 @@ static void handle_request(lh_server *srv, conn *c, const Longheads__Request *re
     }
 }
 
+static int conn_read_frames(lh_server *srv, conn *c);
 /* Reads what the connection has; handles complete frames.  Returns -1 when it must close now. */
 static int conn_read(lh_server *srv, conn *c)
+{
+    int rc = conn_read_frames(srv, c);
+    /* the frame timeout runs from the first byte of a frame until its last */
+    if (!lh_frame_pending(&c->rd)) {
+        c->t_frame = 0;
+        if (c->rd.cap > (64u << 10)) { /* give back the buffer of a big frame */
+            lh_frame_reader_deinit(&c->rd);
+            lh_frame_reader_init(&c->rd, srv->cfg.max_frame);
+        }
+    } else if (!c->t_frame) {
+        c->t_frame = now_s();
+    }
+    return rc;
+}
+
+static int conn_read_frames(lh_server *srv, conn *c)
 {
     uint8_t buf[65536];
     for (int rounds = 0; rounds < 16 && !c->closing; rounds++) {
@@ -709,8 +858,22 @@ static void accept_conns(lh_server *srv)
     for (int i = 0; i < 64; i++) {
         int fd = accept4(srv->lfd, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC);
         if (fd < 0) {
-            if (errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR)
-                lh_log_warn("accept: %s", strerror(errno));
+            int e = errno;
+            if (e == EAGAIN || e == EWOULDBLOCK || e == EINTR || e == ECONNABORTED)
+                return;
+            /* EMFILE, ENFILE, ENOBUFS, ENOMEM: the pending connection stays in the backlog and
+             * the listener stays readable; polling it again at once would spin.  Stop polling it
+             * until a connection closes or a second passes, and say so at most every 10 s. */
+            double t = now_s();
+            srv->accept_paused_until = t + 1.0;
+            srv->n_fd_refusals++;
+            if (t >= srv->next_fd_log) {
+                lh_log_warn("accept: %s (%zu connection(s) open; %lu failure(s) since the last "
+                            "message); not accepting for 1 s or until a connection closes",
+                            strerror(e), srv->n_conns, srv->n_fd_refusals);
+                srv->n_fd_refusals = 0;
+                srv->next_fd_log = t + 10;
+            }
             return;
         }
         struct ucred cr = {.pid = 0, .uid = (uid_t)-1, .gid = (gid_t)-1};
@@ -725,6 +888,19 @@ static void accept_conns(lh_server *srv)
             refuse(fd, LONGHEADS__ERROR_CODE__ERR_PERMISSION,
                    "this user may not use the daemon; ask its administrator to add your uid or "
                    "gid to allow-uid / allow-gid");
+            continue;
+        }
+        size_t n_uid = 0;
+        for (size_t k = 0; k < srv->n_conns; k++)
+            n_uid += srv->conns[k]->uid == cr.uid;
+        if (!srv->draining && srv->n_conns < srv->cfg.max_conns &&
+            n_uid >= srv->cfg.max_conns_per_uid) {
+            lh_log_warn("connection %llu from uid %u refused: it has %zu connections "
+                        "(max-connections-per-uid)", (unsigned long long)id, (unsigned)cr.uid,
+                        n_uid);
+            refuse(fd, LONGHEADS__ERROR_CODE__ERR_BUSY,
+                   "too many connections from this user (max-connections-per-uid); close some "
+                   "or retry later");
             continue;
         }
         if (srv->n_conns >= srv->cfg.max_conns || srv->draining) {
@@ -752,6 +928,7 @@ static void accept_conns(lh_server *srv)
         c->uid = cr.uid;
         c->gid = cr.gid;
         c->pid = cr.pid;
+        c->t_open = now_s();
         lh_frame_reader_init(&c->rd, srv->cfg.max_frame);
         srv->conns[srv->n_conns++] = c;
         lh_log_info("connection %llu from uid %u gid %u pid %d", (unsigned long long)id,
@@ -808,7 +985,7 @@ static int make_parent_dir(const char *path)
     return 0;
 }
 
-static int create_socket(const char *path, int *fdp)
+static int create_socket(const char *path, unsigned mode, long gid, int *fdp)
 {
     struct sockaddr_un sa = {.sun_family = AF_UNIX};
     size_t len = strlen(path);
@@ -847,13 +1024,30 @@ static int create_socket(const char *path, int *fdp)
     int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
     if (fd < 0)
         return -errno;
-    mode_t old = umask(0117); /* srw-rw---- from the start: no window with a wider mode */
+    /* srw------- from the start: no window with a wider mode or the wrong group; then the group,
+     * then the mode, and only then listen */
+    mode_t old = umask(0177);
     rc = bind(fd, (struct sockaddr *)&sa, sizeof sa);
-    int e = errno;
+    int e = errno, bound = rc == 0;
     umask(old);
-    if (rc != 0 || listen(fd, 128) != 0) {
+    if (rc == 0 && gid >= 0 && chown(path, (uid_t)-1, (gid_t)gid) != 0) {
+        e = errno;
+        lh_log_error("cannot give socket %s to group %ld (socket-group): %s", path, gid,
+                     strerror(e));
+        rc = -1;
+    } else if (rc == 0 && chmod(path, (mode_t)(mode & 0777)) != 0) {
+        e = errno;
+        lh_log_error("cannot set mode %04o on socket %s (socket-mode): %s", mode & 0777, path,
+                     strerror(e));
+        rc = -1;
+    } else if (rc != 0 || listen(fd, 128) != 0) {
         e = rc != 0 ? e : errno;
         lh_log_error("cannot listen on %s: %s", path, strerror(e));
+        rc = -1;
+    }
+    if (rc != 0) {
+        if (bound)
+            unlink(path);
         close(fd);
         return -e;
     }
@@ -876,6 +1070,10 @@ int lh_server_new(lh_server **sp, const lh_server_config *cfg, const lh_model *m
         srv->cfg.max_conns = 64;
     if (!srv->cfg.max_frame || srv->cfg.max_frame > LH_FRAME_MAX_LIMIT)
         srv->cfg.max_frame = LH_FRAME_MAX_DEFAULT;
+    if (!srv->cfg.max_conns_per_uid)
+        srv->cfg.max_conns_per_uid = srv->cfg.max_conns > 1 ? srv->cfg.max_conns / 2 : 1;
+    if (!srv->cfg.socket_mode)
+        srv->cfg.socket_mode = 0660;
     srv->model = m;
     srv->lfd = srv->efd = -1;
     srv->t_start = now_s();
@@ -917,7 +1115,8 @@ int lh_server_new(lh_server **sp, const lh_server_config *cfg, const lh_model *m
             rc = -EINVAL;
             goto fail;
         }
-        if ((rc = create_socket(srv->path, &srv->lfd)) != 0)
+        if ((rc = create_socket(srv->path, srv->cfg.socket_mode, srv->cfg.socket_gid, &srv->lfd))
+            != 0)
             goto fail;
         srv->created = 1;
     }
@@ -971,6 +1170,21 @@ void lh_server_free(lh_server *srv)
     free(srv);
 }
 
+/* The signals main routed to the signalfd: handled here, in the loop, not in a handler. */
+static void read_signals(lh_server *srv)
+{
+    struct signalfd_siginfo si;
+    while (read(srv->cfg.signal_fd, &si, sizeof si) == (ssize_t)sizeof si) {
+        if (si.ssi_signo == SIGHUP) {
+            atomic_store(&srv->reopen_requested, 1);
+        } else {
+            lh_log_info("signal %u (%s) from pid %u", si.ssi_signo, strsignal((int)si.ssi_signo),
+                        si.ssi_pid);
+            atomic_fetch_add(&srv->stop_requests, 1);
+        }
+    }
+}
+
 static void notify_status(lh_server *srv)
 {
     lh_sched_stats st;
@@ -992,17 +1206,25 @@ int lh_server_run(lh_server *srv)
     lh_log_info("serving on %s", srv->path ? srv->path : "(inherited socket)");
     for (;;) {
         double t = now_s();
-        if (srv->reopen_requested) {
-            srv->reopen_requested = 0;
+        lh_sched_stats st;
+        lh_sched_get_stats(srv->sched, &st);
+        if (st.fatal && !srv->exit_rc) {
+            /* the model file changed in place: stop now, cancelling what runs */
+            lh_log_error("stopping: the model file changed under the daemon");
+            srv->exit_rc = -EIO;
+            atomic_fetch_add(&srv->stop_requests, 2);
+        }
+        if (atomic_exchange(&srv->reopen_requested, 0)) {
             int e = lh_log_reopen();
             if (e != 0)
                 lh_log_error("reopening the log file: %s", strerror(-e));
             else
                 lh_log_info("log reopened");
         }
-        if (srv->stop_requests > srv->stops_seen) {
+        int stops = atomic_load(&srv->stop_requests);
+        if (stops > srv->stops_seen) {
             int first = srv->stops_seen == 0;
-            srv->stops_seen = srv->stop_requests;
+            srv->stops_seen = stops;
             if (first) {
                 srv->draining = 1;
                 srv->drain_deadline = t + srv->cfg.drain_s;
@@ -1011,12 +1233,10 @@ int lh_server_run(lh_server *srv)
                 lh_systemd_notify("STOPPING=1\nSTATUS=draining");
                 lh_log_info("stopping: draining in-flight requests for up to %.0f s",
                             srv->cfg.drain_s);
-            } else {
-                srv->drain_deadline = t;
             }
+            if (!first || stops > 1)
+                srv->drain_deadline = t;
         }
-        lh_sched_stats st;
-        lh_sched_get_stats(srv->sched, &st);
         if (srv->draining) {
             if (!srv->cancelled && t >= srv->drain_deadline && st.n_inflight) {
                 lh_log_info("stopping: cancelling %zu request(s)", st.n_inflight);
@@ -1028,20 +1248,49 @@ int lh_server_run(lh_server *srv)
             for (size_t i = 0; i < srv->n_conns; i++)
                 if (srv->conns[i]->out_len > srv->conns[i]->out_off)
                     flushed = 0;
-            if (!st.n_inflight && flushed && !srv->out_head)
+            pthread_mutex_lock(&srv->out_lock);
+            int outbox_empty = srv->out_head == NULL;
+            pthread_mutex_unlock(&srv->out_lock);
+            if (!st.n_inflight && flushed && outbox_empty)
                 break;
             if (srv->cancelled && t > srv->cancel_deadline)
                 break;
         }
         if (wd_every && t >= next_wd) {
-            lh_systemd_notify("WATCHDOG=1");
+            /* fed by the compute thread's progress, not by this loop: a stuck forward pass or a
+             * deadlock there stops the pings and systemd restarts the daemon */
+            if (st.heartbeat_age_s < 2 * wd_every) {
+                lh_systemd_notify("WATCHDOG=1");
+                if (srv->wd_stalled)
+                    lh_log_info("compute thread is making progress again");
+                srv->wd_stalled = 0;
+            } else if (!srv->wd_stalled) {
+                srv->wd_stalled = 1;
+                lh_log_error("compute thread has made no progress for %.1f s; withholding the "
+                             "watchdog ping", st.heartbeat_age_s);
+            }
             next_wd = t + wd_every;
+        }
+        /* per-connection timeouts: no Hello in time, a frame that does not complete in time */
+        for (size_t i = 0; i < srv->n_conns; i++) {
+            conn *c = srv->conns[i];
+            const char *why = NULL;
+            if (!c->hello && t - c->t_open > srv->cfg.handshake_s)
+                why = "no Hello within the handshake timeout";
+            else if (c->t_frame && t - c->t_frame > srv->cfg.frame_s)
+                why = "a frame did not complete within the frame timeout";
+            if (!why)
+                continue;
+            lh_log_warn("connection %llu (uid %u): %s; closing", (unsigned long long)c->id,
+                        (unsigned)c->uid, why);
+            conn_free(srv, i);
+            i--;
         }
         if (t >= next_status) {
             notify_status(srv);
             next_status = t + 5;
         }
-        size_t need = srv->n_conns + 2;
+        size_t need = srv->n_conns + 3;
         if (need > cap_pfds) {
             struct pollfd *np = realloc(pfds, need * 2 * sizeof *np);
             if (!np) {
@@ -1054,7 +1303,9 @@ int lh_server_run(lh_server *srv)
         }
         size_t n = 0;
         pfds[n++] = (struct pollfd){.fd = srv->efd, .events = POLLIN};
-        pfds[n++] = (struct pollfd){.fd = srv->lfd, .events = srv->lfd >= 0 ? POLLIN : 0};
+        int accepting = srv->lfd >= 0 && t >= srv->accept_paused_until;
+        pfds[n++] = (struct pollfd){.fd = accepting ? srv->lfd : -1, .events = POLLIN};
+        pfds[n++] = (struct pollfd){.fd = srv->cfg.signal_fd, .events = POLLIN};
         for (size_t i = 0; i < srv->n_conns; i++) {
             conn *c = srv->conns[i];
             size_t pending = c->out_len - c->out_off;
@@ -1066,6 +1317,10 @@ int lh_server_run(lh_server *srv)
             pfds[n++] = (struct pollfd){.fd = c->fd, .events = ev};
         }
         int timeout = srv->draining ? 50 : 1000;
+        if (srv->n_conns && timeout > 250)
+            timeout = 250; /* connection timeouts are checked at this granularity */
+        if (!accepting && srv->lfd >= 0 && timeout > 100)
+            timeout = 100;
         if (wd_every && wd_every * 1000 < timeout)
             timeout = (int)(wd_every * 1000);
         int k = poll(pfds, n, timeout);
@@ -1087,8 +1342,10 @@ int lh_server_run(lh_server *srv)
         }
         for (size_t i = 0; i < n_snap; i++) {
             ids[i] = srv->conns[i]->id;
-            revs[i] = pfds[i + 2].revents;
+            revs[i] = pfds[i + 3].revents;
         }
+        if (pfds[2].revents & POLLIN)
+            read_signals(srv);
         if (pfds[0].revents & POLLIN)
             drain_outbox(srv);
         for (size_t i = 0; i < n_snap; i++) {
@@ -1126,11 +1383,11 @@ int lh_server_run(lh_server *srv)
             }
             update_throttle(srv, c);
         }
-        if (srv->lfd >= 0 && (pfds[1].revents & POLLIN))
+        if (accepting && srv->lfd >= 0 && (pfds[1].revents & POLLIN))
             accept_conns(srv);
     }
     free(pfds);
     close_listener(srv);
     lh_log_info("stopped");
-    return rc;
+    return rc ? rc : srv->exit_rc;
 }

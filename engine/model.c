@@ -536,6 +536,7 @@ const lh_hparams *lh_model_hparams(const lh_model *m) { return &m->hp; }
 const lh_tok *lh_model_tok(const lh_model *m) { return m->tok; }
 const char *lh_model_desc(const lh_model *m) { return m->desc; }
 const char *lh_model_path(const lh_model *m) { return m->path; }
+const lh_gguf *lh_model_gguf(const lh_model *m) { return m->gguf; }
 size_t lh_model_n_params(const lh_model *m) { return m->n_params; }
 const char *lh_model_arch_name(const lh_model *m) { return archs[m->hp.arch].name; }
 

@@ -69,6 +69,8 @@ const lh_tok *lh_model_tok(const lh_model *m);
 /* A one-line description ("llama, 5 layers, dim 64, ... F32, 260K params") for logs and Info. */
 const char *lh_model_desc(const lh_model *m);
 const char *lh_model_path(const lh_model *m);
+/* The file's metadata (keys the engine does not interpret, e.g. tokenizer.chat_template). */
+const lh_gguf *lh_model_gguf(const lh_model *m);
 size_t lh_model_n_params(const lh_model *m);
 const char *lh_model_arch_name(const lh_model *m);
 

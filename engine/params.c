@@ -4,10 +4,129 @@
 #include <errno.h>
 #include <math.h>
 #include <stdint.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "log.h"
+
+void lh_params_default(lh_ctx_params *cp)
+{
+    lh_ctx_params_default(cp);
+    cp->attn = LH_ATTN_LONGHEADS;
+    cp->n_ctx = 0;
+}
+
+size_t lh_params_bytes_per_token(const lh_model *m, const lh_ctx_params *cp)
+{
+    const lh_hparams *hp = lh_model_hparams(m);
+    size_t kv = 2 * hp->n_layer * lh_type_row_size(cp->kv_type, hp->n_head_kv * hp->head_dim);
+    size_t lh = 0;
+    if (cp->attn == LH_ATTN_LONGHEADS) {
+        /* one F32 representation per chunk, layer and query head (kernels/longheads.c) */
+        size_t chunk = cp->chunk ? cp->chunk : hp->lh_chunk ? hp->lh_chunk : 256;
+        lh = (hp->n_layer * hp->n_head * hp->head_dim * sizeof(float) + chunk - 1) / chunk;
+    }
+    return kv + lh + sizeof(int32_t);
+}
+
+static size_t meminfo_available(void)
+{
+    FILE *f = fopen("/proc/meminfo", "r");
+    if (!f)
+        return 0;
+    char line[256];
+    unsigned long long kb = 0;
+    while (fgets(line, sizeof line, f))
+        if (sscanf(line, "MemAvailable: %llu kB", &kb) == 1)
+            break;
+    fclose(f);
+    return kb > SIZE_MAX / 1024 ? SIZE_MAX : (size_t)kb * 1024;
+}
+
+size_t lh_params_default_budget(const lh_model *m)
+{
+    size_t avail = meminfo_available() / 4 * 3;
+    size_t model_size = lh_model_n_params(m) * 4; /* at most: F32 weights */
+    return avail > model_size ? avail - model_size : 0;
+}
+
+static void fmt_bytes(char *buf, size_t cap, double b)
+{
+    if (b >= 1024.0 * 1024 * 1024)
+        snprintf(buf, cap, "%.1f GiB", b / (1024.0 * 1024 * 1024));
+    else
+        snprintf(buf, cap, "%.0f MiB", b / (1024.0 * 1024));
+}
+
+int lh_params_fit_ctx(const lh_model *m, lh_ctx_params *cp, size_t n_slots, size_t max_memory,
+                      char *report, size_t report_size)
+{
+    const lh_hparams *hp = lh_model_hparams(m);
+    int auto_budget = max_memory == 0;
+    size_t budget = auto_budget ? lh_params_default_budget(m) : max_memory;
+    size_t per_tok = lh_params_bytes_per_token(m, cp);
+    if (n_slots == 0)
+        n_slots = 1;
+    size_t cap = hp->n_ctx_train > LH_PARAMS_CTX_AUTO ? hp->n_ctx_train : LH_PARAMS_CTX_AUTO;
+    if (cap > (1u << 22))
+        cap = 1u << 22;
+    size_t fits = budget / n_slots / per_tok;
+    char b1[32], b2[32];
+    fmt_bytes(b2, sizeof b2, (double)budget);
+    if (cp->n_ctx == 0) {
+        if (auto_budget && budget == 0)
+            fits = hp->n_ctx_train; /* nothing known about the machine: the model's own length */
+        cp->n_ctx = fits < cap ? fits : cap;
+        if (cp->n_ctx < 256) {
+            lh_log_error("the memory budget %s holds only %zu tokens of context per slot (%zu "
+                         "bytes each, %zu slot(s)); raise --max-memory or lower --slots", b2,
+                         cp->n_ctx, per_tok, n_slots);
+            return LH_E_LIMIT;
+        }
+    } else if (cp->n_ctx > fits && !(auto_budget && budget == 0)) {
+        fmt_bytes(b1, sizeof b1, (double)cp->n_ctx * (double)per_tok * (double)n_slots);
+        lh_log_error("a context of %zu tokens x %zu slot(s) needs up to %s (%zu bytes per token), "
+                     "over the memory budget of %s; lower --ctx (at most %zu fits) or raise "
+                     "--max-memory", cp->n_ctx, n_slots, b1, per_tok, b2, fits);
+        return LH_E_LIMIT;
+    }
+    if (report && report_size) {
+        fmt_bytes(b1, sizeof b1, (double)cp->n_ctx * (double)per_tok);
+        snprintf(report, report_size, "context %zu tokens per slot x %zu slot(s): %zu bytes per "
+                 "token, at most %s per slot, committed as it fills; memory budget %s (%s)",
+                 cp->n_ctx, n_slots, per_tok, b1, b2,
+                 auto_budget ? "3/4 of the available memory; --max-memory sets it" : "--max-memory");
+    }
+    return 0;
+}
+
+int lh_params_parse_bytes(const char *s, size_t *outp)
+{
+    if (!s || *s < '0' || *s > '9')
+        return LH_E_FORMAT;
+    errno = 0;
+    char *end;
+    unsigned long long v = strtoull(s, &end, 10);
+    if (errno)
+        return LH_E_FORMAT;
+    unsigned shift = 0;
+    switch (*end) {
+    case 'k': case 'K': shift = 10; end++; break;
+    case 'm': case 'M': shift = 20; end++; break;
+    case 'g': case 'G': shift = 30; end++; break;
+    case 't': case 'T': shift = 40; end++; break;
+    default: break;
+    }
+    if (shift && *end == 'i')
+        end++;
+    if (*end == 'B' || *end == 'b')
+        end++;
+    if (*end || v == 0 || v > (SIZE_MAX >> shift))
+        return LH_E_FORMAT;
+    *outp = (size_t)(v << shift);
+    return 0;
+}
 
 int lh_params_parse_size(const char *s, size_t lo, size_t hi, size_t *outp)
 {
@@ -51,7 +170,7 @@ int lh_params_set(lh_ctx_params *cp, lh_sampler_params *sp, const char *key, con
     int rc = LH_E_NOTFOUND;
     const char *range = "";
     if (cp) {
-        if (key_is(key, "ctx")) {
+        if (key_is(key, "ctx") || key_is(key, "ctx-size")) {
             range = "an integer in 1..4194304";
             if (!(rc = lh_params_parse_size(value, 1, 1u << 22, &z)))
                 cp->n_ctx = z;

@@ -16,6 +16,7 @@
 #include "matmul.h"
 
 #include <errno.h>
+#include <math.h>
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
@@ -45,6 +46,8 @@ struct lh_matmul {
     dnnl_memory_t scratch_mem, scratch_tail_mem;
     void *scratchpad, *scratchpad_tail;
     float *wpanel;                       /* (panel, n_in) F32 when wtype != F32 */
+    void *xq;                            /* (lh_q8_size) the quantised activation row for the
+                                            fused GEMV of quantised types; NULL otherwise */
 };
 
 #define DNNL_CHECK(call)                                                                      \
@@ -249,32 +252,28 @@ void lh_gemm_nn(size_t m, size_t n, size_t k, const float *a, size_t lda, const 
 
 /* ---- reference ------------------------------------------------------------------------------ */
 
-static float ref_elem(lh_type t, const void *row, size_t i)
-{
-    switch (t) {
-    case LH_TYPE_F32: return ((const float *)row)[i];
-    case LH_TYPE_F16: return lh_f16_to_f32(((const uint16_t *)row)[i]);
-    case LH_TYPE_BF16: return lh_bf16_to_f32(((const uint16_t *)row)[i]);
-    case LH_TYPE_Q8_0: {
-        const lh_block_q8_0 *b = (const lh_block_q8_0 *)row + i / LH_QK8_0;
-        return lh_f16_to_f32(b->d) * (float)b->qs[i % LH_QK8_0];
-    }
-    }
-    return 0;
-}
-
+/* Each W row through the exact dequantiser (lh_dequant_row: ggml's values bit for bit), then a
+ * double sum.  A reference, so it allocates its one row of scratch. */
 void lh_matmul_ref(lh_type wtype, const void *w, const float *x, size_t n_rows, size_t n_in,
                    size_t n_out, float *y)
 {
     size_t rs = lh_type_row_size(wtype, n_in);
-    for (size_t r = 0; r < n_rows; r++)
-        for (size_t o = 0; o < n_out; o++) {
-            const void *row = (const char *)w + o * rs;
+    float *wd = malloc((n_in ? n_in : 1) * sizeof *wd);
+    if (!wd) {
+        for (size_t i = 0; i < n_rows * n_out; i++)
+            y[i] = NAN;
+        return;
+    }
+    for (size_t o = 0; o < n_out; o++) {
+        lh_dequant_row(wtype, (const char *)w + o * rs, wd, n_in);
+        for (size_t r = 0; r < n_rows; r++) {
             double s = 0;
             for (size_t i = 0; i < n_in; i++)
-                s += (double)ref_elem(wtype, row, i) * x[r * n_in + i];
+                s += (double)wd[i] * x[r * n_in + i];
             y[r * n_out + o] = (float)s;
         }
+    }
+    free(wd);
 }
 
 /* ---- oneDNN prefill + GEMV decode ----------------------------------------------------------- */
@@ -315,6 +314,7 @@ void lh_matmul_free(lh_matmul *m)
     free(m->scratchpad);
     free(m->scratchpad_tail);
     free(m->wpanel);
+    free(m->xq);
     free(m);
 }
 
@@ -419,6 +419,12 @@ int lh_matmul_new(lh_matmul **mp, lh_type wtype, size_t n_in, size_t n_out, size
             goto fail;
         }
     }
+    if (lh_q8_kind(wtype)) {
+        if (posix_memalign(&m->xq, 64, lh_q8_size(wtype, n_in)) != 0) {
+            m->xq = NULL;
+            goto fail;
+        }
+    }
     rc = -EIO;
     DNNL_CHECK(dnnl_engine_create(&m->eng, dnnl_cpu, 0));
     DNNL_CHECK(dnnl_stream_create(&m->stream, m->eng, dnnl_stream_default_flags));
@@ -448,13 +454,21 @@ static void gemv(const lh_matmul *m, const void *w, const float *x, float *y)
 {
     size_t n_out = m->n_out, n_in = m->n_in, rs = m->row_size;
     lh_type t = m->wtype;
+    /* Quantised weights: the activation row is quantised once here (serial: it is n_in values
+     * against n_out * n_in weights), then every row is a fused integer dot product with it. */
+    const void *xq = m->xq;
+    if (xq)
+        lh_q8_quant(t, x, m->xq, n_in);
     /* Blocks of 16 rows (lh_dot_rows takes them four at a time).  Small matrices stay on one
      * thread: waking the team costs more than they take. */
     size_t n_blk = (n_out + 15) / 16;
     OMP(omp parallel for schedule(static) if (n_out * n_in >= 131072))
     for (size_t b = 0; b < n_blk; b++) {
         size_t o = b * 16, nr = n_out - o < 16 ? n_out - o : 16;
-        lh_dot_rows(t, (const char *)w + o * rs, rs, x, n_in, y + o, nr);
+        if (xq)
+            lh_dot_rows_q8(t, (const char *)w + o * rs, rs, xq, n_in, y + o, nr);
+        else
+            lh_dot_rows(t, (const char *)w + o * rs, rs, x, n_in, y + o, nr);
     }
 }
 

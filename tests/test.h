@@ -13,14 +13,19 @@ const char *lh_test_model_path(void);
 const char *lh_test_build_dir(void);
 /* 1 when running under ASan (LH_ASAN set): suites may shorten slow loops, never drop asserts. */
 int lh_test_asan(void);
+/* A test that cannot run here (a tool or file missing) calls this and returns: it prints
+ * "SKIP: <test>: reason" at once and in the run's summary, and the test is counted as skipped,
+ * not as passed.  With LH_TEST_STRICT set a skip is a failure. */
+void lh_test_skip(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 /* max |a[i] - b[i]| */
 double lh_test_max_abs_diff(const float *a, const float *b, size_t n);
 
 /* Each tests/test_<module>.c defines `void lh_test_<module>(void)` which adds its suite(s) with
- * CU_add_suite/CU_add_test.  test_main.c calls every one that is linked in. */
+ * CU_add_suite/CU_add_test.  test_main.c declares and calls every one listed here (no weak
+ * symbols): a suite named here whose file is missing is a link error, not a silent gap. */
 #define LH_TEST_SUITES(X) \
     X(quant) X(matmul) X(ops) X(attn) X(longheads) \
-    X(gguf) X(tokenizer) X(sampler) X(model) \
-    X(frame) X(proto) X(daemon) X(client) X(e2e) X(passkey)
+    X(gguf) X(tokenizer) X(sampler) X(model) X(chat) \
+    X(frame) X(daemon) X(e2e) X(passkey)
 
 #endif

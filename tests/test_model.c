@@ -386,8 +386,10 @@ static void test_longheads_defaults_from_file(void)
     CU_ASSERT_EQUAL(lh_ctx_params_get(c)->window, 128);
     lh_ctx_free(c);
     lh_model_close(m);
-    /* the bundled model carries none: its defaults come from its context length */
-    CU_ASSERT_EQUAL(lh_model_hparams(g_model)->lh_chunk, 0);
+    /* the bundled model says the window it was trained at (512; its context_length of 2048 is a
+     * converter default) and the chunk its perplexity table favours (models/README.md) */
+    CU_ASSERT_EQUAL(lh_model_hparams(g_model)->lh_chunk, 64);
+    CU_ASSERT_EQUAL(lh_model_hparams(g_model)->lh_window, 512);
 }
 
 /* ---- architectures: random-weight fixtures checked against llama.cpp -------------------------

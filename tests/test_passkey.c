@@ -278,7 +278,7 @@ static void test_refusals(void)
 static void test_retrieval(void)
 {
     if (!g_trained) {
-        printf("\n    skipped: %s is not there (tools/train/train_passkey.py)\n", pk_model());
+        lh_test_skip("%s is not there (tools/train/train_passkey.py)", pk_model());
         return;
     }
     const int trials = lh_test_asan() ? 3 : 6;

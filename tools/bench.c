@@ -14,10 +14,12 @@
  *   longheads-bench -m MODEL [--window L] [--chunk W] [--mults 1,8,32,128] [--full-max M]
  *                   [--decode D] [--reps R] [--kv f32|f16] [--batch B] [--long N]
  *
- * llama-bench-like mode (--pp and/or --tg given): tokens per second of prompt processing (N
- * tokens from an empty context) and of generation (T tokens one at a time after a prefill of
- * each --depth), in one attention mode; one line per test, "pp512 5660.1" / "tg64@4096 900.2",
- * for tools/bench.sh to set beside the llama.cpp reference.
+ * llama-bench-like mode (--pp and/or --tg given), what llama-bench's -p/-n/-d measure: for each
+ * --depth D (a context filled with D tokens once, that fill reported as "fillD" tokens/s, one
+ * run), prompt processing of each N tokens at that depth ("pp512", "pp512@16384") and generation
+ * of T tokens one at a time after it ("tg64", "tg64@16384"), in one attention mode; one line per
+ * test "NAME TOKENS/S", plus "weight_bytes_per_token" (what a decode step reads from the weights)
+ * and "kv_bytes_per_token" for the roofline line of tools/bench.sh.
  *
  *   longheads-bench -m MODEL [--pp 512,4096] [--tg 64] [--depth 0,4096] [--attn full|longheads]
  *                   [--reps R] [--kv f32|f16] [--batch B] [--window L] [--chunk W]
@@ -38,6 +40,7 @@
 #include <omp.h>
 #endif
 
+#include "gguf.h"
 #include "log.h"
 #include "model.h"
 #include "params.h"
@@ -375,6 +378,44 @@ out:
 /* ------------------------------------------------------------------------------------------ */
 /* llama-bench-like tests                                                                       */
 
+/* Bytes a decode step reads from the weights: every 2-D weight once (the GEMVs stream them), the
+ * embedding as one row unless it is also the classifier.  What the roofline line divides by. */
+static double weight_bytes_per_token(const char *path)
+{
+    lh_gguf *g = NULL;
+    if (lh_gguf_open(&g, path))
+        return -1;
+    double b = 0;
+    int tied = lh_gguf_find_tensor(g, "output.weight") == NULL;
+    for (size_t i = 0; i < lh_gguf_n_tensors(g); i++) {
+        const lh_gguf_tensor *t = lh_gguf_tensor_at(g, i);
+        if (t->n_dims == 2 && !strcmp(t->name, "token_embd.weight") && !tied)
+            b += (double)t->size / (double)t->ne[1];
+        else
+            b += (double)t->size;
+    }
+    lh_gguf_close(g);
+    return b;
+}
+
+/* Best of reps prefills of n tokens at depth d (rewound to d each time, one untimed warm-up):
+ * seconds, or < 0 on an error. */
+static double best_prefill_at(lh_ctx *c, size_t d, const int32_t *tokens, size_t n, size_t reps,
+                              float *logits)
+{
+    double best = -1;
+    for (size_t r = 0; r <= reps; r++) {   /* r == 0: warm-up */
+        if (lh_ctx_truncate(c, d) != d)
+            return -1;
+        double t = time_prefill(c, tokens, n, logits);
+        if (t < 0)
+            return -1;
+        if (r > 0 && (best < 0 || t < best))
+            best = t;
+    }
+    return best;
+}
+
 static int llama_tests(const lh_model *m, const opts *o)
 {
     const lh_hparams *hp = lh_model_hparams(m);
@@ -382,51 +423,58 @@ static int llama_tests(const lh_model *m, const opts *o)
     lh_ctx *c = NULL;
     int32_t *tokens = NULL;
     float *logits = malloc(hp->n_vocab * sizeof *logits);
-    size_t max_n = 0;
+    size_t max_d = 0, max_t = o->tg;
     for (size_t i = 0; i < o->n_pp; i++)
-        max_n = o->pp[i] > max_n ? o->pp[i] : max_n;
+        max_t = o->pp[i] > max_t ? o->pp[i] : max_t;
     for (size_t i = 0; i < o->n_depth; i++)
-        max_n = o->depth[i] + o->tg > max_n ? o->depth[i] + o->tg : max_n;
+        max_d = o->depth[i] > max_d ? o->depth[i] : max_d;
     lh_ctx_params cp = o->cp;
     cp.attn = o->attn;
-    cp.n_ctx = max_n;
-    tokens = malloc(max_n * sizeof *tokens);
+    cp.n_ctx = max_d + max_t;
+    tokens = malloc((max_d + max_t) * sizeof *tokens);
     if (!logits || !tokens || lh_ctx_new(&c, m, &cp))
         goto out;
-    random_tokens(tokens, max_n, hp->n_vocab);
+    random_tokens(tokens, max_d + max_t, hp->n_vocab);
     const lh_ctx_params *rp = lh_ctx_params_get(c);
-    printf("# %s\n# attn %s, kv %s, batch %zu; best of %zu after a warm-up\n", lh_model_desc(m),
-           rp->attn == LH_ATTN_LONGHEADS ? "longheads" : "full", lh_type_name(rp->kv_type),
-           rp->n_batch, o->reps);
-    for (size_t i = 0; i < o->n_pp; i++) {
-        double best = -1;
-        for (size_t r = 0; r <= o->reps; r++) {   /* r == 0: warm-up */
-            lh_ctx_truncate(c, 0);
-            double t = time_prefill(c, tokens, o->pp[i], logits);
+    int n_thr = 1;
+#ifdef _OPENMP
+    n_thr = omp_get_max_threads();
+#endif
+    printf("# %s\n# attn %s, kv %s, batch %zu, %d threads; best of %zu after a warm-up\n",
+           lh_model_desc(m), rp->attn == LH_ATTN_LONGHEADS ? "longheads" : "full",
+           lh_type_name(rp->kv_type), rp->n_batch, n_thr, o->reps);
+    printf("weight_bytes_per_token %.0f\nkv_bytes_per_token %zu\n",
+           weight_bytes_per_token(o->model), lh_ctx_kv_bytes_per_token(c));
+    /* depths in the order given; each is filled once from empty (that fill is itself reported,
+     * one run, as "fillD"), then every pp test runs at that depth and the tg test after it */
+    for (size_t i = 0; i < o->n_depth; i++) {
+        size_t d = o->depth[i];
+        char at[32] = "";
+        if (d)
+            snprintf(at, sizeof at, "@%zu", d);
+        lh_ctx_truncate(c, 0);
+        if (d) {
+            double t = time_prefill(c, tokens, d, logits);
+            if (t < 0 || lh_ctx_n_past(c) != d)
+                goto out;
+            printf("fill%zu %.1f\n", d, (double)d / t);
+            fflush(stdout);
+        }
+        for (size_t j = 0; j < o->n_pp; j++) {
+            double t = best_prefill_at(c, d, tokens + d, o->pp[j], o->reps, logits);
             if (t < 0)
                 goto out;
-            if (r > 0 && (best < 0 || t < best))
-                best = t;
+            printf("pp%zu%s %.1f\n", o->pp[j], at, (double)o->pp[j] / t);
+            fflush(stdout);
         }
-        printf("pp%zu %.1f\n", o->pp[i], (double)o->pp[i] / best);
-        fflush(stdout);
-    }
-    for (size_t i = 0; o->tg && i < o->n_depth; i++) {
-        size_t d = o->depth[i];
-        lh_ctx_truncate(c, 0);
-        if (d && time_prefill(c, tokens, d, logits) < 0)
-            goto out;
-        if (lh_ctx_n_past(c) != d)
-            goto out;
+        if (!o->tg)
+            continue;
         if (best_decode(c, d, tokens + d, o->tg, 1, logits) < 0)   /* warm-up */
             goto out;
         double s = best_decode(c, d, tokens + d, o->tg, o->reps, logits);
         if (s < 0)
             goto out;
-        if (d)
-            printf("tg%zu@%zu %.1f\n", o->tg, d, 1.0 / s);
-        else
-            printf("tg%zu %.1f\n", o->tg, 1.0 / s);
+        printf("tg%zu%s %.1f\n", o->tg, at, 1.0 / s);
         fflush(stdout);
     }
     rc = 0;

@@ -1,101 +1,221 @@
 #!/bin/sh
-# tools/bench.sh — `make bench`: every benchmark side by side in one run, reported as ratios.
+# tools/bench.sh — `make bench`: longheads and llama.cpp side by side, same files, same run.
 #
 #   sh tools/bench.sh [BUILD]        (BUILD defaults to build; the binaries must be built)
 #
-# 1. longheads-kbench   kernels: oneDNN vs GEMV vs scalar matmuls, dense attention per token;
-# 2. longheads-lhbench  the LongHeads attention kernel against dense attention, 1x .. 128x L;
-# 3. longheads-bench    the model-level table: prefill and decode per token at 1x, 8x, 32x and
-#                       128x the window, LongHeads against full attention, and the memory;
-# 4. llama.cpp          longheads-bench in its llama-bench-like mode on the shapes of the
-#                       reference figures, as a ratio to them.
-# The benchmark models (random weights, made by longheads-mkmodel) are kept in BUILD/bench and
-# only made when absent; "small" (stories110M's shape) takes a minute or so the first time.
-# Threads: OpenMP's defaults (all cores); OMP_NUM_THREADS and OMP_WAIT_POLICY are honoured.
-# Takes about 5-8 minutes on two idle cores (the first run also makes the models, ~2 min);
-# on a busy machine much longer: see the warning it prints.
+# Environment:
+#   LLAMA_BENCH=/path/to/llama-bench   run llama.cpp on the same GGUF files, alternating with
+#                                      ours, and print both and the ratio.  Unset: our figures
+#                                      alone (said so).  Build it outside this repository from its
+#                                      public source (DEVELOPERS.md, "Checking against the real
+#                                      thing").
+#   BENCH_MODELS="small:f32 ..."       SHAPE:TYPE list for the pp512/tg64 table (shapes small =
+#                                      stories110M, 1b = TinyLlama-1.1B, tiny = stories260K;
+#                                      types f32 f16 bf16 q8_0); default: all eight small and 1b.
+#   BENCH_DEPTH=16384                  context depth of the "at depth" section (0: skip it).
+#   BENCH_REPS=3                       repetitions (best of, ours; llama-bench reports its mean).
+#   BENCH_SECTIONS="side depth daemon" add "lh" (LongHeads against full, 1x..128x the window,
+#                                      and the LongHeads kernel) and "kernels" (longheads-kbench).
+#
+# Sections:
+#   side    pp512 and tg64 per model file, ours beside llama-bench's (`-p 512 -n 64 -t T`), and a
+#           roofline line per file: the bytes one decoded token reads from the weights divided by
+#           the read bandwidth measured by longheads-bwprobe, and each engine's share of it.
+#   depth   tg64 and pp512 after a context of BENCH_DEPTH tokens (llama-bench -d), full attention
+#           and LongHeads (w=64 L=512), stories110M and stories260K shapes.
+#   daemon  through the socket: longheadsd started on a model, longheads-dbench sends requests
+#           (512 random prompt tokens, 64 generated): time to first token, prefill and decode
+#           tokens/s from the Final frame, beside the engine-level figures of the same file.
+#
+# Ours runs as the daemon runs: its thread count (all cores) and its OpenMP wait policy (this
+# script does not set OMP_* variables; whatever the caller exported reaches both engines and is
+# printed).  llama-bench gets the same thread count (-t).  The benchmark models have random
+# weights (longheads-mkmodel), are made under BUILD/bench when absent (never committed; the 1b
+# files are 1.2-4.4 GB) and kept.  With the defaults this takes about 10 minutes on two idle cores
+# (plus ~2 minutes to make the models the first time); on a busy machine much longer, and every
+# figure is noisy: only ratios taken in one run mean anything.
 set -eu
 
 B=${1:-build}
 D=$B/bench
 mkdir -p "$D"
+REPS=${BENCH_REPS:-3}
+MODELS=${BENCH_MODELS:-"small:f32 small:f16 small:bf16 small:q8_0 1b:f32 1b:f16 1b:bf16 1b:q8_0"}
+DEPTH=${BENCH_DEPTH:-16384}
+SECTIONS=${BENCH_SECTIONS:-"side depth daemon"}
+LB=${LLAMA_BENCH:-}
+NT=$(nproc 2>/dev/null || echo 1)
+[ -n "${OMP_NUM_THREADS:-}" ] && NT=$OMP_NUM_THREADS
 
-# Reference figures, llama.cpp tokens/s (median; fa off, llama-bench's default), from
-# shared/reference/llamacpp_baseline.md: llama.cpp upstream commit 16cc3c606efe (ggml 0.9.4),
-# `llama-bench -t 2`, CPU-only build (GGML_NATIVE, OpenMP, gcc 12.2), measured 2026-11-25 on
-# this machine kind (2 cores, AMD EPYC Zen 4, AVX-512).  Random-weight models of the same shapes
-# as ours.  Repeated runs there differed by up to ~30%: orientation, not a contest to the percent.
-REF_TINY_F32="pp512 5660
-pp4096 1309
-tg64 7129
-tg64@4096 900"
-REF_SMALL_F32="pp512 696
-tg64 61.5"
-REF_SMALL_Q8_0="pp512 885
-tg64 177"
+has() { case " $SECTIONS " in *" $1 "*) return 0 ;; esac; return 1; }
+section() { printf '\n==== %s ====\n' "$1"; }
 
-# mk FILE ARGS...: make a benchmark model unless it is there (written aside, then renamed, so an
-# interrupted run leaves no half file behind).
-mk() {
-    f=$D/$1
-    shift
+# model SHAPE TYPE: the file's path, made (written aside, then renamed) when absent.
+model() {
+    f=$D/$1-$2.gguf
     if [ ! -f "$f" ]; then
-        echo "bench: making $f (random weights)"
-        "$B/longheads-mkmodel" -o "$f.part" "$@" 2>/dev/null
+        echo "bench: making $f (random weights)" >&2
+        "$B/longheads-mkmodel" -o "$f.part" --shape "$1" --type "$2" 2>/dev/null
         mv "$f.part" "$f"
     fi
+    echo "$f"
 }
 
-section() {
-    printf '\n==== %s ====\n' "$1"
+# ours FILE ARGS...: longheads-bench's "name value" lines (comments dropped).
+ours() {
+    f=$1
+    shift
+    "$B/longheads-bench" -m "$f" "$@" 2>&1 | grep -v '^#' || true
 }
 
-# compare LABEL REFS MODEL BENCH-ARGS...: our tokens/s next to the reference, with the ratio.
-compare() {
-    label=$1 refs=$2 model=$3
-    shift 3
-    ours=$("$B/longheads-bench" -m "$model" "$@" | grep -v '^#') || ours=""
-    printf '%s\n' "$refs" | while read -r test ref; do
-        mine=$(printf '%s\n' "$ours" | awk -v t="$test" '$1 == t { print $2 }')
-        printf '%s\n' "$mine" | awk -v l="$label" -v t="$test" -v r="$ref" '
-            { if ($1 + 0 > 0) printf "%-11s %-10s %12.1f %12.1f %9.2fx\n", l, t, $1, r, $1 / r;
-              else printf "%-11s %-10s %12s %12.1f %10s\n", l, t, "failed", r, "-" }'
-    done
+# llama FILE ARGS...: llama-bench's tests as "name value" lines like ours (pp512, tg64@16384),
+# value = its mean tokens/s; nothing when LLAMA_BENCH is unset or it fails.
+llama() {
+    [ -n "$LB" ] || return 0
+    f=$1
+    shift
+    "$LB" -m "$f" -t "$NT" -o csv "$@" 2>/dev/null | awk -F, '
+        NR == 1 { for (i = 1; i <= NF; i++) { gsub(/"/, "", $i); col[$i] = i } next }
+        { for (i = 1; i <= NF; i++) gsub(/"/, "", $i)
+          p = $col["n_prompt"]; g = $col["n_gen"]; d = $col["n_depth"]
+          name = p > 0 ? "pp" p : "tg" g
+          if (d > 0) name = name "@" d
+          printf "%s %s\n", name, $col["avg_ts"]
+          if (!fa_done) { printf "fa %s\n", $col["flash_attn"]; fa_done = 1 } }' || true
+}
+
+val() { printf '%s\n' "$1" | awk -v k="$2" '$1 == k { print $2; exit }'; }
+
+# row LABEL TEST OURS LLAMA: one line of a side-by-side table.
+row() {
+    awk -v l="$1" -v t="$2" -v a="${3:-}" -v b="${4:-}" 'BEGIN {
+        sa = a == "" ? "failed" : sprintf("%.1f", a)
+        sb = b == "" ? "-" : sprintf("%.1f", b)
+        r = (a != "" && b != "" && b > 0) ? sprintf("%.2fx", a / b) : "-"
+        printf "%-14s %-14s %11s %11s %8s\n", l, t, sa, sb, r }'
 }
 
 start=$(date +%s)
-ncpu=$(nproc 2>/dev/null || echo 1)
 load=$(cut -d' ' -f1 /proc/loadavg 2>/dev/null || echo 0)
-echo "longheads bench: $(date -u '+%Y-%m-%d %H:%M UTC'), $ncpu cores, load average $load," \
-     "OMP_NUM_THREADS=${OMP_NUM_THREADS:-default} OMP_WAIT_POLICY=${OMP_WAIT_POLICY:-default}"
-if awk -v l="$load" -v n="$ncpu" 'BEGIN { exit !(l > n / 2) }'; then
-    echo "bench: WARNING: other processes are using the cores (load $load on $ncpu): every figure"
-    echo "       below is inflated, and spin-waiting OpenMP threads (the default) make the"
-    echo "       multi-threaded ones far worse; only ratios measured in one run mean anything"
+echo "longheads bench: $(date -u '+%Y-%m-%d %H:%M UTC'), $NT threads, load average $load," \
+     "OMP_WAIT_POLICY=${OMP_WAIT_POLICY:-unset} GOMP_SPINCOUNT=${GOMP_SPINCOUNT:-unset}"
+if awk -v l="$load" -v n="$(nproc 2>/dev/null || echo 1)" 'BEGIN { exit !(l > n / 2) }'; then
+    echo "bench: WARNING: other processes are using the cores (load $load): every figure below is"
+    echo "       noisy and slowed; only ratios measured in one run mean anything"
+fi
+if [ -n "$LB" ]; then
+    if [ ! -x "$LB" ]; then
+        echo "bench: LLAMA_BENCH=$LB is not an executable" >&2
+        exit 1
+    fi
+    echo "llama.cpp: $LB (llama-bench -t $NT, its defaults otherwise; 'llama' = its mean tokens/s)"
+else
+    echo "llama.cpp: LLAMA_BENCH is not set: longheads' figures alone, no ratios" \
+         "(set LLAMA_BENCH=/path/to/llama-bench to run both side by side)"
+fi
+BW=$("$B/longheads-bwprobe" | awk '{ print $2 }')
+echo "read bandwidth (longheads-bwprobe, $NT threads, read-only, best of 7): $BW GB/s"
+
+if has side; then
+    section "pp512 / tg64, full attention, tokens/s (ratio > 1: longheads is faster)"
+    echo "ours: longheads-bench --pp 512 --tg 64 --reps $REPS (best of); kv f32, batch 64 (the daemon's defaults)"
+    printf '%-14s %-14s %11s %11s %8s\n' model test longheads llama ratio
+    i=0
+    roof=""
+    for m in $MODELS; do
+        shape=${m%%:*} type=${m#*:}
+        f=$(model "$shape" "$type")
+        # alternate which engine runs first, so a drift in the machine's speed does not always
+        # favour the same one
+        if [ $((i % 2)) = 0 ]; then
+            o=$(ours "$f" --pp 512 --tg 64 --reps "$REPS")
+            l=$(llama "$f" -p 512 -n 64 -r "$REPS")
+        else
+            l=$(llama "$f" -p 512 -n 64 -r "$REPS")
+            o=$(ours "$f" --pp 512 --tg 64 --reps "$REPS")
+        fi
+        i=$((i + 1))
+        for t in pp512 tg64; do
+            row "$shape $type" "$t" "$(val "$o" "$t")" "$(val "$l" "$t")"
+        done
+        wb=$(val "$o" weight_bytes_per_token)
+        roof="$roof$(awk -v n="$shape $type" -v wb="${wb:-0}" -v bw="$BW" -v a="$(val "$o" tg64)" \
+            -v b="$(val "$l" tg64)" 'BEGIN { if (wb <= 0) exit
+            r = bw * 1e9 / wb
+            printf "%-14s %10.1f MB %9.1f tok/s %9s %9s\n", n, wb / 1e6, r,
+                   a != "" ? sprintf("%.0f%%", 100 * a / r) : "-",
+                   b != "" ? sprintf("%.0f%%", 100 * b / r) : "-" }')
+"
+        fa=$(val "$l" fa)
+    done
+    [ -n "$LB" ] && echo "(llama-bench flash_attn: ${fa:-?})"
+    echo
+    echo "roofline: decode reads every weight once per token; limit = $BW GB/s / bytes per token"
+    printf '%-14s %13s %15s %9s %9s\n' model "bytes/token" "limit" longheads llama
+    printf '%s' "$roof"
 fi
 
-# The model-level table's model: 31.6M parameters, head_dim 64, weights (126 MB) well past the
-# 32 MiB L3 cache, so that a short context is not flattered by a cache-resident model.
-mk lh-d512-f32.gguf --dim 512 --heads 8 --kv-heads 4 --layers 8 --ff 1376 --vocab 8192
-mk tiny-f32.gguf --shape tiny
-mk small-f32.gguf --shape small
-mk small-q8_0.gguf --shape small --type q8_0
+if has depth && [ "$DEPTH" -gt 0 ]; then
+    section "at depth $DEPTH: decode (tg64) and a 512-token prefill after a context of $DEPTH tokens"
+    echo "ours: fill$DEPTH = our prefill of the first $DEPTH tokens (one run; llama-bench skips that"
+    echo "computation by default, so it has no counterpart); LongHeads: w=64 L=512"
+    printf '%-14s %-14s %11s %11s %8s\n' model test longheads llama ratio
+    for m in small:f32 tiny:f32; do
+        shape=${m%%:*} type=${m#*:}
+        f=$(model "$shape" "$type")
+        l=$(llama "$f" -p 512 -n 64 -d "$DEPTH" -r 2)
+        for a in full longheads; do
+            o=$(ours "$f" --pp 512 --tg 64 --depth "$DEPTH" --reps 2 --attn "$a" --chunk 64 --window 512)
+            row "$shape $type" "fill$DEPTH $a" "$(val "$o" "fill$DEPTH")" ""
+            for t in "pp512@$DEPTH" "tg64@$DEPTH"; do
+                row "$shape $type" "$t $a" "$(val "$o" "$t")" "$(val "$l" "$t")"
+            done
+        done
+    done
+fi
 
-section "kernels (longheads-kbench)"
-"$B/longheads-kbench"
+if has daemon; then
+    section "through the daemon's socket (longheads-dbench: 512 random prompt tokens, 64 generated)"
+    printf '%-14s %10s %12s %12s   %s\n' model "ttft ms" "prefill t/s" "decode t/s" "(engine: pp512 / tg64 above)"
+    for m in small:f32 1b:q8_0; do
+        case " $MODELS " in *" $m "*) ;; *) continue ;; esac
+        shape=${m%%:*} type=${m#*:}
+        f=$(model "$shape" "$type")
+        sock=$D/dbench.sock
+        rm -f "$sock"
+        "$B/longheadsd" --model "$f" --socket "$sock" --ctx 4096 --quiet 2>"$D/dbench-daemon.log" &
+        dpid=$!
+        n=0
+        while [ ! -S "$sock" ] && [ $n -lt 600 ] && kill -0 "$dpid" 2>/dev/null; do
+            sleep 0.1
+            n=$((n + 1))
+        done
+        o=$("$B/longheads-dbench" --socket "$sock" --prompt 512 --gen 64 --reps "$REPS" 2>&1 || true)
+        kill "$dpid" 2>/dev/null || true
+        wait "$dpid" 2>/dev/null || true
+        awk -v n="$shape $type" -v a="$(val "$o" ttft_ms)" -v b="$(val "$o" prefill_tps)" \
+            -v c="$(val "$o" decode_tps)" 'BEGIN { printf "%-14s %10s %12s %12s\n", n,
+            a == "" ? "failed" : a, b == "" ? "-" : b, c == "" ? "-" : c }'
+    done
+fi
 
-section "LongHeads attention kernel against dense (longheads-lhbench)"
-"$B/longheads-lhbench"
+if has lh; then
+    section "LongHeads against full attention, per token, 1x .. 128x the window (longheads-bench)"
+    mkd=$D/lh-d512-f32.gguf
+    if [ ! -f "$mkd" ]; then
+        "$B/longheads-mkmodel" -o "$mkd.part" --dim 512 --heads 8 --kv-heads 4 --layers 8 \
+            --ff 1376 --vocab 8192 2>/dev/null
+        mv "$mkd.part" "$mkd"
+    fi
+    "$B/longheads-bench" -m "$mkd" --window 512 --chunk 64
+    section "LongHeads attention kernel against dense (longheads-lhbench)"
+    "$B/longheads-lhbench"
+fi
 
-section "model: LongHeads against full attention (longheads-bench)"
-"$B/longheads-bench" -m "$D/lh-d512-f32.gguf" --window 512 --chunk 64
-
-section "against llama.cpp (reference figures, same shapes; ratio > 1: longheads is faster)"
-echo "full attention, tokens/s; best of 3 here, median of llama-bench's runs there"
-printf '%-11s %-10s %12s %12s %10s\n' model test longheads llama.cpp ratio
-compare "tiny F32" "$REF_TINY_F32" "$D/tiny-f32.gguf" --pp 512,4096 --tg 64 --depth 0,4096
-compare "small F32" "$REF_SMALL_F32" "$D/small-f32.gguf" --pp 512 --tg 64
-compare "small Q8_0" "$REF_SMALL_Q8_0" "$D/small-q8_0.gguf" --pp 512 --tg 64
+if has kernels; then
+    section "kernels (longheads-kbench)"
+    "$B/longheads-kbench"
+fi
 
 echo
 echo "bench: done in $(( $(date +%s) - start )) s"

@@ -23,6 +23,7 @@
 #include "params.h"
 #include "sampler.h"
 #include "tokenizer.h"
+#include "version.h"
 
 static double now_s(void)
 {
@@ -36,9 +37,12 @@ static void usage(FILE *f)
     fprintf(f,
             "usage: longheads-run -m MODEL [-p PROMPT | -f FILE] [-n N] [--temp T] [--seed S]\n"
             "         [--top-k K] [--top-p P] [--min-p P] [--repeat-penalty R] [--repeat-last-n N]\n"
-            "         [--attn full|longheads] [--chunk W] [--window L] [--ctx N] [--kv f32|f16]\n"
-            "         [--batch B] [--threads T]\n"
-            "Prints the generated text to stdout, timings to stderr. No prompt: start from BOS.\n");
+            "         [--attn full|longheads] [--chunk W] [--window L] [-c|--ctx N] [--kv f32|f16]\n"
+            "         [--batch B] [--threads T] [--version]\n"
+            "Prints the generated text to stdout, timings to stderr. No prompt: start from BOS.\n"
+            "Defaults: LongHeads attention with the model file's chunk and window (inside the\n"
+            "window it is full attention), a context as large as 3/4 of the free memory holds\n"
+            "(up to 131072 tokens, committed as it fills).\n");
 }
 
 static char *read_file(const char *path, size_t *lenp)
@@ -71,12 +75,16 @@ int main(int argc, char **argv)
     int rc = 1;
     lh_ctx_params cp;
     lh_sampler_params sp;
-    lh_ctx_params_default(&cp);
+    lh_params_default(&cp); /* LongHeads, the context the memory holds (as the daemon) */
     lh_sampler_params_default(&sp);
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i];
         if (strcmp(a, "-h") == 0 || strcmp(a, "--help") == 0) {
             usage(stdout);
+            return 0;
+        }
+        if (strcmp(a, "--version") == 0) {
+            printf("longheads-run %s\n", LH_VERSION);
             return 0;
         }
         if (i + 1 >= argc) {
@@ -91,6 +99,9 @@ int main(int argc, char **argv)
             prompt = v;
         } else if (strcmp(a, "-f") == 0 || strcmp(a, "--file") == 0) {
             file = v;
+        } else if (strcmp(a, "-c") == 0) {
+            if (lh_params_set(&cp, NULL, "ctx", v))
+                return 2;
         } else if (strcmp(a, "-n") == 0) {
             if (lh_params_parse_size(v, 0, 1u << 24, &n_gen)) {
                 fprintf(stderr, "longheads-run: -n: '%s' is not a token count\n", v);
@@ -135,8 +146,8 @@ int main(int argc, char **argv)
         goto out;
     const lh_hparams *hp = lh_model_hparams(m);
     const lh_tok *tok = lh_model_tok(m);
-    if (cp.n_ctx == 0)
-        cp.n_ctx = hp->n_ctx_train;
+    if (lh_params_fit_ctx(m, &cp, 1, 0, NULL, 0))
+        goto out;
     size_t cap = cp.n_ctx, n_prompt = 0;
     toks = malloc(cap * sizeof *toks);
     logits = malloc(hp->n_vocab * sizeof *logits);
@@ -144,8 +155,8 @@ int main(int argc, char **argv)
         goto out;
     int erc = lh_tok_encode(tok, text ? text : prompt, text_len, 1, toks, cap, &n_prompt);
     if (erc == LH_E_LIMIT) {
-        fprintf(stderr, "longheads-run: the prompt is %zu tokens, past the context of %zu (--ctx)\n",
-                n_prompt, cap);
+        fprintf(stderr, "longheads-run: the prompt is %zu tokens, past the context of %zu; raise "
+                "it with -c/--ctx N\n", n_prompt, cap);
         goto out;
     } else if (erc) {
         goto out;
