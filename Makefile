@@ -18,7 +18,7 @@ DESTDIR  ?=
 SOCKET   ?=
 
 DEB_PKGS := build-essential pkg-config libdnnl-dev libprotobuf-c-dev protobuf-c-compiler \
-            libcunit1-dev systemd
+            libcunit1-dev systemd libpcre2-dev
 
 WARN     := -Wall -Wextra -Wshadow -Wstrict-prototypes -Wno-unused-parameter
 ifneq ($(CI),)
@@ -27,7 +27,7 @@ endif
 OPT      ?= -O2 -march=native
 CFLAGS_ALL = -std=c11 -D_GNU_SOURCE -g $(OPT) $(WARN) -fopenmp -fPIC -MMD -MP \
              -I. -Ikernels -Iengine -Iproto -Idaemon -Iclient -I$(BUILD)/gen $(EXTRA_CFLAGS)
-LDLIBS_ALL = -ldnnl -lprotobuf-c -lm -lpthread $(EXTRA_LDFLAGS)
+LDLIBS_ALL = -ldnnl -lprotobuf-c -lpcre2-8 -lm -lpthread $(EXTRA_LDFLAGS)
 
 KERNEL_SRCS := $(wildcard kernels/*.c)
 ENGINE_SRCS := $(wildcard engine/*.c)
@@ -49,13 +49,15 @@ TEST_OBJS   := $(call obj,$(TEST_SRCS))
 TOOLS       := $(patsubst tools/%.c,$(BUILD)/longheads-%,$(TOOL_SRCS))
 
 BINS := $(BUILD)/longheadsd $(BUILD)/longheads $(BUILD)/liblongheads.so.1 $(TOOLS) $(BUILD)/test_main
+# tokenizer test vocabularies, stored xz-compressed (tests/data/vocab/README.md)
+VOCABS := $(patsubst tests/data/vocab/%.xz,$(BUILD)/vocab/%,$(wildcard tests/data/vocab/*.gguf.xz))
 
 .PHONY: all deps run test check asan bench eval install clean help
 .DEFAULT_GOAL := all
 # keep the objects of tools/X.c (pattern-rule intermediates) so relinking does not rebuild them
 .SECONDARY:
 
-all: $(BINS)
+all: $(BINS) $(VOCABS)
 
 help:
 	@echo "make deps     install missing Debian packages (apt-get as root; prints the line otherwise)"
@@ -122,6 +124,10 @@ $(BUILD)/longheads-dbench: $(BUILD)/obj/tools/dbench.o $(CLIB_OBJS) $(PROTO_OBJS
 $(BUILD)/test_main: $(TEST_OBJS) $(DAEMON_OBJS) $(PROTO_OBJS) $(CLIB_OBJS) $(BUILD)/libcore.a
 	$(CC) $(CFLAGS_ALL) -o $@ $^ -lcunit $(LDLIBS_ALL)
 
+$(BUILD)/vocab/%.gguf: tests/data/vocab/%.gguf.xz
+	@mkdir -p $(BUILD)/vocab
+	xz -dc $< > $@.tmp && mv $@.tmp $@
+
 -include $(shell find $(BUILD)/obj -name '*.d' 2>/dev/null)
 
 # ---- run / test ---------------------------------------------------------------------------
@@ -183,4 +189,4 @@ $(BUILD)/fuzz_gguf: tests/fuzz_gguf.c engine/gguf.c engine/tokenizer.c kernels/l
                     engine/gguf.h engine/tokenizer.h kernels/quant.h kernels/log.h
 	@mkdir -p $(BUILD)
 	$(FUZZ_CC) -std=c11 -D_GNU_SOURCE -g -O1 $(WARN) -fsanitize=fuzzer,address,undefined \
-	  -fno-sanitize-recover=undefined -Ikernels -Iengine -o $@ $(filter %.c,$^) -lm -lpthread
+	  -fno-sanitize-recover=undefined -Ikernels -Iengine -o $@ $(filter %.c,$^) -lpcre2-8 -lm -lpthread

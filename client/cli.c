@@ -48,7 +48,9 @@ static const char usage_text[] =
     "      -f FILE                read the prompt from FILE ('-': standard input)\n"
     "  info                       the model and limits of the daemon\n"
     "  health                     liveness, queue and connection counts\n"
-    "  tokenize [--no-bos] [TEXT | -f FILE | -]   token ids, one per line\n"
+    "  tokenize [--no-bos] [--special] [TEXT | -f FILE | -]\n"
+    "                             token ids, one per line; --special: <|eot_id|>, <s>... in\n"
+    "                             the text become those tokens\n"
     "  detokenize ID...           text of token ids\n"
     "  score [TEXT | -f FILE | -] log-probability of the text under the model\n"
     "  passkey [options]          the pass-key retrieval test (LongHeads paper): a key hidden\n"
@@ -438,14 +440,17 @@ static int cmd_health(const char *sock)
 static int cmd_tokenize(const char *sock, int argc, char **argv, int score)
 {
     const char *file = NULL;
-    int add_bos = 1, c;
+    int add_bos = 1, special = 0, c;
     static const struct option opts[] = {{"no-bos", no_argument, 0, 'B'},
+                                         {"special", no_argument, 0, 'S'},
                                          {"file", required_argument, 0, 'f'},
                                          {0, 0, 0, 0}};
     optind = 1;
     while ((c = getopt_long(argc, argv, "+f:", opts, NULL)) != -1) {
         if (c == 'B')
             add_bos = 0;
+        else if (c == 'S' && !score)
+            special = 1;
         else if (c == 'f')
             file = optarg;
         else
@@ -468,7 +473,10 @@ static int cmd_tokenize(const char *sock, int argc, char **argv, int score)
         goto out;
     double total = 0;
     int trc = score ? lh_client_score(cl, text, len, lp, cap, &n, &total)
-                    : lh_client_tokenize(cl, text, len, add_bos, ids, cap, &n);
+                    : lh_client_tokenize(cl, text, len,
+                                         (add_bos ? LH_CLIENT_TOK_BOS : 0) |
+                                             (special ? LH_CLIENT_TOK_SPECIAL : 0),
+                                         ids, cap, &n);
     if (trc != 0) {
         fprintf(stderr, "longheads: %s: %s%s%s\n", score ? "score" : "tokenize",
                 lh_client_strerror(trc), trc == LH_CLIENT_E_SERVER ? ": " : "",

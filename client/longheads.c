@@ -701,7 +701,7 @@ static char *dup_text(const char *text, size_t len)
     return s;
 }
 
-int lh_client_tokenize(lh_client *c, const char *text, size_t len, int add_bos, int32_t *out,
+int lh_client_tokenize(lh_client *c, const char *text, size_t len, int flags, int32_t *out,
                        size_t cap, size_t *n_outp)
 {
     *n_outp = 0;
@@ -713,7 +713,8 @@ int lh_client_tokenize(lh_client *c, const char *text, size_t len, int add_bos, 
     Longheads__Request req = LONGHEADS__REQUEST__INIT;
     Longheads__TokenizeRequest t = LONGHEADS__TOKENIZE_REQUEST__INIT;
     t.text = s;
-    t.add_bos = add_bos != 0;
+    t.add_bos = (flags & LH_CLIENT_TOK_BOS) != 0;
+    t.special = (flags & LH_CLIENT_TOK_SPECIAL) != 0;
     req.body_case = LONGHEADS__REQUEST__BODY_TOKENIZE;
     req.tokenize = &t;
     Longheads__Response *r;

@@ -197,9 +197,14 @@ typedef struct {
 /* Health plus the slots (cached tokens, attention) and the daemon's memory. */
 int lh_client_get_status(lh_client *c, lh_client_status *out);
 
-/* Token ids of text (BOS first when add_bos) into out[0..cap); *n_outp the count needed.
- * Returns LH_CLIENT_E_LIMIT when cap is too small (out holds the first cap). */
-int lh_client_tokenize(lh_client *c, const char *text, size_t len, int add_bos, int32_t *out,
+/* Token ids of text into out[0..cap); *n_outp the count needed.  flags: LH_CLIENT_TOK_* (a
+ * plain 1 is LH_CLIENT_TOK_BOS).  Returns LH_CLIENT_E_LIMIT when cap is too small (out holds
+ * the first cap). */
+enum {
+    LH_CLIENT_TOK_BOS = 1,     /* BOS first, when the model's vocabulary uses one */
+    LH_CLIENT_TOK_SPECIAL = 2, /* special token texts (<|eot_id|>, <s>) become those tokens */
+};
+int lh_client_tokenize(lh_client *c, const char *text, size_t len, int flags, int32_t *out,
                        size_t cap, size_t *n_outp);
 /* Text of ids into buf (always NUL-terminated when cap > 0); *lenp the bytes needed. */
 int lh_client_detokenize(lh_client *c, const int32_t *ids, size_t n, char *buf, size_t cap,

@@ -656,10 +656,19 @@ static void run_quick(lh_sched *s, req *r)
     char msg[256];
     if (r->a.kind == LH_REQ_TOKENIZE) {
         size_t cap = r->a.text_len + 3, n = 0;
+        int flags = (r->a.add_bos && lh_tok_add_bos(s->tok) ? LH_TOK_BOS : 0) |
+                    (r->a.special ? LH_TOK_SPECIAL : 0);
         int32_t *ids = malloc(cap * sizeof *ids);
-        int rc = ids ? lh_tok_encode(s->tok, r->a.text ? r->a.text : "", r->a.text_len,
-                                     r->a.add_bos, ids, cap, &n)
+        int rc = ids ? lh_tok_encode(s->tok, r->a.text ? r->a.text : "", r->a.text_len, flags,
+                                     ids, cap, &n)
                      : -ENOMEM;
+        if (rc == LH_E_LIMIT) { /* special tokens + dummy prefixes can exceed one per byte */
+            int32_t *more = realloc(ids, n * sizeof *ids);
+            rc = more ? lh_tok_encode(s->tok, r->a.text ? r->a.text : "", r->a.text_len, flags,
+                                      more, n, &n)
+                      : -ENOMEM;
+            ids = more ? more : ids;
+        }
         if (rc != 0) {
             snprintf(msg, sizeof msg, "tokenize failed (%d)", rc);
             emit_error(s, r, LH_ERR_INTERNAL, msg);
@@ -849,7 +858,7 @@ static int step(lh_sched *s, req *r)
     const char *piece = lh_tok_piece(s->tok, r->cur, &len);
     if (!piece)
         piece = "", len = 0;
-    if (r->prev == lh_tok_bos(s->tok) && len && piece[0] == ' ')
+    if (r->prev == lh_tok_bos(s->tok) && len && piece[0] == ' ' && lh_tok_add_space_prefix(s->tok))
         piece++, len--; /* the dummy-prefix space of the first word (as llama2.c) */
     if (text_add(r, piece, len) != 0) {
         finish_generate(s, r, LH_FINISH_ERROR, LH_ERR_INTERNAL, "out of memory");

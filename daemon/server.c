@@ -667,6 +667,7 @@ static void handle_request(lh_server *srv, conn *c, Longheads__Request *req)
     case LONGHEADS__REQUEST__BODY_TOKENIZE:
         a.kind = LH_REQ_TOKENIZE;
         a.add_bos = req->tokenize->add_bos;
+        a.special = req->tokenize->special;
         if (!(a.text = take_str(&req->tokenize->text, &a.text_len))) {
             send_error(c, req->id, LONGHEADS__ERROR_CODE__ERR_INTERNAL, "out of memory");
             return;

@@ -209,6 +209,17 @@ static void test_cli_golden(void)
     CU_ASSERT_EQUAL(st, 0);
     CU_ASSERT(strncmp(out, "1\n", 2) == 0);
     free(out);
+    /* --special: "</s>" in the text is EOS (id 2) only when asked */
+    snprintf(cmd, sizeof cmd, "%s/longheads --socket %s tokenize --no-bos --special '</s>Once'",
+             lh_test_build_dir(), g_sock);
+    out = run_capture(cmd, &st);
+    CU_ASSERT(st == 0 && strncmp(out, "2\n", 2) == 0);
+    free(out);
+    snprintf(cmd, sizeof cmd, "%s/longheads --socket %s tokenize --no-bos '</s>Once'",
+             lh_test_build_dir(), g_sock);
+    out = run_capture(cmd, &st);
+    CU_ASSERT(st == 0 && strlen(out) > 4 && !strstr(out, "\n2\n") && strncmp(out, "2\n", 2) != 0);
+    free(out);
     snprintf(cmd, sizeof cmd, "%s/longheads --socket %s/nope.sock health 2>/dev/null",
              lh_test_build_dir(), g_dir);
     out = run_capture(cmd, &st);

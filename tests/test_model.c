@@ -702,13 +702,15 @@ static void test_arch_eog(void)
     CU_ASSERT(!lh_model_is_eog(g_model, -1));
 
     lh_model *m = NULL;
-    tiny_kv eot = { .key = "tokenizer.ggml.eot_token_id", .u = 9 };
-    CU_ASSERT_EQUAL_FATAL(tiny_model("llama", 4, &eot, 1, 0, 0, 0, &m), 0);
-    /* eos 2 (the default), eot 9 and eom 7 from the keys, and by their text 3, 4, 7, 8 */
-    static const int32_t want[] = { 2, 3, 4, 7, 8, 9 };
+    tiny_kv keys[] = { { .key = "tokenizer.ggml.eot_token_id", .u = 9 },
+                       { .key = "tokenizer.ggml.fim_pad_token_id", .u = 6 } };
+    CU_ASSERT_EQUAL_FATAL(tiny_model("llama", 4, keys, 2, 0, 0, 0, &m), 0);
+    /* eos 2 (the default), eot 9, eom 7 and fim pad 6 from the keys, and by their text 3, 4, 7,
+     * 8 */
+    static const int32_t want[] = { 2, 3, 4, 6, 7, 8, 9 };
     n = lh_model_eog_ids(m, &ids);
-    CU_ASSERT_EQUAL(n, 6);
-    CU_ASSERT(n == 6 && memcmp(ids, want, sizeof want) == 0);
+    CU_ASSERT_EQUAL(n, 7);
+    CU_ASSERT(n == 7 && memcmp(ids, want, sizeof want) == 0);
     CU_ASSERT(!lh_model_is_eog(m, 5) && !lh_model_is_eog(m, 1) && lh_model_is_eog(m, 9));
     lh_model_close(m);
 }

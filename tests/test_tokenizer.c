@@ -7,6 +7,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "gguf.h"
 #include "tokenizer.h"
@@ -446,10 +447,13 @@ static void test_merge_order(void)
     /* a character with no piece and no byte tokens becomes <unk> */
     CU_ASSERT_EQUAL(lh_tok_encode(t, "z", 1, 0, ids, 16, &n), 0);
     CU_ASSERT(n == 2 && ids[0] == 8 && ids[1] == 0);
-    /* the user-defined duplicate "<s>" (type 4) does not match text either */
+    /* the control "<s>" never matches text; the user-defined duplicate "<s>" (type 4) does,
+     * as in llama.cpp, which cuts user-defined tokens out of the text before anything else
+     * (then the dummy prefix comes before the text that follows it) */
     CU_ASSERT_EQUAL(lh_tok_encode(t, "<s>", 3, 0, ids, 16, &n), 0);
-    for (size_t i = 0; i < n; i++)
-        CU_ASSERT(ids[i] != 1 && ids[i] != 10);
+    CU_ASSERT(n == 1 && ids[0] == 10);
+    CU_ASSERT_EQUAL(lh_tok_encode(t, "<s>abc", 6, 0, ids, 16, &n), 0);
+    CU_ASSERT(n == 3 && ids[0] == 10 && ids[1] == 9 && ids[2] == 7);
     lh_tok_free(t);
     lh_gguf_close(g);
     free(buf);
@@ -507,7 +511,12 @@ static void test_bad_vocab(void)
     lh_tok_free(t);
     lh_gguf_close(g);
     free(buf);
-    CU_ASSERT_EQUAL(load_vocab(pieces, scores, types, 4, "gpt2", &t, &buf, &g), LH_E_UNSUPPORTED);
+    CU_ASSERT_EQUAL(load_vocab(pieces, scores, types, 4, "bert", &t, &buf, &g), LH_E_UNSUPPORTED);
+    CU_ASSERT_PTR_NULL(t);
+    lh_gguf_close(g);
+    free(buf);
+    /* gpt2 needs merges */
+    CU_ASSERT_EQUAL(load_vocab(pieces, scores, types, 4, "gpt2", &t, &buf, &g), LH_E_FORMAT);
     CU_ASSERT_PTR_NULL(t);
     lh_gguf_close(g);
     free(buf);
@@ -554,6 +563,494 @@ static void test_bad_vocab(void)
     lh_tok_free(NULL);
 }
 
+/* ---- byte-level BPE (and the SentencePiece vocabularies of llama.cpp's test set) ------------ */
+
+/* Vocabularies under $LH_BUILD/vocab (the Makefile decompresses tests/data/vocab/ there). */
+static const char *const VOCABS[] = {
+    "llama-bpe", "qwen2", "gpt-2", "deepseek-llm", "deepseek-coder", "falcon", "mpt",
+    "refact", "starcoder", "llama-spm", "phi-3",
+};
+#define N_VOCABS (sizeof VOCABS / sizeof VOCABS[0])
+#define VEC_SEP "\n__ggml_vocab_test__\n"
+
+typedef struct {
+    lh_gguf *g;
+    lh_tok *t;
+} vocab;
+
+static int vocab_open(vocab *v, const char *name)
+{
+    char path[512];
+    snprintf(path, sizeof path, "%s/vocab/ggml-vocab-%s.gguf", lh_test_build_dir(), name);
+    v->g = NULL;
+    v->t = NULL;
+    FILE *f = fopen(path, "rb");
+    if (!f) {
+        printf("\n  SKIP: %s is missing (make decompresses it from tests/data/vocab/)", path);
+        return -1;
+    }
+    fclose(f);
+    CU_ASSERT_EQUAL_FATAL(lh_gguf_open(&v->g, path), 0);
+    CU_ASSERT_EQUAL_FATAL(lh_tok_load(&v->t, v->g), 0);
+    return 0;
+}
+
+static void vocab_close(vocab *v)
+{
+    lh_tok_free(v->t);
+    lh_gguf_close(v->g);
+}
+
+static char *read_all(const char *path, size_t *lenp)
+{
+    FILE *f = fopen(path, "rb");
+    if (!f)
+        return NULL;
+    size_t cap = 1 << 16, len = 0, n;
+    char *buf = malloc(cap + 1);
+    while (buf && (n = fread(buf + len, 1, cap - len, f)) > 0) {
+        len += n;
+        if (len == cap) {
+            char *b = realloc(buf, 2 * cap + 1);
+            if (!b) {
+                free(buf);
+                buf = NULL;
+                break;
+            }
+            buf = b;
+            cap *= 2;
+        }
+    }
+    fclose(f);
+    if (buf)
+        buf[len] = '\0';
+    *lenp = len;
+    return buf;
+}
+
+/* Runs the cases of inp (separated by VEC_SEP) against the id lines of out.  Equal inputs count
+ * once, as llama.cpp's test-tokenizer-0 keeps them in a map.  Returns passed; *totalp. */
+static size_t run_vectors(const lh_tok *t, const char *inp_path, const char *out_path, int flags,
+                          size_t *totalp, const char *label)
+{
+    size_t inp_len, out_len, passed = 0, total = 0;
+    char *inp = read_all(inp_path, &inp_len), *out = read_all(out_path, &out_len);
+    CU_ASSERT_PTR_NOT_NULL_FATAL(inp);
+    CU_ASSERT_PTR_NOT_NULL_FATAL(out);
+    const char *starts[256];
+    size_t lens[256], n = 0, sep_len = strlen(VEC_SEP);
+    for (const char *p = inp, *end = inp + inp_len; p < end && n < 256;) {
+        const char *e = memmem(p, (size_t)(end - p), VEC_SEP, sep_len);
+        starts[n] = p;
+        lens[n++] = e ? (size_t)(e - p) : (size_t)(end - p);
+        p = e ? e + sep_len : end;
+    }
+    char *line = out;
+    int32_t *ids = malloc(65536 * sizeof *ids);
+    for (size_t i = 0; i < n; i++) {
+        char *nl = strchr(line, '\n');
+        CU_ASSERT_PTR_NOT_NULL_FATAL(nl);
+        *nl = '\0';
+        int dup = 0;
+        for (size_t j = 0; j < i && !dup; j++)
+            dup = lens[j] == lens[i] && memcmp(starts[j], starts[i], lens[i]) == 0;
+        int32_t want[4096];
+        size_t n_want = 0;
+        for (char *q = line, *end; n_want < 4096; q = end) {
+            long v = strtol(q, &end, 10);
+            if (end == q)
+                break;
+            want[n_want++] = (int32_t)v;
+        }
+        line = nl + 1;
+        if (dup)
+            continue;
+        total++;
+        size_t n_got;
+        int rc = lh_tok_encode(t, starts[i], lens[i], flags, ids, 65536, &n_got);
+        if (rc == 0 && n_got == n_want && memcmp(ids, want, n_got * sizeof *ids) == 0) {
+            passed++;
+        } else {
+            printf("\n  %s case %zu differs: %zu ids, want %zu (first %d/%d)", label, i, n_got,
+                   n_want, n_got ? ids[0] : -1, n_want ? want[0] : -1);
+        }
+        /* byte-level BPE decodes back to the exact text */
+        if (strcmp(lh_tok_kind(t), "bpe") == 0 && rc == 0) {
+            char *buf = malloc(lens[i] + 1);
+            size_t dl;
+            CU_ASSERT_EQUAL(lh_tok_decode(t, ids, n_got, 0, buf, lens[i] + 1, &dl), 0);
+            CU_ASSERT(dl == lens[i] && memcmp(buf, starts[i], dl) == 0);
+            free(buf);
+        }
+    }
+    free(ids);
+    free(inp);
+    free(out);
+    *totalp = total;
+    return passed;
+}
+
+static void test_vectors(void)
+{
+    for (size_t k = 0; k < N_VOCABS; k++) {
+        vocab v;
+        if (vocab_open(&v, VOCABS[k]))
+            continue;
+        char out[256];
+        snprintf(out, sizeof out, "tests/data/vocab/ggml-vocab-%s.gguf.out", VOCABS[k]);
+        size_t total, passed = run_vectors(v.t, "tests/data/vocab/ggml-vocab.inp", out, 0, &total,
+                                           VOCABS[k]);
+        printf("\n  llama.cpp vectors %-15s %s %zu/%zu", VOCABS[k], lh_tok_kind(v.t), passed, total);
+        CU_ASSERT(total >= 40);
+        CU_ASSERT_EQUAL(passed, total);
+        vocab_close(&v);
+    }
+    printf("\n");
+}
+
+static void test_hard(void)
+{
+    for (size_t k = 0; k < N_VOCABS; k++) {
+        vocab v;
+        if (vocab_open(&v, VOCABS[k]))
+            continue;
+        char out[256];
+        snprintf(out, sizeof out, "tests/data/vocab/ggml-vocab-%s.gguf.hard.out", VOCABS[k]);
+        size_t total, passed = run_vectors(v.t, "tests/data/vocab/hard.inp", out, 0, &total,
+                                           VOCABS[k]);
+        printf("\n  harder inputs     %-15s %s %zu/%zu", VOCABS[k], lh_tok_kind(v.t), passed, total);
+        CU_ASSERT(total >= 30);
+        CU_ASSERT_EQUAL(passed, total);
+        vocab_close(&v);
+    }
+    printf("\n");
+}
+
+/* encode to a malloc'd array with flags */
+static int32_t *encf(const lh_tok *t, const char *s, size_t len, int flags, size_t *np)
+{
+    size_t cap = len + 8;
+    int32_t *ids = malloc(cap * sizeof *ids);
+    CU_ASSERT_EQUAL(lh_tok_encode(t, s, len, flags, ids, cap, np), 0);
+    return ids;
+}
+
+/* The token whose decoded piece is exactly the byte b, or -1. */
+static int32_t byte_token(const lh_tok *t, uint8_t b)
+{
+    for (size_t id = 0; id < lh_tok_n_vocab(t); id++) {
+        size_t len;
+        const char *p = lh_tok_piece(t, (int32_t)id, &len);
+        if (len == 1 && (uint8_t)p[0] == b && lh_tok_raw(t, (int32_t)id)[0] != '<')
+            return (int32_t)id;
+    }
+    return -1;
+}
+
+static void test_bpe_invalid_utf8(void)
+{
+    static const struct {
+        const char *s;
+        size_t len;
+    } cases[] = {
+        {"a\xff" "b", 3}, {"x\xe4\xb8", 3}, {"\xe4\xb8y", 3}, {"\xc0\xaf", 2},
+        {"\xe0\x80\xaf", 3}, {"\xed\xa0\x80", 3}, {"\xf4\x90\x80\x80", 4}, {"\x80\x80 z", 4},
+        {"!!\xfe!!", 5}, {"  \xff  ", 5}, {"12\xff" "34", 5}, {"\xff\xfe\xfd", 3},
+    };
+    /* vocabularies with a token for each of the 256 byte characters (StarCoder, MPT and Falcon
+     * lack some of the bytes that never occur in UTF-8, and DeepSeek has them as user-defined
+     * tokens, which decode to their text: those cannot round-trip such bytes) */
+    const char *names[] = {"llama-bpe", "gpt-2", "qwen2"};
+    for (size_t k = 0; k < sizeof names / sizeof names[0]; k++) {
+        vocab v;
+        if (vocab_open(&v, names[k]))
+            continue;
+        for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+            size_t n, len;
+            int32_t *ids = encf(v.t, cases[i].s, cases[i].len, 0, &n);
+            char buf[16];
+            CU_ASSERT_EQUAL(lh_tok_decode(v.t, ids, n, 0, buf, sizeof buf, &len), 0);
+            CU_ASSERT(len == cases[i].len && memcmp(buf, cases[i].s, len) == 0);
+            free(ids);
+        }
+        /* an invalid byte ends the word before it and comes out as its own byte's token; the
+         * valid text around it tokenizes as it does alone */
+        size_t n, n_a, n_b;
+        int32_t *ids = encf(v.t, "Hello\xffworld", 11, 0, &n);
+        int32_t *a = encf(v.t, "Hello", 5, 0, &n_a), *b = encf(v.t, "world", 5, 0, &n_b);
+        int32_t ff = byte_token(v.t, 0xff);
+        CU_ASSERT(ff >= 0);
+        CU_ASSERT_EQUAL_FATAL(n, n_a + 1 + n_b);
+        CU_ASSERT(memcmp(ids, a, n_a * sizeof *ids) == 0);
+        CU_ASSERT_EQUAL(ids[n_a], ff);
+        CU_ASSERT(memcmp(ids + n_a + 1, b, n_b * sizeof *ids) == 0);
+        free(ids);
+        free(a);
+        free(b);
+        /* all 256 bytes, one string, round-trip */
+        char all[256], back[300];
+        for (int c = 0; c < 256; c++)
+            all[c] = (char)c;
+        size_t len;
+        ids = encf(v.t, all, 256, 0, &n);
+        CU_ASSERT_EQUAL(lh_tok_decode(v.t, ids, n, 0, back, sizeof back, &len), 0);
+        CU_ASSERT(len == 256 && memcmp(back, all, 256) == 0);
+        free(ids);
+        vocab_close(&v);
+    }
+}
+
+/* Expected ids from llama.cpp's llama-tokenize (parse_special on, --no-bos) */
+static void test_bpe_special(void)
+{
+    vocab v;
+    if (vocab_open(&v, "llama-bpe") == 0) {
+        const char *s = "<|start_header_id|>user<|end_header_id|>\n\nHi!<|eot_id|>";
+        size_t n;
+        int32_t *ids = encf(v.t, s, strlen(s), LH_TOK_SPECIAL, &n);
+        const int32_t want[] = {128006, 882, 128007, 271, 13347, 0, 128009};
+        CU_ASSERT_EQUAL(n, 7);
+        CU_ASSERT(n == 7 && memcmp(ids, want, sizeof want) == 0);
+        free(ids);
+        /* without the flag the same text is plain text: no control token comes out */
+        ids = encf(v.t, s, strlen(s), 0, &n);
+        CU_ASSERT(n > 7);
+        for (size_t i = 0; i < n; i++)
+            CU_ASSERT(ids[i] < 128000);
+        char buf[128];
+        size_t len;
+        CU_ASSERT_EQUAL(lh_tok_decode(v.t, ids, n, 0, buf, sizeof buf, &len), 0);
+        CU_ASSERT_STRING_EQUAL(buf, s);
+        free(ids);
+        /* control tokens decode to nothing */
+        const int32_t ctl[] = {128000, 13347, 128009};
+        CU_ASSERT_EQUAL(lh_tok_decode(v.t, ctl, 3, 0, buf, sizeof buf, &len), 0);
+        CU_ASSERT_STRING_EQUAL(buf, "Hi");
+        vocab_close(&v);
+    }
+    if (vocab_open(&v, "qwen2") == 0) {
+        /* user-defined tokens (<tool_call>, type 4) are cut out of the text even without the
+         * flag, as llama.cpp does; control ones (<|im_start|>) only with it */
+        const char *s = "<|im_start|>x<tool_call>y";
+        size_t n;
+        int32_t *ids = encf(v.t, s, strlen(s), 0, &n);
+        const int32_t want0[] = {27, 91, 318, 4906, 91, 29, 87, 151657, 88};
+        CU_ASSERT(n == 9 && memcmp(ids, want0, sizeof want0) == 0);
+        free(ids);
+        ids = encf(v.t, s, strlen(s), LH_TOK_SPECIAL, &n);
+        const int32_t want1[] = {151644, 87, 151657, 88};
+        CU_ASSERT(n == 4 && memcmp(ids, want1, sizeof want1) == 0);
+        free(ids);
+        vocab_close(&v);
+    }
+    if (vocab_open(&v, "llama-spm") == 0) {
+        /* SentencePiece with the flag: the dummy prefix starts each text after a special token */
+        const char *s = "<s>Hello</s>world";
+        size_t n;
+        int32_t *ids = encf(v.t, s, strlen(s), LH_TOK_SPECIAL, &n);
+        const int32_t want[] = {1, 15043, 2, 3186};
+        CU_ASSERT(n == 4 && memcmp(ids, want, sizeof want) == 0);
+        free(ids);
+        ids = encf(v.t, s, strlen(s), 0, &n);
+        for (size_t i = 0; i < n; i++)
+            CU_ASSERT(ids[i] != 1 && ids[i] != 2);
+        free(ids);
+        vocab_close(&v);
+    }
+}
+
+static void test_bpe_bos_eos(void)
+{
+    vocab v;
+    if (vocab_open(&v, "llama-bpe") == 0) {
+        CU_ASSERT_STRING_EQUAL(lh_tok_kind(v.t), "bpe");
+        CU_ASSERT_EQUAL(lh_tok_n_vocab(v.t), 128256);
+        CU_ASSERT_EQUAL(lh_tok_bos(v.t), 128000);
+        CU_ASSERT_EQUAL(lh_tok_eos(v.t), 128001);
+        CU_ASSERT_EQUAL(lh_tok_add_bos(v.t), 1);
+        CU_ASSERT_EQUAL(lh_tok_add_eos(v.t), 0);
+        CU_ASSERT_EQUAL(lh_tok_add_space_prefix(v.t), 0);
+        CU_ASSERT(lh_tok_is_eog(v.t, 128001) && lh_tok_is_eog(v.t, 128009));
+        CU_ASSERT(!lh_tok_is_eog(v.t, 128000) && !lh_tok_is_eog(v.t, 13347) &&
+                  !lh_tok_is_eog(v.t, -1));
+        size_t n;
+        int32_t *ids = encf(v.t, "Hi", 2, LH_TOK_BOS | LH_TOK_EOS, &n);
+        CU_ASSERT(n == 3 && ids[0] == 128000 && ids[1] == 13347 && ids[2] == 128001);
+        free(ids);
+        /* no dummy prefix: a leading space is kept by decode even with strip_lead */
+        ids = encf(v.t, " Hi", 3, LH_TOK_BOS, &n);
+        char buf[16];
+        size_t len;
+        CU_ASSERT_EQUAL(lh_tok_decode(v.t, ids, n, 1, buf, sizeof buf, &len), 0);
+        CU_ASSERT_STRING_EQUAL(buf, " Hi");
+        free(ids);
+        vocab_close(&v);
+    }
+    if (vocab_open(&v, "qwen2") == 0) {
+        CU_ASSERT_EQUAL(lh_tok_add_bos(v.t), 0);
+        CU_ASSERT(lh_tok_is_eog(v.t, 151643) && lh_tok_is_eog(v.t, 151645));
+        vocab_close(&v);
+    }
+    if (vocab_open(&v, "gpt-2") == 0) {
+        CU_ASSERT_EQUAL(lh_tok_add_bos(v.t), 0);
+        CU_ASSERT_EQUAL(lh_tok_bos(v.t), 50256);
+        vocab_close(&v);
+    }
+}
+
+/* A hand-built byte-level vocabulary: tokens, merges, pre-tokenizer. */
+static int load_bpe(const char *const *tokens, size_t n, const int32_t *types,
+                    const char *const *merges, size_t n_merges, const char *pre, lh_tok **tp,
+                    void **bufp, lh_gguf **gp)
+{
+    lh_gguf_writer *w = NULL;
+    size_t size;
+    lh_gguf_writer_new(&w);
+    lh_gguf_writer_str(w, "tokenizer.ggml.model", "gpt2");
+    if (pre)
+        lh_gguf_writer_str(w, "tokenizer.ggml.pre", pre);
+    lh_gguf_writer_arr_str(w, "tokenizer.ggml.tokens", tokens, n);
+    if (types)
+        lh_gguf_writer_arr_i32(w, "tokenizer.ggml.token_type", types, n);
+    if (merges)
+        lh_gguf_writer_arr_str(w, "tokenizer.ggml.merges", merges, n_merges);
+    lh_gguf_writer_finish(w, bufp, &size);
+    lh_gguf_writer_free(w);
+    *gp = NULL;
+    *tp = NULL;
+    int rc = lh_gguf_open_mem(gp, *bufp, size, "bpe-vocab");
+    if (rc == 0)
+        rc = lh_tok_load(tp, *gp);
+    return rc;
+}
+
+static void test_bpe_merge_order(void)
+{
+    /* 'Ġ' (U+0120) is the space byte, 'Ā' (U+0100) the NUL byte */
+    const char *tokens[] = {"a", "b", "c", "ab", "bc", "abc", "\xc4\xa0", "\xc4\xa0" "a", "aa",
+                            "\xc4\x80", "<|endoftext|>"};
+    const int32_t types[] = {1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 3};
+    const char *merges[] = {"b c", "a b", "a bc", "\xc4\xa0 a", "a a", "ab c"};
+    lh_tok *t;
+    lh_gguf *g;
+    void *buf;
+    CU_ASSERT_EQUAL_FATAL(load_bpe(tokens, 11, types, merges, 6, "gpt-2", &t, &buf, &g), 0);
+    int32_t ids[16];
+    size_t n;
+    /* "abc": bc (rank 0) before ab (rank 1), then a+bc (rank 2) */
+    CU_ASSERT_EQUAL(lh_tok_encode(t, "abc", 3, 0, ids, 16, &n), 0);
+    CU_ASSERT(n == 1 && ids[0] == 5);
+    /* "aaa": equal ranks, leftmost first -> [aa, a] */
+    CU_ASSERT_EQUAL(lh_tok_encode(t, "aaa", 3, 0, ids, 16, &n), 0);
+    CU_ASSERT(n == 2 && ids[0] == 8 && ids[1] == 0);
+    /* " a b": the gpt-2 expression keeps the space with the letters; "Ġb" is no merge */
+    CU_ASSERT_EQUAL(lh_tok_encode(t, " a b", 4, 0, ids, 16, &n), 0);
+    CU_ASSERT(n == 3 && ids[0] == 7 && ids[1] == 6 && ids[2] == 1);
+    /* a NUL byte is spelled with its alphabet character; a byte with no token is dropped */
+    CU_ASSERT_EQUAL(lh_tok_encode(t, "a\0z", 3, 0, ids, 16, &n), 0);
+    CU_ASSERT(n == 2 && ids[0] == 0 && ids[1] == 9);
+    char out[16];
+    size_t len;
+    const int32_t dec[] = {7, 9, 10, 4};
+    CU_ASSERT_EQUAL(lh_tok_decode(t, dec, 4, 0, out, sizeof out, &len), 0);
+    CU_ASSERT(len == 5 && memcmp(out, " a\0bc", 5) == 0);
+    /* the control token's text stays text without LH_TOK_SPECIAL */
+    CU_ASSERT_EQUAL(lh_tok_encode(t, "<|endoftext|>", 13, 0, ids, 16, &n), 0);
+    for (size_t i = 0; i < n && i < 16; i++)
+        CU_ASSERT_NOT_EQUAL(ids[i], 10);
+    CU_ASSERT_EQUAL(lh_tok_encode(t, "a<|endoftext|>", 14, LH_TOK_SPECIAL, ids, 16, &n), 0);
+    CU_ASSERT(n == 2 && ids[0] == 0 && ids[1] == 10);
+    lh_tok_free(t);
+    lh_gguf_close(g);
+    free(buf);
+}
+
+static int log_has(const char *path, const char *what)
+{
+    size_t len;
+    char *s = read_all(path, &len);
+    int found = s && strstr(s, what) != NULL;
+    free(s);
+    return found;
+}
+
+static void test_bpe_bad(void)
+{
+    const char *tokens[] = {"a", "b", "ab"};
+    lh_tok *t;
+    lh_gguf *g;
+    void *buf;
+    char log_path[] = "/tmp/lh-tok-log-XXXXXX";
+    int fd = mkstemp(log_path);
+    CU_ASSERT_FATAL(fd >= 0);
+    close(fd);
+    int level = lh_log_get_level();
+    lh_log_set_level(LH_LOG_WARN);
+    CU_ASSERT_EQUAL_FATAL(lh_log_set_file(log_path), 0);
+    const char *bad[][2] = {{"a b", "ab"}, {"a b", " b"}, {"a b", "a "}, {"a b", ""}};
+    const char *what[] = {"merges[1] = 'ab'", "merges[1] = ' b'", "merges[1] = 'a '",
+                          "merges[1] = ''"};
+    for (size_t i = 0; i < 4; i++) {
+        CU_ASSERT_EQUAL(load_bpe(tokens, 3, NULL, bad[i], 2, "gpt-2", &t, &buf, &g), LH_E_FORMAT);
+        CU_ASSERT_PTR_NULL(t);
+        CU_ASSERT(log_has(log_path, what[i]));
+        lh_gguf_close(g);
+        free(buf);
+    }
+    const char *good[] = {"a b"};
+    CU_ASSERT_EQUAL(load_bpe(tokens, 3, NULL, good, 1, "no-such-pre", &t, &buf, &g),
+                    LH_E_UNSUPPORTED);
+    CU_ASSERT(log_has(log_path, "pre-tokenizer 'no-such-pre'"));
+    lh_gguf_close(g);
+    free(buf);
+    CU_ASSERT_EQUAL(load_bpe(tokens, 3, NULL, NULL, 0, "gpt-2", &t, &buf, &g), LH_E_FORMAT);
+    CU_ASSERT(log_has(log_path, "tokenizer.ggml.merges is missing"));
+    lh_gguf_close(g);
+    free(buf);
+    /* no pre-tokenizer at all: llama.cpp's 'default', with a warning */
+    CU_ASSERT_EQUAL(load_bpe(tokens, 3, NULL, good, 1, NULL, &t, &buf, &g), 0);
+    CU_ASSERT(log_has(log_path, "tokenizer.ggml.pre is missing"));
+    int32_t ids[4];
+    size_t n;
+    CU_ASSERT_EQUAL(lh_tok_encode(t, "ab", 2, 0, ids, 4, &n), 0);
+    CU_ASSERT(n == 1 && ids[0] == 2);
+    lh_tok_free(t);
+    lh_gguf_close(g);
+    free(buf);
+    lh_log_set_file(NULL);
+    lh_log_set_level(level);
+    unlink(log_path);
+}
+
+/* Megabyte inputs, among them single words of 100k+ characters, must encode in n log n (an n^2
+ * merge loop takes minutes here); the results decode back byte for byte. */
+static void test_bpe_long(void)
+{
+    vocab v;
+    if (vocab_open(&v, "llama-bpe"))
+        return;
+    size_t len = lh_test_asan() ? 100000 : 1000000;
+    char *text = malloc(len);
+    const char *fill[] = {"a", "7", " ", "\xe4\xb8\x96", "ab ", "\n"};
+    for (size_t k = 0; k < sizeof fill / sizeof fill[0]; k++) {
+        size_t fl = strlen(fill[k]), used = len - len % fl;
+        for (size_t i = 0; i < used; i += fl)
+            memcpy(text + i, fill[k], fl);
+        size_t n;
+        int32_t *ids = malloc((used + 2) * sizeof *ids);
+        CU_ASSERT_EQUAL(lh_tok_encode(v.t, text, used, 0, ids, used + 2, &n), 0);
+        CU_ASSERT(n > 0 && n <= used);
+        char *back = malloc(used + 1);
+        size_t bl;
+        CU_ASSERT_EQUAL(lh_tok_decode(v.t, ids, n, 0, back, used + 1, &bl), 0);
+        CU_ASSERT(bl == used && memcmp(back, text, used) == 0);
+        free(back);
+        free(ids);
+    }
+    free(text);
+    vocab_close(&v);
+}
+
 void lh_test_tokenizer(void)
 {
     CU_pSuite s = CU_add_suite("tokenizer", suite_init, suite_clean);
@@ -571,4 +1068,14 @@ void lh_test_tokenizer(void)
     CU_add_test(s, "merge order", test_merge_order);
     CU_add_test(s, "add_bos / add_space_prefix off", test_flags);
     CU_add_test(s, "bad vocabularies", test_bad_vocab);
+
+    s = CU_add_suite("bpe", NULL, NULL);
+    CU_add_test(s, "llama.cpp test vectors, every vocabulary", test_vectors);
+    CU_add_test(s, "harder inputs vs llama-tokenize", test_hard);
+    CU_add_test(s, "invalid UTF-8 round-trips", test_bpe_invalid_utf8);
+    CU_add_test(s, "special tokens only when asked", test_bpe_special);
+    CU_add_test(s, "BOS/EOS flags and metadata", test_bpe_bos_eos);
+    CU_add_test(s, "merge order and byte alphabet", test_bpe_merge_order);
+    CU_add_test(s, "malformed merges, unknown pre-tokenizer", test_bpe_bad);
+    CU_add_test(s, "long text (n log n)", test_bpe_long);
 }
