@@ -850,7 +850,7 @@ static int step(lh_sched *s, req *r)
         return 0;
     }
     /* decode: handle the sampled token, then evaluate it and sample the next */
-    if (r->cur == lh_tok_eos(s->tok) || r->cur == lh_tok_bos(s->tok)) {
+    if (lh_model_is_eog(s->model, r->cur) || r->cur == lh_tok_bos(s->tok)) {
         finish_generate(s, r, LH_FINISH_EOS, LH_ERR_NONE, NULL);
         return 1;
     }

@@ -414,15 +414,12 @@ static int load_weights(lh_model *m)
     return 0;
 }
 
-/* llama.cpp's end-of-generation set (llama-vocab.cpp): these ids from the metadata, and every
- * token whose text is one of these. */
-static const char *const eog_texts[] = {
-    "<|eot_id|>", "<|im_end|>", "<|end|>", "<|return|>", "<|call|>", "<end_of_turn>",
-    "<|endoftext|>", "<|eom_id|>", "<EOT>", "_<EOT>", "<|end_of_text|>", "<end_of_utterance>",
-};
+/* llama.cpp's end-of-generation set (llama-vocab.cpp) is the vocabulary's (lh_tok_is_eog: eos,
+ * eot, eom and the tokens spelled <|eot_id|>, <|im_end|>, ...) plus the fill-in-the-middle
+ * pad/rep/sep ids when the file names them. */
 static const char *const eog_keys[] = {
-    "tokenizer.ggml.eot_token_id", "tokenizer.ggml.eom_token_id", "tokenizer.ggml.fim_pad_token_id",
-    "tokenizer.ggml.fim_rep_token_id", "tokenizer.ggml.fim_sep_token_id",
+    "tokenizer.ggml.fim_pad_token_id", "tokenizer.ggml.fim_rep_token_id",
+    "tokenizer.ggml.fim_sep_token_id",
 };
 
 static int add_eog(lh_model *m, int32_t id, size_t *capp)
@@ -449,23 +446,15 @@ static int load_eog(lh_model *m)
 {
     size_t cap = 0, n_vocab = lh_tok_n_vocab(m->tok);
     int rc;
-    int32_t eos = lh_tok_eos(m->tok);
-    if (eos >= 0 && (rc = add_eog(m, eos, &cap)))
-        return rc;
+    for (size_t id = 0; id < n_vocab; id++)
+        if (lh_tok_is_eog(m->tok, (int32_t)id) && (rc = add_eog(m, (int32_t)id, &cap)))
+            return rc;
     for (size_t k = 0; k < sizeof eog_keys / sizeof *eog_keys; k++) {
         uint32_t id;
         /* like llama.cpp, an id past the vocabulary is ignored (it logs a warning) */
         if (lh_gguf_get_u32(m->gguf, eog_keys[k], &id) == 0 && id < n_vocab &&
             (rc = add_eog(m, (int32_t)id, &cap)))
             return rc;
-    }
-    for (size_t id = 0; id < n_vocab; id++) {
-        const char *t = lh_tok_raw(m->tok, (int32_t)id);
-        if (!t || (t[0] != '<' && t[0] != '_'))
-            continue;
-        for (size_t k = 0; k < sizeof eog_texts / sizeof *eog_texts; k++)
-            if (strcmp(t, eog_texts[k]) == 0 && (rc = add_eog(m, (int32_t)id, &cap)))
-                return rc;
     }
     return 0;
 }

@@ -74,9 +74,9 @@ const lh_gguf *lh_model_gguf(const lh_model *m);
 size_t lh_model_n_params(const lh_model *m);
 const char *lh_model_arch_name(const lh_model *m);
 
-/* End of generation: the vocabulary's eos, eot, eom (tokenizer.ggml.*_token_id), fim pad/rep/sep
- * ids and the tokens llama.cpp treats as end of generation by their text (<|eot_id|>,
- * <|im_end|>, <|endoftext|>, <|end_of_text|>, <end_of_turn>, ...).  Generation stops on any. */
+/* End of generation, as llama.cpp decides it: the vocabulary's set (lh_tok_is_eog: eos, eot, eom,
+ * and the tokens spelled <|eot_id|>, <|im_end|>, <|endoftext|>, <end_of_turn>, ...) and the
+ * fill-in-the-middle pad/rep/sep ids (tokenizer.ggml.fim_*_token_id).  Generation stops on any. */
 int lh_model_is_eog(const lh_model *m, int32_t id);
 /* The end-of-generation ids, ascending: *idsp gets the array, the count is returned. */
 size_t lh_model_eog_ids(const lh_model *m, const int32_t **idsp);

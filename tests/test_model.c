@@ -52,7 +52,7 @@ static size_t greedy(lh_ctx *c, const int32_t *prompt, size_t n_prompt, size_t n
             if (logits[i] > logits[best])
                 best = i;
         int32_t next = (int32_t)best;
-        if (next == lh_tok_eos(tok) || next == lh_tok_bos(tok))
+        if (lh_model_is_eog(g_model, next) || next == lh_tok_bos(tok))
             break;
         gen[k] = next;
         size_t plen;
@@ -123,17 +123,17 @@ static void test_golden_with_prompt(void)
 }
 
 /* Logits of every position fed as one prefill versus one token at a time. */
-static void check_prefill_vs_decode(lh_ctx_params *p, size_t n, double tol)
+static void check_prefill_vs_decode_of(const lh_model *m, lh_ctx_params *p, size_t n, double tol)
 {
-    size_t V = lh_model_hparams(g_model)->n_vocab;
+    size_t V = lh_model_hparams(m)->n_vocab;
     int32_t *toks = malloc(n * sizeof *toks);
     float *a = malloc(n * V * sizeof *a), *b = malloc(V * sizeof *b);
     CU_ASSERT_FATAL(toks && a && b);
     for (size_t i = 0; i < n; i++)
         toks[i] = i == 0 ? 1 : (int32_t)(259 + (i * 7919) % 253);
     lh_ctx *c1 = NULL, *c2 = NULL;
-    CU_ASSERT_EQUAL_FATAL(lh_ctx_new(&c1, g_model, p), 0);
-    CU_ASSERT_EQUAL_FATAL(lh_ctx_new(&c2, g_model, p), 0);
+    CU_ASSERT_EQUAL_FATAL(lh_ctx_new(&c1, m, p), 0);
+    CU_ASSERT_EQUAL_FATAL(lh_ctx_new(&c2, m, p), 0);
     CU_ASSERT_EQUAL_FATAL(lh_ctx_eval(c1, toks, n, a, 1), 0);
     double worst = 0;
     for (size_t i = 0; i < n; i++) {
@@ -155,6 +155,11 @@ static void check_prefill_vs_decode(lh_ctx_params *p, size_t n, double tol)
     free(toks);
     free(a);
     free(b);
+}
+
+static void check_prefill_vs_decode(lh_ctx_params *p, size_t n, double tol)
+{
+    check_prefill_vs_decode_of(g_model, p, n, tol);
 }
 
 static void test_prefill_equals_decode_full(void)
@@ -387,6 +392,411 @@ static void test_longheads_defaults_from_file(void)
     CU_ASSERT_EQUAL(lh_model_hparams(g_model)->lh_window, 512);
 }
 
+/* ---- architectures: random-weight fixtures checked against llama.cpp -------------------------
+ * tests/data/arch/ holds small random-weight models written with llama.cpp's gguf-py
+ * (tools/make-arch-fixtures.py; README.md there says how) and expected.txt: per model the greedy
+ * ids llama.cpp's llama-cli produces for the prompt and llama-perplexity's PPL on
+ * tests/data/stories-long.txt (F32, -c 128 -b 128 --chunks 8). */
+
+#define ARCH_DIR "tests/data/arch/"
+#define ARCH_PROMPT "Once upon a time"
+#define ARCH_N_GEN 64
+#define ARCH_PPL_CTX 128
+#define ARCH_PPL_CHUNKS 8
+
+typedef struct {
+    char name[64];
+    double ppl;
+    int32_t ids[ARCH_N_GEN];
+    size_t n_ids;
+} arch_expect;
+
+/* One line of expected.txt: "<file> ppl=<float> ids=<id>,<id>,...". */
+static int arch_expected(const char *name, arch_expect *e)
+{
+    FILE *f = fopen(ARCH_DIR "expected.txt", "r");
+    char line[4096];
+    int found = 0;
+    while (f && !found && fgets(line, sizeof line, f)) {
+        if (line[0] == '#' || sscanf(line, "%63s ppl=%lf", e->name, &e->ppl) != 2 ||
+            strcmp(e->name, name) != 0)
+            continue;
+        const char *p = strstr(line, "ids=");
+        e->n_ids = 0;
+        for (p = p ? p + 4 : NULL; p && *p && *p != '\n' && e->n_ids < ARCH_N_GEN;) {
+            char *end;
+            long v = strtol(p, &end, 10);
+            if (end == p)
+                break;
+            e->ids[e->n_ids++] = (int32_t)v;
+            p = *end == ',' ? end + 1 : end;
+        }
+        found = 1;
+    }
+    if (f)
+        fclose(f);
+    return found;
+}
+
+/* Greedy from the prompt (with BOS) until ARCH_N_GEN tokens or an end-of-generation token, as
+ * llama-cli --temp 0 does; *min_marginp gets the smallest top-1 minus top-2 logit seen. */
+static size_t arch_greedy(const lh_model *m, int32_t *gen, double *min_marginp)
+{
+    const lh_tok *tok = lh_model_tok(m);
+    size_t V = lh_model_hparams(m)->n_vocab, n_prompt = 0, k = 0;
+    int32_t prompt[64];
+    CU_ASSERT_EQUAL_FATAL(lh_tok_encode(tok, ARCH_PROMPT, strlen(ARCH_PROMPT), 1, prompt, 64,
+                                        &n_prompt), 0);
+    lh_ctx_params p;
+    lh_ctx_params_default(&p);
+    p.n_ctx = 128;
+    lh_ctx *c = NULL;
+    float *logits = malloc(V * sizeof *logits);
+    CU_ASSERT_FATAL(logits != NULL);
+    CU_ASSERT_EQUAL_FATAL(lh_ctx_new(&c, m, &p), 0);
+    CU_ASSERT_EQUAL_FATAL(lh_ctx_eval(c, prompt, n_prompt, logits, 0), 0);
+    *min_marginp = INFINITY;
+    for (; k < ARCH_N_GEN; k++) {
+        size_t best = 0, second = 1;
+        for (size_t i = 1; i < V; i++) {
+            if (logits[i] > logits[best])
+                second = best, best = i;
+            else if (i != best && logits[i] > logits[second])
+                second = i;
+        }
+        double margin = (double)logits[best] - logits[second];
+        *min_marginp = margin < *min_marginp ? margin : *min_marginp;
+        if (lh_model_is_eog(m, (int32_t)best))
+            break;
+        gen[k] = (int32_t)best;
+        if (k + 1 < ARCH_N_GEN)
+            CU_ASSERT_EQUAL_FATAL(lh_ctx_eval(c, &gen[k], 1, logits, 0), 0);
+    }
+    lh_ctx_free(c);
+    free(logits);
+    return k;
+}
+
+/* llama-perplexity's quantity: the text with BOS first, cut into chunks of n_ctx tokens, each
+ * evaluated on its own with its first token replaced by BOS; the negative log-likelihood of the
+ * second half of each chunk (positions n_ctx/2 .. n_ctx-2 predicting the next token);
+ * PPL = exp(mean). */
+static double arch_perplexity(const lh_model *m, size_t n_ctx, size_t n_chunks)
+{
+    const lh_tok *tok = lh_model_tok(m);
+    size_t V = lh_model_hparams(m)->n_vocab, len = 0, n_tok = 0;
+    FILE *f = fopen("tests/data/stories-long.txt", "rb");
+    CU_ASSERT_FATAL(f != NULL);
+    char *text = malloc(1 << 20);
+    CU_ASSERT_FATAL(text != NULL);
+    len = fread(text, 1, (1 << 20) - 1, f);
+    fclose(f);
+    size_t cap = n_ctx * n_chunks + 1;
+    int32_t *toks = malloc(len * sizeof *toks + sizeof *toks);
+    float *logits = malloc(n_ctx * V * sizeof *logits);
+    CU_ASSERT_FATAL(toks && logits);
+    CU_ASSERT_EQUAL_FATAL(lh_tok_encode(tok, text, len, 1, toks, len + 1, &n_tok), 0);
+    CU_ASSERT_FATAL(n_tok >= cap);
+    lh_ctx_params p;
+    lh_ctx_params_default(&p);
+    p.n_ctx = n_ctx;
+    lh_ctx *c = NULL;
+    CU_ASSERT_EQUAL_FATAL(lh_ctx_new(&c, m, &p), 0);
+    double nll = 0;
+    size_t count = 0;
+    for (size_t ch = 0; ch < n_chunks; ch++) {
+        int32_t *t = toks + ch * n_ctx, saved = t[0];
+        t[0] = lh_tok_bos(tok);
+        lh_ctx_truncate(c, 0);
+        CU_ASSERT_EQUAL_FATAL(lh_ctx_eval(c, t, n_ctx, logits, 1), 0);
+        t[0] = saved;
+        for (size_t j = n_ctx / 2; j + 1 < n_ctx; j++) {
+            const float *row = logits + j * V;
+            double mx = row[0], sum = 0;
+            for (size_t i = 1; i < V; i++)
+                mx = row[i] > mx ? row[i] : mx;
+            for (size_t i = 0; i < V; i++)
+                sum += exp((double)row[i] - mx);
+            nll += log(sum) + mx - row[t[j + 1]];
+            count++;
+        }
+    }
+    lh_ctx_free(c);
+    free(toks);
+    free(logits);
+    free(text);
+    return exp(nll / (double)count);
+}
+
+static void check_arch_fixture(const char *name, const char *arch)
+{
+    char path[256];
+    snprintf(path, sizeof path, ARCH_DIR "%s", name);
+    lh_model *m = NULL;
+    CU_ASSERT_EQUAL_FATAL(lh_model_open(&m, path), 0);
+    CU_ASSERT_STRING_EQUAL(lh_model_arch_name(m), arch);
+    arch_expect e;
+    CU_ASSERT_FATAL(arch_expected(name, &e));
+    int32_t gen[ARCH_N_GEN];
+    double margin;
+    size_t n = arch_greedy(m, gen, &margin);
+    CU_ASSERT_EQUAL(n, e.n_ids);
+    CU_ASSERT(n == e.n_ids && memcmp(gen, e.ids, n * sizeof *gen) == 0);
+    /* decisive: a float-rounding difference between implementations cannot flip a choice */
+    CU_ASSERT(margin > 1e-3);
+    double ppl = arch_perplexity(m, ARCH_PPL_CTX, ARCH_PPL_CHUNKS);
+    double rel = fabs(ppl - e.ppl) / e.ppl;
+    CU_ASSERT(rel < 1e-3);
+    if (n != e.n_ids || memcmp(gen, e.ids, n * sizeof *gen) != 0 || rel >= 1e-3) {
+        printf("\n  %s: ppl=%.4f (llama.cpp %.4f, rel %.2g), min margin %.3g, ids=", name, ppl,
+               e.ppl, rel, margin);
+        for (size_t i = 0; i < n; i++)
+            printf("%s%d", i ? "," : "", gen[i]);
+        printf("\n");
+    }
+    lh_model_close(m);
+}
+
+static void test_arch_llama_rope_freqs(void) { check_arch_fixture("llama-rope-freqs.gguf", "llama"); }
+static void test_arch_qwen2_bias(void) { check_arch_fixture("qwen2-bias.gguf", "qwen2"); }
+static void test_arch_llama_yarn(void) { check_arch_fixture("llama-yarn.gguf", "llama"); }
+
+/* LongHeads on the new RoPE variants: inside its window it must equal full attention (keys are
+ * cached rotated at their position inside their chunk and queries rotated per layout slot: any
+ * rotation path that ignored the frequency factors, the YaRN ramp or the NeoX permutation would
+ * break the equality), and past the window prefill must equal decode. */
+static void test_arch_longheads(void)
+{
+    static const char *names[] = { "llama-rope-freqs.gguf", "qwen2-bias.gguf", "llama-yarn.gguf" };
+    for (size_t f = 0; f < 3; f++) {
+        char path[256];
+        snprintf(path, sizeof path, ARCH_DIR "%s", names[f]);
+        lh_model *m = NULL;
+        CU_ASSERT_EQUAL_FATAL(lh_model_open(&m, path), 0);
+        size_t V = lh_model_hparams(m)->n_vocab, n = 128;
+        int32_t toks[128];
+        for (size_t i = 0; i < n; i++)
+            toks[i] = i == 0 ? 1 : (int32_t)(259 + (i * 31) % 253);
+        float *a = malloc(n * V * sizeof *a), *b = malloc(n * V * sizeof *b);
+        CU_ASSERT_FATAL(a && b);
+        lh_ctx_params p;
+        lh_ctx_params_default(&p);
+        p.n_ctx = 256;
+        lh_ctx *c1 = NULL, *c2 = NULL;
+        CU_ASSERT_EQUAL_FATAL(lh_ctx_new(&c1, m, &p), 0);
+        p.attn = LH_ATTN_LONGHEADS;
+        p.chunk = 16;
+        p.window = 128;
+        CU_ASSERT_EQUAL_FATAL(lh_ctx_new(&c2, m, &p), 0);
+        CU_ASSERT_EQUAL_FATAL(lh_ctx_eval(c1, toks, n, a, 1), 0);
+        CU_ASSERT_EQUAL_FATAL(lh_ctx_eval(c2, toks, n, b, 1), 0);
+        double scale = 0;
+        for (size_t i = 0; i < n * V; i++)
+            scale = fabs(a[i]) > scale ? fabs(a[i]) : scale;
+        double d = lh_test_max_abs_diff(a, b, n * V);
+        CU_ASSERT(d <= 1e-5 * scale);
+        if (d > 1e-5 * scale)
+            printf("\n  %s: longheads inside window vs full: %.3g (logits up to %.3g)\n", names[f],
+                   d, scale);
+        lh_ctx_free(c1);
+        lh_ctx_free(c2);
+        free(a);
+        free(b);
+        /* 8x past a window of 32 */
+        p.chunk = 8;
+        p.window = 32;
+        p.n_batch = 13;
+        p.n_ctx = 256;
+        check_prefill_vs_decode_of(m, &p, 256, 1e-3);
+        lh_model_close(m);
+    }
+}
+
+/* A tiny model (dim 8, 2 heads of hd, ff 16, vocab 10 with Llama 3 / Qwen style end tokens)
+ * written in memory: the arch's keys, then `extra` (u32 unless a string or float is given), then
+ * the tensors (all zero; biases when bias != 0; rope_freqs of n_freqs values `freq`). */
+typedef struct {
+    const char *key;
+    const char *str;
+    float f;
+    uint32_t u;
+    int is_f32;
+} tiny_kv;
+
+static int tiny_model(const char *arch, size_t hd, const tiny_kv *extra, size_t n_extra, int bias,
+                      size_t n_freqs, float freq, lh_model **mp)
+{
+    static const char *toks[] = { "<unk>", "<s>", "</s>", "<|eot_id|>", "<|im_end|>", "a", "b",
+                                  "<|eom_id|>", "<|endoftext|>", "c" };
+    static float zeros[16 * 16], freqs[64];
+    float scores[10] = { 0 };
+    int32_t types[10] = { 2, 3, 3, 3, 3, 1, 1, 3, 3, 1 };
+    lh_gguf_writer *w = NULL;
+    char key[96], path[128];
+    if (lh_gguf_writer_new(&w))
+        return -ENOMEM;
+    lh_gguf_writer_str(w, "general.architecture", arch);
+#define K(s) (snprintf(key, sizeof key, "%s." s, arch), key)
+    lh_gguf_writer_u32(w, K("embedding_length"), 8);
+    lh_gguf_writer_u32(w, K("feed_forward_length"), 16);
+    lh_gguf_writer_u32(w, K("block_count"), 1);
+    lh_gguf_writer_u32(w, K("attention.head_count"), 2);
+    if (hd != 4)
+        lh_gguf_writer_u32(w, K("attention.key_length"), (uint32_t)hd);
+#undef K
+    for (size_t i = 0; i < n_extra; i++) {
+        if (extra[i].str)
+            lh_gguf_writer_str(w, extra[i].key, extra[i].str);
+        else if (extra[i].is_f32)
+            lh_gguf_writer_f32(w, extra[i].key, extra[i].f);
+        else
+            lh_gguf_writer_u32(w, extra[i].key, extra[i].u);
+    }
+    lh_gguf_writer_str(w, "tokenizer.ggml.model", "llama");
+    lh_gguf_writer_arr_str(w, "tokenizer.ggml.tokens", toks, 10);
+    lh_gguf_writer_arr_f32(w, "tokenizer.ggml.scores", scores, 10);
+    lh_gguf_writer_arr_i32(w, "tokenizer.ggml.token_type", types, 10);
+    lh_gguf_writer_u32(w, "tokenizer.ggml.eom_token_id", 7);
+    uint64_t qd = 2 * hd;
+    const struct { const char *name; uint64_t ne0, ne1; int dims; } ts[] = {
+        { "token_embd.weight", 8, 10, 2 }, { "output_norm.weight", 8, 1, 1 },
+        { "blk.0.attn_norm.weight", 8, 1, 1 }, { "blk.0.ffn_norm.weight", 8, 1, 1 },
+        { "blk.0.attn_q.weight", 8, qd, 2 }, { "blk.0.attn_k.weight", 8, qd, 2 },
+        { "blk.0.attn_v.weight", 8, qd, 2 }, { "blk.0.attn_output.weight", qd, 8, 2 },
+        { "blk.0.ffn_gate.weight", 8, 16, 2 }, { "blk.0.ffn_up.weight", 8, 16, 2 },
+        { "blk.0.ffn_down.weight", 16, 8, 2 }, { "blk.0.attn_q.bias", qd, 1, 1 },
+        { "blk.0.attn_k.bias", qd, 1, 1 }, { "blk.0.attn_v.bias", qd, 1, 1 },
+    };
+    for (size_t t = 0; t < sizeof ts / sizeof *ts; t++) {
+        if (!bias && strstr(ts[t].name, ".bias"))
+            continue;
+        uint64_t ne[2] = { ts[t].ne0, ts[t].ne1 };
+        lh_gguf_writer_tensor(w, ts[t].name, LH_TYPE_F32, (uint32_t)ts[t].dims, ne, zeros);
+    }
+    if (n_freqs) {
+        uint64_t ne[1] = { n_freqs };
+        for (size_t i = 0; i < n_freqs; i++)
+            freqs[i] = freq;
+        lh_gguf_writer_tensor(w, "rope_freqs.weight", LH_TYPE_F32, 1, ne, freqs);
+    }
+    snprintf(path, sizeof path, "/tmp/lh-test-arch-%d.gguf", (int)getpid());
+    int rc = lh_gguf_writer_save(w, path);
+    lh_gguf_writer_free(w);
+    if (rc == 0)
+        rc = lh_model_open(mp, path);
+    unlink(path);
+    return rc;
+}
+
+/* End of generation: eos, eot/eom ids from the metadata and the tokens llama.cpp recognises by
+ * their text. */
+static void test_arch_eog(void)
+{
+    const int32_t *ids;
+    size_t n = lh_model_eog_ids(g_model, &ids);
+    CU_ASSERT_EQUAL(n, 1); /* stories260K: </s> only */
+    CU_ASSERT(n >= 1 && ids[0] == 2);
+    CU_ASSERT(lh_model_is_eog(g_model, 2));
+    CU_ASSERT(!lh_model_is_eog(g_model, 1));
+    CU_ASSERT(!lh_model_is_eog(g_model, 100));
+    CU_ASSERT(!lh_model_is_eog(g_model, -1));
+
+    lh_model *m = NULL;
+    tiny_kv keys[] = { { .key = "tokenizer.ggml.eot_token_id", .u = 9 },
+                       { .key = "tokenizer.ggml.fim_pad_token_id", .u = 6 } };
+    CU_ASSERT_EQUAL_FATAL(tiny_model("llama", 4, keys, 2, 0, 0, 0, &m), 0);
+    /* eos 2 (the default), eot 9, eom 7 and fim pad 6 from the keys, and by their text 3, 4, 7,
+     * 8 */
+    static const int32_t want[] = { 2, 3, 4, 6, 7, 8, 9 };
+    n = lh_model_eog_ids(m, &ids);
+    CU_ASSERT_EQUAL(n, 7);
+    CU_ASSERT(n == 7 && memcmp(ids, want, sizeof want) == 0);
+    CU_ASSERT(!lh_model_is_eog(m, 5) && !lh_model_is_eog(m, 1) && lh_model_is_eog(m, 9));
+    lh_model_close(m);
+}
+
+/* The metadata that shapes the architecture, read as llama.cpp reads it; what is not supported is
+ * refused with its name. */
+static void test_arch_metadata(void)
+{
+    lh_model *m = NULL;
+    const lh_hparams *hp;
+    /* refusals */
+    CU_ASSERT_EQUAL(tiny_model("gemma3", 4, NULL, 0, 0, 0, 0, &m), LH_E_UNSUPPORTED);
+    tiny_kv moe = { .key = "llama.expert_count", .u = 8 };
+    CU_ASSERT_EQUAL(tiny_model("llama", 4, &moe, 1, 0, 0, 0, &m), LH_E_UNSUPPORTED);
+    tiny_kv longrope = { .key = "llama.rope.scaling.type", .str = "longrope" };
+    CU_ASSERT_EQUAL(tiny_model("llama", 4, &longrope, 1, 0, 0, 0, &m), LH_E_UNSUPPORTED);
+    CU_ASSERT_EQUAL(tiny_model("qwen2", 4, NULL, 0, 0, 0, 0, &m), LH_E_FORMAT); /* no biases */
+    CU_ASSERT_EQUAL(tiny_model("llama", 4, NULL, 0, 0, 3, 1.0f, &m), LH_E_FORMAT); /* 3 != 2 factors */
+    CU_ASSERT_EQUAL(tiny_model("llama", 4, NULL, 0, 0, 2, 0.0f, &m), LH_E_FORMAT); /* factor 0 */
+    tiny_kv vlen = { .key = "llama.attention.value_length", .u = 6 };
+    CU_ASSERT_EQUAL(tiny_model("llama", 8, &vlen, 1, 0, 0, 0, &m), LH_E_FORMAT);
+    tiny_kv negf = { .key = "llama.rope.scaling.factor", .f = -2.0f, .is_f32 = 1 };
+    CU_ASSERT_EQUAL(tiny_model("llama", 4, &negf, 1, 0, 0, 0, &m), LH_E_FORMAT);
+    CU_ASSERT_PTR_NULL(m);
+
+    /* qwen2: biases, NeoX; plain RoPE by default */
+    CU_ASSERT_EQUAL_FATAL(tiny_model("qwen2", 4, NULL, 0, 1, 0, 0, &m), 0);
+    hp = lh_model_hparams(m);
+    CU_ASSERT_EQUAL(hp->arch, LH_ARCH_QWEN2);
+    CU_ASSERT(hp->rope_neox);
+    CU_ASSERT_PTR_NOT_NULL(strstr(lh_model_desc(m), "qwen2"));
+    CU_ASSERT_EQUAL(hp->rope.freq_scale, 1.0f);
+    CU_ASSERT_EQUAL(hp->rope.ext_factor, 0.0f);
+    lh_model_close(m);
+
+    /* linear scaling, the old key too; "none" ignores the factor */
+    tiny_kv lin[] = { { .key = "llama.rope.scaling.type", .str = "linear" },
+                      { .key = "llama.rope.scaling.factor", .f = 2.0f, .is_f32 = 1 } };
+    CU_ASSERT_EQUAL_FATAL(tiny_model("llama", 4, lin, 2, 0, 0, 0, &m), 0);
+    CU_ASSERT_EQUAL(lh_model_hparams(m)->rope.freq_scale, 0.5f);
+    CU_ASSERT_EQUAL(lh_model_hparams(m)->rope.ext_factor, 0.0f);
+    CU_ASSERT(!lh_model_hparams(m)->rope_neox);
+    lh_model_close(m);
+    tiny_kv old = { .key = "llama.rope.scale_linear", .f = 4.0f, .is_f32 = 1 };
+    CU_ASSERT_EQUAL_FATAL(tiny_model("llama", 4, &old, 1, 0, 0, 0, &m), 0);
+    CU_ASSERT_EQUAL(lh_model_hparams(m)->rope.freq_scale, 0.25f);
+    lh_model_close(m);
+    tiny_kv none[] = { { .key = "llama.rope.scaling.type", .str = "none" },
+                       { .key = "llama.rope.scaling.factor", .f = 4.0f, .is_f32 = 1 } };
+    CU_ASSERT_EQUAL_FATAL(tiny_model("llama", 4, none, 2, 0, 0, 0, &m), 0);
+    CU_ASSERT_EQUAL(lh_model_hparams(m)->rope.freq_scale, 1.0f);
+    lh_model_close(m);
+
+    /* YaRN: ext_factor 1, attn_factor and the original context from the file */
+    tiny_kv yarn[] = { { .key = "llama.rope.scaling.type", .str = "yarn" },
+                       { .key = "llama.rope.scaling.factor", .f = 8.0f, .is_f32 = 1 },
+                       { .key = "llama.rope.scaling.attn_factor", .f = 0.5f, .is_f32 = 1 },
+                       { .key = "llama.rope.scaling.original_context_length", .u = 32 },
+                       { .key = "llama.rope.freq_base", .f = 500000.0f, .is_f32 = 1 } };
+    CU_ASSERT_EQUAL_FATAL(tiny_model("llama", 4, yarn, 5, 0, 2, 2.0f, &m), 0);
+    hp = lh_model_hparams(m);
+    CU_ASSERT_EQUAL(hp->rope.freq_scale, 0.125f);
+    CU_ASSERT_EQUAL(hp->rope.ext_factor, 1.0f);
+    CU_ASSERT_EQUAL(hp->rope.attn_factor, 0.5f);
+    CU_ASSERT_EQUAL(hp->rope.n_ctx_orig, 32);
+    CU_ASSERT_EQUAL(hp->rope.base, 500000.0f);
+    CU_ASSERT(hp->rope.freq_factors && hp->rope.freq_factors[1] == 2.0f);
+    lh_model_close(m);
+
+    /* attention.key_length: heads of 8 in a model of dim 8 with 2 heads (q is 16 wide); runs */
+    CU_ASSERT_EQUAL_FATAL(tiny_model("llama", 8, NULL, 0, 1, 0, 0, &m), 0);
+    hp = lh_model_hparams(m);
+    CU_ASSERT_EQUAL(hp->head_dim, 8);
+    CU_ASSERT_EQUAL(hp->n_rot, 8);
+    lh_ctx_params p;
+    lh_ctx_params_default(&p);
+    p.n_ctx = 16;
+    lh_ctx *c = NULL;
+    float logits[10];
+    int32_t toks[3] = { 1, 5, 6 };
+    CU_ASSERT_EQUAL_FATAL(lh_ctx_new(&c, m, &p), 0);
+    CU_ASSERT_EQUAL(lh_ctx_eval(c, toks, 3, logits, 0), 0);
+    lh_ctx_free(c);
+    lh_model_close(m);
+}
+
 void lh_test_model(void)
 {
     CU_pSuite s = CU_add_suite("model", suite_init, suite_clean);
@@ -400,4 +810,10 @@ void lh_test_model(void)
     CU_add_test(s, "F16, BF16 and Q8_0 weights follow F32", test_weight_types);
     CU_add_test(s, "unusable models are refused", test_bad_models);
     CU_add_test(s, "LongHeads defaults from the file", test_longheads_defaults_from_file);
+    CU_add_test(s, "arch: llama with rope_freqs, tied output = llama.cpp", test_arch_llama_rope_freqs);
+    CU_add_test(s, "arch: qwen2 with biases = llama.cpp", test_arch_qwen2_bias);
+    CU_add_test(s, "arch: llama with yarn scaling = llama.cpp", test_arch_llama_yarn);
+    CU_add_test(s, "arch: LongHeads with factors, yarn, NeoX", test_arch_longheads);
+    CU_add_test(s, "arch: end of generation tokens", test_arch_eog);
+    CU_add_test(s, "arch: metadata and refusals", test_arch_metadata);
 }

@@ -177,7 +177,7 @@ int main(int argc, char **argv)
     while (n_done < n_gen) {
         int32_t next = lh_sampler_sample(s, logits);
         n_done++;
-        if (next == lh_tok_eos(tok) || next == lh_tok_bos(tok))
+        if (lh_model_is_eog(m, next) || next == lh_tok_bos(tok))
             break;
         size_t plen;
         const char *piece = lh_tok_piece(tok, next, &plen);
