@@ -166,6 +166,9 @@ static char *run_capture(const char *cmd, int *statusp)
     return s;
 }
 
+static pid_t aux_start(const char *name, const char *const *extra);
+static int aux_end(pid_t pid);
+
 /* ---- golden via the CLI --------------------------------------------------------------------- */
 
 static void test_cli_golden(void)
@@ -786,6 +789,44 @@ static void test_systemd_verify(void)
              g_dir, lh_test_build_dir()[0] == '/' ? "" : cwd, lh_test_build_dir());
     int st = system(cmd);
     CU_ASSERT(WIFEXITED(st) && WEXITSTATUS(st) == 0);
+    /* the service must not own the socket unit's directory: RuntimeDirectory= would delete the
+     * socket on every stop/restart */
+    char *unit = slurp("contrib/systemd/longheadsd.service.in", NULL);
+    CU_ASSERT_PTR_NOT_NULL_FATAL(unit);
+    CU_ASSERT_PTR_NULL(strstr(unit, "\nRuntimeDirectory="));
+    CU_ASSERT_PTR_NOT_NULL(strstr(unit, "--config-optional /etc/longheads/longheadsd.conf"));
+    free(unit);
+    /* the sysusers.d file creates the socket's group */
+    if (system("command -v systemd-sysusers >/dev/null 2>&1") == 0) {
+        snprintf(cmd, sizeof cmd, "set -e; r=%s/sysroot; mkdir -p $r/etc; systemd-sysusers "
+                 "--root=$r - < contrib/systemd/longheads.sysusers.conf >/dev/null 2>&1; "
+                 "grep -q '^longheads:' $r/etc/group", g_dir);
+        st = system(cmd);
+        CU_ASSERT(WIFEXITED(st) && WEXITSTATUS(st) == 0);
+    }
+}
+
+/* The unit's config file is read (--config-optional), and a missing one is not an error. */
+static void test_config_optional(void)
+{
+    char conf[128];
+    snprintf(conf, sizeof conf, "%s/longheadsd.conf", g_dir);
+    FILE *f = fopen(conf, "w");
+    CU_ASSERT_FATAL(f != NULL);
+    fputs("# as /etc/longheads/longheadsd.conf\nslots = 3\n", f);
+    fclose(f);
+    const char *extra[] = {"--config-optional", conf, NULL};
+    pid_t pid = aux_start("conf", extra);
+    CU_ASSERT_FATAL(pid > 0);
+    lh_client *c;
+    CU_ASSERT_FATAL(lh_client_connect(&c, g_sock, 5000) == 0);
+    CU_ASSERT_EQUAL(lh_client_model(c)->n_slots, 3);
+    lh_client_close(c);
+    CU_ASSERT_EQUAL(aux_end(pid), 0);
+    unlink(conf);
+    pid = aux_start("conf", extra);
+    CU_ASSERT(pid > 0);
+    CU_ASSERT_EQUAL(aux_end(pid), 0);
 }
 
 /* ---- limits, timeouts, permissions, signals, faults (each on its own daemon) ----------------- */
@@ -1487,7 +1528,8 @@ void lh_test_e2e(void)
     CU_add_test(s, "malformed input", test_malformed);
     CU_add_test(s, "a second daemon does not steal the socket", test_second_daemon_refused);
     CU_add_test(s, "socket activation, sd_notify, SIGTERM drain", test_socket_activation);
-    CU_add_test(s, "systemd-analyze verify", test_systemd_verify);
+    CU_add_test(s, "systemd-analyze verify; unit layout; sysusers.d", test_systemd_verify);
+    CU_add_test(s, "the unit's config file is read (--config-optional)", test_config_optional);
     CU_add_test(s, "ERR_BUSY, handshake/frame timeouts, duplicate id",
                 test_busy_duplicate_timeouts);
     CU_add_test(s, "backpressure pauses a generation the client does not read",
