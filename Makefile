@@ -180,3 +180,21 @@ $(BUILD)/fuzz_gguf: tests/fuzz_gguf.c engine/gguf.c engine/tokenizer.c kernels/l
 	@mkdir -p $(BUILD)
 	$(FUZZ_CC) -std=c11 -D_GNU_SOURCE -g -O1 $(WARN) -fsanitize=fuzzer,address,undefined \
 	  -fno-sanitize-recover=undefined -Ikernels -Iengine -o $@ $(filter %.c,$^) -lm -lpthread
+
+# ---- load test (explicit only) -------------------------------------------------------------------
+# make stress: longheads-stress starts the daemon and runs STRESS_ROUNDS rounds of STRESS_CONNS
+# connections x STRESS_REQUESTS requests (10% cancelled, 5% dropped mid-stream), checking every
+# stream; prints req/s, TTFT p50/p99, errors by code, daemon RSS.  The issue's figure:
+#   make stress STRESS_CONNS=64 STRESS_REQUESTS=100 STRESS_SLOTS=4
+STRESS_CONNS    ?= 16
+STRESS_REQUESTS ?= 20
+STRESS_ROUNDS   ?= 2
+STRESS_SLOTS    ?= 1
+.PHONY: stress
+$(BUILD)/longheads-stress: $(BUILD)/obj/tools/stress.o $(PROTO_OBJS)
+	$(CC) $(CFLAGS_ALL) -o $@ $^ -lprotobuf-c -lpthread
+
+stress: all
+	$(BUILD)/longheads-stress --daemon $(BUILD)/longheadsd --model $(MODEL) \
+	  --slots $(STRESS_SLOTS) --conns $(STRESS_CONNS) --requests $(STRESS_REQUESTS) \
+	  --rounds $(STRESS_ROUNDS)
