@@ -10,6 +10,7 @@
 #include <poll.h>
 #include <pthread.h>
 #include <signal.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -231,8 +232,10 @@ typedef struct {
     int cancel_after;      /* cancel from the callback after this many tokens (0: never) */
     double t_cancel;
     lh_client *c;          /* for cancel from another thread */
-    volatile int saw_prefill;
-    volatile size_t last_done, last_total;
+    /* written by the generating thread, polled by the test's main thread: atomics, not
+     * volatile (ThreadSanitizer-clean) */
+    atomic_int saw_prefill;
+    _Atomic size_t last_done, last_total, n_tokens_seen;
 } stream;
 
 static int collect(const lh_client_event *ev, void *ud)
@@ -251,8 +254,10 @@ static int collect(const lh_client_event *ev, void *ud)
         s->len += ev->text_len;
         s->text[s->len] = 0;
     }
-    if (ev->token >= 0)
+    if (ev->token >= 0) {
         s->n_tokens++;
+        atomic_store(&s->n_tokens_seen, s->n_tokens);
+    }
     if (s->cancel_after && s->n_tokens == (size_t)s->cancel_after) {
         s->t_cancel = now_s();
         return 1;
@@ -336,7 +341,7 @@ typedef struct {
     stream *s;
     lh_client_result res;
     int rc;
-    volatile double t_final;
+    _Atomic double t_final;
 } long_job;
 
 static void *long_worker(void *arg)
@@ -717,9 +722,9 @@ static void test_socket_activation(void)
     pthread_t t;
     pthread_create(&t, NULL, long_worker_n, &j);
     double t0 = now_s();
-    while (ds.n_tokens < 5 && !j.t_final && now_s() - t0 < 30)
+    while (atomic_load(&ds.n_tokens_seen) < 5 && !j.t_final && now_s() - t0 < 30)
         usleep(1000);
-    size_t at_term = ds.n_tokens;
+    size_t at_term = atomic_load(&ds.n_tokens_seen);
     kill(pid, SIGTERM);
     pthread_join(t, NULL);
     CU_ASSERT_EQUAL(j.rc, 0);
@@ -1402,6 +1407,46 @@ static void test_big_tokenize_vs_generate(void)
     CU_ASSERT_EQUAL(aux_end(pid), 0);
 }
 
+/* A request that cannot get memory is refused with an error; the daemon stays up and serves. */
+static void test_out_of_memory(void)
+{
+    if (lh_test_asan()) {
+        lh_test_skip("an address-space limit and the sanitizers' shadow memory do not mix");
+        return;
+    }
+    const char *extra[] = {"--max-frame", "17000000", NULL};
+    struct rlimit old, low;
+    CU_ASSERT_FATAL(getrlimit(RLIMIT_AS, &old) == 0);
+    low = old;
+    low.rlim_cur = 640ul << 20; /* the daemon needs ~250-400 MB of address space idle */
+    CU_ASSERT_FATAL(setrlimit(RLIMIT_AS, &low) == 0);
+    pid_t pid = aux_start("oom", extra);
+    setrlimit(RLIMIT_AS, &old);
+    CU_ASSERT_FATAL(pid > 0);
+    size_t len = 16u << 20;
+    char *text = malloc(len + 1);
+    CU_ASSERT_FATAL(text != NULL);
+    for (size_t i = 0; i < len; i++)
+        text[i] = "the little dog ran to the park "[i % 31];
+    text[len] = 0;
+    lh_client *c;
+    CU_ASSERT_FATAL(lh_client_connect(&c, g_sock, 10000) == 0);
+    size_t n = 0;
+    int rc = lh_client_tokenize(c, text, len, 1, NULL, 0, &n);
+    printf("\n    16 MB Tokenize under a 640 MB address-space limit: %s: %s\n",
+           lh_client_strerror(rc), lh_client_last_error(c));
+    CU_ASSERT_EQUAL(rc, LH_CLIENT_E_SERVER);
+    CU_ASSERT(strlen(lh_client_last_error(c)) > 5);
+    stream s;
+    memset(&s, 0, sizeof s);
+    lh_client_result res;
+    CU_ASSERT_EQUAL(greedy(c, "Once upon a time", 10, &s, &res), 0);
+    CU_ASSERT_EQUAL(res.finish, LH_CLIENT_FINISH_LENGTH);
+    lh_client_close(c);
+    free(text);
+    CU_ASSERT_EQUAL(aux_end(pid), 0);
+}
+
 /* ---- the client library against a scripted fake daemon -------------------------------------- */
 
 typedef struct {
@@ -1542,6 +1587,8 @@ void lh_test_e2e(void)
                 test_model_file_changed);
     CU_add_test(s, "8 big Tokenize requests do not delay a short Generate",
                 test_big_tokenize_vs_generate);
+    CU_add_test(s, "a request that cannot get memory is refused; the daemon stays up",
+                test_out_of_memory);
     CU_add_test(s, "client: NUL bytes in token text, timeouts on every call",
                 test_client_fake_daemon);
 }
