@@ -55,6 +55,7 @@ static const char usage_text[] =
     "                           /run/longheads/longheads.sock for root,\n"
     "                           /tmp/longheads-$UID/longheads.sock otherwise)\n"
     "  --config FILE            read `key = value` settings (keys: these option names)\n"
+    "  --config-optional FILE   the same, but a missing FILE is not an error (systemd unit)\n"
     "  --threads N              compute threads (default: all cores)\n"
     "  --slots N                KV-cache slots = requests run concurrently (default 1)\n"
     "  -c, --ctx-size N         context tokens per slot (default: as many as --max-memory\n"
@@ -377,10 +378,13 @@ int main(int argc, char **argv)
         }
         if (strcmp(argv[i], "--config") == 0 && i + 1 < argc && load_config(&o, argv[++i]) != 0)
             goto out;
+        if (strcmp(argv[i], "--config-optional") == 0 && i + 1 < argc &&
+            access(argv[++i], F_OK) == 0 && load_config(&o, argv[i]) != 0)
+            goto out;
     }
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i];
-        if (strcmp(a, "--config") == 0) {
+        if (strcmp(a, "--config") == 0 || strcmp(a, "--config-optional") == 0) {
             i++;
             continue;
         }

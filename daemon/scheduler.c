@@ -670,8 +670,14 @@ static void run_quick(lh_sched *s, req *r)
             ids = more ? more : ids;
         }
         if (rc != 0) {
-            snprintf(msg, sizeof msg, "tokenize failed (%d)", rc);
-            emit_error(s, r, LH_ERR_INTERNAL, msg);
+            if (rc == -ENOMEM)
+                snprintf(msg, sizeof msg, "out of memory tokenizing %zu bytes; send the text in "
+                         "smaller pieces", r->a.text_len);
+            else
+                snprintf(msg, sizeof msg, "tokenize failed (%d)", rc);
+            lh_log_warn("request %llu.%llu: %s", (unsigned long long)r->owner,
+                        (unsigned long long)r->id, msg);
+            emit_error(s, r, rc == -ENOMEM ? LH_ERR_LIMIT : LH_ERR_INTERNAL, msg);
         } else {
             lh_sched_event ev = {.kind = LH_EV_TOKENS, .owner = r->owner, .id = r->id,
                                  .tokens = ids, .n_tokens = n};

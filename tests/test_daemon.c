@@ -225,6 +225,21 @@ static void test_cancel_queued_final(void)
     CU_ASSERT_EQUAL(r.last_final[2].n_prompt, 5);
     CU_ASSERT_EQUAL(r.last_final[2].n_generated, 0);
     pthread_mutex_unlock(&r.lock);
+    /* a request timeout: queued behind the paused one, it expires there */
+    lh_sched_args a;
+    memset(&a, 0, sizeof a);
+    a.kind = LH_REQ_GENERATE;
+    a.attn = -1;
+    lh_sampler_params_default(&a.sp);
+    a.timeout_ms = 50;
+    char msg[256];
+    CU_ASSERT_EQUAL(lh_sched_submit(s, 3, 6, &a, msg, sizeof msg), LH_ERR_NONE);
+    CU_ASSERT(wait_done(&r, 6, 1));
+    pthread_mutex_lock(&r.lock);
+    CU_ASSERT_EQUAL(r.last_final[6].finish, LH_FINISH_ERROR);
+    CU_ASSERT_EQUAL(r.last_final[6].err, LH_ERR_TIMEOUT);
+    CU_ASSERT(r.last_final[6].queue_ms >= 50);
+    pthread_mutex_unlock(&r.lock);
     lh_sched_cancel(s, 1, 1);
     lh_sched_set_throttled(s, 1, 0);
     CU_ASSERT(wait_done(&r, 1, 1));
@@ -341,7 +356,7 @@ void lh_test_daemon(void)
     CU_add_test(s, "a cancel and a duplicate id while admitting are not lost",
                 test_cancel_while_admitting);
     CU_add_test(s, "a disconnect while admitting cancels", test_disconnect_while_admitting);
-    CU_add_test(s, "Final of a request cancelled while queued has n_prompt", test_cancel_queued_final);
+    CU_add_test(s, "Final of a request cancelled while queued has n_prompt; queue timeout", test_cancel_queued_final);
     CU_add_test(s, "huge prompt refused at submit; duplicate id refused", test_limits_at_submit);
     CU_add_test(s, "model file changed in place: refused, fatal", test_model_changed_in_place);
     CU_add_test(s, "an idle slot gives its KV cache back", test_slot_idle_release);
