@@ -18,7 +18,7 @@ DESTDIR  ?=
 SOCKET   ?=
 
 DEB_PKGS := build-essential pkg-config libdnnl-dev libprotobuf-c-dev protobuf-c-compiler \
-            libcunit1-dev systemd libpcre2-dev
+            libcunit1-dev systemd libpcre2-dev tmux
 
 WARN     := -Wall -Wextra -Wshadow -Wstrict-prototypes -Wno-unused-parameter
 ifneq ($(CI),)
@@ -141,6 +141,7 @@ run: deps all
 test: deps all
 	LH_BUILD=$(BUILD) LH_MODEL=$(MODEL) $(BUILD)/test_main
 	LH_BUILD=$(BUILD) LH_MODEL=$(MODEL) sh tests/cli.sh
+	LH_BUILD=$(BUILD) LH_MODEL=$(MODEL) sh tests/chat-tty.sh
 
 check: test
 
