@@ -164,5 +164,10 @@ void lh_q8_quant(lh_type t, const float *x, void *xq, size_t n);
  * integer sums inside each (sub-)block and float scaling (AVX-512 VNNI / AVX2 / scalar). */
 void lh_dot_rows_q8(lh_type t, const void *rows, size_t row_size, const void *xq, size_t n,
                     float *y, size_t n_rows);
+/* The same for n_act quantised activation rows (xq_stride bytes apart): y[a * ldy + r] =
+ * lh_dot_rows_q8's y[r] for activation a, bit for bit; several activation rows share each
+ * unpacked weight block where a kernel for that exists (prefill). */
+void lh_gemm_q8(lh_type t, const void *rows, size_t row_size, size_t n_rows, const void *xq,
+                size_t xq_stride, size_t n_act, size_t n, float *y, size_t ldy);
 
 #endif

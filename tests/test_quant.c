@@ -671,6 +671,47 @@ static void test_fused(void)
     CU_ASSERT_EQUAL(bad_f32, 0);
 }
 
+/* lh_gemm_q8 (several activation rows per weight row, for prefill) gives exactly lh_dot_rows_q8's
+ * floats for every pair: the kernels keep the per-pair operations and their order. 7 activation
+ * rows: one group of four and three single rows; ldy wider than the row count. */
+static void test_gemm_q8(void)
+{
+    enum { NR = 5, NACT = 7, LDY = 9 };
+    int bad = 0;
+    for (size_t ti = 0; ti < N_QTYPES; ti++) {
+        lh_type t = qtypes[ti];
+        size_t n = lh_type_block(t) == 256 ? 512 : 96, rs = lh_type_row_size(t, n);
+        size_t qs = lh_q8_size(t, n);
+        float *w = malloc(NR * n * sizeof *w), *x = malloc(NACT * n * sizeof *x);
+        char *rows = malloc(NR * rs), *xq = malloc(NACT * qs);
+        float y[NACT * LDY], e[NR];
+        for (size_t i = 0; i < NR * n; i++)
+            w[i] = frand(-1, 1);
+        for (size_t i = 0; i < NACT * n; i++)
+            x[i] = frand(-1, 1);
+        for (size_t r = 0; r < NR; r++)
+            lh_quant_row(t, w + r * n, rows + r * rs, n);
+        for (size_t a = 0; a < NACT; a++)
+            lh_q8_quant(t, x + a * n, xq + a * qs, n);
+        for (size_t i = 0; i < NACT * LDY; i++)
+            y[i] = NAN;
+        lh_gemm_q8(t, rows, rs, NR, xq, qs, NACT, n, y, LDY);
+        int tb = 0;
+        for (size_t a = 0; a < NACT; a++) {
+            lh_dot_rows_q8(t, rows, rs, xq + a * qs, n, e, NR);
+            for (size_t r = 0; r < NR; r++)
+                tb += memcmp(&y[a * LDY + r], &e[r], sizeof e[r]) != 0;
+            for (size_t r = NR; r < LDY; r++)
+                tb += !isnan(y[a * LDY + r]);   /* nothing written past the rows */
+        }
+        if (tb)
+            fprintf(stderr, "\n  gemm_q8 %s: %d differ\n", lh_type_name(t), tb);
+        bad += tb;
+        free(w), free(x), free(rows), free(xq);
+    }
+    CU_ASSERT_EQUAL(bad, 0);
+}
+
 void lh_test_quant(void)
 {
     CU_pSuite s = CU_add_suite("quant", NULL, NULL);
@@ -689,4 +730,5 @@ void lh_test_quant(void)
     CU_add_test(s, "quantise round trip", test_roundtrip);
     CU_add_test(s, "8-bit activations", test_q8_act);
     CU_add_test(s, "fused 8-bit dot products", test_fused);
+    CU_add_test(s, "several activation rows at once, bit for bit", test_gemm_q8);
 }
