@@ -2,11 +2,17 @@
  *
  *   longheads-ppl -m MODEL -f FILE [--attn full|longheads] [--chunk W] [--window L]
  *                 [--bucket B] [--max-tokens N] [--ctx N] [--kv f32|f16] [--batch B]
+ *   longheads-ppl -m MODEL -f FILE --mode llama -c N [--chunks K] [--kv f32|f16] [--batch B]
  *
  * The file is tokenized with BOS and run through one context in slices of --batch tokens; the
  * negative log-likelihood of every token given all before it is accumulated per bucket of B
  * positions (default 512).  Prints one line per bucket, `tokens A-B ppl X`, then
  * `overall ppl X`.  The context size defaults to the token count.
+ *
+ * --mode llama scores exactly what `llama-perplexity -c N [--chunks K]` scores (engine/ppl.h:
+ * chunks of N tokens, each from a fresh context starting with BOS, the second half of each
+ * scored) with full attention, and prints llama-perplexity's last line,
+ * `Final estimate: PPL = X +/- Y`, so that the two figures can be compared directly.
  */
 #include <errno.h>
 #include <math.h>
@@ -21,18 +27,22 @@
 #include "log.h"
 #include "model.h"
 #include "params.h"
+#include "ppl.h"
 #include "tokenizer.h"
 
 static void usage(FILE *f)
 {
     fprintf(f, "usage: longheads-ppl -m MODEL -f FILE [--attn full|longheads] [--chunk W] [--window L]\n"
-               "         [--bucket B] [--max-tokens N] [--ctx N] [--kv f32|f16] [--batch B] [--threads T]\n");
+               "         [--bucket B] [--max-tokens N] [--ctx N] [--kv f32|f16] [--batch B] [--threads T]\n"
+               "       longheads-ppl -m MODEL -f FILE --mode llama -c N [--chunks K] [--kv f32|f16]\n"
+               "         (scores what llama-perplexity -c N --chunks K scores)\n");
 }
 
 int main(int argc, char **argv)
 {
     const char *model_path = NULL, *file = NULL;
-    size_t bucket = 512, max_tokens = 1u << 22;
+    size_t bucket = 512, max_tokens = 1u << 22, llama_ctx = 0, llama_chunks = 0;
+    int llama_mode = 0;
     lh_ctx_params cp;
     lh_ctx_params_default(&cp);
     for (int i = 1; i < argc; i++) {
@@ -53,6 +63,15 @@ int main(int argc, char **argv)
             file = v;
         else if (strcmp(a, "--bucket") == 0)
             bad = lh_params_parse_size(v, 1, 1u << 24, &bucket);
+        else if (strcmp(a, "--mode") == 0) {
+            if (strcmp(v, "llama") == 0)
+                llama_mode = 1;
+            else if (strcmp(v, "bucket") != 0)
+                bad = 1;
+        } else if (strcmp(a, "-c") == 0)
+            bad = lh_params_parse_size(v, 4, 1u << 22, &llama_ctx);
+        else if (strcmp(a, "--chunks") == 0)
+            bad = lh_params_parse_size(v, 1, 1u << 30, &llama_chunks);
         else if (strcmp(a, "--max-tokens") == 0)
             bad = lh_params_parse_size(v, 2, 1u << 22, &max_tokens);
         else if (strcmp(a, "--threads") == 0) {
@@ -72,7 +91,7 @@ int main(int argc, char **argv)
             return 2;
         }
     }
-    if (!model_path || !file) {
+    if (!model_path || !file || (llama_mode && !llama_ctx)) {
         usage(stderr);
         return 2;
     }
@@ -97,6 +116,17 @@ int main(int argc, char **argv)
     fclose(f);
     if (!text || lh_model_open(&m, model_path))
         goto out;
+    if (llama_mode) {
+        lh_ppl_result r;
+        cp.attn = LH_ATTN_FULL;
+        if (lh_ppl_llama(m, &cp, text, len, llama_ctx, llama_chunks, &r))
+            goto out;
+        printf("tokens %zu, %zu chunks of %zu, %zu scored\n", r.n_tokens, r.n_chunks, llama_ctx,
+               r.n_scored);
+        printf("Final estimate: PPL = %.4f +/- %.5f\n", r.ppl, lh_ppl_stderr(&r));
+        rc = 0;
+        goto out;
+    }
     const lh_tok *tok = lh_model_tok(m);
     size_t n_vocab = lh_model_hparams(m)->n_vocab, n = 0;
     toks = malloc(max_tokens * sizeof *toks);
