@@ -9,13 +9,18 @@
  * F32 scratch made at _new, and each panel is one execution writing a column slice of y (a strided
  * dst).  Scratchpad mode is `user`: its buffer too is allocated at _new.
  *
- * Decode (n_rows == 1) is a GEMV: every output is a lh_dot_row of one W row with x, rows split
+ * Decode (n_rows == 1) is a GEMV: every output is a dot product of one W row with x, rows split
  * statically over threads.  A oneDNN call for M = 1 costs more in fixed overhead and packing than
- * the whole GEMV for our shapes (tools/kbench measures both).
+ * the whole GEMV for our shapes (tools/kbench measures both).  For the quantised types (Q4_0 ..
+ * Q6_K, IQ4_NL, Q8_0) x is first quantised to 8 bits per value in blocks (lh_q8_quant, into
+ * scratch made at _new) and the rows are fused integer dot products (lh_dot_rows_q8), as in
+ * llama.cpp; prefill slices of up to Q8_MAX_ROWS rows take the same integer kernels (gemm_q8),
+ * longer ones the oneDNN path.  No W is ever converted whole: oneDNN sees one panel at a time.
  */
 #include "matmul.h"
 
 #include <errno.h>
+#include <math.h>
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
@@ -45,6 +50,10 @@ struct lh_matmul {
     dnnl_memory_t scratch_mem, scratch_tail_mem;
     void *scratchpad, *scratchpad_tail;
     float *wpanel;                       /* (panel, n_in) F32 when wtype != F32 */
+    void *xq;                            /* (max_rows, q8_size) the quantised activation rows
+                                            for the fused integer paths of quantised types;
+                                            NULL otherwise */
+    size_t q8_size;                      /* bytes of one quantised activation row */
 };
 
 #define DNNL_CHECK(call)                                                                      \
@@ -249,32 +258,28 @@ void lh_gemm_nn(size_t m, size_t n, size_t k, const float *a, size_t lda, const 
 
 /* ---- reference ------------------------------------------------------------------------------ */
 
-static float ref_elem(lh_type t, const void *row, size_t i)
-{
-    switch (t) {
-    case LH_TYPE_F32: return ((const float *)row)[i];
-    case LH_TYPE_F16: return lh_f16_to_f32(((const uint16_t *)row)[i]);
-    case LH_TYPE_BF16: return lh_bf16_to_f32(((const uint16_t *)row)[i]);
-    case LH_TYPE_Q8_0: {
-        const lh_block_q8_0 *b = (const lh_block_q8_0 *)row + i / LH_QK8_0;
-        return lh_f16_to_f32(b->d) * (float)b->qs[i % LH_QK8_0];
-    }
-    }
-    return 0;
-}
-
+/* Each W row through the exact dequantiser (lh_dequant_row: ggml's values bit for bit), then a
+ * double sum.  A reference, so it allocates its one row of scratch. */
 void lh_matmul_ref(lh_type wtype, const void *w, const float *x, size_t n_rows, size_t n_in,
                    size_t n_out, float *y)
 {
     size_t rs = lh_type_row_size(wtype, n_in);
-    for (size_t r = 0; r < n_rows; r++)
-        for (size_t o = 0; o < n_out; o++) {
-            const void *row = (const char *)w + o * rs;
+    float *wd = malloc((n_in ? n_in : 1) * sizeof *wd);
+    if (!wd) {
+        for (size_t i = 0; i < n_rows * n_out; i++)
+            y[i] = NAN;
+        return;
+    }
+    for (size_t o = 0; o < n_out; o++) {
+        lh_dequant_row(wtype, (const char *)w + o * rs, wd, n_in);
+        for (size_t r = 0; r < n_rows; r++) {
             double s = 0;
             for (size_t i = 0; i < n_in; i++)
-                s += (double)ref_elem(wtype, row, i) * x[r * n_in + i];
+                s += (double)wd[i] * x[r * n_in + i];
             y[r * n_out + o] = (float)s;
         }
+    }
+    free(wd);
 }
 
 /* ---- oneDNN prefill + GEMV decode ----------------------------------------------------------- */
@@ -315,6 +320,7 @@ void lh_matmul_free(lh_matmul *m)
     free(m->scratchpad);
     free(m->scratchpad_tail);
     free(m->wpanel);
+    free(m->xq);
     free(m);
 }
 
@@ -419,6 +425,14 @@ int lh_matmul_new(lh_matmul **mp, lh_type wtype, size_t n_in, size_t n_out, size
             goto fail;
         }
     }
+    if (lh_q8_kind(wtype)) {
+        m->q8_size = lh_q8_size(wtype, n_in);
+        if (m->q8_size > SIZE_MAX / max_rows ||
+            posix_memalign(&m->xq, 64, m->q8_size * max_rows) != 0) {
+            m->xq = NULL;
+            goto fail;
+        }
+    }
     rc = -EIO;
     DNNL_CHECK(dnnl_engine_create(&m->eng, dnnl_cpu, 0));
     DNNL_CHECK(dnnl_stream_create(&m->stream, m->eng, dnnl_stream_default_flags));
@@ -448,13 +462,53 @@ static void gemv(const lh_matmul *m, const void *w, const float *x, float *y)
 {
     size_t n_out = m->n_out, n_in = m->n_in, rs = m->row_size;
     lh_type t = m->wtype;
+    /* Quantised weights: the activation row is quantised once here (serial: it is n_in values
+     * against n_out * n_in weights), then every row is a fused integer dot product with it. */
+    const void *xq = m->xq;
+    if (xq)
+        lh_q8_quant(t, x, m->xq, n_in);
     /* Blocks of 16 rows (lh_dot_rows takes them four at a time).  Small matrices stay on one
      * thread: waking the team costs more than they take. */
     size_t n_blk = (n_out + 15) / 16;
     OMP(omp parallel for schedule(static) if (n_out * n_in >= 131072))
     for (size_t b = 0; b < n_blk; b++) {
         size_t o = b * 16, nr = n_out - o < 16 ? n_out - o : 16;
-        lh_dot_rows(t, (const char *)w + o * rs, rs, x, n_in, y + o, nr);
+        if (xq)
+            lh_dot_rows_q8(t, (const char *)w + o * rs, rs, xq, n_in, y + o, nr);
+        else
+            lh_dot_rows(t, (const char *)w + o * rs, rs, x, n_in, y + o, nr);
+    }
+}
+
+/* Prefill for quantised weights: every activation row quantised to 8 bits once (as for the
+ * GEMV), then blocks of 16 W rows against ACT_BLOCK activation rows at a time with the fused
+ * integer dot products, so a W block is unpacked from cache for each activation row while the
+ * activation block stays in L2.  This is llama.cpp's own method for these types (its results
+ * carry the same 8-bit activation rounding), and it streams W once per ACT_BLOCK rows instead of
+ * converting it to F32 for oneDNN. */
+#define ACT_BLOCK 64
+/* Up to this many rows the integer path beats dequantised panels through oneDNN; above, oneDNN's
+ * blocked F32 GEMM wins (single-thread CPU time at 2048 x 5632, tools/kbench: Q4_K 19 vs 36 ms at
+ * 64 rows, 155 vs 133 ms at 512). */
+#define Q8_MAX_ROWS 128
+static void gemm_q8(const lh_matmul *m, const void *w, const float *x, size_t n_rows, float *y)
+{
+    size_t n_out = m->n_out, n_in = m->n_in, rs = m->row_size, qs = m->q8_size;
+    lh_type t = m->wtype;
+    char *xq = m->xq;
+    OMP(omp parallel for schedule(static))
+    for (size_t r = 0; r < n_rows; r++)
+        lh_q8_quant(t, x + r * n_in, xq + r * qs, n_in);
+    size_t n_blk = (n_out + 15) / 16;
+    for (size_t r0 = 0; r0 < n_rows; r0 += ACT_BLOCK) {
+        size_t r1 = n_rows - r0 < ACT_BLOCK ? n_rows : r0 + ACT_BLOCK;
+        OMP(omp parallel for schedule(static))
+        for (size_t b = 0; b < n_blk; b++) {
+            size_t o = b * 16, nr = n_out - o < 16 ? n_out - o : 16;
+            for (size_t r = r0; r < r1; r++)
+                lh_dot_rows_q8(t, (const char *)w + o * rs, rs, xq + r * qs, n_in,
+                               y + r * n_out + o, nr);
+        }
     }
 }
 
@@ -498,6 +552,10 @@ int lh_matmul_run(lh_matmul *m, const void *w, const float *x, size_t n_rows, fl
     }
     if (n_rows == 1) {
         gemv(m, w, x, y);
+        return 0;
+    }
+    if (m->xq && n_rows <= Q8_MAX_ROWS) {
+        gemm_q8(m, w, x, n_rows, y);
         return 0;
     }
     return lh_matmul_run_dnnl(m, w, x, n_rows, y);

@@ -8,6 +8,7 @@
  */
 #include "quant.h"
 
+#include <float.h>
 #include <math.h>
 #include <stdio.h>
 #include <string.h>
@@ -32,8 +33,7 @@ static const char *const type_names[] = {
 
 int lh_type_known(uint32_t type)
 {
-    return type == LH_TYPE_F32 || type == LH_TYPE_F16 || type == LH_TYPE_BF16 ||
-           type == LH_TYPE_Q8_0;
+    return lh_type_block(type) != 0;
 }
 
 const char *lh_type_name(uint32_t type)
@@ -55,7 +55,17 @@ size_t lh_type_block(uint32_t type)
     case LH_TYPE_F32:
     case LH_TYPE_F16:
     case LH_TYPE_BF16: return 1;
-    case LH_TYPE_Q8_0: return LH_QK8_0;
+    case LH_TYPE_Q4_0:
+    case LH_TYPE_Q4_1:
+    case LH_TYPE_Q5_0:
+    case LH_TYPE_Q5_1:
+    case LH_TYPE_Q8_0:
+    case LH_TYPE_IQ4_NL: return 32;
+    case LH_TYPE_Q2_K:
+    case LH_TYPE_Q3_K:
+    case LH_TYPE_Q4_K:
+    case LH_TYPE_Q5_K:
+    case LH_TYPE_Q6_K: return LH_QK_K;
     default: return 0;
     }
 }
@@ -66,7 +76,17 @@ size_t lh_type_block_size(uint32_t type)
     case LH_TYPE_F32: return 4;
     case LH_TYPE_F16:
     case LH_TYPE_BF16: return 2;
+    case LH_TYPE_Q4_0: return sizeof(lh_block_q4_0);
+    case LH_TYPE_Q4_1: return sizeof(lh_block_q4_1);
+    case LH_TYPE_Q5_0: return sizeof(lh_block_q5_0);
+    case LH_TYPE_Q5_1: return sizeof(lh_block_q5_1);
     case LH_TYPE_Q8_0: return sizeof(lh_block_q8_0);
+    case LH_TYPE_Q2_K: return sizeof(lh_block_q2_K);
+    case LH_TYPE_Q3_K: return sizeof(lh_block_q3_K);
+    case LH_TYPE_Q4_K: return sizeof(lh_block_q4_K);
+    case LH_TYPE_Q5_K: return sizeof(lh_block_q5_K);
+    case LH_TYPE_Q6_K: return sizeof(lh_block_q6_K);
+    case LH_TYPE_IQ4_NL: return sizeof(lh_block_iq4_nl);
     default: return 0;
     }
 }
@@ -157,6 +177,814 @@ static inline float f16_fast(uint16_t h)
 #endif
 }
 
+/* ---- ggml's quantised types: dequantisation --------------------------------------------------
+ *
+ * Each function performs the float operations of ggml's dequantize_row_* in the same order
+ * (products of an int converted to float with the F16 scales, no FMA), so the values match ggml's
+ * bit for bit; tests/test_quant.c builds blocks by hand and checks the values. */
+
+static void dequant_q4_0(const lh_block_q4_0 *b, float *y, size_t nb)
+{
+    for (size_t i = 0; i < nb; i++, y += 32) {
+        float d = f16_fast(b[i].d);
+        for (int j = 0; j < 16; j++) {
+            y[j] = (float)((b[i].qs[j] & 0x0f) - 8) * d;
+            y[j + 16] = (float)((b[i].qs[j] >> 4) - 8) * d;
+        }
+    }
+}
+
+static void dequant_q4_1(const lh_block_q4_1 *b, float *y, size_t nb)
+{
+    for (size_t i = 0; i < nb; i++, y += 32) {
+        float d = f16_fast(b[i].d), m = f16_fast(b[i].m);
+        for (int j = 0; j < 16; j++) {
+            y[j] = (float)(b[i].qs[j] & 0x0f) * d + m;
+            y[j + 16] = (float)(b[i].qs[j] >> 4) * d + m;
+        }
+    }
+}
+
+static inline uint32_t le32(const uint8_t *p)
+{
+    return (uint32_t)p[0] | (uint32_t)p[1] << 8 | (uint32_t)p[2] << 16 | (uint32_t)p[3] << 24;
+}
+
+static void dequant_q5_0(const lh_block_q5_0 *b, float *y, size_t nb)
+{
+    for (size_t i = 0; i < nb; i++, y += 32) {
+        float d = f16_fast(b[i].d);
+        uint32_t qh = le32(b[i].qh);
+        for (int j = 0; j < 16; j++) {
+            int h0 = (qh >> j) & 1, h1 = (qh >> (j + 16)) & 1;
+            y[j] = (float)(((b[i].qs[j] & 0x0f) | h0 << 4) - 16) * d;
+            y[j + 16] = (float)(((b[i].qs[j] >> 4) | h1 << 4) - 16) * d;
+        }
+    }
+}
+
+static void dequant_q5_1(const lh_block_q5_1 *b, float *y, size_t nb)
+{
+    for (size_t i = 0; i < nb; i++, y += 32) {
+        float d = f16_fast(b[i].d), m = f16_fast(b[i].m);
+        uint32_t qh = le32(b[i].qh);
+        for (int j = 0; j < 16; j++) {
+            int h0 = (qh >> j) & 1, h1 = (qh >> (j + 16)) & 1;
+            y[j] = (float)((b[i].qs[j] & 0x0f) | h0 << 4) * d + m;
+            y[j + 16] = (float)((b[i].qs[j] >> 4) | h1 << 4) * d + m;
+        }
+    }
+}
+
+static void dequant_q2_K(const lh_block_q2_K *b, float *y, size_t nb)
+{
+    for (size_t i = 0; i < nb; i++) {
+        float d = f16_fast(b[i].d), dmin = f16_fast(b[i].dmin);
+        const uint8_t *q = b[i].qs;
+        int is = 0;
+        for (int h = 0; h < 2; h++, q += 32)
+            for (int shift = 0; shift < 8; shift += 2)
+                for (int half = 0; half < 2; half++) {
+                    uint8_t sc = b[i].scales[is++];
+                    float dl = d * (float)(sc & 0x0f), ml = dmin * (float)(sc >> 4);
+                    for (int l = 0; l < 16; l++)
+                        *y++ = dl * (float)((q[16 * half + l] >> shift) & 3) - ml;
+                }
+    }
+}
+
+/* The 16 6-bit scales of a Q3_K block, offset removed (-32 .. 31). */
+static inline void q3_K_scales(const uint8_t *s, int8_t *sc)
+{
+    for (int j = 0; j < 16; j++) {
+        int lo = j < 8 ? s[j] & 0x0f : s[j - 8] >> 4;
+        int hi = (s[8 + j % 4] >> (2 * (j / 4))) & 3;
+        sc[j] = (int8_t)((lo | hi << 4) - 32);
+    }
+}
+
+static void dequant_q3_K(const lh_block_q3_K *b, float *y, size_t nb)
+{
+    for (size_t i = 0; i < nb; i++) {
+        float d = f16_fast(b[i].d);
+        int8_t sc[16];
+        q3_K_scales(b[i].scales, sc);
+        const uint8_t *q = b[i].qs, *hm = b[i].hmask;
+        int is = 0;
+        uint8_t m = 1;
+        for (int h = 0; h < 2; h++, q += 32)
+            for (int shift = 0; shift < 8; shift += 2, m <<= 1)
+                for (int half = 0; half < 2; half++) {
+                    float dl = d * (float)sc[is++];
+                    for (int l = 16 * half; l < 16 * half + 16; l++)
+                        *y++ = dl * (float)(((q[l] >> shift) & 3) - ((hm[l] & m) ? 0 : 4));
+                }
+    }
+}
+
+/* Scale and min of 32-element sub-block j (0..7) of a Q4_K/Q5_K block. */
+static inline void scale_min_k4(int j, const uint8_t *q, int *sc, int *m)
+{
+    if (j < 4) {
+        *sc = q[j] & 63;
+        *m = q[j + 4] & 63;
+    } else {
+        *sc = (q[j + 4] & 0x0f) | ((q[j - 4] >> 6) << 4);
+        *m = (q[j + 4] >> 4) | ((q[j] >> 6) << 4);
+    }
+}
+
+static void dequant_q4_K(const lh_block_q4_K *b, float *y, size_t nb)
+{
+    for (size_t i = 0; i < nb; i++) {
+        float d = f16_fast(b[i].d), dmin = f16_fast(b[i].dmin);
+        const uint8_t *q = b[i].qs;
+        for (int k = 0; k < 4; k++, q += 32) {
+            int sc, m;
+            scale_min_k4(2 * k, b[i].scales, &sc, &m);
+            float d1 = d * (float)sc, m1 = dmin * (float)m;
+            scale_min_k4(2 * k + 1, b[i].scales, &sc, &m);
+            float d2 = d * (float)sc, m2 = dmin * (float)m;
+            for (int l = 0; l < 32; l++)
+                *y++ = d1 * (float)(q[l] & 0x0f) - m1;
+            for (int l = 0; l < 32; l++)
+                *y++ = d2 * (float)(q[l] >> 4) - m2;
+        }
+    }
+}
+
+static void dequant_q5_K(const lh_block_q5_K *b, float *y, size_t nb)
+{
+    for (size_t i = 0; i < nb; i++) {
+        float d = f16_fast(b[i].d), dmin = f16_fast(b[i].dmin);
+        const uint8_t *q = b[i].qs, *qh = b[i].qh;
+        for (int k = 0; k < 4; k++, q += 32) {
+            int sc, m;
+            scale_min_k4(2 * k, b[i].scales, &sc, &m);
+            float d1 = d * (float)sc, m1 = dmin * (float)m;
+            scale_min_k4(2 * k + 1, b[i].scales, &sc, &m);
+            float d2 = d * (float)sc, m2 = dmin * (float)m;
+            uint8_t u1 = (uint8_t)(1u << (2 * k)), u2 = (uint8_t)(2u << (2 * k));
+            for (int l = 0; l < 32; l++)
+                *y++ = d1 * (float)((q[l] & 0x0f) + (qh[l] & u1 ? 16 : 0)) - m1;
+            for (int l = 0; l < 32; l++)
+                *y++ = d2 * (float)((q[l] >> 4) + (qh[l] & u2 ? 16 : 0)) - m2;
+        }
+    }
+}
+
+static void dequant_q6_K(const lh_block_q6_K *b, float *y, size_t nb)
+{
+    for (size_t i = 0; i < nb; i++) {
+        float d = f16_fast(b[i].d);
+        const uint8_t *ql = b[i].ql, *qh = b[i].qh;
+        const int8_t *sc = b[i].scales;
+        for (int h = 0; h < 2; h++, y += 128, ql += 64, qh += 32, sc += 8)
+            for (int l = 0; l < 32; l++) {
+                int is = l / 16;
+                int q1 = ((ql[l] & 0x0f) | ((qh[l] >> 0) & 3) << 4) - 32;
+                int q2 = ((ql[l + 32] & 0x0f) | ((qh[l] >> 2) & 3) << 4) - 32;
+                int q3 = ((ql[l] >> 4) | ((qh[l] >> 4) & 3) << 4) - 32;
+                int q4 = ((ql[l + 32] >> 4) | ((qh[l] >> 6) & 3) << 4) - 32;
+                y[l] = d * (float)sc[is] * (float)q1;
+                y[l + 32] = d * (float)sc[is + 2] * (float)q2;
+                y[l + 64] = d * (float)sc[is + 4] * (float)q3;
+                y[l + 96] = d * (float)sc[is + 6] * (float)q4;
+            }
+    }
+}
+
+/* IQ4_NL: 16 non-uniform int8 levels (ggml's kvalues_iq4nl). */
+const int8_t lh_iq4nl_values[16] = {-127, -104, -83, -65, -49, -35, -22, -10,
+                                    1,    13,   25,  38,  53,  69,  89,  113};
+
+static void dequant_iq4_nl(const lh_block_iq4_nl *b, float *y, size_t nb)
+{
+    for (size_t i = 0; i < nb; i++, y += 32) {
+        float d = f16_fast(b[i].d);
+        for (int j = 0; j < 16; j++) {
+            y[j] = d * (float)lh_iq4nl_values[b[i].qs[j] & 0x0f];
+            y[j + 16] = d * (float)lh_iq4nl_values[b[i].qs[j] >> 4];
+        }
+    }
+}
+
+/* ---- ggml's quantised types: reference quantisation -----------------------------------------
+ *
+ * What ggml's quantize_row_*_ref computes (and llama-quantize writes when it has no importance
+ * matrix), rewritten: the same searches over candidate scales, the same float operations in the
+ * same order, so files we write are the files llama.cpp would write. */
+
+#define GROUP_MAX_EPS 1e-15f
+
+/* Round to nearest, ties to even, for |f| <= 2^22: the float-add trick ggml uses (kept rather than
+ * lrintf so that out-of-range values wrap the same way). */
+static inline int nearest_int(float f)
+{
+    float v = f + 12582912.f;
+    int32_t i;
+    memcpy(&i, &v, sizeof i);
+    return (i & 0x007fffff) - 0x00400000;
+}
+
+static inline int imin(int a, int b) { return a < b ? a : b; }
+static inline int imax(int a, int b) { return a > b ? a : b; }
+
+static void quant_q4_0(const float *x, lh_block_q4_0 *b, size_t nb)
+{
+    for (size_t i = 0; i < nb; i++, x += 32) {
+        float amax = 0, max = 0;
+        for (int j = 0; j < 32; j++)
+            if (amax < fabsf(x[j])) {
+                amax = fabsf(x[j]);
+                max = x[j];
+            }
+        float d = max / -8, id = d != 0 ? 1.0f / d : 0.0f;
+        b[i].d = lh_f32_to_f16(d);
+        for (int j = 0; j < 16; j++) {
+            /* the cast truncates toward zero after the +8.5 shift, as ggml's does */
+            int q0 = imin(15, (int8_t)(x[j] * id + 8.5f));
+            int q1 = imin(15, (int8_t)(x[j + 16] * id + 8.5f));
+            b[i].qs[j] = (uint8_t)(q0 | q1 << 4);
+        }
+    }
+}
+
+static void quant_q4_1(const float *x, lh_block_q4_1 *b, size_t nb)
+{
+    for (size_t i = 0; i < nb; i++, x += 32) {
+        float min = FLT_MAX, max = -FLT_MAX;
+        for (int j = 0; j < 32; j++) {
+            if (x[j] < min)
+                min = x[j];
+            if (x[j] > max)
+                max = x[j];
+        }
+        float d = (max - min) / 15, id = d != 0 ? 1.0f / d : 0.0f;
+        b[i].d = lh_f32_to_f16(d);
+        b[i].m = lh_f32_to_f16(min);
+        for (int j = 0; j < 16; j++) {
+            int q0 = imin(15, (int8_t)((x[j] - min) * id + 0.5f));
+            int q1 = imin(15, (int8_t)((x[j + 16] - min) * id + 0.5f));
+            b[i].qs[j] = (uint8_t)(q0 | q1 << 4);
+        }
+    }
+}
+
+static void put_le32(uint8_t *p, uint32_t v)
+{
+    p[0] = (uint8_t)v, p[1] = (uint8_t)(v >> 8), p[2] = (uint8_t)(v >> 16), p[3] = (uint8_t)(v >> 24);
+}
+
+static void quant_q5_0(const float *x, lh_block_q5_0 *b, size_t nb)
+{
+    for (size_t i = 0; i < nb; i++, x += 32) {
+        float amax = 0, max = 0;
+        for (int j = 0; j < 32; j++)
+            if (amax < fabsf(x[j])) {
+                amax = fabsf(x[j]);
+                max = x[j];
+            }
+        float d = max / -16, id = d != 0 ? 1.0f / d : 0.0f;
+        b[i].d = lh_f32_to_f16(d);
+        uint32_t qh = 0;
+        for (int j = 0; j < 16; j++) {
+            uint8_t q0 = (uint8_t)imin(31, (int8_t)(x[j] * id + 16.5f));
+            uint8_t q1 = (uint8_t)imin(31, (int8_t)(x[j + 16] * id + 16.5f));
+            b[i].qs[j] = (uint8_t)((q0 & 0x0f) | (q1 & 0x0f) << 4);
+            qh |= (uint32_t)((q0 & 0x10u) >> 4) << j;
+            qh |= (uint32_t)((q1 & 0x10u) >> 4) << (j + 16);
+        }
+        put_le32(b[i].qh, qh);
+    }
+}
+
+static void quant_q5_1(const float *x, lh_block_q5_1 *b, size_t nb)
+{
+    for (size_t i = 0; i < nb; i++, x += 32) {
+        float min = FLT_MAX, max = -FLT_MAX;
+        for (int j = 0; j < 32; j++) {
+            if (x[j] < min)
+                min = x[j];
+            if (x[j] > max)
+                max = x[j];
+        }
+        float d = (max - min) / 31, id = d != 0 ? 1.0f / d : 0.0f;
+        b[i].d = lh_f32_to_f16(d);
+        b[i].m = lh_f32_to_f16(min);
+        uint32_t qh = 0;
+        for (int j = 0; j < 16; j++) {
+            uint8_t q0 = (uint8_t)((x[j] - min) * id + 0.5f);
+            uint8_t q1 = (uint8_t)((x[j + 16] - min) * id + 0.5f);
+            b[i].qs[j] = (uint8_t)((q0 & 0x0f) | (q1 & 0x0f) << 4);
+            qh |= (uint32_t)((q0 & 0x10u) >> 4) << j;
+            qh |= (uint32_t)((q1 & 0x10u) >> 4) << (j + 16);
+        }
+        put_le32(b[i].qh, qh);
+    }
+}
+
+/* Scale for n signed levels -nmax .. nmax-1 minimising the weighted error (weights x², the only
+ * rmse_type the reference quantisers use); L gets the levels + nmax. */
+static float make_qx_quants(int n, int nmax, const float *x, int8_t *L)
+{
+    float max = 0, amax = 0;
+    for (int i = 0; i < n; i++) {
+        float ax = fabsf(x[i]);
+        if (ax > amax) {
+            amax = ax;
+            max = x[i];
+        }
+    }
+    if (amax < GROUP_MAX_EPS) {
+        for (int i = 0; i < n; i++)
+            L[i] = 0;
+        return 0.f;
+    }
+    float iscale = (float)-nmax / max;
+    float sumlx = 0, suml2 = 0;
+    for (int i = 0; i < n; i++) {
+        int l = imax(-nmax, imin(nmax - 1, nearest_int(iscale * x[i])));
+        L[i] = (int8_t)(l + nmax);
+        float w = x[i] * x[i];
+        sumlx += w * x[i] * (float)l;
+        suml2 += w * (float)l * (float)l;
+    }
+    float scale = suml2 != 0 ? sumlx / suml2 : 0.0f;
+    float best = scale * sumlx;
+    for (int is = -9; is <= 9; is++) {
+        if (is == 0)
+            continue;
+        iscale = -((float)nmax + 0.1f * (float)is) / max;
+        sumlx = suml2 = 0;
+        for (int i = 0; i < n; i++) {
+            int l = imax(-nmax, imin(nmax - 1, nearest_int(iscale * x[i])));
+            float w = x[i] * x[i];
+            sumlx += w * x[i] * (float)l;
+            suml2 += w * (float)l * (float)l;
+        }
+        if (suml2 > 0 && sumlx * sumlx > best * suml2) {
+            for (int i = 0; i < n; i++) {
+                int l = nearest_int(iscale * x[i]);
+                L[i] = (int8_t)(nmax + imax(-nmax, imin(nmax - 1, l)));
+            }
+            scale = sumlx / suml2;
+            best = scale * sumlx;
+        }
+    }
+    return scale;
+}
+
+/* Q3_K's per-16 scale: start from -nmax/max, then move single levels while the x²-weighted fit
+ * improves (at most 5 passes). L gets levels + nmax. */
+static float make_q3_quants(int n, int nmax, const float *x, int8_t *L)
+{
+    float max = 0, amax = 0;
+    for (int i = 0; i < n; i++) {
+        float ax = fabsf(x[i]);
+        if (ax > amax) {
+            amax = ax;
+            max = x[i];
+        }
+    }
+    if (amax < GROUP_MAX_EPS) {
+        for (int i = 0; i < n; i++)
+            L[i] = 0;
+        return 0.f;
+    }
+    float iscale = (float)-nmax / max;
+    float sumlx = 0, suml2 = 0;
+    for (int i = 0; i < n; i++) {
+        int l = imax(-nmax, imin(nmax - 1, nearest_int(iscale * x[i])));
+        L[i] = (int8_t)l;
+        float w = x[i] * x[i];
+        sumlx += w * x[i] * (float)l;
+        suml2 += w * (float)l * (float)l;
+    }
+    for (int itry = 0; itry < 5; itry++) {
+        int n_changed = 0;
+        for (int i = 0; i < n; i++) {
+            float w = x[i] * x[i];
+            float slx = sumlx - w * x[i] * (float)L[i];
+            if (slx > 0) {
+                float sl2 = suml2 - w * (float)L[i] * (float)L[i];
+                int new_l = imax(-nmax, imin(nmax - 1, nearest_int(x[i] * sl2 / slx)));
+                if (new_l != L[i]) {
+                    slx += w * x[i] * (float)new_l;
+                    sl2 += w * (float)new_l * (float)new_l;
+                    if (sl2 > 0 && slx * slx * suml2 > sumlx * sumlx * sl2) {
+                        L[i] = (int8_t)new_l;
+                        sumlx = slx;
+                        suml2 = sl2;
+                        n_changed++;
+                    }
+                }
+            }
+        }
+        if (!n_changed)
+            break;
+    }
+    for (int i = 0; i < n; i++)
+        L[i] = (int8_t)(L[i] + nmax);
+    return suml2 > 0.0f ? sumlx / suml2 : 0.0f;
+}
+
+/* Scale and min (x ≈ scale * L - min, L in 0..nmax) for an asymmetric sub-block: a weighted
+ * least-squares fit tried at nstep + 1 candidate scales; *the_min gets the (positive) min. */
+static float make_qkx2_quants(int n, int nmax, const float *x, const float *weights, uint8_t *L,
+                              float *the_min, uint8_t *Laux, float rmin, float rdelta, int nstep,
+                              int use_mad)
+{
+    float min = x[0], max = x[0];
+    float sum_w = weights[0], sum_x = sum_w * x[0];
+    for (int i = 1; i < n; i++) {
+        if (x[i] < min)
+            min = x[i];
+        if (x[i] > max)
+            max = x[i];
+        float w = weights[i];
+        sum_w += w;
+        sum_x += w * x[i];
+    }
+    if (min > 0)
+        min = 0;
+    if (max == min) {
+        for (int i = 0; i < n; i++)
+            L[i] = 0;
+        *the_min = -min;
+        return 0.f;
+    }
+    float iscale = (float)nmax / (max - min);
+    float scale = 1 / iscale;
+    float best_error = 0;
+    for (int i = 0; i < n; i++) {
+        int l = nearest_int(iscale * (x[i] - min));
+        L[i] = (uint8_t)imax(0, imin(nmax, l));
+        float diff = scale * (float)L[i] + min - x[i];
+        diff = use_mad ? fabsf(diff) : diff * diff;
+        best_error += weights[i] * diff;
+    }
+    if (nstep < 1) {
+        *the_min = -min;
+        return scale;
+    }
+    for (int is = 0; is <= nstep; is++) {
+        iscale = (rmin + rdelta * (float)is + (float)nmax) / (max - min);
+        float sum_l = 0, sum_l2 = 0, sum_xl = 0;
+        for (int i = 0; i < n; i++) {
+            int l = imax(0, imin(nmax, nearest_int(iscale * (x[i] - min))));
+            Laux[i] = (uint8_t)l;
+            float w = weights[i];
+            sum_l += w * (float)l;
+            sum_l2 += w * (float)l * (float)l;
+            sum_xl += w * (float)l * x[i];
+        }
+        float D = sum_w * sum_l2 - sum_l * sum_l;
+        if (D > 0) {
+            float this_scale = (sum_w * sum_xl - sum_x * sum_l) / D;
+            float this_min = (sum_l2 * sum_x - sum_l * sum_xl) / D;
+            if (this_min > 0) {
+                this_min = 0;
+                this_scale = sum_xl / sum_l2;
+            }
+            float cur_error = 0;
+            for (int i = 0; i < n; i++) {
+                float diff = this_scale * (float)Laux[i] + this_min - x[i];
+                diff = use_mad ? fabsf(diff) : diff * diff;
+                cur_error += weights[i] * diff;
+            }
+            if (cur_error < best_error) {
+                memcpy(L, Laux, (size_t)n);
+                best_error = cur_error;
+                scale = this_scale;
+                min = this_min;
+            }
+        }
+    }
+    *the_min = -min;
+    return scale;
+}
+
+/* Packs 256 2-bit levels: element 128h + 32s + l goes to bits 2s of qs[32h + l]. */
+static void pack_2bit(const uint8_t *L, uint8_t *qs)
+{
+    for (int j = 0; j < LH_QK_K; j += 128)
+        for (int l = 0; l < 32; l++)
+            qs[j / 4 + l] = (uint8_t)(L[j + l] | L[j + l + 32] << 2 | L[j + l + 64] << 4 |
+                                      L[j + l + 96] << 6);
+}
+
+static void quant_q2_K(const float *x, lh_block_q2_K *b, size_t nb)
+{
+    uint8_t L[LH_QK_K], Laux[16];
+    float weights[16], mins[16], scales[16];
+    const float q4scale = 15.f;
+    for (size_t i = 0; i < nb; i++, x += LH_QK_K) {
+        float max_scale = 0, max_min = 0;
+        for (int j = 0; j < 16; j++) {
+            for (int l = 0; l < 16; l++)
+                weights[l] = fabsf(x[16 * j + l]);
+            scales[j] = make_qkx2_quants(16, 3, x + 16 * j, weights, L + 16 * j, &mins[j], Laux,
+                                         -0.5f, 0.1f, 15, 1);
+            if (scales[j] > max_scale)
+                max_scale = scales[j];
+            if (mins[j] > max_min)
+                max_min = mins[j];
+        }
+        if (max_scale > 0) {
+            float iscale = q4scale / max_scale;
+            for (int j = 0; j < 16; j++)
+                b[i].scales[j] = (uint8_t)nearest_int(iscale * scales[j]);
+            b[i].d = lh_f32_to_f16(max_scale / q4scale);
+        } else {
+            memset(b[i].scales, 0, 16);
+            b[i].d = lh_f32_to_f16(0.f);
+        }
+        if (max_min > 0) {
+            float iscale = q4scale / max_min;
+            for (int j = 0; j < 16; j++)
+                b[i].scales[j] |= (uint8_t)(nearest_int(iscale * mins[j]) << 4);
+            b[i].dmin = lh_f32_to_f16(max_min / q4scale);
+        } else {
+            b[i].dmin = lh_f32_to_f16(0.f);
+        }
+        for (int j = 0; j < 16; j++) {
+            float d = lh_f16_to_f32(b[i].d) * (float)(b[i].scales[j] & 0x0f);
+            if (d == 0)
+                continue;
+            float dm = lh_f16_to_f32(b[i].dmin) * (float)(b[i].scales[j] >> 4);
+            for (int l = 0; l < 16; l++)
+                L[16 * j + l] = (uint8_t)imax(0, imin(3, nearest_int((x[16 * j + l] + dm) / d)));
+        }
+        pack_2bit(L, b[i].qs);
+    }
+}
+
+static void quant_q3_K(const float *x, lh_block_q3_K *b, size_t nb)
+{
+    int8_t L[LH_QK_K];
+    float scales[16];
+    for (size_t i = 0; i < nb; i++, x += LH_QK_K) {
+        float max_scale = 0, amax = 0;
+        for (int j = 0; j < 16; j++) {
+            scales[j] = make_q3_quants(16, 4, x + 16 * j, L + 16 * j);
+            float a = fabsf(scales[j]);
+            if (a > amax) {
+                amax = a;
+                max_scale = scales[j];
+            }
+        }
+        memset(b[i].scales, 0, 12);
+        if (max_scale != 0) {
+            float iscale = -32.f / max_scale;
+            for (int j = 0; j < 16; j++) {
+                int8_t l8 = (int8_t)nearest_int(iscale * scales[j]);
+                int l = imax(-32, imin(31, l8)) + 32;
+                if (j < 8)
+                    b[i].scales[j] = (uint8_t)(l & 0x0f);
+                else
+                    b[i].scales[j - 8] |= (uint8_t)((l & 0x0f) << 4);
+                b[i].scales[j % 4 + 8] |= (uint8_t)((l >> 4) << (2 * (j / 4)));
+            }
+            b[i].d = lh_f32_to_f16(1 / iscale);
+        } else {
+            b[i].d = lh_f32_to_f16(0.f);
+        }
+        int8_t sc[16];
+        q3_K_scales(b[i].scales, sc);
+        for (int j = 0; j < 16; j++) {
+            float d = lh_f16_to_f32(b[i].d) * (float)sc[j];
+            if (d == 0)
+                continue;
+            for (int l = 0; l < 16; l++)
+                L[16 * j + l] = (int8_t)(imax(-4, imin(3, nearest_int(x[16 * j + l] / d))) + 4);
+        }
+        /* high bit of element 32k + l into bit k of hmask[l] */
+        memset(b[i].hmask, 0, 32);
+        for (int j = 0; j < LH_QK_K; j++)
+            if (L[j] > 3) {
+                b[i].hmask[j % 32] |= (uint8_t)(1u << (j / 32));
+                L[j] = (int8_t)(L[j] - 4);
+            }
+        pack_2bit((const uint8_t *)L, b[i].qs);
+    }
+}
+
+/* Packs 8 6-bit scales and mins the way scale_min_k4 reads them. */
+static void pack_scale_min_k4(const float *scales, const float *mins, float max_scale,
+                              float max_min, uint8_t *q)
+{
+    float inv_scale = max_scale > 0 ? 63.f / max_scale : 0.f;
+    float inv_min = max_min > 0 ? 63.f / max_min : 0.f;
+    for (int j = 0; j < 8; j++) {
+        uint8_t ls = (uint8_t)nearest_int(inv_scale * scales[j]);
+        uint8_t lm = (uint8_t)nearest_int(inv_min * mins[j]);
+        ls = ls < 63 ? ls : 63;
+        lm = lm < 63 ? lm : 63;
+        if (j < 4) {
+            q[j] = ls;
+            q[j + 4] = lm;
+        } else {
+            q[j + 4] = (uint8_t)((ls & 0x0f) | (lm & 0x0f) << 4);
+            q[j - 4] |= (uint8_t)((ls >> 4) << 6);
+            q[j] |= (uint8_t)((lm >> 4) << 6);
+        }
+    }
+}
+
+/* Q4_K (nmax 15) and Q5_K (nmax 31): per 32-element sub-block scales and mins, then levels. */
+static void quant_k4_k5(const float *x, uint16_t *dp, uint16_t *dminp, uint8_t *scq, uint8_t *L,
+                        int nmax)
+{
+    uint8_t Laux[32];
+    float weights[32], mins[8], scales[8];
+    float max_scale = 0, max_min = 0;
+    for (int j = 0; j < 8; j++) {
+        float sum_x2 = 0;
+        for (int l = 0; l < 32; l++)
+            sum_x2 += x[32 * j + l] * x[32 * j + l];
+        float av_x = sqrtf(sum_x2 / 32);
+        for (int l = 0; l < 32; l++)
+            weights[l] = av_x + fabsf(x[32 * j + l]);
+        scales[j] = nmax == 15
+            ? make_qkx2_quants(32, 15, x + 32 * j, weights, L + 32 * j, &mins[j], Laux, -1.f, 0.1f,
+                               20, 0)
+            : make_qkx2_quants(32, 31, x + 32 * j, weights, L + 32 * j, &mins[j], Laux, -0.5f,
+                               0.1f, 15, 0);
+        if (scales[j] > max_scale)
+            max_scale = scales[j];
+        if (mins[j] > max_min)
+            max_min = mins[j];
+    }
+    memset(scq, 0, 12);
+    pack_scale_min_k4(scales, mins, max_scale, max_min, scq);
+    *dp = lh_f32_to_f16(max_scale / 63.f);
+    *dminp = lh_f32_to_f16(max_min / 63.f);
+    for (int j = 0; j < 8; j++) {
+        int sc, m;
+        scale_min_k4(j, scq, &sc, &m);
+        float d = lh_f16_to_f32(*dp) * (float)sc;
+        if (d == 0)
+            continue;
+        float dm = lh_f16_to_f32(*dminp) * (float)m;
+        for (int l = 0; l < 32; l++)
+            L[32 * j + l] = (uint8_t)imax(0, imin(nmax, nearest_int((x[32 * j + l] + dm) / d)));
+    }
+}
+
+static void quant_q4_K(const float *x, lh_block_q4_K *b, size_t nb)
+{
+    uint8_t L[LH_QK_K];
+    for (size_t i = 0; i < nb; i++, x += LH_QK_K) {
+        quant_k4_k5(x, &b[i].d, &b[i].dmin, b[i].scales, L, 15);
+        for (int k = 0; k < 4; k++)
+            for (int l = 0; l < 32; l++)
+                b[i].qs[32 * k + l] = (uint8_t)(L[64 * k + l] | L[64 * k + 32 + l] << 4);
+    }
+}
+
+static void quant_q5_K(const float *x, lh_block_q5_K *b, size_t nb)
+{
+    uint8_t L[LH_QK_K];
+    for (size_t i = 0; i < nb; i++, x += LH_QK_K) {
+        quant_k4_k5(x, &b[i].d, &b[i].dmin, b[i].scales, L, 31);
+        memset(b[i].qh, 0, 32);
+        for (int k = 0; k < 4; k++)
+            for (int l = 0; l < 32; l++) {
+                int l1 = L[64 * k + l], l2 = L[64 * k + 32 + l];
+                if (l1 > 15) {
+                    l1 -= 16;
+                    b[i].qh[l] |= (uint8_t)(1u << (2 * k));
+                }
+                if (l2 > 15) {
+                    l2 -= 16;
+                    b[i].qh[l] |= (uint8_t)(2u << (2 * k));
+                }
+                b[i].qs[32 * k + l] = (uint8_t)(l1 | l2 << 4);
+            }
+    }
+}
+
+static void quant_q6_K(const float *x, lh_block_q6_K *b, size_t nb)
+{
+    int8_t L[LH_QK_K];
+    float scales[16];
+    for (size_t i = 0; i < nb; i++, x += LH_QK_K) {
+        float max_scale = 0, max_abs_scale = 0;
+        for (int j = 0; j < 16; j++) {
+            scales[j] = make_qx_quants(16, 32, x + 16 * j, L + 16 * j);
+            float a = fabsf(scales[j]);
+            if (a > max_abs_scale) {
+                max_abs_scale = a;
+                max_scale = scales[j];
+            }
+        }
+        if (max_abs_scale < GROUP_MAX_EPS) {
+            memset(&b[i], 0, sizeof b[i]);
+            continue;
+        }
+        float iscale = -128.f / max_scale;
+        b[i].d = lh_f32_to_f16(1 / iscale);
+        for (int j = 0; j < 16; j++)
+            b[i].scales[j] = (int8_t)imin(127, nearest_int(iscale * scales[j]));
+        for (int j = 0; j < 16; j++) {
+            float d = lh_f16_to_f32(b[i].d) * (float)b[i].scales[j];
+            if (d == 0)
+                continue;
+            for (int l = 0; l < 16; l++)
+                L[16 * j + l] = (int8_t)(imax(-32, imin(31, nearest_int(x[16 * j + l] / d))) + 32);
+        }
+        for (int h = 0; h < 2; h++) {
+            const int8_t *Lh = L + 128 * h;
+            uint8_t *ql = b[i].ql + 64 * h, *qh = b[i].qh + 32 * h;
+            for (int l = 0; l < 32; l++) {
+                ql[l] = (uint8_t)((Lh[l] & 0x0f) | (Lh[l + 64] & 0x0f) << 4);
+                ql[l + 32] = (uint8_t)((Lh[l + 32] & 0x0f) | (Lh[l + 96] & 0x0f) << 4);
+                qh[l] = (uint8_t)((Lh[l] >> 4) | (Lh[l + 32] >> 4) << 2 | (Lh[l + 64] >> 4) << 4 |
+                                  (Lh[l + 96] >> 4) << 6);
+            }
+        }
+    }
+}
+
+/* Index of the level of val[0..n) (ascending) nearest to x; ties go up. */
+static int best_index_int8(int n, const int8_t *val, float x)
+{
+    if (x <= (float)val[0])
+        return 0;
+    if (x >= (float)val[n - 1])
+        return n - 1;
+    int ml = 0, mu = n - 1;
+    while (mu - ml > 1) {
+        int mav = (ml + mu) / 2;
+        if (x < (float)val[mav])
+            mu = mav;
+        else
+            ml = mav;
+    }
+    return x - (float)val[mu - 1] < (float)val[mu] - x ? mu - 1 : mu;
+}
+
+/* ggml's quantize_iq4_nl without an importance matrix (weights x², 15 candidate scales around
+ * max/127, then the levels for the best scale). */
+static void quant_iq4_nl(const float *x, lh_block_iq4_nl *b, size_t nb)
+{
+    const int8_t *values = lh_iq4nl_values;
+    const int ntry = 7;
+    uint8_t L[32];
+    float weight[32];
+    for (size_t i = 0; i < nb; i++, x += 32) {
+        float scale;
+        memset(b[i].qs, 0, 16);
+        for (int j = 0; j < 32; j++)
+            weight[j] = x[j] * x[j];
+        float amax = 0, max = 0;
+        for (int j = 0; j < 32; j++) {
+            float ax = fabsf(x[j]);
+            if (ax > amax) {
+                amax = ax;
+                max = x[j];
+            }
+        }
+        if (amax < GROUP_MAX_EPS) {
+            scale = 0;
+        } else {
+            float d = -max / (float)values[0];
+            float id = 1 / d;
+            float sumqx = 0, sumq2 = 0;
+            for (int j = 0; j < 32; j++) {
+                float q = (float)values[best_index_int8(16, values, id * x[j])];
+                float w = weight[j];
+                sumqx += w * q * x[j];
+                sumq2 += w * q * q;
+            }
+            d = sumqx / sumq2;
+            float best = d * sumqx;
+            for (int itry = -ntry; itry <= ntry; itry++) {
+                id = (float)(itry + values[0]) / max;
+                sumqx = sumq2 = 0;
+                for (int j = 0; j < 32; j++) {
+                    float q = (float)values[best_index_int8(16, values, id * x[j])];
+                    float w = weight[j];
+                    sumqx += w * q * x[j];
+                    sumq2 += w * q * q;
+                }
+                if (sumq2 > 0 && sumqx * sumqx > best * sumq2) {
+                    d = sumqx / sumq2;
+                    best = d * sumqx;
+                }
+            }
+            scale = d;
+        }
+        b[i].d = lh_f32_to_f16(scale);
+        float id = scale != 0 ? 1 / scale : 0;
+        for (int j = 0; j < 32; j++)
+            L[j] = (uint8_t)best_index_int8(16, values, id * x[j]);
+        for (int j = 0; j < 16; j++)
+            b[i].qs[j] = (uint8_t)(L[j] | L[16 + j] << 4);
+    }
+}
+
 /* ---- rows ----------------------------------------------------------------------------------- */
 
 static void dequant_q8_0(const lh_block_q8_0 *b, float *dst, size_t n)
@@ -210,6 +1038,16 @@ void lh_dequant_row(lh_type t, const void *src, float *dst, size_t n)
     case LH_TYPE_Q8_0:
         dequant_q8_0(src, dst, n);
         return;
+    case LH_TYPE_Q4_0: dequant_q4_0(src, dst, n / 32); return;
+    case LH_TYPE_Q4_1: dequant_q4_1(src, dst, n / 32); return;
+    case LH_TYPE_Q5_0: dequant_q5_0(src, dst, n / 32); return;
+    case LH_TYPE_Q5_1: dequant_q5_1(src, dst, n / 32); return;
+    case LH_TYPE_Q2_K: dequant_q2_K(src, dst, n / LH_QK_K); return;
+    case LH_TYPE_Q3_K: dequant_q3_K(src, dst, n / LH_QK_K); return;
+    case LH_TYPE_Q4_K: dequant_q4_K(src, dst, n / LH_QK_K); return;
+    case LH_TYPE_Q5_K: dequant_q5_K(src, dst, n / LH_QK_K); return;
+    case LH_TYPE_Q6_K: dequant_q6_K(src, dst, n / LH_QK_K); return;
+    case LH_TYPE_IQ4_NL: dequant_iq4_nl(src, dst, n / 32); return;
     }
 }
 
@@ -254,6 +1092,16 @@ void lh_quant_row(lh_type t, const float *src, void *dst, size_t n)
         }
         return;
     }
+    case LH_TYPE_Q4_0: quant_q4_0(src, dst, n / 32); return;
+    case LH_TYPE_Q4_1: quant_q4_1(src, dst, n / 32); return;
+    case LH_TYPE_Q5_0: quant_q5_0(src, dst, n / 32); return;
+    case LH_TYPE_Q5_1: quant_q5_1(src, dst, n / 32); return;
+    case LH_TYPE_Q2_K: quant_q2_K(src, dst, n / LH_QK_K); return;
+    case LH_TYPE_Q3_K: quant_q3_K(src, dst, n / LH_QK_K); return;
+    case LH_TYPE_Q4_K: quant_q4_K(src, dst, n / LH_QK_K); return;
+    case LH_TYPE_Q5_K: quant_q5_K(src, dst, n / LH_QK_K); return;
+    case LH_TYPE_Q6_K: quant_q6_K(src, dst, n / LH_QK_K); return;
+    case LH_TYPE_IQ4_NL: quant_iq4_nl(src, dst, n / 32); return;
     }
 }
 
@@ -365,8 +1213,19 @@ float lh_dot_row(lh_type t, const void *row, const float *x, size_t n)
     case LH_TYPE_F16: return dot_f16(row, x, n);
     case LH_TYPE_BF16: return dot_bf16(row, x, n);
     case LH_TYPE_Q8_0: return dot_q8_0(row, x, n);
+    default: break;
     }
-    return 0;
+    /* other quantised types: 256 elements at a time through the exact dequantiser */
+    size_t blk = lh_type_block(t), bs = lh_type_block_size(t);
+    if (!blk)
+        return 0;
+    float w[LH_QK_K], s = 0;
+    for (size_t i = 0; i < n; i += LH_QK_K) {
+        size_t m = n - i < LH_QK_K ? n - i : LH_QK_K;
+        lh_dequant_row(t, (const char *)row + i / blk * bs, w, m);
+        s += dot_f32(w, x + i, m);
+    }
+    return s;
 }
 
 #ifdef LH_HAVE_AVX2
@@ -441,4 +1300,540 @@ void lh_dot_rows(lh_type t, const void *rows, size_t row_size, const float *x, s
 #endif
     for (; r < n_rows; r++)
         y[r] = lh_dot_row(t, w + r * row_size, x, n);
+}
+
+/* ---- quantised activations and the fused dot products -----------------------------------------
+ *
+ * As ggml does, the decode GEMV quantises the F32 activation row once (8 bits per value with a
+ * float scale per 32 or 256 elements) and then takes integer dot products against the weight
+ * blocks: exact integer sums inside each (sub-)block, one float multiply-add per block.  Offsets
+ * and mins (Q4_0's -8, Q4_K's -dmin·m, ...) are applied once per block through the activation's
+ * block sums instead of per element.  u8 × s8 products go through AVX-512 VNNI (vpdpbusd on 256-bit
+ * registers) where the build has it, AVX2 maddubs otherwise (no saturation is possible: the
+ * weight side is at most 63 except Q8_0's, whose pairs are at most 2·128·127 < 32768). */
+
+int lh_q8_kind(lh_type t)
+{
+    switch (t) {
+    case LH_TYPE_Q4_0:
+    case LH_TYPE_Q4_1:
+    case LH_TYPE_Q5_0:
+    case LH_TYPE_Q5_1:
+    case LH_TYPE_Q8_0:
+    case LH_TYPE_IQ4_NL: return LH_Q8A_32;
+    case LH_TYPE_Q2_K:
+    case LH_TYPE_Q3_K:
+    case LH_TYPE_Q4_K:
+    case LH_TYPE_Q5_K:
+    case LH_TYPE_Q6_K: return LH_Q8A_256;
+    default: return 0;
+    }
+}
+
+size_t lh_q8_size(lh_type t, size_t n)
+{
+    switch (lh_q8_kind(t)) {
+    case LH_Q8A_32: return n / 32 * sizeof(lh_block_q8a);
+    case LH_Q8A_256: return n / LH_QK_K * sizeof(lh_block_q8K);
+    default: return 0;
+    }
+}
+
+static void q8a_quant(const float *x, lh_block_q8a *b, size_t nb)
+{
+    for (size_t i = 0; i < nb; i++, x += 32) {
+#ifdef LH_HAVE_AVX2
+        __m256 v0 = _mm256_loadu_ps(x), v1 = _mm256_loadu_ps(x + 8);
+        __m256 v2 = _mm256_loadu_ps(x + 16), v3 = _mm256_loadu_ps(x + 24);
+        const __m256 sign = _mm256_set1_ps(-0.0f);
+        __m256 am = _mm256_max_ps(_mm256_max_ps(_mm256_andnot_ps(sign, v0), _mm256_andnot_ps(sign, v1)),
+                                  _mm256_max_ps(_mm256_andnot_ps(sign, v2), _mm256_andnot_ps(sign, v3)));
+        float amax = lh_hmax256(am);
+        float d = amax / 127.0f, id = d != 0 ? 1.0f / d : 0.0f;
+        __m256 vid = _mm256_set1_ps(id);
+        /* cvtps rounds to nearest even, as nearest_int does in the scalar path */
+        __m256i i0 = _mm256_cvtps_epi32(_mm256_mul_ps(v0, vid));
+        __m256i i1 = _mm256_cvtps_epi32(_mm256_mul_ps(v1, vid));
+        __m256i i2 = _mm256_cvtps_epi32(_mm256_mul_ps(v2, vid));
+        __m256i i3 = _mm256_cvtps_epi32(_mm256_mul_ps(v3, vid));
+        __m256i s = _mm256_add_epi32(_mm256_add_epi32(i0, i1), _mm256_add_epi32(i2, i3));
+        __m128i s4 = _mm_add_epi32(_mm256_castsi256_si128(s), _mm256_extracti128_si256(s, 1));
+        s4 = _mm_add_epi32(s4, _mm_shuffle_epi32(s4, 0x4e));
+        s4 = _mm_add_epi32(s4, _mm_shuffle_epi32(s4, 0xb1));
+        __m256i p = _mm256_packs_epi16(_mm256_packs_epi32(i0, i1), _mm256_packs_epi32(i2, i3));
+        p = _mm256_permutevar8x32_epi32(p, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7));
+        _mm256_storeu_si256((__m256i *)b[i].qs, p);
+        b[i].d = d;
+        b[i].ds = d * (float)_mm_cvtsi128_si32(s4);
+#else
+        float amax = 0;
+        for (int j = 0; j < 32; j++)
+            amax = fabsf(x[j]) > amax ? fabsf(x[j]) : amax;
+        float d = amax / 127.0f, id = d != 0 ? 1.0f / d : 0.0f;
+        int s = 0;
+        for (int j = 0; j < 32; j++) {
+            b[i].qs[j] = (int8_t)nearest_int(x[j] * id);
+            s += b[i].qs[j];
+        }
+        b[i].d = d;
+        b[i].ds = d * (float)s;
+#endif
+    }
+}
+
+/* ggml's quantize_row_q8_K: the signed value of largest magnitude maps to -127 (so no value is
+ * -128), 16-element sums kept for the min and offset terms. */
+static void q8K_quant(const float *x, lh_block_q8K *b, size_t nb)
+{
+    for (size_t i = 0; i < nb; i++, x += LH_QK_K) {
+        float max = 0, amax = 0;
+        for (int j = 0; j < LH_QK_K; j++) {
+            float ax = fabsf(x[j]);
+            if (ax > amax) {
+                amax = ax;
+                max = x[j];
+            }
+        }
+        if (amax == 0) {
+            memset(&b[i], 0, sizeof b[i]);
+            continue;
+        }
+        float iscale = -127.f / max;
+        for (int j = 0; j < LH_QK_K; j++)
+            b[i].qs[j] = (int8_t)imin(127, nearest_int(iscale * x[j]));
+        for (int j = 0; j < 16; j++) {
+            int s = 0;
+            for (int l = 0; l < 16; l++)
+                s += b[i].qs[16 * j + l];
+            b[i].bsums[j] = (int16_t)s;
+        }
+        b[i].d = 1 / iscale;
+    }
+}
+
+void lh_q8_quant(lh_type t, const float *x, void *xq, size_t n)
+{
+    switch (lh_q8_kind(t)) {
+    case LH_Q8A_32: q8a_quant(x, xq, n / 32); break;
+    case LH_Q8A_256: q8K_quant(x, xq, n / LH_QK_K); break;
+    default: break;
+    }
+}
+
+#ifdef LH_HAVE_AVX2
+/* acc + Σ of 4 adjacent u8 × s8 products per int32 lane. */
+static inline __m256i dot_us(__m256i acc, __m256i u, __m256i s)
+{
+#if defined(__AVX512VNNI__) && defined(__AVX512VL__)
+    return _mm256_dpbusd_epi32(acc, u, s);
+#else
+    return _mm256_add_epi32(acc, _mm256_madd_epi16(_mm256_maddubs_epi16(u, s), _mm256_set1_epi16(1)));
+#endif
+}
+
+/* Σ over pairs of u8 × s8, each 16-bit pair sum times the scale of its 128-bit half (lo: bytes
+ * 0..15, hi: 16..31), as int32 lanes. */
+static inline __m256i dot_us_scaled(__m256i u, __m256i s, int lo, int hi)
+{
+    __m256i sc = _mm256_set_m128i(_mm_set1_epi16((short)hi), _mm_set1_epi16((short)lo));
+    return _mm256_madd_epi16(_mm256_maddubs_epi16(u, s), sc);
+}
+
+/* 16 nibbles -> 32 bytes: low nibbles first, then high nibbles (the Q4_0..Q5_1 element order). */
+static inline __m256i nibbles32(const uint8_t *q)
+{
+    __m128i v = _mm_loadu_si128((const __m128i *)q);
+    return _mm256_and_si256(_mm256_set_m128i(_mm_srli_epi16(v, 4), v), _mm256_set1_epi8(0x0f));
+}
+
+/* 32 bits -> 32 bytes, byte j = 0x10 where bit j is set (the fifth bit of Q5_0/Q5_1). */
+static inline __m256i bits32_x10(uint32_t x)
+{
+#if defined(__AVX512BW__) && defined(__AVX512VL__)
+    return _mm256_maskz_mov_epi8((__mmask32)x, _mm256_set1_epi8(0x10));   /* one masked move */
+#else
+    __m256i v = _mm256_shuffle_epi8(_mm256_set1_epi32((int)x),
+                                    _mm256_setr_epi8(0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1,
+                                                     2, 2, 2, 2, 2, 2, 2, 2, 3, 3, 3, 3, 3, 3, 3, 3));
+    const __m256i bit = _mm256_set1_epi64x(0x8040201008040201ll);
+    return _mm256_and_si256(_mm256_cmpeq_epi8(_mm256_and_si256(v, bit), bit), _mm256_set1_epi8(0x10));
+#endif
+}
+
+static float vdot_q4_0(const lh_block_q4_0 *w, const lh_block_q8a *a, size_t nb)
+{
+    __m256 acc = _mm256_setzero_ps();
+    float off = 0;
+    for (size_t i = 0; i < nb; i++) {
+        __m256i p = dot_us(_mm256_setzero_si256(), nibbles32(w[i].qs),
+                           _mm256_loadu_si256((const __m256i *)a[i].qs));
+        float dd = f16_fast(w[i].d) * a[i].d;
+        acc = _mm256_fmadd_ps(_mm256_set1_ps(dd), _mm256_cvtepi32_ps(p), acc);
+        off += f16_fast(w[i].d) * a[i].ds;
+    }
+    return lh_hsum256(acc) - 8 * off;
+}
+
+static float vdot_q4_1(const lh_block_q4_1 *w, const lh_block_q8a *a, size_t nb)
+{
+    __m256 acc = _mm256_setzero_ps();
+    float off = 0;
+    for (size_t i = 0; i < nb; i++) {
+        __m256i p = dot_us(_mm256_setzero_si256(), nibbles32(w[i].qs),
+                           _mm256_loadu_si256((const __m256i *)a[i].qs));
+        float dd = f16_fast(w[i].d) * a[i].d;
+        acc = _mm256_fmadd_ps(_mm256_set1_ps(dd), _mm256_cvtepi32_ps(p), acc);
+        off += f16_fast(w[i].m) * a[i].ds;
+    }
+    return lh_hsum256(acc) + off;
+}
+
+static float vdot_q5_0(const lh_block_q5_0 *w, const lh_block_q8a *a, size_t nb)
+{
+    __m256 acc = _mm256_setzero_ps();
+    float off = 0;
+    for (size_t i = 0; i < nb; i++) {
+        __m256i u = _mm256_or_si256(nibbles32(w[i].qs), bits32_x10(le32(w[i].qh)));
+        __m256i p = dot_us(_mm256_setzero_si256(), u, _mm256_loadu_si256((const __m256i *)a[i].qs));
+        float dd = f16_fast(w[i].d) * a[i].d;
+        acc = _mm256_fmadd_ps(_mm256_set1_ps(dd), _mm256_cvtepi32_ps(p), acc);
+        off += f16_fast(w[i].d) * a[i].ds;
+    }
+    return lh_hsum256(acc) - 16 * off;
+}
+
+static float vdot_q5_1(const lh_block_q5_1 *w, const lh_block_q8a *a, size_t nb)
+{
+    __m256 acc = _mm256_setzero_ps();
+    float off = 0;
+    for (size_t i = 0; i < nb; i++) {
+        __m256i u = _mm256_or_si256(nibbles32(w[i].qs), bits32_x10(le32(w[i].qh)));
+        __m256i p = dot_us(_mm256_setzero_si256(), u, _mm256_loadu_si256((const __m256i *)a[i].qs));
+        float dd = f16_fast(w[i].d) * a[i].d;
+        acc = _mm256_fmadd_ps(_mm256_set1_ps(dd), _mm256_cvtepi32_ps(p), acc);
+        off += f16_fast(w[i].m) * a[i].ds;
+    }
+    return lh_hsum256(acc) + off;
+}
+
+static float vdot_q8_0(const lh_block_q8_0 *w, const lh_block_q8a *a, size_t nb)
+{
+    __m256 acc = _mm256_setzero_ps();
+    for (size_t i = 0; i < nb; i++) {
+        __m256i q = _mm256_loadu_si256((const __m256i *)w[i].qs);
+        __m256i x = _mm256_loadu_si256((const __m256i *)a[i].qs);
+        /* |w| × (x with w's sign): u8 × s8 with the same products */
+        __m256i p = dot_us(_mm256_setzero_si256(), _mm256_sign_epi8(q, q), _mm256_sign_epi8(x, q));
+        acc = _mm256_fmadd_ps(_mm256_set1_ps(f16_fast(w[i].d) * a[i].d), _mm256_cvtepi32_ps(p), acc);
+    }
+    return lh_hsum256(acc);
+}
+
+static float vdot_iq4_nl(const lh_block_iq4_nl *w, const lh_block_q8a *a, size_t nb)
+{
+    const __m256i table = _mm256_broadcastsi128_si256(_mm_loadu_si128((const __m128i *)lh_iq4nl_values));
+    __m256 acc = _mm256_setzero_ps();
+    for (size_t i = 0; i < nb; i++) {
+        __m256i v = _mm256_shuffle_epi8(table, nibbles32(w[i].qs));   /* the int8 levels */
+        __m256i x = _mm256_loadu_si256((const __m256i *)a[i].qs);
+        __m256i p = dot_us(_mm256_setzero_si256(), _mm256_sign_epi8(v, v), _mm256_sign_epi8(x, v));
+        acc = _mm256_fmadd_ps(_mm256_set1_ps(f16_fast(w[i].d) * a[i].d), _mm256_cvtepi32_ps(p), acc);
+    }
+    return lh_hsum256(acc);
+}
+
+/* Shuffle masks that broadcast one int16 of a 128-bit lane to the whole lane: for the scale
+ * vectors of the K-quants (scales are unpacked once per super-block into int16 lanes, then
+ * each 32-element step picks its pair with one shuffle, no trip through scalar registers). */
+static inline __m256i pick16(int lo, int hi)
+{
+    /* [lo][hi] for the pairs used: (j, j) for j < 8 and (2j, 2j + 1) for j < 4; a table, so the
+     * shuffles take a memory operand instead of rebuilding constants under register pressure */
+    static const uint8_t tab[8][8][32] = {
+#define B(l, h) {2 * (l), 2 * (l) + 1, 2 * (l), 2 * (l) + 1, 2 * (l), 2 * (l) + 1, 2 * (l), 2 * (l) + 1, \
+                 2 * (l), 2 * (l) + 1, 2 * (l), 2 * (l) + 1, 2 * (l), 2 * (l) + 1, 2 * (l), 2 * (l) + 1, \
+                 2 * (h), 2 * (h) + 1, 2 * (h), 2 * (h) + 1, 2 * (h), 2 * (h) + 1, 2 * (h), 2 * (h) + 1, \
+                 2 * (h), 2 * (h) + 1, 2 * (h), 2 * (h) + 1, 2 * (h), 2 * (h) + 1, 2 * (h), 2 * (h) + 1}
+#define ROW(l) {B(l, 0), B(l, 1), B(l, 2), B(l, 3), B(l, 4), B(l, 5), B(l, 6), B(l, 7)}
+        ROW(0), ROW(1), ROW(2), ROW(3), ROW(4), ROW(5), ROW(6), ROW(7),
+#undef ROW
+#undef B
+    };
+    return _mm256_loadu_si256((const __m256i *)tab[lo][hi]);
+}
+
+static inline float hsum128(__m128 s)
+{
+    s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+    s = _mm_add_ss(s, _mm_movehdup_ps(s));
+    return _mm_cvtss_f32(s);
+}
+
+/* Scales (lo) and mins (hi) of a Q4_K/Q5_K block as 8 + 8 bytes (scale_min_k4 on 32-bit words). */
+static inline __m128i k4_scales_mins(const uint8_t *q)
+{
+    /* three separate word loads: a 12-byte memcpy into an array goes through the stack */
+    uint32_t u0, u1, u2;
+    memcpy(&u0, q, 4);
+    memcpy(&u1, q + 4, 4);
+    memcpy(&u2, q + 8, 4);
+    const uint32_t k1 = 0x3f3f3f3f, k2 = 0x0f0f0f0f, k3 = 0x03030303;
+    uint32_t s03 = u0 & k1, m03 = u1 & k1;
+    uint32_t s47 = (u2 & k2) | (((u0 >> 6) & k3) << 4);
+    uint32_t m47 = ((u2 >> 4) & k2) | (((u1 >> 6) & k3) << 4);
+    return _mm_setr_epi32((int)s03, (int)s47, (int)m03, (int)m47);
+}
+
+/* Σ_j m_j (bsums[2j] + bsums[2j+1]) as 4 int32 lanes, for the mins of Q4_K/Q5_K. */
+static inline __m128i k4_min_terms(__m128i sm, const int16_t *bsums)
+{
+    __m256i bs = _mm256_loadu_si256((const __m256i *)bsums);
+    __m128i pairs = _mm_hadd_epi16(_mm256_castsi256_si128(bs), _mm256_extracti128_si256(bs, 1));
+    return _mm_madd_epi16(_mm_cvtepu8_epi16(_mm_srli_si128(sm, 8)), pairs);
+}
+
+static float vdot_q4_K(const lh_block_q4_K *w, const lh_block_q8K *a, size_t nb)
+{
+    const __m256i m4 = _mm256_set1_epi8(0x0f);
+    __m256 acc = _mm256_setzero_ps();
+    __m128 accm = _mm_setzero_ps();
+    for (size_t i = 0; i < nb; i++) {
+        __m128i sm = k4_scales_mins(w[i].scales);
+        float da = a[i].d;
+        accm = _mm_fmadd_ps(_mm_set1_ps(f16_fast(w[i].dmin) * da),
+                            _mm_cvtepi32_ps(k4_min_terms(sm, a[i].bsums)), accm);
+        __m256i sc = _mm256_broadcastsi128_si256(_mm_cvtepu8_epi16(sm));
+        __m256i isum = _mm256_setzero_si256();
+        LH_UNROLL
+        for (int k = 0; k < 4; k++) {
+            __m256i q = _mm256_loadu_si256((const __m256i *)(w[i].qs + 32 * k));
+            __m256i lo = _mm256_and_si256(q, m4), hi = _mm256_and_si256(_mm256_srli_epi16(q, 4), m4);
+            const int8_t *x = a[i].qs + 64 * k;
+            __m256i plo = _mm256_maddubs_epi16(lo, _mm256_loadu_si256((const __m256i *)x));
+            __m256i phi = _mm256_maddubs_epi16(hi, _mm256_loadu_si256((const __m256i *)(x + 32)));
+            plo = _mm256_madd_epi16(plo, _mm256_shuffle_epi8(sc, pick16(2 * k, 2 * k)));
+            phi = _mm256_madd_epi16(phi, _mm256_shuffle_epi8(sc, pick16(2 * k + 1, 2 * k + 1)));
+            isum = _mm256_add_epi32(isum, _mm256_add_epi32(plo, phi));
+        }
+        acc = _mm256_fmadd_ps(_mm256_set1_ps(f16_fast(w[i].d) * da), _mm256_cvtepi32_ps(isum), acc);
+    }
+    return lh_hsum256(acc) - hsum128(accm);
+}
+
+static float vdot_q5_K(const lh_block_q5_K *w, const lh_block_q8K *a, size_t nb)
+{
+    const __m256i m4 = _mm256_set1_epi8(0x0f), m1 = _mm256_set1_epi8(1);
+    __m256 acc = _mm256_setzero_ps();
+    __m128 accm = _mm_setzero_ps();
+    for (size_t i = 0; i < nb; i++) {
+        __m128i sm = k4_scales_mins(w[i].scales);
+        float da = a[i].d;
+        accm = _mm_fmadd_ps(_mm_set1_ps(f16_fast(w[i].dmin) * da),
+                            _mm_cvtepi32_ps(k4_min_terms(sm, a[i].bsums)), accm);
+        __m256i sc = _mm256_broadcastsi128_si256(_mm_cvtepu8_epi16(sm));
+        __m256i qh = _mm256_loadu_si256((const __m256i *)w[i].qh);
+        __m256i isum = _mm256_setzero_si256();
+        LH_UNROLL
+        for (int k = 0; k < 4; k++) {
+            __m256i q = _mm256_loadu_si256((const __m256i *)(w[i].qs + 32 * k));
+            __m256i hl = _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(qh, 2 * k), m1), 4);
+            __m256i hh = _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(qh, 2 * k + 1), m1), 4);
+            __m256i lo = _mm256_or_si256(_mm256_and_si256(q, m4), hl);
+            __m256i hi = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(q, 4), m4), hh);
+            const int8_t *x = a[i].qs + 64 * k;
+            __m256i plo = _mm256_maddubs_epi16(lo, _mm256_loadu_si256((const __m256i *)x));
+            __m256i phi = _mm256_maddubs_epi16(hi, _mm256_loadu_si256((const __m256i *)(x + 32)));
+            plo = _mm256_madd_epi16(plo, _mm256_shuffle_epi8(sc, pick16(2 * k, 2 * k)));
+            phi = _mm256_madd_epi16(phi, _mm256_shuffle_epi8(sc, pick16(2 * k + 1, 2 * k + 1)));
+            isum = _mm256_add_epi32(isum, _mm256_add_epi32(plo, phi));
+        }
+        acc = _mm256_fmadd_ps(_mm256_set1_ps(f16_fast(w[i].d) * da), _mm256_cvtepi32_ps(isum), acc);
+    }
+    return lh_hsum256(acc) - hsum128(accm);
+}
+
+/* Q2_K, Q3_K, Q6_K: 16 scales of 16 elements; sc16[h] holds scales 8h .. 8h+7 as int16 in both
+ * 128-bit lanes, and the 32 elements 128h + 32j .. +31 take scales 8h + 2j (lane 0) and
+ * 8h + 2j + 1 (lane 1). */
+static float vdot_q2_K(const lh_block_q2_K *w, const lh_block_q8K *a, size_t nb)
+{
+    const __m256i m3 = _mm256_set1_epi8(3);
+    const __m128i m4 = _mm_set1_epi8(0x0f);
+    __m256 acc = _mm256_setzero_ps(), accm = _mm256_setzero_ps();
+    for (size_t i = 0; i < nb; i++) {
+        __m128i raw = _mm_loadu_si128((const __m128i *)w[i].scales);
+        __m128i scb = _mm_and_si128(raw, m4), mb = _mm_and_si128(_mm_srli_epi16(raw, 4), m4);
+        float da = a[i].d;
+        __m256i mins = _mm256_madd_epi16(_mm256_cvtepu8_epi16(mb),
+                                         _mm256_loadu_si256((const __m256i *)a[i].bsums));
+        accm = _mm256_fmadd_ps(_mm256_set1_ps(f16_fast(w[i].dmin) * da), _mm256_cvtepi32_ps(mins), accm);
+        __m256i isum = _mm256_setzero_si256();
+        LH_UNROLL
+        for (int h = 0; h < 2; h++) {
+            __m256i sc = _mm256_broadcastsi128_si256(_mm_cvtepu8_epi16(h ? _mm_srli_si128(scb, 8) : scb));
+            __m256i q = _mm256_loadu_si256((const __m256i *)(w[i].qs + 32 * h));
+            const int8_t *x = a[i].qs + 128 * h;
+            LH_UNROLL
+            for (int j = 0; j < 4; j++) {
+                __m256i u = _mm256_and_si256(_mm256_srli_epi16(q, 2 * j), m3);
+                __m256i p = _mm256_maddubs_epi16(u, _mm256_loadu_si256((const __m256i *)(x + 32 * j)));
+                p = _mm256_madd_epi16(p, _mm256_shuffle_epi8(sc, pick16(2 * j, 2 * j + 1)));
+                isum = _mm256_add_epi32(isum, p);
+            }
+        }
+        acc = _mm256_fmadd_ps(_mm256_set1_ps(f16_fast(w[i].d) * da), _mm256_cvtepi32_ps(isum), acc);
+    }
+    return lh_hsum256(acc) - lh_hsum256(accm);
+}
+
+/* The 16 6-bit scales of a Q3_K block as bytes 0..63 (32 is zero), from 32-bit words. */
+static inline __m128i q3_K_scales_vec(const uint8_t *s)
+{
+    uint32_t a0, a1, t;
+    memcpy(&a0, s, 4);
+    memcpy(&a1, s + 4, 4);
+    memcpy(&t, s + 8, 4);
+    const uint32_t k1 = 0x03030303, k2 = 0x0f0f0f0f;
+    return _mm_setr_epi32((int)((a0 & k2) | (((t >> 0) & k1) << 4)),
+                          (int)((a1 & k2) | (((t >> 2) & k1) << 4)),
+                          (int)(((a0 >> 4) & k2) | (((t >> 4) & k1) << 4)),
+                          (int)(((a1 >> 4) & k2) | (((t >> 6) & k1) << 4)));
+}
+
+static float vdot_q3_K(const lh_block_q3_K *w, const lh_block_q8K *a, size_t nb)
+{
+    const __m256i m3 = _mm256_set1_epi8(3), m1 = _mm256_set1_epi8(1);
+    __m256 acc = _mm256_setzero_ps();
+    for (size_t i = 0; i < nb; i++) {
+        __m128i scb = _mm_sub_epi8(q3_K_scales_vec(w[i].scales), _mm_set1_epi8(32));
+        /* the -4 of every level: 4 Σ_j sc_j bsums_j, taken off the integer sum */
+        __m256i corr = _mm256_madd_epi16(_mm256_cvtepi8_epi16(scb),
+                                         _mm256_loadu_si256((const __m256i *)a[i].bsums));
+        __m256i isum = _mm256_sub_epi32(_mm256_setzero_si256(), _mm256_slli_epi32(corr, 2));
+        __m256i hm = _mm256_loadu_si256((const __m256i *)w[i].hmask);
+        LH_UNROLL
+        for (int h = 0; h < 2; h++) {
+            __m256i sc = _mm256_broadcastsi128_si256(_mm_cvtepi8_epi16(h ? _mm_srli_si128(scb, 8) : scb));
+            __m256i q = _mm256_loadu_si256((const __m256i *)(w[i].qs + 32 * h));
+            const int8_t *x = a[i].qs + 128 * h;
+            LH_UNROLL
+            for (int j = 0; j < 4; j++) {
+                __m256i lo = _mm256_and_si256(_mm256_srli_epi16(q, 2 * j), m3);
+                __m256i hb = _mm256_and_si256(_mm256_srli_epi16(hm, 4 * h + j), m1);
+                __m256i u = _mm256_or_si256(lo, _mm256_slli_epi16(hb, 2));   /* q + 4 */
+                __m256i p = _mm256_maddubs_epi16(u, _mm256_loadu_si256((const __m256i *)(x + 32 * j)));
+                p = _mm256_madd_epi16(p, _mm256_shuffle_epi8(sc, pick16(2 * j, 2 * j + 1)));
+                isum = _mm256_add_epi32(isum, p);
+            }
+        }
+        acc = _mm256_fmadd_ps(_mm256_set1_ps(f16_fast(w[i].d) * a[i].d), _mm256_cvtepi32_ps(isum), acc);
+    }
+    return lh_hsum256(acc);
+}
+
+static float vdot_q6_K(const lh_block_q6_K *w, const lh_block_q8K *a, size_t nb)
+{
+    const __m256i m4 = _mm256_set1_epi8(0x0f), m3 = _mm256_set1_epi8(3);
+    __m256 acc = _mm256_setzero_ps();
+    for (size_t i = 0; i < nb; i++) {
+        __m128i scb = _mm_loadu_si128((const __m128i *)w[i].scales);
+        /* the -32 of every level: 32 Σ_j sc_j bsums_j */
+        __m256i corr = _mm256_madd_epi16(_mm256_cvtepi8_epi16(scb),
+                                         _mm256_loadu_si256((const __m256i *)a[i].bsums));
+        __m256i isum = _mm256_sub_epi32(_mm256_setzero_si256(), _mm256_slli_epi32(corr, 5));
+        LH_UNROLL
+        for (int h = 0; h < 2; h++) {
+            __m256i sc = _mm256_broadcastsi128_si256(_mm_cvtepi8_epi16(h ? _mm_srli_si128(scb, 8) : scb));
+            __m256i l0 = _mm256_loadu_si256((const __m256i *)(w[i].ql + 64 * h));
+            __m256i l1 = _mm256_loadu_si256((const __m256i *)(w[i].ql + 64 * h + 32));
+            __m256i qh = _mm256_loadu_si256((const __m256i *)(w[i].qh + 32 * h));
+            const int8_t *x = a[i].qs + 128 * h;
+            __m256i u1 = _mm256_or_si256(_mm256_and_si256(l0, m4),
+                                         _mm256_slli_epi16(_mm256_and_si256(qh, m3), 4));
+            __m256i u2 = _mm256_or_si256(_mm256_and_si256(l1, m4),
+                                         _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(qh, 2), m3), 4));
+            __m256i u3 = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(l0, 4), m4),
+                                         _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(qh, 4), m3), 4));
+            __m256i u4 = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(l1, 4), m4),
+                                         _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(qh, 6), m3), 4));
+            __m256i p1 = _mm256_madd_epi16(_mm256_maddubs_epi16(u1, _mm256_loadu_si256((const __m256i *)x)),
+                                           _mm256_shuffle_epi8(sc, pick16(0, 1)));
+            __m256i p2 = _mm256_madd_epi16(_mm256_maddubs_epi16(u2, _mm256_loadu_si256((const __m256i *)(x + 32))),
+                                           _mm256_shuffle_epi8(sc, pick16(2, 3)));
+            __m256i p3 = _mm256_madd_epi16(_mm256_maddubs_epi16(u3, _mm256_loadu_si256((const __m256i *)(x + 64))),
+                                           _mm256_shuffle_epi8(sc, pick16(4, 5)));
+            __m256i p4 = _mm256_madd_epi16(_mm256_maddubs_epi16(u4, _mm256_loadu_si256((const __m256i *)(x + 96))),
+                                           _mm256_shuffle_epi8(sc, pick16(6, 7)));
+            isum = _mm256_add_epi32(isum, _mm256_add_epi32(_mm256_add_epi32(p1, p2), _mm256_add_epi32(p3, p4)));
+        }
+        acc = _mm256_fmadd_ps(_mm256_set1_ps(f16_fast(w[i].d) * a[i].d), _mm256_cvtepi32_ps(isum), acc);
+    }
+    return lh_hsum256(acc);
+}
+#endif
+
+#ifndef LH_HAVE_AVX2
+/* The scalar fused path (builds without AVX2): each weight block dequantised with the exact
+ * dequantisers, times the dequantised activation block. */
+static float sdot_q8(lh_type t, const void *row, const void *xq, size_t n)
+{
+    float w[LH_QK_K];
+    size_t bs = lh_type_block_size(t), blk = lh_type_block(t);
+    float s = 0;
+    if (lh_q8_kind(t) == LH_Q8A_32) {
+        const lh_block_q8a *a = xq;
+        for (size_t i = 0; i < n / 32; i++) {
+            lh_dequant_row(t, (const char *)row + i * bs, w, 32);
+            float bsum = 0;
+            for (int j = 0; j < 32; j++)
+                bsum += w[j] * (float)a[i].qs[j];
+            s += bsum * a[i].d;
+        }
+    } else {
+        const lh_block_q8K *a = xq;
+        for (size_t i = 0; i < n / LH_QK_K; i++) {
+            lh_dequant_row(t, (const char *)row + i * bs, w, blk);
+            float bsum = 0;
+            for (int j = 0; j < LH_QK_K; j++)
+                bsum += w[j] * (float)a[i].qs[j];
+            s += bsum * a[i].d;
+        }
+    }
+    return s;
+}
+#endif
+
+void lh_dot_rows_q8(lh_type t, const void *rows, size_t row_size, const void *xq, size_t n,
+                    float *y, size_t n_rows)
+{
+    const char *r = rows;
+#ifdef LH_HAVE_AVX2
+    size_t nb = n / lh_type_block(t);
+    /* one loop per type, so each kernel is inlined into a loop of its own */
+#define ROWS(fn)                                                                              \
+    for (size_t i = 0; i < n_rows; i++, r += row_size)                                       \
+        y[i] = fn((const void *)r, xq, nb);                                                   \
+    break
+    switch (t) {
+    case LH_TYPE_Q4_0: ROWS(vdot_q4_0);
+    case LH_TYPE_Q4_1: ROWS(vdot_q4_1);
+    case LH_TYPE_Q5_0: ROWS(vdot_q5_0);
+    case LH_TYPE_Q5_1: ROWS(vdot_q5_1);
+    case LH_TYPE_Q8_0: ROWS(vdot_q8_0);
+    case LH_TYPE_IQ4_NL: ROWS(vdot_iq4_nl);
+    case LH_TYPE_Q2_K: ROWS(vdot_q2_K);
+    case LH_TYPE_Q3_K: ROWS(vdot_q3_K);
+    case LH_TYPE_Q4_K: ROWS(vdot_q4_K);
+    case LH_TYPE_Q5_K: ROWS(vdot_q5_K);
+    case LH_TYPE_Q6_K: ROWS(vdot_q6_K);
+    default:
+        for (size_t i = 0; i < n_rows; i++)
+            y[i] = 0;
+        break;
+    }
+#undef ROWS
+#else
+    for (size_t i = 0; i < n_rows; i++, r += row_size)
+        y[i] = lh_q8_kind(t) ? sdot_q8(t, r, xq, n) : 0;
+#endif
 }

@@ -230,7 +230,7 @@ static void test_writer_roundtrip(void)
     CU_ASSERT_EQUAL(lh_gguf_writer_tensor(w, "t.f32", LH_TYPE_F32, 1, ne[0], data[0]), LH_E_FORMAT);
     const uint64_t bad_q8[1] = {33};
     CU_ASSERT_EQUAL(lh_gguf_writer_tensor(w, "t.bad", LH_TYPE_Q8_0, 1, bad_q8, data[3]), LH_E_FORMAT);
-    CU_ASSERT_EQUAL(lh_gguf_writer_tensor(w, "t.bad", (lh_type)12, 1, ne[0], data[0]), LH_E_FORMAT);
+    CU_ASSERT_EQUAL(lh_gguf_writer_tensor(w, "t.bad", (lh_type)23, 1, ne[0], data[0]), LH_E_FORMAT);
 
     void *buf = NULL;
     size_t size = 0;
@@ -319,6 +319,63 @@ static void test_writer_roundtrip(void)
         free(copy);
     }
     free(buf);
+}
+
+/* A quantised tensor one byte short is refused, and the one log line names the tensor and its
+ * byte offset; every quantised type round-trips through the writer and reader. */
+static void test_quant_truncated(void)
+{
+    static const lh_type ts[] = {LH_TYPE_Q4_0, LH_TYPE_Q4_1, LH_TYPE_Q5_0, LH_TYPE_Q5_1,
+                                 LH_TYPE_Q2_K, LH_TYPE_Q3_K, LH_TYPE_Q4_K, LH_TYPE_Q5_K,
+                                 LH_TYPE_Q6_K, LH_TYPE_IQ4_NL};
+    for (size_t i = 0; i < sizeof ts / sizeof ts[0]; i++) {
+        lh_gguf_writer *w = NULL;
+        CU_ASSERT_EQUAL_FATAL(lh_gguf_writer_new(&w), 0);
+        const uint64_t ne[2] = {512, 3};
+        size_t size = lh_type_row_size(ts[i], 512) * 3;
+        uint8_t *data = malloc(size);
+        for (size_t j = 0; j < size; j++)
+            data[j] = (uint8_t)(j * 13 + i);
+        CU_ASSERT_EQUAL(lh_gguf_writer_tensor(w, "blk.0.ffn_down.weight", ts[i], 2, ne, data), 0);
+        void *buf = NULL;
+        size_t n = 0;
+        CU_ASSERT_EQUAL_FATAL(lh_gguf_writer_finish(w, &buf, &n), 0);
+        lh_gguf_writer_free(w);
+        lh_gguf *g = NULL;
+        CU_ASSERT_EQUAL_FATAL(lh_gguf_open_mem(&g, buf, n, "q.gguf"), 0);
+        const lh_gguf_tensor *t = lh_gguf_find_tensor(g, "blk.0.ffn_down.weight");
+        CU_ASSERT_FATAL(t != NULL);
+        CU_ASSERT_EQUAL(t->type, ts[i]);
+        CU_ASSERT_EQUAL(t->size, size);
+        CU_ASSERT(memcmp(t->data, data, size) == 0);
+        size_t end = (size_t)((const uint8_t *)t->data + size - (const uint8_t *)buf);
+        lh_gguf_close(g);
+
+        char path[] = "/tmp/lh_test_gguf_log_XXXXXX";
+        int fd = mkstemp(path);
+        CU_ASSERT_FATAL(fd >= 0);
+        close(fd);
+        int level = lh_log_get_level();
+        lh_log_set_level(LH_LOG_ERROR);
+        CU_ASSERT_EQUAL(lh_log_set_file(path), 0);
+        g = (lh_gguf *)1;
+        CU_ASSERT_EQUAL(lh_gguf_open_mem(&g, buf, end - 1, "q.gguf"), LH_E_FORMAT);
+        CU_ASSERT_PTR_NULL(g);
+        lh_log_set_file(NULL);
+        lh_log_set_level(level);
+        char msg[1024] = {0};
+        FILE *f = fopen(path, "r");
+        CU_ASSERT_FATAL(f != NULL);
+        size_t got = fread(msg, 1, sizeof msg - 1, f);
+        fclose(f);
+        unlink(path);
+        CU_ASSERT(got > 0);
+        CU_ASSERT(strstr(msg, "'blk.0.ffn_down.weight'") != NULL);
+        CU_ASSERT(strstr(msg, "extends past the end") != NULL);
+        CU_ASSERT(strstr(msg, "offset") != NULL);
+        free(data);
+        free(buf);
+    }
 }
 
 static void test_writer_save(void)
@@ -613,6 +670,7 @@ void lh_test_gguf(void)
     CU_add_test(s, "bundled model", test_model);
     CU_add_test(s, "open errors", test_open_errors);
     CU_add_test(s, "writer round-trip + every truncation", test_writer_roundtrip);
+    CU_add_test(s, "quantised tensors, one byte short", test_quant_truncated);
     CU_add_test(s, "writer save", test_writer_save);
     CU_add_test(s, "malformed header and tensors", test_malformed);
     CU_add_test(s, "malformed KVs", test_malformed_kv);

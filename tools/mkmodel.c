@@ -1,19 +1,23 @@
 /* tools/mkmodel — longheads-mkmodel: writes a LLaMA GGUF with random weights N(0, 0.02), for
  * benchmarks (the figures in ../reference use the same shapes).
  *
- *   longheads-mkmodel -o FILE [--shape tiny|small|1b] [--type f32|f16|bf16|q8_0]
+ *   longheads-mkmodel -o FILE [--shape tiny|small|1b]
+ *                     [--type f32|f16|bf16|q4_0|q4_1|q5_0|q5_1|q8_0|q2_k|q3_k|q4_k|q5_k|q6_k]
  *                     [--dim D --ff F --layers N --heads H --kv-heads K --vocab V]
  *                     [--ctx 131072] [--seed S]
  *
  * tiny = stories260K's shape, small = stories110M's, 1b = TinyLlama-1.1B's.  The vocabulary is a
  * valid llama/SentencePiece one: <unk> <s> </s>, the 256 byte tokens, then synthetic pieces
- * ("▁a", "▁b", ..., "▁ba", ...) with falling scores; norms are 1, matrices in --type.
+ * ("▁a", "▁b", ..., "▁ba", ...) with falling scores; norms are 1, matrices in --type (quantised
+ * with ggml's reference quantisers, so the bytes are those llama-quantize would write from the
+ * same F32 weights).  K-quants need dim and ff multiples of 256 (small and 1b; not tiny).
  */
 #include <math.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 
 #include "gguf.h"
 #include "params.h"
@@ -141,11 +145,11 @@ int main(int argc, char **argv)
         if (!strcmp(a, "-o")) out = v;
         else if (!strcmp(a, "--shape")) shape = v;
         else if (!strcmp(a, "--type")) {
-            if (!strcmp(v, "f32")) type = LH_TYPE_F32;
-            else if (!strcmp(v, "f16")) type = LH_TYPE_F16;
-            else if (!strcmp(v, "bf16")) type = LH_TYPE_BF16;
-            else if (!strcmp(v, "q8_0")) type = LH_TYPE_Q8_0;
-            else bad = 1;
+            /* any type this build reads, by its ggml name in either case (q4_k, Q4_K, bf16) */
+            bad = 1;
+            for (uint32_t t = 0; t < 64 && bad; t++)
+                if (lh_type_known(t) && !strcasecmp(v, lh_type_name(t)))
+                    type = (lh_type)t, bad = 0;
         }
         else if (!strcmp(a, "--dim")) bad = lh_params_parse_size(v, 8, 65536, &dim);
         else if (!strcmp(a, "--ff")) bad = lh_params_parse_size(v, 1, 262144, &ff);
@@ -173,7 +177,8 @@ int main(int argc, char **argv)
     dim = dim ? dim : sd, ff = ff ? ff : sf, layers = layers ? layers : sl;
     heads = heads ? heads : sh, kv_heads = kv_heads ? kv_heads : sk, vocab = vocab ? vocab : sv;
     if (!out || dim % heads || heads % kv_heads || dim % lh_type_block(type) || ff % lh_type_block(type)) {
-        fprintf(stderr, "usage: longheads-mkmodel -o FILE [--shape tiny|small|1b] [--type f32|f16|bf16|q8_0] ...\n"
+        fprintf(stderr, "usage: longheads-mkmodel -o FILE [--shape tiny|small|1b] [--type f32|f16|bf16|q4_0|q4_1|\n"
+                        "       q5_0|q5_1|q8_0|q2_k|q3_k|q4_k|q5_k|q6_k] ...\n"
                         "(dim must divide by heads, heads by kv-heads, dim and ff by the type's block)\n");
         return 2;
     }
