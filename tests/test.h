@@ -21,6 +21,6 @@ double lh_test_max_abs_diff(const float *a, const float *b, size_t n);
 #define LH_TEST_SUITES(X) \
     X(quant) X(matmul) X(ops) X(attn) X(longheads) \
     X(gguf) X(tokenizer) X(sampler) X(model) \
-    X(frame) X(proto) X(daemon) X(client) X(e2e) X(passkey)
+    X(frame) X(proto) X(daemon) X(client) X(e2e) X(passkey) X(qfiles)
 
 #endif
