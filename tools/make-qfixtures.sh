@@ -54,11 +54,11 @@ for p in Q2_K Q3_K_S Q3_K_M Q3_K_L Q4_0 Q4_1 Q5_0 Q5_1 Q4_K_S Q4_K_M Q5_K_S Q5_K
 done
 
 # 2. A random-weight model with every row a multiple of 256 (dim 256, ff 256, 1 layer, 4 heads
-#    of 64 with 1 KV head, 288 tokens), made decisive (tools/qfixtures.py decisive, strength 4),
-#    under ten presets.
+#    of 64 with 1 KV head, 288 tokens), made decisive (tools/qfixtures.py decisive, strength 8,
+#    layer gain 10), under ten presets.
 build/longheads-mkmodel -o "$TMP/rand-raw.gguf" --dim 256 --ff 256 --layers 1 --heads 4 \
     --kv-heads 1 --vocab 288 --ctx 1024 --seed 1
-$QF decisive "$TMP/rand-raw.gguf" "$TMP/rand-F32.gguf" --strength 4 --seed 7
+$QF decisive "$TMP/rand-raw.gguf" "$TMP/rand-F32.gguf" --strength 8 --layer-gain 10 --seed 7
 for p in Q4_0 Q4_1 Q5_0 Q5_1 Q8_0 Q2_K Q3_K_M Q4_K_M Q5_K_M Q6_K; do
     "$Q" "$TMP/rand-F32.gguf" "$OUT/rand-$p.gguf" "$p" 1 >"$TMP/q.log" 2>&1 ||
         { cat "$TMP/q.log" >&2; exit 1; }

@@ -3,13 +3,15 @@
 
 Needs numpy and llama.cpp's gguf-py (PYTHONPATH=<llama.cpp>/gguf-py).  Subcommands:
 
-  decisive IN OUT --strength A --seed S
+  decisive IN OUT --strength A --layer-gain G --seed S
       Rewrites a random-weight F32 model from longheads-mkmodel so that its greedy next token is
       decisive: token_embd is rescaled to unit standard deviation (so the residual stream is led
       by the current token), and every token t gets a successor succ(t) (a random word token):
       output.weight row succ(t) gains (A / n_embd) * token_embd[t], which adds about A to the
-      successor's logit while the others move by about A / sqrt(n_embd).  Everything else
-      (metadata, layers, their random weights) is copied unchanged.  On the words, succ is one
+      successor's logit while the others move by about A / sqrt(n_embd).  attn_output and
+      ffn_down are multiplied by G so that the layers still move every logit (perplexity must
+      notice a broken layer kernel).  Everything else (metadata, the other random weights) is
+      copied unchanged.  On the words, succ is one
       cycle through all of them (a greedy text visits every word); other tokens lead to a
       random word.
   words OUT --model GGUF --count N --seed S
@@ -64,6 +66,7 @@ def word_tokens(reader):
 def cmd_decisive(args):
     src, dst = args[0], args[1]
     strength = float(args[args.index('--strength') + 1])
+    gain = float(args[args.index('--layer-gain') + 1])
     seed = int(args[args.index('--seed') + 1])
     rng = np.random.default_rng(seed)
     r = GGUFReader(src)
@@ -80,6 +83,9 @@ def cmd_decisive(args):
     np.add.at(out, succ, (strength / emb.shape[1]) * emb)
     tensors['token_embd.weight'] = emb.astype(np.float32)
     tensors['output.weight'] = out.astype(np.float32)
+    for name in tensors:
+        if name.endswith('.attn_output.weight') or name.endswith('.ffn_down.weight'):
+            tensors[name] = (tensors[name] * gain).astype(np.float32)
     w = GGUFWriter(dst, arch_of(r))
     copy_metadata(r, w)
     for t in r.tensors:
