@@ -24,6 +24,16 @@
  * literal range with std::wregex after replacing non-ASCII whitespace by U+000B, the range is
  * written without the whitespace characters it contains, which gives the same words.
  *
+ * The categories (\p{L}, \p{N}, \p{P}) are PCRE2's: Debian 12's 10.42 knows Unicode 14, while
+ * llama.cpp's generated tables follow a later version, so characters assigned since may be cut
+ * differently.  Llama 3's case-insensitive (?i:'s|...) is written '[sS]|... as llama.cpp does
+ * (PCRE2's (?i) would also fold U+017F into 's').
+ *
+ * Special tokens are cut out before all that, one token at a time, longest first, each split
+ * at every occurrence in the text still left (llama.cpp's tokenizer_st_partition); a pass over
+ * the text first notes which bytes and byte pairs occur, so that tokens that cannot occur are
+ * not searched for.
+ *
  * Piece lookup is an open-addressing hash table built at load: the NORMAL pieces for
  * SentencePiece, every token for BPE (llama.cpp's text_to_token; the last of duplicates wins).
  * A span longer than the longest piece is never looked up.
