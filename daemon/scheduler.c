@@ -864,7 +864,8 @@ static int step(lh_sched *s, req *r)
     const char *piece = lh_tok_piece(s->tok, r->cur, &len);
     if (!piece)
         piece = "", len = 0;
-    if (r->prev == lh_tok_bos(s->tok) && len && piece[0] == ' ' && lh_tok_add_space_prefix(s->tok))
+    if (r->prev == lh_tok_bos(s->tok) && len && piece[0] == ' ' &&
+        lh_tok_add_space_prefix(s->tok))
         piece++, len--; /* the dummy-prefix space of the first word (as llama2.c) */
     if (text_add(r, piece, len) != 0) {
         finish_generate(s, r, LH_FINISH_ERROR, LH_ERR_INTERNAL, "out of memory");

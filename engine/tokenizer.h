@@ -20,13 +20,14 @@
  * expressions (PCRE2, Unicode categories, applied one after the other, each splitting the pieces
  * the previous one left, as llama.cpp does); each word's bytes are spelled with the GPT-2
  * byte-to-unicode alphabet (one character per byte) and merged pairwise, lowest merge rank first
- * (leftmost on ties); each final symbol is its token.  Invalid UTF-8: a byte that does not start a valid
- * sequence matches no regular expression, so it ends the word before it and sits in a word of
- * invalid bytes of its own, spelled with its byte's character: decode(encode(s)) == s for every
- * byte string s when the vocabulary has a NORMAL token for each of the 256 byte characters
- * (GPT-2, Llama 3, Qwen2 do; StarCoder, MPT, Falcon lack some of the bytes that never occur
- * in UTF-8, and those are dropped, as llama.cpp drops them).  llama.cpp replaces an invalid
- * byte by U+FFFD instead, which loses it; on valid UTF-8 both give the same tokens.
+ * (leftmost on ties); each final symbol is its token.
+ * Invalid UTF-8: a byte that does not start a valid sequence matches no regular expression, so
+ * it ends the word before it and sits in a word of invalid bytes of its own, spelled with its
+ * byte's character: decode(encode(s)) == s for every byte string s when the vocabulary has a
+ * NORMAL token for each of the 256 byte characters (GPT-2, Llama 3, Qwen2 do; StarCoder, MPT,
+ * Falcon lack some of the bytes that never occur in UTF-8, and those are dropped, as llama.cpp
+ * drops them).  llama.cpp replaces an invalid byte by U+FFFD instead, which loses it; on valid
+ * UTF-8 both give the same tokens.
  *
  * Special tokens: the text of a user-defined token (type 4) found in the text always becomes that
  * token, and with LH_TOK_SPECIAL so does that of every control and unknown token (longest tokens

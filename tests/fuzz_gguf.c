@@ -119,7 +119,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         }
         lh_tok *t = NULL;
         if (lh_tok_load(&t, g) == 0) {
-            static const char text[] = "Once upon a time, caf\xc3\xa9 \xff <s> <|endoftext|>  12345\n";
+            static const char text[] =
+                "Once upon a time, caf\xc3\xa9 \xff <s> <|endoftext|>  12345\n";
             use_tokenizer(t, text, sizeof text - 1, LH_TOK_BOS, 0);
             use_tokenizer(t, text, sizeof text - 1, LH_TOK_SPECIAL | LH_TOK_EOS, 0);
             lh_tok_free(t);

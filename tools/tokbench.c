@@ -5,8 +5,8 @@
  * The text is FILE repeated (whole copies, then a prefix) up to BYTES (default 1 MiB; 0: the file
  * as it is); -o writes that exact text, so that llama.cpp's llama-tokenize can be timed on the
  * same bytes; -i writes the ids as llama-tokenize --ids prints them ("[1, 2, 3]"), to compare
- * the two outputs.  Encodes it REPEATS times (default 5, no BOS) and prints the token count, the best
- * time and tokens/s.  Any GGUF with a vocabulary works (a model or a vocabulary-only file).
+ * the two outputs.  Encodes it REPEATS times (default 5, no BOS) and prints the token count,
+ * the best time and tokens/s.  Any GGUF with a vocabulary works (a model or a vocabulary-only file).
  * Exit status 0, 1 on an error, 2 on bad usage.
  */
 #include <getopt.h>
