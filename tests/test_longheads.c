@@ -180,14 +180,21 @@ static void check_vs_oracle(lh_lh_params p, size_t n_tok, uint64_t seed)
 
 static const lh_lh_params *shapes(size_t *np, lh_type kv)
 {
-    static lh_lh_params ps[6];
+    static lh_lh_params ps[7];
+    static const float factors[4] = { 1.0f, 2.5f, 4.0f, 8.0f };
     ps[0] = params(4, 16, 4, 2, 8, 8, 0, kv);    /* K = 4, GQA 2:1 */
     ps[1] = params(8, 32, 4, 2, 8, 8, 0, kv);    /* K = 4 */
     ps[2] = params(3, 15, 3, 1, 6, 4, 0, kv);    /* odd: w = 3, K = 5, partial rotation, MQA */
     ps[3] = params(4, 8, 2, 2, 8, 8, 0, kv);     /* K = 2: sink + current */
     ps[4] = params(2, 6, 4, 4, 16, 16, 0, kv);   /* K = 3: no free slot */
     ps[5] = params(2, 40, 2, 1, 8, 8, 0, kv);    /* K = 20: a long top list */
-    *np = 6;
+    ps[6] = params(4, 16, 4, 2, 8, 8, 0, kv);    /* the model's RoPE: frequency factors, YaRN */
+    ps[6].rope.freq_factors = factors;
+    ps[6].rope.freq_scale = 0.25f;
+    ps[6].rope.ext_factor = 1.0f;
+    ps[6].rope.attn_factor = 0.9f;
+    ps[6].rope.n_ctx_orig = 16;
+    *np = 7;
     return ps;
 }
 

@@ -438,14 +438,15 @@ static int arch_expected(const char *name, arch_expect *e)
     return found;
 }
 
-/* Greedy from the prompt (with BOS) until ARCH_N_GEN tokens or an end-of-generation token, as
+/* Greedy from the prompt (BOS first when the vocabulary adds one) until ARCH_N_GEN tokens or an end-of-generation token, as
  * llama-cli --temp 0 does; *min_marginp gets the smallest top-1 minus top-2 logit seen. */
 static size_t arch_greedy(const lh_model *m, int32_t *gen, double *min_marginp)
 {
     const lh_tok *tok = lh_model_tok(m);
     size_t V = lh_model_hparams(m)->n_vocab, n_prompt = 0, k = 0;
     int32_t prompt[64];
-    CU_ASSERT_EQUAL_FATAL(lh_tok_encode(tok, ARCH_PROMPT, strlen(ARCH_PROMPT), 1, prompt, 64,
+    CU_ASSERT_EQUAL_FATAL(lh_tok_encode(tok, ARCH_PROMPT, strlen(ARCH_PROMPT),
+                                        lh_tok_add_bos(tok) ? LH_TOK_BOS : 0, prompt, 64,
                                         &n_prompt), 0);
     lh_ctx_params p;
     lh_ctx_params_default(&p);
@@ -477,8 +478,9 @@ static size_t arch_greedy(const lh_model *m, int32_t *gen, double *min_marginp)
     return k;
 }
 
-/* llama-perplexity's quantity: the text with BOS first, cut into chunks of n_ctx tokens, each
- * evaluated on its own with its first token replaced by BOS; the negative log-likelihood of the
+/* llama-perplexity's quantity: the text (with BOS first when the vocabulary adds one) cut into
+ * chunks of n_ctx tokens, each evaluated on its own with its first token replaced by BOS (again
+ * only when the vocabulary adds one); the negative log-likelihood of the
  * second half of each chunk (positions n_ctx/2 .. n_ctx-2 predicting the next token);
  * PPL = exp(mean). */
 static double arch_perplexity(const lh_model *m, size_t n_ctx, size_t n_chunks)
@@ -495,7 +497,9 @@ static double arch_perplexity(const lh_model *m, size_t n_ctx, size_t n_chunks)
     int32_t *toks = malloc(len * sizeof *toks + sizeof *toks);
     float *logits = malloc(n_ctx * V * sizeof *logits);
     CU_ASSERT_FATAL(toks && logits);
-    CU_ASSERT_EQUAL_FATAL(lh_tok_encode(tok, text, len, 1, toks, len + 1, &n_tok), 0);
+    int add_bos = lh_tok_add_bos(tok);
+    CU_ASSERT_EQUAL_FATAL(lh_tok_encode(tok, text, len, add_bos ? LH_TOK_BOS : 0, toks, len + 1,
+                                        &n_tok), 0);
     CU_ASSERT_FATAL(n_tok >= cap);
     lh_ctx_params p;
     lh_ctx_params_default(&p);
@@ -506,7 +510,8 @@ static double arch_perplexity(const lh_model *m, size_t n_ctx, size_t n_chunks)
     size_t count = 0;
     for (size_t ch = 0; ch < n_chunks; ch++) {
         int32_t *t = toks + ch * n_ctx, saved = t[0];
-        t[0] = lh_tok_bos(tok);
+        if (add_bos)
+            t[0] = lh_tok_bos(tok);
         lh_ctx_truncate(c, 0);
         CU_ASSERT_EQUAL_FATAL(lh_ctx_eval(c, t, n_ctx, logits, 1), 0);
         t[0] = saved;
@@ -712,6 +717,17 @@ static void test_arch_eog(void)
     CU_ASSERT_EQUAL(n, 7);
     CU_ASSERT(n == 7 && memcmp(ids, want, sizeof want) == 0);
     CU_ASSERT(!lh_model_is_eog(m, 5) && !lh_model_is_eog(m, 1) && lh_model_is_eog(m, 9));
+    lh_model_close(m);
+
+    /* the fixtures' cut-down Llama 3 and Qwen2 vocabularies: 800 pieces, then the specials */
+    CU_ASSERT_EQUAL_FATAL(lh_model_open(&m, ARCH_DIR "llama-rope-freqs.gguf"), 0);
+    /* <|begin_of_text|> <|end_of_text|> <|start_header_id|> <|end_header_id|> <|eot_id|> */
+    CU_ASSERT(!lh_model_is_eog(m, 800) && lh_model_is_eog(m, 801) && !lh_model_is_eog(m, 802) &&
+              !lh_model_is_eog(m, 803) && lh_model_is_eog(m, 804) && !lh_model_is_eog(m, 0));
+    lh_model_close(m);
+    CU_ASSERT_EQUAL_FATAL(lh_model_open(&m, ARCH_DIR "qwen2-bias.gguf"), 0);
+    /* <|endoftext|> <|im_start|> <|im_end|> */
+    CU_ASSERT(lh_model_is_eog(m, 800) && !lh_model_is_eog(m, 801) && lh_model_is_eog(m, 802));
     lh_model_close(m);
 }
 

@@ -153,12 +153,17 @@ int main(int argc, char **argv)
     logits = malloc(hp->n_vocab * sizeof *logits);
     if (!toks || !logits)
         goto out;
-    int erc = lh_tok_encode(tok, text ? text : prompt, text_len, 1, toks, cap, &n_prompt);
+    /* BOS when the vocabulary asks for it (Qwen2's does not), or to start from nothing */
+    int bos = lh_tok_add_bos(tok) || text_len == 0 ? LH_TOK_BOS : 0;
+    int erc = lh_tok_encode(tok, text ? text : prompt, text_len, bos, toks, cap, &n_prompt);
     if (erc == LH_E_LIMIT) {
         fprintf(stderr, "longheads-run: the prompt is %zu tokens, past the context of %zu; raise "
                 "it with -c/--ctx N\n", n_prompt, cap);
         goto out;
     } else if (erc) {
+        goto out;
+    } else if (n_prompt == 0) {
+        fprintf(stderr, "longheads-run: nothing to start from: an empty prompt and no BOS token\n");
         goto out;
     }
     if (n_gen > cap - n_prompt)
