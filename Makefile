@@ -192,16 +192,21 @@ FUZZERS      := $(BUILD)/fuzz_gguf $(BUILD)/fuzz_frame
 fuzz: $(FUZZERS) $(VOCABS)
 	@for f in $(notdir $(FUZZERS)); do \
 	  mkdir -p $(BUILD)/fuzz-corpus-$$f; \
-	  echo "fuzz: $$f for $(FUZZ_TIME) s"; \
-	  LH_MODEL=$(MODEL) LH_FUZZ_VOCAB_DIR=$(BUILD)/vocab $(BUILD)/$$f -max_total_time=$(FUZZ_TIME) -max_len=65536 -print_final_stats=1 \
-	    $(FUZZ_ARGS) $(BUILD)/fuzz-corpus-$$f 2>&1 | grep -E "stat::number_of_executed_units|ERROR|SUMMARY|crash-|Done" ; \
-	  test $${PIPESTATUS:-0} -eq 0 || exit 1; \
+	  echo "fuzz: $$f for $(FUZZ_TIME) s (log: $(BUILD)/$$f.log)"; \
+	  LH_MODEL=$(MODEL) LH_FUZZ_VOCAB_DIR=$(BUILD)/vocab $(BUILD)/$$f -max_total_time=$(FUZZ_TIME) -max_len=65536 \
+	    -print_final_stats=1 $(FUZZ_ARGS) $(BUILD)/fuzz-corpus-$$f > $(BUILD)/$$f.log 2>&1; \
+	  rc=$$?; grep -E "number_of_executed_units|average_exec_per_sec|ERROR|SUMMARY|crash-" \
+	    $(BUILD)/$$f.log; \
+	  [ $$rc -eq 0 ] || { echo "fuzz: $$f FAILED"; exit 1; }; \
 	done
 
 fuzz-ci:
 	@if ! command -v $(FUZZ_CC) >/dev/null 2>&1; then echo "fuzz-ci: SKIP: $(FUZZ_CC) not installed"; exit 0; fi; \
-	$(MAKE) --no-print-directory $(FUZZERS) $(VOCABS) && for f in $(notdir $(FUZZERS)); do \
-	  LH_MODEL=$(MODEL) LH_FUZZ_VOCAB_DIR=$(BUILD)/vocab $(BUILD)/$$f -runs=$(FUZZ_CI_RUNS) -max_len=4096 2>&1 | tail -1 || exit 1; \
+	$(MAKE) --no-print-directory $(FUZZERS) $(VOCABS) || exit 1; \
+	for f in $(notdir $(FUZZERS)); do \
+	  LH_MODEL=$(MODEL) LH_FUZZ_VOCAB_DIR=$(BUILD)/vocab $(BUILD)/$$f -runs=$(FUZZ_CI_RUNS) -max_len=4096 > $(BUILD)/$$f-ci.log 2>&1 \
+	    || { tail -30 $(BUILD)/$$f-ci.log; echo "fuzz-ci: $$f FAILED"; exit 1; }; \
+	  echo "fuzz-ci: $$f: $(FUZZ_CI_RUNS) runs, no finding"; \
 	done
 
 $(BUILD)/fuzz_gguf: tests/fuzz_gguf.c engine/gguf.c engine/tokenizer.c kernels/log.c kernels/quant.c \
