@@ -132,6 +132,7 @@ test: deps all
 	LH_BUILD=$(BUILD) LH_MODEL=$(MODEL) $(BUILD)/test_main
 	LH_BUILD=$(BUILD) LH_MODEL=$(MODEL) sh tests/cli.sh
 	LH_BUILD=$(BUILD) LH_MODEL=$(MODEL) sh tests/chat-tty.sh
+	sh tests/readme.sh
 
 check: test
 
