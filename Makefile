@@ -124,6 +124,7 @@ $(BUILD)/test_main: $(TEST_OBJS) $(DAEMON_OBJS) $(PROTO_OBJS) $(CLIB_OBJS) $(BUI
 run: deps all
 	@echo "longheadsd: serving $(MODEL); talk to it with:"
 	@echo "  $(BUILD)/longheads generate 'Once upon a time'"
+	@echo "  $(BUILD)/longheads chat"
 	@echo "  $(BUILD)/longheads info    (Ctrl-C here stops the daemon)"
 	$(BUILD)/longheadsd --model $(MODEL) $(if $(SOCKET),--socket $(SOCKET))
 
