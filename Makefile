@@ -134,6 +134,7 @@ $(BUILD)/vocab/%.gguf: tests/data/vocab/%.gguf.xz
 run: deps all
 	@echo "longheadsd: serving $(MODEL); talk to it with:"
 	@echo "  $(BUILD)/longheads generate 'Once upon a time'"
+	@echo "  $(BUILD)/longheads chat"
 	@echo "  $(BUILD)/longheads info    (Ctrl-C here stops the daemon)"
 	$(BUILD)/longheadsd --model $(MODEL) $(if $(SOCKET),--socket $(SOCKET))
 
@@ -142,6 +143,7 @@ test: deps all
 	LH_BUILD=$(BUILD) LH_MODEL=$(MODEL) $(BUILD)/test_main
 	LH_BUILD=$(BUILD) LH_MODEL=$(MODEL) sh tests/cli.sh
 	LH_BUILD=$(BUILD) LH_MODEL=$(MODEL) sh tests/chat-tty.sh
+	sh tests/readme.sh
 
 check: test
 

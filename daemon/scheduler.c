@@ -15,6 +15,7 @@
 #include <omp.h>
 #endif
 
+#include "gen.h"
 #include "log.h"
 #include "tokenizer.h"
 
@@ -779,14 +780,7 @@ static void score_slice(const lh_sched *s, req *r, const float *logits, size_t f
         size_t pos = first + j;
         if (pos + 1 >= r->n_prompt)
             break;
-        const float *l = logits + j * s->n_vocab;
-        float mx = l[0];
-        for (size_t v = 1; v < s->n_vocab; v++)
-            mx = l[v] > mx ? l[v] : mx;
-        double sum = 0;
-        for (size_t v = 0; v < s->n_vocab; v++)
-            sum += exp((double)(l[v] - mx));
-        double lp = (double)(l[r->prompt[pos + 1]] - mx) - log(sum);
+        double lp = lh_gen_logprob(logits + j * s->n_vocab, s->n_vocab, r->prompt[pos + 1]);
         r->lp[pos] = (float)lp;
         r->lp_total += lp;
     }

@@ -758,6 +758,8 @@ void lh_ctx_free(lh_ctx *c)
 }
 
 const lh_ctx_params *lh_ctx_params_get(const lh_ctx *c) { return &c->p; }
+
+const lh_model *lh_ctx_model(const lh_ctx *c) { return c->m; }
 size_t lh_ctx_n_past(const lh_ctx *c) { return c->n_past; }
 const int32_t *lh_ctx_tokens(const lh_ctx *c) { return c->tokens; }
 

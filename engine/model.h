@@ -87,6 +87,7 @@ void lh_ctx_params_default(lh_ctx_params *p);
 int lh_ctx_new(lh_ctx **cp, const lh_model *m, const lh_ctx_params *p);
 void lh_ctx_free(lh_ctx *c);
 const lh_ctx_params *lh_ctx_params_get(const lh_ctx *c);  /* with defaults resolved */
+const lh_model *lh_ctx_model(const lh_ctx *c);             /* the model it was made for */
 size_t lh_ctx_n_past(const lh_ctx *c);
 /* Forget everything after the first n_keep tokens; returns how many were kept (LongHeads may
  * round down to a chunk boundary; see lh_lh_truncate). */

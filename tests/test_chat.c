@@ -289,7 +289,9 @@ static void test_chat_turns(void)
     /* a cancelled turn: the Final says so, and the next turn works */
     memset(&a3, 0, sizeof a3);
     a3.cancel_after = 2;
-    CU_ASSERT_EQUAL(lh_client_chat(c, msgs, 3, &o, on_ev, &a3, &r3), 0);
+    lh_client_gen_opts long_o = o;
+    long_o.max_tokens = 1000000; /* so that the cancel, not the length, ends it */
+    CU_ASSERT_EQUAL(lh_client_chat(c, msgs, 3, &long_o, on_ev, &a3, &r3), 0);
     CU_ASSERT_EQUAL(r3.finish, LH_CLIENT_FINISH_CANCELLED);
     memset(&a3, 0, sizeof a3);
     CU_ASSERT_EQUAL(lh_client_chat(c, msgs, 3, &o, on_ev, &a3, &r3), 0);
@@ -391,6 +393,100 @@ static void test_prompt_limit(void)
     snprintf(d_sock, sizeof d_sock, "%s", sock);
 }
 
+/* Runs cmd with sh; its stdout and stderr (2>&1 is added) into a static buffer. */
+static const char *sh_out(const char *cmd, int *statusp)
+{
+    static char buf[65536];
+    char full[4096];
+    snprintf(full, sizeof full, "%s 2>&1", cmd);
+    FILE *p = popen(full, "r");
+    size_t n = p ? fread(buf, 1, sizeof buf - 1, p) : 0;
+    buf[n] = 0;
+    int st = p ? pclose(p) : -1;
+    *statusp = st >= 0 && WIFEXITED(st) ? WEXITSTATUS(st) : -1;
+    return buf;
+}
+
+static void test_cli(void)
+{
+    char cmd[1024];
+    const char *b = lh_test_build_dir(), *out;
+    int st;
+    /* -n 0 is an error naming the flag; a value out of range names the flag and the range */
+    snprintf(cmd, sizeof cmd, "%s/longheads --socket %s generate -n 0 hi", b, d_sock);
+    out = sh_out(cmd, &st);
+    CU_ASSERT_EQUAL(st, 1);
+    CU_ASSERT_PTR_NOT_NULL(strstr(out, "-n 0"));
+    snprintf(cmd, sizeof cmd, "%s/longheads --socket %s generate --top-p 2 hi", b, d_sock);
+    out = sh_out(cmd, &st);
+    CU_ASSERT_EQUAL(st, 1);
+    CU_ASSERT_PTR_NOT_NULL(strstr(out, "--top-p: '2' is not a number in [0, 1]"));
+    snprintf(cmd, sizeof cmd, "%s/longheads --socket %s chat --temp -1 hi", b, d_sock);
+    out = sh_out(cmd, &st);
+    CU_ASSERT_EQUAL(st, 1);
+    CU_ASSERT_PTR_NOT_NULL(strstr(out, "--temp"));
+    /* a NUL byte in the prompt is refused, not cut */
+    snprintf(cmd, sizeof cmd, "printf 'Once\\000upon' | %s/longheads --socket %s generate -", b,
+             d_sock);
+    out = sh_out(cmd, &st);
+    CU_ASSERT_EQUAL(st, 1);
+    CU_ASSERT_PTR_NOT_NULL(strstr(out, "NUL byte at offset 4"));
+    /* piped text ends with a newline; -n -1 runs to the end of the text */
+    snprintf(cmd, sizeof cmd, "%s/longheads --socket %s generate -n 5 --temp 0 -p 'Once upon' "
+             "2>/dev/null", b, d_sock);
+    out = sh_out(cmd, &st);
+    CU_ASSERT_EQUAL(st, 0);
+    CU_ASSERT(strlen(out) > 2 && out[strlen(out) - 1] == '\n');
+    snprintf(cmd, sizeof cmd, "%s/longheads --socket %s generate -n -1 --temp 0 --stats "
+             "'Once upon a time'", b, d_sock);
+    out = sh_out(cmd, &st);
+    CU_ASSERT_EQUAL(st, 0);
+    CU_ASSERT(strstr(out, "finish: eos") || strstr(out, "finish: length"));
+    /* --json: one object per line, the last the final stats */
+    snprintf(cmd, sizeof cmd, "%s/longheads --socket %s generate --json -n 3 --temp 0 'Once' "
+             "2>/dev/null", b, d_sock);
+    out = sh_out(cmd, &st);
+    CU_ASSERT_EQUAL(st, 0);
+    int lines = 0, ok = 1;
+    const char *last = out;
+    for (const char *l = out; *l; l = strchr(l, '\n') ? strchr(l, '\n') + 1 : l + strlen(l)) {
+        ok &= l[0] == '{';
+        last = l;
+        lines++;
+    }
+    CU_ASSERT(ok && lines >= 4);
+    CU_ASSERT(strncmp(last, "{\"done\":true,\"finish\":\"length\",", 30) == 0);
+    CU_ASSERT_PTR_NOT_NULL(strstr(out, "{\"token\":"));
+    /* status and info, in words and in JSON */
+    snprintf(cmd, sizeof cmd, "%s/longheads --socket %s status", b, d_sock);
+    out = sh_out(cmd, &st);
+    CU_ASSERT_EQUAL(st, 0);
+    CU_ASSERT(strstr(out, "slot 0:") && strstr(out, "tokens cached") && strstr(out, "resident"));
+    snprintf(cmd, sizeof cmd, "%s/longheads --socket %s status --json", b, d_sock);
+    out = sh_out(cmd, &st);
+    CU_ASSERT_EQUAL(st, 0);
+    CU_ASSERT(strstr(out, "\"cached_tokens\":") && strstr(out, "\"rss_bytes\":"));
+    snprintf(cmd, sizeof cmd, "%s/longheads --socket %s info", b, d_sock);
+    out = sh_out(cmd, &st);
+    CU_ASSERT_EQUAL(st, 0);
+    CU_ASSERT_PTR_NOT_NULL(strstr(out, "attention:     longheads, chunk 64, window 512"));
+    CU_ASSERT_PTR_NOT_NULL(strstr(out, "chat template: chatml (default"));
+    /* chat, one shot */
+    snprintf(cmd, sizeof cmd, "%s/longheads --socket %s chat -n 8 --temp 0 'Hello' 2>/dev/null",
+             b, d_sock);
+    out = sh_out(cmd, &st);
+    CU_ASSERT_EQUAL(st, 0);
+    CU_ASSERT(strlen(out) > 1 && out[strlen(out) - 1] == '\n');
+    /* --version everywhere */
+    static const char *const bins[] = {"longheads", "longheadsd", "longheads-run", "longheads-ppl"};
+    for (size_t i = 0; i < 4; i++) {
+        snprintf(cmd, sizeof cmd, "%s/%s --version", b, bins[i]);
+        out = sh_out(cmd, &st);
+        CU_ASSERT_EQUAL(st, 0);
+        CU_ASSERT(strncmp(out, bins[i], strlen(bins[i])) == 0 && strstr(out, " 0."));
+    }
+}
+
 void lh_test_chat(void)
 {
     CU_pSuite d = CU_add_suite("out-of-the-box", ootb_init, ootb_clean);
@@ -400,6 +496,7 @@ void lh_test_chat(void)
                 test_score_attention);
     CU_add_test(d, "a prompt over the limit names its length, the limit, the flag",
                 test_prompt_limit);
+    CU_add_test(d, "the CLI: flags, errors, --json, status, newline, --version", test_cli);
 
     CU_pSuite s = CU_add_suite("chat", NULL, NULL);
     CU_add_test(s, "llama.cpp's template cases render byte for byte", test_llama_cpp_cases);
