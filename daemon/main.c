@@ -350,14 +350,13 @@ static char *default_socket(void)
 
 int main(int argc, char **argv)
 {
-    /* OpenMP workers that spin after each parallel region would take the cores the poll loop
-     * and the clients need (cancel latency suffers most on small machines): make them sleep.
-     * libgomp reads the variable when it loads, so set it and start again (same pid, so
-     * LISTEN_PID stays right). */
-    if (!getenv("OMP_WAIT_POLICY") && setenv("OMP_WAIT_POLICY", "PASSIVE", 1) == 0) {
-        execv("/proc/self/exe", argv);
-        /* not fatal: go on spinning */
-    }
+    /* Threading policy: no re-exec, no OMP_* set here.  libgomp's own default (OMP_WAIT_POLICY
+     * unset) is a bounded spin: a worker spins ~1 ms after a parallel region, then sleeps in the
+     * kernel.  Back-to-back regions of a forward pass find it awake (the speed of spinning),
+     * while an idle daemon, and the poll loop between slices, get the cores back.  Cancel
+     * latency is bounded by the prefill slice, not by the wait policy (tests/test_e2e.c
+     * measures it); see tools/bench.sh for the speed.  A unit may still set OMP_WAIT_POLICY or
+     * GOMP_SPINCOUNT with Environment=. */
     options o;
     memset(&o, 0, sizeof o);
     lh_sched_config_default(&o.sc);
