@@ -2,7 +2,11 @@
  * through liblongheads, the `longheads` CLI and raw frames: golden text, 8 concurrent clients,
  * cancel mid-prefill and mid-decode (latency measured and printed), a client killed mid-stream,
  * malformed input, prompt reuse, stop strings across tokens, socket activation + sd_notify,
- * SIGTERM drain, and `systemd-analyze verify` of the units. */
+ * SIGTERM drain, `systemd-analyze verify` of the units; then, each on its own daemon: ERR_BUSY,
+ * handshake and frame timeouts, duplicate ids, backpressure, --allow-uid/ERR_PERMISSION with
+ * --socket-mode/--socket-group, SIGHUP, the fd limit, a model file truncated or changed, big
+ * Tokenize requests beside a short Generate, out of memory; and the client library against a
+ * scripted fake daemon (NUL bytes in token text, call timeouts). */
 #include "test.h"
 
 #include <errno.h>
