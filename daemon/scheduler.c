@@ -80,7 +80,8 @@ struct lh_sched {
     pthread_cond_t prep_cond;   /* the prep thread waits on it */
     size_t max_piece;           /* longest token piece in bytes: bounds text per token */
     struct stat model_st;       /* the model file as loaded (change detection) */
-    int model_st_ok, model_warned;
+    int model_st_ok;
+    atomic_int model_warned;    /* both threads check the file */
     _Atomic int64_t heartbeat_ms; /* the compute thread's last sign of life (watchdog) */
     /* under lock */
     req *pending, *active;
@@ -1034,8 +1035,7 @@ static int check_model_file(lh_sched *s, char *msg, size_t msg_size)
     struct stat st;
     if (stat(path, &st) != 0 || st.st_dev != s->model_st.st_dev ||
         st.st_ino != s->model_st.st_ino) {
-        if (!s->model_warned) {
-            s->model_warned = 1;
+        if (!atomic_exchange(&s->model_warned, 1)) {
             lh_log_warn("model file %s was replaced or removed; serving the copy loaded at start "
                         "(restart the daemon to load the new file)", path);
         }

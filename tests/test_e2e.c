@@ -2,7 +2,11 @@
  * through liblongheads, the `longheads` CLI and raw frames: golden text, 8 concurrent clients,
  * cancel mid-prefill and mid-decode (latency measured and printed), a client killed mid-stream,
  * malformed input, prompt reuse, stop strings across tokens, socket activation + sd_notify,
- * SIGTERM drain, and `systemd-analyze verify` of the units. */
+ * SIGTERM drain, `systemd-analyze verify` of the units; then, each on its own daemon: ERR_BUSY,
+ * handshake and frame timeouts, duplicate ids, backpressure, --allow-uid/ERR_PERMISSION with
+ * --socket-mode/--socket-group, SIGHUP, the fd limit, a model file truncated or changed, big
+ * Tokenize requests beside a short Generate, out of memory; and the client library against a
+ * scripted fake daemon (NUL bytes in token text, call timeouts). */
 #include "test.h"
 
 #include <errno.h>
@@ -1413,8 +1417,17 @@ static void test_big_tokenize_vs_generate(void)
     for (int i = 0; i < N; i++)
         pthread_join(t[i], NULL);
     double t_all = now_s() - t0;
+    char st_path[64], line[256];
+    long hwm = -1;
+    snprintf(st_path, sizeof st_path, "/proc/%d/status", (int)pid);
+    FILE *sf = fopen(st_path, "r");
+    while (sf && fgets(line, sizeof line, sf))
+        if (sscanf(line, "VmHWM: %ld", &hwm) == 1)
+            break;
+    if (sf)
+        fclose(sf);
     printf("\n    %d x %zu KB Tokenize: a 3-token Generate took %.3f s (all tokenizes done after "
-           "%.1f s)\n", N, kb, dt, t_all);
+           "%.1f s; daemon peak RSS %ld MiB)\n", N, kb, dt, t_all, hwm / 1024);
     (void)h;
     CU_ASSERT_EQUAL(res.finish, LH_CLIENT_FINISH_LENGTH);
     CU_ASSERT(dt < 1.0);
