@@ -20,7 +20,7 @@ double lh_test_max_abs_diff(const float *a, const float *b, size_t n);
  * CU_add_suite/CU_add_test.  test_main.c calls every one that is linked in. */
 #define LH_TEST_SUITES(X) \
     X(quant) X(matmul) X(ops) X(attn) X(longheads) \
-    X(gguf) X(tokenizer) X(sampler) X(model) X(gen) X(chat) \
+    X(gguf) X(tokenizer) X(sampler) X(model) X(params) X(gen) X(chat) \
     X(frame) X(proto) X(daemon) X(client) X(e2e) X(passkey)
 
 #endif
