@@ -677,7 +677,10 @@ static int cmd_chat(const char *sock, int argc, char **argv)
     int rc = parse_gen(&g, argc, argv, 1);
     if (rc)
         return rc < 0 ? (usage(stdout), 0) : rc;
-    int interactive = argc - optind == 0 && !g.prompt && !g.file && isatty(0);
+    int no_question = argc - optind == 0 && !g.prompt && !g.file;
+    int interactive = no_question && isatty(0);
+    if (no_question && !interactive)
+        g.file = "-"; /* `... | longheads chat`: the question comes on standard input */
     char *question = NULL;
     size_t qlen = 0;
     if (!interactive && (rc = gen_text(&g, argc - optind, argv + optind, &question, &qlen)) != 0)

@@ -30,7 +30,9 @@
 #include "model.h"
 #include "sampler.h"
 
-#define LH_PARAMS_CTX_AUTO 131072u
+/* 131072 + 1024: a 131072-token prompt fits with room for its answer (the passkey test's
+ * longest length), and every power-of-two chunk up to 1024 divides it. */
+#define LH_PARAMS_CTX_AUTO 132096u
 
 /* The engine's defaults, then attn = LongHeads and n_ctx = 0 ("fit": lh_params_fit_ctx). */
 void lh_params_default(lh_ctx_params *cp);

@@ -235,8 +235,8 @@ static void test_defaults(void)
     CU_ASSERT_EQUAL(m->chunk_default, 64);   /* the bundled file's longheads.* keys */
     CU_ASSERT_EQUAL(m->window_default, 512);
     /* the context the memory holds, past the trained length, at most the automatic cap */
-    CU_ASSERT(m->n_ctx > m->n_ctx_train && m->n_ctx <= 131072);
-    if (m->n_ctx != 131072)
+    CU_ASSERT(m->n_ctx > m->n_ctx_train && m->n_ctx <= 132096);
+    if (m->n_ctx != 132096)
         printf("\n    note: the memory budget gave a context of %u tokens\n", m->n_ctx);
     CU_ASSERT_EQUAL(m->max_prompt_tokens, m->n_ctx - 1);
     CU_ASSERT(strncmp(lh_client_chat_template(c), "chatml (default", 15) == 0);

@@ -44,7 +44,7 @@ static void usage(FILE *f)
             "Prints the generated text to stdout, timings to stderr. No prompt: start from BOS.\n"
             "Defaults: LongHeads attention with the model file's chunk and window (inside the\n"
             "window it is full attention), a context as large as 3/4 of the free memory holds\n"
-            "(up to 131072 tokens, committed as it fills).\n");
+            "(up to 132096 tokens, committed as it fills).\n");
 }
 
 static char *read_file(const char *path, size_t *lenp)
