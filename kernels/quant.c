@@ -1339,7 +1339,10 @@ size_t lh_q8_size(lh_type t, size_t n)
     }
 }
 
-static void q8a_quant(const float *x, lh_block_q8a *b, size_t nb)
+/* As ggml's quantize_row_q8_0 / q8_1 (what llama.cpp applies to activations): the multiplier is
+ * 127/amax, values round to nearest even, and the scale d = amax/127 is kept at F16 precision,
+ * so the 8-bit values and scales are llama.cpp's own. */
+static void q8a_quant(const float *x, lh_block_q8a *b, size_t nb, int s_f16)
 {
     for (size_t i = 0; i < nb; i++, x += 32) {
 #ifdef LH_HAVE_AVX2
@@ -1349,7 +1352,7 @@ static void q8a_quant(const float *x, lh_block_q8a *b, size_t nb)
         __m256 am = _mm256_max_ps(_mm256_max_ps(_mm256_andnot_ps(sign, v0), _mm256_andnot_ps(sign, v1)),
                                   _mm256_max_ps(_mm256_andnot_ps(sign, v2), _mm256_andnot_ps(sign, v3)));
         float amax = lh_hmax256(am);
-        float d = amax / 127.0f, id = d != 0 ? 1.0f / d : 0.0f;
+        float id = amax != 0 ? 127.0f / amax : 0.0f;
         __m256 vid = _mm256_set1_ps(id);
         /* cvtps rounds to nearest even, as nearest_int does in the scalar path */
         __m256i i0 = _mm256_cvtps_epi32(_mm256_mul_ps(v0, vid));
@@ -1363,21 +1366,23 @@ static void q8a_quant(const float *x, lh_block_q8a *b, size_t nb)
         __m256i p = _mm256_packs_epi16(_mm256_packs_epi32(i0, i1), _mm256_packs_epi32(i2, i3));
         p = _mm256_permutevar8x32_epi32(p, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7));
         _mm256_storeu_si256((__m256i *)b[i].qs, p);
-        b[i].d = d;
-        b[i].ds = d * (float)_mm_cvtsi128_si32(s4);
+        int sum = _mm_cvtsi128_si32(s4);
 #else
         float amax = 0;
         for (int j = 0; j < 32; j++)
             amax = fabsf(x[j]) > amax ? fabsf(x[j]) : amax;
-        float d = amax / 127.0f, id = d != 0 ? 1.0f / d : 0.0f;
-        int s = 0;
+        float id = amax != 0 ? 127.0f / amax : 0.0f;
+        int sum = 0;
         for (int j = 0; j < 32; j++) {
             b[i].qs[j] = (int8_t)nearest_int(x[j] * id);
-            s += b[i].qs[j];
+            sum += b[i].qs[j];
         }
-        b[i].d = d;
-        b[i].ds = d * (float)s;
 #endif
+        float d = amax / 127.0f;
+        b[i].d = f16_fast(lh_f32_to_f16(d));
+        /* Q4_1/Q5_1 (ggml's q8_1): the sum term F16 as well, from the unrounded d; the offset
+         * types use d·Σq exactly, as ggml's signed (q - 8) products amount to */
+        b[i].ds = s_f16 ? f16_fast(lh_f32_to_f16(d * (float)sum)) : b[i].d * (float)sum;
     }
 }
 
@@ -1414,7 +1419,7 @@ static void q8K_quant(const float *x, lh_block_q8K *b, size_t nb)
 void lh_q8_quant(lh_type t, const float *x, void *xq, size_t n)
 {
     switch (lh_q8_kind(t)) {
-    case LH_Q8A_32: q8a_quant(x, xq, n / 32); break;
+    case LH_Q8A_32: q8a_quant(x, xq, n / 32, t == LH_TYPE_Q4_1 || t == LH_TYPE_Q5_1); break;
     case LH_Q8A_256: q8K_quant(x, xq, n / LH_QK_K); break;
     default: break;
     }
@@ -1965,7 +1970,30 @@ static float sdot_q8(lh_type t, const void *row, const void *xq, size_t n)
     float w[LH_QK_K];
     size_t bs = lh_type_block_size(t), blk = lh_type_block(t);
     float s = 0;
-    if (lh_q8_kind(t) == LH_Q8A_32) {
+    if (t == LH_TYPE_Q4_1 || t == LH_TYPE_Q5_1) {
+        /* levels times activations in integers, the min through the F16 block sum, as the
+         * vector kernels (and llama.cpp) do */
+        const lh_block_q8a *a = xq;
+        for (size_t i = 0; i < n / 32; i++) {
+            const uint8_t *qs, *qhp = NULL;
+            uint16_t d, m;
+            if (t == LH_TYPE_Q4_1) {
+                const lh_block_q4_1 *b = (const lh_block_q4_1 *)row + i;
+                qs = b->qs, d = b->d, m = b->m;
+            } else {
+                const lh_block_q5_1 *b = (const lh_block_q5_1 *)row + i;
+                qs = b->qs, d = b->d, m = b->m, qhp = b->qh;
+            }
+            uint32_t qh = qhp ? le32(qhp) : 0;
+            int isum = 0;
+            for (int j = 0; j < 16; j++) {
+                int q0 = (qs[j] & 0x0f) | (int)((qh >> j) & 1) << 4;
+                int q1 = (qs[j] >> 4) | (int)((qh >> (j + 16)) & 1) << 4;
+                isum += q0 * a[i].qs[j] + q1 * a[i].qs[j + 16];
+            }
+            s += lh_f16_to_f32(d) * a[i].d * (float)isum + lh_f16_to_f32(m) * a[i].ds;
+        }
+    } else if (lh_q8_kind(t) == LH_Q8A_32) {
         const lh_block_q8a *a = xq;
         for (size_t i = 0; i < n / 32; i++) {
             lh_dequant_row(t, (const char *)row + i * bs, w, 32);
