@@ -487,9 +487,11 @@ static void gemv(const lh_matmul *m, const void *w, const float *x, float *y)
  * carry the same 8-bit activation rounding), and it streams W once per ACT_BLOCK rows instead of
  * converting it to F32 for oneDNN. */
 #define ACT_BLOCK 64
-/* Up to this many rows the integer path beats dequantised panels through oneDNN; above, oneDNN's
- * blocked F32 GEMM wins (single-thread CPU time at 2048 x 5632, tools/kbench: Q4_K 19 vs 36 ms at
- * 64 rows, 155 vs 133 ms at 512). */
+/* Up to this many rows the integer path beats dequantised panels through oneDNN for every type
+ * (single-thread CPU time at 2048 x 5632, 64 rows: Q4_K 13.7 vs 36.7 ms, Q6_K 13.7 vs 41, Q8_0
+ * 17.2 vs 32.3, Q3_K 23.7 vs 42.3, Q5_1 31.7 vs 38.3).  At 512 rows the types with a
+ * several-rows kernel (lh_gemm_q8) still win or tie (Q4_K 110 vs 132, Q8_0 142 vs 132) and the
+ * others lose (Q5_1 256 vs 134), so longer slices go to oneDNN. */
 #define Q8_MAX_ROWS 128
 static void gemm_q8(const lh_matmul *m, const void *w, const float *x, size_t n_rows, float *y)
 {
@@ -505,9 +507,8 @@ static void gemm_q8(const lh_matmul *m, const void *w, const float *x, size_t n_
         OMP(omp parallel for schedule(static))
         for (size_t b = 0; b < n_blk; b++) {
             size_t o = b * 16, nr = n_out - o < 16 ? n_out - o : 16;
-            for (size_t r = r0; r < r1; r++)
-                lh_dot_rows_q8(t, (const char *)w + o * rs, rs, xq + r * qs, n_in,
-                               y + r * n_out + o, nr);
+            lh_gemm_q8(t, (const char *)w + o * rs, rs, nr, xq + r0 * qs, qs, r1 - r0, n_in,
+                       y + r0 * n_out + o, n_out);
         }
     }
 }

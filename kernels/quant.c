@@ -1339,7 +1339,10 @@ size_t lh_q8_size(lh_type t, size_t n)
     }
 }
 
-static void q8a_quant(const float *x, lh_block_q8a *b, size_t nb)
+/* As ggml's quantize_row_q8_0 / q8_1 (what llama.cpp applies to activations): the multiplier is
+ * 127/amax, values round to nearest even, and the scale d = amax/127 is kept at F16 precision,
+ * so the 8-bit values and scales are llama.cpp's own. */
+static void q8a_quant(const float *x, lh_block_q8a *b, size_t nb, int s_f16)
 {
     for (size_t i = 0; i < nb; i++, x += 32) {
 #ifdef LH_HAVE_AVX2
@@ -1349,7 +1352,7 @@ static void q8a_quant(const float *x, lh_block_q8a *b, size_t nb)
         __m256 am = _mm256_max_ps(_mm256_max_ps(_mm256_andnot_ps(sign, v0), _mm256_andnot_ps(sign, v1)),
                                   _mm256_max_ps(_mm256_andnot_ps(sign, v2), _mm256_andnot_ps(sign, v3)));
         float amax = lh_hmax256(am);
-        float d = amax / 127.0f, id = d != 0 ? 1.0f / d : 0.0f;
+        float id = amax != 0 ? 127.0f / amax : 0.0f;
         __m256 vid = _mm256_set1_ps(id);
         /* cvtps rounds to nearest even, as nearest_int does in the scalar path */
         __m256i i0 = _mm256_cvtps_epi32(_mm256_mul_ps(v0, vid));
@@ -1363,21 +1366,23 @@ static void q8a_quant(const float *x, lh_block_q8a *b, size_t nb)
         __m256i p = _mm256_packs_epi16(_mm256_packs_epi32(i0, i1), _mm256_packs_epi32(i2, i3));
         p = _mm256_permutevar8x32_epi32(p, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7));
         _mm256_storeu_si256((__m256i *)b[i].qs, p);
-        b[i].d = d;
-        b[i].ds = d * (float)_mm_cvtsi128_si32(s4);
+        int sum = _mm_cvtsi128_si32(s4);
 #else
         float amax = 0;
         for (int j = 0; j < 32; j++)
             amax = fabsf(x[j]) > amax ? fabsf(x[j]) : amax;
-        float d = amax / 127.0f, id = d != 0 ? 1.0f / d : 0.0f;
-        int s = 0;
+        float id = amax != 0 ? 127.0f / amax : 0.0f;
+        int sum = 0;
         for (int j = 0; j < 32; j++) {
             b[i].qs[j] = (int8_t)nearest_int(x[j] * id);
-            s += b[i].qs[j];
+            sum += b[i].qs[j];
         }
-        b[i].d = d;
-        b[i].ds = d * (float)s;
 #endif
+        float d = amax / 127.0f;
+        b[i].d = f16_fast(lh_f32_to_f16(d));
+        /* Q4_1/Q5_1 (ggml's q8_1): the sum term F16 as well, from the unrounded d; the offset
+         * types use d·Σq exactly, as ggml's signed (q - 8) products amount to */
+        b[i].ds = s_f16 ? f16_fast(lh_f32_to_f16(d * (float)sum)) : b[i].d * (float)sum;
     }
 }
 
@@ -1414,7 +1419,7 @@ static void q8K_quant(const float *x, lh_block_q8K *b, size_t nb)
 void lh_q8_quant(lh_type t, const float *x, void *xq, size_t n)
 {
     switch (lh_q8_kind(t)) {
-    case LH_Q8A_32: q8a_quant(x, xq, n / 32); break;
+    case LH_Q8A_32: q8a_quant(x, xq, n / 32, t == LH_TYPE_Q4_1 || t == LH_TYPE_Q5_1); break;
     case LH_Q8A_256: q8K_quant(x, xq, n / LH_QK_K); break;
     default: break;
     }
@@ -1770,6 +1775,191 @@ static float vdot_q6_K(const lh_block_q6_K *w, const lh_block_q8K *a, size_t nb)
     }
     return lh_hsum256(acc);
 }
+/* ---- several activation rows per weight row (prefill) ----------------------------------------
+ *
+ * The same arithmetic as the single-row kernels, per (weight row, activation row) pair in the same
+ * order, so the results are bit-identical to lh_dot_rows_q8; the weight block is unpacked once for
+ * NA activation rows. */
+#define NA 4
+
+static void vdot_q4_K_x4(const lh_block_q4_K *w, const lh_block_q8K *const *a, size_t nb, float *y)
+{
+    const __m256i m4 = _mm256_set1_epi8(0x0f);
+    __m256 acc[NA];
+    __m128 accm[NA];
+    for (int r = 0; r < NA; r++)
+        acc[r] = _mm256_setzero_ps(), accm[r] = _mm_setzero_ps();
+    for (size_t i = 0; i < nb; i++) {
+        __m128i sm = k4_scales_mins(w[i].scales);
+        __m256i sc = _mm256_broadcastsi128_si256(_mm_cvtepu8_epi16(sm));
+        float wd = f16_fast(w[i].d), wm = f16_fast(w[i].dmin);
+        __m256i isum[NA];
+        LH_UNROLL
+        for (int r = 0; r < NA; r++) {
+            accm[r] = _mm_fmadd_ps(_mm_set1_ps(wm * a[r][i].d),
+                                   _mm_cvtepi32_ps(k4_min_terms(sm, a[r][i].bsums)), accm[r]);
+            isum[r] = _mm256_setzero_si256();
+        }
+        LH_UNROLL
+        for (int k = 0; k < 4; k++) {
+            __m256i q = _mm256_loadu_si256((const __m256i *)(w[i].qs + 32 * k));
+            __m256i lo = _mm256_and_si256(q, m4), hi = _mm256_and_si256(_mm256_srli_epi16(q, 4), m4);
+            __m256i slo = _mm256_shuffle_epi8(sc, pick16(2 * k, 2 * k));
+            __m256i shi = _mm256_shuffle_epi8(sc, pick16(2 * k + 1, 2 * k + 1));
+            LH_UNROLL
+            for (int r = 0; r < NA; r++) {
+                const int8_t *x = a[r][i].qs + 64 * k;
+                __m256i plo = _mm256_maddubs_epi16(lo, _mm256_loadu_si256((const __m256i *)x));
+                __m256i phi = _mm256_maddubs_epi16(hi, _mm256_loadu_si256((const __m256i *)(x + 32)));
+                plo = _mm256_madd_epi16(plo, slo);
+                phi = _mm256_madd_epi16(phi, shi);
+                isum[r] = _mm256_add_epi32(isum[r], _mm256_add_epi32(plo, phi));
+            }
+        }
+        LH_UNROLL
+        for (int r = 0; r < NA; r++)
+            acc[r] = _mm256_fmadd_ps(_mm256_set1_ps(wd * a[r][i].d), _mm256_cvtepi32_ps(isum[r]), acc[r]);
+    }
+    for (int r = 0; r < NA; r++)
+        y[r] = lh_hsum256(acc[r]) - hsum128(accm[r]);
+}
+
+static void vdot_q4_0_x4(const lh_block_q4_0 *w, const lh_block_q8a *const *a, size_t nb, float *y)
+{
+    __m256 acc[NA];
+    float off[NA];
+    for (int r = 0; r < NA; r++)
+        acc[r] = _mm256_setzero_ps(), off[r] = 0;
+    for (size_t i = 0; i < nb; i++) {
+        __m256i u = nibbles32(w[i].qs);
+        float wd = f16_fast(w[i].d);
+        LH_UNROLL
+        for (int r = 0; r < NA; r++) {
+            __m256i p = dot_us(_mm256_setzero_si256(), u, _mm256_loadu_si256((const __m256i *)a[r][i].qs));
+            acc[r] = _mm256_fmadd_ps(_mm256_set1_ps(wd * a[r][i].d), _mm256_cvtepi32_ps(p), acc[r]);
+            off[r] += wd * a[r][i].ds;
+        }
+    }
+    for (int r = 0; r < NA; r++)
+        y[r] = lh_hsum256(acc[r]) - 8 * off[r];
+}
+
+static void vdot_q8_0_x4(const lh_block_q8_0 *w, const lh_block_q8a *const *a, size_t nb, float *y)
+{
+    __m256 acc[NA];
+    for (int r = 0; r < NA; r++)
+        acc[r] = _mm256_setzero_ps();
+    for (size_t i = 0; i < nb; i++) {
+        __m256i q = _mm256_loadu_si256((const __m256i *)w[i].qs);
+        __m256i aq = _mm256_sign_epi8(q, q);
+        float wd = f16_fast(w[i].d);
+        LH_UNROLL
+        for (int r = 0; r < NA; r++) {
+            __m256i x = _mm256_loadu_si256((const __m256i *)a[r][i].qs);
+            __m256i p = dot_us(_mm256_setzero_si256(), aq, _mm256_sign_epi8(x, q));
+            acc[r] = _mm256_fmadd_ps(_mm256_set1_ps(wd * a[r][i].d), _mm256_cvtepi32_ps(p), acc[r]);
+        }
+    }
+    for (int r = 0; r < NA; r++)
+        y[r] = lh_hsum256(acc[r]);
+}
+
+static void vdot_q5_K_x4(const lh_block_q5_K *w, const lh_block_q8K *const *a, size_t nb, float *y)
+{
+    const __m256i m4 = _mm256_set1_epi8(0x0f), m1 = _mm256_set1_epi8(1);
+    __m256 acc[NA];
+    __m128 accm[NA];
+    for (int r = 0; r < NA; r++)
+        acc[r] = _mm256_setzero_ps(), accm[r] = _mm_setzero_ps();
+    for (size_t i = 0; i < nb; i++) {
+        __m128i sm = k4_scales_mins(w[i].scales);
+        __m256i sc = _mm256_broadcastsi128_si256(_mm_cvtepu8_epi16(sm));
+        float wd = f16_fast(w[i].d), wm = f16_fast(w[i].dmin);
+        __m256i qh = _mm256_loadu_si256((const __m256i *)w[i].qh);
+        __m256i isum[NA];
+        LH_UNROLL
+        for (int r = 0; r < NA; r++) {
+            accm[r] = _mm_fmadd_ps(_mm_set1_ps(wm * a[r][i].d),
+                                   _mm_cvtepi32_ps(k4_min_terms(sm, a[r][i].bsums)), accm[r]);
+            isum[r] = _mm256_setzero_si256();
+        }
+        LH_UNROLL
+        for (int k = 0; k < 4; k++) {
+            __m256i q = _mm256_loadu_si256((const __m256i *)(w[i].qs + 32 * k));
+            __m256i hl = _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(qh, 2 * k), m1), 4);
+            __m256i hh = _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(qh, 2 * k + 1), m1), 4);
+            __m256i lo = _mm256_or_si256(_mm256_and_si256(q, m4), hl);
+            __m256i hi = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(q, 4), m4), hh);
+            __m256i slo = _mm256_shuffle_epi8(sc, pick16(2 * k, 2 * k));
+            __m256i shi = _mm256_shuffle_epi8(sc, pick16(2 * k + 1, 2 * k + 1));
+            LH_UNROLL
+            for (int r = 0; r < NA; r++) {
+                const int8_t *x = a[r][i].qs + 64 * k;
+                __m256i plo = _mm256_maddubs_epi16(lo, _mm256_loadu_si256((const __m256i *)x));
+                __m256i phi = _mm256_maddubs_epi16(hi, _mm256_loadu_si256((const __m256i *)(x + 32)));
+                plo = _mm256_madd_epi16(plo, slo);
+                phi = _mm256_madd_epi16(phi, shi);
+                isum[r] = _mm256_add_epi32(isum[r], _mm256_add_epi32(plo, phi));
+            }
+        }
+        LH_UNROLL
+        for (int r = 0; r < NA; r++)
+            acc[r] = _mm256_fmadd_ps(_mm256_set1_ps(wd * a[r][i].d), _mm256_cvtepi32_ps(isum[r]), acc[r]);
+    }
+    for (int r = 0; r < NA; r++)
+        y[r] = lh_hsum256(acc[r]) - hsum128(accm[r]);
+}
+
+static void vdot_q6_K_x4(const lh_block_q6_K *w, const lh_block_q8K *const *a, size_t nb, float *y)
+{
+    const __m256i m4 = _mm256_set1_epi8(0x0f), m3 = _mm256_set1_epi8(3);
+    __m256 acc[NA];
+    for (int r = 0; r < NA; r++)
+        acc[r] = _mm256_setzero_ps();
+    for (size_t i = 0; i < nb; i++) {
+        __m128i scb = _mm_loadu_si128((const __m128i *)w[i].scales);
+        __m256i sc16 = _mm256_cvtepi8_epi16(scb);
+        float wd = f16_fast(w[i].d);
+        __m256i isum[NA];
+        LH_UNROLL
+        for (int r = 0; r < NA; r++) {
+            __m256i corr = _mm256_madd_epi16(sc16, _mm256_loadu_si256((const __m256i *)a[r][i].bsums));
+            isum[r] = _mm256_sub_epi32(_mm256_setzero_si256(), _mm256_slli_epi32(corr, 5));
+        }
+        LH_UNROLL
+        for (int h = 0; h < 2; h++) {
+            __m256i sc = _mm256_broadcastsi128_si256(_mm_cvtepi8_epi16(h ? _mm_srli_si128(scb, 8) : scb));
+            __m256i l0 = _mm256_loadu_si256((const __m256i *)(w[i].ql + 64 * h));
+            __m256i l1 = _mm256_loadu_si256((const __m256i *)(w[i].ql + 64 * h + 32));
+            __m256i qh = _mm256_loadu_si256((const __m256i *)(w[i].qh + 32 * h));
+            __m256i u1 = _mm256_or_si256(_mm256_and_si256(l0, m4),
+                                         _mm256_slli_epi16(_mm256_and_si256(qh, m3), 4));
+            __m256i u2 = _mm256_or_si256(_mm256_and_si256(l1, m4),
+                                         _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(qh, 2), m3), 4));
+            __m256i u3 = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(l0, 4), m4),
+                                         _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(qh, 4), m3), 4));
+            __m256i u4 = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(l1, 4), m4),
+                                         _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(qh, 6), m3), 4));
+            __m256i s1 = _mm256_shuffle_epi8(sc, pick16(0, 1)), s2 = _mm256_shuffle_epi8(sc, pick16(2, 3));
+            __m256i s3 = _mm256_shuffle_epi8(sc, pick16(4, 5)), s4 = _mm256_shuffle_epi8(sc, pick16(6, 7));
+            LH_UNROLL
+            for (int r = 0; r < NA; r++) {
+                const int8_t *x = a[r][i].qs + 128 * h;
+                __m256i p1 = _mm256_madd_epi16(_mm256_maddubs_epi16(u1, _mm256_loadu_si256((const __m256i *)x)), s1);
+                __m256i p2 = _mm256_madd_epi16(_mm256_maddubs_epi16(u2, _mm256_loadu_si256((const __m256i *)(x + 32))), s2);
+                __m256i p3 = _mm256_madd_epi16(_mm256_maddubs_epi16(u3, _mm256_loadu_si256((const __m256i *)(x + 64))), s3);
+                __m256i p4 = _mm256_madd_epi16(_mm256_maddubs_epi16(u4, _mm256_loadu_si256((const __m256i *)(x + 96))), s4);
+                isum[r] = _mm256_add_epi32(isum[r], _mm256_add_epi32(_mm256_add_epi32(p1, p2), _mm256_add_epi32(p3, p4)));
+            }
+        }
+        LH_UNROLL
+        for (int r = 0; r < NA; r++)
+            acc[r] = _mm256_fmadd_ps(_mm256_set1_ps(wd * a[r][i].d), _mm256_cvtepi32_ps(isum[r]), acc[r]);
+    }
+    for (int r = 0; r < NA; r++)
+        y[r] = lh_hsum256(acc[r]);
+}
+
 #endif
 
 #ifndef LH_HAVE_AVX2
@@ -1836,4 +2026,39 @@ void lh_dot_rows_q8(lh_type t, const void *rows, size_t row_size, const void *xq
     for (size_t i = 0; i < n_rows; i++, r += row_size)
         y[i] = lh_q8_kind(t) ? sdot_q8(t, r, xq, n) : 0;
 #endif
+}
+
+void lh_gemm_q8(lh_type t, const void *rows, size_t row_size, size_t n_rows, const void *xq,
+                size_t xq_stride, size_t n_act, size_t n, float *y, size_t ldy)
+{
+    const char *xa = xq;
+    size_t a = 0;
+#ifdef LH_HAVE_AVX2
+    /* NA activation rows at a time (kept in L1) against each of the n_rows weight rows */
+#define X4(fn, act_t)                                                                         \
+    for (; a + NA <= n_act; a += NA) {                                                        \
+        const act_t *acts[NA];                                                                \
+        for (int j = 0; j < NA; j++)                                                          \
+            acts[j] = (const void *)(xa + (a + j) * xq_stride);                               \
+        for (size_t r = 0; r < n_rows; r++) {                                                 \
+            float out[NA];                                                                    \
+            fn((const void *)((const char *)rows + r * row_size), acts, nb, out);             \
+            for (int j = 0; j < NA; j++)                                                      \
+                y[(a + j) * ldy + r] = out[j];                                                \
+        }                                                                                     \
+    }                                                                                         \
+    break
+    size_t nb = lh_type_block(t) ? n / lh_type_block(t) : 0;
+    switch (t) {
+    case LH_TYPE_Q4_0: X4(vdot_q4_0_x4, lh_block_q8a);
+    case LH_TYPE_Q8_0: X4(vdot_q8_0_x4, lh_block_q8a);
+    case LH_TYPE_Q4_K: X4(vdot_q4_K_x4, lh_block_q8K);
+    case LH_TYPE_Q5_K: X4(vdot_q5_K_x4, lh_block_q8K);
+    case LH_TYPE_Q6_K: X4(vdot_q6_K_x4, lh_block_q8K);
+    default: break;
+    }
+#undef X4
+#endif
+    for (; a < n_act; a++)
+        lh_dot_rows_q8(t, rows, row_size, xa + a * xq_stride, n, y + a * ldy, n_rows);
 }

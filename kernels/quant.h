@@ -157,12 +157,18 @@ int lh_q8_kind(lh_type t);
 /* Bytes of the quantised form of an n-element activation row for weight type t (0 when t takes
  * F32 activations). */
 size_t lh_q8_size(lh_type t, size_t n);
-/* xq = x (n elements, F32) quantised for weight type t: 8-bit values per 32- or 256-block with a
- * float scale d = amax/127 (round to nearest even), and block sums. */
+/* xq = x (n elements, F32) quantised for weight type t as llama.cpp quantises activations:
+ * 8-bit values per 32-block (ggml's quantize_row_q8_0: x·127/amax rounded to nearest even,
+ * d = amax/127 at F16 precision) or 256-block (quantize_row_q8_K: float d), and block sums. */
 void lh_q8_quant(lh_type t, const float *x, void *xq, size_t n);
 /* y[r] = Σ_i w_r[i] · xq[i] for n_rows rows of type t starting row_size bytes apart, with exact
  * integer sums inside each (sub-)block and float scaling (AVX-512 VNNI / AVX2 / scalar). */
 void lh_dot_rows_q8(lh_type t, const void *rows, size_t row_size, const void *xq, size_t n,
                     float *y, size_t n_rows);
+/* The same for n_act quantised activation rows (xq_stride bytes apart): y[a * ldy + r] =
+ * lh_dot_rows_q8's y[r] for activation a, bit for bit; several activation rows share each
+ * unpacked weight block where a kernel for that exists (prefill). */
+void lh_gemm_q8(lh_type t, const void *rows, size_t row_size, size_t n_rows, const void *xq,
+                size_t xq_stride, size_t n_act, size_t n, float *y, size_t ldy);
 
 #endif

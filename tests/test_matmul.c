@@ -73,8 +73,16 @@ static void check_matmul(lh_type t, size_t n_in, size_t n_out, size_t max_rows)
                     for (size_t j = i; j < i + qblk && j < n_in; j++)
                         amax = fabsf(xr[j]) > amax ? fabsf(xr[j]) : amax;
                 }
-                qe += fabs(wd[i]) * amax / 127 * 0.5;
+                /* half a step; the 32-blocks keep d at F16 (2^-11 relative, times |q| <= 127) */
+                qe += fabs(wd[i]) * amax / 127 * (qblk == 32 ? 0.5 + 127.0 / 2048 : 0.5);
                 m2 += (fabs(wd[i]) + wmax) * fabs(xr[i]);
+            }
+            if (t == LH_TYPE_Q4_1 || t == LH_TYPE_Q5_1) {
+                /* + their min term's block sums at F16 (as llama.cpp): |m| <= max|w| */
+                double sx = 0;
+                for (size_t i = 0; i < n_in; i++)
+                    sx += fabs(xr[i]);
+                qe += wmax * sx * (1.0 / 2048) * 1.01;
             }
             qtol[r * n_out + o] =
                 lh_q8_kind(t) ? qe * 1.001 + 1.01e-5 * m2 : 1e-5 * mag[r * n_out + o];

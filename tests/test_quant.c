@@ -541,8 +541,9 @@ static void test_roundtrip(void)
     free(x), free(y), free(q);
 }
 
-/* The activation quantisers: |x - d q| <= d/2 (+ rounding of d), block sums exact (d times the
- * integer sum for the 32-blocks), and the largest magnitude maps to ±127. */
+/* The activation quantisers: |x - d q| <= d/2 (+ for the 32-blocks the F16 rounding of d, as
+ * ggml keeps it), block sums exact (d times the integer sum for the 32-blocks), and the largest
+ * magnitude maps to ±127. */
 static void test_q8_act(void)
 {
     size_t n = 512;
@@ -557,6 +558,17 @@ static void test_q8_act(void)
     CU_ASSERT_EQUAL(lh_q8_size(LH_TYPE_F16, n), 0);
     lh_q8_quant(LH_TYPE_Q4_0, x, a, n);
     lh_q8_quant(LH_TYPE_Q4_K, x, k, n);
+    lh_block_q8a a1[16];
+    float amax_f[16];
+    lh_q8_quant(LH_TYPE_Q5_1, x, a1, n);
+    for (size_t b = 0; b < 16; b++) {
+        amax_f[b] = 0;
+        for (int j = 0; j < 32; j++)
+            amax_f[b] = fabsf(x[32 * b + j]) > amax_f[b] ? fabsf(x[32 * b + j]) : amax_f[b];
+        CU_ASSERT(memcmp(a1[b].qs, a[b].qs, 32) == 0 && a1[b].d == a[b].d);
+        /* d is amax/127 at F16 precision, as ggml keeps it */
+        CU_ASSERT_EQUAL(a[b].d, lh_f16_to_f32(lh_f32_to_f16(amax_f[b] / 127.0f)));
+    }
     int bad = 0;
     for (size_t b = 0; b < 16; b++) {
         int s = 0, amax = 0;
@@ -564,9 +576,12 @@ static void test_q8_act(void)
             float v = x[32 * b + j];
             s += a[b].qs[j];
             amax = abs(a[b].qs[j]) > amax ? abs(a[b].qs[j]) : amax;
-            bad += !(fabsf(v - a[b].d * a[b].qs[j]) <= 0.5001f * a[b].d);
+            /* half a step, plus the F16 rounding of d (2^-11 relative) times |q| <= 127 */
+            bad += !(fabsf(v - a[b].d * a[b].qs[j]) <= (0.5001f + 127.0f / 2048) * a[b].d);
         }
         bad += a[b].ds != a[b].d * (float)s || amax != 127;
+        /* for Q4_1/Q5_1, ggml's q8_1: the sum term itself rounded to F16 */
+        bad += a1[b].ds != lh_f16_to_f32(lh_f32_to_f16(amax_f[b] / 127.0f * (float)s));
     }
     for (size_t b = 0; b < 2; b++) {
         int amax = 0;
@@ -596,9 +611,10 @@ static void test_q8_act(void)
  * Σ_i (|w_i| + max|w|) |a_i| — the kernels sum exact integers per block and then take a few
  * float roundings per block; the max|w| term covers the offset and min terms that the kernels
  * apply once per block (a cancellation of up to that size).  A wrong scale, nibble or bit is
- * off by a sizeable fraction of Σ|w_i||a_i|.  The second check is against F32 activations
- * (lh_dot_row): the 8-bit rounding moves each a_i by at most half its block's step, so the bound
- * is Σ_i |w_i| step_i / 2 (+ the same float slack). */
+ * off by a sizeable fraction of Σ|w_i||a_i|.  (Q4_1/Q5_1 take their min term from the F16 block
+ * sum, as llama.cpp does; the reference uses that sum.)  The second check is against F32
+ * activations (lh_dot_row): the 8-bit rounding moves each a_i by at most half its block's step,
+ * so the bound is Σ_i |w_i| step_i / 2 (+ the same float slack and the F16 sum's share). */
 static void test_fused(void)
 {
     static const size_t nrs[] = {1, 3, 17, 257};
@@ -636,7 +652,7 @@ static void test_fused(void)
                     } else {
                         const lh_block_q8a *b = (const lh_block_q8a *)xq + i / 32;
                         ad[i] = b->d * b->qs[i % 32];
-                        step[i] = b->d;
+                        step[i] = b->d * (1 + 127.0f / 1024);   /* F16 d, see test_q8_act */
                     }
                 }
                 for (size_t i = 0; i < nr; i++)
@@ -652,10 +668,24 @@ static void test_fused(void)
                         mag += (fabs(wd[i]) + wmax) * fabs(ad[i]);
                         qerr += fabs(wd[i]) * step[i] * 0.5;
                     }
+                    if (t == LH_TYPE_Q4_1 || t == LH_TYPE_Q5_1) {
+                        /* their min term m·Σa uses the block sum at F16, as llama.cpp's q8_1:
+                         * the reference takes the same rounded sum */
+                        const char *row = rows + r * rs;
+                        for (size_t b = 0; b < n / 32; b++) {
+                            const lh_block_q8a *ab = (const lh_block_q8a *)xq + b;
+                            uint16_t mh = t == LH_TYPE_Q4_1 ? ((const lh_block_q4_1 *)row)[b].m
+                                                            : ((const lh_block_q5_1 *)row)[b].m;
+                            double m = lh_f16_to_f32(mh), sa = 0;
+                            for (int j = 0; j < 32; j++)
+                                sa += ad[32 * b + j];
+                            ref += m * ((double)ab->ds - sa);
+                        }
+                    }
                     double tol = 1e-5 * mag + 1e-30;
                     bad += !(fabs(y[r] - ref) <= tol);
                     float yf = lh_dot_row(t, rows + r * rs, x, n);
-                    bad_f32 += !(fabs(y[r] - yf) <= qerr * 1.001 + 2 * tol);
+                    bad_f32 += !(fabs(y[r] - yf) <= qerr * 1.001 + 2 * tol + fabs(y[r] - ref));
                     checked++;
                 }
                 if ((bad || bad_f32) && !reported) {
@@ -669,6 +699,47 @@ static void test_fused(void)
     CU_ASSERT(checked > 100);
     CU_ASSERT_EQUAL(bad, 0);
     CU_ASSERT_EQUAL(bad_f32, 0);
+}
+
+/* lh_gemm_q8 (several activation rows per weight row, for prefill) gives exactly lh_dot_rows_q8's
+ * floats for every pair: the kernels keep the per-pair operations and their order. 7 activation
+ * rows: one group of four and three single rows; ldy wider than the row count. */
+static void test_gemm_q8(void)
+{
+    enum { NR = 5, NACT = 7, LDY = 9 };
+    int bad = 0;
+    for (size_t ti = 0; ti < N_QTYPES; ti++) {
+        lh_type t = qtypes[ti];
+        size_t n = lh_type_block(t) == 256 ? 512 : 96, rs = lh_type_row_size(t, n);
+        size_t qs = lh_q8_size(t, n);
+        float *w = malloc(NR * n * sizeof *w), *x = malloc(NACT * n * sizeof *x);
+        char *rows = malloc(NR * rs), *xq = malloc(NACT * qs);
+        float y[NACT * LDY], e[NR];
+        for (size_t i = 0; i < NR * n; i++)
+            w[i] = frand(-1, 1);
+        for (size_t i = 0; i < NACT * n; i++)
+            x[i] = frand(-1, 1);
+        for (size_t r = 0; r < NR; r++)
+            lh_quant_row(t, w + r * n, rows + r * rs, n);
+        for (size_t a = 0; a < NACT; a++)
+            lh_q8_quant(t, x + a * n, xq + a * qs, n);
+        for (size_t i = 0; i < NACT * LDY; i++)
+            y[i] = NAN;
+        lh_gemm_q8(t, rows, rs, NR, xq, qs, NACT, n, y, LDY);
+        int tb = 0;
+        for (size_t a = 0; a < NACT; a++) {
+            lh_dot_rows_q8(t, rows, rs, xq + a * qs, n, e, NR);
+            for (size_t r = 0; r < NR; r++)
+                tb += memcmp(&y[a * LDY + r], &e[r], sizeof e[r]) != 0;
+            for (size_t r = NR; r < LDY; r++)
+                tb += !isnan(y[a * LDY + r]);   /* nothing written past the rows */
+        }
+        if (tb)
+            fprintf(stderr, "\n  gemm_q8 %s: %d differ\n", lh_type_name(t), tb);
+        bad += tb;
+        free(w), free(x), free(rows), free(xq);
+    }
+    CU_ASSERT_EQUAL(bad, 0);
 }
 
 void lh_test_quant(void)
@@ -689,4 +760,5 @@ void lh_test_quant(void)
     CU_add_test(s, "quantise round trip", test_roundtrip);
     CU_add_test(s, "8-bit activations", test_q8_act);
     CU_add_test(s, "fused 8-bit dot products", test_fused);
+    CU_add_test(s, "several activation rows at once, bit for bit", test_gemm_q8);
 }

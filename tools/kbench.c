@@ -1,6 +1,8 @@
 /* tools/kbench — kernel timings side by side, with ratios, in one run:
  *   matmul: oneDNN vs the hand-written GEMV vs the scalar reference, decode (M = 1) and prefill
- *           (M = 64, 512), F32 / F16 / Q8_0 weights, a few LLaMA-like shapes;
+ *           (M = 64, 512), F32 / F16 / Q8_0 / Q4_K weights, a few LLaMA-like shapes, and what
+ *           lh_matmul_run itself takes (for quantised weights up to 128 rows: the integer
+ *           prefill path, see kernels/matmul.c);
  *   attention: dense per-token cost (decode and a 64-token prefill slice) at several context
  *           lengths, F32 and F16 KV, against the scalar reference where that is affordable.
  *
@@ -83,6 +85,12 @@ static int run_gemv(void *p)
     return 0;
 }
 
+static int run_run(void *p)
+{
+    mm_arg *a = p;
+    return lh_matmul_run(a->m, a->w, a->x, a->rows, a->y);
+}
+
 static int run_dnnl(void *p)
 {
     mm_arg *a = p;
@@ -99,12 +107,12 @@ static int run_ref(void *p)
 static int bench_matmul(void)
 {
     static const size_t shapes[][2] = {{768, 768}, {2048, 768}, {768, 2048}};   /* n_out, n_in */
-    static const lh_type types[] = {LH_TYPE_F32, LH_TYPE_F16, LH_TYPE_Q8_0};
+    static const lh_type types[] = {LH_TYPE_F32, LH_TYPE_F16, LH_TYPE_Q8_0, LH_TYPE_Q4_K};
     static const size_t rows[] = {1, 64, 512};
     size_t max_rows = 512;
     printf("matmul  y = x·Wᵀ   (times per call; GEMV for M > 1 = one GEMV per row)\n");
-    printf("%-5s %-11s %4s %11s %11s %11s %10s %10s\n", "type", "n_out×n_in", "M", "oneDNN",
-           "GEMV", "scalar-ref", "GEMV/dnnl", "ref/best");
+    printf("%-5s %-11s %4s %11s %11s %11s %10s %10s %11s\n", "type", "n_out×n_in", "M", "oneDNN",
+           "GEMV", "scalar-ref", "GEMV/dnnl", "ref/best", "matmul_run");
     for (size_t si = 0; si < 3; si++) {
         size_t n_out = shapes[si][0], n_in = shapes[si][1];
         float *wf = malloc(n_out * n_in * sizeof *wf), *x = malloc(max_rows * n_in * sizeof *x);
@@ -116,7 +124,7 @@ static int bench_matmul(void)
             wf[i] = frand();
         for (size_t i = 0; i < max_rows * n_in; i++)
             x[i] = frand();
-        for (size_t ti = 0; ti < 3; ti++) {
+        for (size_t ti = 0; ti < sizeof types / sizeof types[0]; ti++) {
             lh_type t = types[ti];
             size_t rs = lh_type_row_size(t, n_in);
             for (size_t o = 0; o < n_out; o++)
@@ -129,6 +137,7 @@ static int bench_matmul(void)
                 mm_arg a = {m, t, w, x, y, rows[ri], n_in, n_out};
                 double td = timeit(run_dnnl, &a, 0.05);
                 double tg = timeit(run_gemv, &a, rows[ri] > 64 ? 0 : 0.05);
+                double tm = rows[ri] == 1 ? tg : timeit(run_run, &a, 0.05);
                 /* the scalar reference only where it takes well under a second */
                 double tr = rows[ri] == 1 || (rows[ri] == 64 && si == 0) ? timeit(run_ref, &a, 0.0) : -1;
                 double best = td < tg ? td : tg;
@@ -141,8 +150,9 @@ static int bench_matmul(void)
                     snprintf(ref, sizeof ref, "%11s", "-");
                     snprintf(rr, sizeof rr, "%10s", "-");
                 }
-                printf("%-5s %-11s %4zu %8.3f ms %8.3f ms %11s %9.2fx %10s\n", lh_type_name(t),
-                       shape, rows[ri], td * 1e3, tg * 1e3, ref, tg / td, rr);
+                printf("%-5s %-11s %4zu %8.3f ms %8.3f ms %11s %9.2fx %10s %8.3f ms\n",
+                       lh_type_name(t), shape, rows[ri], td * 1e3, tg * 1e3, ref, tg / td, rr,
+                       tm * 1e3);
                 fflush(stdout);
             }
             lh_matmul_free(m);
