@@ -170,7 +170,8 @@ int main(int argc, char **argv)
             break;
         size_t plen;
         const char *piece = lh_tok_piece(tok, next, &plen);
-        if (prev == lh_tok_bos(tok) && plen > 0 && piece[0] == ' ') /* the dummy prefix */
+        if (prev == lh_tok_bos(tok) && plen > 0 && piece[0] == ' ' &&
+            lh_tok_add_space_prefix(tok)) /* the dummy prefix (SentencePiece) */
             piece++, plen--;
         fwrite(piece, 1, plen, stdout);
         fflush(stdout);
