@@ -988,6 +988,43 @@ static void test_bpe_merge_order(void)
     free(buf);
 }
 
+/* What tokenizer.ggml.pre selects besides the expressions: Llama 3's family takes a word that is
+ * a token as it is (ignore_merges) and adds BOS by default; the others merge and do not. */
+static void test_bpe_presets(void)
+{
+    const char *tokens[] = {"a", "b", "c", "ab", "abc", "1", "2", "3", "4", "12", "123"};
+    const char *merges[] = {"a b", "1 2", "12 3"};
+    struct {
+        const char *pre;
+        int add_bos;
+        int32_t abc[2];       /* "abc" */
+        size_t n_abc;
+        int32_t digits[4];    /* "1234" */
+        size_t n_digits;
+    } cases[] = {
+        {"llama-bpe", 1, {4}, 1, {10, 8}, 2},     /* \p{N}{1,3}: 123|4 */
+        {"qwen2", 0, {3, 2}, 2, {5, 6, 7, 8}, 4}, /* \p{N}: one digit per word */
+        {"gpt-2", 0, {3, 2}, 2, {10, 8}, 2},      /* \p{N}+ then merges: 123, 4 */
+        {"smollm", 0, {3, 2}, 2, {5, 6, 7, 8}, 4},
+    };
+    for (size_t k = 0; k < sizeof cases / sizeof cases[0]; k++) {
+        lh_tok *t;
+        lh_gguf *g;
+        void *buf;
+        CU_ASSERT_EQUAL_FATAL(load_bpe(tokens, 11, NULL, merges, 3, cases[k].pre, &t, &buf, &g), 0);
+        CU_ASSERT_EQUAL(lh_tok_add_bos(t), cases[k].add_bos);
+        int32_t ids[8];
+        size_t n;
+        CU_ASSERT_EQUAL(lh_tok_encode(t, "abc", 3, 0, ids, 8, &n), 0);
+        CU_ASSERT(n == cases[k].n_abc && memcmp(ids, cases[k].abc, n * sizeof *ids) == 0);
+        CU_ASSERT_EQUAL(lh_tok_encode(t, "1234", 4, 0, ids, 8, &n), 0);
+        CU_ASSERT(n == cases[k].n_digits && memcmp(ids, cases[k].digits, n * sizeof *ids) == 0);
+        lh_tok_free(t);
+        lh_gguf_close(g);
+        free(buf);
+    }
+}
+
 static int log_has(const char *path, const char *what)
 {
     size_t len;
@@ -1100,6 +1137,7 @@ void lh_test_tokenizer(void)
     CU_add_test(s, "special tokens only when asked", test_bpe_special);
     CU_add_test(s, "BOS/EOS flags and metadata", test_bpe_bos_eos);
     CU_add_test(s, "merge order and byte alphabet", test_bpe_merge_order);
+    CU_add_test(s, "pre-tokenizer presets: ignore_merges, BOS, digits", test_bpe_presets);
     CU_add_test(s, "malformed merges, unknown pre-tokenizer", test_bpe_bad);
     CU_add_test(s, "long text (n log n)", test_bpe_long);
 }
