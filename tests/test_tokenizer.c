@@ -749,6 +749,57 @@ static void test_special_vectors(void)
     printf("\n");
 }
 
+/* A megabyte of text (24 copies of stories-long.txt + hard.inp; 2 under ASan) per vocabulary:
+ * the id count and an FNV-1a hash of the ids equal those of llama-tokenize's output
+ * (tests/data/vocab/bulk.sums). */
+static void test_bulk(void)
+{
+    size_t la, lb, ls;
+    char *a = read_all("tests/data/stories-long.txt", &la);
+    char *b = read_all("tests/data/vocab/hard.inp", &lb);
+    char *sums = read_all("tests/data/vocab/bulk.sums", &ls);
+    CU_ASSERT_PTR_NOT_NULL_FATAL(a);
+    CU_ASSERT_PTR_NOT_NULL_FATAL(b);
+    CU_ASSERT_PTR_NOT_NULL_FATAL(sums);
+    int big = !lh_test_asan();
+    size_t copies = big ? 24 : 2, unit = la + lb, len = copies * unit;
+    char *text = malloc(len);
+    int32_t *ids = malloc((len + 2) * sizeof *ids);
+    for (size_t c = 0; c < copies; c++) {
+        memcpy(text + c * unit, a, la);
+        memcpy(text + c * unit + la, b, lb);
+    }
+    size_t checked = 0;
+    for (char *line = strtok(sums, "\n"); line; line = strtok(NULL, "\n")) {
+        char name[64];
+        unsigned long long n_small, n_big, h_small, h_big;
+        if (line[0] == '#' ||
+            sscanf(line, "%63s %llu %llx %llu %llx", name, &n_small, &h_small, &n_big, &h_big) != 5)
+            continue;
+        vocab v;
+        if (vocab_open(&v, name))
+            continue;
+        size_t n;
+        CU_ASSERT_EQUAL(lh_tok_encode(v.t, text, len, 0, ids, len + 2, &n), 0);
+        uint64_t h = 0xcbf29ce484222325ull;
+        for (size_t i = 0; i < n; i++)
+            for (int k = 0; k < 4; k++)
+                h = (h ^ ((uint32_t)ids[i] >> (8 * k) & 0xff)) * 0x100000001b3ull;
+        int ok = n == (big ? n_big : n_small) && h == (big ? h_big : h_small);
+        printf("\n  %zu bytes         %-15s %zu ids %s", len, name, n, ok ? "same" : "DIFFERENT");
+        CU_ASSERT(ok);
+        checked++;
+        vocab_close(&v);
+    }
+    printf("\n");
+    CU_ASSERT_EQUAL(checked, N_VOCABS);
+    free(ids);
+    free(text);
+    free(a);
+    free(b);
+    free(sums);
+}
+
 /* encode to a malloc'd array with flags */
 static int32_t *encf(const lh_tok *t, const char *s, size_t len, int flags, size_t *np)
 {
@@ -1133,6 +1184,7 @@ void lh_test_tokenizer(void)
     CU_add_test(s, "llama.cpp test vectors, every vocabulary", test_vectors);
     CU_add_test(s, "harder inputs vs llama-tokenize", test_hard);
     CU_add_test(s, "special tokens vs llama-tokenize", test_special_vectors);
+    CU_add_test(s, "a megabyte vs llama-tokenize", test_bulk);
     CU_add_test(s, "invalid UTF-8 round-trips", test_bpe_invalid_utf8);
     CU_add_test(s, "special tokens only when asked", test_bpe_special);
     CU_add_test(s, "BOS/EOS flags and metadata", test_bpe_bos_eos);
