@@ -565,7 +565,8 @@ static void test_bad_vocab(void)
 
 /* ---- byte-level BPE (and the SentencePiece vocabularies of llama.cpp's test set) ------------ */
 
-/* Vocabularies under $LH_BUILD/vocab (the Makefile decompresses tests/data/vocab/ there). */
+/* Vocabularies under $LH_BUILD/vocab (the Makefile decompresses tests/data/vocab/ there; the
+ * byte-level ones are the llama-bpe .. starcoder entries). */
 static const char *const VOCABS[] = {
     "llama-bpe", "qwen2", "gpt-2", "deepseek-llm", "deepseek-coder", "falcon", "mpt",
     "refact", "starcoder", "llama-spm", "phi-3",
@@ -585,8 +586,9 @@ static int vocab_open(vocab *v, const char *name)
     v->g = NULL;
     v->t = NULL;
     FILE *f = fopen(path, "rb");
-    if (!f) {
-        printf("\n  SKIP: %s is missing (make decompresses it from tests/data/vocab/)", path);
+    if (!f) { /* `make` (all) always writes them: missing is a failure, not a skip */
+        printf("\n  %s is missing (make decompresses it from tests/data/vocab/)", path);
+        CU_FAIL("vocabulary file missing");
         return -1;
     }
     fclose(f);
@@ -674,8 +676,8 @@ static size_t run_vectors(const lh_tok *t, const char *inp_path, const char *out
             printf("\n  %s case %zu differs: %zu ids, want %zu (first %d/%d)", label, i, n_got,
                    n_want, n_got ? ids[0] : -1, n_want ? want[0] : -1);
         }
-        /* byte-level BPE decodes back to the exact text */
-        if (strcmp(lh_tok_kind(t), "bpe") == 0 && rc == 0) {
+        /* byte-level BPE decodes back to the exact text (control tokens decode to nothing) */
+        if (strcmp(lh_tok_kind(t), "bpe") == 0 && rc == 0 && !(flags & LH_TOK_SPECIAL)) {
             char *buf = malloc(lens[i] + 1);
             size_t dl;
             CU_ASSERT_EQUAL(lh_tok_decode(t, ids, n_got, 0, buf, lens[i] + 1, &dl), 0);
@@ -726,6 +728,78 @@ static void test_hard(void)
         vocab_close(&v);
     }
     printf("\n");
+}
+
+/* Chat templates, special-token look-alikes and near misses, encoded with LH_TOK_SPECIAL, against
+ * llama-tokenize with parse_special (its default). */
+static void test_special_vectors(void)
+{
+    for (size_t k = 0; k < N_VOCABS; k++) {
+        vocab v;
+        if (vocab_open(&v, VOCABS[k]))
+            continue;
+        char out[256];
+        snprintf(out, sizeof out, "tests/data/vocab/ggml-vocab-%s.gguf.special.out", VOCABS[k]);
+        size_t total, passed = run_vectors(v.t, "tests/data/vocab/special.inp", out,
+                                           LH_TOK_SPECIAL, &total, VOCABS[k]);
+        printf("\n  special tokens    %-15s %s %zu/%zu", VOCABS[k], lh_tok_kind(v.t), passed,
+               total);
+        CU_ASSERT(total >= 12);
+        CU_ASSERT_EQUAL(passed, total);
+        vocab_close(&v);
+    }
+    printf("\n");
+}
+
+/* A megabyte of text (24 copies of stories-long.txt + hard.inp; 2 under ASan) per vocabulary:
+ * the id count and an FNV-1a hash of the ids equal those of llama-tokenize's output
+ * (tests/data/vocab/bulk.sums). */
+static void test_bulk(void)
+{
+    size_t la, lb, ls;
+    char *a = read_all("tests/data/stories-long.txt", &la);
+    char *b = read_all("tests/data/vocab/hard.inp", &lb);
+    char *sums = read_all("tests/data/vocab/bulk.sums", &ls);
+    CU_ASSERT_PTR_NOT_NULL_FATAL(a);
+    CU_ASSERT_PTR_NOT_NULL_FATAL(b);
+    CU_ASSERT_PTR_NOT_NULL_FATAL(sums);
+    int big = !lh_test_asan();
+    size_t copies = big ? 24 : 2, unit = la + lb, len = copies * unit;
+    char *text = malloc(len);
+    int32_t *ids = malloc((len + 2) * sizeof *ids);
+    for (size_t c = 0; c < copies; c++) {
+        memcpy(text + c * unit, a, la);
+        memcpy(text + c * unit + la, b, lb);
+    }
+    size_t checked = 0;
+    for (char *line = strtok(sums, "\n"); line; line = strtok(NULL, "\n")) {
+        char name[64];
+        unsigned long long n_small, n_big, h_small, h_big;
+        if (line[0] == '#' ||
+            sscanf(line, "%63s %llu %llx %llu %llx", name, &n_small, &h_small, &n_big, &h_big) != 5)
+            continue;
+        vocab v;
+        if (vocab_open(&v, name))
+            continue;
+        size_t n;
+        CU_ASSERT_EQUAL(lh_tok_encode(v.t, text, len, 0, ids, len + 2, &n), 0);
+        uint64_t h = 0xcbf29ce484222325ull;
+        for (size_t i = 0; i < n; i++)
+            for (int k = 0; k < 4; k++)
+                h = (h ^ ((uint32_t)ids[i] >> (8 * k) & 0xff)) * 0x100000001b3ull;
+        int ok = n == (big ? n_big : n_small) && h == (big ? h_big : h_small);
+        printf("\n  %zu bytes         %-15s %zu ids %s", len, name, n, ok ? "same" : "DIFFERENT");
+        CU_ASSERT(ok);
+        checked++;
+        vocab_close(&v);
+    }
+    printf("\n");
+    CU_ASSERT_EQUAL(checked, N_VOCABS);
+    free(ids);
+    free(text);
+    free(a);
+    free(b);
+    free(sums);
 }
 
 /* encode to a malloc'd array with flags */
@@ -967,6 +1041,43 @@ static void test_bpe_merge_order(void)
     free(buf);
 }
 
+/* What tokenizer.ggml.pre selects besides the expressions: Llama 3's family takes a word that is
+ * a token as it is (ignore_merges) and adds BOS by default; the others merge and do not. */
+static void test_bpe_presets(void)
+{
+    const char *tokens[] = {"a", "b", "c", "ab", "abc", "1", "2", "3", "4", "12", "123"};
+    const char *merges[] = {"a b", "1 2", "12 3"};
+    struct {
+        const char *pre;
+        int add_bos;
+        int32_t abc[2];       /* "abc" */
+        size_t n_abc;
+        int32_t digits[4];    /* "1234" */
+        size_t n_digits;
+    } cases[] = {
+        {"llama-bpe", 1, {4}, 1, {10, 8}, 2},     /* \p{N}{1,3}: 123|4 */
+        {"qwen2", 0, {3, 2}, 2, {5, 6, 7, 8}, 4}, /* \p{N}: one digit per word */
+        {"gpt-2", 0, {3, 2}, 2, {10, 8}, 2},      /* \p{N}+ then merges: 123, 4 */
+        {"smollm", 0, {3, 2}, 2, {5, 6, 7, 8}, 4},
+    };
+    for (size_t k = 0; k < sizeof cases / sizeof cases[0]; k++) {
+        lh_tok *t;
+        lh_gguf *g;
+        void *buf;
+        CU_ASSERT_EQUAL_FATAL(load_bpe(tokens, 11, NULL, merges, 3, cases[k].pre, &t, &buf, &g), 0);
+        CU_ASSERT_EQUAL(lh_tok_add_bos(t), cases[k].add_bos);
+        int32_t ids[8];
+        size_t n;
+        CU_ASSERT_EQUAL(lh_tok_encode(t, "abc", 3, 0, ids, 8, &n), 0);
+        CU_ASSERT(n == cases[k].n_abc && memcmp(ids, cases[k].abc, n * sizeof *ids) == 0);
+        CU_ASSERT_EQUAL(lh_tok_encode(t, "1234", 4, 0, ids, 8, &n), 0);
+        CU_ASSERT(n == cases[k].n_digits && memcmp(ids, cases[k].digits, n * sizeof *ids) == 0);
+        lh_tok_free(t);
+        lh_gguf_close(g);
+        free(buf);
+    }
+}
+
 static int log_has(const char *path, const char *what)
 {
     size_t len;
@@ -1074,10 +1185,13 @@ void lh_test_tokenizer(void)
     s = CU_add_suite("bpe", NULL, NULL);
     CU_add_test(s, "llama.cpp test vectors, every vocabulary", test_vectors);
     CU_add_test(s, "harder inputs vs llama-tokenize", test_hard);
+    CU_add_test(s, "special tokens vs llama-tokenize", test_special_vectors);
+    CU_add_test(s, "a megabyte vs llama-tokenize", test_bulk);
     CU_add_test(s, "invalid UTF-8 round-trips", test_bpe_invalid_utf8);
     CU_add_test(s, "special tokens only when asked", test_bpe_special);
     CU_add_test(s, "BOS/EOS flags and metadata", test_bpe_bos_eos);
     CU_add_test(s, "merge order and byte alphabet", test_bpe_merge_order);
+    CU_add_test(s, "pre-tokenizer presets: ignore_merges, BOS, digits", test_bpe_presets);
     CU_add_test(s, "malformed merges, unknown pre-tokenizer", test_bpe_bad);
     CU_add_test(s, "long text (n log n)", test_bpe_long);
 }
