@@ -18,7 +18,7 @@ DESTDIR  ?=
 SOCKET   ?=
 
 DEB_PKGS := build-essential pkg-config libdnnl-dev libprotobuf-c-dev protobuf-c-compiler \
-            libcunit1-dev systemd libpcre2-dev
+            libcunit1-dev systemd libpcre2-dev tmux
 
 WARN     := -Wall -Wextra -Wshadow -Wstrict-prototypes -Wno-unused-parameter
 ifneq ($(CI),)
@@ -134,6 +134,7 @@ $(BUILD)/vocab/%.gguf: tests/data/vocab/%.gguf.xz
 run: deps all
 	@echo "longheadsd: serving $(MODEL); talk to it with:"
 	@echo "  $(BUILD)/longheads generate 'Once upon a time'"
+	@echo "  $(BUILD)/longheads chat"
 	@echo "  $(BUILD)/longheads info    (Ctrl-C here stops the daemon)"
 	$(BUILD)/longheadsd --model $(MODEL) $(if $(SOCKET),--socket $(SOCKET))
 
@@ -141,6 +142,8 @@ run: deps all
 test: deps all
 	LH_BUILD=$(BUILD) LH_MODEL=$(MODEL) $(BUILD)/test_main
 	LH_BUILD=$(BUILD) LH_MODEL=$(MODEL) sh tests/cli.sh
+	LH_BUILD=$(BUILD) LH_MODEL=$(MODEL) sh tests/chat-tty.sh
+	sh tests/readme.sh
 
 check: test
 
@@ -173,20 +176,79 @@ install: all
 clean:
 	rm -rf $(BUILD)
 
-# ---- fuzzing (explicit only; needs clang with libFuzzer) ----------------------------------------
-# make fuzz: build $(BUILD)/fuzz_gguf (GGUF reader + tokenizer) and run it for FUZZ_TIME seconds
-# on $(BUILD)/fuzz-corpus; FUZZ_ARGS adds libFuzzer options.  Not part of `make test`.
-FUZZ_CC   ?= clang
-FUZZ_TIME ?= 60
-FUZZ_ARGS ?=
-.PHONY: fuzz
-fuzz: $(BUILD)/fuzz_gguf
-	@mkdir -p $(BUILD)/fuzz-corpus
-	LH_MODEL=$(MODEL) $(BUILD)/fuzz_gguf -max_total_time=$(FUZZ_TIME) -max_len=65536 $(FUZZ_ARGS) \
-	  $(BUILD)/fuzz-corpus
+# ---- fuzzing (explicit only; needs clang with libFuzzer: apt-get install -y clang) ---------------
+# make fuzz: build the harnesses and run each for FUZZ_TIME seconds on its corpus under
+# $(BUILD)/fuzz-corpus-<name>; FUZZ_ARGS adds libFuzzer options.  Not part of `make test`.
+#   fuzz_gguf   GGUF reader + tokenizer (tests/fuzz_gguf.c)
+#   fuzz_frame  frame reader in pieces + protobuf unpack of Request and every request body, with
+#               a bounded allocator (tests/fuzz_frame.c)
+# make fuzz-ci: each harness for FUZZ_CI_RUNS executions (seconds), skipped when clang is absent.
+FUZZ_CC      ?= clang
+FUZZ_TIME    ?= 60
+FUZZ_ARGS    ?=
+FUZZ_CI_RUNS ?= 20000
+FUZZ_FLAGS   := -std=c11 -D_GNU_SOURCE -g -O1 $(WARN) -fsanitize=fuzzer,address,undefined \
+                -fno-sanitize-recover=undefined
+FUZZERS      := $(BUILD)/fuzz_gguf $(BUILD)/fuzz_frame
+.PHONY: fuzz fuzz-ci
+fuzz: $(FUZZERS) $(VOCABS)
+	@for f in $(notdir $(FUZZERS)); do \
+	  mkdir -p $(BUILD)/fuzz-corpus-$$f; \
+	  echo "fuzz: $$f for $(FUZZ_TIME) s (log: $(BUILD)/$$f.log)"; \
+	  LH_MODEL=$(MODEL) LH_FUZZ_VOCAB_DIR=$(BUILD)/vocab $(BUILD)/$$f -max_total_time=$(FUZZ_TIME) -max_len=65536 \
+	    -print_final_stats=1 $(FUZZ_ARGS) $(BUILD)/fuzz-corpus-$$f > $(BUILD)/$$f.log 2>&1; \
+	  rc=$$?; grep -E "number_of_executed_units|average_exec_per_sec|ERROR|SUMMARY|crash-" \
+	    $(BUILD)/$$f.log; \
+	  [ $$rc -eq 0 ] || { echo "fuzz: $$f FAILED"; exit 1; }; \
+	done
+
+fuzz-ci:
+	@if ! command -v $(FUZZ_CC) >/dev/null 2>&1; then echo "fuzz-ci: SKIP: $(FUZZ_CC) not installed"; exit 0; fi; \
+	$(MAKE) --no-print-directory $(FUZZERS) $(VOCABS) || exit 1; \
+	for f in $(notdir $(FUZZERS)); do \
+	  LH_MODEL=$(MODEL) LH_FUZZ_VOCAB_DIR=$(BUILD)/vocab $(BUILD)/$$f -runs=$(FUZZ_CI_RUNS) -max_len=4096 > $(BUILD)/$$f-ci.log 2>&1 \
+	    || { tail -30 $(BUILD)/$$f-ci.log; echo "fuzz-ci: $$f FAILED"; exit 1; }; \
+	  echo "fuzz-ci: $$f: $(FUZZ_CI_RUNS) runs, no finding"; \
+	done
 
 $(BUILD)/fuzz_gguf: tests/fuzz_gguf.c engine/gguf.c engine/tokenizer.c kernels/log.c kernels/quant.c \
                     engine/gguf.h engine/tokenizer.h kernels/quant.h kernels/log.h
 	@mkdir -p $(BUILD)
-	$(FUZZ_CC) -std=c11 -D_GNU_SOURCE -g -O1 $(WARN) -fsanitize=fuzzer,address,undefined \
-	  -fno-sanitize-recover=undefined -Ikernels -Iengine -o $@ $(filter %.c,$^) -lpcre2-8 -lm -lpthread
+	$(FUZZ_CC) $(FUZZ_FLAGS) -Ikernels -Iengine -o $@ $(filter %.c,$^) -lpcre2-8 -lm -lpthread
+
+$(BUILD)/fuzz_frame: tests/fuzz_frame.c proto/frame.c kernels/log.c $(BUILD)/gen/longheads.pb-c.c \
+                     proto/frame.h kernels/log.h
+	@mkdir -p $(BUILD)
+	$(FUZZ_CC) $(FUZZ_FLAGS) -Wno-unused-parameter -Ikernels -Iproto -I$(BUILD)/gen -o $@ \
+	  $(filter %.c,$^) -lprotobuf-c -lpthread
+
+# ---- load test (explicit only) -------------------------------------------------------------------
+# make stress: longheads-stress starts the daemon and runs STRESS_ROUNDS rounds of STRESS_CONNS
+# connections x STRESS_REQUESTS requests (10% cancelled, 5% dropped mid-stream), checking every
+# stream; prints req/s, TTFT p50/p99, errors by code, daemon RSS.  The issue's figure:
+#   make stress STRESS_CONNS=64 STRESS_REQUESTS=100 STRESS_SLOTS=4
+STRESS_CONNS    ?= 16
+STRESS_REQUESTS ?= 20
+STRESS_ROUNDS   ?= 2
+STRESS_SLOTS    ?= 1
+.PHONY: stress
+$(BUILD)/longheads-stress: $(BUILD)/obj/tools/stress.o $(PROTO_OBJS)
+	$(CC) $(CFLAGS_ALL) -o $@ $^ -lprotobuf-c -lpthread
+
+stress: all
+	$(BUILD)/longheads-stress --daemon $(BUILD)/longheadsd --model $(MODEL) \
+	  --slots $(STRESS_SLOTS) --conns $(STRESS_CONNS) --requests $(STRESS_REQUESTS) \
+	  --rounds $(STRESS_ROUNDS)
+
+# ---- ThreadSanitizer (explicit only) --------------------------------------------------------------
+# make tsan: the daemon, client library and tests built with -fsanitize=thread under build/tsan,
+# then the scheduler and end-to-end suites (the daemon they start is the TSan build too; its
+# reports land in the daemon's log and fail the suites through halt_on_error + exit status).
+# OMP_NUM_THREADS=1: libgomp is not instrumented, so its barriers would look like races between
+# its workers; with one thread it starts none and TSan checks our own threads (poll loop, compute,
+# prep, clients).  tests/tsan.supp explains each suppression.
+.PHONY: tsan
+tsan: deps
+	$(MAKE) BUILD=build/tsan OPT="-O1 -g -fno-omit-frame-pointer -fsanitize=thread" all
+	TSAN_OPTIONS="suppressions=$(CURDIR)/tests/tsan.supp halt_on_error=1 exitcode=66" \
+	  OMP_NUM_THREADS=1 LH_BUILD=build/tsan LH_MODEL=$(MODEL) LH_ASAN=1 build/tsan/test_main daemon e2e

@@ -55,6 +55,7 @@ static const char usage_text[] =
     "                           /run/longheads/longheads.sock for root,\n"
     "                           /tmp/longheads-$UID/longheads.sock otherwise)\n"
     "  --config FILE            read `key = value` settings (keys: these option names)\n"
+    "  --config-optional FILE   the same, but a missing FILE is not an error (systemd unit)\n"
     "  --threads N              compute threads (default: all cores)\n"
     "  --slots N                KV-cache slots = requests run concurrently (default 1)\n"
     "  -c, --ctx-size N         context tokens per slot (default: as many as --max-memory\n"
@@ -349,14 +350,13 @@ static char *default_socket(void)
 
 int main(int argc, char **argv)
 {
-    /* OpenMP workers that spin after each parallel region would take the cores the poll loop
-     * and the clients need (cancel latency suffers most on small machines): make them sleep.
-     * libgomp reads the variable when it loads, so set it and start again (same pid, so
-     * LISTEN_PID stays right). */
-    if (!getenv("OMP_WAIT_POLICY") && setenv("OMP_WAIT_POLICY", "PASSIVE", 1) == 0) {
-        execv("/proc/self/exe", argv);
-        /* not fatal: go on spinning */
-    }
+    /* Threading policy: no re-exec, no OMP_* set here.  libgomp's own default (OMP_WAIT_POLICY
+     * unset) is a bounded spin: a worker spins ~1 ms after a parallel region, then sleeps in the
+     * kernel.  Back-to-back regions of a forward pass find it awake (the speed of spinning),
+     * while an idle daemon, and the poll loop between slices, get the cores back.  Cancel
+     * latency is bounded by the prefill slice, not by the wait policy (tests/test_e2e.c
+     * measures it); see tools/bench.sh for the speed.  A unit may still set OMP_WAIT_POLICY or
+     * GOMP_SPINCOUNT with Environment=. */
     options o;
     memset(&o, 0, sizeof o);
     lh_sched_config_default(&o.sc);
@@ -377,10 +377,13 @@ int main(int argc, char **argv)
         }
         if (strcmp(argv[i], "--config") == 0 && i + 1 < argc && load_config(&o, argv[++i]) != 0)
             goto out;
+        if (strcmp(argv[i], "--config-optional") == 0 && i + 1 < argc &&
+            access(argv[++i], F_OK) == 0 && load_config(&o, argv[i]) != 0)
+            goto out;
     }
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i];
-        if (strcmp(a, "--config") == 0) {
+        if (strcmp(a, "--config") == 0 || strcmp(a, "--config-optional") == 0) {
             i++;
             continue;
         }

@@ -1284,6 +1284,21 @@ int lh_server_run(lh_server *srv)
                 continue;
             lh_log_warn("connection %llu (uid %u): %s; closing", (unsigned long long)c->id,
                         (unsigned)c->uid, why);
+            if (!c->hello && !c->t_frame && c->out_len == c->out_off) {
+                /* best effort: say why to a client that is merely slow (nothing else pending) */
+                Longheads__Response resp = LONGHEADS__RESPONSE__INIT;
+                Longheads__Error err = LONGHEADS__ERROR__INIT;
+                err.code = LONGHEADS__ERROR_CODE__ERR_HANDSHAKE;
+                err.message = "no Hello within the daemon's handshake timeout; closing";
+                resp.body_case = LONGHEADS__RESPONSE__BODY_ERROR;
+                resp.error = &err;
+                out_msg *m = pack(0, &resp);
+                if (m) {
+                    ssize_t w = send(c->fd, m->data, m->len, MSG_NOSIGNAL | MSG_DONTWAIT);
+                    (void)w;
+                    free(m);
+                }
+            }
             conn_free(srv, i);
             i--;
         }

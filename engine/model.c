@@ -96,6 +96,8 @@ struct lh_ctx {
     float *att;               /* (n_batch, n_head*hd) */
     float *hb, *hb2;          /* (n_batch, n_ff) */
     void *attn_scratch;       /* n_threads * lh_attn_scratch_size */
+    lh_ctx_abort_fn abort_fn; /* checked between layers, or NULL */
+    void *abort_ud;
 };
 
 /* ------------------------------------------------------------------------------------------ */
@@ -757,7 +759,15 @@ void lh_ctx_free(lh_ctx *c)
     free(c);
 }
 
+void lh_ctx_set_abort(lh_ctx *c, lh_ctx_abort_fn fn, void *ud)
+{
+    c->abort_fn = fn;
+    c->abort_ud = ud;
+}
+
 const lh_ctx_params *lh_ctx_params_get(const lh_ctx *c) { return &c->p; }
+
+const lh_model *lh_ctx_model(const lh_ctx *c) { return c->m; }
 size_t lh_ctx_n_past(const lh_ctx *c) { return c->n_past; }
 const int32_t *lh_ctx_tokens(const lh_ctx *c) { return c->tokens; }
 
@@ -859,6 +869,8 @@ static int forward(lh_ctx *c, const int32_t *tokens, size_t n, float *logits, in
             return rc;
         add_bias(c->xb, L->b_down, n, D);
         lh_ops_add(c->x, c->xb, n * D);
+        if (c->abort_fn && l + 1 < hp->n_layer && c->abort_fn(c->abort_ud))
+            return LH_E_CANCELLED;  /* n_past unchanged; the caller resyncs LongHeads */
     }
 
     if (logits) {
@@ -899,6 +911,8 @@ int lh_ctx_eval(lh_ctx *c, const int32_t *tokens, size_t n, float *logits, int a
         else if (logits && last)
             out = logits;
         int rc = forward(c, tokens + done, k, out, all);
+        if (rc == LH_E_CANCELLED)
+            lh_ctx_truncate(c, c->n_past);   /* layers that ran ahead are rewound */
         if (rc)
             return rc;
         done += k;

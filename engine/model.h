@@ -87,6 +87,7 @@ void lh_ctx_params_default(lh_ctx_params *p);
 int lh_ctx_new(lh_ctx **cp, const lh_model *m, const lh_ctx_params *p);
 void lh_ctx_free(lh_ctx *c);
 const lh_ctx_params *lh_ctx_params_get(const lh_ctx *c);  /* with defaults resolved */
+const lh_model *lh_ctx_model(const lh_ctx *c);             /* the model it was made for */
 size_t lh_ctx_n_past(const lh_ctx *c);
 /* Forget everything after the first n_keep tokens; returns how many were kept (LongHeads may
  * round down to a chunk boundary; see lh_lh_truncate). */
@@ -96,8 +97,18 @@ const int32_t *lh_ctx_tokens(const lh_ctx *c);
 
 /* Run n tokens at positions n_past .. n_past+n-1 (n may exceed n_batch: processed in slices).
  * logits: NULL, or (n_vocab) for the last token, or (n, n_vocab) when all != 0.
- * Returns 0, LH_E_LIMIT (context full: nothing run), LH_E_FORMAT (token id out of range). */
+ * Returns 0, LH_E_LIMIT (context full: nothing run), LH_E_FORMAT (token id out of range),
+ * LH_E_CANCELLED (stopped by the abort check, see lh_ctx_set_abort). */
 int lh_ctx_eval(lh_ctx *c, const int32_t *tokens, size_t n, float *logits, int all);
+
+/* Lets a caller stop a long lh_ctx_eval between layers: fn(ud) is called after every layer of
+ * every slice (a cheap check: an atomic load); when it returns non-zero lh_ctx_eval returns
+ * LH_E_CANCELLED, keeping the tokens of the slices already complete (lh_ctx_n_past says how
+ * many; with LongHeads it may round down to a chunk boundary, as lh_ctx_truncate).  So a prefill
+ * can run in slices sized for throughput while a cancel takes effect within one layer.
+ * fn NULL: never stopped (the default). */
+typedef int (*lh_ctx_abort_fn)(void *ud);
+void lh_ctx_set_abort(lh_ctx *c, lh_ctx_abort_fn fn, void *ud);
 
 /* KV-cache and LongHeads-state bytes per token of context, for reporting. */
 size_t lh_ctx_kv_bytes_per_token(const lh_ctx *c);

@@ -24,6 +24,16 @@
  * literal range with std::wregex after replacing non-ASCII whitespace by U+000B, the range is
  * written without the whitespace characters it contains, which gives the same words.
  *
+ * The categories (\p{L}, \p{N}, \p{P}) are PCRE2's: Debian 12's 10.42 knows Unicode 14, while
+ * llama.cpp's generated tables follow a later version, so characters assigned since may be cut
+ * differently.  Llama 3's case-insensitive (?i:'s|...) is written '[sS]|... as llama.cpp does
+ * (PCRE2's (?i) would also fold U+017F into 's').
+ *
+ * Special tokens are cut out before all that, one token at a time, longest first, each split
+ * at every occurrence in the text still left (llama.cpp's tokenizer_st_partition); a pass over
+ * the text first notes which bytes and byte pairs occur, so that tokens that cannot occur are
+ * not searched for.
+ *
  * Piece lookup is an open-addressing hash table built at load: the NORMAL pieces for
  * SentencePiece, every token for BPE (llama.cpp's text_to_token; the last of duplicates wins).
  * A span longer than the longest piece is never looked up.
@@ -49,12 +59,15 @@ enum { STRIP_LEFT = 1, STRIP_RIGHT = 2 };
 /* ---- pre-tokenizers ----------------------------------------------------------------------- */
 
 /* Unicode White_Space (llama.cpp's unicode_set_whitespace), for use inside a class */
-#define WS "\\t-\\r \\x{85}\\x{A0}\\x{1680}\\x{2000}-\\x{200A}\\x{2028}\\x{2029}\\x{202F}\\x{205F}\\x{3000}"
+#define WS                                                                                  \
+    "\\t-\\r \\x{85}\\x{A0}\\x{1680}\\x{2000}-\\x{200A}\\x{2028}\\x{2029}\\x{202F}\\x{205F}"      \
+    "\\x{3000}"
 #define S_ "[" WS "]"
 #define NOT_S "[^" WS "]"
 
 /* 's|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S) */
-#define RE_GPT2 "'s|'t|'re|'ve|'m|'ll|'d| ?\\p{L}+| ?\\p{N}+| ?[^" WS "\\p{L}\\p{N}]+|" S_ "+(?!" NOT_S ")"
+#define RE_GPT2                                                                             \
+    "'s|'t|'re|'ve|'m|'ll|'d| ?\\p{L}+| ?\\p{N}+| ?[^" WS "\\p{L}\\p{N}]+|" S_ "+(?!" NOT_S ")"
 /* (?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|
  * \s*[\r\n]+|\s+(?!\S)|\s+  (NUM is {1,3} for Llama 3, a single digit for Qwen2) */
 #define RE_LLAMA3_LIKE(NUM)                                                                      \
@@ -80,7 +93,8 @@ enum { STRIP_LEFT = 1, STRIP_RIGHT = 2 };
     "\\x{FF21}-\\x{FF3A}\\x{FF41}-\\x{FF5A}\\x{10400}-\\x{1044F}\\x{104B0}-\\x{104D3}"           \
     "\\x{104D8}-\\x{104FB}\\x{10C80}-\\x{10CB2}\\x{10CC0}-\\x{10CF2}\\x{118A0}-\\x{118DF}"       \
     "\\x{1E900}-\\x{1E943}]+"
-#define RE_DS_PUNCT S_ "?[!-/:-~\\x{FF01}-\\x{FF0F}\\x{FF1A}-\\x{FF5E}\\x{2018}-\\x{201F}\\x{3001}-\\x{3002}]+"
+#define RE_DS_PUNCT                                                                         \
+    S_ "?[!-/:-~\\x{FF01}-\\x{FF0F}\\x{FF1A}-\\x{FF5E}\\x{2018}-\\x{201F}\\x{3001}-\\x{3002}]+"
 #define RE_DS_CJK                                                                               \
     "[\\x{4E00}-\\x{9FA5}\\x{800}-\\x{167F}\\x{1681}-\\x{1FFF}\\x{200B}-\\x{2027}\\x{202A}-"     \
     "\\x{202E}\\x{2030}-\\x{205E}\\x{2060}-\\x{2FFF}\\x{3001}-\\x{4E00}\\x{AC00}-\\x{D7FF}]+"
@@ -549,7 +563,8 @@ int lh_tok_load(lh_tok **tp, const lh_gguf *g)
         if (!(pre = find_pretok(s, len))) {
             lh_log_error("%s: pre-tokenizer '%.*s' (tokenizer.ggml.pre) is not supported; known: "
                          "llama-bpe, qwen2, gpt-2, default, deepseek-llm, deepseek-coder, smollm, "
-                         "starcoder, falcon and their aliases", name, (int)(len > 64 ? 64 : len), s);
+                         "starcoder, falcon and their aliases", name, (int)(len > 64 ? 64 : len),
+                         s);
             return LH_E_UNSUPPORTED;
         }
     }
@@ -708,7 +723,8 @@ int lh_tok_load(lh_tok **tp, const lh_gguf *g)
     if ((rc = get_id(g, "tokenizer.ggml.bos_token_id", n, spm ? 1 : 11, &t->bos, name)) ||
         (rc = get_id(g, "tokenizer.ggml.eos_token_id", n, spm ? 2 : 11, &t->eos, name)) ||
         (rc = get_id(g, "tokenizer.ggml.unknown_token_id", n, spm ? 0 : -1, &t->unk, name)) ||
-        (rc = get_flag(g, "tokenizer.ggml.add_bos_token", spm ? 1 : pre->add_bos, &t->add_bos, name)) ||
+        (rc = get_flag(g, "tokenizer.ggml.add_bos_token", spm ? 1 : pre->add_bos, &t->add_bos,
+                       name)) ||
         (rc = get_flag(g, "tokenizer.ggml.add_eos_token", 0, &t->add_eos, name)) ||
         (rc = get_flag(g, "tokenizer.ggml.add_space_prefix", spm, &t->add_space, name)) ||
         (rc = build_sets(t, g, name)))
@@ -1132,6 +1148,17 @@ static int partition(const lh_tok *t, const char *text, size_t len, int all, fra
     frag *v = NULL, *nv = NULL;
     size_t n = 0, cap = 0, nn, ncap;
     int rc;
+    /* which bytes and byte pairs occur: most special tokens are then skipped without a search
+     * (DeepSeek has 2385 user-defined "[PAD...]" tokens) */
+    uint64_t *seen = calloc(65536 / 64 + 256 / 64, sizeof *seen);
+    if (!seen)
+        return -ENOMEM;
+    uint64_t *seen1 = seen + 65536 / 64;
+    for (size_t i = 0; i < len; i++) {
+        unsigned b0 = (uint8_t)text[i], pair = b0 << 8 | (i + 1 < len ? (uint8_t)text[i + 1] : 0);
+        seen1[b0 / 64] |= 1ull << (b0 % 64);
+        seen[pair / 64] |= 1ull << (pair % 64);
+    }
     if ((rc = frag_add(&v, &n, &cap, 0, len, -1)))
         goto fail;
     for (size_t k = 0; k < t->n_special; k++) {
@@ -1140,6 +1167,10 @@ static int partition(const lh_tok *t, const char *text, size_t len, int all, fra
             continue;
         const char *p = t->blob + t->raw_off[id];
         size_t pl = t->raw_len[id], i;
+        unsigned b0 = (uint8_t)p[0], pair = b0 << 8 | (pl > 1 ? (uint8_t)p[1] : 0);
+        if (pl > len || !(seen1[b0 / 64] >> (b0 % 64) & 1) ||
+            (pl > 1 && !(seen[pair / 64] >> (pair % 64) & 1)))
+            continue;
         for (i = 0; i < n; i++)
             if (v[i].id < 0 && v[i].len >= pl && memmem(text + v[i].off, v[i].len, p, pl))
                 break;
@@ -1174,10 +1205,12 @@ static int partition(const lh_tok *t, const char *text, size_t len, int all, fra
         v = nv, n = nn, cap = ncap;
         nv = NULL;
     }
+    free(seen);
     *fp = v;
     *np = n;
     return 0;
 fail:
+    free(seen);
     free(v);
     free(nv);
     return rc;

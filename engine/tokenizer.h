@@ -20,13 +20,14 @@
  * expressions (PCRE2, Unicode categories, applied one after the other, each splitting the pieces
  * the previous one left, as llama.cpp does); each word's bytes are spelled with the GPT-2
  * byte-to-unicode alphabet (one character per byte) and merged pairwise, lowest merge rank first
- * (leftmost on ties); each final symbol is its token.  Invalid UTF-8: a byte that does not start a valid
- * sequence matches no regular expression, so it ends the word before it and sits in a word of
- * invalid bytes of its own, spelled with its byte's character: decode(encode(s)) == s for every
- * byte string s when the vocabulary has a NORMAL token for each of the 256 byte characters
- * (GPT-2, Llama 3, Qwen2 do; StarCoder, MPT, Falcon lack some of the bytes that never occur
- * in UTF-8, and those are dropped, as llama.cpp drops them).  llama.cpp replaces an invalid
- * byte by U+FFFD instead, which loses it; on valid UTF-8 both give the same tokens.
+ * (leftmost on ties); each final symbol is its token.
+ * Invalid UTF-8: a byte that does not start a valid sequence matches no regular expression, so
+ * it ends the word before it and sits in a word of invalid bytes of its own, spelled with its
+ * byte's character: decode(encode(s)) == s for every byte string s when the vocabulary has a
+ * NORMAL token for each of the 256 byte characters (GPT-2, Llama 3, Qwen2 do; StarCoder, MPT,
+ * Falcon lack some of the bytes that never occur in UTF-8, and those are dropped, as llama.cpp
+ * drops them).  llama.cpp replaces an invalid byte by U+FFFD instead, which loses it; on valid
+ * UTF-8 both give the same tokens.
  *
  * Special tokens: the text of a user-defined token (type 4) found in the text always becomes that
  * token, and with LH_TOK_SPECIAL so does that of every control and unknown token (longest tokens
@@ -82,8 +83,10 @@ int lh_tok_is_eog(const lh_tok *t, int32_t id);
 
 /* Encode len bytes of text.  flags: LH_TOK_* (a plain 0/1 means without/with BOS).  Output ids
  * into out[0..cap); *n_outp gets the number of tokens the full encoding needs even when it
- * exceeds cap (then LH_E_LIMIT is returned and out holds the first cap).  The encoding never has
- * more than len + 2 tokens.  Returns 0, LH_E_LIMIT, -ENOMEM. */
+ * exceeds cap (then LH_E_LIMIT is returned and out holds the first cap).  The encoding has at
+ * most len + 3 tokens (BOS, dummy prefix, EOS), except on SentencePiece vocabularies whose
+ * special tokens restart the dummy prefix: size from *n_outp and encode again on LH_E_LIMIT.
+ * Returns 0, LH_E_LIMIT, -ENOMEM. */
 int lh_tok_encode(const lh_tok *t, const char *text, size_t len, int flags, int32_t *out,
                   size_t cap, size_t *n_outp);
 

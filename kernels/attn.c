@@ -47,36 +47,47 @@ size_t lh_attn_scratch_size(const lh_attn_shape *s, size_t max_q)
 }
 
 #if defined(LH_HAVE_AVX2) && defined(__F16C__)
-/* Few rows over an F16 cache (decode): converting whole tiles to F32 first costs more than the
- * arithmetic, so these read the halves directly.  hd % 8 == 0. */
-static inline __m256 h8(const uint16_t *p) { return _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)p)); }
+/* Few rows (decode: one query per head of a GQA group): the cache is read in place, F16 or F32,
+ * every key and value row once per tile and then from L1 for the other rows of the item.
+ * Copying or converting whole tiles first, or the 2x4 / 4x16 GEMM blocks built for prefill,
+ * cost several times the arithmetic here (measured: the F32 cache read at ~4.6 GB/s on one
+ * thread through lh_gemm_nt/nn, F16 in place at ~19).  hd % 8 == 0. */
+static inline __attribute__((always_inline)) __m256 ld8(int f16, const void *p, size_t i)
+{
+    if (f16)
+        return _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)((const uint16_t *)p + i)));
+    return _mm256_loadu_ps((const float *)p + i);
+}
 
 /* s[j] = qr · K[j] for j < kt */
-static void f16_scores(const float *qr, const uint16_t *K, size_t kt, size_t hd, float *s)
+static inline __attribute__((always_inline)) void direct_scores(int f16, const float *qr,
+                                                                const void *K, size_t kt,
+                                                                size_t hd, float *s)
 {
     size_t j = 0;
     for (; j + 4 <= kt; j += 4) {
-        const uint16_t *k0 = K + j * hd;
+        size_t b = j * hd;
         __m256 a0 = _mm256_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
         for (size_t d = 0; d < hd; d += 8) {
             __m256 vq = _mm256_loadu_ps(qr + d);
-            a0 = _mm256_fmadd_ps(vq, h8(k0 + d), a0);
-            a1 = _mm256_fmadd_ps(vq, h8(k0 + hd + d), a1);
-            a2 = _mm256_fmadd_ps(vq, h8(k0 + 2 * hd + d), a2);
-            a3 = _mm256_fmadd_ps(vq, h8(k0 + 3 * hd + d), a3);
+            a0 = _mm256_fmadd_ps(vq, ld8(f16, K, b + d), a0);
+            a1 = _mm256_fmadd_ps(vq, ld8(f16, K, b + hd + d), a1);
+            a2 = _mm256_fmadd_ps(vq, ld8(f16, K, b + 2 * hd + d), a2);
+            a3 = _mm256_fmadd_ps(vq, ld8(f16, K, b + 3 * hd + d), a3);
         }
         _mm_storeu_ps(s + j, lh_hsum4x256(a0, a1, a2, a3));
     }
     for (; j < kt; j++) {
         __m256 a0 = _mm256_setzero_ps();
         for (size_t d = 0; d < hd; d += 8)
-            a0 = _mm256_fmadd_ps(_mm256_loadu_ps(qr + d), h8(K + j * hd + d), a0);
+            a0 = _mm256_fmadd_ps(_mm256_loadu_ps(qr + d), ld8(f16, K, j * hd + d), a0);
         s[j] = lh_hsum256(a0);
     }
 }
 
 /* o += Σ_j p[j] V[j] for j < kt, 32 columns at a time held in registers */
-static void f16_pv(const float *p, const uint16_t *V, size_t kt, size_t hd, float *o)
+static inline __attribute__((always_inline)) void direct_pv(int f16, const float *p, const void *V,
+                                                            size_t kt, size_t hd, float *o)
 {
     size_t d = 0;
     for (; d + 32 <= hd; d += 32) {
@@ -84,11 +95,11 @@ static void f16_pv(const float *p, const uint16_t *V, size_t kt, size_t hd, floa
         __m256 o2 = _mm256_loadu_ps(o + d + 16), o3 = _mm256_loadu_ps(o + d + 24);
         for (size_t j = 0; j < kt; j++) {
             __m256 vp = _mm256_broadcast_ss(p + j);
-            const uint16_t *vj = V + j * hd + d;
-            o0 = _mm256_fmadd_ps(vp, h8(vj), o0);
-            o1 = _mm256_fmadd_ps(vp, h8(vj + 8), o1);
-            o2 = _mm256_fmadd_ps(vp, h8(vj + 16), o2);
-            o3 = _mm256_fmadd_ps(vp, h8(vj + 24), o3);
+            size_t b = j * hd + d;
+            o0 = _mm256_fmadd_ps(vp, ld8(f16, V, b), o0);
+            o1 = _mm256_fmadd_ps(vp, ld8(f16, V, b + 8), o1);
+            o2 = _mm256_fmadd_ps(vp, ld8(f16, V, b + 16), o2);
+            o3 = _mm256_fmadd_ps(vp, ld8(f16, V, b + 24), o3);
         }
         _mm256_storeu_ps(o + d, o0);
         _mm256_storeu_ps(o + d + 8, o1);
@@ -98,11 +109,30 @@ static void f16_pv(const float *p, const uint16_t *V, size_t kt, size_t hd, floa
     for (; d < hd; d += 8) {
         __m256 o0 = _mm256_loadu_ps(o + d);
         for (size_t j = 0; j < kt; j++)
-            o0 = _mm256_fmadd_ps(_mm256_broadcast_ss(p + j), h8(V + j * hd + d), o0);
+            o0 = _mm256_fmadd_ps(_mm256_broadcast_ss(p + j), ld8(f16, V, j * hd + d), o0);
         _mm256_storeu_ps(o + d, o0);
     }
 }
-#define LH_HAVE_F16_DIRECT 1
+
+static void f16_scores(const float *qr, const void *K, size_t kt, size_t hd, float *s)
+{
+    direct_scores(1, qr, K, kt, hd, s);
+}
+static void f32_scores(const float *qr, const void *K, size_t kt, size_t hd, float *s)
+{
+    direct_scores(0, qr, K, kt, hd, s);
+}
+static void f16_pv(const float *p, const void *V, size_t kt, size_t hd, float *o)
+{
+    direct_pv(1, p, V, kt, hd, o);
+}
+static void f32_pv(const float *p, const void *V, size_t kt, size_t hd, float *o)
+{
+    direct_pv(0, p, V, kt, hd, o);
+}
+#define LH_HAVE_DIRECT 1
+/* rows per item up to which the cache is read in place (a GQA group of 8 at decode) */
+#define DIRECT_ROWS 8
 #endif
 
 /* One item: rows r = g * nq + qi for query heads h0 .. h0+ng-1 (all reading KV head kvh) and
@@ -142,17 +172,18 @@ static void attn_item(const lh_attn_shape *s, const float *q, size_t pos0, size_
     const char *kh = (const char *)k + kvh * s->n_ctx * hd * esz;
     const char *vh = (const char *)v + kvh * s->n_ctx * hd * esz;
 
-    int direct = 0;   /* F16 read in place by f16_scores / f16_pv */
-#ifdef LH_HAVE_F16_DIRECT
-    direct = f16 && R <= 2 && hd % 8 == 0;
+    int direct = 0;   /* the cache read in place by *_scores / *_pv */
+#ifdef LH_HAVE_DIRECT
+    direct = R <= DIRECT_ROWS && hd % 8 == 0;
 #endif
     for (size_t j0 = 0; j0 < n_keys; j0 += KT) {
         size_t kt = n_keys - j0 < KT ? n_keys - j0 : KT;
         const float *Kp = NULL, *Vp = NULL;
         if (direct) {
-#ifdef LH_HAVE_F16_DIRECT
+#ifdef LH_HAVE_DIRECT
+            const char *kp = kh + j0 * hd * esz;
             for (size_t r = 0; r < R; r++)
-                f16_scores(Q + r * hd, (const uint16_t *)kh + j0 * hd, kt, hd, S + r * KT);
+                (f16 ? f16_scores : f32_scores)(Q + r * hd, kp, kt, hd, S + r * KT);
 #endif
         } else if (f16) {
             lh_dequant_row(LH_TYPE_F16, kh + j0 * hd * esz, Kt, kt * hd);
@@ -193,9 +224,10 @@ static void attn_item(const lh_attn_shape *s, const float *q, size_t pos0, size_
             }
         }
         if (direct) {
-#ifdef LH_HAVE_F16_DIRECT
+#ifdef LH_HAVE_DIRECT
+            const char *vp = vh + j0 * hd * esz;
             for (size_t r = 0; r < R; r++)
-                f16_pv(S + r * KT, (const uint16_t *)vh + j0 * hd, kt, hd, O + r * hd);
+                (f16 ? f16_pv : f32_pv)(S + r * KT, vp, kt, hd, O + r * hd);
 #endif
         } else {
             lh_gemm_nn(R, hd, kt, S, KT, Vp, hd, O, hd, 1);

@@ -59,7 +59,8 @@ size_t lh_type_block(uint32_t type)
     case LH_TYPE_Q4_1:
     case LH_TYPE_Q5_0:
     case LH_TYPE_Q5_1:
-    case LH_TYPE_Q8_0: return 32;
+    case LH_TYPE_Q8_0:
+    case LH_TYPE_IQ4_NL: return 32;
     case LH_TYPE_Q2_K:
     case LH_TYPE_Q3_K:
     case LH_TYPE_Q4_K:
@@ -85,6 +86,7 @@ size_t lh_type_block_size(uint32_t type)
     case LH_TYPE_Q4_K: return sizeof(lh_block_q4_K);
     case LH_TYPE_Q5_K: return sizeof(lh_block_q5_K);
     case LH_TYPE_Q6_K: return sizeof(lh_block_q6_K);
+    case LH_TYPE_IQ4_NL: return sizeof(lh_block_iq4_nl);
     default: return 0;
     }
 }
@@ -349,6 +351,21 @@ static void dequant_q6_K(const lh_block_q6_K *b, float *y, size_t nb)
                 y[l + 64] = d * (float)sc[is + 4] * (float)q3;
                 y[l + 96] = d * (float)sc[is + 6] * (float)q4;
             }
+    }
+}
+
+/* IQ4_NL: 16 non-uniform int8 levels (ggml's kvalues_iq4nl). */
+const int8_t lh_iq4nl_values[16] = {-127, -104, -83, -65, -49, -35, -22, -10,
+                                    1,    13,   25,  38,  53,  69,  89,  113};
+
+static void dequant_iq4_nl(const lh_block_iq4_nl *b, float *y, size_t nb)
+{
+    for (size_t i = 0; i < nb; i++, y += 32) {
+        float d = f16_fast(b[i].d);
+        for (int j = 0; j < 16; j++) {
+            y[j] = d * (float)lh_iq4nl_values[b[i].qs[j] & 0x0f];
+            y[j + 16] = d * (float)lh_iq4nl_values[b[i].qs[j] >> 4];
+        }
     }
 }
 
@@ -890,6 +907,84 @@ static void quant_q6_K(const float *x, lh_block_q6_K *b, size_t nb)
     }
 }
 
+/* Index of the level of val[0..n) (ascending) nearest to x; ties go up. */
+static int best_index_int8(int n, const int8_t *val, float x)
+{
+    if (x <= (float)val[0])
+        return 0;
+    if (x >= (float)val[n - 1])
+        return n - 1;
+    int ml = 0, mu = n - 1;
+    while (mu - ml > 1) {
+        int mav = (ml + mu) / 2;
+        if (x < (float)val[mav])
+            mu = mav;
+        else
+            ml = mav;
+    }
+    return x - (float)val[mu - 1] < (float)val[mu] - x ? mu - 1 : mu;
+}
+
+/* ggml's quantize_iq4_nl without an importance matrix (weights x², 15 candidate scales around
+ * max/127, then the levels for the best scale). */
+static void quant_iq4_nl(const float *x, lh_block_iq4_nl *b, size_t nb)
+{
+    const int8_t *values = lh_iq4nl_values;
+    const int ntry = 7;
+    uint8_t L[32];
+    float weight[32];
+    for (size_t i = 0; i < nb; i++, x += 32) {
+        float scale;
+        memset(b[i].qs, 0, 16);
+        for (int j = 0; j < 32; j++)
+            weight[j] = x[j] * x[j];
+        float amax = 0, max = 0;
+        for (int j = 0; j < 32; j++) {
+            float ax = fabsf(x[j]);
+            if (ax > amax) {
+                amax = ax;
+                max = x[j];
+            }
+        }
+        if (amax < GROUP_MAX_EPS) {
+            scale = 0;
+        } else {
+            float d = -max / (float)values[0];
+            float id = 1 / d;
+            float sumqx = 0, sumq2 = 0;
+            for (int j = 0; j < 32; j++) {
+                float q = (float)values[best_index_int8(16, values, id * x[j])];
+                float w = weight[j];
+                sumqx += w * q * x[j];
+                sumq2 += w * q * q;
+            }
+            d = sumqx / sumq2;
+            float best = d * sumqx;
+            for (int itry = -ntry; itry <= ntry; itry++) {
+                id = (float)(itry + values[0]) / max;
+                sumqx = sumq2 = 0;
+                for (int j = 0; j < 32; j++) {
+                    float q = (float)values[best_index_int8(16, values, id * x[j])];
+                    float w = weight[j];
+                    sumqx += w * q * x[j];
+                    sumq2 += w * q * q;
+                }
+                if (sumq2 > 0 && sumqx * sumqx > best * sumq2) {
+                    d = sumqx / sumq2;
+                    best = d * sumqx;
+                }
+            }
+            scale = d;
+        }
+        b[i].d = lh_f32_to_f16(scale);
+        float id = scale != 0 ? 1 / scale : 0;
+        for (int j = 0; j < 32; j++)
+            L[j] = (uint8_t)best_index_int8(16, values, id * x[j]);
+        for (int j = 0; j < 16; j++)
+            b[i].qs[j] = (uint8_t)(L[j] | L[16 + j] << 4);
+    }
+}
+
 /* ---- rows ----------------------------------------------------------------------------------- */
 
 static void dequant_q8_0(const lh_block_q8_0 *b, float *dst, size_t n)
@@ -952,6 +1047,7 @@ void lh_dequant_row(lh_type t, const void *src, float *dst, size_t n)
     case LH_TYPE_Q4_K: dequant_q4_K(src, dst, n / LH_QK_K); return;
     case LH_TYPE_Q5_K: dequant_q5_K(src, dst, n / LH_QK_K); return;
     case LH_TYPE_Q6_K: dequant_q6_K(src, dst, n / LH_QK_K); return;
+    case LH_TYPE_IQ4_NL: dequant_iq4_nl(src, dst, n / 32); return;
     }
 }
 
@@ -1005,6 +1101,7 @@ void lh_quant_row(lh_type t, const float *src, void *dst, size_t n)
     case LH_TYPE_Q4_K: quant_q4_K(src, dst, n / LH_QK_K); return;
     case LH_TYPE_Q5_K: quant_q5_K(src, dst, n / LH_QK_K); return;
     case LH_TYPE_Q6_K: quant_q6_K(src, dst, n / LH_QK_K); return;
+    case LH_TYPE_IQ4_NL: quant_iq4_nl(src, dst, n / 32); return;
     }
 }
 
@@ -1222,7 +1319,8 @@ int lh_q8_kind(lh_type t)
     case LH_TYPE_Q4_1:
     case LH_TYPE_Q5_0:
     case LH_TYPE_Q5_1:
-    case LH_TYPE_Q8_0: return LH_Q8A_32;
+    case LH_TYPE_Q8_0:
+    case LH_TYPE_IQ4_NL: return LH_Q8A_32;
     case LH_TYPE_Q2_K:
     case LH_TYPE_Q3_K:
     case LH_TYPE_Q4_K:
@@ -1266,7 +1364,7 @@ static void q8a_quant(const float *x, lh_block_q8a *b, size_t nb)
         p = _mm256_permutevar8x32_epi32(p, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7));
         _mm256_storeu_si256((__m256i *)b[i].qs, p);
         b[i].d = d;
-        b[i].s = _mm_cvtsi128_si32(s4);
+        b[i].ds = d * (float)_mm_cvtsi128_si32(s4);
 #else
         float amax = 0;
         for (int j = 0; j < 32; j++)
@@ -1278,7 +1376,7 @@ static void q8a_quant(const float *x, lh_block_q8a *b, size_t nb)
             s += b[i].qs[j];
         }
         b[i].d = d;
-        b[i].s = s;
+        b[i].ds = d * (float)s;
 #endif
     }
 }
@@ -1351,14 +1449,16 @@ static inline __m256i nibbles32(const uint8_t *q)
 /* 32 bits -> 32 bytes, byte j = 0x10 where bit j is set (the fifth bit of Q5_0/Q5_1). */
 static inline __m256i bits32_x10(uint32_t x)
 {
+#if defined(__AVX512BW__) && defined(__AVX512VL__)
+    return _mm256_maskz_mov_epi8((__mmask32)x, _mm256_set1_epi8(0x10));   /* one masked move */
+#else
     __m256i v = _mm256_shuffle_epi8(_mm256_set1_epi32((int)x),
                                     _mm256_setr_epi8(0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1,
                                                      2, 2, 2, 2, 2, 2, 2, 2, 3, 3, 3, 3, 3, 3, 3, 3));
     const __m256i bit = _mm256_set1_epi64x(0x8040201008040201ll);
     return _mm256_and_si256(_mm256_cmpeq_epi8(_mm256_and_si256(v, bit), bit), _mm256_set1_epi8(0x10));
+#endif
 }
-
-static inline float hsum_i32_f(__m256i v) { return lh_hsum256(_mm256_cvtepi32_ps(v)); }
 
 static float vdot_q4_0(const lh_block_q4_0 *w, const lh_block_q8a *a, size_t nb)
 {
@@ -1369,7 +1469,7 @@ static float vdot_q4_0(const lh_block_q4_0 *w, const lh_block_q8a *a, size_t nb)
                            _mm256_loadu_si256((const __m256i *)a[i].qs));
         float dd = f16_fast(w[i].d) * a[i].d;
         acc = _mm256_fmadd_ps(_mm256_set1_ps(dd), _mm256_cvtepi32_ps(p), acc);
-        off += dd * (float)a[i].s;
+        off += f16_fast(w[i].d) * a[i].ds;
     }
     return lh_hsum256(acc) - 8 * off;
 }
@@ -1383,7 +1483,7 @@ static float vdot_q4_1(const lh_block_q4_1 *w, const lh_block_q8a *a, size_t nb)
                            _mm256_loadu_si256((const __m256i *)a[i].qs));
         float dd = f16_fast(w[i].d) * a[i].d;
         acc = _mm256_fmadd_ps(_mm256_set1_ps(dd), _mm256_cvtepi32_ps(p), acc);
-        off += f16_fast(w[i].m) * a[i].d * (float)a[i].s;
+        off += f16_fast(w[i].m) * a[i].ds;
     }
     return lh_hsum256(acc) + off;
 }
@@ -1397,7 +1497,7 @@ static float vdot_q5_0(const lh_block_q5_0 *w, const lh_block_q8a *a, size_t nb)
         __m256i p = dot_us(_mm256_setzero_si256(), u, _mm256_loadu_si256((const __m256i *)a[i].qs));
         float dd = f16_fast(w[i].d) * a[i].d;
         acc = _mm256_fmadd_ps(_mm256_set1_ps(dd), _mm256_cvtepi32_ps(p), acc);
-        off += dd * (float)a[i].s;
+        off += f16_fast(w[i].d) * a[i].ds;
     }
     return lh_hsum256(acc) - 16 * off;
 }
@@ -1411,7 +1511,7 @@ static float vdot_q5_1(const lh_block_q5_1 *w, const lh_block_q8a *a, size_t nb)
         __m256i p = dot_us(_mm256_setzero_si256(), u, _mm256_loadu_si256((const __m256i *)a[i].qs));
         float dd = f16_fast(w[i].d) * a[i].d;
         acc = _mm256_fmadd_ps(_mm256_set1_ps(dd), _mm256_cvtepi32_ps(p), acc);
-        off += f16_fast(w[i].m) * a[i].d * (float)a[i].s;
+        off += f16_fast(w[i].m) * a[i].ds;
     }
     return lh_hsum256(acc) + off;
 }
@@ -1429,109 +1529,111 @@ static float vdot_q8_0(const lh_block_q8_0 *w, const lh_block_q8a *a, size_t nb)
     return lh_hsum256(acc);
 }
 
-static float vdot_q2_K(const lh_block_q2_K *w, const lh_block_q8K *a, size_t nb)
+static float vdot_iq4_nl(const lh_block_iq4_nl *w, const lh_block_q8a *a, size_t nb)
 {
+    const __m256i table = _mm256_broadcastsi128_si256(_mm_loadu_si128((const __m128i *)lh_iq4nl_values));
     __m256 acc = _mm256_setzero_ps();
-    float accm = 0;
-    const __m256i m3 = _mm256_set1_epi8(3);
     for (size_t i = 0; i < nb; i++) {
-        const uint8_t *sc = w[i].scales;
-        int summ = 0;
-        for (int j = 0; j < 16; j++)
-            summ += (sc[j] >> 4) * a[i].bsums[j];
-        __m256i isum = _mm256_setzero_si256();
-        for (int h = 0; h < 2; h++) {
-            __m256i q = _mm256_loadu_si256((const __m256i *)(w[i].qs + 32 * h));
-            const int8_t *x = a[i].qs + 128 * h;
-            for (int j = 0; j < 4; j++) {
-                __m256i u = _mm256_and_si256(_mm256_srli_epi16(q, 2 * j), m3);
-                __m256i s = _mm256_loadu_si256((const __m256i *)(x + 32 * j));
-                isum = _mm256_add_epi32(isum, dot_us_scaled(u, s, sc[8 * h + 2 * j] & 0x0f,
-                                                            sc[8 * h + 2 * j + 1] & 0x0f));
-            }
-        }
-        acc = _mm256_fmadd_ps(_mm256_set1_ps(f16_fast(w[i].d) * a[i].d), _mm256_cvtepi32_ps(isum), acc);
-        accm += f16_fast(w[i].dmin) * a[i].d * (float)summ;
-    }
-    return lh_hsum256(acc) - accm;
-}
-
-static float vdot_q3_K(const lh_block_q3_K *w, const lh_block_q8K *a, size_t nb)
-{
-    __m256 acc = _mm256_setzero_ps();
-    const __m256i m3 = _mm256_set1_epi8(3), m1 = _mm256_set1_epi8(1);
-    for (size_t i = 0; i < nb; i++) {
-        int8_t sc[16];
-        q3_K_scales(w[i].scales, sc);
-        int corr = 0;
-        for (int j = 0; j < 16; j++)
-            corr += sc[j] * a[i].bsums[j];
-        __m256i hm = _mm256_loadu_si256((const __m256i *)w[i].hmask);
-        __m256i isum = _mm256_setzero_si256();
-        for (int h = 0; h < 2; h++) {
-            __m256i q = _mm256_loadu_si256((const __m256i *)(w[i].qs + 32 * h));
-            const int8_t *x = a[i].qs + 128 * h;
-            for (int j = 0; j < 4; j++) {
-                __m256i lo = _mm256_and_si256(_mm256_srli_epi16(q, 2 * j), m3);
-                __m256i hb = _mm256_and_si256(_mm256_srli_epi16(hm, 4 * h + j), m1);
-                __m256i u = _mm256_or_si256(lo, _mm256_slli_epi16(hb, 2));   /* q + 4 */
-                __m256i s = _mm256_loadu_si256((const __m256i *)(x + 32 * j));
-                isum = _mm256_add_epi32(isum, dot_us_scaled(u, s, sc[8 * h + 2 * j],
-                                                            sc[8 * h + 2 * j + 1]));
-            }
-        }
-        isum = _mm256_sub_epi32(isum, _mm256_setr_epi32(4 * corr, 0, 0, 0, 0, 0, 0, 0));
-        acc = _mm256_fmadd_ps(_mm256_set1_ps(f16_fast(w[i].d) * a[i].d), _mm256_cvtepi32_ps(isum), acc);
+        __m256i v = _mm256_shuffle_epi8(table, nibbles32(w[i].qs));   /* the int8 levels */
+        __m256i x = _mm256_loadu_si256((const __m256i *)a[i].qs);
+        __m256i p = dot_us(_mm256_setzero_si256(), _mm256_sign_epi8(v, v), _mm256_sign_epi8(x, v));
+        acc = _mm256_fmadd_ps(_mm256_set1_ps(f16_fast(w[i].d) * a[i].d), _mm256_cvtepi32_ps(p), acc);
     }
     return lh_hsum256(acc);
 }
 
-static inline void k4_scales(const uint8_t *q, int *sc, int *m)
+/* Shuffle masks that broadcast one int16 of a 128-bit lane to the whole lane: for the scale
+ * vectors of the K-quants (scales are unpacked once per super-block into int16 lanes, then
+ * each 32-element step picks its pair with one shuffle, no trip through scalar registers). */
+static inline __m256i pick16(int lo, int hi)
 {
-    for (int j = 0; j < 8; j++)
-        scale_min_k4(j, q, &sc[j], &m[j]);
+    /* [lo][hi] for the pairs used: (j, j) for j < 8 and (2j, 2j + 1) for j < 4; a table, so the
+     * shuffles take a memory operand instead of rebuilding constants under register pressure */
+    static const uint8_t tab[8][8][32] = {
+#define B(l, h) {2 * (l), 2 * (l) + 1, 2 * (l), 2 * (l) + 1, 2 * (l), 2 * (l) + 1, 2 * (l), 2 * (l) + 1, \
+                 2 * (l), 2 * (l) + 1, 2 * (l), 2 * (l) + 1, 2 * (l), 2 * (l) + 1, 2 * (l), 2 * (l) + 1, \
+                 2 * (h), 2 * (h) + 1, 2 * (h), 2 * (h) + 1, 2 * (h), 2 * (h) + 1, 2 * (h), 2 * (h) + 1, \
+                 2 * (h), 2 * (h) + 1, 2 * (h), 2 * (h) + 1, 2 * (h), 2 * (h) + 1, 2 * (h), 2 * (h) + 1}
+#define ROW(l) {B(l, 0), B(l, 1), B(l, 2), B(l, 3), B(l, 4), B(l, 5), B(l, 6), B(l, 7)}
+        ROW(0), ROW(1), ROW(2), ROW(3), ROW(4), ROW(5), ROW(6), ROW(7),
+#undef ROW
+#undef B
+    };
+    return _mm256_loadu_si256((const __m256i *)tab[lo][hi]);
+}
+
+static inline float hsum128(__m128 s)
+{
+    s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+    s = _mm_add_ss(s, _mm_movehdup_ps(s));
+    return _mm_cvtss_f32(s);
+}
+
+/* Scales (lo) and mins (hi) of a Q4_K/Q5_K block as 8 + 8 bytes (scale_min_k4 on 32-bit words). */
+static inline __m128i k4_scales_mins(const uint8_t *q)
+{
+    /* three separate word loads: a 12-byte memcpy into an array goes through the stack */
+    uint32_t u0, u1, u2;
+    memcpy(&u0, q, 4);
+    memcpy(&u1, q + 4, 4);
+    memcpy(&u2, q + 8, 4);
+    const uint32_t k1 = 0x3f3f3f3f, k2 = 0x0f0f0f0f, k3 = 0x03030303;
+    uint32_t s03 = u0 & k1, m03 = u1 & k1;
+    uint32_t s47 = (u2 & k2) | (((u0 >> 6) & k3) << 4);
+    uint32_t m47 = ((u2 >> 4) & k2) | (((u1 >> 6) & k3) << 4);
+    return _mm_setr_epi32((int)s03, (int)s47, (int)m03, (int)m47);
+}
+
+/* Σ_j m_j (bsums[2j] + bsums[2j+1]) as 4 int32 lanes, for the mins of Q4_K/Q5_K. */
+static inline __m128i k4_min_terms(__m128i sm, const int16_t *bsums)
+{
+    __m256i bs = _mm256_loadu_si256((const __m256i *)bsums);
+    __m128i pairs = _mm_hadd_epi16(_mm256_castsi256_si128(bs), _mm256_extracti128_si256(bs, 1));
+    return _mm_madd_epi16(_mm_cvtepu8_epi16(_mm_srli_si128(sm, 8)), pairs);
 }
 
 static float vdot_q4_K(const lh_block_q4_K *w, const lh_block_q8K *a, size_t nb)
 {
-    __m256 acc = _mm256_setzero_ps();
-    float accm = 0;
     const __m256i m4 = _mm256_set1_epi8(0x0f);
+    __m256 acc = _mm256_setzero_ps();
+    __m128 accm = _mm_setzero_ps();
     for (size_t i = 0; i < nb; i++) {
-        int sc[8], m[8];
-        k4_scales(w[i].scales, sc, m);
-        int summ = 0;
-        for (int j = 0; j < 8; j++)
-            summ += m[j] * (a[i].bsums[2 * j] + a[i].bsums[2 * j + 1]);
+        __m128i sm = k4_scales_mins(w[i].scales);
+        float da = a[i].d;
+        accm = _mm_fmadd_ps(_mm_set1_ps(f16_fast(w[i].dmin) * da),
+                            _mm_cvtepi32_ps(k4_min_terms(sm, a[i].bsums)), accm);
+        __m256i sc = _mm256_broadcastsi128_si256(_mm_cvtepu8_epi16(sm));
         __m256i isum = _mm256_setzero_si256();
+        LH_UNROLL
         for (int k = 0; k < 4; k++) {
             __m256i q = _mm256_loadu_si256((const __m256i *)(w[i].qs + 32 * k));
             __m256i lo = _mm256_and_si256(q, m4), hi = _mm256_and_si256(_mm256_srli_epi16(q, 4), m4);
             const int8_t *x = a[i].qs + 64 * k;
-            isum = _mm256_add_epi32(isum, dot_us_scaled(lo, _mm256_loadu_si256((const __m256i *)x),
-                                                        sc[2 * k], sc[2 * k]));
-            isum = _mm256_add_epi32(isum, dot_us_scaled(hi, _mm256_loadu_si256((const __m256i *)(x + 32)),
-                                                        sc[2 * k + 1], sc[2 * k + 1]));
+            __m256i plo = _mm256_maddubs_epi16(lo, _mm256_loadu_si256((const __m256i *)x));
+            __m256i phi = _mm256_maddubs_epi16(hi, _mm256_loadu_si256((const __m256i *)(x + 32)));
+            plo = _mm256_madd_epi16(plo, _mm256_shuffle_epi8(sc, pick16(2 * k, 2 * k)));
+            phi = _mm256_madd_epi16(phi, _mm256_shuffle_epi8(sc, pick16(2 * k + 1, 2 * k + 1)));
+            isum = _mm256_add_epi32(isum, _mm256_add_epi32(plo, phi));
         }
-        acc = _mm256_fmadd_ps(_mm256_set1_ps(f16_fast(w[i].d) * a[i].d), _mm256_cvtepi32_ps(isum), acc);
-        accm += f16_fast(w[i].dmin) * a[i].d * (float)summ;
+        acc = _mm256_fmadd_ps(_mm256_set1_ps(f16_fast(w[i].d) * da), _mm256_cvtepi32_ps(isum), acc);
     }
-    return lh_hsum256(acc) - accm;
+    return lh_hsum256(acc) - hsum128(accm);
 }
 
 static float vdot_q5_K(const lh_block_q5_K *w, const lh_block_q8K *a, size_t nb)
 {
-    __m256 acc = _mm256_setzero_ps();
-    float accm = 0;
     const __m256i m4 = _mm256_set1_epi8(0x0f), m1 = _mm256_set1_epi8(1);
+    __m256 acc = _mm256_setzero_ps();
+    __m128 accm = _mm_setzero_ps();
     for (size_t i = 0; i < nb; i++) {
-        int sc[8], m[8];
-        k4_scales(w[i].scales, sc, m);
-        int summ = 0;
-        for (int j = 0; j < 8; j++)
-            summ += m[j] * (a[i].bsums[2 * j] + a[i].bsums[2 * j + 1]);
+        __m128i sm = k4_scales_mins(w[i].scales);
+        float da = a[i].d;
+        accm = _mm_fmadd_ps(_mm_set1_ps(f16_fast(w[i].dmin) * da),
+                            _mm_cvtepi32_ps(k4_min_terms(sm, a[i].bsums)), accm);
+        __m256i sc = _mm256_broadcastsi128_si256(_mm_cvtepu8_epi16(sm));
         __m256i qh = _mm256_loadu_si256((const __m256i *)w[i].qh);
         __m256i isum = _mm256_setzero_si256();
+        LH_UNROLL
         for (int k = 0; k < 4; k++) {
             __m256i q = _mm256_loadu_si256((const __m256i *)(w[i].qs + 32 * k));
             __m256i hl = _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(qh, 2 * k), m1), 4);
@@ -1539,33 +1641,113 @@ static float vdot_q5_K(const lh_block_q5_K *w, const lh_block_q8K *a, size_t nb)
             __m256i lo = _mm256_or_si256(_mm256_and_si256(q, m4), hl);
             __m256i hi = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(q, 4), m4), hh);
             const int8_t *x = a[i].qs + 64 * k;
-            isum = _mm256_add_epi32(isum, dot_us_scaled(lo, _mm256_loadu_si256((const __m256i *)x),
-                                                        sc[2 * k], sc[2 * k]));
-            isum = _mm256_add_epi32(isum, dot_us_scaled(hi, _mm256_loadu_si256((const __m256i *)(x + 32)),
-                                                        sc[2 * k + 1], sc[2 * k + 1]));
+            __m256i plo = _mm256_maddubs_epi16(lo, _mm256_loadu_si256((const __m256i *)x));
+            __m256i phi = _mm256_maddubs_epi16(hi, _mm256_loadu_si256((const __m256i *)(x + 32)));
+            plo = _mm256_madd_epi16(plo, _mm256_shuffle_epi8(sc, pick16(2 * k, 2 * k)));
+            phi = _mm256_madd_epi16(phi, _mm256_shuffle_epi8(sc, pick16(2 * k + 1, 2 * k + 1)));
+            isum = _mm256_add_epi32(isum, _mm256_add_epi32(plo, phi));
+        }
+        acc = _mm256_fmadd_ps(_mm256_set1_ps(f16_fast(w[i].d) * da), _mm256_cvtepi32_ps(isum), acc);
+    }
+    return lh_hsum256(acc) - hsum128(accm);
+}
+
+/* Q2_K, Q3_K, Q6_K: 16 scales of 16 elements; sc16[h] holds scales 8h .. 8h+7 as int16 in both
+ * 128-bit lanes, and the 32 elements 128h + 32j .. +31 take scales 8h + 2j (lane 0) and
+ * 8h + 2j + 1 (lane 1). */
+static float vdot_q2_K(const lh_block_q2_K *w, const lh_block_q8K *a, size_t nb)
+{
+    const __m256i m3 = _mm256_set1_epi8(3);
+    const __m128i m4 = _mm_set1_epi8(0x0f);
+    __m256 acc = _mm256_setzero_ps(), accm = _mm256_setzero_ps();
+    for (size_t i = 0; i < nb; i++) {
+        __m128i raw = _mm_loadu_si128((const __m128i *)w[i].scales);
+        __m128i scb = _mm_and_si128(raw, m4), mb = _mm_and_si128(_mm_srli_epi16(raw, 4), m4);
+        float da = a[i].d;
+        __m256i mins = _mm256_madd_epi16(_mm256_cvtepu8_epi16(mb),
+                                         _mm256_loadu_si256((const __m256i *)a[i].bsums));
+        accm = _mm256_fmadd_ps(_mm256_set1_ps(f16_fast(w[i].dmin) * da), _mm256_cvtepi32_ps(mins), accm);
+        __m256i isum = _mm256_setzero_si256();
+        LH_UNROLL
+        for (int h = 0; h < 2; h++) {
+            __m256i sc = _mm256_broadcastsi128_si256(_mm_cvtepu8_epi16(h ? _mm_srli_si128(scb, 8) : scb));
+            __m256i q = _mm256_loadu_si256((const __m256i *)(w[i].qs + 32 * h));
+            const int8_t *x = a[i].qs + 128 * h;
+            LH_UNROLL
+            for (int j = 0; j < 4; j++) {
+                __m256i u = _mm256_and_si256(_mm256_srli_epi16(q, 2 * j), m3);
+                __m256i p = _mm256_maddubs_epi16(u, _mm256_loadu_si256((const __m256i *)(x + 32 * j)));
+                p = _mm256_madd_epi16(p, _mm256_shuffle_epi8(sc, pick16(2 * j, 2 * j + 1)));
+                isum = _mm256_add_epi32(isum, p);
+            }
+        }
+        acc = _mm256_fmadd_ps(_mm256_set1_ps(f16_fast(w[i].d) * da), _mm256_cvtepi32_ps(isum), acc);
+    }
+    return lh_hsum256(acc) - lh_hsum256(accm);
+}
+
+/* The 16 6-bit scales of a Q3_K block as bytes 0..63 (32 is zero), from 32-bit words. */
+static inline __m128i q3_K_scales_vec(const uint8_t *s)
+{
+    uint32_t a0, a1, t;
+    memcpy(&a0, s, 4);
+    memcpy(&a1, s + 4, 4);
+    memcpy(&t, s + 8, 4);
+    const uint32_t k1 = 0x03030303, k2 = 0x0f0f0f0f;
+    return _mm_setr_epi32((int)((a0 & k2) | (((t >> 0) & k1) << 4)),
+                          (int)((a1 & k2) | (((t >> 2) & k1) << 4)),
+                          (int)(((a0 >> 4) & k2) | (((t >> 4) & k1) << 4)),
+                          (int)(((a1 >> 4) & k2) | (((t >> 6) & k1) << 4)));
+}
+
+static float vdot_q3_K(const lh_block_q3_K *w, const lh_block_q8K *a, size_t nb)
+{
+    const __m256i m3 = _mm256_set1_epi8(3), m1 = _mm256_set1_epi8(1);
+    __m256 acc = _mm256_setzero_ps();
+    for (size_t i = 0; i < nb; i++) {
+        __m128i scb = _mm_sub_epi8(q3_K_scales_vec(w[i].scales), _mm_set1_epi8(32));
+        /* the -4 of every level: 4 Σ_j sc_j bsums_j, taken off the integer sum */
+        __m256i corr = _mm256_madd_epi16(_mm256_cvtepi8_epi16(scb),
+                                         _mm256_loadu_si256((const __m256i *)a[i].bsums));
+        __m256i isum = _mm256_sub_epi32(_mm256_setzero_si256(), _mm256_slli_epi32(corr, 2));
+        __m256i hm = _mm256_loadu_si256((const __m256i *)w[i].hmask);
+        LH_UNROLL
+        for (int h = 0; h < 2; h++) {
+            __m256i sc = _mm256_broadcastsi128_si256(_mm_cvtepi8_epi16(h ? _mm_srli_si128(scb, 8) : scb));
+            __m256i q = _mm256_loadu_si256((const __m256i *)(w[i].qs + 32 * h));
+            const int8_t *x = a[i].qs + 128 * h;
+            LH_UNROLL
+            for (int j = 0; j < 4; j++) {
+                __m256i lo = _mm256_and_si256(_mm256_srli_epi16(q, 2 * j), m3);
+                __m256i hb = _mm256_and_si256(_mm256_srli_epi16(hm, 4 * h + j), m1);
+                __m256i u = _mm256_or_si256(lo, _mm256_slli_epi16(hb, 2));   /* q + 4 */
+                __m256i p = _mm256_maddubs_epi16(u, _mm256_loadu_si256((const __m256i *)(x + 32 * j)));
+                p = _mm256_madd_epi16(p, _mm256_shuffle_epi8(sc, pick16(2 * j, 2 * j + 1)));
+                isum = _mm256_add_epi32(isum, p);
+            }
         }
         acc = _mm256_fmadd_ps(_mm256_set1_ps(f16_fast(w[i].d) * a[i].d), _mm256_cvtepi32_ps(isum), acc);
-        accm += f16_fast(w[i].dmin) * a[i].d * (float)summ;
     }
-    return lh_hsum256(acc) - accm;
+    return lh_hsum256(acc);
 }
 
 static float vdot_q6_K(const lh_block_q6_K *w, const lh_block_q8K *a, size_t nb)
 {
-    __m256 acc = _mm256_setzero_ps();
     const __m256i m4 = _mm256_set1_epi8(0x0f), m3 = _mm256_set1_epi8(3);
+    __m256 acc = _mm256_setzero_ps();
     for (size_t i = 0; i < nb; i++) {
-        const int8_t *sc = w[i].scales;
-        int corr = 0;
-        for (int j = 0; j < 16; j++)
-            corr += sc[j] * a[i].bsums[j];
-        __m256i isum = _mm256_setzero_si256();
+        __m128i scb = _mm_loadu_si128((const __m128i *)w[i].scales);
+        /* the -32 of every level: 32 Σ_j sc_j bsums_j */
+        __m256i corr = _mm256_madd_epi16(_mm256_cvtepi8_epi16(scb),
+                                         _mm256_loadu_si256((const __m256i *)a[i].bsums));
+        __m256i isum = _mm256_sub_epi32(_mm256_setzero_si256(), _mm256_slli_epi32(corr, 5));
+        LH_UNROLL
         for (int h = 0; h < 2; h++) {
+            __m256i sc = _mm256_broadcastsi128_si256(_mm_cvtepi8_epi16(h ? _mm_srli_si128(scb, 8) : scb));
             __m256i l0 = _mm256_loadu_si256((const __m256i *)(w[i].ql + 64 * h));
             __m256i l1 = _mm256_loadu_si256((const __m256i *)(w[i].ql + 64 * h + 32));
             __m256i qh = _mm256_loadu_si256((const __m256i *)(w[i].qh + 32 * h));
             const int8_t *x = a[i].qs + 128 * h;
-            const int8_t *s = sc + 8 * h;
             __m256i u1 = _mm256_or_si256(_mm256_and_si256(l0, m4),
                                          _mm256_slli_epi16(_mm256_and_si256(qh, m3), 4));
             __m256i u2 = _mm256_or_si256(_mm256_and_si256(l1, m4),
@@ -1574,17 +1756,205 @@ static float vdot_q6_K(const lh_block_q6_K *w, const lh_block_q8K *a, size_t nb)
                                          _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(qh, 4), m3), 4));
             __m256i u4 = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(l1, 4), m4),
                                          _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(qh, 6), m3), 4));
-            __m256i p = dot_us_scaled(u1, _mm256_loadu_si256((const __m256i *)x), s[0], s[1]);
-            p = _mm256_add_epi32(p, dot_us_scaled(u2, _mm256_loadu_si256((const __m256i *)(x + 32)), s[2], s[3]));
-            p = _mm256_add_epi32(p, dot_us_scaled(u3, _mm256_loadu_si256((const __m256i *)(x + 64)), s[4], s[5]));
-            p = _mm256_add_epi32(p, dot_us_scaled(u4, _mm256_loadu_si256((const __m256i *)(x + 96)), s[6], s[7]));
-            isum = _mm256_add_epi32(isum, p);
+            __m256i p1 = _mm256_madd_epi16(_mm256_maddubs_epi16(u1, _mm256_loadu_si256((const __m256i *)x)),
+                                           _mm256_shuffle_epi8(sc, pick16(0, 1)));
+            __m256i p2 = _mm256_madd_epi16(_mm256_maddubs_epi16(u2, _mm256_loadu_si256((const __m256i *)(x + 32))),
+                                           _mm256_shuffle_epi8(sc, pick16(2, 3)));
+            __m256i p3 = _mm256_madd_epi16(_mm256_maddubs_epi16(u3, _mm256_loadu_si256((const __m256i *)(x + 64))),
+                                           _mm256_shuffle_epi8(sc, pick16(4, 5)));
+            __m256i p4 = _mm256_madd_epi16(_mm256_maddubs_epi16(u4, _mm256_loadu_si256((const __m256i *)(x + 96))),
+                                           _mm256_shuffle_epi8(sc, pick16(6, 7)));
+            isum = _mm256_add_epi32(isum, _mm256_add_epi32(_mm256_add_epi32(p1, p2), _mm256_add_epi32(p3, p4)));
         }
-        isum = _mm256_sub_epi32(isum, _mm256_setr_epi32(32 * corr, 0, 0, 0, 0, 0, 0, 0));
         acc = _mm256_fmadd_ps(_mm256_set1_ps(f16_fast(w[i].d) * a[i].d), _mm256_cvtepi32_ps(isum), acc);
     }
     return lh_hsum256(acc);
 }
+/* ---- several activation rows per weight row (prefill) ----------------------------------------
+ *
+ * The same arithmetic as the single-row kernels, per (weight row, activation row) pair in the same
+ * order, so the results are bit-identical to lh_dot_rows_q8; the weight block is unpacked once for
+ * NA activation rows. */
+#define NA 4
+
+static void vdot_q4_K_x4(const lh_block_q4_K *w, const lh_block_q8K *const *a, size_t nb, float *y)
+{
+    const __m256i m4 = _mm256_set1_epi8(0x0f);
+    __m256 acc[NA];
+    __m128 accm[NA];
+    for (int r = 0; r < NA; r++)
+        acc[r] = _mm256_setzero_ps(), accm[r] = _mm_setzero_ps();
+    for (size_t i = 0; i < nb; i++) {
+        __m128i sm = k4_scales_mins(w[i].scales);
+        __m256i sc = _mm256_broadcastsi128_si256(_mm_cvtepu8_epi16(sm));
+        float wd = f16_fast(w[i].d), wm = f16_fast(w[i].dmin);
+        __m256i isum[NA];
+        LH_UNROLL
+        for (int r = 0; r < NA; r++) {
+            accm[r] = _mm_fmadd_ps(_mm_set1_ps(wm * a[r][i].d),
+                                   _mm_cvtepi32_ps(k4_min_terms(sm, a[r][i].bsums)), accm[r]);
+            isum[r] = _mm256_setzero_si256();
+        }
+        LH_UNROLL
+        for (int k = 0; k < 4; k++) {
+            __m256i q = _mm256_loadu_si256((const __m256i *)(w[i].qs + 32 * k));
+            __m256i lo = _mm256_and_si256(q, m4), hi = _mm256_and_si256(_mm256_srli_epi16(q, 4), m4);
+            __m256i slo = _mm256_shuffle_epi8(sc, pick16(2 * k, 2 * k));
+            __m256i shi = _mm256_shuffle_epi8(sc, pick16(2 * k + 1, 2 * k + 1));
+            LH_UNROLL
+            for (int r = 0; r < NA; r++) {
+                const int8_t *x = a[r][i].qs + 64 * k;
+                __m256i plo = _mm256_maddubs_epi16(lo, _mm256_loadu_si256((const __m256i *)x));
+                __m256i phi = _mm256_maddubs_epi16(hi, _mm256_loadu_si256((const __m256i *)(x + 32)));
+                plo = _mm256_madd_epi16(plo, slo);
+                phi = _mm256_madd_epi16(phi, shi);
+                isum[r] = _mm256_add_epi32(isum[r], _mm256_add_epi32(plo, phi));
+            }
+        }
+        LH_UNROLL
+        for (int r = 0; r < NA; r++)
+            acc[r] = _mm256_fmadd_ps(_mm256_set1_ps(wd * a[r][i].d), _mm256_cvtepi32_ps(isum[r]), acc[r]);
+    }
+    for (int r = 0; r < NA; r++)
+        y[r] = lh_hsum256(acc[r]) - hsum128(accm[r]);
+}
+
+static void vdot_q4_0_x4(const lh_block_q4_0 *w, const lh_block_q8a *const *a, size_t nb, float *y)
+{
+    __m256 acc[NA];
+    float off[NA];
+    for (int r = 0; r < NA; r++)
+        acc[r] = _mm256_setzero_ps(), off[r] = 0;
+    for (size_t i = 0; i < nb; i++) {
+        __m256i u = nibbles32(w[i].qs);
+        float wd = f16_fast(w[i].d);
+        LH_UNROLL
+        for (int r = 0; r < NA; r++) {
+            __m256i p = dot_us(_mm256_setzero_si256(), u, _mm256_loadu_si256((const __m256i *)a[r][i].qs));
+            acc[r] = _mm256_fmadd_ps(_mm256_set1_ps(wd * a[r][i].d), _mm256_cvtepi32_ps(p), acc[r]);
+            off[r] += wd * a[r][i].ds;
+        }
+    }
+    for (int r = 0; r < NA; r++)
+        y[r] = lh_hsum256(acc[r]) - 8 * off[r];
+}
+
+static void vdot_q8_0_x4(const lh_block_q8_0 *w, const lh_block_q8a *const *a, size_t nb, float *y)
+{
+    __m256 acc[NA];
+    for (int r = 0; r < NA; r++)
+        acc[r] = _mm256_setzero_ps();
+    for (size_t i = 0; i < nb; i++) {
+        __m256i q = _mm256_loadu_si256((const __m256i *)w[i].qs);
+        __m256i aq = _mm256_sign_epi8(q, q);
+        float wd = f16_fast(w[i].d);
+        LH_UNROLL
+        for (int r = 0; r < NA; r++) {
+            __m256i x = _mm256_loadu_si256((const __m256i *)a[r][i].qs);
+            __m256i p = dot_us(_mm256_setzero_si256(), aq, _mm256_sign_epi8(x, q));
+            acc[r] = _mm256_fmadd_ps(_mm256_set1_ps(wd * a[r][i].d), _mm256_cvtepi32_ps(p), acc[r]);
+        }
+    }
+    for (int r = 0; r < NA; r++)
+        y[r] = lh_hsum256(acc[r]);
+}
+
+static void vdot_q5_K_x4(const lh_block_q5_K *w, const lh_block_q8K *const *a, size_t nb, float *y)
+{
+    const __m256i m4 = _mm256_set1_epi8(0x0f), m1 = _mm256_set1_epi8(1);
+    __m256 acc[NA];
+    __m128 accm[NA];
+    for (int r = 0; r < NA; r++)
+        acc[r] = _mm256_setzero_ps(), accm[r] = _mm_setzero_ps();
+    for (size_t i = 0; i < nb; i++) {
+        __m128i sm = k4_scales_mins(w[i].scales);
+        __m256i sc = _mm256_broadcastsi128_si256(_mm_cvtepu8_epi16(sm));
+        float wd = f16_fast(w[i].d), wm = f16_fast(w[i].dmin);
+        __m256i qh = _mm256_loadu_si256((const __m256i *)w[i].qh);
+        __m256i isum[NA];
+        LH_UNROLL
+        for (int r = 0; r < NA; r++) {
+            accm[r] = _mm_fmadd_ps(_mm_set1_ps(wm * a[r][i].d),
+                                   _mm_cvtepi32_ps(k4_min_terms(sm, a[r][i].bsums)), accm[r]);
+            isum[r] = _mm256_setzero_si256();
+        }
+        LH_UNROLL
+        for (int k = 0; k < 4; k++) {
+            __m256i q = _mm256_loadu_si256((const __m256i *)(w[i].qs + 32 * k));
+            __m256i hl = _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(qh, 2 * k), m1), 4);
+            __m256i hh = _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(qh, 2 * k + 1), m1), 4);
+            __m256i lo = _mm256_or_si256(_mm256_and_si256(q, m4), hl);
+            __m256i hi = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(q, 4), m4), hh);
+            __m256i slo = _mm256_shuffle_epi8(sc, pick16(2 * k, 2 * k));
+            __m256i shi = _mm256_shuffle_epi8(sc, pick16(2 * k + 1, 2 * k + 1));
+            LH_UNROLL
+            for (int r = 0; r < NA; r++) {
+                const int8_t *x = a[r][i].qs + 64 * k;
+                __m256i plo = _mm256_maddubs_epi16(lo, _mm256_loadu_si256((const __m256i *)x));
+                __m256i phi = _mm256_maddubs_epi16(hi, _mm256_loadu_si256((const __m256i *)(x + 32)));
+                plo = _mm256_madd_epi16(plo, slo);
+                phi = _mm256_madd_epi16(phi, shi);
+                isum[r] = _mm256_add_epi32(isum[r], _mm256_add_epi32(plo, phi));
+            }
+        }
+        LH_UNROLL
+        for (int r = 0; r < NA; r++)
+            acc[r] = _mm256_fmadd_ps(_mm256_set1_ps(wd * a[r][i].d), _mm256_cvtepi32_ps(isum[r]), acc[r]);
+    }
+    for (int r = 0; r < NA; r++)
+        y[r] = lh_hsum256(acc[r]) - hsum128(accm[r]);
+}
+
+static void vdot_q6_K_x4(const lh_block_q6_K *w, const lh_block_q8K *const *a, size_t nb, float *y)
+{
+    const __m256i m4 = _mm256_set1_epi8(0x0f), m3 = _mm256_set1_epi8(3);
+    __m256 acc[NA];
+    for (int r = 0; r < NA; r++)
+        acc[r] = _mm256_setzero_ps();
+    for (size_t i = 0; i < nb; i++) {
+        __m128i scb = _mm_loadu_si128((const __m128i *)w[i].scales);
+        __m256i sc16 = _mm256_cvtepi8_epi16(scb);
+        float wd = f16_fast(w[i].d);
+        __m256i isum[NA];
+        LH_UNROLL
+        for (int r = 0; r < NA; r++) {
+            __m256i corr = _mm256_madd_epi16(sc16, _mm256_loadu_si256((const __m256i *)a[r][i].bsums));
+            isum[r] = _mm256_sub_epi32(_mm256_setzero_si256(), _mm256_slli_epi32(corr, 5));
+        }
+        LH_UNROLL
+        for (int h = 0; h < 2; h++) {
+            __m256i sc = _mm256_broadcastsi128_si256(_mm_cvtepi8_epi16(h ? _mm_srli_si128(scb, 8) : scb));
+            __m256i l0 = _mm256_loadu_si256((const __m256i *)(w[i].ql + 64 * h));
+            __m256i l1 = _mm256_loadu_si256((const __m256i *)(w[i].ql + 64 * h + 32));
+            __m256i qh = _mm256_loadu_si256((const __m256i *)(w[i].qh + 32 * h));
+            __m256i u1 = _mm256_or_si256(_mm256_and_si256(l0, m4),
+                                         _mm256_slli_epi16(_mm256_and_si256(qh, m3), 4));
+            __m256i u2 = _mm256_or_si256(_mm256_and_si256(l1, m4),
+                                         _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(qh, 2), m3), 4));
+            __m256i u3 = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(l0, 4), m4),
+                                         _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(qh, 4), m3), 4));
+            __m256i u4 = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(l1, 4), m4),
+                                         _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(qh, 6), m3), 4));
+            __m256i s1 = _mm256_shuffle_epi8(sc, pick16(0, 1)), s2 = _mm256_shuffle_epi8(sc, pick16(2, 3));
+            __m256i s3 = _mm256_shuffle_epi8(sc, pick16(4, 5)), s4 = _mm256_shuffle_epi8(sc, pick16(6, 7));
+            LH_UNROLL
+            for (int r = 0; r < NA; r++) {
+                const int8_t *x = a[r][i].qs + 128 * h;
+                __m256i p1 = _mm256_madd_epi16(_mm256_maddubs_epi16(u1, _mm256_loadu_si256((const __m256i *)x)), s1);
+                __m256i p2 = _mm256_madd_epi16(_mm256_maddubs_epi16(u2, _mm256_loadu_si256((const __m256i *)(x + 32))), s2);
+                __m256i p3 = _mm256_madd_epi16(_mm256_maddubs_epi16(u3, _mm256_loadu_si256((const __m256i *)(x + 64))), s3);
+                __m256i p4 = _mm256_madd_epi16(_mm256_maddubs_epi16(u4, _mm256_loadu_si256((const __m256i *)(x + 96))), s4);
+                isum[r] = _mm256_add_epi32(isum[r], _mm256_add_epi32(_mm256_add_epi32(p1, p2), _mm256_add_epi32(p3, p4)));
+            }
+        }
+        LH_UNROLL
+        for (int r = 0; r < NA; r++)
+            acc[r] = _mm256_fmadd_ps(_mm256_set1_ps(wd * a[r][i].d), _mm256_cvtepi32_ps(isum[r]), acc[r]);
+    }
+    for (int r = 0; r < NA; r++)
+        y[r] = lh_hsum256(acc[r]);
+}
+
 #endif
 
 #ifndef LH_HAVE_AVX2
@@ -1624,23 +1994,66 @@ void lh_dot_rows_q8(lh_type t, const void *rows, size_t row_size, const void *xq
     const char *r = rows;
 #ifdef LH_HAVE_AVX2
     size_t nb = n / lh_type_block(t);
-    for (size_t i = 0; i < n_rows; i++, r += row_size) {
-        switch (t) {
-        case LH_TYPE_Q4_0: y[i] = vdot_q4_0((const void *)r, xq, nb); break;
-        case LH_TYPE_Q4_1: y[i] = vdot_q4_1((const void *)r, xq, nb); break;
-        case LH_TYPE_Q5_0: y[i] = vdot_q5_0((const void *)r, xq, nb); break;
-        case LH_TYPE_Q5_1: y[i] = vdot_q5_1((const void *)r, xq, nb); break;
-        case LH_TYPE_Q8_0: y[i] = vdot_q8_0((const void *)r, xq, nb); break;
-        case LH_TYPE_Q2_K: y[i] = vdot_q2_K((const void *)r, xq, nb); break;
-        case LH_TYPE_Q3_K: y[i] = vdot_q3_K((const void *)r, xq, nb); break;
-        case LH_TYPE_Q4_K: y[i] = vdot_q4_K((const void *)r, xq, nb); break;
-        case LH_TYPE_Q5_K: y[i] = vdot_q5_K((const void *)r, xq, nb); break;
-        case LH_TYPE_Q6_K: y[i] = vdot_q6_K((const void *)r, xq, nb); break;
-        default: y[i] = 0; break;
-        }
+    /* one loop per type, so each kernel is inlined into a loop of its own */
+#define ROWS(fn)                                                                              \
+    for (size_t i = 0; i < n_rows; i++, r += row_size)                                       \
+        y[i] = fn((const void *)r, xq, nb);                                                   \
+    break
+    switch (t) {
+    case LH_TYPE_Q4_0: ROWS(vdot_q4_0);
+    case LH_TYPE_Q4_1: ROWS(vdot_q4_1);
+    case LH_TYPE_Q5_0: ROWS(vdot_q5_0);
+    case LH_TYPE_Q5_1: ROWS(vdot_q5_1);
+    case LH_TYPE_Q8_0: ROWS(vdot_q8_0);
+    case LH_TYPE_IQ4_NL: ROWS(vdot_iq4_nl);
+    case LH_TYPE_Q2_K: ROWS(vdot_q2_K);
+    case LH_TYPE_Q3_K: ROWS(vdot_q3_K);
+    case LH_TYPE_Q4_K: ROWS(vdot_q4_K);
+    case LH_TYPE_Q5_K: ROWS(vdot_q5_K);
+    case LH_TYPE_Q6_K: ROWS(vdot_q6_K);
+    default:
+        for (size_t i = 0; i < n_rows; i++)
+            y[i] = 0;
+        break;
     }
+#undef ROWS
 #else
     for (size_t i = 0; i < n_rows; i++, r += row_size)
         y[i] = lh_q8_kind(t) ? sdot_q8(t, r, xq, n) : 0;
 #endif
+}
+
+void lh_gemm_q8(lh_type t, const void *rows, size_t row_size, size_t n_rows, const void *xq,
+                size_t xq_stride, size_t n_act, size_t n, float *y, size_t ldy)
+{
+    const char *xa = xq;
+    size_t a = 0;
+#ifdef LH_HAVE_AVX2
+    /* NA activation rows at a time (kept in L1) against each of the n_rows weight rows */
+#define X4(fn, act_t)                                                                         \
+    for (; a + NA <= n_act; a += NA) {                                                        \
+        const act_t *acts[NA];                                                                \
+        for (int j = 0; j < NA; j++)                                                          \
+            acts[j] = (const void *)(xa + (a + j) * xq_stride);                               \
+        for (size_t r = 0; r < n_rows; r++) {                                                 \
+            float out[NA];                                                                    \
+            fn((const void *)((const char *)rows + r * row_size), acts, nb, out);             \
+            for (int j = 0; j < NA; j++)                                                      \
+                y[(a + j) * ldy + r] = out[j];                                                \
+        }                                                                                     \
+    }                                                                                         \
+    break
+    size_t nb = lh_type_block(t) ? n / lh_type_block(t) : 0;
+    switch (t) {
+    case LH_TYPE_Q4_0: X4(vdot_q4_0_x4, lh_block_q8a);
+    case LH_TYPE_Q8_0: X4(vdot_q8_0_x4, lh_block_q8a);
+    case LH_TYPE_Q4_K: X4(vdot_q4_K_x4, lh_block_q8K);
+    case LH_TYPE_Q5_K: X4(vdot_q5_K_x4, lh_block_q8K);
+    case LH_TYPE_Q6_K: X4(vdot_q6_K_x4, lh_block_q8K);
+    default: break;
+    }
+#undef X4
+#endif
+    for (; a < n_act; a++)
+        lh_dot_rows_q8(t, rows, row_size, xa + a * xq_stride, n, y + a * ldy, n_rows);
 }

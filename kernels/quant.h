@@ -25,6 +25,7 @@ typedef enum {
     LH_TYPE_Q4_K = 12,
     LH_TYPE_Q5_K = 13,
     LH_TYPE_Q6_K = 14,
+    LH_TYPE_IQ4_NL = 20,   /* llama-quantize's fallback for Q2_K/Q3_K rows not a multiple of 256 */
     LH_TYPE_BF16 = 30,
 } lh_type;
 
@@ -55,6 +56,12 @@ typedef struct {
     uint8_t qh[4];
     uint8_t qs[16];
 } lh_block_q5_1;           /* value = d * q + m; 24 bytes */
+
+typedef struct {
+    uint16_t d;
+    uint8_t qs[16];        /* nibbles index a fixed table of 16 int8 levels (lh_iq4nl_values) */
+} lh_block_iq4_nl;         /* value = d * table[q]; 18 bytes */
+extern const int8_t lh_iq4nl_values[16];
 
 /* K-quants: super-blocks of 256 elements. */
 #define LH_QK_K 256
@@ -89,11 +96,11 @@ typedef struct {
 
 /* ---- quantised activations, for the fused dot products (ours, not ggml's layout) ---------- */
 
-/* A 32-element block of the activation row: value = d * qs[i]; s = Σ qs (for the offset and
- * min terms of Q4_0/Q5_0/Q4_1/Q5_1). Pairs with every 32-block weight type. */
+/* A 32-element block of the activation row: value = d * qs[i]; ds = d * (float)Σ qs (the block
+ * sum, for the offset and min terms of Q4_0/Q5_0/Q4_1/Q5_1). Pairs with every 32-block weight
+ * type. */
 typedef struct {
-    float d;
-    int32_t s;
+    float d, ds;
     int8_t qs[32];
 } lh_block_q8a;            /* 40 bytes */
 /* A 256-element block (ggml's block_q8_K): value = d * qs[i]; bsums[j] = Σ qs[16j .. 16j+15]. */
@@ -104,7 +111,7 @@ typedef struct {
 } lh_block_q8K;            /* 292 bytes */
 
 /* 1 when the type is one this build reads (F32, F16, BF16, Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q2_K ..
- * Q6_K), 0 otherwise. */
+ * Q6_K, IQ4_NL), 0 otherwise. */
 int lh_type_known(uint32_t type);
 /* A name for any ggml type number ("F32", "Q4_K", ... or "type 99"); never NULL. */
 const char *lh_type_name(uint32_t type);
@@ -127,7 +134,8 @@ uint16_t lh_f32_to_bf16(float f);      /* round to nearest even */
 void lh_dequant_row(lh_type t, const void *src, float *dst, size_t n);
 /* dst = row src (F32) converted to type t (used by writers and tests).  Quantised types follow
  * ggml's reference quantisers (quantize_row_*_ref: what llama-quantize writes without an
- * importance matrix). */
+ * importance matrix; for IQ4_NL, whose _ref differs, quantize_iq4_nl without one, which is what
+ * llama-quantize calls). */
 void lh_quant_row(lh_type t, const float *src, void *dst, size_t n);
 /* Dot product of a row of type t with an F32 vector x, n elements (the F32 activation is used as
  * is: for quantised types this dequantises a block at a time; the decode GEMV uses
@@ -142,7 +150,7 @@ void lh_dot_rows(lh_type t, const void *rows, size_t row_size, const float *x, s
 /* ---- fused dequantise-and-dot over quantised activations (the decode GEMV) ---------------- */
 
 /* The activation type a weight type multiplies in lh_dot_rows_q8: LH_Q8A_32 (lh_block_q8a) for
- * Q4_0/Q4_1/Q5_0/Q5_1/Q8_0, LH_Q8A_256 (lh_block_q8K) for the K-quants, 0 for F32/F16/BF16 and
+ * Q4_0/Q4_1/Q5_0/Q5_1/Q8_0/IQ4_NL, LH_Q8A_256 (lh_block_q8K) for the K-quants, 0 for F32/F16/BF16 and
  * unknown types (those take F32 activations). */
 enum { LH_Q8A_32 = 1, LH_Q8A_256 = 2 };
 int lh_q8_kind(lh_type t);
@@ -156,5 +164,10 @@ void lh_q8_quant(lh_type t, const float *x, void *xq, size_t n);
  * integer sums inside each (sub-)block and float scaling (AVX-512 VNNI / AVX2 / scalar). */
 void lh_dot_rows_q8(lh_type t, const void *rows, size_t row_size, const void *xq, size_t n,
                     float *y, size_t n_rows);
+/* The same for n_act quantised activation rows (xq_stride bytes apart): y[a * ldy + r] =
+ * lh_dot_rows_q8's y[r] for activation a, bit for bit; several activation rows share each
+ * unpacked weight block where a kernel for that exists (prefill). */
+void lh_gemm_q8(lh_type t, const void *rows, size_t row_size, size_t n_rows, const void *xq,
+                size_t xq_stride, size_t n_act, size_t n, float *y, size_t ldy);
 
 #endif

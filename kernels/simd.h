@@ -15,6 +15,16 @@
 #define OMP(x)
 #endif
 
+/* Full unrolling of a short constant loop in a kernel (shift counts and shuffle masks then become
+ * immediates and constants). */
+#if defined(__GNUC__) && !defined(__clang__)
+#define LH_UNROLL _Pragma("GCC unroll 8")
+#elif defined(__clang__)
+#define LH_UNROLL _Pragma("unroll")
+#else
+#define LH_UNROLL
+#endif
+
 #if defined(__AVX2__) && defined(__FMA__)
 #define LH_HAVE_AVX2 1
 #include <immintrin.h>

@@ -110,6 +110,11 @@ static void test_dense_gqa(void)
     check_dense(8, 2, 64, LH_TYPE_F32, 1, 500, 8);       /* group 4, split for 8 threads */
     check_dense(8, 1, 32, LH_TYPE_F32, 5, 129, 16);      /* one KV head, many threads */
     check_dense(4, 2, 3, LH_TYPE_F32, 257, 0, 3);        /* a long batch from position 0 */
+    /* the cache read in place (up to 8 rows per item, head_dim % 8 == 0), F32 and F16 */
+    check_dense(16, 2, 64, LH_TYPE_F32, 1, 300, 1);      /* group 8, one thread: 8 rows */
+    check_dense(8, 2, 64, LH_TYPE_F32, 2, 129, 1);       /* 2 queries x group 4 */
+    check_dense(32, 4, 64, LH_TYPE_F16, 1, 1000, 2);     /* TinyLlama's group of 8 */
+    check_dense(12, 12, 64, LH_TYPE_F32, 1, 2000, 2);    /* stories110M's heads, 16 key tiles */
 }
 
 static void test_store_scratch(void)

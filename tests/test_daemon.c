@@ -27,7 +27,7 @@ typedef struct {
     char last_err[16][256];
     /* actions taken from inside the callback, on the first PROGRESS of act_id */
     uint64_t act_owner, act_id;
-    int act_cancel, act_cancel_owner, act_dup, acted;
+    int act_cancel, act_cancel_owner, act_dup, act_stall, acted;
     int dup_rc;
     char dup_msg[256];
 } rec;
@@ -77,6 +77,8 @@ static void on_ev(void *ud, const lh_sched_event *ev)
         lh_sched_cancel(r->s, ev->owner, ev->id);
     if (r->act_cancel_owner)
         lh_sched_cancel_owner(r->s, ev->owner);
+    if (r->act_stall)
+        usleep(1200000); /* the compute thread is stuck (as in a hung forward pass) */
 }
 
 /* Waits until request id has n terminal events (Final, Error or a result). */
@@ -225,6 +227,21 @@ static void test_cancel_queued_final(void)
     CU_ASSERT_EQUAL(r.last_final[2].n_prompt, 5);
     CU_ASSERT_EQUAL(r.last_final[2].n_generated, 0);
     pthread_mutex_unlock(&r.lock);
+    /* a request timeout: queued behind the paused one, it expires there */
+    lh_sched_args a;
+    memset(&a, 0, sizeof a);
+    a.kind = LH_REQ_GENERATE;
+    a.attn = -1;
+    lh_sampler_params_default(&a.sp);
+    a.timeout_ms = 50;
+    char msg[256];
+    CU_ASSERT_EQUAL(lh_sched_submit(s, 3, 6, &a, msg, sizeof msg), LH_ERR_NONE);
+    CU_ASSERT(wait_done(&r, 6, 1));
+    pthread_mutex_lock(&r.lock);
+    CU_ASSERT_EQUAL(r.last_final[6].finish, LH_FINISH_ERROR);
+    CU_ASSERT_EQUAL(r.last_final[6].err, LH_ERR_TIMEOUT);
+    CU_ASSERT(r.last_final[6].queue_ms >= 50);
+    pthread_mutex_unlock(&r.lock);
     lh_sched_cancel(s, 1, 1);
     lh_sched_set_throttled(s, 1, 0);
     CU_ASSERT(wait_done(&r, 1, 1));
@@ -335,14 +352,40 @@ static void test_slot_idle_release(void)
     free_sched(&r);
 }
 
+/* The watchdog's heartbeat comes from the compute thread's progress: fresh while idle, stale
+ * while that thread is stuck. */
+static void test_heartbeat(void)
+{
+    static rec r;
+    lh_sched *s = new_sched(&r, g_model, 1);
+    CU_ASSERT_PTR_NOT_NULL_FATAL(s);
+    usleep(300000);
+    lh_sched_stats st;
+    lh_sched_get_stats(s, &st);
+    CU_ASSERT(st.heartbeat_age_s < 0.25); /* idle, it still goes round every 100 ms */
+    r.act_owner = 1;
+    r.act_id = 1;
+    r.act_stall = 1;
+    CU_ASSERT_EQUAL(submit_gen(s, 1, 1, "Once", 4), LH_ERR_NONE);
+    usleep(900000);
+    lh_sched_get_stats(s, &st);
+    CU_ASSERT(st.heartbeat_age_s > 0.6);
+    CU_ASSERT(wait_done(&r, 1, 1));
+    usleep(300000);
+    lh_sched_get_stats(s, &st);
+    CU_ASSERT(st.heartbeat_age_s < 0.25);
+    free_sched(&r);
+}
+
 void lh_test_daemon(void)
 {
     CU_pSuite s = CU_add_suite("daemon", suite_init, suite_clean);
     CU_add_test(s, "a cancel and a duplicate id while admitting are not lost",
                 test_cancel_while_admitting);
     CU_add_test(s, "a disconnect while admitting cancels", test_disconnect_while_admitting);
-    CU_add_test(s, "Final of a request cancelled while queued has n_prompt", test_cancel_queued_final);
+    CU_add_test(s, "Final of a request cancelled while queued has n_prompt; queue timeout", test_cancel_queued_final);
     CU_add_test(s, "huge prompt refused at submit; duplicate id refused", test_limits_at_submit);
     CU_add_test(s, "model file changed in place: refused, fatal", test_model_changed_in_place);
     CU_add_test(s, "an idle slot gives its KV cache back", test_slot_idle_release);
+    CU_add_test(s, "the watchdog heartbeat follows the compute thread", test_heartbeat);
 }

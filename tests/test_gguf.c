@@ -231,7 +231,7 @@ static void test_writer_roundtrip(void)
     CU_ASSERT_EQUAL(lh_gguf_writer_tensor(w, "t.f32", LH_TYPE_F32, 1, ne[0], data[0]), LH_E_FORMAT);
     const uint64_t bad_q8[1] = {33};
     CU_ASSERT_EQUAL(lh_gguf_writer_tensor(w, "t.bad", LH_TYPE_Q8_0, 1, bad_q8, data[3]), LH_E_FORMAT);
-    CU_ASSERT_EQUAL(lh_gguf_writer_tensor(w, "t.bad", (lh_type)20, 1, ne[0], data[0]), LH_E_FORMAT);
+    CU_ASSERT_EQUAL(lh_gguf_writer_tensor(w, "t.bad", (lh_type)23, 1, ne[0], data[0]), LH_E_FORMAT);
 
     void *buf = NULL;
     size_t size = 0;
@@ -328,7 +328,7 @@ static void test_quant_truncated(void)
 {
     static const lh_type ts[] = {LH_TYPE_Q4_0, LH_TYPE_Q4_1, LH_TYPE_Q5_0, LH_TYPE_Q5_1,
                                  LH_TYPE_Q2_K, LH_TYPE_Q3_K, LH_TYPE_Q4_K, LH_TYPE_Q5_K,
-                                 LH_TYPE_Q6_K};
+                                 LH_TYPE_Q6_K, LH_TYPE_IQ4_NL};
     for (size_t i = 0; i < sizeof ts / sizeof ts[0]; i++) {
         lh_gguf_writer *w = NULL;
         CU_ASSERT_EQUAL_FATAL(lh_gguf_writer_new(&w), 0);

@@ -37,14 +37,14 @@ static void test_ref_values(void)
  * offset and min terms are applied once per block, see tests/test_quant.c). */
 static void check_matmul(lh_type t, size_t n_in, size_t n_out, size_t max_rows)
 {
-    static const size_t rows[] = {1, 2, 3, 17, 20};
+    static const size_t rows[] = {1, 2, 3, 17, 20, 130};   /* 130: past the integer prefill */
     float *wf = malloc(n_out * n_in * sizeof *wf), *x = malloc(max_rows * n_in * sizeof *x);
     float *y = malloc(max_rows * n_out * sizeof *y), *yr = malloc(max_rows * n_out * sizeof *yr);
     float *wd = malloc(n_in * sizeof *wd);
     size_t rs = lh_type_row_size(t, n_in);
     char *w = malloc(n_out * rs);
     double *mag = malloc(max_rows * n_out * sizeof *mag);
-    double *qtol = malloc(n_out * sizeof *qtol);   /* the GEMV bound at 1 row, see above */
+    double *qtol = malloc(max_rows * n_out * sizeof *qtol);   /* the 8-bit bound, see above */
     size_t qblk = lh_q8_kind(t) == LH_Q8A_256 ? 256 : 32;
     for (size_t i = 0; i < n_out * n_in; i++)
         wf[i] = frand(-1, 1);
@@ -60,17 +60,25 @@ static void check_matmul(lh_type t, size_t n_in, size_t n_out, size_t max_rows)
                 m += fabs((double)wd[i] * x[r * n_in + i]);
             mag[r * n_out + o] = m;
         }
-        double wmax = 0, qe = 0, m2 = 0;
+        double wmax = 0;
         for (size_t i = 0; i < n_in; i++)
             wmax = fabs(wd[i]) > wmax ? fabs(wd[i]) : wmax;
-        for (size_t i = 0; i < n_in; i++) {
+        for (size_t r = 0; r < max_rows; r++) {
+            const float *xr = x + r * n_in;
+            double qe = 0, m2 = 0;
             float amax = 0;
-            for (size_t j = i / qblk * qblk; j < (i / qblk + 1) * qblk && j < n_in; j++)
-                amax = fabsf(x[j]) > amax ? fabsf(x[j]) : amax;
-            qe += fabs(wd[i]) * amax / 127 * 0.5;
-            m2 += (fabs(wd[i]) + wmax) * fabs(x[i]);
+            for (size_t i = 0; i < n_in; i++) {
+                if (i % qblk == 0) {   /* the activation block's amax: its step is amax/127 */
+                    amax = 0;
+                    for (size_t j = i; j < i + qblk && j < n_in; j++)
+                        amax = fabsf(xr[j]) > amax ? fabsf(xr[j]) : amax;
+                }
+                qe += fabs(wd[i]) * amax / 127 * 0.5;
+                m2 += (fabs(wd[i]) + wmax) * fabs(xr[i]);
+            }
+            qtol[r * n_out + o] =
+                lh_q8_kind(t) ? qe * 1.001 + 1.01e-5 * m2 : 1e-5 * mag[r * n_out + o];
         }
-        qtol[o] = lh_q8_kind(t) ? qe * 1.001 + 1.01e-5 * m2 : 1e-5 * mag[o];
     }
     lh_matmul *mm = NULL;
     int rc = lh_matmul_new(&mm, t, n_in, n_out, max_rows);
@@ -85,13 +93,14 @@ static void check_matmul(lh_type t, size_t n_in, size_t n_out, size_t max_rows)
         lh_matmul_ref(t, w, x, nr, n_in, n_out, yr);
         int bad = 0;
         for (size_t i = 0; i < nr * n_out; i++)
-            bad += !(fabs((double)y[i] - yr[i]) <= (nr == 1 ? qtol[i] : 1e-5 * mag[i]) + 1e-30);
+            bad += !(fabs((double)y[i] - yr[i]) <= qtol[i] + 1e-30);
         if (bad)
             fprintf(stderr, "\n  matmul %s %zux%zu rows %zu: %d bad\n", lh_type_name(t), n_out,
                     n_in, nr, bad);
         CU_ASSERT_EQUAL(bad, 0);
-        if (nr <= 2) {
-            /* the oneDNN path also at 1 and 2 rows (what kbench compares the GEMV with) */
+        if (nr <= 2 || lh_q8_kind(t)) {
+            /* the oneDNN path (F32 activations, dequantised panels) also at 1 and 2 rows (what
+             * kbench compares the GEMV with) and at every row count for quantised types */
             for (size_t i = 0; i < nr * n_out; i++)
                 y[i] = NAN;
             CU_ASSERT_EQUAL(lh_matmul_run_dnnl(mm, w, x, nr, y), 0);
@@ -141,16 +150,17 @@ static void test_matmul_q8_0(void)
  * odd row counts; n_in = 2560 makes a panel 192 rows, so n_out = 257 is a panel and a 65-row tail. */
 static void test_matmul_quant(void)
 {
-    static const lh_type legacy[] = {LH_TYPE_Q4_0, LH_TYPE_Q4_1, LH_TYPE_Q5_0, LH_TYPE_Q5_1};
+    static const lh_type legacy[] = {LH_TYPE_Q4_0, LH_TYPE_Q4_1, LH_TYPE_Q5_0, LH_TYPE_Q5_1,
+                                     LH_TYPE_IQ4_NL};
     static const lh_type kq[] = {LH_TYPE_Q2_K, LH_TYPE_Q3_K, LH_TYPE_Q4_K, LH_TYPE_Q5_K,
                                  LH_TYPE_Q6_K};
-    for (size_t i = 0; i < 4; i++) {
+    for (size_t i = 0; i < 5; i++) {
         check_matmul(legacy[i], 32, 1, 3);
-        check_matmul(legacy[i], 96, 17, 20);
+        check_matmul(legacy[i], 96, 17, 130);
         check_matmul(legacy[i], 2560, 257, 17);
     }
     for (size_t i = 0; i < 5; i++) {
-        check_matmul(kq[i], 256, 3, 20);
+        check_matmul(kq[i], 256, 3, 130);
         check_matmul(kq[i], 768, 17, 20);
         check_matmul(kq[i], 2560, 257, 17);
     }
@@ -162,7 +172,7 @@ static void test_matmul_errors(void)
     CU_ASSERT_EQUAL(lh_matmul_new(&m, LH_TYPE_Q8_0, 33, 4, 4), -EINVAL);   /* not whole blocks */
     CU_ASSERT_PTR_NULL(m);
     CU_ASSERT_EQUAL(lh_matmul_new(&m, LH_TYPE_Q4_K, 32, 4, 4), -EINVAL);  /* not a super-block */
-    CU_ASSERT_EQUAL(lh_matmul_new(&m, (lh_type)20, 256, 4, 4), -EINVAL);  /* IQ4_NL: not read */
+    CU_ASSERT_EQUAL(lh_matmul_new(&m, (lh_type)23, 256, 4, 4), -EINVAL);  /* IQ4_XS: not read */
     CU_ASSERT_EQUAL(lh_matmul_new(&m, LH_TYPE_F32, 0, 4, 4), -EINVAL);
     CU_ASSERT_EQUAL_FATAL(lh_matmul_new(&m, LH_TYPE_F32, 8, 4, 4), 0);
     float w[32] = {0}, x[40] = {0}, y[20];
@@ -247,7 +257,7 @@ void lh_test_matmul(void)
     CU_add_test(s, "F16 (panels + tail)", test_matmul_f16);
     CU_add_test(s, "BF16 (panels + tail)", test_matmul_bf16);
     CU_add_test(s, "Q8_0 (panels + tail)", test_matmul_q8_0);
-    CU_add_test(s, "Q4_0 .. Q5_1, Q2_K .. Q6_K (GEMV, panels + tail)", test_matmul_quant);
+    CU_add_test(s, "Q4_0 .. Q5_1, Q2_K .. Q6_K, IQ4_NL (GEMV, panels + tail)", test_matmul_quant);
     CU_add_test(s, "errors", test_matmul_errors);
     CU_add_test(s, "gemm nt/nn", test_gemm);
 }

@@ -220,6 +220,66 @@ static void test_longheads_inside_window_equals_full(void)
     free(b);
 }
 
+/* lh_ctx_set_abort: stopped after `after` layer checks. */
+typedef struct {
+    int calls, after;
+} abort_state;
+
+static int abort_after(void *ud)
+{
+    abort_state *a = ud;
+    return ++a->calls > a->after;
+}
+
+/* A prefill stopped between layers keeps exactly the complete slices, and going on from there
+ * gives the logits of an uninterrupted run (full attention and LongHeads past its window). */
+static void check_abort(lh_attn_mode attn)
+{
+    size_t V = lh_model_hparams(g_model)->n_vocab, n_layer = lh_model_hparams(g_model)->n_layer;
+    size_t n = 300;
+    int32_t toks[300];
+    for (size_t i = 0; i < n; i++)
+        toks[i] = (int32_t)(3 + (i * 7919) % (V - 3));
+    lh_ctx_params p;
+    lh_ctx_params_default(&p);
+    p.attn = attn;
+    p.chunk = 16;
+    p.window = 64;
+    p.n_batch = 32;
+    p.n_ctx = n;
+    lh_ctx *a = NULL, *b = NULL;
+    float *la = malloc(V * sizeof *la), *lb = malloc(V * sizeof *lb);
+    CU_ASSERT_FATAL(la && lb);
+    CU_ASSERT_EQUAL_FATAL(lh_ctx_new(&a, g_model, &p), 0);
+    CU_ASSERT_EQUAL_FATAL(lh_ctx_new(&b, g_model, &p), 0);
+    CU_ASSERT_EQUAL(lh_ctx_eval(a, toks, n, la, 0), 0);
+    /* stop b inside the fifth slice (tokens 128..159): 4 slices of 32 complete */
+    abort_state st = {0, (int)(4 * (n_layer - 1) + 2)};
+    lh_ctx_set_abort(b, abort_after, &st);
+    CU_ASSERT_EQUAL(lh_ctx_eval(b, toks, n, lb, 0), LH_E_CANCELLED);
+    lh_ctx_set_abort(b, NULL, NULL);
+    size_t kept = lh_ctx_n_past(b);
+    CU_ASSERT(kept == 128 || (attn == LH_ATTN_LONGHEADS && kept % p.chunk == 0 && kept < 128));
+    CU_ASSERT_EQUAL(lh_ctx_eval(b, toks + kept, n - kept, lb, 0), 0);
+    CU_ASSERT_EQUAL(lh_ctx_n_past(b), n);
+    float maxd = 0;
+    for (size_t v = 0; v < V; v++) {
+        float d = la[v] > lb[v] ? la[v] - lb[v] : lb[v] - la[v];
+        maxd = d > maxd ? d : maxd;
+    }
+    CU_ASSERT(maxd < 1e-4f);
+    lh_ctx_free(a);
+    lh_ctx_free(b);
+    free(la);
+    free(lb);
+}
+
+static void test_abort_between_layers(void)
+{
+    check_abort(LH_ATTN_FULL);
+    check_abort(LH_ATTN_LONGHEADS);
+}
+
 static void test_limits_and_errors(void)
 {
     lh_ctx_params p;
@@ -823,6 +883,7 @@ void lh_test_model(void)
     CU_add_test(s, "prefill equals decode (longheads, 17x window)", test_prefill_equals_decode_longheads);
     CU_add_test(s, "longheads inside the window equals full", test_longheads_inside_window_equals_full);
     CU_add_test(s, "limits and errors", test_limits_and_errors);
+    CU_add_test(s, "a prefill stopped between layers resumes exactly", test_abort_between_layers);
     CU_add_test(s, "F16, BF16 and Q8_0 weights follow F32", test_weight_types);
     CU_add_test(s, "unusable models are refused", test_bad_models);
     CU_add_test(s, "LongHeads defaults from the file", test_longheads_defaults_from_file);

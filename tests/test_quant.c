@@ -60,6 +60,7 @@ static void test_types(void)
         CU_ASSERT(lh_type_known(t));
     /* Q8_1 / Q8_K are ggml's internal activation types, never in files; IQ*, TQ*, MXFP4 unread */
     CU_ASSERT(!lh_type_known(4) && !lh_type_known(9) && !lh_type_known(15) && !lh_type_known(16));
+    CU_ASSERT(lh_type_known(20));   /* IQ4_NL: llama-quantize's Q2_K/Q3_K fallback */
     CU_ASSERT(!lh_type_known(23) && !lh_type_known(31) && !lh_type_known(39) && !lh_type_known(1000));
     CU_ASSERT_EQUAL(lh_type_block(LH_TYPE_Q8_0), 32);
     CU_ASSERT_EQUAL(lh_type_block(LH_TYPE_F16), 1);
@@ -67,12 +68,13 @@ static void test_types(void)
     CU_ASSERT_EQUAL(lh_type_block(LH_TYPE_Q5_1), 32);
     CU_ASSERT_EQUAL(lh_type_block(LH_TYPE_Q2_K), 256);
     CU_ASSERT_EQUAL(lh_type_block(LH_TYPE_Q6_K), 256);
-    CU_ASSERT_EQUAL(lh_type_block(20), 0);
+    CU_ASSERT_EQUAL(lh_type_block(LH_TYPE_IQ4_NL), 32);
+    CU_ASSERT_EQUAL(lh_type_block(23), 0);
     /* ggml's block sizes (ggml-common.h static_asserts) */
     static const struct { lh_type t; size_t size; } bs[] = {
         {LH_TYPE_Q4_0, 18}, {LH_TYPE_Q4_1, 20}, {LH_TYPE_Q5_0, 22}, {LH_TYPE_Q5_1, 24},
         {LH_TYPE_Q2_K, 84}, {LH_TYPE_Q3_K, 110}, {LH_TYPE_Q4_K, 144}, {LH_TYPE_Q5_K, 176},
-        {LH_TYPE_Q6_K, 210},
+        {LH_TYPE_Q6_K, 210}, {LH_TYPE_IQ4_NL, 18},
     };
     for (size_t i = 0; i < sizeof bs / sizeof bs[0]; i++)
         CU_ASSERT_EQUAL(lh_type_block_size(bs[i].t), bs[i].size);
@@ -85,7 +87,7 @@ static void test_types(void)
     CU_ASSERT_EQUAL(lh_type_row_size(LH_TYPE_F32, 17), 68);
     CU_ASSERT_EQUAL(lh_type_row_size(LH_TYPE_F16, 17), 34);
     CU_ASSERT_EQUAL(lh_type_row_size(LH_TYPE_BF16, 3), 6);
-    CU_ASSERT_EQUAL(lh_type_row_size(20, 256), 0);
+    CU_ASSERT_EQUAL(lh_type_row_size(23, 256), 0);
 }
 
 static void test_f16_edges(void)
@@ -411,6 +413,14 @@ static void test_known_blocks(void)
         CU_ASSERT(y[0] == 68.5f && y[1] == -1.5f);
         CU_ASSERT(y[161] == 815.0f);  /* 33*(9+16) - 10 */
     }
+    {   /* IQ4_NL: d * table[q] */
+        lh_block_iq4_nl b;
+        memset(&b, 0, sizeof b);      /* q 0: table -127 */
+        b.d = H_HALF;
+        b.qs[0] = 0xf8, b.qs[9] = 0x07;
+        lh_dequant_row(LH_TYPE_IQ4_NL, &b, y, 32);
+        CU_ASSERT(y[0] == 0.5f && y[16] == 56.5f && y[9] == -5.0f && y[25] == -63.5f);
+    }
     {   /* Q6_K: d sc (q - 32), 16-element signed scales */
         lh_block_q6_K b;
         memset(&b, 0, sizeof b);
@@ -429,7 +439,7 @@ static void test_known_blocks(void)
 
 static const lh_type qtypes[] = {LH_TYPE_Q4_0, LH_TYPE_Q4_1, LH_TYPE_Q5_0, LH_TYPE_Q5_1,
                                  LH_TYPE_Q8_0, LH_TYPE_Q2_K, LH_TYPE_Q3_K, LH_TYPE_Q4_K,
-                                 LH_TYPE_Q5_K, LH_TYPE_Q6_K};
+                                 LH_TYPE_Q5_K, LH_TYPE_Q6_K, LH_TYPE_IQ4_NL};
 #define N_QTYPES (sizeof qtypes / sizeof qtypes[0])
 
 static uint64_t fnv1a(const void *p, size_t n)
@@ -476,6 +486,7 @@ static void test_vs_ggml(void)
         {LH_TYPE_Q4_K, 0x5ff81153379f85d0ull, 0xe524b338b9922bc3ull},
         {LH_TYPE_Q5_K, 0x322071f78d323b38ull, 0xede58a60b17fe86eull},
         {LH_TYPE_Q6_K, 0xc85557a35caf76a4ull, 0x6e043ea4a27c95e7ull},
+        {LH_TYPE_IQ4_NL, 0x1cd9f1229384d261ull, 0xa36b9a56becbf15bull},   /* quantize_iq4_nl */
     };
     float x[1024], y[1024];
     static unsigned char q[2048];
@@ -502,7 +513,7 @@ static void test_roundtrip(void)
     static const struct { lh_type t; double bound; } rt[] = {
         {LH_TYPE_Q4_0, 0.085}, {LH_TYPE_Q4_1, 0.078}, {LH_TYPE_Q5_0, 0.04}, {LH_TYPE_Q5_1, 0.038},
         {LH_TYPE_Q8_0, 0.005}, {LH_TYPE_Q2_K, 0.30}, {LH_TYPE_Q3_K, 0.165}, {LH_TYPE_Q4_K, 0.072},
-        {LH_TYPE_Q5_K, 0.036}, {LH_TYPE_Q6_K, 0.017},
+        {LH_TYPE_Q5_K, 0.036}, {LH_TYPE_Q6_K, 0.017}, {LH_TYPE_IQ4_NL, 0.085},
     };
     size_t n = 256 * 6;
     float *x = malloc(n * sizeof *x), *y = malloc(n * sizeof *y);
@@ -530,8 +541,8 @@ static void test_roundtrip(void)
     free(x), free(y), free(q);
 }
 
-/* The activation quantisers: |x - d q| <= d/2 (+ rounding of d), block sums exact, and the
- * largest magnitude maps to ±127. */
+/* The activation quantisers: |x - d q| <= d/2 (+ rounding of d), block sums exact (d times the
+ * integer sum for the 32-blocks), and the largest magnitude maps to ±127. */
 static void test_q8_act(void)
 {
     size_t n = 512;
@@ -555,7 +566,7 @@ static void test_q8_act(void)
             amax = abs(a[b].qs[j]) > amax ? abs(a[b].qs[j]) : amax;
             bad += !(fabsf(v - a[b].d * a[b].qs[j]) <= 0.5001f * a[b].d);
         }
-        bad += s != a[b].s || amax != 127;
+        bad += a[b].ds != a[b].d * (float)s || amax != 127;
     }
     for (size_t b = 0; b < 2; b++) {
         int amax = 0;
@@ -577,7 +588,7 @@ static void test_q8_act(void)
     memset(x, 0, sizeof x);
     lh_q8_quant(LH_TYPE_Q2_K, x, k, 256);
     lh_q8_quant(LH_TYPE_Q8_0, x, a, 32);
-    CU_ASSERT(k[0].d == 0 && k[0].qs[5] == 0 && k[0].bsums[3] == 0 && a[0].d == 0 && a[0].s == 0);
+    CU_ASSERT(k[0].d == 0 && k[0].qs[5] == 0 && k[0].bsums[3] == 0 && a[0].d == 0 && a[0].ds == 0);
 }
 
 /* lh_dot_rows_q8 against the plain reference of the same math: the exact dequantised weights
@@ -660,6 +671,47 @@ static void test_fused(void)
     CU_ASSERT_EQUAL(bad_f32, 0);
 }
 
+/* lh_gemm_q8 (several activation rows per weight row, for prefill) gives exactly lh_dot_rows_q8's
+ * floats for every pair: the kernels keep the per-pair operations and their order. 7 activation
+ * rows: one group of four and three single rows; ldy wider than the row count. */
+static void test_gemm_q8(void)
+{
+    enum { NR = 5, NACT = 7, LDY = 9 };
+    int bad = 0;
+    for (size_t ti = 0; ti < N_QTYPES; ti++) {
+        lh_type t = qtypes[ti];
+        size_t n = lh_type_block(t) == 256 ? 512 : 96, rs = lh_type_row_size(t, n);
+        size_t qs = lh_q8_size(t, n);
+        float *w = malloc(NR * n * sizeof *w), *x = malloc(NACT * n * sizeof *x);
+        char *rows = malloc(NR * rs), *xq = malloc(NACT * qs);
+        float y[NACT * LDY], e[NR];
+        for (size_t i = 0; i < NR * n; i++)
+            w[i] = frand(-1, 1);
+        for (size_t i = 0; i < NACT * n; i++)
+            x[i] = frand(-1, 1);
+        for (size_t r = 0; r < NR; r++)
+            lh_quant_row(t, w + r * n, rows + r * rs, n);
+        for (size_t a = 0; a < NACT; a++)
+            lh_q8_quant(t, x + a * n, xq + a * qs, n);
+        for (size_t i = 0; i < NACT * LDY; i++)
+            y[i] = NAN;
+        lh_gemm_q8(t, rows, rs, NR, xq, qs, NACT, n, y, LDY);
+        int tb = 0;
+        for (size_t a = 0; a < NACT; a++) {
+            lh_dot_rows_q8(t, rows, rs, xq + a * qs, n, e, NR);
+            for (size_t r = 0; r < NR; r++)
+                tb += memcmp(&y[a * LDY + r], &e[r], sizeof e[r]) != 0;
+            for (size_t r = NR; r < LDY; r++)
+                tb += !isnan(y[a * LDY + r]);   /* nothing written past the rows */
+        }
+        if (tb)
+            fprintf(stderr, "\n  gemm_q8 %s: %d differ\n", lh_type_name(t), tb);
+        bad += tb;
+        free(w), free(x), free(rows), free(xq);
+    }
+    CU_ASSERT_EQUAL(bad, 0);
+}
+
 void lh_test_quant(void)
 {
     CU_pSuite s = CU_add_suite("quant", NULL, NULL);
@@ -678,4 +730,5 @@ void lh_test_quant(void)
     CU_add_test(s, "quantise round trip", test_roundtrip);
     CU_add_test(s, "8-bit activations", test_q8_act);
     CU_add_test(s, "fused 8-bit dot products", test_fused);
+    CU_add_test(s, "several activation rows at once, bit for bit", test_gemm_q8);
 }

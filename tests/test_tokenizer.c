@@ -700,7 +700,8 @@ static void test_vectors(void)
         snprintf(out, sizeof out, "tests/data/vocab/ggml-vocab-%s.gguf.out", VOCABS[k]);
         size_t total, passed = run_vectors(v.t, "tests/data/vocab/ggml-vocab.inp", out, 0, &total,
                                            VOCABS[k]);
-        printf("\n  llama.cpp vectors %-15s %s %zu/%zu", VOCABS[k], lh_tok_kind(v.t), passed, total);
+        printf("\n  llama.cpp vectors %-15s %s %zu/%zu", VOCABS[k], lh_tok_kind(v.t), passed,
+               total);
         CU_ASSERT(total >= 40);
         CU_ASSERT_EQUAL(passed, total);
         vocab_close(&v);
@@ -718,7 +719,8 @@ static void test_hard(void)
         snprintf(out, sizeof out, "tests/data/vocab/ggml-vocab-%s.gguf.hard.out", VOCABS[k]);
         size_t total, passed = run_vectors(v.t, "tests/data/vocab/hard.inp", out, 0, &total,
                                            VOCABS[k]);
-        printf("\n  harder inputs     %-15s %s %zu/%zu", VOCABS[k], lh_tok_kind(v.t), passed, total);
+        printf("\n  harder inputs     %-15s %s %zu/%zu", VOCABS[k], lh_tok_kind(v.t), passed,
+               total);
         CU_ASSERT(total >= 30);
         CU_ASSERT_EQUAL(passed, total);
         vocab_close(&v);

@@ -549,7 +549,8 @@ int main(int argc, char **argv)
             int prc = lh_params_set(&cp, NULL, a + 2, v);
             if (prc)
                 return 2;  /* lh_params_set logged the accepted range */
-            o.attn = cp.attn;
+            if (!strcmp(a, "--attn"))
+                o.attn = cp.attn;   /* the others must not reset it */
             o.cp = cp;
             o.cp.attn = LH_ATTN_FULL;
         } else {

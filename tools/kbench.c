@@ -4,8 +4,11 @@
  *   attention: dense per-token cost (decode and a 64-token prefill slice) at several context
  *           lengths, F32 and F16 KV, against the scalar reference where that is affordable.
  *
- * Usage: longheads-kbench [max_ctx]   (default 16384; attention contexts 1k, 4k, then x4 up to
- * max_ctx).  The default run takes well under a minute on two cores.
+ *   GEMV: decode (M = 1) for every weight type at TinyLlama-1.1B's shapes, ms and GB/s of weights.
+ *
+ * Usage: longheads-kbench [max_ctx | gemv]   (default 16384; attention contexts 1k, 4k, then x4
+ * up to max_ctx; `gemv`: the GEMV table only).  The default run takes about a minute on two
+ * cores.
  */
 #include <errno.h>
 #include <stdio.h>
@@ -149,6 +152,81 @@ static int bench_matmul(void)
     return 0;
 }
 
+#ifdef _OPENMP
+/* Q8_0 rows against the F32 activation (the pre-quantised-activation kernel), split over threads
+ * like the GEMV: the comparison that decided Q8_0 takes the 8-bit activation path. */
+static int run_q8_f32x(void *p)
+{
+    mm_arg *a = p;
+    size_t rs = lh_type_row_size(LH_TYPE_Q8_0, a->n_in), n_blk = (a->n_out + 15) / 16;
+#pragma omp parallel for schedule(static)
+    for (size_t b = 0; b < n_blk; b++) {
+        size_t o = b * 16, nr = a->n_out - o < 16 ? a->n_out - o : 16;
+        lh_dot_rows(LH_TYPE_Q8_0, (const char *)a->w + o * rs, rs, a->x, a->n_in, a->y + o, nr);
+    }
+    return 0;
+}
+#endif
+
+/* Decode GEMV (M = 1) for every weight type at TinyLlama-1.1B's shapes: time per call and the
+ * weight bytes streamed per second (the figure to hold against the memory bandwidth). */
+static int bench_gemv(void)
+{
+    static const size_t shapes[][2] = {{2048, 2048}, {5632, 2048}, {2048, 5632}};   /* n_out, n_in */
+    static const lh_type types[] = {LH_TYPE_F32, LH_TYPE_F16, LH_TYPE_BF16, LH_TYPE_Q8_0,
+                                    LH_TYPE_Q4_0, LH_TYPE_Q4_1, LH_TYPE_Q5_0, LH_TYPE_Q5_1,
+                                    LH_TYPE_IQ4_NL, LH_TYPE_Q2_K, LH_TYPE_Q3_K, LH_TYPE_Q4_K,
+                                    LH_TYPE_Q5_K, LH_TYPE_Q6_K};
+    size_t nt = sizeof types / sizeof types[0];
+    printf("GEMV (decode, M = 1)  ms per call and GB/s of weight bytes\n%-8s", "type");
+    for (size_t si = 0; si < 3; si++) {
+        char shape[32];
+        snprintf(shape, sizeof shape, "%zux%zu", shapes[si][0], shapes[si][1]);
+        printf(" %20s", shape);
+    }
+    printf("\n");
+    size_t max = 5632 * 2048;
+    float *wf = malloc(max * sizeof *wf), *x = malloc(5632 * sizeof *x), *y = malloc(5632 * sizeof *y);
+    void *w = malloc(max * sizeof(float));
+    if (!wf || !x || !y || !w)
+        return -ENOMEM;
+    for (size_t i = 0; i < max; i++)
+        wf[i] = frand() * 0.02f;
+    for (size_t i = 0; i < 5632; i++)
+        x[i] = frand();
+    for (size_t ti = 0; ti <= nt; ti++) {
+        int f32x = ti == nt;   /* the extra row: Q8_0 with F32 activations */
+#ifndef _OPENMP
+        if (f32x)
+            break;
+#endif
+        lh_type t = f32x ? LH_TYPE_Q8_0 : types[ti];
+        printf("%-8s", f32x ? "Q8_0/f32" : lh_type_name(t));
+        for (size_t si = 0; si < 3; si++) {
+            size_t n_out = shapes[si][0], n_in = shapes[si][1], rs = lh_type_row_size(t, n_in);
+            for (size_t o = 0; o < n_out; o++)
+                lh_quant_row(t, wf + o * n_in, (char *)w + o * rs, n_in);
+            lh_matmul *m;
+            int rc = lh_matmul_new(&m, t, n_in, n_out, 1);
+            if (rc)
+                return rc;
+            mm_arg a = {m, t, w, x, y, 1, n_in, n_out};
+#ifdef _OPENMP
+            double tg = timeit(f32x ? run_q8_f32x : run_gemv, &a, 0.2);
+#else
+            double tg = timeit(run_gemv, &a, 0.2);
+#endif
+            printf(" %8.3f ms %6.1f GB/s", tg * 1e3, (double)(rs * n_out) / tg * 1e-9);
+            fflush(stdout);
+            lh_matmul_free(m);
+        }
+        printf("\n");
+    }
+    printf("\n");
+    free(wf), free(x), free(y), free(w);
+    return 0;
+}
+
 typedef struct {
     lh_attn_shape s;
     const float *q;
@@ -232,11 +310,12 @@ static int bench_attn(size_t max_ctx, size_t n_threads)
 int main(int argc, char **argv)
 {
     size_t max_ctx = 16384;
-    if (argc > 1) {
+    int gemv_only = argc > 1 && !strcmp(argv[1], "gemv");
+    if (argc > 1 && !gemv_only) {
         char *end;
         unsigned long long v = strtoull(argv[1], &end, 10);
         if (*end || v < 1024 || v > (1ull << 20)) {
-            fprintf(stderr, "usage: %s [max_ctx: 1024 .. 1048576]\n", argv[0]);
+            fprintf(stderr, "usage: %s [max_ctx: 1024 .. 1048576 | gemv]\n", argv[0]);
             return 2;
         }
         max_ctx = (size_t)v;
@@ -246,8 +325,10 @@ int main(int argc, char **argv)
     n_threads = (size_t)omp_get_max_threads();
 #endif
     printf("longheads-kbench: %zu threads\n\n", n_threads);
-    int rc = bench_matmul();
-    if (rc == 0)
+    int rc = bench_gemv();
+    if (rc == 0 && !gemv_only)
+        rc = bench_matmul();
+    if (rc == 0 && !gemv_only)
         rc = bench_attn(max_ctx, n_threads);
     if (rc) {
         fprintf(stderr, "kbench: failed: %d\n", rc);

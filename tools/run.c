@@ -1,13 +1,14 @@
 /* tools/run — longheads-run: the engine, one shot, no daemon.
  *
- *   longheads-run -m MODEL [-p PROMPT | -f FILE] [-n N] [--temp T] [--seed S] [--top-k K]
+ *   longheads-run -m MODEL [-p PROMPT | -f FILE] [-n N|-1] [--temp T] [--seed S] [--top-k K]
  *                 [--top-p P] [--min-p P] [--repeat-penalty R] [--attn full|longheads]
  *                 [--chunk W] [--window L] [--ctx N] [--kv f32|f16] [--batch B] [--threads T]
  *
  * Prints the generated text (not the prompt) to stdout as it is produced, timings to stderr.
  * With no prompt, generation starts from BOS alone.  Generation stops after N tokens (default
- * 256) or when the model produces EOS or BOS (llama2.c's rule).  Exit status 0, 1 on an error
- * (message on stderr), 2 on bad usage.
+ * 256; -1: until the end of the text or of the context) or when the model produces EOS or BOS
+ * (llama2.c's rule), through the engine's one generation loop (engine/gen.h).  Exit status 0,
+ * 1 on an error (message on stderr), 2 on bad usage.
  */
 #include <errno.h>
 #include <stdio.h>
@@ -18,6 +19,7 @@
 #include <omp.h>
 #endif
 
+#include "gen.h"
 #include "log.h"
 #include "model.h"
 #include "params.h"
@@ -35,7 +37,7 @@ static double now_s(void)
 static void usage(FILE *f)
 {
     fprintf(f,
-            "usage: longheads-run -m MODEL [-p PROMPT | -f FILE] [-n N] [--temp T] [--seed S]\n"
+            "usage: longheads-run -m MODEL [-p PROMPT | -f FILE] [-n N|-1] [--temp T] [--seed S]\n"
             "         [--top-k K] [--top-p P] [--min-p P] [--repeat-penalty R] [--repeat-last-n N]\n"
             "         [--attn full|longheads] [--chunk W] [--window L] [-c|--ctx N] [--kv f32|f16]\n"
             "         [--batch B] [--threads T] [--version]\n"
@@ -103,8 +105,11 @@ int main(int argc, char **argv)
             if (lh_params_set(&cp, NULL, "ctx", v))
                 return 2;
         } else if (strcmp(a, "-n") == 0) {
-            if (lh_params_parse_size(v, 0, 1u << 24, &n_gen)) {
-                fprintf(stderr, "longheads-run: -n: '%s' is not a token count\n", v);
+            if (strcmp(v, "-1") == 0) {
+                n_gen = 0; /* until EOS or the context is full */
+            } else if (lh_params_parse_size(v, 1, 1u << 24, &n_gen)) {
+                fprintf(stderr, "longheads-run: -n: '%s' is not a token count in [1, 16777216] "
+                        "or -1 (until the end of the text)\n", v);
                 return 2;
             }
         } else if (strcmp(a, "--threads") == 0 || strcmp(a, "-t") == 0) {
@@ -135,23 +140,20 @@ int main(int argc, char **argv)
 
     lh_model *m = NULL;
     lh_ctx *c = NULL;
-    lh_sampler *s = NULL;
+    lh_gen *g = NULL;
     int32_t *toks = NULL;
-    float *logits = NULL;
     char *text = NULL;
     size_t text_len = strlen(prompt);
     if (file && !(text = read_file(file, &text_len)))
         goto out;
     if (lh_model_open(&m, model_path))
         goto out;
-    const lh_hparams *hp = lh_model_hparams(m);
     const lh_tok *tok = lh_model_tok(m);
     if (lh_params_fit_ctx(m, &cp, 1, 0, NULL, 0))
         goto out;
     size_t cap = cp.n_ctx, n_prompt = 0;
     toks = malloc(cap * sizeof *toks);
-    logits = malloc(hp->n_vocab * sizeof *logits);
-    if (!toks || !logits)
+    if (!toks)
         goto out;
     /* BOS when the vocabulary asks for it (Qwen2's does not), or to start from nothing */
     int bos = lh_tok_add_bos(tok) || text_len == 0 ? LH_TOK_BOS : 0;
@@ -166,37 +168,32 @@ int main(int argc, char **argv)
         fprintf(stderr, "longheads-run: nothing to start from: an empty prompt and no BOS token\n");
         goto out;
     }
-    if (n_gen > cap - n_prompt)
-        n_gen = cap - n_prompt;
-    if (lh_ctx_new(&c, m, &cp) || lh_sampler_new(&s, &sp, hp->n_vocab))
+    if (lh_ctx_new(&c, m, &cp))
         goto out;
-    for (size_t i = 0; i < n_prompt; i++)
-        lh_sampler_accept(s, toks[i]);
-
+    /* the engine's one generation loop (engine/gen.h), the same one the tests drive */
+    lh_gen_params gp = {.max_tokens = n_gen, .sp = sp};
+    if (lh_gen_new(&g, c, tok, &gp, toks, n_prompt))
+        goto out;
     double t0 = now_s();
-    if (lh_ctx_eval(c, toks, n_prompt, logits, 0))
-        goto out;
+    for (int done = 0; !done;)
+        if (lh_gen_prefill(g, 0, &done))
+            goto out;
     double t1 = now_s();
-    size_t n_done = 0;
-    int32_t prev = toks[n_prompt - 1];
-    while (n_done < n_gen) {
-        int32_t next = lh_sampler_sample(s, logits);
-        n_done++;
-        if (lh_model_is_eog(m, next) || next == lh_tok_bos(tok))
-            break;
+    lh_gen_end end = LH_GEN_MORE;
+    while (end == LH_GEN_MORE) {
+        int32_t tk;
+        const char *piece;
         size_t plen;
-        const char *piece = lh_tok_piece(tok, next, &plen);
-        if (prev == lh_tok_bos(tok) && plen > 0 && piece[0] == ' ') /* the dummy prefix */
-            piece++, plen--;
+        if (lh_gen_step(g, &tk, &piece, &plen, &end))
+            goto out;
         fwrite(piece, 1, plen, stdout);
         fflush(stdout);
-        lh_sampler_accept(s, next);
-        prev = next;
-        if (n_done == n_gen)
-            break;
-        if (lh_ctx_eval(c, &next, 1, logits, 0))
-            goto out;
     }
+    size_t tail_len;
+    const char *tail = lh_gen_flush(g, &tail_len);
+    fwrite(tail, 1, tail_len, stdout);
+    fflush(stdout);
+    size_t n_done = lh_gen_n_generated(g);
     double t2 = now_s();
     const lh_ctx_params *rp = lh_ctx_params_get(c);
     fprintf(stderr,
@@ -213,11 +210,10 @@ int main(int argc, char **argv)
 out:
     if (rc)
         fprintf(stderr, "longheads-run: failed (see the message above)\n");
-    lh_sampler_free(s);
+    lh_gen_free(g);
     lh_ctx_free(c);
     lh_model_close(m);
     free(toks);
-    free(logits);
     free(text);
     return rc;
 }
