@@ -18,7 +18,7 @@ DESTDIR  ?=
 SOCKET   ?=
 
 DEB_PKGS := build-essential pkg-config libdnnl-dev libprotobuf-c-dev protobuf-c-compiler \
-            libcunit1-dev systemd libpcre2-dev tmux
+            libcunit1-dev systemd libpcre2-dev tmux xz-utils
 
 WARN     := -Wall -Wextra -Wshadow -Wstrict-prototypes -Wno-unused-parameter
 ifneq ($(CI),)

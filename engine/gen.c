@@ -274,8 +274,9 @@ int lh_gen_step(lh_gen *g, int32_t *tokenp, const char **textp, size_t *lenp, lh
     const char *piece = lh_tok_piece(g->tok, g->cur, &len);
     if (!piece)
         piece = "", len = 0;
-    if (g->prev == lh_tok_bos(g->tok) && len && piece[0] == ' ')
-        piece++, len--; /* the dummy-prefix space of the first word */
+    if (g->prev == lh_tok_bos(g->tok) && len && piece[0] == ' ' &&
+        lh_tok_add_space_prefix(g->tok))
+        piece++, len--; /* the dummy-prefix space of the first word (SentencePiece only) */
     int rc = text_add(g, piece, len);
     if (rc)
         return rc;
