@@ -200,8 +200,6 @@ static int text_add(lh_gen *g, const char *bytes, size_t n)
 static size_t text_ready(const lh_gen *g, int *stopp)
 {
     *stopp = 0;
-    if (!g->n_pend)
-        return 0;
     size_t first = g->n_pend;
     for (size_t i = 0; i < g->n_stop; i++) {
         const char *hit = memmem(g->pend, g->n_pend, g->stop[i], strlen(g->stop[i]));
@@ -227,11 +225,10 @@ static size_t text_ready(const lh_gen *g, int *stopp)
 /* Drops the n_out bytes handed out by the previous call. */
 static void consume(lh_gen *g)
 {
-    if (!g->n_out)
-        return;
     memmove(g->pend, g->pend + g->n_out, g->n_pend - g->n_out);
     g->n_pend -= g->n_out;
-    g->pend[g->n_pend] = 0;
+    if (g->pend)
+        g->pend[g->n_pend] = 0;
     g->n_out = 0;
 }
 
@@ -277,8 +274,9 @@ int lh_gen_step(lh_gen *g, int32_t *tokenp, const char **textp, size_t *lenp, lh
     const char *piece = lh_tok_piece(g->tok, g->cur, &len);
     if (!piece)
         piece = "", len = 0;
-    if (g->prev == lh_tok_bos(g->tok) && len && piece[0] == ' ' && lh_tok_add_space_prefix(g->tok))
-        piece++, len--; /* the dummy-prefix space of the first word */
+    if (g->prev == lh_tok_bos(g->tok) && len && piece[0] == ' ' &&
+        lh_tok_add_space_prefix(g->tok))
+        piece++, len--; /* the dummy-prefix space of the first word (SentencePiece only) */
     int rc = text_add(g, piece, len);
     if (rc)
         return rc;
