@@ -33,6 +33,8 @@
 #include "version.h"
 
 #define MAX_ALLOW 64
+/* the OpenMP spin bound the daemon runs with (see main); tools/bench.sh uses the same */
+#define LH_DAEMON_SPINCOUNT "10000"
 
 typedef struct {
     char *model;
@@ -63,7 +65,7 @@ static const char usage_text[] =
     "                           answer; committed as it fills)\n"
     "  --max-memory BYTES       budget for the slots' contexts, K/M/G suffixes (default: 3/4\n"
     "                           of the available memory)\n"
-    "  --batch N                largest prefill slice in tokens (default 64)\n"
+    "  --batch N                largest prefill slice in tokens (default 256)\n"
     "  --kv f32|f16             KV-cache type (default f32)\n"
     "  --attn full|longheads    default attention (default longheads: inside the window it\n"
     "                           is full attention, past it each head picks its chunks)\n"
@@ -351,13 +353,26 @@ static char *default_socket(void)
 
 int main(int argc, char **argv)
 {
-    /* Threading policy: no re-exec, no OMP_* set here.  libgomp's own default (OMP_WAIT_POLICY
-     * unset) is a bounded spin: a worker spins ~1 ms after a parallel region, then sleeps in the
-     * kernel.  Back-to-back regions of a forward pass find it awake (the speed of spinning),
-     * while an idle daemon, and the poll loop between slices, get the cores back.  Cancel
-     * latency is bounded by the prefill slice, not by the wait policy (tests/test_e2e.c
-     * measures it); see tools/bench.sh for the speed.  A unit may still set OMP_WAIT_POLICY or
-     * GOMP_SPINCOUNT with Environment=. */
+    /* Threading policy.  libgomp reads its wait policy once, when it loads, so the daemon
+     * sets it by starting itself again, once, with the variable in its environment.  Measured
+     * (tests/test_e2e.c cancel latency; tools/bench.sh speed; 2 cores shared with a load of
+     * ~10, so noisy): libgomp's default spin (~1-3 ms after each parallel region) took cancel
+     * latency mid-prefill to 40-230 ms and prefill to a third, decode to a quarter of PASSIVE;
+     * PASSIVE gave 1-3 ms but sleeps between the back-to-back regions of a forward pass (on an
+     * idle machine decode ~20% slower than spinning); a bounded spin of GOMP_SPINCOUNT=10000
+     * (~40 us) gave 6-9 ms and PASSIVE's prefill speed while keeping workers awake across a
+     * forward pass.  So: that bounded spin, unless the caller chose (OMP_WAIT_POLICY or
+     * GOMP_SPINCOUNT set; the systemd unit sets it, so no second start there).  The exec goes
+     * through the binary's real path (not /proc/self/exe), so the process keeps its name;
+     * same pid, so LISTEN_PID stays right; failure is not fatal. */
+    if (!getenv("OMP_WAIT_POLICY") && !getenv("GOMP_SPINCOUNT")) {
+        char self[PATH_MAX];
+        ssize_t n = readlink("/proc/self/exe", self, sizeof self - 1);
+        if (n > 0 && setenv("GOMP_SPINCOUNT", LH_DAEMON_SPINCOUNT, 1) == 0) {
+            self[n] = 0;
+            execv(self, argv);
+        }
+    }
     options o;
     memset(&o, 0, sizeof o);
     lh_sched_config_default(&o.sc);

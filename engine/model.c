@@ -558,7 +558,7 @@ size_t lh_model_eog_ids(const lh_model *m, const int32_t **idsp)
 void lh_ctx_params_default(lh_ctx_params *p)
 {
     memset(p, 0, sizeof *p);
-    p->n_batch = 64;
+    p->n_batch = 256;   /* GEMMs of 256 rows: 1.5-1.9x the prefill speed of 64 (stories110M F32, measured) */
     p->kv_type = LH_TYPE_F32;
     p->attn = LH_ATTN_FULL;
 }
@@ -608,7 +608,7 @@ static int resolve_params(const lh_model *m, lh_ctx_params *p)
     if (p->n_ctx == 0)
         p->n_ctx = hp->n_ctx_train;
     if (p->n_batch == 0)
-        p->n_batch = 64;
+        p->n_batch = 256;
     if (p->n_ctx > (1u << 22) || p->n_batch > 4096) {
         lh_log_error("context %zu tokens / batch %zu is past the limits (4194304 / 4096)", p->n_ctx,
                      p->n_batch);

@@ -47,7 +47,7 @@ typedef enum { LH_ATTN_FULL = 0, LH_ATTN_LONGHEADS = 1 } lh_attn_mode;
 
 typedef struct {
     size_t n_ctx;          /* KV capacity in tokens (default: n_ctx_train; up to >= 131072) */
-    size_t n_batch;        /* max tokens per forward (prefill slice), default 64 */
+    size_t n_batch;        /* max tokens per forward (prefill slice), default 256 */
     lh_type kv_type;       /* LH_TYPE_F32 (default) or LH_TYPE_F16 */
     lh_attn_mode attn;     /* default LH_ATTN_FULL */
     size_t chunk;          /* LongHeads w (0: the file's longheads.chunk_size, else 256, capped

@@ -27,9 +27,10 @@
 #           (512 random prompt tokens, 64 generated): time to first token, prefill and decode
 #           tokens/s from the Final frame, beside the engine-level figures of the same file.
 #
-# Ours runs as the daemon runs: its thread count (all cores) and its OpenMP wait policy (this
-# script does not set OMP_* variables; whatever the caller exported reaches both engines and is
-# printed).  llama-bench gets the same thread count (-t).  The benchmark models have random
+# Ours runs as the daemon runs: its thread count (all cores) and its OpenMP wait policy (the
+# daemon starts with GOMP_SPINCOUNT=10000 unless OMP_WAIT_POLICY or GOMP_SPINCOUNT is set, see
+# daemon/main.c; our engine-level runs here get the same, llama-bench does not).  llama-bench gets
+# the same thread count (-t).  The benchmark models have random
 # weights (longheads-mkmodel), are made under BUILD/bench when absent (never committed; the 1b
 # files are 1.2-4.4 GB) and kept.  With the defaults this takes about 10 minutes on two idle cores
 # (plus ~2 minutes to make the models the first time); on a busy machine much longer, and every
@@ -46,6 +47,12 @@ SECTIONS=${BENCH_SECTIONS:-"side depth daemon"}
 LB=${LLAMA_BENCH:-}
 NT=$(nproc 2>/dev/null || echo 1)
 [ -n "${OMP_NUM_THREADS:-}" ] && NT=$OMP_NUM_THREADS
+
+# the daemon's wait policy for our runs (daemon/main.c LH_DAEMON_SPINCOUNT)
+OURS_ENV=""
+if [ -z "${OMP_WAIT_POLICY:-}" ] && [ -z "${GOMP_SPINCOUNT:-}" ]; then
+    OURS_ENV="GOMP_SPINCOUNT=10000"
+fi
 
 has() { case " $SECTIONS " in *" $1 "*) return 0 ;; esac; return 1; }
 section() { printf '\n==== %s ====\n' "$1"; }
@@ -65,7 +72,7 @@ model() {
 ours() {
     f=$1
     shift
-    "$B/longheads-bench" -m "$f" "$@" 2>&1 | grep -v '^#' || true
+    env $OURS_ENV "$B/longheads-bench" -m "$f" "$@" 2>&1 | grep -v '^#' || true
 }
 
 # llama FILE ARGS...: llama-bench's tests as "name value" lines like ours (pp512, tg64@16384),
@@ -98,7 +105,8 @@ row() {
 start=$(date +%s)
 load=$(cut -d' ' -f1 /proc/loadavg 2>/dev/null || echo 0)
 echo "longheads bench: $(date -u '+%Y-%m-%d %H:%M UTC'), $NT threads, load average $load," \
-     "OMP_WAIT_POLICY=${OMP_WAIT_POLICY:-unset} GOMP_SPINCOUNT=${GOMP_SPINCOUNT:-unset}"
+     "OMP_WAIT_POLICY=${OMP_WAIT_POLICY:-unset} GOMP_SPINCOUNT=${GOMP_SPINCOUNT:-unset}," \
+     "ours with ${OURS_ENV:-the caller's policy} (the daemon's)"
 if awk -v l="$load" -v n="$(nproc 2>/dev/null || echo 1)" 'BEGIN { exit !(l > n / 2) }'; then
     echo "bench: WARNING: other processes are using the cores (load $load): every figure below is"
     echo "       noisy and slowed; only ratios measured in one run mean anything"
