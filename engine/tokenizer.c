@@ -99,6 +99,17 @@ enum { STRIP_LEFT = 1, STRIP_RIGHT = 2 };
     "[\\x{4E00}-\\x{9FA5}\\x{800}-\\x{167F}\\x{1681}-\\x{1FFF}\\x{200B}-\\x{2027}\\x{202A}-"     \
     "\\x{202E}\\x{2030}-\\x{205E}\\x{2060}-\\x{2FFF}\\x{3001}-\\x{4E00}\\x{AC00}-\\x{D7FF}]+"
 
+/* GPT-4o (o200k) and Tekken: a word is an optional non-letter, then letters as upper* lower+ or
+ * upper+ lower*, where "upper" means any letter but a-z and "lower" any letter but A-Z
+ * (llama.cpp's rewrite of the \p{Lu}..\p{Ll} classes, which it cannot express; marks are not
+ * letters there) */
+#define RE_CASED(CONTR)                                                                         \
+    "[^\\r\\n\\p{L}\\p{N}]?(?:(?=\\p{L})[^a-z])*(?:(?=\\p{L})[^A-Z])+" CONTR                    \
+    "|[^\\r\\n\\p{L}\\p{N}]?(?:(?=\\p{L})[^a-z])+(?:(?=\\p{L})[^A-Z])*" CONTR
+#define CONTRACTIONS "(?:'[sS]|'[tT]|'[rR][eE]|'[vV][eE]|'[mM]|'[lL][lL]|'[dD])?"
+#define RE_CASED_REST(NUM)                                                                      \
+    "|\\p{N}" NUM "| ?[^" WS "\\p{L}\\p{N}]+[\\r\\n/]*|" S_ "*[\\r\\n]+|" S_ "+(?!" NOT_S ")|" S_ "+"
+
 typedef struct {
     const char *names;          /* the tokenizer.ggml.pre values, '|'-separated */
     int ignore_merges;          /* a word that is a token is that token (tiktoken-style) */
@@ -120,6 +131,8 @@ static const pretok PRETOKS[] = {
      {"[\\r\\n]", S_ "?\\p{L}+", S_ "?\\p{P}+", RE_DS_CJK, "\\p{N}"}},
     {"falcon", 0, 0, {"[\\p{P}\\$\\+<=>\\^~\\|`]+", RE_GPT2, "[0-9][0-9][0-9]"}},
     {"default", 0, 0, {"[\\p{P}\\$\\+<=>\\^~\\|]+", RE_GPT2, "\\p{N}+", "[0-9][0-9][0-9]"}},
+    {"gpt-4o|llama4|minimax-m2", 0, 0, {RE_CASED(CONTRACTIONS) RE_CASED_REST("{1,3}")}},
+    {"tekken", 1, 1, {RE_CASED("") RE_CASED_REST("")}},
 };
 
 static const pretok *find_pretok(const char *name, size_t len)
@@ -563,8 +576,8 @@ int lh_tok_load(lh_tok **tp, const lh_gguf *g)
         if (!(pre = find_pretok(s, len))) {
             lh_log_error("%s: pre-tokenizer '%.*s' (tokenizer.ggml.pre) is not supported; known: "
                          "llama-bpe, qwen2, gpt-2, default, deepseek-llm, deepseek-coder, smollm, "
-                         "starcoder, falcon and their aliases", name, (int)(len > 64 ? 64 : len),
-                         s);
+                         "starcoder, falcon, gpt-4o, tekken and their aliases", name,
+                         (int)(len > 64 ? 64 : len), s);
             return LH_E_UNSUPPORTED;
         }
     }

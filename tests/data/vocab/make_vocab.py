@@ -9,7 +9,7 @@ for added tokens that are special or look special "<|...|>", USER_DEFINED for ot
 tokens), merges as "left right" strings, bos/eos/pad ids and add_bos/add_eos flags.
 
 usage: PYTHONPATH=<llama.cpp>/gguf-py python3 make_vocab.py DIR OUT.gguf PRESET
-       DIR holds tokenizer.json and tokenizer_config.json; PRESET is llama-bpe or qwen2.
+       DIR holds tokenizer.json and tokenizer_config.json; PRESET is llama-bpe, qwen2 or gpt-4o.
 """
 import json
 import sys
@@ -23,6 +23,10 @@ PRESETS = {
                       ff=14336, layers=32, heads=32, heads_kv=8, rope_base=500000.0, eps=1e-5,
                       bos="<|begin_of_text|>", eos="<|end_of_text|>", pad=None,
                       add_bos=True, add_eos=False),
+    "gpt-4o": dict(arch="llama", name="gpt-4o", vocab_size=200019, ctx=131072, embd=4096,
+                   ff=14336, layers=32, heads=32, heads_kv=8, rope_base=500000.0, eps=1e-5,
+                   bos="<|endoftext|>", eos="<|endoftext|>", pad=None,
+                   add_bos=False, add_eos=False),
     "qwen2": dict(arch="qwen2", name="qwen2", vocab_size=151936, ctx=32768, embd=3584,
                   ff=18944, layers=28, heads=28, heads_kv=4, rope_base=1000000.0, eps=1e-6,
                   bos="<|endoftext|>", eos="<|endoftext|>", pad="<|endoftext|>",
