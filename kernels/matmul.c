@@ -14,8 +14,9 @@
  * the whole GEMV for our shapes (tools/kbench measures both).  For the quantised types (Q4_0 ..
  * Q6_K, IQ4_NL, Q8_0) x is first quantised to 8 bits per value in blocks (lh_q8_quant, into
  * scratch made at _new) and the rows are fused integer dot products (lh_dot_rows_q8), as in
- * llama.cpp; prefill slices of up to Q8_MAX_ROWS rows take the same integer kernels (gemm_q8),
- * longer ones the oneDNN path.  No W is ever converted whole: oneDNN sees one panel at a time.
+ * llama.cpp; prefill takes the same integer kernels, four activation rows per unpacked weight
+ * block (gemm_q8, lh_gemm_q8), except slices longer than Q8_MAX_ROWS of the 32-block types, which
+ * go to the oneDNN path.  No W is ever converted whole: oneDNN sees one panel at a time.
  */
 #include "matmul.h"
 
@@ -482,16 +483,17 @@ static void gemv(const lh_matmul *m, const void *w, const float *x, float *y)
 
 /* Prefill for quantised weights: every activation row quantised to 8 bits once (as for the
  * GEMV), then blocks of 16 W rows against ACT_BLOCK activation rows at a time with the fused
- * integer dot products, so a W block is unpacked from cache for each activation row while the
- * activation block stays in L2.  This is llama.cpp's own method for these types (its results
+ * integer dot products (lh_gemm_q8: each W block unpacked once per four activation rows), the
+ * W block in L1/L2 and the activation block in L2.  This is llama.cpp's own method for these types (its results
  * carry the same 8-bit activation rounding), and it streams W once per ACT_BLOCK rows instead of
  * converting it to F32 for oneDNN. */
 #define ACT_BLOCK 64
-/* Up to this many rows the integer path beats dequantised panels through oneDNN for every type
- * (single-thread CPU time at 2048 x 5632, 64 rows: Q4_K 13.7 vs 36.7 ms, Q6_K 13.7 vs 41, Q8_0
- * 17.2 vs 32.3, Q3_K 23.7 vs 42.3, Q5_1 31.7 vs 38.3).  At 512 rows the types with a
- * several-rows kernel (lh_gemm_q8) still win or tie (Q4_K 110 vs 132, Q8_0 142 vs 132) and the
- * others lose (Q5_1 256 vs 134), so longer slices go to oneDNN. */
+/* Single-thread CPU time at 2048 x 5632 (tools/kbench's shape), integer path vs dequantised
+ * panels through oneDNN: at 64 rows the integer path wins for every type (Q4_K 13.8 vs 36.5 ms,
+ * Q6_K 13.9 vs 41.9, Q3_K 13.1 vs 41.4, Q8_0 17.6 vs 31.9, Q4_0 17.0 vs 34.8, Q5_1 19.0 vs
+ * 38.2); at 512 rows the K-quants still win (Q4_K 111 vs 134, Q2_K 98 vs 134) while the 32-block
+ * types lose a little (Q4_0 137 vs 133, Q5_1 153 vs 135).  So: K-quants always take the integer
+ * path, the 32-block types up to Q8_MAX_ROWS rows (the daemon's slices are 64). */
 #define Q8_MAX_ROWS 128
 static void gemm_q8(const lh_matmul *m, const void *w, const float *x, size_t n_rows, float *y)
 {
@@ -555,7 +557,7 @@ int lh_matmul_run(lh_matmul *m, const void *w, const float *x, size_t n_rows, fl
         gemv(m, w, x, y);
         return 0;
     }
-    if (m->xq && n_rows <= Q8_MAX_ROWS) {
+    if (m->xq && (n_rows <= Q8_MAX_ROWS || lh_q8_kind(m->wtype) == LH_Q8A_256)) {
         gemm_q8(m, w, x, n_rows, y);
         return 0;
     }

@@ -1960,6 +1960,146 @@ static void vdot_q6_K_x4(const lh_block_q6_K *w, const lh_block_q8K *const *a, s
         y[r] = lh_hsum256(acc[r]);
 }
 
+static void vdot_q2_K_x4(const lh_block_q2_K *w, const lh_block_q8K *const *a, size_t nb, float *y)
+{
+    const __m256i m3 = _mm256_set1_epi8(3);
+    const __m128i m4 = _mm_set1_epi8(0x0f);
+    __m256 acc[NA], accm[NA];
+    for (int r = 0; r < NA; r++)
+        acc[r] = _mm256_setzero_ps(), accm[r] = _mm256_setzero_ps();
+    for (size_t i = 0; i < nb; i++) {
+        __m128i raw = _mm_loadu_si128((const __m128i *)w[i].scales);
+        __m128i scb = _mm_and_si128(raw, m4), mb = _mm_and_si128(_mm_srli_epi16(raw, 4), m4);
+        __m256i mb16 = _mm256_cvtepu8_epi16(mb);
+        float wd = f16_fast(w[i].d), wm = f16_fast(w[i].dmin);
+        __m256i isum[NA];
+        LH_UNROLL
+        for (int r = 0; r < NA; r++) {
+            __m256i mins = _mm256_madd_epi16(mb16, _mm256_loadu_si256((const __m256i *)a[r][i].bsums));
+            accm[r] = _mm256_fmadd_ps(_mm256_set1_ps(wm * a[r][i].d), _mm256_cvtepi32_ps(mins), accm[r]);
+            isum[r] = _mm256_setzero_si256();
+        }
+        LH_UNROLL
+        for (int h = 0; h < 2; h++) {
+            __m256i sc = _mm256_broadcastsi128_si256(_mm_cvtepu8_epi16(h ? _mm_srli_si128(scb, 8) : scb));
+            __m256i q = _mm256_loadu_si256((const __m256i *)(w[i].qs + 32 * h));
+            LH_UNROLL
+            for (int j = 0; j < 4; j++) {
+                __m256i u = _mm256_and_si256(_mm256_srli_epi16(q, 2 * j), m3);
+                __m256i s = _mm256_shuffle_epi8(sc, pick16(2 * j, 2 * j + 1));
+                LH_UNROLL
+                for (int r = 0; r < NA; r++) {
+                    const int8_t *x = a[r][i].qs + 128 * h + 32 * j;
+                    __m256i p = _mm256_maddubs_epi16(u, _mm256_loadu_si256((const __m256i *)x));
+                    isum[r] = _mm256_add_epi32(isum[r], _mm256_madd_epi16(p, s));
+                }
+            }
+        }
+        LH_UNROLL
+        for (int r = 0; r < NA; r++)
+            acc[r] = _mm256_fmadd_ps(_mm256_set1_ps(wd * a[r][i].d), _mm256_cvtepi32_ps(isum[r]), acc[r]);
+    }
+    for (int r = 0; r < NA; r++)
+        y[r] = lh_hsum256(acc[r]) - lh_hsum256(accm[r]);
+}
+
+static void vdot_q3_K_x4(const lh_block_q3_K *w, const lh_block_q8K *const *a, size_t nb, float *y)
+{
+    const __m256i m3 = _mm256_set1_epi8(3), m1 = _mm256_set1_epi8(1);
+    __m256 acc[NA];
+    for (int r = 0; r < NA; r++)
+        acc[r] = _mm256_setzero_ps();
+    for (size_t i = 0; i < nb; i++) {
+        __m128i scb = _mm_sub_epi8(q3_K_scales_vec(w[i].scales), _mm_set1_epi8(32));
+        __m256i sc16 = _mm256_cvtepi8_epi16(scb);
+        float wd = f16_fast(w[i].d);
+        __m256i isum[NA];
+        LH_UNROLL
+        for (int r = 0; r < NA; r++) {
+            __m256i corr = _mm256_madd_epi16(sc16, _mm256_loadu_si256((const __m256i *)a[r][i].bsums));
+            isum[r] = _mm256_sub_epi32(_mm256_setzero_si256(), _mm256_slli_epi32(corr, 2));
+        }
+        __m256i hm = _mm256_loadu_si256((const __m256i *)w[i].hmask);
+        LH_UNROLL
+        for (int h = 0; h < 2; h++) {
+            __m256i sc = _mm256_broadcastsi128_si256(_mm_cvtepi8_epi16(h ? _mm_srli_si128(scb, 8) : scb));
+            __m256i q = _mm256_loadu_si256((const __m256i *)(w[i].qs + 32 * h));
+            LH_UNROLL
+            for (int j = 0; j < 4; j++) {
+                __m256i lo = _mm256_and_si256(_mm256_srli_epi16(q, 2 * j), m3);
+                __m256i hb = _mm256_and_si256(_mm256_srli_epi16(hm, 4 * h + j), m1);
+                __m256i u = _mm256_or_si256(lo, _mm256_slli_epi16(hb, 2));
+                __m256i s = _mm256_shuffle_epi8(sc, pick16(2 * j, 2 * j + 1));
+                LH_UNROLL
+                for (int r = 0; r < NA; r++) {
+                    const int8_t *x = a[r][i].qs + 128 * h + 32 * j;
+                    __m256i p = _mm256_maddubs_epi16(u, _mm256_loadu_si256((const __m256i *)x));
+                    isum[r] = _mm256_add_epi32(isum[r], _mm256_madd_epi16(p, s));
+                }
+            }
+        }
+        LH_UNROLL
+        for (int r = 0; r < NA; r++)
+            acc[r] = _mm256_fmadd_ps(_mm256_set1_ps(wd * a[r][i].d), _mm256_cvtepi32_ps(isum[r]), acc[r]);
+    }
+    for (int r = 0; r < NA; r++)
+        y[r] = lh_hsum256(acc[r]);
+}
+
+/* Q4_1, Q5_0, Q5_1: unsigned levels u (nibbles, plus the fifth bit), an offset per block through
+ * the activation's d·Σq: y = Σ d_w d_a Σ u·q  +  c · Σ_blocks o_w · ds, with o_w the block's min
+ * (c = 1) or d_w (c = -16). */
+#define X4_OFFSET(name, block_t, UNPACK, OFFW, C)                                             \
+    static void name(const block_t *w, const lh_block_q8a *const *a, size_t nb, float *y)     \
+    {                                                                                         \
+        __m256 acc[NA];                                                                       \
+        float off[NA];                                                                        \
+        for (int r = 0; r < NA; r++)                                                          \
+            acc[r] = _mm256_setzero_ps(), off[r] = 0;                                         \
+        for (size_t i = 0; i < nb; i++) {                                                     \
+            __m256i u = UNPACK;                                                               \
+            float wd = f16_fast(w[i].d), wo = OFFW;                                           \
+            LH_UNROLL                                                                         \
+            for (int r = 0; r < NA; r++) {                                                    \
+                __m256i p = dot_us(_mm256_setzero_si256(), u,                                 \
+                                   _mm256_loadu_si256((const __m256i *)a[r][i].qs));          \
+                acc[r] = _mm256_fmadd_ps(_mm256_set1_ps(wd * a[r][i].d),                      \
+                                         _mm256_cvtepi32_ps(p), acc[r]);                      \
+                off[r] += wo * a[r][i].ds;                                                    \
+            }                                                                                 \
+        }                                                                                     \
+        for (int r = 0; r < NA; r++)                                                          \
+            y[r] = lh_hsum256(acc[r]) + C * off[r];                                           \
+    }
+X4_OFFSET(vdot_q4_1_x4, lh_block_q4_1, nibbles32(w[i].qs), f16_fast(w[i].m), 1)
+X4_OFFSET(vdot_q5_0_x4, lh_block_q5_0,
+          _mm256_or_si256(nibbles32(w[i].qs), bits32_x10(le32(w[i].qh))), wd, -16)
+X4_OFFSET(vdot_q5_1_x4, lh_block_q5_1,
+          _mm256_or_si256(nibbles32(w[i].qs), bits32_x10(le32(w[i].qh))), f16_fast(w[i].m), 1)
+#undef X4_OFFSET
+
+static void vdot_iq4_nl_x4(const lh_block_iq4_nl *w, const lh_block_q8a *const *a, size_t nb,
+                           float *y)
+{
+    const __m256i table = _mm256_broadcastsi128_si256(_mm_loadu_si128((const __m128i *)lh_iq4nl_values));
+    __m256 acc[NA];
+    for (int r = 0; r < NA; r++)
+        acc[r] = _mm256_setzero_ps();
+    for (size_t i = 0; i < nb; i++) {
+        __m256i v = _mm256_shuffle_epi8(table, nibbles32(w[i].qs));
+        __m256i av = _mm256_sign_epi8(v, v);
+        float wd = f16_fast(w[i].d);
+        LH_UNROLL
+        for (int r = 0; r < NA; r++) {
+            __m256i x = _mm256_loadu_si256((const __m256i *)a[r][i].qs);
+            __m256i p = dot_us(_mm256_setzero_si256(), av, _mm256_sign_epi8(x, v));
+            acc[r] = _mm256_fmadd_ps(_mm256_set1_ps(wd * a[r][i].d), _mm256_cvtepi32_ps(p), acc[r]);
+        }
+    }
+    for (int r = 0; r < NA; r++)
+        y[r] = lh_hsum256(acc[r]);
+}
+
 #endif
 
 #ifndef LH_HAVE_AVX2
@@ -2074,7 +2214,13 @@ void lh_gemm_q8(lh_type t, const void *rows, size_t row_size, size_t n_rows, con
     size_t nb = lh_type_block(t) ? n / lh_type_block(t) : 0;
     switch (t) {
     case LH_TYPE_Q4_0: X4(vdot_q4_0_x4, lh_block_q8a);
+    case LH_TYPE_Q4_1: X4(vdot_q4_1_x4, lh_block_q8a);
+    case LH_TYPE_Q5_0: X4(vdot_q5_0_x4, lh_block_q8a);
+    case LH_TYPE_Q5_1: X4(vdot_q5_1_x4, lh_block_q8a);
     case LH_TYPE_Q8_0: X4(vdot_q8_0_x4, lh_block_q8a);
+    case LH_TYPE_IQ4_NL: X4(vdot_iq4_nl_x4, lh_block_q8a);
+    case LH_TYPE_Q2_K: X4(vdot_q2_K_x4, lh_block_q8K);
+    case LH_TYPE_Q3_K: X4(vdot_q3_K_x4, lh_block_q8K);
     case LH_TYPE_Q4_K: X4(vdot_q4_K_x4, lh_block_q8K);
     case LH_TYPE_Q5_K: X4(vdot_q5_K_x4, lh_block_q8K);
     case LH_TYPE_Q6_K: X4(vdot_q6_K_x4, lh_block_q8K);

@@ -37,7 +37,8 @@ static void test_ref_values(void)
  * offset and min terms are applied once per block, see tests/test_quant.c). */
 static void check_matmul(lh_type t, size_t n_in, size_t n_out, size_t max_rows)
 {
-    static const size_t rows[] = {1, 2, 3, 17, 20, 130};   /* 130: past the integer prefill */
+    /* 130: past the integer prefill of the 32-block types (K-quants stay on it) */
+    static const size_t rows[] = {1, 2, 3, 17, 20, 130};
     float *wf = malloc(n_out * n_in * sizeof *wf), *x = malloc(max_rows * n_in * sizeof *x);
     float *y = malloc(max_rows * n_out * sizeof *y), *yr = malloc(max_rows * n_out * sizeof *yr);
     float *wd = malloc(n_in * sizeof *wd);
