@@ -1970,7 +1970,30 @@ static float sdot_q8(lh_type t, const void *row, const void *xq, size_t n)
     float w[LH_QK_K];
     size_t bs = lh_type_block_size(t), blk = lh_type_block(t);
     float s = 0;
-    if (lh_q8_kind(t) == LH_Q8A_32) {
+    if (t == LH_TYPE_Q4_1 || t == LH_TYPE_Q5_1) {
+        /* levels times activations in integers, the min through the F16 block sum, as the
+         * vector kernels (and llama.cpp) do */
+        const lh_block_q8a *a = xq;
+        for (size_t i = 0; i < n / 32; i++) {
+            const uint8_t *qs, *qhp = NULL;
+            uint16_t d, m;
+            if (t == LH_TYPE_Q4_1) {
+                const lh_block_q4_1 *b = (const lh_block_q4_1 *)row + i;
+                qs = b->qs, d = b->d, m = b->m;
+            } else {
+                const lh_block_q5_1 *b = (const lh_block_q5_1 *)row + i;
+                qs = b->qs, d = b->d, m = b->m, qhp = b->qh;
+            }
+            uint32_t qh = qhp ? le32(qhp) : 0;
+            int isum = 0;
+            for (int j = 0; j < 16; j++) {
+                int q0 = (qs[j] & 0x0f) | (int)((qh >> j) & 1) << 4;
+                int q1 = (qs[j] >> 4) | (int)((qh >> (j + 16)) & 1) << 4;
+                isum += q0 * a[i].qs[j] + q1 * a[i].qs[j + 16];
+            }
+            s += lh_f16_to_f32(d) * a[i].d * (float)isum + lh_f16_to_f32(m) * a[i].ds;
+        }
+    } else if (lh_q8_kind(t) == LH_Q8A_32) {
         const lh_block_q8a *a = xq;
         for (size_t i = 0; i < n / 32; i++) {
             lh_dequant_row(t, (const char *)row + i * bs, w, 32);
