@@ -722,7 +722,6 @@ static void run_quick(lh_sched *s, req *r)
     free(buf);
 }
 
-/* Starts a generate/score request on its slot: prompt reuse, sampler.  0 or error. */
 /* The smallest prefill slice: below it GEMMs turn into weight streaming (measured on
  * stories110M's shape, F32, noisy: 12 tok/s at 4 tokens a slice, 92 at 8, 529 at 64; 256 gives
  * 1.5-1.9x the speed of 64).  Cancels and timeouts do not wait for a slice: lh_ctx_eval checks
@@ -730,6 +729,7 @@ static void run_quick(lh_sched *s, req *r)
 #define MIN_SLICE 256
 static size_t min_slice(size_t n_batch) { return n_batch < MIN_SLICE ? n_batch : MIN_SLICE; }
 
+/* Starts a generate/score request on its slot: prompt reuse, sampler.  0 or error. */
 static int start_on_slot(lh_sched *s, req *r, char *msg, size_t msg_size, lh_err_code *errp)
 {
     lh_ctx *ctx = r->sl->ctx;
