@@ -200,6 +200,8 @@ static int text_add(lh_gen *g, const char *bytes, size_t n)
 static size_t text_ready(const lh_gen *g, int *stopp)
 {
     *stopp = 0;
+    if (!g->n_pend)
+        return 0;
     size_t first = g->n_pend;
     for (size_t i = 0; i < g->n_stop; i++) {
         const char *hit = memmem(g->pend, g->n_pend, g->stop[i], strlen(g->stop[i]));
@@ -225,10 +227,11 @@ static size_t text_ready(const lh_gen *g, int *stopp)
 /* Drops the n_out bytes handed out by the previous call. */
 static void consume(lh_gen *g)
 {
+    if (!g->n_out)
+        return;
     memmove(g->pend, g->pend + g->n_out, g->n_pend - g->n_out);
     g->n_pend -= g->n_out;
-    if (g->pend)
-        g->pend[g->n_pend] = 0;
+    g->pend[g->n_pend] = 0;
     g->n_out = 0;
 }
 
