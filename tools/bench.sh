@@ -13,7 +13,8 @@
 #                                      stories110M, 1b = TinyLlama-1.1B, tiny = stories260K;
 #                                      types f32 f16 bf16 q8_0); default: all eight small and 1b.
 #   BENCH_DEPTH=16384                  context depth of the "at depth" section (0: skip it).
-#   BENCH_REPS=3                       repetitions (best of, ours; llama-bench reports its mean).
+#   BENCH_REPS=3                       repetitions (best of, ours; llama-bench reports its mean);
+#                                      unset: 3, and 2 for the 1b files.
 #   BENCH_SECTIONS="side depth daemon" add "lh" (LongHeads against full, 1x..128x the window,
 #                                      and the LongHeads kernel) and "kernels" (longheads-kbench).
 #
@@ -32,9 +33,10 @@
 # daemon/main.c; our engine-level runs here get the same, llama-bench does not).  llama-bench gets
 # the same thread count (-t).  The benchmark models have random
 # weights (longheads-mkmodel), are made under BUILD/bench when absent (never committed; the 1b
-# files are 1.2-4.4 GB) and kept.  With the defaults this takes about 10 minutes on two idle cores
-# (plus ~2 minutes to make the models the first time); on a busy machine much longer, and every
-# figure is noisy: only ratios taken in one run mean anything.
+# files are 1.2-4.4 GB) and kept.  With the defaults this should take about 10-15 minutes on two
+# idle cores (not yet timed idle; plus a few minutes to make the models the first time: trim with
+# BENCH_MODELS / BENCH_DEPTH); on a busy machine much longer (35 minutes for six files and depth
+# 4096 at a load of ~8), and every figure is noisy: only ratios taken in one run mean anything.
 set -eu
 
 B=${1:-build}
@@ -126,21 +128,24 @@ echo "read bandwidth (longheads-bwprobe, $NT threads, read-only, best of 7): $BW
 
 if has side; then
     section "pp512 / tg64, full attention, tokens/s (ratio > 1: longheads is faster)"
-    echo "ours: longheads-bench --pp 512 --tg 64 --reps $REPS (best of); kv f32, batch 64 (the daemon's defaults)"
+    echo "ours: longheads-bench --pp 512 --tg 64 --reps $REPS (best of); kv f32, batch 256 (the daemon's defaults)"
     printf '%-14s %-14s %11s %11s %8s\n' model test longheads llama ratio
     i=0
     roof=""
     for m in $MODELS; do
         shape=${m%%:*} type=${m#*:}
         f=$(model "$shape" "$type")
+        r=$REPS
+        # the 1b files take ~10 s a repetition: 2 unless BENCH_REPS says otherwise
+        [ "$shape" = 1b ] && [ -z "${BENCH_REPS:-}" ] && r=2
         # alternate which engine runs first, so a drift in the machine's speed does not always
         # favour the same one
         if [ $((i % 2)) = 0 ]; then
-            o=$(ours "$f" --pp 512 --tg 64 --reps "$REPS")
-            l=$(llama "$f" -p 512 -n 64 -r "$REPS")
+            o=$(ours "$f" --pp 512 --tg 64 --reps "$r")
+            l=$(llama "$f" -p 512 -n 64 -r "$r")
         else
-            l=$(llama "$f" -p 512 -n 64 -r "$REPS")
-            o=$(ours "$f" --pp 512 --tg 64 --reps "$REPS")
+            l=$(llama "$f" -p 512 -n 64 -r "$r")
+            o=$(ours "$f" --pp 512 --tg 64 --reps "$r")
         fi
         i=$((i + 1))
         for t in pp512 tg64; do
