@@ -23,22 +23,22 @@
 # busy machine two OpenMP threads on two shared cores are many times slower than one (barriers
 # wait for a descheduled thread), and one thread makes the duration predictable.
 #
-# Defaults (about 17 minutes with one thread on the 2-core development machine while it was
-# loaded by other jobs): 10 trials per length at 256..32768 and 3 at 131072 with LongHeads;
-# full attention 10 trials up to 8192, 2 at 16384, 1 at 32768 and none at 131072 (its cost grows
-# with the square of the length: one trial there takes about 20 minutes).
+# Defaults (about 15 minutes with one thread on the 2-core development machine while other jobs
+# kept its load average at 5-10): LongHeads 20 trials per length at 256..32768 and 5 at 131072;
+# full attention 20 trials up to 8192, 3 at 16384, 1 at 32768 and none at 131072 (its cost grows
+# with the square of the length: one trial there takes about 20 minutes, 16x the one at 32768).
 # EVAL_FULL=1 (`make eval EVAL_FULL=1`): the long version, written to results/eval-full.md:
-# 20 trials at every length with LongHeads, full attention 20 trials up to 8192 then 1 per length
-# up to 131072 (about an hour and a half; most of it the one full-attention trial at 131072).
+# the same, plus 20 LongHeads trials at 131072 and one full-attention trial there (about an
+# hour, most of it the two full-attention trials at 131072).
 #
 # Environment (all optional; each overrides the choice above):
 #   LH_EVAL_OUT              results file (default results/eval.md, results/eval-full.md)
 #   LH_EVAL_LENGTHS          pass-key lengths (default 256,1024,4096,8192,16384,32768,131072)
-#   LH_EVAL_TRIALS           LongHeads trials per length up to 32768 (default 10; 20)
-#   LH_EVAL_LONG_TRIALS      LongHeads trials per length past 32768 (default 3; 20)
-#   LH_EVAL_FULL_TRIALS      full-attention trials per length up to 8192 (default 10; 20)
-#   LH_EVAL_FULL_LONG_TRIALS full-attention trials per length past 8192, except the two below
-#                            (16384 gets 2 by default; 1 in the long version)
+#   LH_EVAL_TRIALS           LongHeads trials per length up to 32768 (default 20)
+#   LH_EVAL_LONG_TRIALS      LongHeads trials per length past 32768 (default 5; long version 20)
+#   LH_EVAL_FULL_TRIALS      full-attention trials per length up to 8192 (default 20)
+#   LH_EVAL_FULL_16K_TRIALS  full-attention trials per length in 8193..16384 (default 3)
+#   LH_EVAL_FULL_LONG_TRIALS full-attention trials per length past 16384 (default 1)
 #   LH_EVAL_FULL_MAX         longest length run with full attention (default 32768; 131072)
 #   LH_EVAL_SEED             seed of the keys and depths (default 1)
 #   LH_EVAL_MODELS           the pass-key models (default the two above)
@@ -54,15 +54,15 @@ FULL=${LH_EVAL_FULL:-${EVAL_FULL:-}}
 [ "$FULL" = 0 ] && FULL=
 if [ -n "$FULL" ]; then
     OUT=${LH_EVAL_OUT:-results/eval-full.md}
-    TRIALS=${LH_EVAL_TRIALS:-20} LONG_TRIALS=${LH_EVAL_LONG_TRIALS:-20}
-    FULL_TRIALS=${LH_EVAL_FULL_TRIALS:-20} FULL_MAX=${LH_EVAL_FULL_MAX:-131072}
-    FULL_16K=${LH_EVAL_FULL_LONG_TRIALS:-1} FULL_LONG=${LH_EVAL_FULL_LONG_TRIALS:-1}
+    LONG_TRIALS=${LH_EVAL_LONG_TRIALS:-20} FULL_MAX=${LH_EVAL_FULL_MAX:-131072}
 else
     OUT=${LH_EVAL_OUT:-results/eval.md}
-    TRIALS=${LH_EVAL_TRIALS:-10} LONG_TRIALS=${LH_EVAL_LONG_TRIALS:-3}
-    FULL_TRIALS=${LH_EVAL_FULL_TRIALS:-10} FULL_MAX=${LH_EVAL_FULL_MAX:-32768}
-    FULL_16K=${LH_EVAL_FULL_LONG_TRIALS:-2} FULL_LONG=${LH_EVAL_FULL_LONG_TRIALS:-1}
+    LONG_TRIALS=${LH_EVAL_LONG_TRIALS:-5} FULL_MAX=${LH_EVAL_FULL_MAX:-32768}
 fi
+TRIALS=${LH_EVAL_TRIALS:-20}
+FULL_TRIALS=${LH_EVAL_FULL_TRIALS:-20}
+FULL_16K=${LH_EVAL_FULL_16K_TRIALS:-3}
+FULL_LONG=${LH_EVAL_FULL_LONG_TRIALS:-1}
 LENGTHS=${LH_EVAL_LENGTHS:-256,1024,4096,8192,16384,32768,131072}
 SEED=${LH_EVAL_SEED:-1}
 THREADS=${LH_EVAL_THREADS:-1}
@@ -319,10 +319,19 @@ commit=$(git rev-parse --short=12 HEAD 2>/dev/null || echo unknown)
 dirty=$(git status --porcelain --untracked-files=no -- . ':!results' 2>/dev/null)
 [ -n "$dirty" ] && commit="$commit (with uncommitted changes)"
 if [ -n "$FULL" ]; then how="make eval EVAL_FULL=1"; else how="make eval"; fi
-full_note="full attention $FULL_TRIALS trials per length up to 8192"
-[ "$FULL_MAX" -ge 16384 ] && full_note="$full_note, $FULL_16K at 16384"
-[ "$FULL_MAX" -gt 16384 ] && full_note="$full_note, $FULL_LONG per length past it up to $FULL_MAX"
-
+# trials_note FUNCTION: "20 trials at 256..8192, 3 at 16384, not run at 131072"
+trials_note() {
+    for n in $(echo "$LENGTHS" | tr ',' ' '); do echo "$n $($1 "$n")"; done | awk '
+        function flush() {
+            if (first == "") return
+            what = (cur == 0) ? "not run" : cur (cur == 1 ? " trial" : " trials")
+            out = out (out == "" ? "" : ", ") what " at " first (last != first ? ".." last : "")
+        }
+        { if ($2 != cur || first == "") { flush(); cur = $2; first = $1 } last = $1 }
+        END { flush(); print out }'
+}
+lh_note=$(trials_note lh_trials)
+full_note=$(trials_note full_trials)
 mkdir -p "$(dirname "$OUT")"
 {
     echo "# Evaluation results"
@@ -331,27 +340,27 @@ mkdir -p "$(dirname "$OUT")"
     echo
     echo "- Machine: $cpu, $(nproc) cores, $mem; load average at the start $start_load."
     echo "- Commit: $commit."
-    echo "- Every run with $THREADS compute thread(s); the whole evaluation took $t_total s of wall"
-    echo "  time.  The figures are deterministic (greedy decoding, fixed seed); only the wall time"
-    echo "  depends on the machine and on what else ran on it."
+    echo "- Every run with $THREADS compute thread(s); the whole evaluation took $t_total s of wall time."
+    echo "  The figures are deterministic (greedy decoding, fixed seed); only the wall time depends"
+    echo "  on the machine and on what else ran on it."
     echo
     if [ -n "$ppl_table" ]; then
         echo "## Perplexity past the trained length"
         echo
-        echo "\`longheads-ppl\` on \`$TEXT\` ($n_tok tokens) under \`$BUNDLED\` (trained at 512"
-        echo "tokens), per bucket of $bucket positions.  w = chunk size, L = the window each head"
-        echo "attends to; \"default\" is what the tool does without options ($ppl_default, the"
-        echo "file's \`longheads.*\` keys)."
+        echo "\`longheads-ppl\` on \`$TEXT\` ($n_tok tokens) under \`$BUNDLED\`"
+        echo "(trained at 512 tokens), per bucket of $bucket positions.  w = chunk size, L = the"
+        echo "window each head attends to; \"default\" is what the tool does without options"
+        echo "($ppl_default, the file's \`longheads.*\` keys)."
         echo
         echo "$ppl_table"
         echo
     fi
     echo "## Passkey retrieval"
     echo
-    echo "\`longheads passkey\` through the daemon (greedy, seed $SEED, random keys and depths),"
-    echo "correct/trials per prompt length in tokens.  LongHeads at the daemon's defaults (the files'"
-    echo "\`longheads.*\` keys: $pk_settings); LongHeads $TRIALS trials per length up to 32768 and"
-    echo "$LONG_TRIALS past it; $full_note (\"not run\": its cost grows with the square of the length)."
+    echo "\`longheads passkey\` through the daemon (greedy, seed $SEED, random keys and depths):"
+    echo "correct/trials per prompt length in tokens.  LongHeads at the daemon's defaults (the"
+    echo "files' \`longheads.*\` keys: $pk_settings): $lh_note."
+    echo "Full attention: $full_note (its cost grows with the square of the length)."
     echo
     echo "$pk_table"
     echo
