@@ -23,8 +23,8 @@
 # busy machine two OpenMP threads on two shared cores are many times slower than one (barriers
 # wait for a descheduled thread), and one thread makes the duration predictable.
 #
-# Defaults (about 15 minutes with one thread on the 2-core development machine while other jobs
-# kept its load average at 5-10): LongHeads 20 trials per length at 256..32768 and 5 at 131072;
+# Defaults (about 10 minutes with one thread on the 2-core development machine while other jobs
+# kept its load average at 2-6; allow 20 on a busier one): LongHeads 20 trials per length at 256..32768 and 5 at 131072;
 # full attention 20 trials up to 8192, 3 at 16384, 1 at 32768 and none at 131072 (its cost grows
 # with the square of the length: one trial there takes about 20 minutes, 16x the one at 32768).
 # EVAL_FULL=1 (`make eval EVAL_FULL=1`): the long version, written to results/eval-full.md:
@@ -112,6 +112,10 @@ t_all=$(now)
 start_date=$(date -u '+%Y-%m-%d %H:%M UTC')
 start_load=$(cut -d' ' -f1-3 /proc/loadavg)
 : >"$tmp/commands"
+# the commit the figures come from (taken now: the tree may change while this runs)
+commit=$(git rev-parse --short=12 HEAD 2>/dev/null || echo unknown)
+dirty=$(git status --porcelain --untracked-files=no -- . ':!results' 2>/dev/null)
+[ -n "$dirty" ] && commit="$commit (with uncommitted changes)"
 
 # start_daemon MODEL CTX: longheadsd on $sock, waits until it answers (up to 120 s).
 start_daemon() {
@@ -315,9 +319,6 @@ t_total=$(($(now) - t_all))
 cpu=$(sed -n 's/^model name[[:space:]]*: //p' /proc/cpuinfo | head -n 1)
 [ -n "$cpu" ] || cpu=$(uname -m)
 mem=$(awk '$1 == "MemTotal:" { printf "%.1f GiB", $2 / 1048576 }' /proc/meminfo)
-commit=$(git rev-parse --short=12 HEAD 2>/dev/null || echo unknown)
-dirty=$(git status --porcelain --untracked-files=no -- . ':!results' 2>/dev/null)
-[ -n "$dirty" ] && commit="$commit (with uncommitted changes)"
 if [ -n "$FULL" ]; then how="make eval EVAL_FULL=1"; else how="make eval"; fi
 # trials_note FUNCTION: "20 trials at 256..8192, 3 at 16384, not run at 131072"
 trials_note() {
