@@ -66,7 +66,8 @@ help:
 	@echo "make test     deps + build, then every test suite (CUnit + end-to-end)"
 	@echo "make asan     the whole suite built with AddressSanitizer + UndefinedBehaviorSanitizer"
 	@echo "make bench    longheads beside llama.cpp (LLAMA_BENCH=path/to/llama-bench), same files"
-	@echo "make eval     long evaluations: perplexity per bucket, passkey table"
+	@echo "make eval     the README's perplexity and passkey tables -> results/eval.md (~10 min;"
+	@echo "              EVAL_FULL=1: also 131072 x20 and full attention there -> results/eval-full.md)"
 	@echo "make stress   load test: STRESS_CONNS x STRESS_REQUESTS through the socket, every stream checked"
 	@echo "make tsan     the daemon and end-to-end suites under ThreadSanitizer"
 	@echo "make fuzz     libFuzzer harnesses (GGUF + tokenizers, frames + protobuf) for FUZZ_TIME s each"
@@ -148,6 +149,7 @@ test: deps all
 	LH_BUILD=$(BUILD) LH_MODEL=$(MODEL) sh tests/cli.sh
 	LH_BUILD=$(BUILD) LH_MODEL=$(MODEL) sh tests/chat-tty.sh
 	sh tests/readme.sh
+	sh tests/evaltables.sh
 
 check: test
 
@@ -159,8 +161,10 @@ asan: deps
 bench: deps all
 	sh tools/bench.sh $(BUILD)
 
+# the README's evaluation tables, written to results/eval.md (EVAL_FULL=1: the long version,
+# results/eval-full.md); tools/eval.sh says what runs and how long it takes
 eval: deps all
-	sh tools/eval.sh $(BUILD)
+	LH_EVAL_FULL=$(EVAL_FULL) sh tools/eval.sh $(BUILD)
 
 install: all
 	install -d $(DESTDIR)$(PREFIX)/bin $(DESTDIR)$(PREFIX)/lib $(DESTDIR)$(PREFIX)/include \

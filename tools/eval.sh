@@ -1,53 +1,73 @@
 #!/bin/sh
-# tools/eval.sh BUILD — the long evaluations of `make eval` (minutes to hours; not part of CI).
+# tools/eval.sh BUILD — `make eval`: the evaluation tables of README.md, written to a results file
+# (results/eval.md) with the exact commands, the date, the machine and the git commit.  The README
+# quotes that file's tables verbatim and tests/evaltables.sh (in `make test`) checks that they are
+# equal, so rerun `make eval` and copy its tables into the README whenever a figure changes.
 #
-# 1. Perplexity per bucket of positions (build/longheads-ppl) of tests/data/stories-long.txt
-#    under the bundled model (trained at 512 tokens, though its file says 2048; models/README.md):
-#    full attention against LongHeads, side by side, with the time of each run; buckets of
-#    LH_EVAL_PPL_BUCKET tokens (default 512, so the first is inside the trained length).
+# 1. Perplexity per bucket of positions (longheads-ppl) of tests/data/stories-long.txt (17,697
+#    tokens) under the bundled stories260K (trained at 512 tokens): full attention, LongHeads at
+#    the tool's defaults (the file's longheads.* keys: chunk 64, window 512) and two other
+#    LongHeads settings, one column each.
 # 2. The pass-key table of the LongHeads paper (`longheads passkey`), end to end through a
-#    longheadsd started here on a temporary socket with a context of the longest length + 64:
-#    for models/passkey-aligned.gguf and models/passkey-plain.gguf (tools/train/train_passkey.py,
-#    trained at 256 tokens), LongHeads (--chunk 32 --window 256) and full attention at every
-#    length, with the time per length; then the daemon's peak and current resident memory
-#    (VmHWM / VmRSS from /proc) after the LongHeads table, and the KV-cache and
-#    chunk-representation bytes per token computed from the model's shape (`longheads info`).
-#    Without those files the table runs on the bundled stories260K, which cannot retrieve keys:
-#    it exercises the mechanics only (and says so).
+#    longheadsd started here on a temporary socket: for models/passkey-aligned.gguf and
+#    models/passkey-plain.gguf (models/PASSKEY.md, trained at 256 tokens), LongHeads at the
+#    daemon's defaults (the files' keys: chunk 32, window 256) and full attention, one passkey
+#    run per length (keys and depths depend only on the seed and the length, so the first trials
+#    of every cell are the same prompts in both attentions and in the long version).
+# 3. The daemon's peak resident memory (VmHWM) after the longest LongHeads prompt, and the
+#    KV-cache and chunk-representation bytes per token computed from the model's shape.
 #
-# Full attention costs grow with the square of the length (every query reads the whole prefix):
-# past 16384 tokens it runs fewer trials (LH_EVAL_FULL_LONG_TRIALS), and lengths above
-# LH_EVAL_FULL_MAX are skipped with an estimate from the longest length run.  The output says so.
-# Measured on 2 idle cores with the passkey models: one full-attention trial at 32768 tokens takes
-# about a minute, so about 17 minutes at 131072; LongHeads about 4 s and 16 s.  The whole
-# evaluation of both models takes about an hour, mostly full attention at 131072.
+# Every figure is deterministic (greedy decoding, fixed seed, the same sums whatever the thread
+# count), so the tables do not depend on the machine or its load; only wall times do, and the
+# results file gives just the total.  Every run uses LH_EVAL_THREADS threads (default 1): on a
+# busy machine two OpenMP threads on two shared cores are many times slower than one (barriers
+# wait for a descheduled thread), and one thread makes the duration predictable.
 #
-# Environment (all optional):
-#   LH_EVAL_LENGTHS          default 256,1024,4096,8192,16384,32768,131072
-#   LH_EVAL_TRIALS           trials per length (default 20)
+# Defaults (about 10 minutes with one thread on the 2-core development machine while other jobs
+# kept its load average at 2-6; allow 20 on a busier one): LongHeads 20 trials per length at 256..32768 and 5 at 131072;
+# full attention 20 trials up to 8192, 3 at 16384, 1 at 32768 and none at 131072 (its cost grows
+# with the square of the length: one trial there takes about 20 minutes, 16x the one at 32768).
+# EVAL_FULL=1 (`make eval EVAL_FULL=1`): the long version, written to results/eval-full.md:
+# the same, plus 20 LongHeads trials at 131072 and one full-attention trial there (about an
+# hour, most of it the two full-attention trials at 131072).
+#
+# Environment (all optional; each overrides the choice above):
+#   LH_EVAL_OUT              results file (default results/eval.md, results/eval-full.md)
+#   LH_EVAL_LENGTHS          pass-key lengths (default 256,1024,4096,8192,16384,32768,131072)
+#   LH_EVAL_TRIALS           LongHeads trials per length up to 32768 (default 20)
+#   LH_EVAL_LONG_TRIALS      LongHeads trials per length past 32768 (default 5; long version 20)
+#   LH_EVAL_FULL_TRIALS      full-attention trials per length up to 8192 (default 20)
+#   LH_EVAL_FULL_16K_TRIALS  full-attention trials per length in 8193..16384 (default 3)
 #   LH_EVAL_FULL_LONG_TRIALS full-attention trials per length past 16384 (default 1)
-#   LH_EVAL_FULL_MAX         longest length run with full attention (default 131072)
+#   LH_EVAL_FULL_MAX         longest length run with full attention (default 32768; 131072)
 #   LH_EVAL_SEED             seed of the keys and depths (default 1)
-#   LH_EVAL_MODELS           the passkey models (default models/passkey-aligned.gguf
-#                            models/passkey-plain.gguf, those that exist)
+#   LH_EVAL_MODELS           the pass-key models (default the two above)
 #   LH_EVAL_SKIP_PPL         set: skip part 1
-#   LH_EVAL_PPL_BUCKET       positions per perplexity bucket (default 512)
-#   LH_EVAL_THREADS          compute threads of the daemon and ppl (default: all cores)
+#   LH_EVAL_THREADS          compute threads of the daemon and longheads-ppl (default 1)
 #
 # Every daemon started here is stopped by its PID (SIGTERM, then SIGKILL after 30 s), also on
 # Ctrl-C and on errors.
 set -u
 
 B=${1:-build}
-LENGTHS=${LH_EVAL_LENGTHS:-256,1024,4096,8192,16384,32768,131072}
+FULL=${LH_EVAL_FULL:-${EVAL_FULL:-}}
+[ "$FULL" = 0 ] && FULL=
+if [ -n "$FULL" ]; then
+    OUT=${LH_EVAL_OUT:-results/eval-full.md}
+    LONG_TRIALS=${LH_EVAL_LONG_TRIALS:-20} FULL_MAX=${LH_EVAL_FULL_MAX:-131072}
+else
+    OUT=${LH_EVAL_OUT:-results/eval.md}
+    LONG_TRIALS=${LH_EVAL_LONG_TRIALS:-5} FULL_MAX=${LH_EVAL_FULL_MAX:-32768}
+fi
 TRIALS=${LH_EVAL_TRIALS:-20}
-FULL_LONG_TRIALS=${LH_EVAL_FULL_LONG_TRIALS:-1}
-FULL_MAX=${LH_EVAL_FULL_MAX:-131072}
+FULL_TRIALS=${LH_EVAL_FULL_TRIALS:-20}
+FULL_16K=${LH_EVAL_FULL_16K_TRIALS:-3}
+FULL_LONG=${LH_EVAL_FULL_LONG_TRIALS:-1}
+LENGTHS=${LH_EVAL_LENGTHS:-256,1024,4096,8192,16384,32768,131072}
 SEED=${LH_EVAL_SEED:-1}
-THREADS=${LH_EVAL_THREADS:-}
+THREADS=${LH_EVAL_THREADS:-1}
 BUNDLED=models/stories260K.gguf
-LH_CHUNK=32
-LH_WINDOW=256
+TEXT=tests/data/stories-long.txt
 
 for bin in longheadsd longheads longheads-ppl; do
     if [ ! -x "$B/$bin" ]; then
@@ -84,10 +104,24 @@ cleanup() {
 trap cleanup EXIT
 trap 'exit 130' INT TERM HUP
 
+# log_cmd ARGS...: records a command, as run, for the results file (with $B as written).
+log_cmd() { echo "$*" | sed -e "s|$tmp/lh.sock|\$SOCK|g" -e "s|$tmp/|/tmp/|g" >>"$tmp/commands"; }
+
+now() { date +%s; }
+t_all=$(now)
+start_date=$(date -u '+%Y-%m-%d %H:%M UTC')
+start_load=$(cut -d' ' -f1-3 /proc/loadavg)
+: >"$tmp/commands"
+# the commit the figures come from (taken now: the tree may change while this runs)
+commit=$(git rev-parse --short=12 HEAD 2>/dev/null || echo unknown)
+dirty=$(git status --porcelain --untracked-files=no -- . ':!results' 2>/dev/null)
+[ -n "$dirty" ] && commit="$commit (with uncommitted changes)"
+
 # start_daemon MODEL CTX: longheadsd on $sock, waits until it answers (up to 120 s).
 start_daemon() {
-    set -- --model "$1" --socket "$sock" --ctx "$2" --timeout 0 --log-file "$tmp/daemon.log"
-    [ -n "$THREADS" ] && set -- "$@" --threads "$THREADS"
+    set -- --model "$1" --socket "$sock" --ctx "$2" --timeout 0 --threads "$THREADS" \
+           --log-file "$tmp/daemon.log"
+    log_cmd "$B/longheadsd $* &"
     "$B/longheadsd" "$@" &
     daemon_pid=$!
     i=0
@@ -103,66 +137,72 @@ start_daemon() {
     done
 }
 
-# passkey FILE ARGS...: `longheads passkey` on the daemon, its output on stdout as it comes and
-# appended to FILE; a failure sets rc.
-passkey() {
-    out=$1
-    shift
-    { "$B/longheads" --socket "$sock" passkey --seed "$SEED" "$@"; echo $? >"$tmp/status"; } |
-        tee -a "$out"
-    [ "$(cat "$tmp/status")" = 0 ] || rc=3
-}
-
-now() { date +%s; }
-t_all=$(now)
-rc=0
+# fmt_ppl X: three significant figures, no exponent
+fmt_ppl() { awk -v x="$1" 'BEGIN { if (x >= 100) printf "%.0f", x; else if (x >= 10) printf "%.1f", x; else printf "%.2f", x }'; }
 
 # ---- 1. perplexity ------------------------------------------------------------------------------
+ppl_table=
 if [ -z "${LH_EVAL_SKIP_PPL:-}" ]; then
-    text=tests/data/stories-long.txt
-    bucket=${LH_EVAL_PPL_BUCKET:-512}
-    echo "== perplexity of $text under $BUNDLED (trained at 512 tokens), buckets of $bucket tokens"
-    set -- "full" "" \
-           "lh-w32-L512" "--attn longheads --chunk 32 --window 512" \
-           "lh-w64-L256" "--attn longheads --chunk 64 --window 256"
-    cols=""
+    bucket=512
+    echo "== perplexity of $TEXT under $BUNDLED, buckets of $bucket tokens"
+    # name | options: the tool's defaults are the second column
+    set -- "full attention" "--attn full" \
+           "default" "" \
+           "LongHeads w=32 L=512" "--chunk 32 --window 512" \
+           "LongHeads w=32 L=256" "--chunk 32 --window 256"
+    k=0 header="| tokens |" rule="|---|"
     while [ $# -ge 2 ]; do
         name=$1 args=$2
         shift 2
+        k=$((k + 1))
         t0=$(now)
+        log_cmd "$B/longheads-ppl -m $BUNDLED -f $TEXT --bucket $bucket --threads $THREADS${args:+ $args}"
         # shellcheck disable=SC2086  # args is a list of options
-        if ! "$B/longheads-ppl" -m "$BUNDLED" -f "$text" --bucket "$bucket" $args \
-                ${THREADS:+--threads "$THREADS"} >"$tmp/ppl-$name" 2>"$tmp/ppl-$name.err"; then
+        if ! "$B/longheads-ppl" -m "$BUNDLED" -f "$TEXT" --bucket "$bucket" --threads "$THREADS" \
+                $args >"$tmp/ppl-$k" 2>"$tmp/ppl-$k.err"; then
             echo "eval: longheads-ppl $args failed:" >&2
-            cat "$tmp/ppl-$name.err" >&2
+            cat "$tmp/ppl-$k.err" >&2
             exit 1
         fi
-        echo "  $name: $(tail -n 1 "$tmp/ppl-$name.err"), $(($(now) - t0)) s"
-        cols="$cols $name"
+        summary=$(tail -n 1 "$tmp/ppl-$k.err")
+        echo "  $summary ($(($(now) - t0)) s)"
+        if [ "$name" = default ]; then
+            # "longheads-ppl: 17697 tokens, attn longheads (chunk 64, window 512), ..."
+            w=$(echo "$summary" | sed -n 's/.*(chunk \([0-9]*\), window \([0-9]*\)).*/w=\1 L=\2/p')
+            [ -n "$w" ] || { echo "eval: cannot read the default settings from: $summary" >&2; exit 1; }
+            name="LongHeads $w (default)"
+            ppl_default=$w
+        fi
+        header="$header $name |" rule="$rule---:|"
     done
-    # side by side: positions, then one ppl column per run
-    printf '  %-14s' "tokens"
-    for c in $cols; do printf ' %12s' "$c"; done
-    printf '\n'
-    awk -v dir="$tmp" -v names="$cols" '
-        BEGIN {
-            n = split(names, nm, " ")
-            for (i = 1; i <= n; i++) {
-                f = dir "/ppl-" nm[i]; r = 0
-                while ((getline line < f) > 0) {
-                    split(line, w, " ")
-                    r++
-                    if (w[1] == "overall") { key[r] = "overall"; val[i, r] = w[3] }
-                    else { key[r] = w[2]; val[i, r] = w[4] }
-                }
-                if (r > rows) rows = r
-            }
-            for (r = 1; r <= rows; r++) {
-                printf "  %-14s", key[r]
-                for (i = 1; i <= n; i++) printf " %12s", val[i, r]
-                printf "\n"
-            }
-        }'
+    n_tok=$(sed -n 's/^longheads-ppl: \([0-9]*\) tokens.*/\1/p' "$tmp/ppl-1.err")
+    # rows: the first bucket (inside the trained window), the buckets starting at 4x, 8x, 16x and
+    # 32x the trained length (those the text has), then the whole text
+    ppl_table=$(
+        echo "$header"
+        echo "$rule"
+        for start in 0 2048 4096 8192 16384 overall; do
+            case $start in
+            0) label="0-511 (inside the window)" ;;
+            overall) label="all $n_tok tokens" ;;
+            *) label="$start-$((start + bucket - 1)) ($((start / 512))x)" ;;
+            esac
+            row="| $label |" found=1
+            i=1
+            while [ $i -le $k ]; do
+                if [ "$start" = overall ]; then
+                    v=$(awk '$1 == "overall" { print $3 }' "$tmp/ppl-$i")
+                else
+                    v=$(awk -v s="$start" '$1 == "tokens" { split($2, r, "-"); if (r[1] == s) print $4 }' "$tmp/ppl-$i")
+                fi
+                [ -n "$v" ] || found=0
+                row="$row $(fmt_ppl "${v:-0}") |"
+                i=$((i + 1))
+            done
+            [ $found = 1 ] && echo "$row"
+        done
+    )
+    echo "$ppl_table"
     echo
 fi
 
@@ -173,97 +213,171 @@ if [ -z "$models" ]; then
         [ -f "$m" ] && models="$models $m"
     done
 fi
-if [ -z "$models" ]; then
-    echo "== passkey: models/passkey-aligned.gguf and models/passkey-plain.gguf are not there;"
-    echo "   running the table on $BUNDLED, which cannot retrieve keys: mechanics and timings only"
-    echo "   (${LH_EVAL_TRIALS:-2} trials per length, full attention up to ${LH_EVAL_FULL_MAX:-32768}" \
-         "tokens, unless LH_EVAL_TRIALS / LH_EVAL_FULL_MAX say otherwise)"
-    models=$BUNDLED
-    TRIALS=${LH_EVAL_TRIALS:-2}
-    FULL_MAX=${LH_EVAL_FULL_MAX:-32768}
-fi
+[ -n "$models" ] || { echo "eval: no pass-key model (models/PASSKEY.md)" >&2; exit 1; }
 
 max_len=0
-short_lengths=""
-long_lengths=""
-skipped_lengths=""
 for n in $(echo "$LENGTHS" | tr ',' ' '); do
     [ "$n" -gt "$max_len" ] && max_len=$n
-    if [ "$n" -le 16384 ]; then
-        short_lengths="$short_lengths${short_lengths:+,}$n"
-    elif [ "$n" -le "$FULL_MAX" ]; then
-        long_lengths="$long_lengths${long_lengths:+,}$n"
-    else
-        skipped_lengths="$skipped_lengths${skipped_lengths:+,}$n"
-    fi
 done
 ctx=$((max_len + 64))
 
+lh_trials() { if [ "$1" -le 32768 ]; then echo "$TRIALS"; else echo "$LONG_TRIALS"; fi; }
+full_trials() {
+    if [ "$1" -gt "$FULL_MAX" ]; then echo 0
+    elif [ "$1" -le 8192 ]; then echo "$FULL_TRIALS"
+    elif [ "$1" -le 16384 ]; then echo "$FULL_16K"
+    else echo "$FULL_LONG"; fi
+}
+
+# passkey_cell N TRIALS ARGS...: one `longheads passkey` run at one length; prints "k/n".
+rc=0
+passkey_cell() {
+    n=$1 t=$2
+    shift 2
+    log_cmd "$B/longheads --socket $sock passkey --seed $SEED --lengths $n --trials $t${*:+ $*}"
+    if ! "$B/longheads" --socket "$sock" passkey --seed "$SEED" --lengths "$n" --trials "$t" "$@" \
+            >"$tmp/pk" 2>"$tmp/pk.err"; then
+        echo "eval: passkey at $n tokens failed:" >&2
+        cat "$tmp/pk" "$tmp/pk.err" >&2
+        rc=3
+        echo "error"
+        return
+    fi
+    echo "    $(grep '^length ' "$tmp/pk")" >&2
+    # "length 256: 2/2 correct (no misses); 0.1 s, prefill 7314 tok/s"
+    sed -n 's/^length [0-9]*: \([0-9]*\/[0-9]*\) correct.*/\1/p' "$tmp/pk"
+}
+
+pk_header="| model, attention |" pk_rule="|---|"
+for n in $(echo "$LENGTHS" | tr ',' ' '); do
+    pk_header="$pk_header $n |" pk_rule="$pk_rule---:|"
+done
+pk_rows=
+mem_rows=
+pk_settings=
 for model in $models; do
-    [ -f "$model" ] || { echo "eval: $model: no such file" >&2; rc=1; continue; }
+    [ -f "$model" ] || { echo "eval: $model: no such file" >&2; exit 1; }
+    mname=$(basename "$model" .gguf)
     echo "== passkey: $model, lengths $LENGTHS, seed $SEED (daemon context $ctx tokens)"
     start_daemon "$model" "$ctx" || exit 1
-    "$B/longheads" --socket "$sock" info >"$tmp/info" || rc=3
+    "$B/longheads" --socket "$sock" info >"$tmp/info" || exit 1
+    # "attention:     longheads, chunk 32, window 256 (each head ...)"
+    settings=$(sed -n 's/^attention: *longheads, chunk \([0-9]*\), window \([0-9]*\).*/w=\1 L=\2/p' "$tmp/info")
+    [ -n "$settings" ] || { echo "eval: the daemon's default attention is not LongHeads:" >&2; cat "$tmp/info" >&2; exit 1; }
+    case " $pk_settings " in *" $settings "*) ;; *) pk_settings="$pk_settings${pk_settings:+, }$settings" ;; esac
+    chunk=${settings#w=}
+    chunk=${chunk%% *}
 
-    echo "-- LongHeads, chunk $LH_CHUNK, window $LH_WINDOW, $TRIALS trials per length"
-    passkey /dev/null --lengths "$LENGTHS" --trials "$TRIALS" --attn longheads \
-        --chunk "$LH_CHUNK" --window "$LH_WINDOW"
-
+    echo "-- LongHeads at the daemon's defaults ($settings)"
+    row="| $mname, LongHeads $settings |"
+    for n in $(echo "$LENGTHS" | tr ',' ' '); do
+        row="$row $(passkey_cell "$n" "$(lh_trials "$n")") |"
+    done
+    pk_rows="$pk_rows$row
+"
     # memory after the longest LongHeads prompt; bytes per token from the model's shape:
     # KV = 2 (K and V) x layers x kv heads x head dim x element size; the chunk representations
-    # of LongHeads = layers x heads x head dim x 4 (F32) per chunk of $LH_CHUNK tokens
-    awk -v pid="$daemon_pid" -v len="$max_len" -v w="$LH_CHUNK" '
-        FILENAME ~ /status$/ {
-            if ($1 == "VmHWM:") hwm = $2
-            if ($1 == "VmRSS:") rss = $2
-            next
-        }
-        # "layers: 4, embedding 128, heads 4 (kv 4), vocabulary 512"
+    # of LongHeads = layers x heads x head dim x 4 (F32) per chunk
+    mem_rows="$mem_rows$(awk -v name="$mname" -v len="$max_len" -v w="$chunk" '
+        FILENAME ~ /status$/ { if ($1 == "VmHWM:") hwm = $2; next }
+        # "layers:        4, embedding 128, heads 4 (kv 4), vocabulary 607"
         /^layers:/ { gsub(/[,()]/, ""); nl = $2; emb = $4; nh = $6; nkv = $8 }
         /^context:/ { kv = ($0 ~ /KV f16/) ? 2 : 4 }
         END {
             hd = emb / nh
             kvb = 2 * nl * nkv * hd * kv
             lhb = nl * nh * hd * 4 / w
-            printf "memory: longheadsd (pid %d) after %d tokens: peak RSS %.1f MiB, now %.1f MiB;\n",
-                   pid, len, hwm / 1024, rss / 1024
-            printf "        per token: KV cache %d B + chunk representations %.1f B;" \
-                   " at %d tokens %.1f MiB + %.1f MiB\n",
-                   kvb, lhb, len, kvb * len / 1048576, lhb * len / 1048576
-        }' "$tmp/info" "/proc/$daemon_pid/status"
+            printf "| %s | %d | %.0f MiB | %d B | %g B | %.0f MiB |\n", name, len, hwm / 1024,
+                   kvb, lhb, (kvb + lhb) * len / 1048576
+        }' "$tmp/info" "/proc/$daemon_pid/status")
+"
 
-    echo "-- full attention, $TRIALS trials per length up to 16384"
-    : >"$tmp/full"
-    if [ -n "$short_lengths" ]; then
-        passkey "$tmp/full" --lengths "$short_lengths" --trials "$TRIALS" --attn full
-    fi
-    if [ -n "$long_lengths" ]; then
-        echo "-- full attention past 16384 tokens: only $FULL_LONG_TRIALS trial(s) per length" \
-             "(its cost grows with the square of the length)"
-        passkey "$tmp/full" --lengths "$long_lengths" --trials "$FULL_LONG_TRIALS" --attn full
-    fi
-    if [ -n "$skipped_lengths" ]; then
-        # the seconds per trial of the longest length run, scaled by the square of the ratio
-        awk -v skip="$skipped_lengths" -v lt="$TRIALS" -v ll="$FULL_LONG_TRIALS" '
-            /^length / { n = $2; sub(":", "", n); split($3, ct, "/")
-                         for (i = 1; i <= NF; i++) if ($(i) == "s," || $(i) == "s") t = $(i - 1)
-                         sub(";", "", t); if (n + 0 > best) { best = n + 0; per = t / ct[2] } }
-            END {
-                n = split(skip, s, ",")
-                for (i = 1; i <= n; i++)
-                    if (best > 0) {
-                        est = per * (s[i] / best) ^ 2
-                        printf "-- full attention at %d tokens NOT RUN: about %.0f %s per trial" \
-                               " here (%.1f s per trial at %d, times (%d/%d)^2); set" \
-                               " LH_EVAL_FULL_MAX=%d to run it\n", s[i],
-                               est < 120 ? est : est / 60, est < 120 ? "s" : "min", per, best,
-                               s[i], best, s[i]
-                    } else
-                        printf "-- full attention at %d tokens NOT RUN (LH_EVAL_FULL_MAX)\n", s[i]
-            }' "$tmp/full"
-    fi
+    echo "-- full attention"
+    row="| $mname, full |"
+    for n in $(echo "$LENGTHS" | tr ',' ' '); do
+        t=$(full_trials "$n")
+        if [ "$t" -gt 0 ]; then
+            row="$row $(passkey_cell "$n" "$t" --attn full) |"
+        else
+            row="$row not run |"
+        fi
+    done
+    pk_rows="$pk_rows$row
+"
     stop_daemon
     echo
 done
-echo "eval: done in $(($(now) - t_all)) s"
+pk_table=$(printf '%s\n%s\n%s' "$pk_header" "$pk_rule" "$pk_rows")
+echo "$pk_table"
+mem_table=$(printf '%s\n%s\n%s' \
+    "| model | prompt tokens | daemon peak RSS | KV cache per token | chunk representations per token | both at that length |" \
+    "|---|---:|---:|---:|---:|---:|" "$mem_rows")
+echo "$mem_table"
+
+# ---- the results file ---------------------------------------------------------------------------
+t_total=$(($(now) - t_all))
+cpu=$(sed -n 's/^model name[[:space:]]*: //p' /proc/cpuinfo | head -n 1)
+[ -n "$cpu" ] || cpu=$(uname -m)
+mem=$(awk '$1 == "MemTotal:" { printf "%.1f GiB", $2 / 1048576 }' /proc/meminfo)
+if [ -n "$FULL" ]; then how="make eval EVAL_FULL=1"; else how="make eval"; fi
+# trials_note FUNCTION: "20 trials at 256..8192, 3 at 16384, not run at 131072"
+trials_note() {
+    for n in $(echo "$LENGTHS" | tr ',' ' '); do echo "$n $($1 "$n")"; done | awk '
+        function flush() {
+            if (first == "") return
+            what = (cur == 0) ? "not run" : cur (cur == 1 ? " trial" : " trials")
+            out = out (out == "" ? "" : ", ") what " at " first (last != first ? ".." last : "")
+        }
+        { if ($2 != cur || first == "") { flush(); cur = $2; first = $1 } last = $1 }
+        END { flush(); print out }'
+}
+lh_note=$(trials_note lh_trials)
+full_note=$(trials_note full_trials)
+mkdir -p "$(dirname "$OUT")"
+{
+    echo "# Evaluation results"
+    echo
+    echo "Written by \`$how\` (tools/eval.sh) on $start_date."
+    echo
+    echo "- Machine: $cpu, $(nproc) cores, $mem; load average at the start $start_load."
+    echo "- Commit: $commit."
+    echo "- Every run with $THREADS compute thread(s); the whole evaluation took $t_total s of wall time."
+    echo "  The figures are deterministic (greedy decoding, fixed seed); only the wall time depends"
+    echo "  on the machine and on what else ran on it."
+    echo
+    if [ -n "$ppl_table" ]; then
+        echo "## Perplexity past the trained length"
+        echo
+        echo "\`longheads-ppl\` on \`$TEXT\` ($n_tok tokens) under \`$BUNDLED\`"
+        echo "(trained at 512 tokens), per bucket of $bucket positions.  w = chunk size, L = the"
+        echo "window each head attends to; \"default\" is what the tool does without options"
+        echo "($ppl_default, the file's \`longheads.*\` keys)."
+        echo
+        echo "$ppl_table"
+        echo
+    fi
+    echo "## Passkey retrieval"
+    echo
+    echo "\`longheads passkey\` through the daemon (greedy, seed $SEED, random keys and depths):"
+    echo "correct/trials per prompt length in tokens.  LongHeads at the daemon's defaults (the"
+    echo "files' \`longheads.*\` keys: $pk_settings): $lh_note."
+    echo "Full attention: $full_note (its cost grows with the square of the length)."
+    echo
+    echo "$pk_table"
+    echo
+    echo "Memory after the longest LongHeads prompt (peak resident set of the daemon, VmHWM; per"
+    echo "token from the model's shape: KV cache F32, chunk representations F32):"
+    echo
+    echo "$mem_table"
+    echo
+    echo "## Commands"
+    echo
+    echo "Run from the repository root, in this order; \$SOCK is the daemon's socket (a temporary"
+    echo "directory's), each daemon stopped with SIGTERM after the commands that follow it."
+    echo
+    echo '```sh'
+    cat "$tmp/commands"
+    echo '```'
+} >"$OUT.tmp" && mv "$OUT.tmp" "$OUT"
+echo "eval: wrote $OUT in $t_total s"
 exit $rc
