@@ -17,6 +17,10 @@ PREFIX   ?= /usr/local
 DESTDIR  ?=
 SOCKET   ?=
 
+# The daemon's OpenMP wait policy (daemon/main.c): a bounded spin, set in the environment of
+# everything started from here (daemon, tools, tests), as the systemd unit sets it.
+export GOMP_SPINCOUNT ?= 10000
+
 DEB_PKGS := build-essential pkg-config libdnnl-dev libprotobuf-c-dev protobuf-c-compiler \
             libcunit1-dev systemd libpcre2-dev tmux xz-utils
 

@@ -33,7 +33,8 @@
 #include "version.h"
 
 #define MAX_ALLOW 64
-/* the OpenMP spin bound the daemon runs with (see main); tools/bench.sh uses the same */
+/* the OpenMP spin bound the daemon is started with (see main): the unit, `make run`, tools/bench.sh
+ * and the tests set GOMP_SPINCOUNT to this */
 #define LH_DAEMON_SPINCOUNT "10000"
 
 typedef struct {
@@ -353,26 +354,18 @@ static char *default_socket(void)
 
 int main(int argc, char **argv)
 {
-    /* Threading policy.  libgomp reads its wait policy once, when it loads, so the daemon
-     * sets it by starting itself again, once, with the variable in its environment.  Measured
+    /* Threading policy.  libgomp reads its wait policy once, when it loads, before main: it
+     * must come from the environment the daemon is started with, and the daemon does not
+     * restart itself to change it (its process stays one exec of longheadsd).  Measured
      * (tests/test_e2e.c cancel latency; tools/bench.sh speed; 2 cores shared with a load of
      * ~10, so noisy): libgomp's default spin (~1-3 ms after each parallel region) took cancel
      * latency mid-prefill to 40-230 ms and prefill to a third, decode to a quarter of PASSIVE;
      * PASSIVE gave 1-3 ms but sleeps between the back-to-back regions of a forward pass (on an
      * idle machine decode ~20% slower than spinning); a bounded spin of GOMP_SPINCOUNT=10000
      * (~40 us) gave 6-9 ms and PASSIVE's prefill speed while keeping workers awake across a
-     * forward pass.  So: that bounded spin, unless the caller chose (OMP_WAIT_POLICY or
-     * GOMP_SPINCOUNT set; the systemd unit sets it, so no second start there).  The exec goes
-     * through the binary's real path (not /proc/self/exe), so the process keeps its name;
-     * same pid, so LISTEN_PID stays right; failure is not fatal. */
-    if (!getenv("OMP_WAIT_POLICY") && !getenv("GOMP_SPINCOUNT")) {
-        char self[PATH_MAX];
-        ssize_t n = readlink("/proc/self/exe", self, sizeof self - 1);
-        if (n > 0 && setenv("GOMP_SPINCOUNT", LH_DAEMON_SPINCOUNT, 1) == 0) {
-            self[n] = 0;
-            execv(self, argv);
-        }
-    }
+     * forward pass.  So the systemd unit (Environment=), `make run`, `make bench` and the tests
+     * start it with that bounded spin; started by hand without either variable it says so once. */
+    int omp_policy_unset = !getenv("OMP_WAIT_POLICY") && !getenv("GOMP_SPINCOUNT");
     options o;
     memset(&o, 0, sizeof o);
     lh_sched_config_default(&o.sc);
@@ -481,6 +474,10 @@ int main(int argc, char **argv)
         goto out;
     }
     lh_log_info("model %s: %s", o.model, lh_model_desc(m));
+    if (omp_policy_unset)
+        lh_log_warn("OpenMP threads use libgomp's default spin; start the daemon with "
+                    "GOMP_SPINCOUNT=" LH_DAEMON_SPINCOUNT " in its environment (as the systemd unit "
+                    "and `make run` do) for cancels within a few ms and full speed");
     char fit[512];
     if (lh_params_fit_ctx(m, &o.sc.ctx, o.sc.n_slots, o.max_memory, fit, sizeof fit) != 0)
         goto out;

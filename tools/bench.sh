@@ -29,7 +29,7 @@
 #           tokens/s from the Final frame, beside the engine-level figures of the same file.
 #
 # Ours runs as the daemon runs: its thread count (all cores) and its OpenMP wait policy (the
-# daemon starts with GOMP_SPINCOUNT=10000 unless OMP_WAIT_POLICY or GOMP_SPINCOUNT is set, see
+# daemon is started with GOMP_SPINCOUNT=10000 by its unit and `make run`, see
 # daemon/main.c; our engine-level runs here get the same, llama-bench does not).  llama-bench gets
 # the same thread count (-t).  The benchmark models have random
 # weights (longheads-mkmodel), are made under BUILD/bench when absent (never committed; the 1b
