@@ -162,8 +162,13 @@ asan: deps
 	ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 UBSAN_OPTIONS=print_stacktrace=1 \
 	  LH_BUILD=build/asan LH_MODEL=$(MODEL) LH_ASAN=1 build/asan/test_main
 
+# make bench: the output also goes to results/bench.txt (with the commit), which the README quotes.
 bench: deps all
-	sh tools/bench.sh $(BUILD)
+	@mkdir -p results
+	@{ echo "commit $$(git rev-parse --short=12 HEAD 2>/dev/null || echo unknown)$$(git diff --quiet HEAD 2>/dev/null || echo ' (with uncommitted changes)'); LLAMA_BENCH=$${LLAMA_BENCH:-}"; \
+	   echo "machine: $$(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //'), $$(nproc) cores, $$(awk '/MemTotal/ {printf "%.1f GiB", $$2/1048576}' /proc/meminfo)"; \
+	   sh tools/bench.sh $(BUILD); } 2>&1 | tee results/bench.txt.part; \
+	  rc=$$?; mv results/bench.txt.part results/bench.txt; exit $$rc
 
 # the README's evaluation tables, written to results/eval.md (EVAL_FULL=1: the long version,
 # results/eval-full.md); tools/eval.sh says what runs and how long it takes

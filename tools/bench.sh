@@ -43,7 +43,7 @@ B=${1:-build}
 D=$B/bench
 mkdir -p "$D"
 REPS=${BENCH_REPS:-3}
-MODELS=${BENCH_MODELS:-"small:f32 small:f16 small:bf16 small:q8_0 1b:f32 1b:f16 1b:bf16 1b:q8_0"}
+MODELS=${BENCH_MODELS:-"small:f32 small:f16 small:bf16 small:q8_0 small:q4_k small:q6_k 1b:f16 1b:q8_0 1b:q4_k"}
 DEPTH=${BENCH_DEPTH:-16384}
 SECTIONS=${BENCH_SECTIONS:-"side depth daemon"}
 LB=${LLAMA_BENCH:-}
@@ -176,9 +176,9 @@ if has depth && [ "$DEPTH" -gt 0 ]; then
     for m in small:f32 tiny:f32; do
         shape=${m%%:*} type=${m#*:}
         f=$(model "$shape" "$type")
-        l=$(llama "$f" -p 512 -n 64 -d "$DEPTH" -r 2)
+        l=$(llama "$f" -p 512 -n 64 -d "$DEPTH" -r 1)
         for a in full longheads; do
-            o=$(ours "$f" --pp 512 --tg 64 --depth "$DEPTH" --reps 2 --attn "$a" --chunk 64 --window 512)
+            o=$(ours "$f" --pp 512 --tg 64 --depth "$DEPTH" --reps 1 --attn "$a" --chunk 64 --window 512)
             row "$shape $type" "fill$DEPTH $a" "$(val "$o" "fill$DEPTH")" ""
             for t in "pp512@$DEPTH" "tg64@$DEPTH"; do
                 row "$shape $type" "$t $a" "$(val "$o" "$t")" "$(val "$l" "$t")"
