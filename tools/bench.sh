@@ -43,7 +43,7 @@ B=${1:-build}
 D=$B/bench
 mkdir -p "$D"
 REPS=${BENCH_REPS:-3}
-MODELS=${BENCH_MODELS:-"small:f32 small:f16 small:bf16 small:q8_0 small:q4_k small:q6_k 1b:f16 1b:q8_0 1b:q4_k"}
+MODELS=${BENCH_MODELS:-"small:f32 small:f16 small:bf16 small:q8_0 small:q4_0 small:q4_k small:q5_k small:q6_k 1b:f16 1b:q8_0 1b:q4_k"}
 DEPTH=${BENCH_DEPTH:-16384}
 SECTIONS=${BENCH_SECTIONS:-"side depth daemon"}
 LB=${LLAMA_BENCH:-}
