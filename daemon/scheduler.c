@@ -411,6 +411,11 @@ static int prepare_prompt(lh_sched *s, req *r, char *msg, size_t msg_size, lh_er
         }
     } else {
         int flags = r->a.kind == LH_REQ_SCORE || lh_tok_add_bos(s->tok) ? LH_TOK_BOS : 0;
+        /* a rendered conversation: the template's markers (<|im_start|>, [INST], ...) are
+         * control tokens of the model, not text (the user's own text is not protected from
+         * this, as in llama.cpp's chat) */
+        if (r->a.n_msgs)
+            flags |= LH_TOK_SPECIAL;
         /* sized to the request: every token covers at least one byte of text, plus BOS and the
          * dummy-prefix space; never more than the limit allows (+1 to detect "too long") */
         size_t cap = (r->a.text_len < limit ? r->a.text_len : limit) + 3, n = 0;
