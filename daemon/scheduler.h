@@ -47,6 +47,8 @@
 #include "model.h"
 #include "sampler.h"
 
+/* The daemon's one error space (the scheduler's and the server's); daemon/protocol.c maps it to
+ * the wire's ErrorCode, once, at the edge. */
 typedef enum {
     LH_ERR_NONE = 0,
     LH_ERR_INVALID_ARGUMENT,
@@ -56,6 +58,13 @@ typedef enum {
     LH_ERR_TIMEOUT,
     LH_ERR_SHUTTING_DOWN,
     LH_ERR_INTERNAL,
+    /* the connection's, from server.c */
+    LH_ERR_BAD_FRAME,        /* framing broken (over the size limit); the connection closes */
+    LH_ERR_BAD_MESSAGE,      /* the frame is not a valid Request */
+    LH_ERR_VERSION,          /* Hello with another protocol version; the connection closes */
+    LH_ERR_HANDSHAKE,        /* a request before Hello, or Hello twice */
+    LH_ERR_UNKNOWN_REQUEST,  /* no request type this daemon knows */
+    LH_ERR_PERMISSION,       /* the peer's uid/gid is not allowed; the connection closes */
 } lh_err_code;
 
 typedef enum {

@@ -1,6 +1,6 @@
 /* daemon/server — longheadsd's I/O: the listening Unix socket, one poll loop, the connections,
- * the protocol (this is the only daemon file that sees protobuf types), per-peer limits and
- * backpressure.  Compute happens on the scheduler's thread (scheduler.h); its events come back
+ * per-peer limits and backpressure.  Requests are decoded and responses encoded by protocol.c,
+ * the only daemon file that sees protobuf types.  Compute happens on the scheduler's thread (scheduler.h); its events come back
  * through a locked outbox and an eventfd, are encoded as frames there and queued on the
  * connection, so a slow client never blocks the compute thread and a long prefill never blocks
  * I/O.
