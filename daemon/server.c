@@ -19,6 +19,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "anet.h"
 #include "frame.h"
 #include "log.h"
 #include "protocol.h"
@@ -354,14 +355,11 @@ static int conn_read_frames(lh_server *srv, conn *c)
 {
     uint8_t buf[65536];
     for (int rounds = 0; rounds < 16 && !c->closing; rounds++) {
-        ssize_t n = recv(c->fd, buf, sizeof buf, 0);
-        if (n < 0) {
-            if (errno == EINTR)
-                continue;
-            if (errno == EAGAIN || errno == EWOULDBLOCK)
-                return 0;
+        ssize_t n = lh_anet_read(c->fd, buf, sizeof buf);
+        if (n == -EAGAIN)
+            return 0;
+        if (n < 0)
             return -1;
-        }
         if (n == 0) {
             if (lh_frame_pending(&c->rd))
                 lh_log_warn("connection %llu: closed in the middle of a frame (%zu bytes of it "
@@ -410,16 +408,14 @@ static int conn_read_frames(lh_server *srv, conn *c)
 /* Writes what it can.  Returns -1 when the connection must close now. */
 static int conn_write(conn *c)
 {
-    while (c->out_off < c->out_len) {
-        ssize_t n = send(c->fd, c->out + c->out_off, c->out_len - c->out_off, MSG_NOSIGNAL);
-        if (n < 0) {
-            if (errno == EINTR)
-                continue;
-            if (errno == EAGAIN || errno == EWOULDBLOCK)
-                return 0;
+    if (c->out_off < c->out_len) {
+        size_t done = 0;
+        int rc = lh_anet_write(c->fd, c->out + c->out_off, c->out_len - c->out_off, &done);
+        c->out_off += done;
+        if (rc != 0)
             return -1;
-        }
-        c->out_off += (size_t)n;
+        if (c->out_off < c->out_len)
+            return 0; /* the socket is full: the rest when it is writable */
     }
     c->out_off = c->out_len = 0;
     if (c->out_cap > (1u << 20)) { /* give back a buffer grown by a burst */
@@ -462,21 +458,21 @@ static void refuse(int fd, lh_err_code code, const char *msg)
 {
     size_t len = 0;
     uint8_t *b = lh_proto_error(0, code, msg, 0, &len);
-    if (b) {
-        ssize_t w = send(fd, b, len, MSG_NOSIGNAL | MSG_DONTWAIT);
-        (void)w;
-        free(b);
-    }
+    if (b)
+        lh_anet_send_once(fd, b, len);
+    free(b);
     close(fd);
 }
 
 static void accept_conns(lh_server *srv)
 {
     for (int i = 0; i < 64; i++) {
-        int fd = accept4(srv->lfd, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC);
-        if (fd < 0) {
-            int e = errno;
-            if (e == EAGAIN || e == EWOULDBLOCK || e == EINTR || e == ECONNABORTED)
+        int fd = -1;
+        lh_anet_peer cr;
+        int arc = lh_anet_accept(srv->lfd, &fd, &cr);
+        if (arc != 0) {
+            int e = -arc;
+            if (e == EAGAIN)
                 return;
             /* EMFILE, ENFILE, ENOBUFS, ENOMEM: the pending connection stays in the backlog and
              * the listener stays readable; polling it again at once would spin.  Stop polling it
@@ -493,10 +489,6 @@ static void accept_conns(lh_server *srv)
             }
             return;
         }
-        struct ucred cr = {.pid = 0, .uid = (uid_t)-1, .gid = (gid_t)-1};
-        socklen_t len = sizeof cr;
-        if (getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &cr, &len) != 0)
-            lh_log_warn("SO_PEERCRED: %s", strerror(errno));
         uint64_t id = ++srv->next_conn;
         if (!peer_allowed(srv, cr.uid, cr.gid)) {
             lh_log_warn("connection %llu from uid %u gid %u pid %d refused: not in allow-uid / "
@@ -578,100 +570,6 @@ static void drain_outbox(lh_server *srv)
 
 /* ---- socket -------------------------------------------------------------------------------- */
 
-static int make_parent_dir(const char *path)
-{
-    char dir[sizeof ((struct sockaddr_un *)0)->sun_path];
-    snprintf(dir, sizeof dir, "%s", path);
-    char *slash = strrchr(dir, '/');
-    if (!slash || slash == dir)
-        return 0;
-    *slash = 0;
-    struct stat st;
-    if (lstat(dir, &st) == 0) {
-        if (!S_ISDIR(st.st_mode)) {
-            lh_log_error("socket directory %s is not a directory", dir);
-            return -ENOTDIR;
-        }
-        return 0;
-    }
-    if (errno != ENOENT || mkdir(dir, 0700) != 0) {
-        int e = errno;
-        lh_log_error("cannot create socket directory %s: %s", dir, strerror(e));
-        return -e;
-    }
-    return 0;
-}
-
-static int create_socket(const char *path, unsigned mode, long gid, int *fdp)
-{
-    struct sockaddr_un sa = {.sun_family = AF_UNIX};
-    size_t len = strlen(path);
-    if (len == 0 || len >= sizeof sa.sun_path) {
-        lh_log_error("socket path '%s' is %zu bytes; at most %zu fit in sockaddr_un", path, len,
-                     sizeof sa.sun_path - 1);
-        return -ENAMETOOLONG;
-    }
-    memcpy(sa.sun_path, path, len + 1);
-    int rc = make_parent_dir(path);
-    if (rc != 0)
-        return rc;
-    struct stat st;
-    if (lstat(path, &st) == 0) {
-        if (!S_ISSOCK(st.st_mode)) {
-            lh_log_error("%s exists and is not a socket; not touching it", path);
-            return -EEXIST;
-        }
-        /* remove a stale socket only when nothing answers on it */
-        int probe = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
-        if (probe < 0)
-            return -errno;
-        int live = connect(probe, (struct sockaddr *)&sa, sizeof sa) == 0;
-        close(probe);
-        if (live) {
-            lh_log_error("another daemon is listening on %s; stop it or use --socket", path);
-            return -EADDRINUSE;
-        }
-        if (unlink(path) != 0 && errno != ENOENT) {
-            int e = errno;
-            lh_log_error("cannot remove stale socket %s: %s", path, strerror(e));
-            return -e;
-        }
-        lh_log_info("removed stale socket %s", path);
-    }
-    int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
-    if (fd < 0)
-        return -errno;
-    /* srw------- from the start: no window with a wider mode or the wrong group; then the group,
-     * then the mode, and only then listen */
-    mode_t old = umask(0177);
-    rc = bind(fd, (struct sockaddr *)&sa, sizeof sa);
-    int e = errno, bound = rc == 0;
-    umask(old);
-    if (rc == 0 && gid >= 0 && chown(path, (uid_t)-1, (gid_t)gid) != 0) {
-        e = errno;
-        lh_log_error("cannot give socket %s to group %ld (socket-group): %s", path, gid,
-                     strerror(e));
-        rc = -1;
-    } else if (rc == 0 && chmod(path, (mode_t)(mode & 0777)) != 0) {
-        e = errno;
-        lh_log_error("cannot set mode %04o on socket %s (socket-mode): %s", mode & 0777, path,
-                     strerror(e));
-        rc = -1;
-    } else if (rc != 0 || listen(fd, 128) != 0) {
-        e = rc != 0 ? e : errno;
-        lh_log_error("cannot listen on %s: %s", path, strerror(e));
-        rc = -1;
-    }
-    if (rc != 0) {
-        if (bound)
-            unlink(path);
-        close(fd);
-        return -e;
-    }
-    *fdp = fd;
-    return 0;
-}
-
 /* ---- lifecycle ----------------------------------------------------------------------------- */
 
 int lh_server_new(lh_server **sp, const lh_server_config *cfg, const lh_model *m,
@@ -732,7 +630,7 @@ int lh_server_new(lh_server **sp, const lh_server_config *cfg, const lh_model *m
             rc = -EINVAL;
             goto fail;
         }
-        if ((rc = create_socket(srv->path, srv->cfg.socket_mode, srv->cfg.socket_gid, &srv->lfd))
+        if ((rc = lh_anet_unix_listen(srv->path, srv->cfg.socket_mode, srv->cfg.socket_gid, &srv->lfd))
             != 0)
             goto fail;
         srv->created = 1;
@@ -905,11 +803,9 @@ int lh_server_run(lh_server *srv)
                 size_t len = 0;
                 uint8_t *b = lh_proto_error(0, LH_ERR_HANDSHAKE, "no Hello within the daemon's "
                                             "handshake timeout; closing", 0, &len);
-                if (b) {
-                    ssize_t w = send(c->fd, b, len, MSG_NOSIGNAL | MSG_DONTWAIT);
-                    (void)w;
-                    free(b);
-                }
+                if (b)
+                    lh_anet_send_once(c->fd, b, len);
+                free(b);
             }
             conn_free(srv, i);
             i--;
