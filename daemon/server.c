@@ -20,6 +20,7 @@
 #include <unistd.h>
 
 #include "anet.h"
+#include "conn.h"
 #include "frame.h"
 #include "log.h"
 #include "protocol.h"
@@ -28,22 +29,6 @@
 #define OUT_HIGH (256u << 10)   /* throttle the connection's requests above this */
 #define OUT_LOW (64u << 10)     /* and resume below this */
 #define OUT_HARD (8u << 20)     /* stop reading requests from it above this */
-
-typedef struct conn {
-    uint64_t id;
-    int fd;
-    uid_t uid;
-    gid_t gid;
-    pid_t pid;
-    lh_frame_reader rd;
-    double t_open;              /* accepted at (handshake timeout) */
-    double t_frame;             /* a partial frame started arriving at, or 0 (frame timeout) */
-    int hello;                  /* handshake done */
-    int closing;                /* close once the output is flushed */
-    int throttled;
-    uint8_t *out;               /* unsent output: out[out_off .. out_len) */
-    size_t out_off, out_len, out_cap;
-} conn;
 
 typedef struct out_msg {
     struct out_msg *next;
@@ -59,7 +44,7 @@ struct lh_server {
     char *path;                 /* socket path (for Info), owned */
     int created;                /* we created the socket file: remove it at exit */
     int lfd, efd;
-    conn **conns;
+    lh_conn **conns;
     size_t n_conns;
     uint64_t next_conn;
     uid_t *allow_uid;
@@ -176,7 +161,7 @@ static void on_event(void *ud, const lh_sched_event *ev)
 
 /* ---- connections --------------------------------------------------------------------------- */
 
-static conn *find_conn(lh_server *srv, uint64_t id)
+static lh_conn *find_conn(lh_server *srv, uint64_t id)
 {
     for (size_t i = 0; i < srv->n_conns; i++)
         if (srv->conns[i]->id == id)
@@ -184,37 +169,10 @@ static conn *find_conn(lh_server *srv, uint64_t id)
     return NULL;
 }
 
-static int out_append(conn *c, const uint8_t *data, size_t len)
-{
-    if (c->out_off && c->out_off == c->out_len)
-        c->out_off = c->out_len = 0;
-    if (c->out_len + len > c->out_cap) {
-        /* compact first, then grow */
-        if (c->out_off) {
-            memmove(c->out, c->out + c->out_off, c->out_len - c->out_off);
-            c->out_len -= c->out_off;
-            c->out_off = 0;
-        }
-        if (c->out_len + len > c->out_cap) {
-            size_t cap = c->out_cap ? c->out_cap : 4096;
-            while (cap < c->out_len + len)
-                cap *= 2;
-            uint8_t *nb = realloc(c->out, cap);
-            if (!nb)
-                return -ENOMEM;
-            c->out = nb;
-            c->out_cap = cap;
-        }
-    }
-    memcpy(c->out + c->out_len, data, len);
-    c->out_len += len;
-    return 0;
-}
-
 /* Queues a frame from protocol.c (block: OUT_ROOM bytes, then len bytes of frame; freed). */
-static void send_frame(conn *c, uint8_t *block, size_t len)
+static void send_frame(lh_conn *c, uint8_t *block, size_t len)
 {
-    if (!block || out_append(c, block + OUT_ROOM, len) != 0) {
+    if (!block || lh_conn_queue(c, block + OUT_ROOM, len) != 0) {
         lh_log_error("connection %llu: out of memory queueing a response; closing it",
                      (unsigned long long)c->id);
         c->closing = 1;
@@ -223,7 +181,7 @@ static void send_frame(conn *c, uint8_t *block, size_t len)
     free(block);
 }
 
-static void send_error(conn *c, uint64_t id, lh_err_code code, const char *msg)
+static void send_error(lh_conn *c, uint64_t id, lh_err_code code, const char *msg)
 {
     size_t len = 0;
     uint8_t *b = lh_proto_error(id, code, msg, OUT_ROOM, &len);
@@ -232,14 +190,11 @@ static void send_error(conn *c, uint64_t id, lh_err_code code, const char *msg)
 
 static void conn_free(lh_server *srv, size_t i)
 {
-    conn *c = srv->conns[i];
+    lh_conn *c = srv->conns[i];
     if (c->hello)
         lh_sched_cancel_owner(srv->sched, c->id);
     lh_log_info("connection %llu closed (uid %u)", (unsigned long long)c->id, (unsigned)c->uid);
-    close(c->fd);
-    lh_frame_reader_deinit(&c->rd);
-    free(c->out);
-    free(c);
+    lh_conn_free(c);
     srv->conns[i] = srv->conns[--srv->n_conns];
     srv->accept_paused_until = 0; /* an fd came free: try accepting again */
 }
@@ -259,7 +214,7 @@ static uint64_t rss_bytes(void)
     return (uint64_t)rss * (uint64_t)sysconf(_SC_PAGESIZE);
 }
 
-static void submit(lh_server *srv, conn *c, uint64_t id, lh_sched_args *a)
+static void submit(lh_server *srv, lh_conn *c, uint64_t id, lh_sched_args *a)
 {
     char msg[512];
     a->uid = c->uid;
@@ -268,7 +223,7 @@ static void submit(lh_server *srv, conn *c, uint64_t id, lh_sched_args *a)
         send_error(c, id, (lh_err_code)rc, msg);
 }
 
-static void handle_request(lh_server *srv, conn *c, lh_proto_request *req)
+static void handle_request(lh_server *srv, lh_conn *c, lh_proto_request *req)
 {
     char msg[512];
     size_t len = 0;
@@ -333,100 +288,45 @@ static void handle_request(lh_server *srv, conn *c, lh_proto_request *req)
     }
 }
 
-static int conn_read_frames(lh_server *srv, conn *c);
+/* lh_conn_read's callback: one complete frame. */
+static void on_frame(void *ud, lh_conn *c, const uint8_t *f, size_t size)
+{
+    lh_server *srv = ud;
+    lh_proto_request req;
+    if (lh_proto_decode(f, size, &req) != 0) {
+        lh_log_warn("connection %llu: a %zu-byte frame is not a valid Request",
+                    (unsigned long long)c->id, size);
+        send_error(c, 0, LH_ERR_BAD_MESSAGE,
+                   "the frame does not hold a valid Request message; check the client uses "
+                   "longheads.proto");
+        if (!c->hello)
+            c->closing = 1; /* not a longheads client: don't keep reading garbage */
+        return;
+    }
+    handle_request(srv, c, &req);
+    lh_proto_request_deinit(&req);
+}
+
 /* Reads what the connection has; handles complete frames.  Returns -1 when it must close now. */
-static int conn_read(lh_server *srv, conn *c)
+static int conn_read(lh_server *srv, lh_conn *c)
 {
-    int rc = conn_read_frames(srv, c);
-    /* the frame timeout runs from the first byte of a frame until its last */
-    if (!lh_frame_pending(&c->rd)) {
-        c->t_frame = 0;
-        if (c->rd.cap > (64u << 10)) { /* give back the buffer of a big frame */
-            lh_frame_reader_deinit(&c->rd);
-            lh_frame_reader_init(&c->rd, srv->cfg.max_frame);
-        }
-    } else if (!c->t_frame) {
-        c->t_frame = now_s();
-    }
-    return rc;
-}
-
-static int conn_read_frames(lh_server *srv, conn *c)
-{
-    uint8_t buf[65536];
-    for (int rounds = 0; rounds < 16 && !c->closing; rounds++) {
-        ssize_t n = lh_anet_read(c->fd, buf, sizeof buf);
-        if (n == -EAGAIN)
-            return 0;
-        if (n < 0)
-            return -1;
-        if (n == 0) {
-            if (lh_frame_pending(&c->rd))
-                lh_log_warn("connection %llu: closed in the middle of a frame (%zu bytes of it "
-                            "received)", (unsigned long long)c->id, lh_frame_pending(&c->rd));
-            return -1;
-        }
-        size_t off = 0;
-        while (off < (size_t)n && !c->closing) {
-            size_t used, size;
-            const uint8_t *f;
-            int rc = lh_frame_feed(&c->rd, buf + off, (size_t)n - off, &used, &f, &size);
-            off += used;
-            if (rc != 0) {
-                char msg[256];
-                if (rc == LH_E_LIMIT)
-                    snprintf(msg, sizeof msg, "frame of %zu bytes is over the daemon's limit of "
-                             "%zu (max-frame); closing", lh_frame_announced(&c->rd),
-                             srv->cfg.max_frame);
-                else
-                    snprintf(msg, sizeof msg, "out of memory reading a frame; closing");
-                lh_log_warn("connection %llu: %s", (unsigned long long)c->id, msg);
-                send_error(c, 0, rc == LH_E_LIMIT ? LH_ERR_BAD_FRAME : LH_ERR_INTERNAL, msg);
-                c->closing = 1;
-                return 0;
-            }
-            if (!f)
-                continue;
-            lh_proto_request req;
-            if (lh_proto_decode(f, size, &req) != 0) {
-                lh_log_warn("connection %llu: a %zu-byte frame is not a valid Request",
-                            (unsigned long long)c->id, size);
-                send_error(c, 0, LH_ERR_BAD_MESSAGE,
-                           "the frame does not hold a valid Request message; check the client "
-                           "uses longheads.proto");
-                if (!c->hello)
-                    c->closing = 1; /* not a longheads client: don't keep reading garbage */
-                continue;
-            }
-            handle_request(srv, c, &req);
-            lh_proto_request_deinit(&req);
-        }
+    int rc = lh_conn_read(c, on_frame, srv, now_s());
+    if (rc == -EPIPE)
+        return -1;
+    if (rc != 0) { /* broken framing: say why, then close once it is sent */
+        char msg[256];
+        if (rc == LH_E_LIMIT)
+            snprintf(msg, sizeof msg, "frame of %zu bytes is over the daemon's limit of %zu "
+                     "(max-frame); closing", lh_frame_announced(&c->rd), srv->cfg.max_frame);
+        else
+            snprintf(msg, sizeof msg, "out of memory reading a frame; closing");
+        lh_log_warn("connection %llu: %s", (unsigned long long)c->id, msg);
+        send_error(c, 0, rc == LH_E_LIMIT ? LH_ERR_BAD_FRAME : LH_ERR_INTERNAL, msg);
     }
     return 0;
 }
 
-/* Writes what it can.  Returns -1 when the connection must close now. */
-static int conn_write(conn *c)
-{
-    if (c->out_off < c->out_len) {
-        size_t done = 0;
-        int rc = lh_anet_write(c->fd, c->out + c->out_off, c->out_len - c->out_off, &done);
-        c->out_off += done;
-        if (rc != 0)
-            return -1;
-        if (c->out_off < c->out_len)
-            return 0; /* the socket is full: the rest when it is writable */
-    }
-    c->out_off = c->out_len = 0;
-    if (c->out_cap > (1u << 20)) { /* give back a buffer grown by a burst */
-        free(c->out);
-        c->out = NULL;
-        c->out_cap = 0;
-    }
-    return 0;
-}
-
-static void update_throttle(lh_server *srv, conn *c)
+static void update_throttle(lh_server *srv, lh_conn *c)
 {
     size_t pending = c->out_len - c->out_off;
     if (!c->throttled && pending > OUT_HIGH) {
@@ -521,24 +421,15 @@ static void accept_conns(lh_server *srv)
                                  : "too many connections (max-connections); retry later");
             continue;
         }
-        conn *c = calloc(1, sizeof *c);
-        conn **nc = realloc(srv->conns, (srv->n_conns + 1) * sizeof *nc);
-        if (!c || !nc) {
-            free(c);
-            if (nc)
-                srv->conns = nc;
+        lh_conn *c = NULL;
+        lh_conn **nc = realloc(srv->conns, (srv->n_conns + 1) * sizeof *nc);
+        if (nc)
+            srv->conns = nc;
+        if (!nc || lh_conn_new(&c, id, fd, &cr, srv->cfg.max_frame, now_s()) != 0) {
             lh_log_error("connection %llu: out of memory", (unsigned long long)id);
             close(fd);
             continue;
         }
-        srv->conns = nc;
-        c->id = id;
-        c->fd = fd;
-        c->uid = cr.uid;
-        c->gid = cr.gid;
-        c->pid = cr.pid;
-        c->t_open = now_s();
-        lh_frame_reader_init(&c->rd, srv->cfg.max_frame);
         srv->conns[srv->n_conns++] = c;
         lh_log_info("connection %llu from uid %u gid %u pid %d", (unsigned long long)id,
                     (unsigned)cr.uid, (unsigned)cr.gid, (int)cr.pid);
@@ -556,9 +447,9 @@ static void drain_outbox(lh_server *srv)
     pthread_mutex_unlock(&srv->out_lock);
     while (m) {
         out_msg *next = m->next;
-        conn *c = find_conn(srv, m->conn);
+        lh_conn *c = find_conn(srv, m->conn);
         if (c && !c->closing) {
-            if (m->len == 0 || out_append(c, m->data, m->len) != 0) {
+            if (m->len == 0 || lh_conn_queue(c, m->data, m->len) != 0) {
                 c->closing = 1;
                 c->out_off = c->out_len = 0;
             }
@@ -665,7 +556,7 @@ void lh_server_free(lh_server *srv)
     lh_sched_free(srv->sched);
     srv->sched = NULL;
     while (srv->n_conns) {
-        conn *c = srv->conns[srv->n_conns - 1];
+        lh_conn *c = srv->conns[srv->n_conns - 1];
         c->hello = 0;
         conn_free(srv, srv->n_conns - 1);
     }
@@ -788,7 +679,7 @@ int lh_server_run(lh_server *srv)
         }
         /* per-connection timeouts: no Hello in time, a frame that does not complete in time */
         for (size_t i = 0; i < srv->n_conns; i++) {
-            conn *c = srv->conns[i];
+            lh_conn *c = srv->conns[i];
             const char *why = NULL;
             if (!c->hello && t - c->t_open > srv->cfg.handshake_s)
                 why = "no Hello within the handshake timeout";
@@ -831,7 +722,7 @@ int lh_server_run(lh_server *srv)
         pfds[n++] = (struct pollfd){.fd = accepting ? srv->lfd : -1, .events = POLLIN};
         pfds[n++] = (struct pollfd){.fd = srv->cfg.signal_fd, .events = POLLIN};
         for (size_t i = 0; i < srv->n_conns; i++) {
-            conn *c = srv->conns[i];
+            lh_conn *c = srv->conns[i];
             size_t pending = c->out_len - c->out_off;
             short ev = 0;
             if (!c->closing && pending < OUT_HARD)
@@ -873,7 +764,7 @@ int lh_server_run(lh_server *srv)
         if (pfds[0].revents & POLLIN)
             drain_outbox(srv);
         for (size_t i = 0; i < n_snap; i++) {
-            conn *c = find_conn(srv, ids[i]);
+            lh_conn *c = find_conn(srv, ids[i]);
             if (!c)
                 continue;
             int dead = 0;
@@ -882,7 +773,7 @@ int lh_server_run(lh_server *srv)
             else if (revs[i] & (POLLHUP | POLLERR))
                 dead = 1;
             if (!dead && c->out_len > c->out_off)
-                dead = conn_write(c) != 0;
+                dead = lh_conn_write(c) != 0;
             if (!dead && c->closing && c->out_len == c->out_off)
                 dead = 1;
             if (dead) {
@@ -899,8 +790,8 @@ int lh_server_run(lh_server *srv)
         free(revs);
         /* output that arrived for connections not in the snapshot's POLLOUT set */
         for (size_t i = 0; i < srv->n_conns; i++) {
-            conn *c = srv->conns[i];
-            if (c->out_len > c->out_off && conn_write(c) != 0) {
+            lh_conn *c = srv->conns[i];
+            if (c->out_len > c->out_off && lh_conn_write(c) != 0) {
                 conn_free(srv, i);
                 i--;
                 continue;
