@@ -16,6 +16,11 @@
  * The model file is checked (stat) before each request: changed in place, every request is
  * refused from then on and lh_sched_stats.fatal tells the server to stop.
  *
+ * Generate and Chat run on the engine's one generation loop (engine/gen.h: sampling, UTF-8-safe
+ * text, stop strings, end of generation, the prompt cache's common prefix), driven one slice or
+ * one token per step; this module only schedules it.  Score's prefill and log-probabilities
+ * (lh_gen_logprob) stay here.
+ *
  * Work is done in steps, and no step is longer than about one prefill slice: a prefill slice
  * (its size adapted so that it takes about slice_ms), one decoded token, one tokenization.
  * Between steps the thread admits queued requests, finishes cancelled or expired ones, and

@@ -225,10 +225,11 @@ static size_t text_ready(const lh_gen *g, int *stopp)
 /* Drops the n_out bytes handed out by the previous call. */
 static void consume(lh_gen *g)
 {
+    if (!g->pend) /* no text yet (a generation cancelled in its prefill): nothing to drop */
+        return;
     memmove(g->pend, g->pend + g->n_out, g->n_pend - g->n_out);
     g->n_pend -= g->n_out;
-    if (g->pend)
-        g->pend[g->n_pend] = 0;
+    g->pend[g->n_pend] = 0;
     g->n_out = 0;
 }
 

@@ -267,6 +267,10 @@ static void test_slices_and_abort(void)
     CU_ASSERT(n_checks >= 1);
     CU_ASSERT_EQUAL(done, 0);
     CU_ASSERT_EQUAL(lh_gen_n_done(g), 0);
+    /* what the daemon does with a generation cancelled in its prefill: flush (no text yet) */
+    size_t n_tail = 99;
+    CU_ASSERT_STRING_EQUAL(lh_gen_flush(g, &n_tail), "");
+    CU_ASSERT_EQUAL(n_tail, 0);
     lh_gen_free(g);
     lh_ctx_free(c);
 }
