@@ -20,7 +20,6 @@
 #include "tokenizer.h"
 
 enum { CANCEL_NONE = 0, CANCEL_CLIENT, CANCEL_DISCONNECT, CANCEL_SHUTDOWN };
-enum { PHASE_PREFILL, PHASE_DECODE };
 
 typedef struct slot {
     lh_ctx *ctx;
@@ -41,21 +40,14 @@ typedef struct req {
     atomic_int cancel;
     int active;
     slot *sl;
-    int phase;
     int32_t *prompt;            /* (n_prompt) */
-    size_t n_prompt, n_done, n_reused, n_gen;
+    size_t n_prompt, n_done, n_reused; /* score; a generation's come from gen */
     size_t n_slice;             /* adaptive prefill slice */
-    int32_t cur, prev;          /* sampled token not yet handled; the token before it */
-    lh_sampler *sampler;
+    lh_gen *gen;                /* generate: the engine's generation loop (decode, sampling,
+                                 * UTF-8 hold-back, stop strings, end of generation) */
     float *lp;                  /* score: (n_prompt - 1) log-probabilities */
     double lp_total;
     double t_submit, t_start, t_prefill, t_decode, deadline;
-    /* text streaming: raw bytes of an incomplete UTF-8 sequence, then validated text not yet
-     * sent because it may be the start of a stop string */
-    char raw[8];
-    size_t n_raw;
-    char *pend;
-    size_t n_pend, cap_pend;
 } req;
 
 typedef struct {
@@ -270,9 +262,6 @@ static const char *cancel_name(int c)
     return names[c];
 }
 
-/* Text still held back, with an incomplete UTF-8 tail replaced by U+FFFD. */
-static void flush_raw(req *r);
-
 static void finish_generate(lh_sched *s, req *r, lh_finish finish, lh_err_code err,
                             const char *msg)
 {
@@ -280,19 +269,21 @@ static void finish_generate(lh_sched *s, req *r, lh_finish finish, lh_err_code e
     int why = finish == LH_FINISH_CANCELLED ? atomic_load(&r->cancel) : CANCEL_NONE;
     if (!r->t_start)
         r->t_start = t;
-    if (r->phase == PHASE_PREFILL && r->t_start && !r->t_prefill)
-        r->t_prefill = t;
+    if (r->t_start && !r->t_prefill)
+        r->t_prefill = t; /* ended during the prefill */
+    /* the text still held back (an incomplete UTF-8 tail as U+FFFD); none after a stop string */
     const char *text = "";
-    size_t text_len = 0;
-    if (finish != LH_FINISH_STOP) {
-        flush_raw(r);
-        text = r->pend ? r->pend : "";
-        text_len = r->n_pend;
+    size_t text_len = 0, n_reused = 0, n_done = 0, n_gen = 0;
+    if (r->gen) {
+        text = lh_gen_flush(r->gen, &text_len);
+        n_reused = lh_gen_n_reused(r->gen);
+        n_done = lh_gen_n_done(r->gen);
+        n_gen = lh_gen_n_generated(r->gen);
     }
     lh_sched_event ev = {
         .kind = LH_EV_FINAL, .owner = r->owner, .id = r->id, .finish = finish, .text = text,
-        .text_len = text_len, .n_prompt = r->n_prompt, .n_reused = r->n_reused,
-        .n_generated = r->n_gen, .queue_ms = (r->t_start - r->t_submit) * 1e3,
+        .text_len = text_len, .n_prompt = r->n_prompt, .n_reused = n_reused,
+        .n_generated = n_gen, .queue_ms = (r->t_start - r->t_submit) * 1e3,
         .prefill_ms = r->t_prefill ? (r->t_prefill - r->t_start) * 1e3 : (t - r->t_start) * 1e3,
         .decode_ms = r->t_prefill ? (t - r->t_prefill) * 1e3 : 0, .err = err, .err_msg = msg};
     s->emit(s->ud, &ev);
@@ -301,9 +292,9 @@ static void finish_generate(lh_sched *s, req *r, lh_finish finish, lh_err_code e
                 "%zu; queue %.1f ms, prefill %.1f ms (%.0f tok/s), decode %.1f ms (%.1f tok/s); "
                 "finish %s%s%s%s",
                 (unsigned long long)r->owner, (unsigned long long)r->id, (unsigned)r->a.uid,
-                r->n_prompt, r->n_reused, r->n_gen, ev.queue_ms, ev.prefill_ms,
-                pf_s > 0 ? (double)(r->n_done - r->n_reused) / pf_s : 0.0, ev.decode_ms,
-                dec_s > 0 ? (double)r->n_gen / dec_s : 0.0, finish_name(finish),
+                r->n_prompt, n_reused, n_gen, ev.queue_ms, ev.prefill_ms,
+                pf_s > 0 ? (double)(n_done - n_reused) / pf_s : 0.0, ev.decode_ms,
+                dec_s > 0 ? (double)n_gen / dec_s : 0.0, finish_name(finish),
                 cancel_name(why), msg ? ": " : "", msg ? msg : "");
 }
 
@@ -329,157 +320,10 @@ static void req_free(req *r)
     if (!r)
         return;
     lh_sched_args_deinit(&r->a);
-    lh_sampler_free(r->sampler);
+    lh_gen_free(r->gen);
     free(r->prompt);
     free(r->lp);
-    free(r->pend);
     free(r);
-}
-
-/* ---- text streaming ------------------------------------------------------------------------ */
-
-/* Length of the UTF-8 sequence at p (n bytes available): > 0 complete and valid, 0 valid so far
- * but incomplete, -1 invalid (the first byte is to be replaced). */
-static int utf8_seq(const unsigned char *p, size_t n)
-{
-    unsigned c = p[0];
-    int len;
-    unsigned lo = 0x80, hi = 0xbf;
-    if (c < 0x80)
-        return 1;
-    if (c >= 0xc2 && c <= 0xdf)
-        len = 2;
-    else if (c >= 0xe0 && c <= 0xef) {
-        len = 3;
-        if (c == 0xe0)
-            lo = 0xa0;
-        if (c == 0xed)
-            hi = 0x9f;
-    } else if (c >= 0xf0 && c <= 0xf4) {
-        len = 4;
-        if (c == 0xf0)
-            lo = 0x90;
-        if (c == 0xf4)
-            hi = 0x8f;
-    } else
-        return -1;
-    for (int i = 1; i < len; i++) {
-        if ((size_t)i >= n)
-            return 0;
-        unsigned b = p[i];
-        if (b < (i == 1 ? lo : 0x80) || b > (i == 1 ? hi : 0xbf))
-            return -1;
-    }
-    return len;
-}
-
-static int pend_add(req *r, const char *p, size_t n)
-{
-    if (r->n_pend + n + 1 > r->cap_pend) {
-        size_t cap = r->cap_pend ? r->cap_pend : 64;
-        while (cap < r->n_pend + n + 1)
-            cap *= 2;
-        char *np = realloc(r->pend, cap);
-        if (!np)
-            return -ENOMEM;
-        r->pend = np;
-        r->cap_pend = cap;
-    }
-    memcpy(r->pend + r->n_pend, p, n);
-    r->n_pend += n;
-    r->pend[r->n_pend] = 0;
-    return 0;
-}
-
-/* Moves the complete, valid characters of raw + piece to pend; invalid bytes become U+FFFD; an
- * incomplete trailing sequence stays in raw. */
-static int text_add(req *r, const char *piece, size_t len)
-{
-    static const char repl[] = "\xef\xbf\xbd";
-    size_t i = 0;
-    while (r->n_raw || i < len) {
-        /* work on raw first, topped up from piece one byte at a time */
-        if (r->n_raw) {
-            while (r->n_raw < 4 && i < len && utf8_seq((unsigned char *)r->raw, r->n_raw) == 0)
-                r->raw[r->n_raw++] = piece[i++];
-            int k = utf8_seq((unsigned char *)r->raw, r->n_raw);
-            if (k == 0)
-                return 0; /* still incomplete: wait for the next token */
-            if (k < 0) {
-                if (pend_add(r, repl, 3))
-                    return -ENOMEM;
-                memmove(r->raw, r->raw + 1, --r->n_raw);
-                /* the bytes after the bad lead are re-examined as leads */
-                continue;
-            }
-            if (pend_add(r, r->raw, (size_t)k))
-                return -ENOMEM;
-            memmove(r->raw, r->raw + k, r->n_raw - (size_t)k);
-            r->n_raw -= (size_t)k;
-            continue;
-        }
-        /* fast path over the piece */
-        size_t start = i;
-        int k = 0;
-        while (i < len && (k = utf8_seq((const unsigned char *)piece + i, len - i)) > 0)
-            i += (size_t)k;
-        if (i > start && pend_add(r, piece + start, i - start))
-            return -ENOMEM;
-        if (i < len) {
-            if (k == 0) {
-                memcpy(r->raw, piece + i, len - i);
-                r->n_raw = len - i;
-                return 0;
-            }
-            if (pend_add(r, repl, 3))
-                return -ENOMEM;
-            i++;
-        }
-    }
-    return 0;
-}
-
-static void flush_raw(req *r)
-{
-    if (r->n_raw) {
-        pend_add(r, "\xef\xbf\xbd", 3);
-        r->n_raw = 0;
-    }
-}
-
-/* After text was added: the number of pend bytes that may be sent now, and whether a stop string
- * occurs (then *stopp = 1 and the result is the offset where it starts). */
-static size_t text_ready(const req *r, int *stopp)
-{
-    *stopp = 0;
-    size_t best = r->n_pend;
-    for (size_t i = 0; i < r->a.n_stop; i++) {
-        const char *st = r->a.stop[i];
-        size_t sl = strlen(st);
-        if (!sl)
-            continue;
-        const char *hit = memmem(r->pend, r->n_pend, st, sl);
-        if (hit && (size_t)(hit - r->pend) <= best) {
-            if (!*stopp || (size_t)(hit - r->pend) < best)
-                best = (size_t)(hit - r->pend);
-            *stopp = 1;
-        }
-    }
-    if (*stopp)
-        return best;
-    /* hold back the longest suffix of pend that is a proper prefix of a stop string */
-    size_t hold = 0;
-    for (size_t i = 0; i < r->a.n_stop; i++) {
-        const char *st = r->a.stop[i];
-        size_t sl = strlen(st);
-        for (size_t k = sl > 0 ? sl - 1 : 0; k > hold; k--) {
-            if (k <= r->n_pend && memcmp(r->pend + r->n_pend - k, st, k) == 0) {
-                hold = k;
-                break;
-            }
-        }
-    }
-    return r->n_pend - hold;
 }
 
 /* ---- slots --------------------------------------------------------------------------------- */
@@ -566,7 +410,12 @@ static int prepare_prompt(lh_sched *s, req *r, char *msg, size_t msg_size, lh_er
             }
         }
     } else {
-        int add_bos = r->a.kind == LH_REQ_SCORE ? 1 : lh_tok_add_bos(s->tok);
+        int flags = r->a.kind == LH_REQ_SCORE || lh_tok_add_bos(s->tok) ? LH_TOK_BOS : 0;
+        /* a rendered conversation: the template's markers (<|im_start|>, [INST], ...) are
+         * control tokens of the model, not text (the user's own text is not protected from
+         * this, as in llama.cpp's chat) */
+        if (r->a.n_msgs)
+            flags |= LH_TOK_SPECIAL;
         /* sized to the request: every token covers at least one byte of text, plus BOS and the
          * dummy-prefix space; never more than the limit allows (+1 to detect "too long") */
         size_t cap = (r->a.text_len < limit ? r->a.text_len : limit) + 3, n = 0;
@@ -576,8 +425,19 @@ static int prepare_prompt(lh_sched *s, req *r, char *msg, size_t msg_size, lh_er
             *errp = LH_ERR_INTERNAL;
             return -1;
         }
-        int rc = lh_tok_encode(s->tok, r->a.text ? r->a.text : "", r->a.text_len, add_bos,
-                               r->prompt, cap, &n);
+        const char *text = r->a.text ? r->a.text : "";
+        int rc = lh_tok_encode(s->tok, text, r->a.text_len, flags, r->prompt, cap, &n);
+        if (rc == LH_E_LIMIT && n <= limit) {
+            /* special tokens restart SentencePiece's dummy prefix: more than one per byte */
+            int32_t *more = realloc(r->prompt, n * sizeof *more);
+            if (!more) {
+                snprintf(msg, msg_size, "out of memory tokenizing the prompt");
+                *errp = LH_ERR_INTERNAL;
+                return -1;
+            }
+            r->prompt = more;
+            rc = lh_tok_encode(s->tok, text, r->a.text_len, flags, r->prompt, n, &n);
+        }
         if (rc == LH_E_LIMIT) {
             prompt_limit_msg(s, n, msg, msg_size);
             *errp = LH_ERR_LIMIT;
@@ -729,7 +589,8 @@ static void run_quick(lh_sched *s, req *r)
 #define MIN_SLICE 256
 static size_t min_slice(size_t n_batch) { return n_batch < MIN_SLICE ? n_batch : MIN_SLICE; }
 
-/* Starts a generate/score request on its slot: prompt reuse, sampler.  0 or error. */
+/* Starts a generate/score request on its slot: the prompt cache, the generation loop.  0 or
+ * error (msg, *errp set). */
 static int start_on_slot(lh_sched *s, req *r, char *msg, size_t msg_size, lh_err_code *errp)
 {
     lh_ctx *ctx = r->sl->ctx;
@@ -741,20 +602,11 @@ static int start_on_slot(lh_sched *s, req *r, char *msg, size_t msg_size, lh_err
         *errp = LH_ERR_LIMIT;
         return -1;
     }
-    size_t keep = 0;
-    if (r->a.kind == LH_REQ_GENERATE) {
-        /* keep the common prefix, but always evaluate the last prompt token: its logits are
-         * what the first generated token is sampled from */
-        keep = common_prefix(lh_ctx_tokens(ctx), lh_ctx_n_past(ctx), r->prompt, r->n_prompt);
-        if (keep >= r->n_prompt)
-            keep = r->n_prompt - 1;
-    }
-    r->n_reused = lh_ctx_truncate(ctx, keep);
-    r->n_done = r->n_reused;
     /* a cancel stops lh_ctx_eval between layers (prefill_abort), so slices are sized for
      * throughput: a batch of fewer than MIN_SLICE tokens reads every weight for little work */
     r->n_slice = min_slice(r->sl->n_batch);
     if (r->a.kind == LH_REQ_SCORE) {
+        r->n_reused = r->n_done = lh_ctx_truncate(ctx, 0);
         r->lp = malloc((r->n_prompt > 1 ? r->n_prompt - 1 : 1) * sizeof *r->lp);
         if (!r->lp) {
             snprintf(msg, msg_size, "out of memory");
@@ -763,23 +615,39 @@ static int start_on_slot(lh_sched *s, req *r, char *msg, size_t msg_size, lh_err
         }
         return 0;
     }
-    int rc = lh_sampler_new(&r->sampler, &r->a.sp, s->n_vocab);
+    /* generate: the engine's loop keeps the cached prefix (the prompt cache) and always
+     * evaluates the last prompt token, whose logits give the first sample */
+    const char **stop = calloc(r->a.n_stop ? r->a.n_stop : 1, sizeof *stop);
+    if (!stop) {
+        snprintf(msg, msg_size, "out of memory");
+        *errp = LH_ERR_INTERNAL;
+        return -1;
+    }
+    size_t n_stop = 0;
+    for (size_t i = 0; i < r->a.n_stop; i++)
+        if (r->a.stop[i] && r->a.stop[i][0])
+            stop[n_stop++] = r->a.stop[i];
+    lh_gen_params gp = {.max_tokens = r->a.max_tokens ? r->a.max_tokens
+                                                      : s->cfg.max_tokens_default,
+                        .stop = stop, .n_stop = n_stop, .sp = r->a.sp, .reuse = 1};
+    int rc = lh_gen_new(&r->gen, ctx, s->tok, &gp, r->prompt, r->n_prompt);
+    free(stop);
     if (rc != 0) {
-        snprintf(msg, msg_size, "invalid sampling parameters (temperature >= 0, top-p in (0, 1], "
-                 "min-p in [0, 1], repeat-penalty > 0)");
+        if (rc == -EINVAL)
+            snprintf(msg, msg_size, "invalid sampling parameters (temperature >= 0, top-p in "
+                     "(0, 1], min-p in [0, 1], repeat-penalty > 0)");
+        else
+            snprintf(msg, msg_size, "out of memory");
         *errp = rc == -EINVAL ? LH_ERR_INVALID_ARGUMENT : LH_ERR_INTERNAL;
         return -1;
     }
-    for (size_t i = 0; i < r->n_prompt; i++)
-        lh_sampler_accept(r->sampler, r->prompt[i]);
-    r->phase = PHASE_PREFILL;
     return 0;
 }
 
-static void emit_progress(lh_sched *s, req *r)
+static void emit_progress(lh_sched *s, req *r, size_t n_done)
 {
     lh_sched_event ev = {.kind = LH_EV_PROGRESS, .owner = r->owner, .id = r->id,
-                         .n_done = r->n_done, .n_total = r->n_prompt};
+                         .n_done = n_done, .n_total = r->n_prompt};
     s->emit(s->ud, &ev);
 }
 
@@ -802,7 +670,59 @@ static int prefill_abort(void *ud)
     return atomic_load(&r->cancel) || (r->deadline && now_s() > r->deadline);
 }
 
-/* One step of an active request.  Returns 1 when it finished (its terminal event emitted). */
+/* Adapts the prefill slice after one of n tokens took dt seconds so that one takes about
+ * slice_ms: attention cost grows with the context, so later slices of a long prompt get
+ * shorter. */
+static void adapt_slice(const lh_sched *s, req *r, size_t n, double dt)
+{
+    double per = dt / (double)n, target = s->cfg.slice_ms * 1e-3;
+    size_t want = per > 0 ? (size_t)(target / per) : r->sl->n_batch;
+    if (want > 2 * n)
+        want = 2 * n; /* grow at most 2x per slice: a misestimate costs one slice */
+    if (want < min_slice(r->sl->n_batch))
+        want = min_slice(r->sl->n_batch);
+    if (want > r->sl->n_batch)
+        want = r->sl->n_batch;
+    r->n_slice = want;
+}
+
+/* One prefill slice of a Score request (all positions' logits).  1 when it finished. */
+static int score_step(lh_sched *s, req *r, double t)
+{
+    lh_ctx *ctx = r->sl->ctx;
+    size_t n = r->n_prompt - r->n_done;
+    if (n > r->n_slice)
+        n = r->n_slice;
+    lh_ctx_set_abort(ctx, prefill_abort, r);
+    int rc = lh_ctx_eval(ctx, r->prompt + r->n_done, n, r->sl->logits, 1);
+    lh_ctx_set_abort(ctx, NULL, NULL);
+    if (rc == LH_E_CANCELLED)
+        return 0;   /* the next step finishes it (cancelled or timed out) */
+    if (rc != 0) {
+        finish_req(s, r, LH_FINISH_ERROR, rc == LH_E_LIMIT ? LH_ERR_LIMIT : LH_ERR_INTERNAL,
+                   rc == LH_E_LIMIT ? "the context is full" : "evaluation failed");
+        return 1;
+    }
+    score_slice(s, r, r->sl->logits, r->n_done, n);
+    r->n_done += n;
+    adapt_slice(s, r, n, now_s() - t);
+    emit_progress(s, r, r->n_done);
+    if (r->n_done < r->n_prompt)
+        return 0;
+    r->t_prefill = now_s();
+    lh_sched_event ev = {.kind = LH_EV_SCORE, .owner = r->owner, .id = r->id,
+                         .tokens = r->prompt, .n_tokens = r->n_prompt,
+                         .logprobs = r->lp, .total = r->lp_total};
+    s->emit(s->ud, &ev);
+    lh_log_info("request %llu.%llu uid %u: score, %zu tokens, %.1f ms, logprob %.3f",
+                (unsigned long long)r->owner, (unsigned long long)r->id,
+                (unsigned)r->a.uid, r->n_prompt, (r->t_prefill - r->t_start) * 1e3,
+                r->lp_total);
+    return 1;
+}
+
+/* One step of an active request: a prefill slice or one decoded token.  Returns 1 when it
+ * finished (its terminal event emitted). */
 static int step(lh_sched *s, req *r)
 {
     lh_ctx *ctx = r->sl->ctx;
@@ -817,15 +737,13 @@ static int step(lh_sched *s, req *r)
                    "the request exceeded its timeout; raise it (timeout) or shorten the prompt");
         return 1;
     }
-    if (r->n_done < r->n_prompt) {
-        size_t n = r->n_prompt - r->n_done;
-        if (n > r->n_slice)
-            n = r->n_slice;
-        int last = r->n_done + n == r->n_prompt;
-        float *logits = r->a.kind == LH_REQ_SCORE ? r->sl->logits
-                        : last ? r->sl->logits : NULL;
+    if (r->a.kind == LH_REQ_SCORE)
+        return score_step(s, r, t);
+    size_t n_before = lh_gen_n_done(r->gen);
+    if (n_before < r->n_prompt) {
+        int done = 0;
         lh_ctx_set_abort(ctx, prefill_abort, r);
-        int rc = lh_ctx_eval(ctx, r->prompt + r->n_done, n, logits, r->a.kind == LH_REQ_SCORE);
+        int rc = lh_gen_prefill(r->gen, r->n_slice, &done);
         lh_ctx_set_abort(ctx, NULL, NULL);
         if (rc == LH_E_CANCELLED)
             return 0;   /* the next step finishes it (cancelled or timed out) */
@@ -834,86 +752,36 @@ static int step(lh_sched *s, req *r)
                        rc == LH_E_LIMIT ? "the context is full" : "evaluation failed");
             return 1;
         }
-        if (r->a.kind == LH_REQ_SCORE)
-            score_slice(s, r, logits, r->n_done, n);
-        r->n_done += n;
-        /* adapt the slice so that one takes about slice_ms: attention cost grows with the
-         * context, so later slices of a long prompt get shorter */
-        double dt = now_s() - t, per = dt / (double)n, target = s->cfg.slice_ms * 1e-3;
-        size_t want = per > 0 ? (size_t)(target / per) : r->sl->n_batch;
-        if (want > 2 * n)
-            want = 2 * n; /* grow at most 2x per slice: a misestimate costs one slice */
-        if (want < min_slice(r->sl->n_batch))
-            want = min_slice(r->sl->n_batch);
-        if (want > r->sl->n_batch)
-            want = r->sl->n_batch;
-        r->n_slice = want;
-        emit_progress(s, r);
-        if (!last)
-            return 0;
-        r->t_prefill = now_s();
-        if (r->a.kind == LH_REQ_SCORE) {
-            lh_sched_event ev = {.kind = LH_EV_SCORE, .owner = r->owner, .id = r->id,
-                                 .tokens = r->prompt, .n_tokens = r->n_prompt,
-                                 .logprobs = r->lp, .total = r->lp_total};
-            s->emit(s->ud, &ev);
-            lh_log_info("request %llu.%llu uid %u: score, %zu tokens, %.1f ms, logprob %.3f",
-                        (unsigned long long)r->owner, (unsigned long long)r->id,
-                        (unsigned)r->a.uid, r->n_prompt, (r->t_prefill - r->t_start) * 1e3,
-                        r->lp_total);
-            return 1;
-        }
-        r->prev = r->prompt[r->n_prompt - 1];
-        r->cur = lh_sampler_sample(r->sampler, r->sl->logits);
-        lh_sampler_accept(r->sampler, r->cur);
-        r->phase = PHASE_DECODE;
+        size_t n_after = lh_gen_n_done(r->gen);
+        adapt_slice(s, r, n_after - n_before, now_s() - t);
+        emit_progress(s, r, n_after);
+        if (done)
+            r->t_prefill = now_s();
         return 0;
     }
-    /* decode: handle the sampled token, then evaluate it and sample the next */
-    if (lh_model_is_eog(s->model, r->cur) || r->cur == lh_tok_bos(s->tok)) {
-        finish_generate(s, r, LH_FINISH_EOS, LH_ERR_NONE, NULL);
-        return 1;
+    /* decode: the engine takes the sampled token, hands out the text that may be shown,
+     * evaluates the token and samples the next */
+    int32_t tok;
+    const char *text;
+    size_t len;
+    lh_gen_end end;
+    int rc = lh_gen_step(r->gen, &tok, &text, &len, &end);
+    if (tok >= 0) { /* taken (also when evaluating it then failed) */
+        lh_sched_event ev = {.kind = LH_EV_TOKEN, .owner = r->owner, .id = r->id, .token = tok,
+                             .text = text, .text_len = len};
+        s->emit(s->ud, &ev);
     }
-    size_t len = 0;
-    const char *piece = lh_tok_piece(s->tok, r->cur, &len);
-    if (!piece)
-        piece = "", len = 0;
-    if (r->prev == lh_tok_bos(s->tok) && len && piece[0] == ' ' &&
-        lh_tok_add_space_prefix(s->tok))
-        piece++, len--; /* the dummy-prefix space of the first word (as llama2.c) */
-    if (text_add(r, piece, len) != 0) {
-        finish_generate(s, r, LH_FINISH_ERROR, LH_ERR_INTERNAL, "out of memory");
-        return 1;
-    }
-    int stop;
-    size_t ready = text_ready(r, &stop);
-    r->n_gen++;
-    lh_sched_event ev = {.kind = LH_EV_TOKEN, .owner = r->owner, .id = r->id, .token = r->cur,
-                         .text = r->pend ? r->pend : "", .text_len = ready};
-    s->emit(s->ud, &ev);
-    if (stop) {
-        finish_generate(s, r, LH_FINISH_STOP, LH_ERR_NONE, NULL);
-        return 1;
-    }
-    memmove(r->pend, r->pend + ready, r->n_pend - ready);
-    r->n_pend -= ready;
-    if (r->pend)
-        r->pend[r->n_pend] = 0;
-    uint32_t max = r->a.max_tokens ? r->a.max_tokens : s->cfg.max_tokens_default;
-    if (r->n_gen >= max || lh_ctx_n_past(ctx) + 1 >= lh_ctx_params_get(ctx)->n_ctx) {
-        finish_generate(s, r, LH_FINISH_LENGTH, LH_ERR_NONE, NULL);
-        return 1;
-    }
-    int rc = lh_ctx_eval(ctx, &r->cur, 1, r->sl->logits, 0);
     if (rc != 0) {
-        finish_generate(s, r, rc == LH_E_LIMIT ? LH_FINISH_LENGTH : LH_FINISH_ERROR,
-                        rc == LH_E_LIMIT ? LH_ERR_NONE : LH_ERR_INTERNAL,
-                        rc == LH_E_LIMIT ? NULL : "evaluation failed");
+        finish_generate(s, r, LH_FINISH_ERROR, LH_ERR_INTERNAL,
+                        rc == -ENOMEM ? "out of memory" : "evaluation failed");
         return 1;
     }
-    r->prev = r->cur;
-    r->cur = lh_sampler_sample(r->sampler, r->sl->logits);
-    lh_sampler_accept(r->sampler, r->cur);
+    switch (end) {
+    case LH_GEN_MORE: return 0;
+    case LH_GEN_EOS: finish_generate(s, r, LH_FINISH_EOS, LH_ERR_NONE, NULL); return 1;
+    case LH_GEN_STOP: finish_generate(s, r, LH_FINISH_STOP, LH_ERR_NONE, NULL); return 1;
+    case LH_GEN_LENGTH: finish_generate(s, r, LH_FINISH_LENGTH, LH_ERR_NONE, NULL); return 1;
+    }
     return 0;
 }
 
@@ -1175,7 +1043,7 @@ static void *compute_main(void *arg)
                     finish_req(s, r, LH_FINISH_ERROR, err, msg);
                 } else {
                     done = 0;
-                    emit_progress(s, r);
+                    emit_progress(s, r, r->gen ? lh_gen_n_done(r->gen) : r->n_done);
                 }
             }
             pthread_mutex_lock(&s->lock);

@@ -16,6 +16,11 @@
  * The model file is checked (stat) before each request: changed in place, every request is
  * refused from then on and lh_sched_stats.fatal tells the server to stop.
  *
+ * Generate and Chat run on the engine's one generation loop (engine/gen.h: sampling, UTF-8-safe
+ * text, stop strings, end of generation, the prompt cache's common prefix), driven one slice or
+ * one token per step; this module only schedules it.  Score's prefill and log-probabilities
+ * (lh_gen_logprob) stay here.
+ *
  * Work is done in steps, and no step is longer than about one prefill slice: a prefill slice
  * (its size adapted so that it takes about slice_ms), one decoded token, one tokenization.
  * Between steps the thread admits queued requests, finishes cancelled or expired ones, and
@@ -47,6 +52,8 @@
 #include "model.h"
 #include "sampler.h"
 
+/* The daemon's one error space (the scheduler's and the server's); daemon/protocol.c maps it to
+ * the wire's ErrorCode, once, at the edge. */
 typedef enum {
     LH_ERR_NONE = 0,
     LH_ERR_INVALID_ARGUMENT,
@@ -56,6 +63,13 @@ typedef enum {
     LH_ERR_TIMEOUT,
     LH_ERR_SHUTTING_DOWN,
     LH_ERR_INTERNAL,
+    /* the connection's, from server.c */
+    LH_ERR_BAD_FRAME,        /* framing broken (over the size limit); the connection closes */
+    LH_ERR_BAD_MESSAGE,      /* the frame is not a valid Request */
+    LH_ERR_VERSION,          /* Hello with another protocol version; the connection closes */
+    LH_ERR_HANDSHAKE,        /* a request before Hello, or Hello twice */
+    LH_ERR_UNKNOWN_REQUEST,  /* no request type this daemon knows */
+    LH_ERR_PERMISSION,       /* the peer's uid/gid is not allowed; the connection closes */
 } lh_err_code;
 
 typedef enum {

@@ -19,34 +19,16 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "anet.h"
+#include "conn.h"
 #include "frame.h"
 #include "log.h"
-#include "longheads.pb-c.h"
+#include "protocol.h"
 #include "systemd.h"
-#include "tokenizer.h"
 
-#define LH_SERVER_VERSION "0.1.0"
 #define OUT_HIGH (256u << 10)   /* throttle the connection's requests above this */
 #define OUT_LOW (64u << 10)     /* and resume below this */
 #define OUT_HARD (8u << 20)     /* stop reading requests from it above this */
-#define MAX_STOP_STRINGS 16
-#define MAX_STOP_LEN 256
-
-typedef struct conn {
-    uint64_t id;
-    int fd;
-    uid_t uid;
-    gid_t gid;
-    pid_t pid;
-    lh_frame_reader rd;
-    double t_open;              /* accepted at (handshake timeout) */
-    double t_frame;             /* a partial frame started arriving at, or 0 (frame timeout) */
-    int hello;                  /* handshake done */
-    int closing;                /* close once the output is flushed */
-    int throttled;
-    uint8_t *out;               /* unsent output: out[out_off .. out_len) */
-    size_t out_off, out_len, out_cap;
-} conn;
 
 typedef struct out_msg {
     struct out_msg *next;
@@ -62,7 +44,7 @@ struct lh_server {
     char *path;                 /* socket path (for Info), owned */
     int created;                /* we created the socket file: remove it at exit */
     int lfd, efd;
-    conn **conns;
+    lh_conn **conns;
     size_t n_conns;
     uint64_t next_conn;
     uid_t *allow_uid;
@@ -129,18 +111,16 @@ const char *lh_server_socket_file(const lh_server *srv)
 
 /* ---- encoding ------------------------------------------------------------------------------ */
 
-/* Packs resp into a new out_msg (header included).  NULL when out of memory. */
-static out_msg *pack(uint64_t conn_id, const Longheads__Response *resp)
+/* A frame from protocol.c in a new out_msg: the encoders reserve the room for its header. */
+#define OUT_ROOM offsetof(out_msg, data)
+static out_msg *as_msg(uint8_t *block, uint64_t conn_id, size_t len)
 {
-    size_t size = longheads__response__get_packed_size(resp);
-    out_msg *m = malloc(sizeof *m + LH_FRAME_HEADER_SIZE + size);
-    if (!m)
-        return NULL;
-    m->next = NULL;
-    m->conn = conn_id;
-    m->len = LH_FRAME_HEADER_SIZE + size;
-    lh_frame_header(m->data, size);
-    longheads__response__pack(resp, m->data + LH_FRAME_HEADER_SIZE);
+    out_msg *m = (out_msg *)(void *)block;
+    if (m) {
+        m->next = NULL;
+        m->conn = conn_id;
+        m->len = len;
+    }
     return m;
 }
 
@@ -156,122 +136,15 @@ static void outbox_push(lh_server *srv, out_msg *m)
     wake(srv);
 }
 
-static Longheads__ErrorCode map_err(lh_err_code e)
-{
-    switch (e) {
-    case LH_ERR_INVALID_ARGUMENT: return LONGHEADS__ERROR_CODE__ERR_INVALID_ARGUMENT;
-    case LH_ERR_LIMIT: return LONGHEADS__ERROR_CODE__ERR_LIMIT;
-    case LH_ERR_BUSY: return LONGHEADS__ERROR_CODE__ERR_BUSY;
-    case LH_ERR_DUPLICATE_ID: return LONGHEADS__ERROR_CODE__ERR_DUPLICATE_ID;
-    case LH_ERR_TIMEOUT: return LONGHEADS__ERROR_CODE__ERR_TIMEOUT;
-    case LH_ERR_SHUTTING_DOWN: return LONGHEADS__ERROR_CODE__ERR_SHUTTING_DOWN;
-    case LH_ERR_NONE: return LONGHEADS__ERROR_CODE__ERR_NONE;
-    default: return LONGHEADS__ERROR_CODE__ERR_INTERNAL;
-    }
-}
-
-/* A NUL-terminated copy of text (protobuf-c strings end at NUL). */
-static char *cstr(const char *text, size_t len, char *stackbuf, size_t stack_size)
-{
-    char *s = len < stack_size ? stackbuf : malloc(len + 1);
-    if (!s)
-        return NULL;
-    memcpy(s, text, len);
-    s[len] = 0;
-    return s;
-}
-
 /* The scheduler's emit callback: runs on the compute thread. */
 static void on_event(void *ud, const lh_sched_event *ev)
 {
     lh_server *srv = ud;
-    Longheads__Response resp = LONGHEADS__RESPONSE__INIT;
-    resp.id = ev->id;
-    Longheads__Progress progress = LONGHEADS__PROGRESS__INIT;
-    Longheads__Token token = LONGHEADS__TOKEN__INIT;
-    Longheads__Final fin = LONGHEADS__FINAL__INIT;
-    Longheads__Error err = LONGHEADS__ERROR__INIT;
-    Longheads__ScoreReply score = LONGHEADS__SCORE_REPLY__INIT;
-    Longheads__TokenizeReply tok = LONGHEADS__TOKENIZE_REPLY__INIT;
-    Longheads__DetokenizeReply detok = LONGHEADS__DETOKENIZE_REPLY__INIT;
-    char stackbuf[512];
-    char *text = NULL;
-    switch (ev->kind) {
-    case LH_EV_PROGRESS:
-        progress.n_done = ev->n_done;
-        progress.n_total = ev->n_total;
-        resp.body_case = LONGHEADS__RESPONSE__BODY_PROGRESS;
-        resp.progress = &progress;
-        break;
-    case LH_EV_TOKEN:
-        text = cstr(ev->text, ev->text_len, stackbuf, sizeof stackbuf);
-        if (!text)
-            return; /* out of memory: the piece is lost, the final frame still comes */
-        token.id = ev->token;
-        token.text = text;
-        if (memchr(ev->text, 0, ev->text_len)) {
-            token.text_bytes.data = (uint8_t *)ev->text;
-            token.text_bytes.len = ev->text_len;
-        }
-        resp.body_case = LONGHEADS__RESPONSE__BODY_TOKEN;
-        resp.token = &token;
-        break;
-    case LH_EV_FINAL:
-        text = cstr(ev->text ? ev->text : "", ev->text_len, stackbuf, sizeof stackbuf);
-        fin.reason = (Longheads__FinishReason)ev->finish;
-        fin.text = text ? text : "";
-        if (ev->text && memchr(ev->text, 0, ev->text_len)) {
-            fin.text_bytes.data = (uint8_t *)ev->text;
-            fin.text_bytes.len = ev->text_len;
-        }
-        fin.n_prompt = (uint32_t)ev->n_prompt;
-        fin.n_reused = (uint32_t)ev->n_reused;
-        fin.n_generated = (uint32_t)ev->n_generated;
-        fin.queue_ms = ev->queue_ms;
-        fin.prefill_ms = ev->prefill_ms;
-        fin.decode_ms = ev->decode_ms;
-        fin.prefill_tps = ev->prefill_ms > 0
-                              ? (double)(ev->n_prompt - ev->n_reused) / (ev->prefill_ms * 1e-3) : 0;
-        fin.decode_tps = ev->decode_ms > 0 ? (double)ev->n_generated / (ev->decode_ms * 1e-3) : 0;
-        if (ev->finish == LH_FINISH_ERROR) {
-            err.code = map_err(ev->err);
-            err.message = (char *)(ev->err_msg ? ev->err_msg : "error");
-            fin.error = &err;
-        }
-        resp.body_case = LONGHEADS__RESPONSE__BODY_FINAL;
-        resp.final = &fin;
-        break;
-    case LH_EV_SCORE:
-        score.n_tokens = ev->n_tokens;
-        score.tokens = (int32_t *)ev->tokens;
-        score.n_logprobs = ev->n_tokens ? ev->n_tokens - 1 : 0;
-        score.logprobs = (float *)ev->logprobs;
-        score.total = ev->total;
-        resp.body_case = LONGHEADS__RESPONSE__BODY_SCORE;
-        resp.score = &score;
-        break;
-    case LH_EV_TOKENS:
-        tok.n_tokens = ev->n_tokens;
-        tok.tokens = (int32_t *)ev->tokens;
-        resp.body_case = LONGHEADS__RESPONSE__BODY_TOKENIZE;
-        resp.tokenize = &tok;
-        break;
-    case LH_EV_TEXT:
-        detok.text.data = (uint8_t *)ev->text;
-        detok.text.len = ev->text_len;
-        resp.body_case = LONGHEADS__RESPONSE__BODY_DETOKENIZE;
-        resp.detokenize = &detok;
-        break;
-    case LH_EV_ERROR:
-        err.code = map_err(ev->err);
-        err.message = (char *)(ev->err_msg ? ev->err_msg : "error");
-        resp.body_case = LONGHEADS__RESPONSE__BODY_ERROR;
-        resp.error = &err;
-        break;
-    }
-    out_msg *m = pack(ev->owner, &resp);
-    if (text && text != stackbuf)
-        free(text);
+    size_t len = 0;
+    uint8_t *block = lh_proto_event(ev, OUT_ROOM, &len);
+    out_msg *m = as_msg(block, ev->owner, len);
+    if (!m && ev->kind == LH_EV_TOKEN)
+        return; /* out of memory: the piece is lost, the final frame still comes */
     if (!m) {
         lh_log_error("connection %llu: out of memory encoding a response; closing it",
                      (unsigned long long)ev->owner);
@@ -288,7 +161,7 @@ static void on_event(void *ud, const lh_sched_event *ev)
 
 /* ---- connections --------------------------------------------------------------------------- */
 
-static conn *find_conn(lh_server *srv, uint64_t id)
+static lh_conn *find_conn(lh_server *srv, uint64_t id)
 {
     for (size_t i = 0; i < srv->n_conns; i++)
         if (srv->conns[i]->id == id)
@@ -296,121 +169,37 @@ static conn *find_conn(lh_server *srv, uint64_t id)
     return NULL;
 }
 
-static int out_append(conn *c, const uint8_t *data, size_t len)
+/* Queues a frame from protocol.c (block: OUT_ROOM bytes, then len bytes of frame; freed). */
+static void send_frame(lh_conn *c, uint8_t *block, size_t len)
 {
-    if (c->out_off && c->out_off == c->out_len)
-        c->out_off = c->out_len = 0;
-    if (c->out_len + len > c->out_cap) {
-        /* compact first, then grow */
-        if (c->out_off) {
-            memmove(c->out, c->out + c->out_off, c->out_len - c->out_off);
-            c->out_len -= c->out_off;
-            c->out_off = 0;
-        }
-        if (c->out_len + len > c->out_cap) {
-            size_t cap = c->out_cap ? c->out_cap : 4096;
-            while (cap < c->out_len + len)
-                cap *= 2;
-            uint8_t *nb = realloc(c->out, cap);
-            if (!nb)
-                return -ENOMEM;
-            c->out = nb;
-            c->out_cap = cap;
-        }
-    }
-    memcpy(c->out + c->out_len, data, len);
-    c->out_len += len;
-    return 0;
-}
-
-static void send_resp(conn *c, const Longheads__Response *resp)
-{
-    out_msg *m = pack(c->id, resp);
-    if (!m || out_append(c, m->data, m->len) != 0) {
+    if (!block || lh_conn_queue(c, block + OUT_ROOM, len) != 0) {
         lh_log_error("connection %llu: out of memory queueing a response; closing it",
                      (unsigned long long)c->id);
         c->closing = 1;
         c->out_off = c->out_len = 0;
     }
-    free(m);
+    free(block);
 }
 
-static void send_error(conn *c, uint64_t id, Longheads__ErrorCode code, const char *msg)
+static void send_error(lh_conn *c, uint64_t id, lh_err_code code, const char *msg)
 {
-    Longheads__Response resp = LONGHEADS__RESPONSE__INIT;
-    Longheads__Error err = LONGHEADS__ERROR__INIT;
-    err.code = code;
-    err.message = (char *)msg;
-    resp.id = id;
-    resp.body_case = LONGHEADS__RESPONSE__BODY_ERROR;
-    resp.error = &err;
-    send_resp(c, &resp);
+    size_t len = 0;
+    uint8_t *b = lh_proto_error(id, code, msg, OUT_ROOM, &len);
+    send_frame(c, b, len);
 }
 
 static void conn_free(lh_server *srv, size_t i)
 {
-    conn *c = srv->conns[i];
+    lh_conn *c = srv->conns[i];
     if (c->hello)
         lh_sched_cancel_owner(srv->sched, c->id);
     lh_log_info("connection %llu closed (uid %u)", (unsigned long long)c->id, (unsigned)c->uid);
-    close(c->fd);
-    lh_frame_reader_deinit(&c->rd);
-    free(c->out);
-    free(c);
+    lh_conn_free(c);
     srv->conns[i] = srv->conns[--srv->n_conns];
     srv->accept_paused_until = 0; /* an fd came free: try accepting again */
 }
 
 /* ---- requests ------------------------------------------------------------------------------ */
-
-static void fill_model_info(lh_server *srv, Longheads__ModelInfo *mi,
-                            Longheads__AttnMode allowed[2])
-{
-    const lh_hparams *hp = lh_model_hparams(srv->model);
-    const lh_ctx_params *cp = lh_sched_ctx_params(srv->sched);
-    const lh_sched_config *sc = lh_sched_config_get(srv->sched);
-    const lh_tok *t = lh_model_tok(srv->model);
-    mi->desc = (char *)lh_model_desc(srv->model);
-    mi->path = (char *)lh_model_path(srv->model);
-    mi->n_params = lh_model_n_params(srv->model);
-    mi->n_vocab = (uint32_t)hp->n_vocab;
-    mi->n_ctx_train = (uint32_t)hp->n_ctx_train;
-    mi->n_layer = (uint32_t)hp->n_layer;
-    mi->n_embd = (uint32_t)hp->n_embd;
-    mi->n_head = (uint32_t)hp->n_head;
-    mi->n_head_kv = (uint32_t)hp->n_head_kv;
-    mi->n_ctx = (uint32_t)cp->n_ctx;
-    mi->n_slots = (uint32_t)sc->n_slots;
-    mi->bos = lh_tok_bos(t);
-    mi->eos = lh_tok_eos(t);
-    mi->attn_default = cp->attn == LH_ATTN_LONGHEADS ? LONGHEADS__ATTN_MODE__ATTN_LONGHEADS
-                                                     : LONGHEADS__ATTN_MODE__ATTN_FULL;
-    size_t n = 0;
-    if (sc->allow_full)
-        allowed[n++] = LONGHEADS__ATTN_MODE__ATTN_FULL;
-    if (sc->allow_longheads)
-        allowed[n++] = LONGHEADS__ATTN_MODE__ATTN_LONGHEADS;
-    mi->n_attn_allowed = n;
-    mi->attn_allowed = allowed;
-    mi->chunk_default = (uint32_t)cp->chunk;
-    mi->window_default = (uint32_t)cp->window;
-    mi->max_prompt_tokens = (uint32_t)sc->max_prompt_tokens;
-    mi->max_frame = (uint32_t)srv->cfg.max_frame;
-    mi->kv_type = cp->kv_type == LH_TYPE_F16 ? "f16" : "f32";
-    const char *chat;
-    lh_sched_chat_template(srv->sched, &chat);
-    mi->chat_template = (char *)chat;
-}
-
-static int attn_arg(Longheads__AttnMode m, int *attnp)
-{
-    switch (m) {
-    case LONGHEADS__ATTN_MODE__ATTN_DEFAULT: *attnp = -1; return 0;
-    case LONGHEADS__ATTN_MODE__ATTN_FULL: *attnp = LH_ATTN_FULL; return 0;
-    case LONGHEADS__ATTN_MODE__ATTN_LONGHEADS: *attnp = LH_ATTN_LONGHEADS; return 0;
-    default: return -1;
-    }
-}
 
 /* The daemon's resident memory in bytes (0 when /proc cannot tell). */
 static uint64_t rss_bytes(void)
@@ -425,391 +214,119 @@ static uint64_t rss_bytes(void)
     return (uint64_t)rss * (uint64_t)sysconf(_SC_PAGESIZE);
 }
 
-static char *dup_str(const char *s, size_t *lenp)
-{
-    size_t len = s ? strlen(s) : 0;
-    char *d = malloc(len + 1);
-    if (d) {
-        memcpy(d, s ? s : "", len);
-        d[len] = 0;
-    }
-    if (lenp)
-        *lenp = len;
-    return d;
-}
-
-/* Takes a string out of an unpacked message (free_unpacked skips it then): a 16 MB text is not
- * copied once more.  The shared empty default is copied instead. */
-static char *take_str(char **field, size_t *lenp)
-{
-    char *s = *field;
-    if (!s || s == protobuf_c_empty_string)
-        return dup_str("", lenp);
-    *field = NULL;
-    *lenp = strlen(s);
-    return s;
-}
-
-/* Generate → lh_sched_args.  Returns 0 or an error code with msg. */
-static Longheads__ErrorCode generate_args(const Longheads__GenerateRequest *g, lh_sched_args *a,
-                                          char *msg, size_t msg_size)
-{
-    a->kind = LH_REQ_GENERATE;
-    lh_sampler_params_default(&a->sp);
-    a->sp.temperature = g->temperature;
-    a->sp.top_k = g->top_k;
-    a->sp.top_p = g->top_p == 0 ? 1.0f : g->top_p;
-    a->sp.min_p = g->min_p;
-    a->sp.repeat_penalty = g->repeat_penalty == 0 ? 1.0f : g->repeat_penalty;
-    a->sp.repeat_last_n = g->repeat_last_n ? g->repeat_last_n : 64;
-    a->sp.seed = g->seed;
-    a->max_tokens = g->max_tokens;
-    a->timeout_ms = g->timeout_ms;
-    a->chunk = g->chunk;
-    a->window = g->window;
-    switch (g->attn) {
-    case LONGHEADS__ATTN_MODE__ATTN_DEFAULT: a->attn = -1; break;
-    case LONGHEADS__ATTN_MODE__ATTN_FULL: a->attn = LH_ATTN_FULL; break;
-    case LONGHEADS__ATTN_MODE__ATTN_LONGHEADS: a->attn = LH_ATTN_LONGHEADS; break;
-    default:
-        snprintf(msg, msg_size, "unknown attention mode %d (0 default, 1 full, 2 longheads)",
-                 (int)g->attn);
-        return LONGHEADS__ERROR_CODE__ERR_INVALID_ARGUMENT;
-    }
-    if (g->n_stop > MAX_STOP_STRINGS) {
-        snprintf(msg, msg_size, "%zu stop strings; at most %d", g->n_stop, MAX_STOP_STRINGS);
-        return LONGHEADS__ERROR_CODE__ERR_INVALID_ARGUMENT;
-    }
-    if (g->n_prompt_tokens) {
-        a->tokens = malloc(g->n_prompt_tokens * sizeof *a->tokens);
-        if (!a->tokens)
-            goto oom;
-        memcpy(a->tokens, g->prompt_tokens, g->n_prompt_tokens * sizeof *a->tokens);
-        a->n_tokens = g->n_prompt_tokens;
-    } else if (!(a->text = dup_str(g->prompt, &a->text_len))) {
-        goto oom;
-    }
-    if (g->n_stop) {
-        a->stop = calloc(g->n_stop, sizeof *a->stop);
-        if (!a->stop)
-            goto oom;
-        for (size_t i = 0; i < g->n_stop; i++) {
-            size_t len;
-            if (!(a->stop[i] = dup_str(g->stop[i], &len)))
-                goto oom;
-            a->n_stop = i + 1;
-            if (len == 0 || len > MAX_STOP_LEN) {
-                snprintf(msg, msg_size, "stop string %zu has %zu bytes; 1 to %d allowed", i, len,
-                         MAX_STOP_LEN);
-                return LONGHEADS__ERROR_CODE__ERR_INVALID_ARGUMENT;
-            }
-        }
-    }
-    return LONGHEADS__ERROR_CODE__ERR_NONE;
-oom:
-    snprintf(msg, msg_size, "out of memory");
-    return LONGHEADS__ERROR_CODE__ERR_INTERNAL;
-}
-
-static void submit(lh_server *srv, conn *c, uint64_t id, lh_sched_args *a)
+static void submit(lh_server *srv, lh_conn *c, uint64_t id, lh_sched_args *a)
 {
     char msg[512];
     a->uid = c->uid;
     int rc = lh_sched_submit(srv->sched, c->id, id, a, msg, sizeof msg);
     if (rc != LH_ERR_NONE)
-        send_error(c, id, map_err((lh_err_code)rc), msg);
+        send_error(c, id, (lh_err_code)rc, msg);
 }
 
-static void handle_request(lh_server *srv, conn *c, Longheads__Request *req)
+static void handle_request(lh_server *srv, lh_conn *c, lh_proto_request *req)
 {
     char msg[512];
+    size_t len = 0;
     if (!c->hello) {
-        if (req->body_case != LONGHEADS__REQUEST__BODY_HELLO) {
-            send_error(c, req->id, LONGHEADS__ERROR_CODE__ERR_HANDSHAKE,
+        if (req->kind != LH_MSG_HELLO) {
+            send_error(c, req->id, LH_ERR_HANDSHAKE,
                        "the first request on a connection must be Hello (protocol version "
                        "handshake); is this a longheads client?");
             c->closing = 1;
             return;
         }
-        if (req->hello->protocol_version != LH_PROTOCOL_VERSION) {
+        if (req->protocol_version != LH_PROTOCOL_VERSION) {
             snprintf(msg, sizeof msg, "this daemon speaks protocol version %u, the client %u; "
                      "use a client library from the same longheads release",
-                     LH_PROTOCOL_VERSION, req->hello->protocol_version);
+                     LH_PROTOCOL_VERSION, req->protocol_version);
             lh_log_warn("connection %llu: %s", (unsigned long long)c->id, msg);
-            send_error(c, req->id, LONGHEADS__ERROR_CODE__ERR_VERSION, msg);
+            send_error(c, req->id, LH_ERR_VERSION, msg);
             c->closing = 1;
             return;
         }
         c->hello = 1;
-        Longheads__Response resp = LONGHEADS__RESPONSE__INIT;
-        Longheads__HelloReply hr = LONGHEADS__HELLO_REPLY__INIT;
-        Longheads__ModelInfo mi = LONGHEADS__MODEL_INFO__INIT;
-        Longheads__AttnMode allowed[2];
-        fill_model_info(srv, &mi, allowed);
-        hr.protocol_version = LH_PROTOCOL_VERSION;
-        hr.server_version = LH_SERVER_VERSION;
-        hr.model = &mi;
-        resp.id = req->id;
-        resp.body_case = LONGHEADS__RESPONSE__BODY_HELLO;
-        resp.hello = &hr;
-        send_resp(c, &resp);
+        uint8_t *b = lh_proto_hello_reply(req->id, srv->model, srv->sched, srv->cfg.max_frame,
+                                          OUT_ROOM, &len);
+        send_frame(c, b, len);
         return;
     }
-    lh_sched_args a;
-    memset(&a, 0, sizeof a);
-    switch (req->body_case) {
-    case LONGHEADS__REQUEST__BODY_HELLO:
-        send_error(c, req->id, LONGHEADS__ERROR_CODE__ERR_HANDSHAKE,
-                   "Hello was already sent on this connection");
+    switch (req->kind) {
+    case LH_MSG_HELLO:
+        send_error(c, req->id, LH_ERR_HANDSHAKE, "Hello was already sent on this connection");
         return;
-    case LONGHEADS__REQUEST__BODY_CHAT: {
-        const Longheads__ChatRequest *ch = req->chat;
-        static const Longheads__GenerateRequest no_options = LONGHEADS__GENERATE_REQUEST__INIT;
-        const Longheads__GenerateRequest *g = ch->options ? ch->options : &no_options;
-        Longheads__ErrorCode e = LONGHEADS__ERROR_CODE__ERR_NONE;
-        if ((g->prompt && g->prompt[0]) || g->n_prompt_tokens) {
-            snprintf(msg, sizeof msg, "a chat's options carry no prompt: the messages are it");
-            e = LONGHEADS__ERROR_CODE__ERR_INVALID_ARGUMENT;
-        } else if (ch->n_messages == 0 || ch->n_messages > 100000) {
-            snprintf(msg, sizeof msg, "a chat needs 1 to 100000 messages, not %zu", ch->n_messages);
-            e = LONGHEADS__ERROR_CODE__ERR_INVALID_ARGUMENT;
-        } else {
-            e = generate_args(g, &a, msg, sizeof msg);
-        }
-        if (e == LONGHEADS__ERROR_CODE__ERR_NONE &&
-            !(a.msgs = calloc(ch->n_messages, sizeof *a.msgs))) {
-            snprintf(msg, sizeof msg, "out of memory");
-            e = LONGHEADS__ERROR_CODE__ERR_INTERNAL;
-        }
-        for (size_t i = 0; e == LONGHEADS__ERROR_CODE__ERR_NONE && i < ch->n_messages; i++) {
-            const Longheads__ChatMessage *cm = ch->messages[i];
-            a.n_msgs = i + 1;
-            if (!(a.msgs[i].role = dup_str(cm->role, NULL)) ||
-                !(a.msgs[i].content = dup_str(cm->content, NULL))) {
-                snprintf(msg, sizeof msg, "out of memory");
-                e = LONGHEADS__ERROR_CODE__ERR_INTERNAL;
-            } else if (!a.msgs[i].role[0]) {
-                snprintf(msg, sizeof msg, "message %zu has no role (system, user or assistant)", i);
-                e = LONGHEADS__ERROR_CODE__ERR_INVALID_ARGUMENT;
-            }
-        }
-        if (e != LONGHEADS__ERROR_CODE__ERR_NONE) {
-            lh_sched_args_deinit(&a);
-            send_error(c, req->id, e, msg);
+    case LH_MSG_SUBMIT:
+        if (req->err != LH_ERR_NONE) {
+            send_error(c, req->id, req->err, req->err_msg);
             return;
         }
-        submit(srv, c, req->id, &a);
+        submit(srv, c, req->id, &req->args);
+        memset(&req->args, 0, sizeof req->args); /* the scheduler owns its heap parts now */
+        return;
+    case LH_MSG_CANCEL:
+        lh_sched_cancel(srv->sched, c->id, req->target_id);
+        return;
+    case LH_MSG_INFO: {
+        uint8_t *b = lh_proto_info_reply(req->id, srv->model, srv->sched, srv->cfg.max_frame,
+                                         srv->path, OUT_ROOM, &len);
+        send_frame(c, b, len);
         return;
     }
-    case LONGHEADS__REQUEST__BODY_GENERATE: {
-        Longheads__ErrorCode e = generate_args(req->generate, &a, msg, sizeof msg);
-        if (e != LONGHEADS__ERROR_CODE__ERR_NONE) {
-            lh_sched_args_deinit(&a);
-            send_error(c, req->id, e, msg);
-            return;
-        }
-        submit(srv, c, req->id, &a);
+    case LH_MSG_HEALTH: {
+        lh_proto_health h = {.status = srv->draining ? "draining" : "ok",
+                             .uptime_s = now_s() - srv->t_start, .n_connections = srv->n_conns,
+                             .rss_bytes = rss_bytes()};
+        uint8_t *b = lh_proto_health_reply(req->id, &h, srv->sched, OUT_ROOM, &len);
+        send_frame(c, b, len);
         return;
     }
-    case LONGHEADS__REQUEST__BODY_CANCEL:
-        lh_sched_cancel(srv->sched, c->id, req->cancel->target_id);
-        return;
-    case LONGHEADS__REQUEST__BODY_INFO: {
-        Longheads__Response resp = LONGHEADS__RESPONSE__INIT;
-        Longheads__InfoReply ir = LONGHEADS__INFO_REPLY__INIT;
-        Longheads__ModelInfo mi = LONGHEADS__MODEL_INFO__INIT;
-        Longheads__AttnMode allowed[2];
-        fill_model_info(srv, &mi, allowed);
-        ir.model = &mi;
-        ir.server_version = LH_SERVER_VERSION;
-        ir.socket_path = srv->path ? srv->path : "";
-        resp.id = req->id;
-        resp.body_case = LONGHEADS__RESPONSE__BODY_INFO;
-        resp.info = &ir;
-        send_resp(c, &resp);
-        return;
-    }
-    case LONGHEADS__REQUEST__BODY_HEALTH: {
-        lh_sched_stats st;
-        lh_sched_get_stats(srv->sched, &st);
-        Longheads__Response resp = LONGHEADS__RESPONSE__INIT;
-        Longheads__HealthReply h = LONGHEADS__HEALTH_REPLY__INIT;
-        h.status = srv->draining ? "draining" : "ok";
-        h.uptime_s = now_s() - srv->t_start;
-        h.n_connections = (uint32_t)srv->n_conns;
-        h.n_queued = (uint32_t)st.n_queued;
-        h.n_active = (uint32_t)st.n_active;
-        h.n_served = st.n_served;
-        h.rss_bytes = rss_bytes();
-        lh_sched_slot_status ss[64];
-        Longheads__SlotStatus sp[64], *spp[64];
-        size_t n_slots = lh_sched_get_slots(srv->sched, ss, 64);
-        h.n_slots = n_slots < 64 ? n_slots : 64;
-        h.slots = spp;
-        for (size_t i = 0; i < h.n_slots; i++) {
-            longheads__slot_status__init(&sp[i]);
-            sp[i].busy = ss[i].busy;
-            sp[i].n_cached = (uint32_t)ss[i].n_cached;
-            sp[i].n_ctx = (uint32_t)ss[i].n_ctx;
-            sp[i].attn = ss[i].attn == LH_ATTN_LONGHEADS ? LONGHEADS__ATTN_MODE__ATTN_LONGHEADS
-                                                         : LONGHEADS__ATTN_MODE__ATTN_FULL;
-            sp[i].chunk = (uint32_t)ss[i].chunk;
-            sp[i].window = (uint32_t)ss[i].window;
-            sp[i].kv_bytes = ss[i].kv_bytes;
-            spp[i] = &sp[i];
-        }
-        resp.id = req->id;
-        resp.body_case = LONGHEADS__RESPONSE__BODY_HEALTH;
-        resp.health = &h;
-        send_resp(c, &resp);
-        return;
-    }
-    case LONGHEADS__REQUEST__BODY_TOKENIZE:
-        a.kind = LH_REQ_TOKENIZE;
-        a.add_bos = req->tokenize->add_bos;
-        a.special = req->tokenize->special;
-        if (!(a.text = take_str(&req->tokenize->text, &a.text_len))) {
-            send_error(c, req->id, LONGHEADS__ERROR_CODE__ERR_INTERNAL, "out of memory");
-            return;
-        }
-        submit(srv, c, req->id, &a);
-        return;
-    case LONGHEADS__REQUEST__BODY_DETOKENIZE:
-        a.kind = LH_REQ_DETOKENIZE;
-        a.n_tokens = req->detokenize->n_tokens;
-        a.tokens = malloc((a.n_tokens ? a.n_tokens : 1) * sizeof *a.tokens);
-        if (!a.tokens) {
-            send_error(c, req->id, LONGHEADS__ERROR_CODE__ERR_INTERNAL, "out of memory");
-            return;
-        }
-        memcpy(a.tokens, req->detokenize->tokens, a.n_tokens * sizeof *a.tokens);
-        submit(srv, c, req->id, &a);
-        return;
-    case LONGHEADS__REQUEST__BODY_SCORE:
-        a.kind = LH_REQ_SCORE;
-        a.chunk = req->score->chunk;
-        a.window = req->score->window;
-        if (attn_arg(req->score->attn, &a.attn) != 0) {
-            snprintf(msg, sizeof msg, "unknown attention mode %d (0 default, 1 full, 2 longheads)",
-                     (int)req->score->attn);
-            send_error(c, req->id, LONGHEADS__ERROR_CODE__ERR_INVALID_ARGUMENT, msg);
-            return;
-        }
-        if (!(a.text = take_str(&req->score->text, &a.text_len))) {
-            send_error(c, req->id, LONGHEADS__ERROR_CODE__ERR_INTERNAL, "out of memory");
-            return;
-        }
-        submit(srv, c, req->id, &a);
-        return;
-    default:
+    case LH_MSG_UNKNOWN:
         snprintf(msg, sizeof msg, "request %llu has no request type this daemon knows (protocol "
                  "%u); the client may be newer than the daemon", (unsigned long long)req->id,
                  LH_PROTOCOL_VERSION);
-        send_error(c, req->id, LONGHEADS__ERROR_CODE__ERR_UNKNOWN_REQUEST, msg);
+        send_error(c, req->id, LH_ERR_UNKNOWN_REQUEST, msg);
         return;
     }
 }
 
-static int conn_read_frames(lh_server *srv, conn *c);
+/* lh_conn_read's callback: one complete frame. */
+static void on_frame(void *ud, lh_conn *c, const uint8_t *f, size_t size)
+{
+    lh_server *srv = ud;
+    lh_proto_request req;
+    if (lh_proto_decode(f, size, &req) != 0) {
+        lh_log_warn("connection %llu: a %zu-byte frame is not a valid Request",
+                    (unsigned long long)c->id, size);
+        send_error(c, 0, LH_ERR_BAD_MESSAGE,
+                   "the frame does not hold a valid Request message; check the client uses "
+                   "longheads.proto");
+        if (!c->hello)
+            c->closing = 1; /* not a longheads client: don't keep reading garbage */
+        return;
+    }
+    handle_request(srv, c, &req);
+    lh_proto_request_deinit(&req);
+}
+
 /* Reads what the connection has; handles complete frames.  Returns -1 when it must close now. */
-static int conn_read(lh_server *srv, conn *c)
+static int conn_read(lh_server *srv, lh_conn *c)
 {
-    int rc = conn_read_frames(srv, c);
-    /* the frame timeout runs from the first byte of a frame until its last */
-    if (!lh_frame_pending(&c->rd)) {
-        c->t_frame = 0;
-        if (c->rd.cap > (64u << 10)) { /* give back the buffer of a big frame */
-            lh_frame_reader_deinit(&c->rd);
-            lh_frame_reader_init(&c->rd, srv->cfg.max_frame);
-        }
-    } else if (!c->t_frame) {
-        c->t_frame = now_s();
-    }
-    return rc;
-}
-
-static int conn_read_frames(lh_server *srv, conn *c)
-{
-    uint8_t buf[65536];
-    for (int rounds = 0; rounds < 16 && !c->closing; rounds++) {
-        ssize_t n = recv(c->fd, buf, sizeof buf, 0);
-        if (n < 0) {
-            if (errno == EINTR)
-                continue;
-            if (errno == EAGAIN || errno == EWOULDBLOCK)
-                return 0;
-            return -1;
-        }
-        if (n == 0) {
-            if (lh_frame_pending(&c->rd))
-                lh_log_warn("connection %llu: closed in the middle of a frame (%zu bytes of it "
-                            "received)", (unsigned long long)c->id, lh_frame_pending(&c->rd));
-            return -1;
-        }
-        size_t off = 0;
-        while (off < (size_t)n && !c->closing) {
-            size_t used, size;
-            const uint8_t *f;
-            int rc = lh_frame_feed(&c->rd, buf + off, (size_t)n - off, &used, &f, &size);
-            off += used;
-            if (rc != 0) {
-                char msg[256];
-                if (rc == LH_E_LIMIT)
-                    snprintf(msg, sizeof msg, "frame of %zu bytes is over the daemon's limit of "
-                             "%zu (max-frame); closing", lh_frame_announced(&c->rd),
-                             srv->cfg.max_frame);
-                else
-                    snprintf(msg, sizeof msg, "out of memory reading a frame; closing");
-                lh_log_warn("connection %llu: %s", (unsigned long long)c->id, msg);
-                send_error(c, 0, rc == LH_E_LIMIT ? LONGHEADS__ERROR_CODE__ERR_BAD_FRAME
-                                                  : LONGHEADS__ERROR_CODE__ERR_INTERNAL, msg);
-                c->closing = 1;
-                return 0;
-            }
-            if (!f)
-                continue;
-            Longheads__Request *req = longheads__request__unpack(NULL, size, f);
-            if (!req) {
-                lh_log_warn("connection %llu: a %zu-byte frame is not a valid Request",
-                            (unsigned long long)c->id, size);
-                send_error(c, 0, LONGHEADS__ERROR_CODE__ERR_BAD_MESSAGE,
-                           "the frame does not hold a valid Request message; check the client "
-                           "uses longheads.proto");
-                if (!c->hello)
-                    c->closing = 1; /* not a longheads client: don't keep reading garbage */
-                continue;
-            }
-            handle_request(srv, c, req);
-            longheads__request__free_unpacked(req, NULL);
-        }
+    int rc = lh_conn_read(c, on_frame, srv, now_s());
+    if (rc == -EPIPE)
+        return -1;
+    if (rc != 0) { /* broken framing: say why, then close once it is sent */
+        char msg[256];
+        if (rc == LH_E_LIMIT)
+            snprintf(msg, sizeof msg, "frame of %zu bytes is over the daemon's limit of %zu "
+                     "(max-frame); closing", lh_frame_announced(&c->rd), srv->cfg.max_frame);
+        else
+            snprintf(msg, sizeof msg, "out of memory reading a frame; closing");
+        lh_log_warn("connection %llu: %s", (unsigned long long)c->id, msg);
+        send_error(c, 0, rc == LH_E_LIMIT ? LH_ERR_BAD_FRAME : LH_ERR_INTERNAL, msg);
     }
     return 0;
 }
 
-/* Writes what it can.  Returns -1 when the connection must close now. */
-static int conn_write(conn *c)
-{
-    while (c->out_off < c->out_len) {
-        ssize_t n = send(c->fd, c->out + c->out_off, c->out_len - c->out_off, MSG_NOSIGNAL);
-        if (n < 0) {
-            if (errno == EINTR)
-                continue;
-            if (errno == EAGAIN || errno == EWOULDBLOCK)
-                return 0;
-            return -1;
-        }
-        c->out_off += (size_t)n;
-    }
-    c->out_off = c->out_len = 0;
-    if (c->out_cap > (1u << 20)) { /* give back a buffer grown by a burst */
-        free(c->out);
-        c->out = NULL;
-        c->out_cap = 0;
-    }
-    return 0;
-}
-
-static void update_throttle(lh_server *srv, conn *c)
+static void update_throttle(lh_server *srv, lh_conn *c)
 {
     size_t pending = c->out_len - c->out_off;
     if (!c->throttled && pending > OUT_HIGH) {
@@ -837,30 +354,25 @@ static int peer_allowed(const lh_server *srv, uid_t uid, gid_t gid)
 }
 
 /* Refuses a fresh connection with one error frame, best effort, and closes it. */
-static void refuse(int fd, Longheads__ErrorCode code, const char *msg)
+static void refuse(int fd, lh_err_code code, const char *msg)
 {
-    Longheads__Response resp = LONGHEADS__RESPONSE__INIT;
-    Longheads__Error err = LONGHEADS__ERROR__INIT;
-    err.code = code;
-    err.message = (char *)msg;
-    resp.body_case = LONGHEADS__RESPONSE__BODY_ERROR;
-    resp.error = &err;
-    out_msg *m = pack(0, &resp);
-    if (m) {
-        ssize_t w = send(fd, m->data, m->len, MSG_NOSIGNAL | MSG_DONTWAIT);
-        (void)w;
-        free(m);
-    }
+    size_t len = 0;
+    uint8_t *b = lh_proto_error(0, code, msg, 0, &len);
+    if (b)
+        lh_anet_send_once(fd, b, len);
+    free(b);
     close(fd);
 }
 
 static void accept_conns(lh_server *srv)
 {
     for (int i = 0; i < 64; i++) {
-        int fd = accept4(srv->lfd, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC);
-        if (fd < 0) {
-            int e = errno;
-            if (e == EAGAIN || e == EWOULDBLOCK || e == EINTR || e == ECONNABORTED)
+        int fd = -1;
+        lh_anet_peer cr;
+        int arc = lh_anet_accept(srv->lfd, &fd, &cr);
+        if (arc != 0) {
+            int e = -arc;
+            if (e == EAGAIN)
                 return;
             /* EMFILE, ENFILE, ENOBUFS, ENOMEM: the pending connection stays in the backlog and
              * the listener stays readable; polling it again at once would spin.  Stop polling it
@@ -877,16 +389,12 @@ static void accept_conns(lh_server *srv)
             }
             return;
         }
-        struct ucred cr = {.pid = 0, .uid = (uid_t)-1, .gid = (gid_t)-1};
-        socklen_t len = sizeof cr;
-        if (getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &cr, &len) != 0)
-            lh_log_warn("SO_PEERCRED: %s", strerror(errno));
         uint64_t id = ++srv->next_conn;
         if (!peer_allowed(srv, cr.uid, cr.gid)) {
             lh_log_warn("connection %llu from uid %u gid %u pid %d refused: not in allow-uid / "
                         "allow-gid", (unsigned long long)id, (unsigned)cr.uid, (unsigned)cr.gid,
                         (int)cr.pid);
-            refuse(fd, LONGHEADS__ERROR_CODE__ERR_PERMISSION,
+            refuse(fd, LH_ERR_PERMISSION,
                    "this user may not use the daemon; ask its administrator to add your uid or "
                    "gid to allow-uid / allow-gid");
             continue;
@@ -899,7 +407,7 @@ static void accept_conns(lh_server *srv)
             lh_log_warn("connection %llu from uid %u refused: it has %zu connections "
                         "(max-connections-per-uid)", (unsigned long long)id, (unsigned)cr.uid,
                         n_uid);
-            refuse(fd, LONGHEADS__ERROR_CODE__ERR_BUSY,
+            refuse(fd, LH_ERR_BUSY,
                    "too many connections from this user (max-connections-per-uid); close some "
                    "or retry later");
             continue;
@@ -907,30 +415,21 @@ static void accept_conns(lh_server *srv)
         if (srv->n_conns >= srv->cfg.max_conns || srv->draining) {
             lh_log_warn("connection %llu from uid %u refused: %s", (unsigned long long)id,
                         (unsigned)cr.uid, srv->draining ? "shutting down" : "too many connections");
-            refuse(fd, srv->draining ? LONGHEADS__ERROR_CODE__ERR_SHUTTING_DOWN
-                                     : LONGHEADS__ERROR_CODE__ERR_BUSY,
+            refuse(fd, srv->draining ? LH_ERR_SHUTTING_DOWN
+                                     : LH_ERR_BUSY,
                    srv->draining ? "the daemon is shutting down"
                                  : "too many connections (max-connections); retry later");
             continue;
         }
-        conn *c = calloc(1, sizeof *c);
-        conn **nc = realloc(srv->conns, (srv->n_conns + 1) * sizeof *nc);
-        if (!c || !nc) {
-            free(c);
-            if (nc)
-                srv->conns = nc;
+        lh_conn *c = NULL;
+        lh_conn **nc = realloc(srv->conns, (srv->n_conns + 1) * sizeof *nc);
+        if (nc)
+            srv->conns = nc;
+        if (!nc || lh_conn_new(&c, id, fd, &cr, srv->cfg.max_frame, now_s()) != 0) {
             lh_log_error("connection %llu: out of memory", (unsigned long long)id);
             close(fd);
             continue;
         }
-        srv->conns = nc;
-        c->id = id;
-        c->fd = fd;
-        c->uid = cr.uid;
-        c->gid = cr.gid;
-        c->pid = cr.pid;
-        c->t_open = now_s();
-        lh_frame_reader_init(&c->rd, srv->cfg.max_frame);
         srv->conns[srv->n_conns++] = c;
         lh_log_info("connection %llu from uid %u gid %u pid %d", (unsigned long long)id,
                     (unsigned)cr.uid, (unsigned)cr.gid, (int)cr.pid);
@@ -948,9 +447,9 @@ static void drain_outbox(lh_server *srv)
     pthread_mutex_unlock(&srv->out_lock);
     while (m) {
         out_msg *next = m->next;
-        conn *c = find_conn(srv, m->conn);
+        lh_conn *c = find_conn(srv, m->conn);
         if (c && !c->closing) {
-            if (m->len == 0 || out_append(c, m->data, m->len) != 0) {
+            if (m->len == 0 || lh_conn_queue(c, m->data, m->len) != 0) {
                 c->closing = 1;
                 c->out_off = c->out_len = 0;
             }
@@ -961,100 +460,6 @@ static void drain_outbox(lh_server *srv)
 }
 
 /* ---- socket -------------------------------------------------------------------------------- */
-
-static int make_parent_dir(const char *path)
-{
-    char dir[sizeof ((struct sockaddr_un *)0)->sun_path];
-    snprintf(dir, sizeof dir, "%s", path);
-    char *slash = strrchr(dir, '/');
-    if (!slash || slash == dir)
-        return 0;
-    *slash = 0;
-    struct stat st;
-    if (lstat(dir, &st) == 0) {
-        if (!S_ISDIR(st.st_mode)) {
-            lh_log_error("socket directory %s is not a directory", dir);
-            return -ENOTDIR;
-        }
-        return 0;
-    }
-    if (errno != ENOENT || mkdir(dir, 0700) != 0) {
-        int e = errno;
-        lh_log_error("cannot create socket directory %s: %s", dir, strerror(e));
-        return -e;
-    }
-    return 0;
-}
-
-static int create_socket(const char *path, unsigned mode, long gid, int *fdp)
-{
-    struct sockaddr_un sa = {.sun_family = AF_UNIX};
-    size_t len = strlen(path);
-    if (len == 0 || len >= sizeof sa.sun_path) {
-        lh_log_error("socket path '%s' is %zu bytes; at most %zu fit in sockaddr_un", path, len,
-                     sizeof sa.sun_path - 1);
-        return -ENAMETOOLONG;
-    }
-    memcpy(sa.sun_path, path, len + 1);
-    int rc = make_parent_dir(path);
-    if (rc != 0)
-        return rc;
-    struct stat st;
-    if (lstat(path, &st) == 0) {
-        if (!S_ISSOCK(st.st_mode)) {
-            lh_log_error("%s exists and is not a socket; not touching it", path);
-            return -EEXIST;
-        }
-        /* remove a stale socket only when nothing answers on it */
-        int probe = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
-        if (probe < 0)
-            return -errno;
-        int live = connect(probe, (struct sockaddr *)&sa, sizeof sa) == 0;
-        close(probe);
-        if (live) {
-            lh_log_error("another daemon is listening on %s; stop it or use --socket", path);
-            return -EADDRINUSE;
-        }
-        if (unlink(path) != 0 && errno != ENOENT) {
-            int e = errno;
-            lh_log_error("cannot remove stale socket %s: %s", path, strerror(e));
-            return -e;
-        }
-        lh_log_info("removed stale socket %s", path);
-    }
-    int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
-    if (fd < 0)
-        return -errno;
-    /* srw------- from the start: no window with a wider mode or the wrong group; then the group,
-     * then the mode, and only then listen */
-    mode_t old = umask(0177);
-    rc = bind(fd, (struct sockaddr *)&sa, sizeof sa);
-    int e = errno, bound = rc == 0;
-    umask(old);
-    if (rc == 0 && gid >= 0 && chown(path, (uid_t)-1, (gid_t)gid) != 0) {
-        e = errno;
-        lh_log_error("cannot give socket %s to group %ld (socket-group): %s", path, gid,
-                     strerror(e));
-        rc = -1;
-    } else if (rc == 0 && chmod(path, (mode_t)(mode & 0777)) != 0) {
-        e = errno;
-        lh_log_error("cannot set mode %04o on socket %s (socket-mode): %s", mode & 0777, path,
-                     strerror(e));
-        rc = -1;
-    } else if (rc != 0 || listen(fd, 128) != 0) {
-        e = rc != 0 ? e : errno;
-        lh_log_error("cannot listen on %s: %s", path, strerror(e));
-        rc = -1;
-    }
-    if (rc != 0) {
-        if (bound)
-            unlink(path);
-        close(fd);
-        return -e;
-    }
-    *fdp = fd;
-    return 0;
-}
 
 /* ---- lifecycle ----------------------------------------------------------------------------- */
 
@@ -1116,7 +521,7 @@ int lh_server_new(lh_server **sp, const lh_server_config *cfg, const lh_model *m
             rc = -EINVAL;
             goto fail;
         }
-        if ((rc = create_socket(srv->path, srv->cfg.socket_mode, srv->cfg.socket_gid, &srv->lfd))
+        if ((rc = lh_anet_unix_listen(srv->path, srv->cfg.socket_mode, srv->cfg.socket_gid, &srv->lfd))
             != 0)
             goto fail;
         srv->created = 1;
@@ -1151,7 +556,7 @@ void lh_server_free(lh_server *srv)
     lh_sched_free(srv->sched);
     srv->sched = NULL;
     while (srv->n_conns) {
-        conn *c = srv->conns[srv->n_conns - 1];
+        lh_conn *c = srv->conns[srv->n_conns - 1];
         c->hello = 0;
         conn_free(srv, srv->n_conns - 1);
     }
@@ -1274,7 +679,7 @@ int lh_server_run(lh_server *srv)
         }
         /* per-connection timeouts: no Hello in time, a frame that does not complete in time */
         for (size_t i = 0; i < srv->n_conns; i++) {
-            conn *c = srv->conns[i];
+            lh_conn *c = srv->conns[i];
             const char *why = NULL;
             if (!c->hello && t - c->t_open > srv->cfg.handshake_s)
                 why = "no Hello within the handshake timeout";
@@ -1286,18 +691,12 @@ int lh_server_run(lh_server *srv)
                         (unsigned)c->uid, why);
             if (!c->hello && !c->t_frame && c->out_len == c->out_off) {
                 /* best effort: say why to a client that is merely slow (nothing else pending) */
-                Longheads__Response resp = LONGHEADS__RESPONSE__INIT;
-                Longheads__Error err = LONGHEADS__ERROR__INIT;
-                err.code = LONGHEADS__ERROR_CODE__ERR_HANDSHAKE;
-                err.message = "no Hello within the daemon's handshake timeout; closing";
-                resp.body_case = LONGHEADS__RESPONSE__BODY_ERROR;
-                resp.error = &err;
-                out_msg *m = pack(0, &resp);
-                if (m) {
-                    ssize_t w = send(c->fd, m->data, m->len, MSG_NOSIGNAL | MSG_DONTWAIT);
-                    (void)w;
-                    free(m);
-                }
+                size_t len = 0;
+                uint8_t *b = lh_proto_error(0, LH_ERR_HANDSHAKE, "no Hello within the daemon's "
+                                            "handshake timeout; closing", 0, &len);
+                if (b)
+                    lh_anet_send_once(c->fd, b, len);
+                free(b);
             }
             conn_free(srv, i);
             i--;
@@ -1323,7 +722,7 @@ int lh_server_run(lh_server *srv)
         pfds[n++] = (struct pollfd){.fd = accepting ? srv->lfd : -1, .events = POLLIN};
         pfds[n++] = (struct pollfd){.fd = srv->cfg.signal_fd, .events = POLLIN};
         for (size_t i = 0; i < srv->n_conns; i++) {
-            conn *c = srv->conns[i];
+            lh_conn *c = srv->conns[i];
             size_t pending = c->out_len - c->out_off;
             short ev = 0;
             if (!c->closing && pending < OUT_HARD)
@@ -1365,7 +764,7 @@ int lh_server_run(lh_server *srv)
         if (pfds[0].revents & POLLIN)
             drain_outbox(srv);
         for (size_t i = 0; i < n_snap; i++) {
-            conn *c = find_conn(srv, ids[i]);
+            lh_conn *c = find_conn(srv, ids[i]);
             if (!c)
                 continue;
             int dead = 0;
@@ -1374,7 +773,7 @@ int lh_server_run(lh_server *srv)
             else if (revs[i] & (POLLHUP | POLLERR))
                 dead = 1;
             if (!dead && c->out_len > c->out_off)
-                dead = conn_write(c) != 0;
+                dead = lh_conn_write(c) != 0;
             if (!dead && c->closing && c->out_len == c->out_off)
                 dead = 1;
             if (dead) {
@@ -1391,8 +790,8 @@ int lh_server_run(lh_server *srv)
         free(revs);
         /* output that arrived for connections not in the snapshot's POLLOUT set */
         for (size_t i = 0; i < srv->n_conns; i++) {
-            conn *c = srv->conns[i];
-            if (c->out_len > c->out_off && conn_write(c) != 0) {
+            lh_conn *c = srv->conns[i];
+            if (c->out_len > c->out_off && lh_conn_write(c) != 0) {
                 conn_free(srv, i);
                 i--;
                 continue;

@@ -1,9 +1,10 @@
-/* daemon/server — longheadsd's I/O: the listening Unix socket, one poll loop, the connections,
- * the protocol (this is the only daemon file that sees protobuf types), per-peer limits and
- * backpressure.  Compute happens on the scheduler's thread (scheduler.h); its events come back
- * through a locked outbox and an eventfd, are encoded as frames there and queued on the
- * connection, so a slow client never blocks the compute thread and a long prefill never blocks
- * I/O.
+/* daemon/server — longheadsd's I/O: one poll loop over the listening Unix socket and the
+ * connections, per-peer limits and backpressure.  The pieces it drives: anet.c (socket
+ * helpers), conn.c (a connection's frame reader and output buffer), protocol.c (requests
+ * decoded and responses encoded: the only daemon file that sees protobuf types).  Compute
+ * happens on the scheduler's thread (scheduler.h); its events come back through a locked outbox
+ * and an eventfd, are encoded as frames there and queued on the connection, so a slow client
+ * never blocks the compute thread and a long prefill never blocks I/O.
  *
  * Backpressure: a connection whose unsent output exceeds 256 KiB is throttled (the scheduler
  * pauses its requests) until it drops below 64 KiB; above 8 MiB the daemon also stops reading

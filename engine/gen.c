@@ -227,7 +227,7 @@ static size_t text_ready(const lh_gen *g, int *stopp)
 /* Drops the n_out bytes handed out by the previous call. */
 static void consume(lh_gen *g)
 {
-    if (!g->n_out)
+    if (!g->n_out || !g->pend) /* nothing handed out, or no text yet */
         return;
     memmove(g->pend, g->pend + g->n_out, g->n_pend - g->n_out);
     g->n_pend -= g->n_out;

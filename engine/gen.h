@@ -9,6 +9,9 @@
  * leading space of the first piece after BOS (SentencePiece's dummy prefix) is dropped; EOS or
  * BOS ends the generation (llama2.c's rule) and is not counted.
  *
+ * Users: the daemon's scheduler (Generate and Chat, one step per turn of its loop),
+ * longheads-run, the tests; so they all give the same text for the same request.
+ *
  * Ownership: the caller owns the context (its KV cache outlives the generation: the prompt
  * cache) and the tokenizer; lh_gen copies the prompt and the stop strings.  Text pointers stay
  * valid until the next call on the same lh_gen.
@@ -53,8 +56,11 @@ size_t lh_gen_n_done(const lh_gen *g);       /* prompt tokens in the cache so fa
 size_t lh_gen_n_generated(const lh_gen *g);
 
 /* Evaluates up to max_n more prompt tokens (0: the context's batch).  *donep = 1 once the whole
- * prompt is in (then the first token has been sampled).  Returns 0 or the engine's error
- * (LH_E_LIMIT, LH_E_FORMAT, -errno). */
+ * prompt is in (then the first token has been sampled).  A scheduler bounds max_n to keep its
+ * slices short and stops a slice early with the context's abort hook (lh_ctx_set_abort): then
+ * LH_E_CANCELLED, nothing more counted as done, and the generation can only be freed (the
+ * context keeps the complete slices for the prompt cache).  Returns 0 or the engine's error
+ * (LH_E_LIMIT, LH_E_FORMAT, LH_E_CANCELLED, -errno). */
 int lh_gen_prefill(lh_gen *g, size_t max_n, int *donep);
 
 /* One decode step after the prefill: takes the sampled token; if it does not end the generation,

@@ -12,8 +12,10 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "chat.h"
 #include "model.h"
 #include "scheduler.h"
+#include "tokenizer.h"
 
 enum { MAX_EV = 4096 };
 
@@ -377,6 +379,60 @@ static void test_heartbeat(void)
     free_sched(&r);
 }
 
+/* A Chat request's rendered prompt is tokenized with special tokens matched, so the template's
+ * markers become the model's control tokens (one <|im_start|> token, not "<", "|", "im", ...).
+ * On the Qwen2 fixture (byte-level BPE with <|im_start|>/<|im_end|> as control tokens, no chat
+ * template: chatml): the Final's prompt size equals the special-matching encoding of the
+ * rendering, which is shorter than the plain one. */
+#define QWEN2_FIXTURE "tests/data/arch/qwen2-bias.gguf"
+static void test_chat_special_tokens(void)
+{
+    lh_model *m = NULL;
+    CU_ASSERT_EQUAL_FATAL(lh_model_open(&m, QWEN2_FIXTURE), 0);
+    static rec r;
+    CU_ASSERT_PTR_NOT_NULL_FATAL(new_sched(&r, m, 1));
+    const char *desc = NULL;
+    lh_chat_tmpl t = lh_sched_chat_template(r.s, &desc);
+    CU_ASSERT_EQUAL(t, LH_CHAT_CHATML);
+    lh_chat_msg msgs[2] = {{"system", "Be brief."}, {"user", "Hello there"}};
+    char *text = NULL;
+    size_t len = 0;
+    CU_ASSERT_EQUAL_FATAL(lh_chat_render(t, msgs, 2, 1, &text, &len), 0);
+    CU_ASSERT_PTR_NOT_NULL(strstr(text, "<|im_start|>"));
+    const lh_tok *tok = lh_model_tok(m);
+    int32_t ids[512];
+    size_t n_special = 0, n_plain = 0;
+    CU_ASSERT_EQUAL(lh_tok_encode(tok, text, len, LH_TOK_SPECIAL, ids, 512, &n_special), 0);
+    int32_t im_start = ids[0];
+    CU_ASSERT_EQUAL(lh_tok_encode(tok, text, len, 0, ids, 512, &n_plain), 0);
+    CU_ASSERT(n_special + 10 < n_plain);  /* 5 markers, each several tokens as plain text */
+    CU_ASSERT(im_start >= 800);           /* the fixture's special tokens come after 800 */
+    free(text);
+
+    lh_sched_args a;
+    memset(&a, 0, sizeof a);
+    a.kind = LH_REQ_GENERATE;
+    a.attn = -1;
+    lh_sampler_params_default(&a.sp);
+    a.sp.temperature = 0;
+    a.max_tokens = 4;
+    a.msgs = calloc(2, sizeof *a.msgs);
+    CU_ASSERT_PTR_NOT_NULL_FATAL(a.msgs);
+    a.n_msgs = 2;
+    for (size_t i = 0; i < 2; i++) {
+        a.msgs[i].role = strdup(msgs[i].role);
+        a.msgs[i].content = strdup(msgs[i].content);
+    }
+    char msg[256];
+    CU_ASSERT_EQUAL(lh_sched_submit(r.s, 1, 1, &a, msg, sizeof msg), LH_ERR_NONE);
+    CU_ASSERT(wait_done(&r, 1, 1));
+    CU_ASSERT_EQUAL(r.n_final[1], 1);
+    CU_ASSERT_NOT_EQUAL(r.last_final[1].finish, LH_FINISH_ERROR);
+    CU_ASSERT_EQUAL(r.last_final[1].n_prompt, n_special);
+    free_sched(&r);
+    lh_model_close(m);
+}
+
 void lh_test_daemon(void)
 {
     CU_pSuite s = CU_add_suite("daemon", suite_init, suite_clean);
@@ -388,4 +444,6 @@ void lh_test_daemon(void)
     CU_add_test(s, "model file changed in place: refused, fatal", test_model_changed_in_place);
     CU_add_test(s, "an idle slot gives its KV cache back", test_slot_idle_release);
     CU_add_test(s, "the watchdog heartbeat follows the compute thread", test_heartbeat);
+    CU_add_test(s, "a Chat prompt is tokenized with the template's markers as special tokens",
+                test_chat_special_tokens);
 }

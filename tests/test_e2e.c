@@ -1,5 +1,6 @@
 /* tests/test_e2e — the real longheadsd (LH_BUILD/longheadsd) on a temporary socket, driven
- * through liblongheads, the `longheads` CLI and raw frames: golden text, 8 concurrent clients,
+ * through liblongheads, the `longheads` CLI and raw frames: golden text, longheads-run parity
+ * (text and token-id prompts, greedy and seeded), 8 concurrent clients,
  * cancel mid-prefill and mid-decode (latency measured and printed), a client killed mid-stream,
  * malformed input, prompt reuse, stop strings across tokens, socket activation + sd_notify,
  * SIGTERM drain, `systemd-analyze verify` of the units; then, each on its own daemon: ERR_BUSY,
@@ -292,6 +293,48 @@ static int greedy(lh_client *c, const char *prompt, uint32_t n, stream *s, lh_cl
     o.max_tokens = n;
     o.temperature = 0;
     return lh_client_generate(c, &o, collect, s, res);
+}
+
+/* The passkey path: `longheads passkey` tokenizes through the daemon and generates from the
+ * token ids; that gives byte for byte longheads-run's text for the same prompt (one generation
+ * loop, engine/gen.c), greedy and seeded. */
+static void test_token_prompt_parity(void)
+{
+    lh_client *c;
+    CU_ASSERT_EQUAL_FATAL(lh_client_connect(&c, g_sock, 10000), 0);
+    const char *prompt = "Once upon a time";
+    int32_t ids[64];
+    size_t n = 0;
+    CU_ASSERT_EQUAL_FATAL(lh_client_tokenize(c, prompt, strlen(prompt), LH_CLIENT_TOK_BOS, ids, 64,
+                                             &n), 0);
+    CU_ASSERT_FATAL(n > 2);
+    static const struct { float temp; uint64_t seed; const char *arg; } runs[] = {
+        {0.0f, 0, "--temp 0"}, {0.9f, 7, "--temp 0.9 --seed 7"}};
+    for (size_t k = 0; k < 2; k++) {
+        char cmd[1024];
+        snprintf(cmd, sizeof cmd, "%s/longheads-run -m %s -p '%s' -n 64 %s 2>/dev/null",
+                 lh_test_build_dir(), lh_test_model_path(), prompt, runs[k].arg);
+        int st;
+        char *ref = run_capture(cmd, &st);
+        CU_ASSERT_EQUAL(st, 0);
+        lh_client_gen_opts o;
+        lh_client_gen_opts_default(&o);
+        o.tokens = ids;
+        o.n_tokens = n;
+        o.max_tokens = 64;
+        o.temperature = runs[k].temp;
+        o.seed = runs[k].seed;
+        o.has_seed = 1;
+        static stream s;
+        memset(&s, 0, sizeof s);
+        lh_client_result res;
+        CU_ASSERT_EQUAL(lh_client_generate(c, &o, collect, &s, &res), 0);
+        CU_ASSERT_EQUAL(res.finish, LH_CLIENT_FINISH_LENGTH);
+        CU_ASSERT(strlen(ref) > 40);
+        CU_ASSERT_STRING_EQUAL(s.text, ref);
+        free(ref);
+    }
+    lh_client_close(c);
 }
 
 typedef struct {
@@ -1598,6 +1641,8 @@ void lh_test_e2e(void)
 {
     CU_pSuite s = CU_add_suite("e2e", suite_init, suite_clean);
     CU_add_test(s, "CLI: golden text, longheads-run parity, info/health/tokenize", test_cli_golden);
+    CU_add_test(s, "token-id prompts (the passkey path) give longheads-run's text",
+                test_token_prompt_parity);
     CU_add_test(s, "8 clients at once get complete streams", test_eight_clients);
     CU_add_test(s, "cancel mid-prefill and mid-decode", test_cancel);
     CU_add_test(s, "prompt reuse, stop strings, score, refusals", test_prompt_reuse_and_stop);

@@ -2,7 +2,8 @@
  * lh_gen_run (from BOS, and continuing a prompt), a stop string spanning tokens ends the text
  * before it, a stop prefix that does not complete is released, UTF-8 split across tokens is held
  * back and invalid bytes become U+FFFD, the prompt cache is reused with the same result, bad
- * arguments are refused, and the log-probability helper. */
+ * arguments are refused, the prompt in bounded slices gives the same text and the context's abort
+ * hook stops a slice, and the log-probability helper. */
 #include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -199,6 +200,81 @@ static void test_reuse_and_errors(void)
     lh_ctx_free(c);
 }
 
+static int abort_always(void *ud)
+{
+    (*(int *)ud)++;
+    return 1;
+}
+
+/* The daemon's way: the prompt in bounded slices (never more than asked for, done only after
+ * the last), then one step at a time, gives the same text as lh_gen_run; the context's abort
+ * hook stops a slice with LH_E_CANCELLED and nothing counted as done. */
+static void test_slices_and_abort(void)
+{
+    const char *prompt = "Once upon a time, there was a little girl named Lily. She liked to play";
+    static sink whole, sliced;
+    run(prompt, 30, NULL, 0, &whole, NULL, NULL);
+    CU_ASSERT(whole.n > 20);
+
+    const lh_tok *tok = lh_model_tok(g_model);
+    int32_t ids[512];
+    size_t n = 0;
+    CU_ASSERT_EQUAL_FATAL(lh_tok_encode(tok, prompt, strlen(prompt), 1, ids, 512, &n), 0);
+    CU_ASSERT_FATAL(n > 14);
+    lh_ctx_params cp;
+    lh_ctx_params_default(&cp);
+    lh_ctx *c = NULL;
+    CU_ASSERT_EQUAL_FATAL(lh_ctx_new(&c, g_model, &cp), 0);
+    lh_gen_params gp = {.max_tokens = 30, .reuse = 1};
+    lh_sampler_params_default(&gp.sp);
+    gp.sp.temperature = 0;
+    lh_gen *g = NULL;
+    CU_ASSERT_EQUAL_FATAL(lh_gen_new(&g, c, tok, &gp, ids, n), 0);
+    int done = 0, calls = 0;
+    while (!done) {
+        size_t before = lh_gen_n_done(g);
+        CU_ASSERT_EQUAL_FATAL(lh_gen_prefill(g, 7, &done), 0);
+        size_t got = lh_gen_n_done(g) - before;
+        CU_ASSERT(got == 7 || (done && got >= 1 && got <= 7));
+        calls++;
+    }
+    CU_ASSERT_EQUAL(calls, (int)((n + 6) / 7));
+    CU_ASSERT_EQUAL(lh_gen_n_done(g), n);
+    memset(&sliced, 0, sizeof sliced);
+    lh_gen_end end = LH_GEN_MORE;
+    while (end == LH_GEN_MORE) {
+        int32_t t;
+        const char *text;
+        size_t len;
+        CU_ASSERT_EQUAL_FATAL(lh_gen_step(g, &t, &text, &len, &end), 0);
+        on_text(&sliced, text, len);
+    }
+    size_t len;
+    const char *tail = lh_gen_flush(g, &len);
+    on_text(&sliced, tail, len);
+    CU_ASSERT_EQUAL(end, LH_GEN_LENGTH);
+    CU_ASSERT_EQUAL(lh_gen_n_generated(g), 30);
+    CU_ASSERT_STRING_EQUAL(sliced.s, whole.s);
+    lh_gen_free(g);
+
+    /* the abort hook: the slice stops, the generation has nothing more done */
+    CU_ASSERT_EQUAL_FATAL(lh_ctx_truncate(c, 0), 0);
+    CU_ASSERT_EQUAL_FATAL(lh_gen_new(&g, c, tok, &gp, ids, n), 0);
+    int n_checks = 0;
+    lh_ctx_set_abort(c, abort_always, &n_checks);
+    CU_ASSERT_EQUAL(lh_gen_prefill(g, 0, &done), LH_E_CANCELLED);
+    lh_ctx_set_abort(c, NULL, NULL);
+    CU_ASSERT(n_checks >= 1);
+    CU_ASSERT_EQUAL(done, 0);
+    CU_ASSERT_EQUAL(lh_gen_n_done(g), 0);
+    /* what the daemon does with a generation cancelled in its prefill: flush (no text yet) */
+    size_t n_tail = 99;
+    CU_ASSERT_STRING_EQUAL(lh_gen_flush(g, &n_tail), "");
+    CU_ASSERT_EQUAL(n_tail, 0);
+    lh_gen_free(g);
+    lh_ctx_free(c);
+}
+
 static void test_logprob(void)
 {
     float l[5] = {1, 2, 3, -1, 0.5f};
@@ -217,5 +293,7 @@ void lh_test_gen(void)
     CU_add_test(s, "stop strings across tokens", test_stop_strings);
     CU_add_test(s, "UTF-8 hold-back, U+FFFD, stop prefixes", test_text_stage);
     CU_add_test(s, "prompt cache reuse, bad arguments", test_reuse_and_errors);
+    CU_add_test(s, "prefill in bounded slices, step by step; the abort hook",
+                test_slices_and_abort);
     CU_add_test(s, "log-probability", test_logprob);
 }

@@ -8,7 +8,7 @@
 #include <string.h>
 #include <unistd.h>
 
-#include "gguf.h"
+#include "gguf_write.h"
 
 /* ---- helpers ------------------------------------------------------------------------------ */
 

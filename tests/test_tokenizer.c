@@ -9,7 +9,7 @@
 #include <string.h>
 #include <unistd.h>
 
-#include "gguf.h"
+#include "gguf_write.h"
 #include "tokenizer.h"
 
 static lh_gguf *g_gguf;

@@ -19,7 +19,7 @@
 #include <string.h>
 #include <strings.h>
 
-#include "gguf.h"
+#include "gguf_write.h"
 #include "params.h"
 #include "quant.h"
 
