@@ -83,7 +83,8 @@ llama() {
     [ -n "$LB" ] || return 0
     f=$1
     shift
-    "$LB" -m "$f" -t "$NT" -o csv "$@" 2>/dev/null | awk -F, '
+    # llama.cpp with its own OpenMP defaults (the daemon's GOMP_SPINCOUNT is ours, not its)
+    env -u GOMP_SPINCOUNT -u OMP_WAIT_POLICY "$LB" -m "$f" -t "$NT" -o csv "$@" 2>/dev/null | awk -F, '
         NR == 1 { for (i = 1; i <= NF; i++) { gsub(/"/, "", $i); col[$i] = i } next }
         { for (i = 1; i <= NF; i++) gsub(/"/, "", $i)
           p = $col["n_prompt"]; g = $col["n_gen"]; d = $col["n_depth"]
@@ -118,7 +119,7 @@ if [ -n "$LB" ]; then
         echo "bench: LLAMA_BENCH=$LB is not an executable" >&2
         exit 1
     fi
-    echo "llama.cpp: $LB (llama-bench -t $NT, its defaults otherwise; 'llama' = its mean tokens/s)"
+    echo "llama.cpp: $LB (llama-bench -t $NT, its defaults otherwise, its OpenMP wait policy unset; 'llama' = its mean tokens/s)"
 else
     echo "llama.cpp: LLAMA_BENCH is not set: longheads' figures alone, no ratios" \
          "(set LLAMA_BENCH=/path/to/llama-bench to run both side by side)"
