@@ -15,8 +15,9 @@
  * Q6_K, IQ4_NL, Q8_0) x is first quantised to 8 bits per value in blocks (lh_q8_quant, into
  * scratch made at _new) and the rows are fused integer dot products (lh_dot_rows_q8), as in
  * llama.cpp; prefill takes the same integer kernels, four activation rows per unpacked weight
- * block (gemm_q8, lh_gemm_q8), except slices longer than Q8_MAX_ROWS of the 32-block types, which
- * go to the oneDNN path.  No W is ever converted whole: oneDNN sees one panel at a time.
+ * block (gemm_q8, lh_gemm_q8), at every slice length (lh_matmul_run_dnnl, the dequantised-panel
+ * path through oneDNN, stays for tests and benchmarks).  No W is ever converted whole: oneDNN
+ * sees one panel at a time.
  */
 #include "matmul.h"
 
@@ -492,9 +493,11 @@ static void gemv(const lh_matmul *m, const void *w, const float *x, float *y)
  * panels through oneDNN: at 64 rows the integer path wins for every type (Q4_K 13.8 vs 36.5 ms,
  * Q6_K 13.9 vs 41.9, Q3_K 13.1 vs 41.4, Q8_0 17.6 vs 31.9, Q4_0 17.0 vs 34.8, Q5_1 19.0 vs
  * 38.2); at 512 rows the K-quants still win (Q4_K 111 vs 134, Q2_K 98 vs 134) while the 32-block
- * types lose a little (Q4_0 137 vs 133, Q5_1 153 vs 135).  So: K-quants always take the integer
- * path, the 32-block types up to Q8_MAX_ROWS rows (the daemon's slices are 64). */
-#define Q8_MAX_ROWS 128
+ * types lose a little (Q4_0 137 vs 133, Q5_1 153 vs 135).  But at the model level, with 256-row
+ * slices on 2 threads (make bench, side by side with llama.cpp in one run), the integer path
+ * won for them too: stories110M-shape Q4_0 pp512 658 -> 767 tok/s, TinyLlama-shape Q8_0 48 -> 84
+ * (the panel conversion is single-pass scalar and oneDNN waits on it).  So every quantised type
+ * takes the integer path. */
 static void gemm_q8(const lh_matmul *m, const void *w, const float *x, size_t n_rows, float *y)
 {
     size_t n_out = m->n_out, n_in = m->n_in, rs = m->row_size, qs = m->q8_size;
@@ -557,7 +560,7 @@ int lh_matmul_run(lh_matmul *m, const void *w, const float *x, size_t n_rows, fl
         gemv(m, w, x, y);
         return 0;
     }
-    if (m->xq && (n_rows <= Q8_MAX_ROWS || lh_q8_kind(m->wtype) == LH_Q8A_256)) {
+    if (m->xq) {
         gemm_q8(m, w, x, n_rows, y);
         return 0;
     }

@@ -7,11 +7,11 @@
  * (at model load) and reused for every call: the oneDNN primitive, its memory descriptors and any
  * scratch for converting W panels to F32 are made in lh_matmul_new, never during lh_matmul_run.
  * n_rows == 1 (decode) takes a hand-written GEMV over the rows of W (OpenMP over outputs);
- * n_rows > 1 (prefill) goes through oneDNN, except for quantised W (K-quants at any n_rows, the
- * 32-block types up to 128 rows), which takes the GEMV's integer kernels.  For quantised W (every type but F32/F16/BF16) those
- * integer paths multiply x rounded to 8 bits per value (scale per 32 or 256 values), as
- * llama.cpp does: y differs from the F32 product by at most Σ|w_i|·step_i/2.  lh_matmul_run must be called from serial code
- * (oneDNN and the GEMV open their own parallel regions).
+ * n_rows > 1 (prefill) goes through oneDNN for F32/F16/BF16 W; quantised W (every other type)
+ * takes the GEMV's integer kernels at any n_rows.  Those integer paths multiply x rounded to 8
+ * bits per value (scale per 32 or 256 values), as llama.cpp does: y differs from the F32 product
+ * by at most Σ|w_i|·step_i/2.  lh_matmul_run must be called from serial code (oneDNN and the
+ * GEMV open their own parallel regions).
  * lh_matmul_ref is the plain scalar reference the tests compare against.
  */
 #ifndef LH_MATMUL_H
