@@ -51,6 +51,7 @@ static const char usage_text[] =
     "      --timeout MS           per-request timeout (default: the daemon's)\n"
     "      -p, --prompt TEXT      the prompt; -f, --file FILE reads it ('-': standard input)\n"
     "      --echo                 print the prompt before the completion\n"
+    "      --special              <|eot_id|>, <s>... in the prompt become those tokens\n"
     "      --stats                print token counts and timings to stderr at the end\n"
     "      --json                 one JSON object per line: {\"token\",\"text\"}, progress, and\n"
     "                             the final {\"done\":true, \"finish\", counts, timings}\n"
@@ -386,7 +387,7 @@ typedef struct {
 static int parse_gen(gen_cli *g, int argc, char **argv, int chat)
 {
     enum { O_TEMP = 256, O_TOPK, O_TOPP, O_MINP, O_REP, O_REPN, O_SEED, O_STOP, O_ATTN, O_CHUNK,
-           O_WINDOW, O_TIMEOUT, O_ECHO, O_STATS, O_JSON, O_SYSTEM };
+           O_WINDOW, O_TIMEOUT, O_ECHO, O_STATS, O_JSON, O_SYSTEM, O_SPECIAL };
     static const struct option opts[] = {
         {"max-tokens", required_argument, 0, 'n'}, {"n-predict", required_argument, 0, 'n'},
         {"temp", required_argument, 0, O_TEMP}, {"temperature", required_argument, 0, O_TEMP},
@@ -396,6 +397,7 @@ static int parse_gen(gen_cli *g, int argc, char **argv, int chat)
         {"stop", required_argument, 0, O_STOP}, {"attn", required_argument, 0, O_ATTN},
         {"chunk", required_argument, 0, O_CHUNK}, {"window", required_argument, 0, O_WINDOW},
         {"timeout", required_argument, 0, O_TIMEOUT}, {"echo", no_argument, 0, O_ECHO},
+        {"special", no_argument, 0, O_SPECIAL},
         {"stats", no_argument, 0, O_STATS}, {"json", no_argument, 0, O_JSON},
         {"file", required_argument, 0, 'f'}, {"prompt", required_argument, 0, 'p'},
         {"system", required_argument, 0, O_SYSTEM}, {"model", required_argument, 0, 'm'},
@@ -474,6 +476,7 @@ static int parse_gen(gen_cli *g, int argc, char **argv, int chat)
         case O_WINDOW: if (parse_int("--window", optarg, 2, 1 << 20, &v)) return EXIT_USAGE; g->o.window = (uint32_t)v; break;
         case O_TIMEOUT: if (parse_int("--timeout", optarg, 0, 1e9, &v)) return EXIT_USAGE; g->o.timeout_ms = (uint32_t)v; break;
         case O_ECHO: g->echo = 1; break;
+        case O_SPECIAL: g->o.special = 1; break;
         case O_STATS: g->stats = 1; break;
         case O_JSON: g->json = 1; break;
         case O_SYSTEM:

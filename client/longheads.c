@@ -414,6 +414,7 @@ static void fill_gen(Longheads__GenerateRequest *g, const lh_client_gen_opts *o)
     g->chunk = o->chunk;
     g->window = o->window;
     g->timeout_ms = o->timeout_ms;
+    g->special = o->special != 0;
 }
 
 static int run_stream(lh_client *c, Longheads__Request *req, lh_client_gen_cb cb, void *ud,

@@ -115,6 +115,8 @@ typedef struct {
     lh_client_attn attn;
     uint32_t chunk, window;    /* 0: the daemon's defaults */
     uint32_t timeout_ms;       /* 0: the daemon's per-request timeout */
+    int special;               /* 1: special token texts in the prompt (<|eot_id|>, <s>) become
+                                * those tokens (as lh_client_tokenize's LH_CLIENT_TOK_SPECIAL) */
 } lh_client_gen_opts;
 
 /* Defaults: temperature 0.8, top_k 40, top_p 0.95, min_p 0.05 (as ollama), repeat_penalty 1 (off,

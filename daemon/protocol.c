@@ -85,6 +85,7 @@ static lh_err_code generate_args(const Longheads__GenerateRequest *g, lh_sched_a
     a->sp.seed = g->seed;
     a->max_tokens = g->max_tokens;
     a->timeout_ms = g->timeout_ms;
+    a->special = g->special;
     a->chunk = g->chunk;
     a->window = g->window;
     if (attn_arg(g->attn, &a->attn) != 0) {

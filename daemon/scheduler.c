@@ -414,7 +414,7 @@ static int prepare_prompt(lh_sched *s, req *r, char *msg, size_t msg_size, lh_er
         /* a rendered conversation: the template's markers (<|im_start|>, [INST], ...) are
          * control tokens of the model, not text (the user's own text is not protected from
          * this, as in llama.cpp's chat) */
-        if (r->a.n_msgs)
+        if (r->a.n_msgs || r->a.special)
             flags |= LH_TOK_SPECIAL;
         /* sized to the request: every token covers at least one byte of text, plus BOS and the
          * dummy-prefix space; never more than the limit allows (+1 to detect "too long") */

@@ -88,7 +88,7 @@ typedef struct {
     int32_t *tokens;         /* prompt as ids (generate) or ids to detokenize */
     size_t n_tokens;
     int add_bos;             /* tokenize only */
-    int special;             /* tokenize only: special token texts become those tokens */
+    int special;             /* tokenize, generate: special token texts become those tokens */
     uint32_t max_tokens;     /* 0: config default */
     lh_sampler_params sp;
     char **stop;

@@ -234,6 +234,17 @@ static void test_cli_golden(void)
     out = run_capture(cmd, &st);
     CU_ASSERT(st == 0 && strlen(out) > 4 && !strstr(out, "\n2\n") && strncmp(out, "2\n", 2) != 0);
     free(out);
+    /* generate --special: the prompt's "</s>" is one token (EOS) only when asked */
+    snprintf(cmd, sizeof cmd, "%s/longheads --socket %s generate --special -n 1 --temp 0 --json "
+             "'Once</s> upon' | tail -n 1", lh_test_build_dir(), g_sock);
+    out = run_capture(cmd, &st);
+    CU_ASSERT(st == 0 && strstr(out, "\"n_prompt\":5,") != NULL);
+    free(out);
+    snprintf(cmd, sizeof cmd, "%s/longheads --socket %s generate -n 1 --temp 0 --json "
+             "'Once</s> upon' | tail -n 1", lh_test_build_dir(), g_sock);
+    out = run_capture(cmd, &st);
+    CU_ASSERT(st == 0 && strstr(out, "\"n_prompt\":7,") != NULL);
+    free(out);
     snprintf(cmd, sizeof cmd, "%s/longheads --socket %s/nope.sock health 2>/dev/null",
              lh_test_build_dir(), g_dir);
     out = run_capture(cmd, &st);
