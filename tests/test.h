@@ -6,6 +6,7 @@
 #include <CUnit/CUnit.h>
 #include <math.h>
 #include <stddef.h>
+#include <sys/types.h>
 
 /* The bundled model (LH_MODEL, default models/stories260K.gguf). */
 const char *lh_test_model_path(void);
@@ -13,6 +14,15 @@ const char *lh_test_model_path(void);
 const char *lh_test_build_dir(void);
 /* 1 when running under ASan (LH_ASAN set): suites may shorten slow loops, never drop asserts. */
 int lh_test_asan(void);
+/* Starts LH_BUILD/longheadsd with the arguments args (NULL-terminated, after the program name),
+ * its stderr to log (NULL: /dev/null), and waits up to 60 s until sock answers a handshake.
+ * listen_fd >= 0 is handed over as socket activation (fd 3, LISTEN_FDS=1, LISTEN_PID); notify is
+ * NOTIFY_SOCKET (NULL: unset).  Returns the daemon's pid, or -1 (it died or never answered). */
+pid_t lh_test_daemon_start(const char *const *args, const char *sock, const char *log,
+                           int listen_fd, const char *notify);
+/* SIGTERM, then SIGKILL after 30 s.  Returns its exit status, 128 + the signal that ended it, or
+ * -1 (pid <= 0, or it had to be killed). */
+int lh_test_daemon_stop(pid_t pid);
 /* A test that cannot run here (a tool or file missing) calls this and returns: it prints
  * "SKIP: <test>: reason" at once and in the run's summary, and the test is counted as skipped,
  * not as passed.  With LH_TEST_STRICT set a skip is a failure. */

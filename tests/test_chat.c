@@ -135,57 +135,19 @@ static pid_t d_pid = -1;
 /* longheadsd on d_sock with the given extra arguments (NULL-terminated); waits until it answers. */
 static pid_t daemon_start(const char *const *extra)
 {
-    char bin[512];
-    snprintf(bin, sizeof bin, "%s/longheadsd", lh_test_build_dir());
-    pid_t pid = fork();
-    if (pid < 0)
-        return -1;
-    if (pid == 0) {
-        int fd = open(d_log, O_WRONLY | O_CREAT | O_APPEND, 0600);
-        if (fd >= 0)
-            dup2(fd, 2);
-        const char *argv[24];
-        int n = 0;
-        argv[n++] = bin;
-        argv[n++] = "-m";
-        argv[n++] = lh_test_model_path();
-        argv[n++] = "--socket";
-        argv[n++] = d_sock;
-        for (int i = 0; extra && extra[i] && n < 22; i++)
-            argv[n++] = extra[i];
-        argv[n] = NULL;
-        execv(bin, (char *const *)argv);
-        _exit(127);
-    }
-    for (int i = 0; i < 600; i++) {
-        lh_client *c;
-        if (lh_client_connect(&c, d_sock, 1000) == 0) {
-            lh_client_close(c);
-            return pid;
-        }
-        int st;
-        if (waitpid(pid, &st, WNOHANG) == pid)
-            return -1;
-        usleep(100000);
-    }
-    kill(pid, SIGKILL);
-    waitpid(pid, NULL, 0);
-    return -1;
+    const char *args[24];
+    int n = 0;
+    args[n++] = "-m";
+    args[n++] = lh_test_model_path();
+    args[n++] = "--socket";
+    args[n++] = d_sock;
+    for (int i = 0; extra && extra[i] && n < 23; i++)
+        args[n++] = extra[i];
+    args[n] = NULL;
+    return lh_test_daemon_start(args, d_sock, d_log, -1, NULL);
 }
 
-static void daemon_stop(pid_t pid)
-{
-    if (pid <= 0)
-        return;
-    kill(pid, SIGTERM);
-    for (int i = 0; i < 300; i++) {
-        if (waitpid(pid, NULL, WNOHANG) == pid)
-            return;
-        usleep(100000);
-    }
-    kill(pid, SIGKILL);
-    waitpid(pid, NULL, 0);
-}
+static void daemon_stop(pid_t pid) { lh_test_daemon_stop(pid); }
 
 static int ootb_init(void)
 {

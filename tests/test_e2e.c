@@ -61,74 +61,26 @@ static char *slurp(const char *path, size_t *lenp)
  * activation (the fd becomes 3, LISTEN_FDS=1, LISTEN_PID=the daemon's pid). */
 static pid_t start_daemon_fd(const char *const *extra, int listen_fd, const char *notify)
 {
-    char bin[512], log[128];
-    snprintf(bin, sizeof bin, "%s/longheadsd", lh_test_build_dir());
+    char log[128];
     snprintf(log, sizeof log, "%s/daemon.log", g_dir);
-    pid_t pid = fork();
-    if (pid == 0) {
-        int fd = open(log, O_WRONLY | O_CREAT | O_APPEND, 0600);
-        if (fd >= 0)
-            dup2(fd, 2);
-        const char *argv[32];
-        int n = 0;
-        argv[n++] = bin;
-        argv[n++] = "--model";
-        argv[n++] = lh_test_model_path();
-        if (listen_fd < 0) {
-            argv[n++] = "--socket";
-            argv[n++] = g_sock;
-        }
-        for (int i = 0; extra && extra[i] && n < 30; i++)
-            argv[n++] = extra[i];
-        argv[n] = NULL;
-        if (listen_fd >= 0) {
-            dup2(listen_fd, 3);
-            char pidbuf[32];
-            snprintf(pidbuf, sizeof pidbuf, "%d", (int)getpid());
-            setenv("LISTEN_PID", pidbuf, 1);
-            setenv("LISTEN_FDS", "1", 1);
-        }
-        if (notify)
-            setenv("NOTIFY_SOCKET", notify, 1);
-        else
-            unsetenv("NOTIFY_SOCKET");
-        execv(bin, (char *const *)argv);
-        _exit(127);
+    const char *args[40];
+    int n = 0;
+    args[n++] = "--model";
+    args[n++] = lh_test_model_path();
+    if (listen_fd < 0) {
+        args[n++] = "--socket";
+        args[n++] = g_sock;
     }
-    for (int i = 0; i < 600; i++) { /* up to 60 s: the model loads under ASan on a busy box */
-        lh_client *c;
-        if (lh_client_connect(&c, g_sock, 1000) == 0) {
-            lh_client_close(c);
-            return pid;
-        }
-        int st;
-        if (waitpid(pid, &st, WNOHANG) == pid)
-            return -1;
-        usleep(100000);
-    }
-    kill(pid, SIGKILL);
-    waitpid(pid, NULL, 0);
-    return -1;
+    for (int i = 0; extra && extra[i] && n < 39; i++)
+        args[n++] = extra[i];
+    args[n] = NULL;
+    return lh_test_daemon_start(args, g_sock, log, listen_fd, notify);
 }
 
 static pid_t start_daemon(const char *const *extra) { return start_daemon_fd(extra, -1, NULL); }
 
 /* SIGTERM, then the exit status (or -1 after 30 s, then SIGKILL). */
-static int stop_daemon(pid_t pid)
-{
-    if (pid <= 0)
-        return -1;
-    kill(pid, SIGTERM);
-    for (int i = 0; i < 300; i++) {
-        int st;
-        if (waitpid(pid, &st, WNOHANG) == pid)
-            return WIFEXITED(st) ? WEXITSTATUS(st) : 128 + WTERMSIG(st);
-        usleep(100000);
-    }
-    kill(pid, SIGKILL);
-    waitpid(pid, NULL, 0);
-    return -1;
-}
+static int stop_daemon(pid_t pid) { return lh_test_daemon_stop(pid); }
 
 static int suite_init(void)
 {

@@ -9,7 +9,13 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include <fcntl.h>
+#include <signal.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
 #include "log.h"
+#include "client/longheads.h"
 
 #define DECLARE(name) void lh_test_##name(void);
 LH_TEST_SUITES(DECLARE)
@@ -53,6 +59,70 @@ void lh_test_skip(const char *fmt, ...)
 }
 
 int lh_test_asan(void) { return getenv("LH_ASAN") != NULL; }
+
+pid_t lh_test_daemon_start(const char *const *args, const char *sock, const char *log,
+                           int listen_fd, const char *notify)
+{
+    char bin[512];
+    snprintf(bin, sizeof bin, "%s/longheadsd", lh_test_build_dir());
+    pid_t pid = fork();
+    if (pid < 0)
+        return -1;
+    if (pid == 0) {
+        int fd = log ? open(log, O_WRONLY | O_CREAT | O_APPEND, 0600) : open("/dev/null", O_WRONLY);
+        if (fd >= 0)
+            dup2(fd, 2);
+        const char *argv[48];
+        int n = 0;
+        argv[n++] = bin;
+        for (int i = 0; args && args[i] && n < 47; i++)
+            argv[n++] = args[i];
+        argv[n] = NULL;
+        if (listen_fd >= 0) {
+            dup2(listen_fd, 3);
+            char pidbuf[32];
+            snprintf(pidbuf, sizeof pidbuf, "%d", (int)getpid());
+            setenv("LISTEN_PID", pidbuf, 1);
+            setenv("LISTEN_FDS", "1", 1);
+        }
+        if (notify)
+            setenv("NOTIFY_SOCKET", notify, 1);
+        else
+            unsetenv("NOTIFY_SOCKET");
+        execv(bin, (char *const *)argv);
+        _exit(127);
+    }
+    for (int i = 0; i < 600; i++) { /* up to 60 s: the model loads under ASan on a busy box */
+        lh_client *c;
+        if (lh_client_connect(&c, sock, 1000) == 0) {
+            lh_client_close(c);
+            return pid;
+        }
+        int st;
+        if (waitpid(pid, &st, WNOHANG) == pid)
+            return -1;
+        usleep(100000);
+    }
+    kill(pid, SIGKILL);
+    waitpid(pid, NULL, 0);
+    return -1;
+}
+
+int lh_test_daemon_stop(pid_t pid)
+{
+    if (pid <= 0)
+        return -1;
+    kill(pid, SIGTERM);
+    for (int i = 0; i < 300; i++) {
+        int st;
+        if (waitpid(pid, &st, WNOHANG) == pid)
+            return WIFEXITED(st) ? WEXITSTATUS(st) : 128 + WTERMSIG(st);
+        usleep(100000);
+    }
+    kill(pid, SIGKILL);
+    waitpid(pid, NULL, 0);
+    return -1;
+}
 
 double lh_test_max_abs_diff(const float *a, const float *b, size_t n)
 {

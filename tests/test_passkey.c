@@ -39,34 +39,10 @@ static const char *pk_model(void)
 
 static int pk_start_daemon(const char *model, const char *ctx)
 {
-    char bin[512];
-    snprintf(bin, sizeof bin, "%s/longheadsd", lh_test_build_dir());
-    pid_t pid = fork();
-    if (pid < 0)
-        return -1;
-    if (pid == 0) {
-        int fd = open("/dev/null", O_WRONLY);
-        if (fd >= 0)
-            dup2(fd, 2);
-        execl(bin, bin, "--model", model, "--socket", g_sock, "--ctx", ctx, "--timeout", "0",
-              "--log-file", g_log, (char *)NULL);
-        _exit(127);
-    }
-    g_pid = pid;
-    for (int i = 0; i < 600; i++) { /* up to 60 s: ASan on a busy machine */
-        lh_client *c;
-        if (lh_client_connect(&c, g_sock, 1000) == 0) {
-            lh_client_close(c);
-            return 0;
-        }
-        int st;
-        if (waitpid(pid, &st, WNOHANG) == pid) {
-            g_pid = -1;
-            return -1;
-        }
-        usleep(100000);
-    }
-    return -1;
+    const char *args[] = {"--model", model, "--socket", g_sock, "--ctx", ctx, "--timeout", "0",
+                          "--log-file", g_log, NULL};
+    g_pid = lh_test_daemon_start(args, g_sock, NULL, -1, NULL);
+    return g_pid > 0 ? 0 : -1;
 }
 
 /* SIGTERM, then SIGKILL after 30 s; 0 when it exited with status 0. */
@@ -74,19 +50,9 @@ static int pk_stop_daemon(void)
 {
     if (g_pid <= 0)
         return 0;
-    kill(g_pid, SIGTERM);
-    int st = -1;
-    for (int i = 0; i < 300; i++) {
-        if (waitpid(g_pid, &st, WNOHANG) == g_pid) {
-            g_pid = -1;
-            return WIFEXITED(st) && WEXITSTATUS(st) == 0 ? 0 : -1;
-        }
-        usleep(100000);
-    }
-    kill(g_pid, SIGKILL);
-    waitpid(g_pid, NULL, 0);
+    int st = lh_test_daemon_stop(g_pid);
     g_pid = -1;
-    return -1;
+    return st == 0 ? 0 : -1;
 }
 
 static int suite_init(void)
