@@ -634,23 +634,34 @@ int lh_client_get_info(lh_client *c, lh_client_info *out)
     return 0;
 }
 
-int lh_client_get_health(lh_client *c, lh_client_health *out)
+/* Sends a Health request; its reply into *rp (the caller frees it). */
+static int call_health(lh_client *c, Longheads__Response **rp)
 {
-    memset(out, 0, sizeof *out);
     Longheads__Request req = LONGHEADS__REQUEST__INIT;
     Longheads__HealthRequest h = LONGHEADS__HEALTH_REQUEST__INIT;
     req.body_case = LONGHEADS__REQUEST__BODY_HEALTH;
     req.health = &h;
+    return call(c, &req, LONGHEADS__RESPONSE__BODY_HEALTH, rp);
+}
+
+static void copy_health(lh_client_health *out, const Longheads__HealthReply *hr)
+{
+    snprintf(out->status, sizeof out->status, "%s", hr->status ? hr->status : "");
+    out->uptime_s = hr->uptime_s;
+    out->n_connections = hr->n_connections;
+    out->n_queued = hr->n_queued;
+    out->n_active = hr->n_active;
+    out->n_served = hr->n_served;
+}
+
+int lh_client_get_health(lh_client *c, lh_client_health *out)
+{
+    memset(out, 0, sizeof *out);
     Longheads__Response *r;
-    int rc = call(c, &req, LONGHEADS__RESPONSE__BODY_HEALTH, &r);
+    int rc = call_health(c, &r);
     if (rc != 0)
         return rc;
-    snprintf(out->status, sizeof out->status, "%s", r->health->status ? r->health->status : "");
-    out->uptime_s = r->health->uptime_s;
-    out->n_connections = r->health->n_connections;
-    out->n_queued = r->health->n_queued;
-    out->n_active = r->health->n_active;
-    out->n_served = r->health->n_served;
+    copy_health(out, r->health);
     longheads__response__free_unpacked(r, NULL);
     return 0;
 }
@@ -658,21 +669,12 @@ int lh_client_get_health(lh_client *c, lh_client_health *out)
 int lh_client_get_status(lh_client *c, lh_client_status *out)
 {
     memset(out, 0, sizeof *out);
-    Longheads__Request req = LONGHEADS__REQUEST__INIT;
-    Longheads__HealthRequest h = LONGHEADS__HEALTH_REQUEST__INIT;
-    req.body_case = LONGHEADS__REQUEST__BODY_HEALTH;
-    req.health = &h;
     Longheads__Response *r;
-    int rc = call(c, &req, LONGHEADS__RESPONSE__BODY_HEALTH, &r);
+    int rc = call_health(c, &r);
     if (rc != 0)
         return rc;
     const Longheads__HealthReply *hr = r->health;
-    snprintf(out->health.status, sizeof out->health.status, "%s", hr->status ? hr->status : "");
-    out->health.uptime_s = hr->uptime_s;
-    out->health.n_connections = hr->n_connections;
-    out->health.n_queued = hr->n_queued;
-    out->health.n_active = hr->n_active;
-    out->health.n_served = hr->n_served;
+    copy_health(&out->health, hr);
     out->rss_bytes = hr->rss_bytes;
     out->n_slots = hr->n_slots;
     for (size_t i = 0; i < hr->n_slots && i < LH_CLIENT_MAX_SLOTS; i++) {
