@@ -1597,6 +1597,16 @@ static inline __m128i k4_min_terms(__m128i sm, const int16_t *bsums)
     return _mm_madd_epi16(_mm_cvtepu8_epi16(_mm_srli_si128(sm, 8)), pairs);
 }
 
+/* The 64 products of sub-blocks 2k and 2k+1 of a Q4_K/Q5_K block: the unsigned weights lo (first
+ * 32 values) and hi (next 32) times the activations x, each half weighted by its scale (slo, shi:
+ * the block's scales picked for 2k and 2k+1), summed into 8 int32 lanes. */
+static inline __m256i k4_madd64(__m256i lo, __m256i hi, __m256i slo, __m256i shi, const int8_t *x)
+{
+    __m256i plo = _mm256_maddubs_epi16(lo, _mm256_loadu_si256((const __m256i *)x));
+    __m256i phi = _mm256_maddubs_epi16(hi, _mm256_loadu_si256((const __m256i *)(x + 32)));
+    return _mm256_add_epi32(_mm256_madd_epi16(plo, slo), _mm256_madd_epi16(phi, shi));
+}
+
 static float vdot_q4_K(const lh_block_q4_K *w, const lh_block_q8K *a, size_t nb)
 {
     const __m256i m4 = _mm256_set1_epi8(0x0f);
@@ -1613,12 +1623,10 @@ static float vdot_q4_K(const lh_block_q4_K *w, const lh_block_q8K *a, size_t nb)
         for (int k = 0; k < 4; k++) {
             __m256i q = _mm256_loadu_si256((const __m256i *)(w[i].qs + 32 * k));
             __m256i lo = _mm256_and_si256(q, m4), hi = _mm256_and_si256(_mm256_srli_epi16(q, 4), m4);
-            const int8_t *x = a[i].qs + 64 * k;
-            __m256i plo = _mm256_maddubs_epi16(lo, _mm256_loadu_si256((const __m256i *)x));
-            __m256i phi = _mm256_maddubs_epi16(hi, _mm256_loadu_si256((const __m256i *)(x + 32)));
-            plo = _mm256_madd_epi16(plo, _mm256_shuffle_epi8(sc, pick16(2 * k, 2 * k)));
-            phi = _mm256_madd_epi16(phi, _mm256_shuffle_epi8(sc, pick16(2 * k + 1, 2 * k + 1)));
-            isum = _mm256_add_epi32(isum, _mm256_add_epi32(plo, phi));
+            isum = _mm256_add_epi32(isum, k4_madd64(lo, hi,
+                                                    _mm256_shuffle_epi8(sc, pick16(2 * k, 2 * k)),
+                                                    _mm256_shuffle_epi8(sc, pick16(2 * k + 1, 2 * k + 1)),
+                                                    a[i].qs + 64 * k));
         }
         acc = _mm256_fmadd_ps(_mm256_set1_ps(f16_fast(w[i].d) * da), _mm256_cvtepi32_ps(isum), acc);
     }
@@ -1645,12 +1653,10 @@ static float vdot_q5_K(const lh_block_q5_K *w, const lh_block_q8K *a, size_t nb)
             __m256i hh = _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(qh, 2 * k + 1), m1), 4);
             __m256i lo = _mm256_or_si256(_mm256_and_si256(q, m4), hl);
             __m256i hi = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(q, 4), m4), hh);
-            const int8_t *x = a[i].qs + 64 * k;
-            __m256i plo = _mm256_maddubs_epi16(lo, _mm256_loadu_si256((const __m256i *)x));
-            __m256i phi = _mm256_maddubs_epi16(hi, _mm256_loadu_si256((const __m256i *)(x + 32)));
-            plo = _mm256_madd_epi16(plo, _mm256_shuffle_epi8(sc, pick16(2 * k, 2 * k)));
-            phi = _mm256_madd_epi16(phi, _mm256_shuffle_epi8(sc, pick16(2 * k + 1, 2 * k + 1)));
-            isum = _mm256_add_epi32(isum, _mm256_add_epi32(plo, phi));
+            isum = _mm256_add_epi32(isum, k4_madd64(lo, hi,
+                                                    _mm256_shuffle_epi8(sc, pick16(2 * k, 2 * k)),
+                                                    _mm256_shuffle_epi8(sc, pick16(2 * k + 1, 2 * k + 1)),
+                                                    a[i].qs + 64 * k));
         }
         acc = _mm256_fmadd_ps(_mm256_set1_ps(f16_fast(w[i].d) * da), _mm256_cvtepi32_ps(isum), acc);
     }
@@ -1807,14 +1813,8 @@ static void vdot_q4_K_x4(const lh_block_q4_K *w, const lh_block_q8K *const *a, s
             __m256i slo = _mm256_shuffle_epi8(sc, pick16(2 * k, 2 * k));
             __m256i shi = _mm256_shuffle_epi8(sc, pick16(2 * k + 1, 2 * k + 1));
             LH_UNROLL
-            for (int r = 0; r < NA; r++) {
-                const int8_t *x = a[r][i].qs + 64 * k;
-                __m256i plo = _mm256_maddubs_epi16(lo, _mm256_loadu_si256((const __m256i *)x));
-                __m256i phi = _mm256_maddubs_epi16(hi, _mm256_loadu_si256((const __m256i *)(x + 32)));
-                plo = _mm256_madd_epi16(plo, slo);
-                phi = _mm256_madd_epi16(phi, shi);
-                isum[r] = _mm256_add_epi32(isum[r], _mm256_add_epi32(plo, phi));
-            }
+            for (int r = 0; r < NA; r++)
+                isum[r] = _mm256_add_epi32(isum[r], k4_madd64(lo, hi, slo, shi, a[r][i].qs + 64 * k));
         }
         LH_UNROLL
         for (int r = 0; r < NA; r++)
@@ -1893,14 +1893,8 @@ static void vdot_q5_K_x4(const lh_block_q5_K *w, const lh_block_q8K *const *a, s
             __m256i slo = _mm256_shuffle_epi8(sc, pick16(2 * k, 2 * k));
             __m256i shi = _mm256_shuffle_epi8(sc, pick16(2 * k + 1, 2 * k + 1));
             LH_UNROLL
-            for (int r = 0; r < NA; r++) {
-                const int8_t *x = a[r][i].qs + 64 * k;
-                __m256i plo = _mm256_maddubs_epi16(lo, _mm256_loadu_si256((const __m256i *)x));
-                __m256i phi = _mm256_maddubs_epi16(hi, _mm256_loadu_si256((const __m256i *)(x + 32)));
-                plo = _mm256_madd_epi16(plo, slo);
-                phi = _mm256_madd_epi16(phi, shi);
-                isum[r] = _mm256_add_epi32(isum[r], _mm256_add_epi32(plo, phi));
-            }
+            for (int r = 0; r < NA; r++)
+                isum[r] = _mm256_add_epi32(isum[r], k4_madd64(lo, hi, slo, shi, a[r][i].qs + 64 * k));
         }
         LH_UNROLL
         for (int r = 0; r < NA; r++)
