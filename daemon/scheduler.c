@@ -388,6 +388,33 @@ static void prompt_limit_msg(const lh_sched *s, size_t n, char *msg, size_t msg_
 }
 
 /* Tokenizes the prompt (generate, score).  Returns 0 or sets *errp/msg. */
+/* text (NULL: "") to tokens in *idsp, malloc'd (the caller frees it, also on failure): sized to
+ * the text (every token covers at least one byte, plus BOS and the dummy-prefix space, plus one to
+ * tell "more than max" apart), never more than max + 3, grown once when special tokens (which
+ * restart SentencePiece's dummy prefix) need more than one token per byte.  Returns
+ * lh_tok_encode's result (LH_E_LIMIT with *np the count needed when it is over max) or -ENOMEM. */
+static int encode_sized(const lh_tok *tok, const char *text, size_t len, int flags, size_t max,
+                        int32_t **idsp, size_t *np)
+{
+    size_t cap = (len < max ? len : max) + 3;
+    int32_t *ids = malloc(cap * sizeof *ids);
+    *idsp = ids;
+    *np = 0;
+    if (!ids)
+        return -ENOMEM;
+    if (!text)
+        text = "";
+    int rc = lh_tok_encode(tok, text, len, flags, ids, cap, np);
+    if (rc == LH_E_LIMIT && *np <= max) {
+        int32_t *more = realloc(ids, *np * sizeof *more);
+        if (!more)
+            return -ENOMEM;
+        *idsp = more;
+        rc = lh_tok_encode(tok, text, len, flags, more, *np, np);
+    }
+    return rc;
+}
+
 static int prepare_prompt(lh_sched *s, req *r, char *msg, size_t msg_size, lh_err_code *errp)
 {
     size_t limit = s->cfg.max_prompt_tokens;
@@ -416,27 +443,12 @@ static int prepare_prompt(lh_sched *s, req *r, char *msg, size_t msg_size, lh_er
          * this, as in llama.cpp's chat) */
         if (r->a.n_msgs || r->a.special)
             flags |= LH_TOK_SPECIAL;
-        /* sized to the request: every token covers at least one byte of text, plus BOS and the
-         * dummy-prefix space; never more than the limit allows (+1 to detect "too long") */
-        size_t cap = (r->a.text_len < limit ? r->a.text_len : limit) + 3, n = 0;
-        r->prompt = malloc(cap * sizeof *r->prompt);
-        if (!r->prompt) {
+        size_t n = 0;
+        int rc = encode_sized(s->tok, r->a.text, r->a.text_len, flags, limit, &r->prompt, &n);
+        if (rc == -ENOMEM) {
             snprintf(msg, msg_size, "out of memory tokenizing the prompt");
             *errp = LH_ERR_INTERNAL;
             return -1;
-        }
-        const char *text = r->a.text ? r->a.text : "";
-        int rc = lh_tok_encode(s->tok, text, r->a.text_len, flags, r->prompt, cap, &n);
-        if (rc == LH_E_LIMIT && n <= limit) {
-            /* special tokens restart SentencePiece's dummy prefix: more than one per byte */
-            int32_t *more = realloc(r->prompt, n * sizeof *more);
-            if (!more) {
-                snprintf(msg, msg_size, "out of memory tokenizing the prompt");
-                *errp = LH_ERR_INTERNAL;
-                return -1;
-            }
-            r->prompt = more;
-            rc = lh_tok_encode(s->tok, text, r->a.text_len, flags, r->prompt, n, &n);
         }
         if (rc == LH_E_LIMIT) {
             prompt_limit_msg(s, n, msg, msg_size);
@@ -517,20 +529,11 @@ static void run_quick(lh_sched *s, req *r)
 {
     char msg[256];
     if (r->a.kind == LH_REQ_TOKENIZE) {
-        size_t cap = r->a.text_len + 3, n = 0;
+        size_t n = 0;
         int flags = (r->a.add_bos && lh_tok_add_bos(s->tok) ? LH_TOK_BOS : 0) |
                     (r->a.special ? LH_TOK_SPECIAL : 0);
-        int32_t *ids = malloc(cap * sizeof *ids);
-        int rc = ids ? lh_tok_encode(s->tok, r->a.text ? r->a.text : "", r->a.text_len, flags,
-                                     ids, cap, &n)
-                     : -ENOMEM;
-        if (rc == LH_E_LIMIT) { /* special tokens + dummy prefixes can exceed one per byte */
-            int32_t *more = realloc(ids, n * sizeof *ids);
-            rc = more ? lh_tok_encode(s->tok, r->a.text ? r->a.text : "", r->a.text_len, flags,
-                                      more, n, &n)
-                      : -ENOMEM;
-            ids = more ? more : ids;
-        }
+        int32_t *ids;
+        int rc = encode_sized(s->tok, r->a.text, r->a.text_len, flags, SIZE_MAX, &ids, &n);
         if (rc != 0) {
             if (rc == -ENOMEM)
                 snprintf(msg, sizeof msg, "out of memory tokenizing %zu bytes; send the text in "
