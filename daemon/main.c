@@ -41,6 +41,8 @@ typedef struct {
     char *model;
     char *socket;
     char *log_file;
+    char *kv_dir;               /* --kv-dir */
+    char *cache_dir;            /* --prompt-cache (default: the kv-dir) */
     lh_sched_config sc;
     lh_server_config srv;
     uid_t allow_uid[MAX_ALLOW];
@@ -90,6 +92,16 @@ static const char usage_text[] =
     "  --handshake-timeout S    a connection must send Hello within S seconds (default 10)\n"
     "  --frame-timeout S        a started request frame must complete within S (default 30)\n"
     "  --slot-idle S            an idle slot gives its KV cache back after S (default 300, 0 never)\n"
+    "  --kv-dir DIR             keep the slots' KV caches in unnamed files in DIR, grown as they\n"
+    "                           fill (a full disk fails that request: ENOSPC), their resident\n"
+    "                           pages kept within --max-memory; the context may then reach\n"
+    "                           1052672 tokens (default: in memory)\n"
+    "  --prompt-cache DIR       save each long prompt's state (KV cache, LongHeads state, tokens)\n"
+    "                           in DIR and start a resent prompt from it, also after a restart\n"
+    "                           (default: the --kv-dir when given, else off)\n"
+    "  --prompt-cache-size BYTES  disk bound of the prompt cache; least recently used files go\n"
+    "                           first (default 4G; 0: off)\n"
+    "  --prompt-cache-min N     save prompts of at least N tokens (default 1024)\n"
     "  --log-file PATH          log there instead of stderr (reopened on SIGHUP)\n"
     "  --verbose, --quiet       more or less logging\n"
     "  --version, --help\n";
@@ -177,6 +189,23 @@ static int set_option(options *o, const char *key, const char *v)
         return set_str(&o->socket, v);
     if (strcmp(key, "log-file") == 0)
         return set_str(&o->log_file, v);
+    if (strcmp(key, "kv-dir") == 0)
+        return set_str(&o->kv_dir, v);
+    if (strcmp(key, "prompt-cache") == 0)
+        return set_str(&o->cache_dir, v);
+    if (strcmp(key, "prompt-cache-size") == 0) {
+        if (strcmp(v, "0") == 0) {
+            o->sc.cache_max_bytes = 0;
+            return 0;
+        }
+        if (lh_params_parse_bytes(v, &o->sc.cache_max_bytes) != 0) {
+            lh_log_error("prompt-cache-size: '%s' is not a byte size (e.g. 8G, 512M, 0)", v);
+            return LH_E_FORMAT;
+        }
+        return 0;
+    }
+    if (strcmp(key, "prompt-cache-min") == 0)
+        return parse_size(key, v, 1, 1u << 24, &o->sc.cache_min_tokens);
     if (strcmp(key, "threads") == 0) {
         if ((rc = parse_size(key, v, 0, 4096, &z)) == 0)
             o->sc.n_threads = (int)z;
@@ -455,6 +484,9 @@ int main(int argc, char **argv)
         goto out;
     }
     signal(SIGPIPE, SIG_IGN);
+    /* a file size limit (ulimit -f) makes growing a KV or prompt-cache file fail with EFBIG, an
+     * error for that request, instead of killing the daemon */
+    signal(SIGXFSZ, SIG_IGN);
     struct sigaction sb = {.sa_sigaction = on_sigbus, .sa_flags = SA_SIGINFO | SA_RESETHAND};
     sigemptyset(&sb.sa_mask);
     sigaction(SIGBUS, &sb, NULL);
@@ -478,7 +510,12 @@ int main(int argc, char **argv)
         lh_log_warn("OpenMP threads use libgomp's default spin; start the daemon with "
                     "GOMP_SPINCOUNT=" LH_DAEMON_SPINCOUNT " in its environment (as the systemd unit "
                     "and `make run` do) for cancels within a few ms and full speed");
-    char fit[512];
+    o.sc.ctx.kv_dir = o.kv_dir;
+    o.sc.cache_dir = o.cache_dir ? o.cache_dir : o.kv_dir;
+    if (o.sc.cache_dir && o.sc.cache_max_bytes)
+        lh_log_info("prompt cache in %s: prompts of %zu tokens or more, at most %zu bytes on disk",
+                    o.sc.cache_dir, o.sc.cache_min_tokens, o.sc.cache_max_bytes);
+    char fit[640];
     if (lh_params_fit_ctx(m, &o.sc.ctx, o.sc.n_slots, o.max_memory, fit, sizeof fit) != 0)
         goto out;
     lh_log_info("%s", fit);
@@ -513,5 +550,7 @@ out:
     free(o.model);
     free(o.socket);
     free(o.log_file);
+    free(o.kv_dir);
+    free(o.cache_dir);
     return rc;
 }

@@ -88,6 +88,7 @@ struct lh_sched {
     uint64_t vclock, seq, n_served, use_clock;
     int stop, shutting_down;
     size_t rr;                  /* round-robin cursor over active requests */
+    lh_pcache *pcache;          /* the persistent prompt cache, or NULL */
     lh_chat_tmpl chat;          /* the model's chat template family */
     char chat_desc[160];
 };
@@ -140,6 +141,8 @@ void lh_sched_config_default(lh_sched_config *c)
     c->slice_ms = 20;
     c->max_tokens_default = 256;
     c->slot_idle_s = 300;
+    c->cache_max_bytes = (size_t)4 << 30;
+    c->cache_min_tokens = 1024;
 }
 
 const lh_ctx_params *lh_sched_ctx_params(const lh_sched *s) { return &s->defaults; }
@@ -633,6 +636,14 @@ static int start_on_slot(lh_sched *s, req *r, char *msg, size_t msg_size, lh_err
     lh_gen_params gp = {.max_tokens = r->a.max_tokens ? r->a.max_tokens
                                                       : s->cfg.max_tokens_default,
                         .stop = stop, .n_stop = n_stop, .sp = r->a.sp, .reuse = 1};
+    if (s->pcache && r->n_prompt > s->cfg.cache_min_tokens) {
+        /* the saved prefix, when it is longer than what the slot holds in memory */
+        size_t lcp = common_prefix(lh_ctx_tokens(ctx), lh_ctx_n_past(ctx), r->prompt, r->n_prompt);
+        size_t got = lh_pcache_load(s->pcache, ctx, r->prompt, r->n_prompt, lcp);
+        if (got)
+            lh_log_info("request %llu.%llu: %zu prompt tokens from the prompt cache",
+                        (unsigned long long)r->owner, (unsigned long long)r->id, got);
+    }
     int rc = lh_gen_new(&r->gen, ctx, s->tok, &gp, r->prompt, r->n_prompt);
     free(stop);
     if (rc != 0) {
@@ -724,6 +735,28 @@ static int score_step(lh_sched *s, req *r, double t)
     return 1;
 }
 
+/* The client's message for a failed evaluation (the engine logged the details). */
+static const char *eval_error(int rc)
+{
+    if (rc == -ENOSPC)
+        return "the KV cache could not grow: no space left in --kv-dir (ENOSPC)";
+    if (rc == -EFBIG)
+        return "the KV cache could not grow: the file size limit (EFBIG)";
+    if (rc == -ENOMEM)
+        return "out of memory";
+    return "evaluation failed";
+}
+
+/* After a generation ends, its prompt's state goes to the persistent prompt cache (the slot is
+ * still the request's, so nothing runs on it meanwhile; the Final event has been sent). */
+static void persist(lh_sched *s, req *r)
+{
+    if (!s->pcache || r->a.kind != LH_REQ_GENERATE || !r->gen || !r->sl || !r->sl->ctx ||
+        r->n_prompt < s->cfg.cache_min_tokens || lh_gen_n_done(r->gen) < r->n_prompt)
+        return;
+    lh_pcache_save(s->pcache, r->sl->ctx, r->n_prompt);
+}
+
 /* One step of an active request: a prefill slice or one decoded token.  Returns 1 when it
  * finished (its terminal event emitted). */
 static int step(lh_sched *s, req *r)
@@ -752,7 +785,7 @@ static int step(lh_sched *s, req *r)
             return 0;   /* the next step finishes it (cancelled or timed out) */
         if (rc != 0) {
             finish_req(s, r, LH_FINISH_ERROR, rc == LH_E_LIMIT ? LH_ERR_LIMIT : LH_ERR_INTERNAL,
-                       rc == LH_E_LIMIT ? "the context is full" : "evaluation failed");
+                       rc == LH_E_LIMIT ? "the context is full" : eval_error(rc));
             return 1;
         }
         size_t n_after = lh_gen_n_done(r->gen);
@@ -776,7 +809,7 @@ static int step(lh_sched *s, req *r)
     }
     if (rc != 0) {
         finish_generate(s, r, LH_FINISH_ERROR, LH_ERR_INTERNAL,
-                        rc == -ENOMEM ? "out of memory" : "evaluation failed");
+                        rc == -ENOMEM ? "out of memory" : eval_error(rc));
         return 1;
     }
     switch (end) {
@@ -1090,6 +1123,8 @@ static void *compute_main(void *arg)
         }
         pthread_mutex_unlock(&s->lock);
         int done = step(s, pick);
+        if (done)
+            persist(s, pick);
         pthread_mutex_lock(&s->lock);
         if (done) {
             list_remove(&s->active, pick);
@@ -1156,6 +1191,9 @@ int lh_sched_new(lh_sched **sp, const lh_model *m, const lh_sched_config *cfg,
             goto fail;
     }
     s->defaults = *lh_ctx_params_get(s->slots[0].ctx);
+    if (s->cfg.cache_dir && s->cfg.cache_max_bytes &&
+        (rc = lh_pcache_open(&s->pcache, s->cfg.cache_dir, m, s->cfg.cache_max_bytes)))
+        goto fail;
     for (size_t i = 0; i < s->cfg.n_slots; i++)
         slot_snapshot(&s->slots[i]);
     find_chat_template(s);
@@ -1197,6 +1235,7 @@ void lh_sched_free(lh_sched *s)
         free(s->slots[i].logits);
     }
     free(s->slots);
+    lh_pcache_close(s->pcache);
     free(s->owners);
     pthread_cond_destroy(&s->cond);
     pthread_cond_destroy(&s->prep_cond);

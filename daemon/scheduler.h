@@ -50,6 +50,7 @@
 
 #include "chat.h"
 #include "model.h"
+#include "pcache.h"
 #include "sampler.h"
 
 /* The daemon's one error space (the scheduler's and the server's); daemon/protocol.c maps it to
@@ -117,6 +118,13 @@ typedef struct {
     int n_threads;               /* OpenMP threads of the compute thread; 0: the runtime's */
     double slot_idle_s;          /* a slot unused this long gives its KV cache back; 0: never;
                                   * default 300 */
+    const char *cache_dir;       /* the persistent prompt cache (engine/pcache.h), or NULL: after
+                                  * a generation whose prompt has at least cache_min_tokens, the
+                                  * prompt's state is saved there; a new request whose prompt
+                                  * starts with a saved prefix longer than the slot's cached one
+                                  * loads it first (borrowed string) */
+    size_t cache_max_bytes;      /* disk bound of the prompt cache (0: off) */
+    size_t cache_min_tokens;     /* default 1024 */
 } lh_sched_config;
 
 void lh_sched_config_default(lh_sched_config *c);

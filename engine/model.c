@@ -3,7 +3,9 @@
  * Memory: the weights are pointers into the GGUF mapping, in their file type (only the 1-D norm
  * vectors are copied to F32 at load: they are tiny and read every token).  Each lh_ctx owns
  * - the KV cache: per layer k and v, (n_head_kv, n_ctx, head_dim) of kv_type, in an anonymous
- *   mapping with MAP_NORESERVE so a 131072-token context costs only the pages actually used;
+ *   mapping with MAP_NORESERVE so a 131072-token context costs only the pages actually used, or
+ *   with kv_dir in a file mapping (engine/kvfile.h) grown before each slice and kept under
+ *   kv_budget resident bytes;
  * - the activations of one slice of n_batch tokens and the per-thread attention scratch;
  * - the matmul objects (oneDNN primitives + panel scratch), one per distinct weight shape;
  * - the LongHeads state when attn == LH_ATTN_LONGHEADS.
@@ -28,6 +30,7 @@
 
 #include "attn.h"
 #include "gguf.h"
+#include "kvfile.h"
 #include "log.h"
 #include "longheads.h"
 #include "matmul.h"
@@ -83,6 +86,8 @@ struct lh_ctx {
     int32_t *tokens;          /* (n_ctx) */
     void **k, **v;            /* (n_layer) each (n_head_kv, n_ctx, head_dim) of kv_type */
     size_t kv_layer_size;     /* bytes of one layer's k (or v) */
+    lh_kvfile *kvf;           /* with kv_dir: the file k and v point into, else NULL */
+    char *kv_dir;             /* p.kv_dir's copy */
     lh_attn_shape shape;
     lh_lh *lh;                /* LongHeads state, or NULL in full mode */
     mm_slot mms[N_MM_SLOTS];
@@ -618,6 +623,13 @@ static int resolve_params(const lh_model *m, lh_ctx_params *p)
         lh_log_error("KV cache type %s is not supported (F32 or F16)", lh_type_name(p->kv_type));
         return -EINVAL;
     }
+    if (p->kv_dir) {
+        /* every (layer, k/v, head) segment of the file mapping starts on a page */
+        size_t a = lh_kvfile_ctx_align(lh_type_row_size(p->kv_type, hp->head_dim));
+        p->n_ctx = (p->n_ctx + a - 1) / a * a;
+        if (p->n_ctx > (1u << 22))
+            p->n_ctx -= a;
+    }
     if (p->attn == LH_ATTN_LONGHEADS) {
         if (p->chunk == 0 && p->window == 0 && hp->lh_chunk) {
             p->chunk = hp->lh_chunk;
@@ -692,12 +704,29 @@ int lh_ctx_new(lh_ctx **cp, const lh_model *m, const lh_ctx_params *params)
         rc = -ENOMEM;
         goto fail;
     }
-    for (size_t l = 0; l < hp->n_layer; l++) {
-        c->k[l] = map_zeroed(c->kv_layer_size);
-        c->v[l] = map_zeroed(c->kv_layer_size);
-        if (!c->k[l] || !c->v[l]) {
+    if (p->kv_dir) {
+        /* segments (layer, k/v, KV head) in the cache's own order: layer l's k is heads
+         * 2l*n_kv .., its v 2l*n_kv + n_kv .. */
+        if (!(c->kv_dir = strdup(p->kv_dir))) {
             rc = -ENOMEM;
             goto fail;
+        }
+        c->p.kv_dir = c->kv_dir;
+        if ((rc = lh_kvfile_open(&c->kvf, p->kv_dir, 2 * hp->n_layer * hp->n_head_kv,
+                                 lh_type_row_size(p->kv_type, hd), p->n_ctx, p->kv_budget)))
+            goto fail;
+        for (size_t l = 0; l < hp->n_layer; l++) {
+            c->k[l] = lh_kvfile_seg(c->kvf, 2 * l * hp->n_head_kv);
+            c->v[l] = lh_kvfile_seg(c->kvf, (2 * l + 1) * hp->n_head_kv);
+        }
+    } else {
+        for (size_t l = 0; l < hp->n_layer; l++) {
+            c->k[l] = map_zeroed(c->kv_layer_size);
+            c->v[l] = map_zeroed(c->kv_layer_size);
+            if (!c->k[l] || !c->v[l]) {
+                rc = -ENOMEM;
+                goto fail;
+            }
         }
     }
     if (p->attn == LH_ATTN_FULL) {
@@ -724,7 +753,7 @@ int lh_ctx_new(lh_ctx **cp, const lh_model *m, const lh_ctx_params *params)
     *cp = c;
     return 0;
 fail:
-    if (rc == -ENOMEM)
+    if (rc == -ENOMEM && !c->kvf)
         lh_log_error("out of memory creating a context of %zu tokens", c->p.n_ctx);
     lh_ctx_free(c);
     return rc;
@@ -735,12 +764,14 @@ void lh_ctx_free(lh_ctx *c)
     if (!c)
         return;
     size_t n_layer = c->m->hp.n_layer;
-    for (size_t l = 0; c->k && l < n_layer; l++)
+    for (size_t l = 0; !c->kvf && c->k && l < n_layer; l++)
         if (c->k[l])
             munmap(c->k[l], c->kv_layer_size);
-    for (size_t l = 0; c->v && l < n_layer; l++)
+    for (size_t l = 0; !c->kvf && c->v && l < n_layer; l++)
         if (c->v[l])
             munmap(c->v[l], c->kv_layer_size);
+    lh_kvfile_close(c->kvf);
+    free(c->kv_dir);
     for (size_t i = 0; i < c->n_mms; i++)
         lh_matmul_free(c->mms[i].mm);
     lh_lh_free(c->lh);
@@ -885,6 +916,91 @@ static int forward(lh_ctx *c, const int32_t *tokens, size_t n, float *logits, in
     return 0;
 }
 
+/* An upper bound of the KV bytes a slice of n tokens at pos0 may have made resident: its own rows
+ * and the rows attention read, per segment: full attention reads every row; with LongHeads each
+ * query head reads its K chunks (at most a page more than the chunk each). */
+static size_t kv_touched(const lh_ctx *c, size_t pos0, size_t n)
+{
+    const lh_hparams *hp = &c->m->hp;
+    size_t row = lh_type_row_size(c->p.kv_type, hp->head_dim), n_seg = 2 * hp->n_layer * hp->n_head_kv;
+    double rows = (double)(pos0 + n), extra = 0;
+    if (c->p.attn == LH_ATTN_LONGHEADS) {
+        double group = (double)(hp->n_head / hp->n_head_kv), K = (double)(c->p.window / c->p.chunk);
+        double sel = (double)n * group * (double)c->p.window;
+        if (sel < rows) {
+            rows = sel + (double)n;
+            extra = (double)n * group * K * 4096.0;
+        }
+    }
+    double b = (rows * (double)row + extra) * (double)n_seg;
+    return b > (double)SIZE_MAX / 2 ? SIZE_MAX / 2 : (size_t)b;
+}
+
+size_t lh_ctx_kv_file_size(const lh_ctx *c) { return c->kvf ? lh_kvfile_file_size(c->kvf) : 0; }
+size_t lh_ctx_kv_drops(const lh_ctx *c) { return c->kvf ? lh_kvfile_n_drops(c->kvf) : 0; }
+
+size_t lh_ctx_savable(const lh_ctx *c, size_t n)
+{
+    if (n > c->n_past)
+        n = c->n_past;
+    return c->lh ? lh_lh_keepable(c->lh, n) : n;
+}
+
+size_t lh_ctx_state_size(const lh_ctx *c, size_t n)
+{
+    size_t total = n * sizeof(int32_t) + 2 * c->m->hp.n_layer * n *
+                   lh_type_row_size(c->p.kv_type, c->m->hp.n_head_kv * c->m->hp.head_dim);
+    return total + (c->lh ? lh_lh_state_size(c->lh, n) : 0);
+}
+
+/* The rows [0, n) of every (layer, k/v, head) segment through fn. */
+static int kv_io(lh_ctx *c, size_t n, lh_ctx_io_fn fn, void *ud)
+{
+    const lh_hparams *hp = &c->m->hp;
+    size_t row = lh_type_row_size(c->p.kv_type, hp->head_dim);
+    int rc;
+    for (size_t l = 0; l < hp->n_layer; l++)
+        for (size_t kv = 0; kv < 2; kv++)
+            for (size_t g = 0; g < hp->n_head_kv; g++) {
+                char *seg = (char *)(kv ? c->v[l] : c->k[l]) + g * c->p.n_ctx * row;
+                if (n && (rc = fn(ud, seg, n * row)))
+                    return rc;
+                if (c->kvf) /* written or read once: keep the mapping under its budget */
+                    lh_kvfile_touch(c->kvf, n * row);
+            }
+    return 0;
+}
+
+int lh_ctx_state_save(lh_ctx *c, size_t n, lh_ctx_io_fn fn, void *ud)
+{
+    if (lh_ctx_savable(c, n) != n)
+        return -EINVAL;
+    int rc;
+    if ((rc = fn(ud, c->tokens, n * sizeof *c->tokens)) || (rc = kv_io(c, n, fn, ud)))
+        return rc;
+    return c->lh ? lh_lh_state_save(c->lh, n, (lh_lh_io_fn)fn, ud) : 0;
+}
+
+int lh_ctx_state_load(lh_ctx *c, size_t n, lh_ctx_io_fn fn, void *ud)
+{
+    lh_ctx_truncate(c, 0);
+    if (n >= c->p.n_ctx)
+        return LH_E_LIMIT;
+    int rc = c->kvf ? lh_kvfile_reserve(c->kvf, n) : 0;
+    if (rc || (rc = fn(ud, c->tokens, n * sizeof *c->tokens)) || (rc = kv_io(c, n, fn, ud)) ||
+        (c->lh && (rc = lh_lh_state_load(c->lh, n, (lh_lh_io_fn)fn, ud)))) {
+        lh_ctx_truncate(c, 0);
+        return rc;
+    }
+    for (size_t i = 0; i < n; i++)
+        if (c->tokens[i] < 0 || (size_t)c->tokens[i] >= c->m->hp.n_vocab) {
+            lh_ctx_truncate(c, 0);
+            return LH_E_FORMAT;
+        }
+    c->n_past = n;
+    return 0;
+}
+
 int lh_ctx_eval(lh_ctx *c, const int32_t *tokens, size_t n, float *logits, int all)
 {
     const lh_hparams *hp = &c->m->hp;
@@ -910,7 +1026,13 @@ int lh_ctx_eval(lh_ctx *c, const int32_t *tokens, size_t n, float *logits, int a
             out = logits + done * hp->n_vocab;
         else if (logits && last)
             out = logits;
-        int rc = forward(c, tokens + done, k, out, all);
+        int rc = c->kvf ? lh_kvfile_reserve(c->kvf, c->n_past + k) : 0;
+        if (rc)
+            return rc;
+        size_t n_before = c->n_past;
+        rc = forward(c, tokens + done, k, out, all);
+        if (c->kvf)
+            lh_kvfile_touch(c->kvf, kv_touched(c, n_before, k));
         if (rc == LH_E_CANCELLED)
             lh_ctx_truncate(c, c->n_past);   /* layers that ran ahead are rewound */
         if (rc)

@@ -54,6 +54,11 @@ typedef struct {
                             * so that window/chunk >= 2) */
     size_t window;         /* LongHeads L (0: the file's longheads.window, else n_ctx_train
                             * rounded down to a multiple of chunk) */
+    const char *kv_dir;    /* NULL: the KV cache in anonymous memory; else in an unnamed file in
+                            * this directory (engine/kvfile.h; the context copies the string),
+                            * and n_ctx is rounded up so that its segments start on pages */
+    size_t kv_budget;      /* with kv_dir: resident bytes of the KV mapping before they are
+                            * dropped (0: never) */
 } lh_ctx_params;
 
 typedef struct lh_model lh_model;
@@ -98,7 +103,9 @@ const int32_t *lh_ctx_tokens(const lh_ctx *c);
 /* Run n tokens at positions n_past .. n_past+n-1 (n may exceed n_batch: processed in slices).
  * logits: NULL, or (n_vocab) for the last token, or (n, n_vocab) when all != 0.
  * Returns 0, LH_E_LIMIT (context full: nothing run), LH_E_FORMAT (token id out of range),
- * LH_E_CANCELLED (stopped by the abort check, see lh_ctx_set_abort). */
+ * LH_E_CANCELLED (stopped by the abort check, see lh_ctx_set_abort), and with kv_dir -ENOSPC,
+ * -EFBIG or another -errno when the KV file cannot grow (logged; the slices before it are
+ * kept). */
 int lh_ctx_eval(lh_ctx *c, const int32_t *tokens, size_t n, float *logits, int all);
 
 /* Lets a caller stop a long lh_ctx_eval between layers: fn(ud) is called after every layer of
@@ -109,6 +116,26 @@ int lh_ctx_eval(lh_ctx *c, const int32_t *tokens, size_t n, float *logits, int a
  * fn NULL: never stopped (the default). */
 typedef int (*lh_ctx_abort_fn)(void *ud);
 void lh_ctx_set_abort(lh_ctx *c, lh_ctx_abort_fn fn, void *ud);
+
+/* Saving and restoring the state of a prefix (engine/pcache, the daemon's persistent prompt
+ * cache).  fn writes (or reads) exactly size bytes: 0 or an error passed back. */
+typedef int (*lh_ctx_io_fn)(void *ud, void *buf, size_t size);
+/* The largest m <= min(n, n_past) whose state can be saved: with LongHeads a prefix that ends
+ * inside a chunk whose queries are no longer held is rounded down to the chunk's start. */
+size_t lh_ctx_savable(const lh_ctx *c, size_t n);
+/* Bytes lh_ctx_state_save writes for n tokens: the token ids, every layer's keys and values of
+ * those tokens (F32/F16 as cached), the LongHeads state (lh_lh_state_save). */
+size_t lh_ctx_state_size(const lh_ctx *c, size_t n);
+/* n must be savable (-EINVAL otherwise).  Returns 0 or fn's error. */
+int lh_ctx_state_save(lh_ctx *c, size_t n, lh_ctx_io_fn fn, void *ud);
+/* Replaces the context's content by n tokens read back (the same model and parameters; n <
+ * n_ctx).  Returns 0, LH_E_LIMIT (n does not fit), -ENOSPC/-EFBIG/... (the KV file could not
+ * grow; logged) or fn's error; on any error the context is left empty (n_past 0). */
+int lh_ctx_state_load(lh_ctx *c, size_t n, lh_ctx_io_fn fn, void *ud);
+/* With kv_dir: bytes the KV file occupies and how often its resident pages were dropped (the
+ * budget); 0 and 0 in memory. */
+size_t lh_ctx_kv_file_size(const lh_ctx *c);
+size_t lh_ctx_kv_drops(const lh_ctx *c);
 
 /* KV-cache and LongHeads-state bytes per token of context, for reporting. */
 size_t lh_ctx_kv_bytes_per_token(const lh_ctx *c);

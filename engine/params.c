@@ -7,6 +7,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/statvfs.h>
 
 #include "log.h"
 
@@ -28,6 +29,25 @@ size_t lh_params_bytes_per_token(const lh_model *m, const lh_ctx_params *cp)
         lh = (hp->n_layer * hp->n_head * hp->head_dim * sizeof(float) + chunk - 1) / chunk;
     }
     return kv + lh + sizeof(int32_t);
+}
+
+size_t lh_params_mem_bytes_per_token(const lh_model *m, const lh_ctx_params *cp)
+{
+    if (!cp->kv_dir)
+        return lh_params_bytes_per_token(m, cp);
+    const lh_hparams *hp = lh_model_hparams(m);
+    size_t kv = 2 * hp->n_layer * lh_type_row_size(cp->kv_type, hp->n_head_kv * hp->head_dim);
+    return lh_params_bytes_per_token(m, cp) - kv;
+}
+
+/* The KV working set a context on disk keeps resident at least: a few windows, or 32 MiB. */
+static size_t kv_min_resident(const lh_model *m, const lh_ctx_params *cp)
+{
+    const lh_hparams *hp = lh_model_hparams(m);
+    size_t kv = 2 * hp->n_layer * lh_type_row_size(cp->kv_type, hp->n_head_kv * hp->head_dim);
+    size_t win = cp->window ? cp->window : hp->lh_window ? hp->lh_window : hp->n_ctx_train;
+    size_t min = 4 * win * kv * (hp->n_head / hp->n_head_kv);
+    return min > ((size_t)32 << 20) ? min : (size_t)32 << 20;
 }
 
 static size_t meminfo_available(void)
@@ -59,6 +79,64 @@ static void fmt_bytes(char *buf, size_t cap, double b)
         snprintf(buf, cap, "%.0f MiB", b / (1024.0 * 1024));
 }
 
+/* fit_ctx with the KV cache on disk: memory holds the per-token state that stays in memory
+ * (chunk representations, token ids) and the KV working set; the disk holds the KV cache. */
+static int fit_on_disk(const lh_model *m, lh_ctx_params *cp, size_t n_slots, size_t budget,
+                       int auto_budget, size_t cap, char *report, size_t report_size)
+{
+    size_t mem_tok = lh_params_mem_bytes_per_token(m, cp);
+    size_t kv_tok = lh_params_bytes_per_token(m, cp) - mem_tok;
+    size_t kv_min = kv_min_resident(m, cp), per_slot = budget / n_slots;
+    char b1[32], b2[32], b3[32];
+    fmt_bytes(b2, sizeof b2, (double)budget);
+    struct statvfs vfs;
+    if (statvfs(cp->kv_dir, &vfs) != 0) {
+        lh_log_error("kv-dir %s: %s", cp->kv_dir, strerror(errno));
+        return LH_E_LIMIT;
+    }
+    double disk = (double)vfs.f_bavail * (double)vfs.f_frsize;
+    size_t disk_fits = (size_t)(disk / (double)kv_tok / (double)n_slots);
+    size_t mem_fits = per_slot > kv_min ? (per_slot - kv_min) / mem_tok : 0;
+    fmt_bytes(b3, sizeof b3, disk);
+    if (cp->n_ctx == 0) {
+        size_t n = mem_fits < disk_fits ? mem_fits : disk_fits;
+        cp->n_ctx = n < cap ? n : cap;
+        if (cp->n_ctx < 256) {
+            lh_log_error("kv-dir %s: only %zu tokens of context per slot fit (memory budget %s, "
+                         "%s free on disk, %zu slot(s)); raise --max-memory, free disk space or "
+                         "lower --slots", cp->kv_dir, cp->n_ctx, b2, b3, n_slots);
+            return LH_E_LIMIT;
+        }
+    } else if (cp->n_ctx > mem_fits && !(auto_budget && budget == 0)) {
+        lh_log_error("kv-dir %s: a context of %zu tokens x %zu slot(s) keeps %zu bytes per token in "
+                     "memory and a KV working set of at least %zu bytes per slot, over the memory "
+                     "budget of %s; lower --ctx (at most %zu fits) or raise --max-memory",
+                     cp->kv_dir, cp->n_ctx, n_slots, mem_tok, kv_min, b2, mem_fits);
+        return LH_E_LIMIT;
+    } else if (cp->n_ctx > disk_fits) {
+        fmt_bytes(b1, sizeof b1, (double)cp->n_ctx * (double)kv_tok * (double)n_slots);
+        lh_log_error("kv-dir %s: a context of %zu tokens x %zu slot(s) needs up to %s of KV cache "
+                     "on disk, %s is free; lower --ctx (at most %zu fits) or free disk space",
+                     cp->kv_dir, cp->n_ctx, n_slots, b1, b3, disk_fits);
+        return LH_E_LIMIT;
+    }
+    size_t in_mem = cp->n_ctx * mem_tok;
+    cp->kv_budget = per_slot > in_mem + kv_min ? per_slot - in_mem : kv_min;
+    if (auto_budget && budget == 0)
+        cp->kv_budget = 0;
+    if (report && report_size) {
+        fmt_bytes(b1, sizeof b1, (double)cp->n_ctx * (double)kv_tok);
+        char b4[32];
+        fmt_bytes(b4, sizeof b4, (double)cp->kv_budget);
+        snprintf(report, report_size, "context %zu tokens per slot x %zu slot(s), KV cache on disk "
+                 "in %s (%zu bytes per token, at most %s per slot, %s free), %zu bytes per token in "
+                 "memory; KV pages resident per slot at most %s; memory budget %s (%s)",
+                 cp->n_ctx, n_slots, cp->kv_dir, kv_tok, b1, b3, mem_tok, b4, b2,
+                 auto_budget ? "3/4 of the available memory; --max-memory sets it" : "--max-memory");
+    }
+    return 0;
+}
+
 int lh_params_fit_ctx(const lh_model *m, lh_ctx_params *cp, size_t n_slots, size_t max_memory,
                       char *report, size_t report_size)
 {
@@ -68,12 +146,15 @@ int lh_params_fit_ctx(const lh_model *m, lh_ctx_params *cp, size_t n_slots, size
     size_t per_tok = lh_params_bytes_per_token(m, cp);
     if (n_slots == 0)
         n_slots = 1;
-    size_t cap = hp->n_ctx_train > LH_PARAMS_CTX_AUTO ? hp->n_ctx_train : LH_PARAMS_CTX_AUTO;
+    size_t auto_cap = cp->kv_dir ? LH_PARAMS_CTX_AUTO_DISK : LH_PARAMS_CTX_AUTO;
+    size_t cap = hp->n_ctx_train > auto_cap ? hp->n_ctx_train : auto_cap;
     if (cap > (1u << 22))
         cap = 1u << 22;
     size_t fits = budget / n_slots / per_tok;
     char b1[32], b2[32];
     fmt_bytes(b2, sizeof b2, (double)budget);
+    if (cp->kv_dir)
+        return fit_on_disk(m, cp, n_slots, budget, auto_budget, cap, report, report_size);
     if (cp->n_ctx == 0) {
         if (auto_budget && budget == 0)
             fits = hp->n_ctx_train; /* nothing known about the machine: the model's own length */
@@ -200,6 +281,11 @@ int lh_params_set(lh_ctx_params *cp, lh_sampler_params *sp, const char *key, con
             range = "an integer in 2..1048576";
             if (!(rc = lh_params_parse_size(value, 2, 1u << 20, &z)))
                 cp->window = z;
+        } else if (key_is(key, "kv-dir")) {
+            range = "a directory";
+            rc = value && *value ? 0 : LH_E_FORMAT;
+            if (!rc)
+                cp->kv_dir = value;
         }
     }
     if (rc == LH_E_NOTFOUND && sp) {

@@ -8,6 +8,8 @@
  *   attn           full | longheads           lh_ctx_params.attn
  *   chunk          tokens                     lh_ctx_params.chunk  (LongHeads w)
  *   window         tokens                     lh_ctx_params.window (LongHeads L)
+ *   kv-dir         directory                  lh_ctx_params.kv_dir (borrowed: the string must
+ *                                             outlive the params)
  *   temp           float >= 0                 lh_sampler_params.temperature
  *   top-k          int >= 0                   lh_sampler_params.top_k
  *   top-p          float in (0, 1]            lh_sampler_params.top_p
@@ -33,6 +35,9 @@
 /* 131072 + 1024: a 131072-token prompt fits with room for its answer (the passkey test's
  * longest length), and every power-of-two chunk up to 1024 divides it. */
 #define LH_PARAMS_CTX_AUTO 132096u
+/* With the KV cache on disk (kv_dir) the context is bounded by the disk: 1048576 + 4096 (a
+ * million-token prompt and its answer), when the disk and the memory budget hold it. */
+#define LH_PARAMS_CTX_AUTO_DISK 1052672u
 
 /* The engine's defaults, then attn = LongHeads and n_ctx = 0 ("fit": lh_params_fit_ctx). */
 void lh_params_default(lh_ctx_params *cp);
@@ -41,13 +46,20 @@ void lh_params_default(lh_ctx_params *cp);
  * representations, the token id), for the budget and for reports. */
 size_t lh_params_bytes_per_token(const lh_model *m, const lh_ctx_params *cp);
 
+/* The part of it that stays in memory: all of it, or with kv_dir all but the KV cache. */
+size_t lh_params_mem_bytes_per_token(const lh_model *m, const lh_ctx_params *cp);
+
 /* The default memory budget: 3/4 of the memory available now (MemAvailable), less the model
  * file; 0 when it cannot be read. */
 size_t lh_params_default_budget(const lh_model *m);
 
 /* Resolves cp->n_ctx for n_slots contexts within max_memory bytes (0: the default budget).
  * n_ctx == 0: the largest context up to max(LH_PARAMS_CTX_AUTO, the model's trained length)
- * that fits; an explicit n_ctx must fit.  report (may be NULL) gets one line for the log: the
+ * that fits; an explicit n_ctx must fit.  With cp->kv_dir the KV cache goes to disk: memory holds
+ * the rest (lh_params_mem_bytes_per_token) and at least a KV working set of a few windows per
+ * slot, the disk (free space in kv_dir now) the KV cache; the automatic context goes up to
+ * LH_PARAMS_CTX_AUTO_DISK, and cp->kv_budget gets what is left of the slot's share for resident
+ * KV pages.  report (may be NULL) gets one line for the log: the
  * context, its bytes per token and at most, and the budget.  Returns 0 or LH_E_LIMIT (logged:
  * what does not fit and the flags that change it). */
 int lh_params_fit_ctx(const lh_model *m, lh_ctx_params *cp, size_t n_slots, size_t max_memory,

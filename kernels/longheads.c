@@ -779,3 +779,84 @@ out:
     free(sel);
     free(taken);
 }
+
+/* ---- saving and restoring the state ---------------------------------------------------------- */
+
+size_t lh_lh_keepable(const lh_lh *s, size_t n)
+{
+    size_t keep = n;
+    int changed;
+    do {
+        changed = 0;
+        for (size_t l = 0; l < s->p.n_layer; l++) {
+            size_t k = keepable(keep, s->n_done[l], s->p.chunk);
+            if (k < keep) {
+                keep = k;
+                changed = 1;
+            }
+        }
+    } while (changed);
+    return keep;
+}
+
+/* The state a save holds, as a table: each array of the state is n_rows rows, row_stride bytes
+ * apart, and holds `unit` bytes per complete chunk (per_token: per token) at the start of each
+ * row.  A new per-chunk array (e.g. per-chunk key bounds) is one more line here. */
+typedef struct {
+    char *base;
+    size_t n_rows, row_stride, unit;
+    int per_token;
+} state_array;
+
+#define MAX_STATE_ARRAYS 8
+
+static size_t state_arrays(const lh_lh *s, state_array *a)
+{
+    size_t n = 0, d = s->p.head_dim, nc = s->n_chunk;
+    /* rep: (n_layer, n_head, n_chunk, head_dim) */
+    a[n++] = (state_array){(char *)s->rep, s->p.n_layer * s->p.n_head, nc * d * sizeof(float),
+                           d * sizeof(float), 0};
+    return n;
+}
+
+static size_t ring_size(const lh_lh *s) { return s->p.n_layer * s->p.chunk * s->ld_q * sizeof(float); }
+
+size_t lh_lh_state_size(const lh_lh *s, size_t n)
+{
+    state_array a[MAX_STATE_ARRAYS];
+    size_t na = state_arrays(s, a), total = ring_size(s);
+    for (size_t i = 0; i < na; i++)
+        total += a[i].n_rows * a[i].unit * (a[i].per_token ? n : n / s->p.chunk);
+    return total;
+}
+
+static int state_io(const lh_lh *s, size_t n, lh_lh_io_fn fn, void *ud)
+{
+    state_array a[MAX_STATE_ARRAYS];
+    size_t na = state_arrays(s, a);
+    int rc;
+    for (size_t i = 0; i < na; i++) {
+        size_t len = a[i].unit * (a[i].per_token ? n : n / s->p.chunk);
+        for (size_t r = 0; len && r < a[i].n_rows; r++)
+            if ((rc = fn(ud, a[i].base + r * a[i].row_stride, len)))
+                return rc;
+    }
+    return fn(ud, s->ring, ring_size(s));
+}
+
+int lh_lh_state_save(const lh_lh *s, size_t n, lh_lh_io_fn fn, void *ud)
+{
+    if (n > s->p.n_ctx || lh_lh_keepable(s, n) != n)
+        return -EINVAL;
+    return state_io(s, n, fn, ud);
+}
+
+int lh_lh_state_load(lh_lh *s, size_t n, lh_lh_io_fn fn, void *ud)
+{
+    if (n > s->p.n_ctx)
+        return -EINVAL;
+    int rc = state_io(s, n, fn, ud);
+    for (size_t l = 0; l < s->p.n_layer; l++)
+        s->n_done[l] = rc ? 0 : n;
+    return rc;
+}

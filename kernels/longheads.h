@@ -75,4 +75,21 @@ size_t lh_lh_select(const lh_lh *s, size_t layer, size_t head, const float *q_he
 /* Bytes of state per token of context (chunk representations), for reporting. */
 double lh_lh_bytes_per_token(const lh_lh_params *p);
 
+/* ---- saving and restoring the state (the daemon's persistent prompt cache, engine/pcache) ---- */
+
+/* The largest m <= n whose state can be saved or kept: what lh_lh_truncate(s, n) would keep,
+ * without changing anything. */
+size_t lh_lh_keepable(const lh_lh *s, size_t n);
+/* Writes (or reads) exactly size bytes; 0 or an error code that is passed back. */
+typedef int (*lh_lh_io_fn)(void *ud, void *buf, size_t size);
+/* Bytes lh_lh_state_save writes for the first n tokens. */
+size_t lh_lh_state_size(const lh_lh *s, size_t n);
+/* The state of the first n tokens: every per-chunk array for the n / w complete chunks (the
+ * chunk representations, ...) and the ring of pending queries.  n must be keepable (-EINVAL
+ * otherwise).  Returns 0 or fn's error. */
+int lh_lh_state_save(const lh_lh *s, size_t n, lh_lh_io_fn fn, void *ud);
+/* The inverse, into a state made with the same parameters (n <= n_ctx); afterwards every layer
+ * has processed n tokens.  On an error from fn the state is emptied (0 tokens). */
+int lh_lh_state_load(lh_lh *s, size_t n, lh_lh_io_fn fn, void *ud);
+
 #endif
