@@ -36,6 +36,6 @@ double lh_test_max_abs_diff(const float *a, const float *b, size_t n);
 #define LH_TEST_SUITES(X) \
     X(quant) X(matmul) X(ops) X(attn) X(longheads) \
     X(gguf) X(tokenizer) X(sampler) X(model) X(chat) X(frame) X(daemon) X(e2e) X(passkey) \
-    X(qfiles) X(gen) X(params)
+    X(qfiles) X(gen) X(params) X(kvfile)
 
 #endif
