@@ -29,6 +29,7 @@
 #include "log.h"
 #include "longheads.h"
 #include "model.h"
+#include "params.h"
 #include "pcache.h"
 #include "tokenizer.h"
 #include "../client/longheads.h"
@@ -221,6 +222,35 @@ static void test_cannot_grow(void)
     CU_ASSERT_EQUAL(lh_ctx_eval(c, g_toks + 2000, 200, NULL, 0), 0);
     CU_ASSERT_EQUAL(lh_ctx_n_past(c), 2200);
     lh_ctx_free(c);
+}
+
+/* With kv_dir the context is sized by the disk and the in-memory part: a million tokens on a
+ * budget that holds 132096 tokens at most in memory. */
+static void test_fit(void)
+{
+    char dir[128];
+    mkdir_in(dir, sizeof dir, "fit");
+    lh_ctx_params mem, disk;
+    lh_params_default(&mem);
+    lh_params_default(&disk);
+    disk.kv_dir = dir;
+    size_t budget = (size_t)96 << 20;
+    CU_ASSERT_EQUAL(lh_params_fit_ctx(g_model, &mem, 1, budget, NULL, 0), 0);
+    CU_ASSERT(mem.n_ctx < 100000);
+    char report[640];
+    CU_ASSERT_EQUAL(lh_params_fit_ctx(g_model, &disk, 1, budget, report, sizeof report), 0);
+    CU_ASSERT_EQUAL(disk.n_ctx, LH_PARAMS_CTX_AUTO_DISK);
+    CU_ASSERT(disk.kv_budget >= ((size_t)32 << 20) && disk.kv_budget < budget);
+    CU_ASSERT(disk.n_ctx * lh_params_mem_bytes_per_token(g_model, &disk) + disk.kv_budget <= budget);
+    printf("\n    in memory: %zu tokens; on disk: %s", mem.n_ctx, report);
+    /* an explicit context whose in-memory part does not fit is refused */
+    lh_params_default(&disk);
+    disk.kv_dir = dir;
+    disk.n_ctx = 1u << 22;
+    int level = lh_log_get_level();
+    lh_log_set_level(-1);
+    CU_ASSERT_EQUAL(lh_params_fit_ctx(g_model, &disk, 1, (size_t)40 << 20, NULL, 0), LH_E_LIMIT);
+    lh_log_set_level(level);
 }
 
 /* ---- the prompt cache ----------------------------------------------------------------------- */
@@ -513,6 +543,8 @@ void lh_test_kvfile(void)
                 test_identical);
     CU_add_test(s, "a KV file that cannot grow: EFBIG for that eval, named in the log",
                 test_cannot_grow);
+    CU_add_test(s, "with --kv-dir the context is sized by the disk: a million tokens",
+                test_fit);
     CU_add_test(s, "prompt cache: round trip, longest prefix, bad files ignored, eviction",
                 test_pcache_engine);
     CU_add_test(s, "daemon: prompt cache across a restart; a corrupted file after one",
