@@ -26,6 +26,7 @@ struct lh_kvfile {
     char *base;              /* (n_seg, n_ctx, row_size) reservation */
     size_t map_size;
     size_t budget, touched, n_drops;
+    size_t rss_base;         /* the process's file-backed resident bytes after the last drop */
 };
 
 static size_t page_size(void)
@@ -48,6 +49,18 @@ size_t lh_kvfile_ctx_align(size_t row_size)
 {
     size_t pg = page_size();
     return row_size ? pg / gcd(pg, row_size) : 1;
+}
+
+/* The process's resident file-backed and shared pages in bytes (/proc/self/statm's third
+ * field): the KV mapping's resident pages are among them, with the model's. */
+static size_t file_rss(void)
+{
+    FILE *fp = fopen("/proc/self/statm", "r");
+    unsigned long long size = 0, res = 0, shared = 0;
+    int n = fp ? fscanf(fp, "%llu %llu %llu", &size, &res, &shared) : 0;
+    if (fp)
+        fclose(fp);
+    return n == 3 ? (size_t)shared * page_size() : 0;
 }
 
 /* An unnamed file in dir: O_TMPFILE, else a created-and-unlinked one. */
@@ -116,6 +129,7 @@ int lh_kvfile_open(lh_kvfile **fp, const char *dir, size_t n_seg, size_t row_siz
                      f->map_size);
         goto fail;
     }
+    f->rss_base = file_rss();
     *fp = f;
     return 0;
 fail:
@@ -210,12 +224,17 @@ void lh_kvfile_touch(lh_kvfile *f, size_t bytes)
 {
     if (!f->budget)
         return;
+    /* Two measures, either one triggers: the owner's upper bound of what it touched, and what
+     * the process's file-backed resident set grew by (the kernel maps up to 64 KiB around each
+     * page fault of a file mapping, so scattered chunk reads make more resident than they read;
+     * other slots' growth counts too, which only makes drops earlier). */
     f->touched = bytes > SIZE_MAX - f->touched ? SIZE_MAX : f->touched + bytes;
-    if (f->touched <= f->budget)
+    size_t rss = f->touched > f->budget ? 0 : file_rss();
+    if (f->touched <= f->budget && (rss <= f->rss_base || rss - f->rss_base <= f->budget))
         return;
-    size_t used = lh_kvfile_rows(f) ? f->map_size : 0;
-    if (used)
+    if (lh_kvfile_rows(f))
         madvise(f->base, f->map_size, MADV_DONTNEED);
     f->touched = 0;
+    f->rss_base = file_rss();
     f->n_drops++;
 }

@@ -17,8 +17,10 @@
  *
  * Memory: the mapped pages count in the process's resident set while they are mapped.  The
  * owner reports the bytes each evaluation may have touched (lh_kvfile_touch: written rows plus
- * the rows attention read); once that passes the budget every resident page of the mapping is
- * dropped (MADV_DONTNEED: dirty pages stay in the page cache and are written back by the
+ * the rows attention read); once that, or the growth of the process's file-backed resident set
+ * since the last drop (/proc/self/statm: the kernel maps up to 64 KiB around every fault of a
+ * file mapping, so scattered reads make more resident than they touch), passes the budget, every
+ * resident page of the mapping is dropped (MADV_DONTNEED: dirty pages stay in the page cache and are written back by the
  * kernel; the next access faults them in again).  With LongHeads a query reads only its chunks,
  * so the working set after a drop stays at the window.  Not thread-safe: one owner (a context).
  */
