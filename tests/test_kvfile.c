@@ -6,6 +6,7 @@
  * - a file that cannot grow is an error for that evaluation, never a SIGBUS: RLIMIT_FSIZE (which
  *   needs no mount and works as root: growing past it fails with EFBIG, SIGXFSZ ignored) stands
  *   in for a full disk (ENOSPC takes the same path); after the limit is lifted it evaluates on;
+ *   where this process may mount, a full 8 MiB tmpfs gives the real ENOSPC (else a skip);
  * - the prompt cache: save, load into a fresh context, identical logits afterwards; the longest
  *   saved prefix wins; corrupted, truncated and foreign files are ignored with one log line;
  *   eviction keeps the directory within its bound;
@@ -22,6 +23,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mount.h>
 #include <sys/resource.h>
 #include <sys/stat.h>
 #include <unistd.h>
@@ -222,6 +224,39 @@ static void test_cannot_grow(void)
     CU_ASSERT_EQUAL(lh_ctx_eval(c, g_toks + 2000, 200, NULL, 0), 0);
     CU_ASSERT_EQUAL(lh_ctx_n_past(c), 2200);
     lh_ctx_free(c);
+}
+
+/* The real thing where this process may mount (root with CAP_SYS_ADMIN): a full tmpfs of 8 MiB
+ * gives ENOSPC; elsewhere a skip (test_cannot_grow covers the same path with EFBIG). */
+static void test_disk_full(void)
+{
+    char dir[128], filler[160];
+    mkdir_in(dir, sizeof dir, "tmpfs");
+    if (mount("tmpfs", dir, "tmpfs", 0, "size=8m") != 0) {
+        lh_test_skip("cannot mount a tmpfs here (%s): the EFBIG test covers this path",
+                     strerror(errno));
+        return;
+    }
+    lh_ctx *c = ctx_new(LH_ATTN_LONGHEADS, LH_TYPE_F32, 4096, dir, 0);
+    CU_ASSERT_FATAL(c != NULL);
+    CU_ASSERT_EQUAL(lh_ctx_eval(c, g_toks, 2000, NULL, 0), 0); /* block 0: 2.5 MiB */
+    snprintf(filler, sizeof filler, "%s/filler", dir);
+    FILE *f = fopen(filler, "wb");
+    static char mib[1 << 20];
+    for (int i = 0; f && i < 5; i++)
+        fwrite(mib, 1, sizeof mib, f);
+    if (f)
+        fclose(f);
+    int level = lh_log_get_level();
+    lh_log_set_level(-1);
+    int rc = lh_ctx_eval(c, g_toks + 2000, 200, NULL, 0);
+    lh_log_set_level(level);
+    CU_ASSERT_EQUAL(rc, -ENOSPC);
+    CU_ASSERT_EQUAL(lh_ctx_n_past(c), 2000);
+    unlink(filler);
+    CU_ASSERT_EQUAL(lh_ctx_eval(c, g_toks + 2000, 200, NULL, 0), 0); /* room again */
+    lh_ctx_free(c);
+    CU_ASSERT_EQUAL(umount2(dir, MNT_DETACH), 0);
 }
 
 /* With kv_dir the context is sized by the disk and the in-memory part: a million tokens on a
@@ -543,6 +578,8 @@ void lh_test_kvfile(void)
                 test_identical);
     CU_add_test(s, "a KV file that cannot grow: EFBIG for that eval, named in the log",
                 test_cannot_grow);
+    CU_add_test(s, "a full disk (a tmpfs of 8 MiB, where mounting is allowed): ENOSPC",
+                test_disk_full);
     CU_add_test(s, "with --kv-dir the context is sized by the disk: a million tokens",
                 test_fit);
     CU_add_test(s, "prompt cache: round trip, longest prefix, bad files ignored, eviction",
