@@ -358,7 +358,8 @@ size_t lh_pcache_load(lh_pcache *p, lh_ctx *c, const int32_t *tokens, size_t n, 
         nc++;
     }
     closedir(d);
-    qsort(cs, nc, sizeof *cs, cand_cmp);
+    if (nc > 1)
+        qsort(cs, nc, sizeof *cs, cand_cmp);
     size_t got = 0;
     for (size_t i = 0; i < nc && !got; i++) {
         size_t plen = strlen(p->dir) + strlen(cs[i].name) + 2;
