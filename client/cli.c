@@ -48,6 +48,7 @@ static const char usage_text[] =
     "      --stop STR             stop before STR (repeatable)\n"
     "      --attn full|longheads  attention mode (default: the daemon's, longheads)\n"
     "      --chunk N, --window N  LongHeads chunk size and window (default: the daemon's)\n"
+    "      --score rep|bound      LongHeads chunk score (default: the daemon's)\n"
     "      --timeout MS           per-request timeout (default: the daemon's)\n"
     "      -p, --prompt TEXT      the prompt; -f, --file FILE reads it ('-': standard input)\n"
     "      --echo                 print the prompt before the completion\n"
@@ -387,7 +388,7 @@ typedef struct {
 static int parse_gen(gen_cli *g, int argc, char **argv, int chat)
 {
     enum { O_TEMP = 256, O_TOPK, O_TOPP, O_MINP, O_REP, O_REPN, O_SEED, O_STOP, O_ATTN, O_CHUNK,
-           O_WINDOW, O_TIMEOUT, O_ECHO, O_STATS, O_JSON, O_SYSTEM, O_SPECIAL };
+           O_WINDOW, O_TIMEOUT, O_ECHO, O_STATS, O_JSON, O_SYSTEM, O_SPECIAL, O_SCORE };
     static const struct option opts[] = {
         {"max-tokens", required_argument, 0, 'n'}, {"n-predict", required_argument, 0, 'n'},
         {"temp", required_argument, 0, O_TEMP}, {"temperature", required_argument, 0, O_TEMP},
@@ -396,6 +397,7 @@ static int parse_gen(gen_cli *g, int argc, char **argv, int chat)
         {"repeat-last-n", required_argument, 0, O_REPN}, {"seed", required_argument, 0, O_SEED},
         {"stop", required_argument, 0, O_STOP}, {"attn", required_argument, 0, O_ATTN},
         {"chunk", required_argument, 0, O_CHUNK}, {"window", required_argument, 0, O_WINDOW},
+        {"score", required_argument, 0, O_SCORE},
         {"timeout", required_argument, 0, O_TIMEOUT}, {"echo", no_argument, 0, O_ECHO},
         {"special", no_argument, 0, O_SPECIAL},
         {"stats", no_argument, 0, O_STATS}, {"json", no_argument, 0, O_JSON},
@@ -469,6 +471,16 @@ static int parse_gen(gen_cli *g, int argc, char **argv, int chat)
                 g->o.attn = LH_CLIENT_ATTN_LONGHEADS;
             else {
                 fprintf(stderr, "longheads: --attn: '%s' is not full or longheads\n", optarg);
+                return EXIT_USAGE;
+            }
+            break;
+        case O_SCORE:
+            if (strcmp(optarg, "rep") == 0)
+                g->o.score = LH_CLIENT_SCORE_REP;
+            else if (strcmp(optarg, "bound") == 0)
+                g->o.score = LH_CLIENT_SCORE_BOUND;
+            else {
+                fprintf(stderr, "longheads: --score: '%s' is not rep or bound\n", optarg);
                 return EXIT_USAGE;
             }
             break;

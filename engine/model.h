@@ -44,6 +44,9 @@ typedef struct {
 } lh_hparams;
 
 typedef enum { LH_ATTN_FULL = 0, LH_ATTN_LONGHEADS = 1 } lh_attn_mode;
+/* How LongHeads scores chunks (kernels/longheads.h lh_lh_score): the paper's representations, or
+ * the upper bound of q·k from the keys' min and max. */
+typedef enum { LH_SCORE_REP = 0, LH_SCORE_BOUND = 1 } lh_score_mode;
 
 typedef struct {
     size_t n_ctx;          /* KV capacity in tokens (default: n_ctx_train; up to >= 131072) */
@@ -54,6 +57,7 @@ typedef struct {
                             * so that window/chunk >= 2) */
     size_t window;         /* LongHeads L (0: the file's longheads.window, else n_ctx_train
                             * rounded down to a multiple of chunk) */
+    lh_score_mode score;   /* LongHeads chunk score, default LH_SCORE_REP */
 } lh_ctx_params;
 
 typedef struct lh_model lh_model;
@@ -109,6 +113,11 @@ int lh_ctx_eval(lh_ctx *c, const int32_t *tokens, size_t n, float *logits, int a
  * fn NULL: never stopped (the default). */
 typedef int (*lh_ctx_abort_fn)(void *ud);
 void lh_ctx_set_abort(lh_ctx *c, lh_ctx_abort_fn fn, void *ud);
+
+/* The LongHeads state of a context (kernels/longheads.h), NULL with full attention: for tests and
+ * diagnostics (work counters, lh_lh_set_check). */
+typedef struct lh_lh lh_lh;
+lh_lh *lh_ctx_longheads(lh_ctx *c);
 
 /* KV-cache and LongHeads-state bytes per token of context, for reporting. */
 size_t lh_ctx_kv_bytes_per_token(const lh_ctx *c);

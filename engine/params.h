@@ -8,6 +8,7 @@
  *   attn           full | longheads           lh_ctx_params.attn
  *   chunk          tokens                     lh_ctx_params.chunk  (LongHeads w)
  *   window         tokens                     lh_ctx_params.window (LongHeads L)
+ *   score          rep | bound                lh_ctx_params.score  (LongHeads chunk score)
  *   temp           float >= 0                 lh_sampler_params.temperature
  *   top-k          int >= 0                   lh_sampler_params.top_k
  *   top-p          float in (0, 1]            lh_sampler_params.top_p
