@@ -28,6 +28,30 @@
  * keys that summary finds most relevant, so q·c approximates how strongly q would attend there.
  * Local positions make c independent of where the chunk sits in the context.
  *
+ * Bound score (LH_LH_SCORE_BOUND, beyond the paper, after Quest: Tang et al. 2024, arXiv
+ * 2406.10774): per layer, KV head and complete chunk the element-wise min and max of its cached
+ * (locally rotated) keys; the score of the chunk for a query q is sum_i max(q_i min_i, q_i max_i),
+ * an upper bound of q·k over its keys.  The average a representation takes can drown the one key
+ * that matters (the plain passkey model: rep finds the key 40-80% of the time); a bound cannot
+ * miss a chunk whose best key scores high.  Which rotation of q: the UN-rotated query, as for rep.
+ * The exact one is unknowable before selecting (a chunk's layout slot, hence the distance, depends
+ * on which other chunks are chosen), and on the pretrained data the choice hardly matters for the
+ * passkey while the un-rotated query was best for perplexity: tried (tuning seed 1000, 10 trials at
+ * 1024/4096/16384 on passkey-plain; stories260K perplexity at 2048/4096/8192/16384) the query
+ * rotated by its local position t mod w plus 0, 1, 2, 4 and 6 chunks: passkey 9-10/10 for all;
+ * perplexity at 8192 2.84, 2.86, 2.92 for 0, 1, 2 chunks against 2.81 un-rotated (rep 2.63).
+ * Relative to a key stored at local position j the un-rotated query sits at distance -j, inside
+ * one chunk.  Chunks 0, cc-1 and cc are kept exactly as with rep, and ties go to the earlier chunk.
+ *
+ * Exact sub-linear selection: bounds compose, the min of mins and the max of maxes bound a group,
+ * so each KV head keeps a binary tree of min/max over aligned groups of 2^k chunks, updated as
+ * chunks complete (a node whose first chunk completes starts from it; truncation rebuilds the one
+ * node per level that straddles the cut).  Top-K-3 is found best-first: a node is opened only
+ * while its bound could still place one of its chunks in the list under the flat order (higher
+ * score, then earlier chunk), so the result equals scoring every chunk (tested against flat on
+ * random data, ties and the passkey model).  It pays where bounds separate (clustered keys); on
+ * keys with similar ranges it opens most nodes and costs more than flat scoring (lhbench).
+ *
  * Positions: the selected chunks are laid out contiguously in chunk order, keys at layout
  * positions 0, 1, 2, ... and the query at the position of its own key, (K-1)*w + t mod w, so no
  * distance ever exceeds L - 1, the largest the model was trained on.  The cache holds every key
@@ -445,11 +469,9 @@ static float bound_dot(const float *q, const float *mn, const float *mx, size_t 
 
 size_t lh_lh_bound_pos(const lh_lh_params *p, size_t t)
 {
-    const char *e = getenv("LH_BOUND_GAP");
-    if (e && strcmp(e, "none") == 0)
-        return 0;
-    size_t gap = e ? (size_t)atoi(e) : 1;
-    return gap * p->chunk + t % p->chunk;
+    (void)p;
+    (void)t;
+    return 0;   /* the un-rotated query: see "Bound score" at the top */
 }
 
 /* (sc, c) goes before (ts, tc) in the order flat scoring keeps: higher score, then earlier chunk. */
@@ -833,6 +855,19 @@ static void layer_head(const lh_lh *s, size_t tid, size_t layer, size_t h, const
             for (size_t j = 0; j < nb; j++)
                 for (size_t c = 0; c <= cc; c++)
                     x.sel[j * n_s + c] = c;
+        } else if (bound && !p->branch_and_bound && !s->check) {
+            /* every candidate's bound, chunk-major so that each min/max pair is read once for
+             * the block; q un-rotated (lh_lh_bound_pos is 0) */
+            size_t o = tree_node(s, layer, g, 0, 0);
+            for (size_t c = 1; c + 1 < cc; c++)
+                for (size_t j = 0; j < nb; j++)
+                    x.ss[j * s->n_chunk + c - 1] = bound_dot(qb + j * ldq, s->bmin + o + c * d,
+                                                             s->bmax + o + c * d, d);
+            for (size_t j = 0; j < nb; j++)
+                select_from_scores(K, cc, x.ss + j * s->n_chunk, x.sel + j * K);
+            x.stat[0] += nb;
+            x.stat[1] += nb * (cc - 2);
+            x.stat[2] += nb * (cc - 2);
         } else if (bound) {
             for (size_t j = 0; j < nb; j++) {
                 rotate_scaled(s, x.qb, qb + j * ldq, lh_lh_bound_pos(p, t + j), 1.0f);

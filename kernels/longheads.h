@@ -43,6 +43,9 @@ typedef struct {
     size_t n_ctx;        /* cache capacity in tokens */
     lh_type kv_type;     /* LH_TYPE_F32 or LH_TYPE_F16 */
     lh_lh_score score;   /* default (0) LH_LH_SCORE_REP */
+    int branch_and_bound; /* bound: 1 = top-k by branch and bound over the tree, 0 (default) =
+                           * score every candidate; the same selections (longheads.c: which is
+                           * faster where) */
 } lh_lh_params;
 
 /* Work counters, summed over threads since lh_lh_new or the last lh_lh_stats_reset. */
@@ -109,8 +112,9 @@ size_t lh_lh_scores(const lh_lh *s, size_t layer, size_t head, const float *q_he
 size_t lh_lh_bound_pos(const lh_lh_params *p, size_t t);
 
 void lh_lh_stats_get(const lh_lh *s, lh_lh_stats *st);
-/* on != 0: lh_lh_layer also selects every query by flat scoring and counts the selections that
- * differ (n_mismatch), to check branch and bound on real data.  For tests: slow. */
+/* on != 0 (bound score): lh_lh_layer selects by branch and bound, whatever branch_and_bound says,
+ * and also by flat scoring, and counts the selections that differ (n_mismatch), to check branch
+ * and bound on real data.  For tests: slow. */
 void lh_lh_set_check(lh_lh *s, int on);
 void lh_lh_stats_reset(lh_lh *s);
 

@@ -26,6 +26,7 @@
 #endif
 
 #include "log.h"
+#include "longheads.h"
 #include "model.h"
 #include "params.h"
 #include "ppl.h"
@@ -199,6 +200,13 @@ int main(int argc, char **argv)
         fprintf(stderr, " (chunk %zu, window %zu%s)", rp->chunk, rp->window,
                 rp->score == LH_SCORE_BOUND ? ", score bound" : "");
     fprintf(stderr, ", %.2f s (%.0f tok/s)\n", secs, n / secs);
+    lh_lh *lh = lh_ctx_longheads(c);
+    lh_lh_stats st;
+    if (lh && (lh_lh_stats_get(lh, &st), st.n_select))
+        fprintf(stderr, "longheads-ppl: per selection past the window (%zu): %.1f of %.1f candidate "
+                "chunks and %.1f tree nodes scored\n", st.n_select,
+                (double)st.n_chunk / (double)st.n_select, (double)st.n_cand / (double)st.n_select,
+                (double)st.n_node / (double)st.n_select);
     rc = 0;
 out:
     lh_ctx_free(c);
