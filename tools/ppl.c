@@ -192,6 +192,14 @@ int main(int argc, char **argv)
         all_n += cnt[b];
     }
     printf("overall ppl %.4f\n", exp(all / all_n));
+    /* before the summary, which stays the last line (tools/eval.sh reads it) */
+    lh_lh *lh = lh_ctx_longheads(c);
+    lh_lh_stats st;
+    if (lh && (lh_lh_stats_get(lh, &st), st.n_select))
+        fprintf(stderr, "longheads-ppl: per selection past the window (%zu): %.1f of %.1f candidate "
+                "chunks and %.1f tree nodes scored\n", st.n_select,
+                (double)st.n_chunk / (double)st.n_select, (double)st.n_cand / (double)st.n_select,
+                (double)st.n_node / (double)st.n_select);
     const lh_ctx_params *rp = lh_ctx_params_get(c);
     double secs = (t1.tv_sec - t0.tv_sec) + (t1.tv_nsec - t0.tv_nsec) * 1e-9;
     fprintf(stderr, "longheads-ppl: %zu tokens, attn %s", n,
@@ -200,13 +208,6 @@ int main(int argc, char **argv)
         fprintf(stderr, " (chunk %zu, window %zu%s)", rp->chunk, rp->window,
                 rp->score == LH_SCORE_BOUND ? ", score bound" : "");
     fprintf(stderr, ", %.2f s (%.0f tok/s)\n", secs, n / secs);
-    lh_lh *lh = lh_ctx_longheads(c);
-    lh_lh_stats st;
-    if (lh && (lh_lh_stats_get(lh, &st), st.n_select))
-        fprintf(stderr, "longheads-ppl: per selection past the window (%zu): %.1f of %.1f candidate "
-                "chunks and %.1f tree nodes scored\n", st.n_select,
-                (double)st.n_chunk / (double)st.n_select, (double)st.n_cand / (double)st.n_select,
-                (double)st.n_node / (double)st.n_select);
     rc = 0;
 out:
     lh_ctx_free(c);
