@@ -827,11 +827,12 @@ static int cmd_info(const char *sock, int argc, char **argv)
         json_str(stdout, m->desc, strlen(m->desc));
         printf(",\"n_params\":%llu,\"n_layer\":%u,\"n_embd\":%u,\"n_head\":%u,\"n_head_kv\":%u,"
                "\"n_vocab\":%u,\"n_ctx\":%u,\"n_ctx_train\":%u,\"n_slots\":%u,\"kv_type\":\"%s\","
-               "\"attn\":\"%s\",\"chunk\":%u,\"window\":%u,\"attn_allowed\":[%s%s%s],"
+               "\"attn\":\"%s\",\"chunk\":%u,\"window\":%u,\"score\":\"%s\",\"attn_allowed\":[%s%s%s],"
                "\"max_prompt_tokens\":%u,\"max_frame\":%u,\"chat_template\":",
                (unsigned long long)m->n_params, m->n_layer, m->n_embd, m->n_head, m->n_head_kv,
                m->n_vocab, m->n_ctx, m->n_ctx_train, m->n_slots, m->kv_type,
                attn_name(m->attn_default), lh ? m->chunk_default : 0, lh ? m->window_default : 0,
+               m->score_default == LH_CLIENT_SCORE_BOUND ? "bound" : "rep",
                m->attn_full_allowed ? "\"full\"" : "",
                m->attn_full_allowed && m->attn_longheads_allowed ? "," : "",
                m->attn_longheads_allowed ? "\"longheads\"" : "", m->max_prompt_tokens,
@@ -849,9 +850,10 @@ static int cmd_info(const char *sock, int argc, char **argv)
     printf("layers:        %u, embedding %u, heads %u (kv %u), vocabulary %u\n", m->n_layer,
            m->n_embd, m->n_head, m->n_head_kv, m->n_vocab);
     if (lh)
-        printf("attention:     longheads, chunk %u, window %u (each head attends to at most %u "
-               "tokens; inside them it is full attention)\n", m->chunk_default,
-               m->window_default, m->window_default);
+        printf("attention:     longheads, chunk %u, window %u, score %s (each head attends to at "
+               "most %u tokens; inside them it is full attention)\n", m->chunk_default,
+               m->window_default, m->score_default == LH_CLIENT_SCORE_BOUND ? "bound" : "rep",
+               m->window_default);
     else
         printf("attention:     full (the whole context)\n");
     printf("               requests may choose:%s%s\n", m->attn_full_allowed ? " full" : "",
@@ -933,7 +935,8 @@ static int cmd_health(const char *sock, int argc, char **argv, int full)
                sl->n_cached, sl->n_ctx);
         print_bytes((double)sl->kv_bytes);
         if (sl->attn == LH_CLIENT_ATTN_LONGHEADS)
-            printf("), longheads chunk %u window %u\n", sl->chunk, sl->window);
+            printf("), longheads chunk %u window %u%s\n", sl->chunk, sl->window,
+                   sl->score == LH_CLIENT_SCORE_BOUND ? " score bound" : "");
         else
             printf("), full attention\n");
     }
