@@ -48,6 +48,7 @@ static const char usage_text[] =
     "      --stop STR             stop before STR (repeatable)\n"
     "      --attn full|longheads  attention mode (default: the daemon's, longheads)\n"
     "      --chunk N, --window N  LongHeads chunk size and window (default: the daemon's)\n"
+    "      --score rep|bound      LongHeads chunk score (default: the daemon's)\n"
     "      --timeout MS           per-request timeout (default: the daemon's)\n"
     "      -p, --prompt TEXT      the prompt; -f, --file FILE reads it ('-': standard input)\n"
     "      --echo                 print the prompt before the completion\n"
@@ -387,7 +388,7 @@ typedef struct {
 static int parse_gen(gen_cli *g, int argc, char **argv, int chat)
 {
     enum { O_TEMP = 256, O_TOPK, O_TOPP, O_MINP, O_REP, O_REPN, O_SEED, O_STOP, O_ATTN, O_CHUNK,
-           O_WINDOW, O_TIMEOUT, O_ECHO, O_STATS, O_JSON, O_SYSTEM, O_SPECIAL };
+           O_WINDOW, O_TIMEOUT, O_ECHO, O_STATS, O_JSON, O_SYSTEM, O_SPECIAL, O_SCORE };
     static const struct option opts[] = {
         {"max-tokens", required_argument, 0, 'n'}, {"n-predict", required_argument, 0, 'n'},
         {"temp", required_argument, 0, O_TEMP}, {"temperature", required_argument, 0, O_TEMP},
@@ -396,6 +397,7 @@ static int parse_gen(gen_cli *g, int argc, char **argv, int chat)
         {"repeat-last-n", required_argument, 0, O_REPN}, {"seed", required_argument, 0, O_SEED},
         {"stop", required_argument, 0, O_STOP}, {"attn", required_argument, 0, O_ATTN},
         {"chunk", required_argument, 0, O_CHUNK}, {"window", required_argument, 0, O_WINDOW},
+        {"score", required_argument, 0, O_SCORE},
         {"timeout", required_argument, 0, O_TIMEOUT}, {"echo", no_argument, 0, O_ECHO},
         {"special", no_argument, 0, O_SPECIAL},
         {"stats", no_argument, 0, O_STATS}, {"json", no_argument, 0, O_JSON},
@@ -469,6 +471,16 @@ static int parse_gen(gen_cli *g, int argc, char **argv, int chat)
                 g->o.attn = LH_CLIENT_ATTN_LONGHEADS;
             else {
                 fprintf(stderr, "longheads: --attn: '%s' is not full or longheads\n", optarg);
+                return EXIT_USAGE;
+            }
+            break;
+        case O_SCORE:
+            if (strcmp(optarg, "rep") == 0)
+                g->o.score = LH_CLIENT_SCORE_REP;
+            else if (strcmp(optarg, "bound") == 0)
+                g->o.score = LH_CLIENT_SCORE_BOUND;
+            else {
+                fprintf(stderr, "longheads: --score: '%s' is not rep or bound\n", optarg);
                 return EXIT_USAGE;
             }
             break;
@@ -815,11 +827,12 @@ static int cmd_info(const char *sock, int argc, char **argv)
         json_str(stdout, m->desc, strlen(m->desc));
         printf(",\"n_params\":%llu,\"n_layer\":%u,\"n_embd\":%u,\"n_head\":%u,\"n_head_kv\":%u,"
                "\"n_vocab\":%u,\"n_ctx\":%u,\"n_ctx_train\":%u,\"n_slots\":%u,\"kv_type\":\"%s\","
-               "\"attn\":\"%s\",\"chunk\":%u,\"window\":%u,\"attn_allowed\":[%s%s%s],"
+               "\"attn\":\"%s\",\"chunk\":%u,\"window\":%u,\"score\":\"%s\",\"attn_allowed\":[%s%s%s],"
                "\"max_prompt_tokens\":%u,\"max_frame\":%u,\"chat_template\":",
                (unsigned long long)m->n_params, m->n_layer, m->n_embd, m->n_head, m->n_head_kv,
                m->n_vocab, m->n_ctx, m->n_ctx_train, m->n_slots, m->kv_type,
                attn_name(m->attn_default), lh ? m->chunk_default : 0, lh ? m->window_default : 0,
+               m->score_default == LH_CLIENT_SCORE_BOUND ? "bound" : "rep",
                m->attn_full_allowed ? "\"full\"" : "",
                m->attn_full_allowed && m->attn_longheads_allowed ? "," : "",
                m->attn_longheads_allowed ? "\"longheads\"" : "", m->max_prompt_tokens,
@@ -837,9 +850,10 @@ static int cmd_info(const char *sock, int argc, char **argv)
     printf("layers:        %u, embedding %u, heads %u (kv %u), vocabulary %u\n", m->n_layer,
            m->n_embd, m->n_head, m->n_head_kv, m->n_vocab);
     if (lh)
-        printf("attention:     longheads, chunk %u, window %u (each head attends to at most %u "
-               "tokens; inside them it is full attention)\n", m->chunk_default,
-               m->window_default, m->window_default);
+        printf("attention:     longheads, chunk %u, window %u, score %s (each head attends to at "
+               "most %u tokens; inside them it is full attention)\n", m->chunk_default,
+               m->window_default, m->score_default == LH_CLIENT_SCORE_BOUND ? "bound" : "rep",
+               m->window_default);
     else
         printf("attention:     full (the whole context)\n");
     printf("               requests may choose:%s%s\n", m->attn_full_allowed ? " full" : "",
@@ -921,7 +935,8 @@ static int cmd_health(const char *sock, int argc, char **argv, int full)
                sl->n_cached, sl->n_ctx);
         print_bytes((double)sl->kv_bytes);
         if (sl->attn == LH_CLIENT_ATTN_LONGHEADS)
-            printf("), longheads chunk %u window %u\n", sl->chunk, sl->window);
+            printf("), longheads chunk %u window %u%s\n", sl->chunk, sl->window,
+                   sl->score == LH_CLIENT_SCORE_BOUND ? " score bound" : "");
         else
             printf("), full attention\n");
     }

@@ -372,6 +372,7 @@ static const char passkey_usage[] =
     "  --seed S                seed of the keys and depths (default 1)\n"
     "  --attn full|longheads   attention (default: the daemon's)\n"
     "  --chunk W, --window L   LongHeads chunk size and window (default: the daemon's)\n"
+    "  --score rep|bound       LongHeads chunk score (default: the daemon's)\n"
     "  --max-tokens N          tokens generated for the answer (default 8)\n"
     "  --timeout MS            per-request timeout (default: the daemon's)\n"
     "  -v, --verbose           one line per trial\n";
@@ -415,11 +416,13 @@ static int parse_lengths(const char *s, size_t *out, size_t *np)
 
 int lh_cli_passkey(const char *sock, int argc, char **argv)
 {
-    enum { O_LENGTHS = 256, O_TRIALS, O_SEED, O_ATTN, O_CHUNK, O_WINDOW, O_MAXTOK, O_TIMEOUT };
+    enum { O_LENGTHS = 256, O_TRIALS, O_SEED, O_ATTN, O_CHUNK, O_WINDOW, O_MAXTOK, O_TIMEOUT,
+           O_SCORE };
     static const struct option opts[] = {
         {"lengths", required_argument, 0, O_LENGTHS}, {"trials", required_argument, 0, O_TRIALS},
         {"seed", required_argument, 0, O_SEED}, {"attn", required_argument, 0, O_ATTN},
         {"chunk", required_argument, 0, O_CHUNK}, {"window", required_argument, 0, O_WINDOW},
+        {"score", required_argument, 0, O_SCORE},
         {"max-tokens", required_argument, 0, O_MAXTOK},
         {"timeout", required_argument, 0, O_TIMEOUT}, {"verbose", no_argument, 0, 'v'},
         {"help", no_argument, 0, 'h'}, {0, 0, 0, 0}};
@@ -456,6 +459,16 @@ int lh_cli_passkey(const char *sock, int argc, char **argv)
                 r.o.attn = LH_CLIENT_ATTN_LONGHEADS;
             else {
                 fprintf(stderr, "longheads: passkey: --attn takes full or longheads\n");
+                return EXIT_USAGE;
+            }
+            break;
+        case O_SCORE:
+            if (strcmp(optarg, "rep") == 0)
+                r.o.score = LH_CLIENT_SCORE_REP;
+            else if (strcmp(optarg, "bound") == 0)
+                r.o.score = LH_CLIENT_SCORE_BOUND;
+            else {
+                fprintf(stderr, "longheads: passkey: --score takes rep or bound\n");
                 return EXIT_USAGE;
             }
             break;
@@ -525,7 +538,8 @@ int lh_cli_passkey(const char *sock, int argc, char **argv)
             snprintf(ws, sizeof ws, "%u", w);
         if (l)
             snprintf(ls, sizeof ls, "%u", l);
-        printf(" (chunk %s, window %s)", ws, ls);
+        lh_client_chunk_score sc = r.o.score ? r.o.score : m->score_default;
+        printf(" (chunk %s, window %s%s)", ws, ls, sc == LH_CLIENT_SCORE_BOUND ? ", score bound" : "");
     }
     printf(", %zu trial(s) per length, seed %llu\n", r.n_trials, (unsigned long long)seed);
     fflush(stdout);

@@ -195,6 +195,7 @@ static void copy_model(lh_client_model_info *m, const Longheads__ModelInfo *p)
     }
     m->chunk_default = p->chunk_default;
     m->window_default = p->window_default;
+    m->score_default = (lh_client_chunk_score)p->chunk_score_default;
 }
 
 static int connect_fd(const char *path, int64_t deadline, int *fdp)
@@ -415,6 +416,7 @@ static void fill_gen(Longheads__GenerateRequest *g, const lh_client_gen_opts *o)
     g->window = o->window;
     g->timeout_ms = o->timeout_ms;
     g->special = o->special != 0;
+    g->chunk_score = (Longheads__ChunkScore)o->score;
 }
 
 static int run_stream(lh_client *c, Longheads__Request *req, lh_client_gen_cb cb, void *ud,
@@ -687,6 +689,7 @@ int lh_client_get_status(lh_client *c, lh_client_status *out)
         d->chunk = ss->chunk;
         d->window = ss->window;
         d->kv_bytes = ss->kv_bytes;
+        d->score = (lh_client_chunk_score)ss->chunk_score;
     }
     longheads__response__free_unpacked(r, NULL);
     return 0;

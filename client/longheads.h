@@ -57,6 +57,11 @@ typedef enum {
     LH_CLIENT_ATTN_DEFAULT = 0, LH_CLIENT_ATTN_FULL = 1, LH_CLIENT_ATTN_LONGHEADS = 2,
 } lh_client_attn;
 
+/* How LongHeads scores chunks: the paper's representations, or the bound from the keys. */
+typedef enum {
+    LH_CLIENT_SCORE_DEFAULT = 0, LH_CLIENT_SCORE_REP = 1, LH_CLIENT_SCORE_BOUND = 2,
+} lh_client_chunk_score;
+
 typedef struct lh_client lh_client;
 
 typedef struct {
@@ -71,6 +76,7 @@ typedef struct {
     lh_client_attn attn_default;
     int attn_full_allowed, attn_longheads_allowed;
     uint32_t chunk_default, window_default;
+    lh_client_chunk_score score_default;  /* LH_CLIENT_SCORE_DEFAULT from a daemon that does not say */
 } lh_client_model_info;
 
 /* Resolves the socket path as described above into buf (cap bytes).  Returns 0 or
@@ -117,6 +123,7 @@ typedef struct {
     uint32_t timeout_ms;       /* 0: the daemon's per-request timeout */
     int special;               /* 1: special token texts in the prompt (<|eot_id|>, <s>) become
                                 * those tokens (as lh_client_tokenize's LH_CLIENT_TOK_SPECIAL) */
+    lh_client_chunk_score score;/* LongHeads chunk score (default: the daemon's) */
 } lh_client_gen_opts;
 
 /* Defaults: temperature 0.8, top_k 40, top_p 0.95, min_p 0.05 (as ollama), repeat_penalty 1 (off,
@@ -189,6 +196,7 @@ typedef struct {
     lh_client_attn attn;
     uint32_t chunk, window;
     uint64_t kv_bytes;         /* memory those cached tokens hold */
+    lh_client_chunk_score score;/* LongHeads slots */
 } lh_client_slot;
 typedef struct {
     lh_client_health health;

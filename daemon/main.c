@@ -74,6 +74,8 @@ static const char usage_text[] =
     "                           is full attention, past it each head picks its chunks)\n"
     "  --chunk N, --window N    default LongHeads chunk size and window (default: the model\n"
     "                           file's longheads.* keys, else the trained length)\n"
+    "  --score rep|bound        default LongHeads chunk score (default rep: the paper's chunk\n"
+    "                           representations; bound: an upper bound of q·k from the keys)\n"
     "  --allow-attn LIST        modes requests may ask for: full,longheads (default both)\n"
     "  --slice-ms MS            target duration of one prefill slice (default 20)\n"
     "  --max-tokens N           default tokens per generation (default 256)\n"
@@ -285,7 +287,7 @@ static int set_option(options *o, const char *key, const char *v)
         return parse_seconds(key, v, &o->srv.frame_s);
     if (strcmp(key, "slot-idle") == 0)
         return parse_seconds(key, v, &o->sc.slot_idle_s);
-    /* ctx, batch, kv, attn, chunk, window: the engine's shared parser */
+    /* ctx, batch, kv, attn, chunk, window, score: the engine's shared parser */
     rc = lh_params_set(&o->sc.ctx, NULL, key, v);
     return rc;
 }

@@ -70,6 +70,22 @@ static int attn_arg(Longheads__AttnMode m, int *attnp)
     }
 }
 
+static int score_arg(Longheads__ChunkScore m, int *scorep)
+{
+    switch (m) {
+    case LONGHEADS__CHUNK_SCORE__SCORE_DEFAULT: *scorep = -1; return 0;
+    case LONGHEADS__CHUNK_SCORE__SCORE_REP: *scorep = LH_SCORE_REP; return 0;
+    case LONGHEADS__CHUNK_SCORE__SCORE_BOUND: *scorep = LH_SCORE_BOUND; return 0;
+    default: return -1;
+    }
+}
+
+static Longheads__ChunkScore score_wire(lh_score_mode m)
+{
+    return m == LH_SCORE_BOUND ? LONGHEADS__CHUNK_SCORE__SCORE_BOUND
+                               : LONGHEADS__CHUNK_SCORE__SCORE_REP;
+}
+
 /* Generate → lh_sched_args.  Returns LH_ERR_NONE or an error code with msg. */
 static lh_err_code generate_args(const Longheads__GenerateRequest *g, lh_sched_args *a,
                                  char *msg, size_t msg_size)
@@ -91,6 +107,11 @@ static lh_err_code generate_args(const Longheads__GenerateRequest *g, lh_sched_a
     if (attn_arg(g->attn, &a->attn) != 0) {
         snprintf(msg, msg_size, "unknown attention mode %d (0 default, 1 full, 2 longheads)",
                  (int)g->attn);
+        return LH_ERR_INVALID_ARGUMENT;
+    }
+    if (score_arg(g->chunk_score, &a->score) != 0) {
+        snprintf(msg, msg_size, "unknown chunk score %d (0 default, 1 rep, 2 bound)",
+                 (int)g->chunk_score);
         return LH_ERR_INVALID_ARGUMENT;
     }
     if (g->n_stop > MAX_STOP_STRINGS) {
@@ -193,6 +214,11 @@ static lh_err_code submit_args(Longheads__Request *req, lh_sched_args *a, char *
         if (attn_arg(req->score->attn, &a->attn) != 0) {
             snprintf(msg, msg_size, "unknown attention mode %d (0 default, 1 full, 2 longheads)",
                      (int)req->score->attn);
+            return LH_ERR_INVALID_ARGUMENT;
+        }
+        if (score_arg(req->score->chunk_score, &a->score) != 0) {
+            snprintf(msg, msg_size, "unknown chunk score %d (0 default, 1 rep, 2 bound)",
+                     (int)req->score->chunk_score);
             return LH_ERR_INVALID_ARGUMENT;
         }
         if (!(a->text = take_str(&req->score->text, &a->text_len)))
@@ -402,6 +428,7 @@ static void fill_model_info(const lh_model *m, lh_sched *s, size_t max_frame,
     if (sc->allow_longheads)
         allowed[n++] = LONGHEADS__ATTN_MODE__ATTN_LONGHEADS;
     mi->n_attn_allowed = n;
+    mi->chunk_score_default = score_wire(cp->score);
     mi->attn_allowed = allowed;
     mi->chunk_default = (uint32_t)cp->chunk;
     mi->window_default = (uint32_t)cp->window;
@@ -476,6 +503,8 @@ uint8_t *lh_proto_health_reply(uint64_t id, const lh_proto_health *hh, lh_sched 
         sp[i].chunk = (uint32_t)ss[i].chunk;
         sp[i].window = (uint32_t)ss[i].window;
         sp[i].kv_bytes = ss[i].kv_bytes;
+        if (ss[i].attn == LH_ATTN_LONGHEADS)
+            sp[i].chunk_score = score_wire(ss[i].score);
         spp[i] = &sp[i];
     }
     resp.id = id;

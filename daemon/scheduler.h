@@ -96,6 +96,7 @@ typedef struct {
     size_t n_stop;
     int attn;                /* -1: default, else lh_attn_mode */
     size_t chunk, window;    /* 0: default */
+    int score;               /* -1: default, else lh_score_mode */
     uint32_t timeout_ms;     /* 0: config timeout; otherwise the smaller wins */
     uid_t uid;               /* for the request's log line */
     lh_chat_msg *msgs;       /* generate: when n_msgs > 0, the prompt is these messages rendered
@@ -198,6 +199,7 @@ typedef struct {
     size_t n_ctx;
     lh_attn_mode attn;
     size_t chunk, window;
+    lh_score_mode score;
     size_t kv_bytes;        /* n_cached x the context's bytes per token */
 } lh_sched_slot_status;
 /* Fills out[0 .. min(cap, slots)); returns the number of slots. */

@@ -664,6 +664,7 @@ static lh_lh_params lh_params_of(const lh_ctx *c)
         .n_layer = hp->n_layer, .n_head = hp->n_head, .n_head_kv = hp->n_head_kv,
         .head_dim = hp->head_dim, .n_rot = hp->n_rot, .rope = hp->rope, .chunk = c->p.chunk, .window = c->p.window,
         .n_ctx = c->p.n_ctx, .kv_type = c->p.kv_type,
+        .score = c->p.score == LH_SCORE_BOUND ? LH_LH_SCORE_BOUND : LH_LH_SCORE_REP,
     };
 }
 
@@ -810,6 +811,11 @@ size_t lh_ctx_truncate(lh_ctx *c, size_t n_keep)
         n_keep = lh_lh_truncate(c->lh, n_keep);
     c->n_past = n_keep;
     return n_keep;
+}
+
+lh_lh *lh_ctx_longheads(lh_ctx *c)
+{
+    return c->lh;
 }
 
 size_t lh_ctx_kv_bytes_per_token(const lh_ctx *c)

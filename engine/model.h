@@ -44,6 +44,9 @@ typedef struct {
 } lh_hparams;
 
 typedef enum { LH_ATTN_FULL = 0, LH_ATTN_LONGHEADS = 1 } lh_attn_mode;
+/* How LongHeads scores chunks (kernels/longheads.h lh_lh_score): the paper's representations, or
+ * the upper bound of q·k from the keys' min and max. */
+typedef enum { LH_SCORE_REP = 0, LH_SCORE_BOUND = 1 } lh_score_mode;
 
 typedef struct {
     size_t n_ctx;          /* KV capacity in tokens (default: n_ctx_train; up to >= 131072) */
@@ -59,6 +62,7 @@ typedef struct {
                             * and n_ctx is rounded up so that its segments start on pages */
     size_t kv_budget;      /* with kv_dir: resident bytes of the KV mapping before they are
                             * dropped (0: never) */
+    lh_score_mode score;   /* LongHeads chunk score, default LH_SCORE_REP */
 } lh_ctx_params;
 
 typedef struct lh_model lh_model;
@@ -136,6 +140,10 @@ int lh_ctx_state_load(lh_ctx *c, size_t n, lh_ctx_io_fn fn, void *ud);
  * budget); 0 and 0 in memory. */
 size_t lh_ctx_kv_file_size(const lh_ctx *c);
 size_t lh_ctx_kv_drops(const lh_ctx *c);
+/* The LongHeads state of a context (kernels/longheads.h), NULL with full attention: for tests and
+ * diagnostics (work counters, lh_lh_set_check). */
+typedef struct lh_lh lh_lh;
+lh_lh *lh_ctx_longheads(lh_ctx *c);
 
 /* KV-cache and LongHeads-state bytes per token of context, for reporting. */
 size_t lh_ctx_kv_bytes_per_token(const lh_ctx *c);

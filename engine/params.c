@@ -24,9 +24,12 @@ size_t lh_params_bytes_per_token(const lh_model *m, const lh_ctx_params *cp)
     size_t kv = 2 * hp->n_layer * lh_type_row_size(cp->kv_type, hp->n_head_kv * hp->head_dim);
     size_t lh = 0;
     if (cp->attn == LH_ATTN_LONGHEADS) {
-        /* one F32 representation per chunk, layer and query head (kernels/longheads.c) */
+        /* one F32 representation per chunk, layer and query head, or for bound an F32 min and
+         * max per chunk, layer and KV head plus a tree above them of fewer nodes than chunks
+         * (kernels/longheads.c) */
         size_t chunk = cp->chunk ? cp->chunk : hp->lh_chunk ? hp->lh_chunk : 256;
-        lh = (hp->n_layer * hp->n_head * hp->head_dim * sizeof(float) + chunk - 1) / chunk;
+        size_t per_chunk = cp->score == LH_SCORE_BOUND ? 4 * hp->n_head_kv : hp->n_head;
+        lh = (hp->n_layer * per_chunk * hp->head_dim * sizeof(float) + chunk - 1) / chunk;
     }
     return kv + lh + sizeof(int32_t);
 }
@@ -273,6 +276,13 @@ int lh_params_set(lh_ctx_params *cp, lh_sampler_params *sp, const char *key, con
                 cp->attn = LH_ATTN_FULL, rc = 0;
             else if (strcmp(value, "longheads") == 0)
                 cp->attn = LH_ATTN_LONGHEADS, rc = 0;
+        } else if (key_is(key, "score")) {
+            range = "rep or bound";
+            rc = LH_E_FORMAT;
+            if (strcmp(value, "rep") == 0)
+                cp->score = LH_SCORE_REP, rc = 0;
+            else if (strcmp(value, "bound") == 0)
+                cp->score = LH_SCORE_BOUND, rc = 0;
         } else if (key_is(key, "chunk")) {
             range = "an integer in 1..65536";
             if (!(rc = lh_params_parse_size(value, 1, 65536, &z)))

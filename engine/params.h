@@ -10,6 +10,7 @@
  *   window         tokens                     lh_ctx_params.window (LongHeads L)
  *   kv-dir         directory                  lh_ctx_params.kv_dir (borrowed: the string must
  *                                             outlive the params)
+ *   score          rep | bound                lh_ctx_params.score  (LongHeads chunk score)
  *   temp           float >= 0                 lh_sampler_params.temperature
  *   top-k          int >= 0                   lh_sampler_params.top_k
  *   top-p          float in (0, 1]            lh_sampler_params.top_p

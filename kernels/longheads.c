@@ -28,6 +28,34 @@
  * keys that summary finds most relevant, so q·c approximates how strongly q would attend there.
  * Local positions make c independent of where the chunk sits in the context.
  *
+ * Bound score (LH_LH_SCORE_BOUND, beyond the paper, after Quest: Tang et al. 2024, arXiv
+ * 2406.10774): per layer, KV head and complete chunk the element-wise min and max of its cached
+ * (locally rotated) keys; the score of the chunk for a query q is sum_i max(q_i min_i, q_i max_i),
+ * an upper bound of q·k over its keys.  The average a representation takes can drown the one key
+ * that matters (the plain passkey model: rep finds the key 40-80% of the time); a bound cannot
+ * miss a chunk whose best key scores high.  Which rotation of q: the UN-rotated query, as for rep.
+ * The exact one is unknowable before selecting (a chunk's layout slot, hence the distance, depends
+ * on which other chunks are chosen), and on the pretrained data the choice hardly matters for the
+ * passkey while the un-rotated query was best for perplexity: tried (tuning seed 1000, 10 trials at
+ * 1024/4096/16384 on passkey-plain; stories260K perplexity at 2048/4096/8192/16384) the query
+ * rotated by its local position t mod w plus 0, 1, 2, 4 and 6 chunks: passkey 9-10/10 for all;
+ * perplexity at 8192 2.84, 2.86, 2.92 for 0, 1, 2 chunks against 2.81 un-rotated (rep 2.63).
+ * Relative to a key stored at local position j the un-rotated query sits at distance -j, inside
+ * one chunk.  Chunks 0, cc-1 and cc are kept exactly as with rep, and ties go to the earlier chunk.
+ *
+ * Exact sub-linear selection: bounds compose, the min of mins and the max of maxes bound a group,
+ * so each KV head keeps a binary tree of min/max over aligned groups of 2^k chunks, updated as
+ * chunks complete (a node whose first chunk completes starts from it; truncation rebuilds the one
+ * node per level that straddles the cut).  Top-K-3 is found best-first: a node is opened only
+ * while its bound could still place one of its chunks in the list under the flat order (higher
+ * score, then earlier chunk), so the result equals scoring every chunk (tested against flat on
+ * random data, ties and the passkey model).  It only pays where the bounds of GROUPS separate, and
+ * in head_dim 8..64 the box around two chunks' keys is already far looser than either chunk's: on
+ * stories260K (longheads-ppl, 17697 tokens) it scores 30 of 140 candidate chunks but 117 tree
+ * nodes per selection, on passkey-plain (3000 tokens) 30 of 48 plus 52 nodes, on lhbench's random
+ * and clustered keys every chunk and every node: more work than flat, plus the heap.  So flat
+ * scoring is the default (branch_and_bound = 0); the tree is kept (cheap) for the search.
+ *
  * Positions: the selected chunks are laid out contiguously in chunk order, keys at layout
  * positions 0, 1, 2, ... and the query at the position of its own key, (K-1)*w + t mod w, so no
  * distance ever exceeds L - 1, the largest the model was trained on.  The cache holds every key
@@ -68,6 +96,13 @@
 #include <omp.h>
 #endif
 
+/* A tree node waiting in the branch-and-bound frontier: its bound and the first candidate under
+ * it (the earliest chunk it could give, for the tie rule). */
+typedef struct {
+    float b;
+    uint32_t lvl, idx, first;
+} bb_ent;
+
 struct lh_lh {
     lh_lh_params p;
     size_t max_q;
@@ -83,6 +118,15 @@ struct lh_lh {
     size_t scr_floats;      /* floats of scratch per thread */
     float *scr;             /* (n_thread, scr_floats) */
     size_t *sel;            /* (n_thread, 5*w*K + w) selections and their union */
+    /* bound score only */
+    size_t n_level;         /* levels of the bound tree: 0 the chunks, the last a single node */
+    size_t lvl_off[64];     /* first node of each level */
+    size_t n_node;          /* nodes of all levels */
+    float *bmin, *bmax;     /* (n_layer, n_head_kv, n_node, head_dim) element-wise min / max of
+                               the keys of the complete chunks under each node */
+    bb_ent *heap;           /* (n_thread, n_node) branch-and-bound frontier */
+    size_t *stat;           /* (n_thread, 8): lh_lh_stats counters, one cache line each */
+    int check;              /* lh_lh_set_check */
 };
 
 /* Views into one thread's scratch. */
@@ -94,10 +138,13 @@ typedef struct {
     float *tmp;             /* (w, w) gathered scores / probabilities */
     float *ot;              /* (w, head_dim) gathered outputs */
     float *vec;             /* (2*w + head_dim): small vectors when building reps */
+    float *qb;              /* (head_dim) a query rotated for the bound score */
     size_t *sel;            /* (w, K) selection of each query of a block */
     size_t *cur;            /* (w) merge cursors */
     size_t *uc, *un;        /* (w*K) union of the selections: chunk, number of rows */
     size_t *ur, *us;        /* (w*K) per (chunk, row) entry: row and its slot */
+    bb_ent *heap;           /* (n_node) bound only */
+    size_t *stat;           /* (8) this thread's counters */
 } scratch;
 
 static size_t n_keep_of(const lh_lh_params *p) { return p->window / p->chunk; }
@@ -108,7 +155,8 @@ static int params_ok(const lh_lh_params *p)
            p->n_layer > 0 && p->n_head > 0 && p->n_head_kv > 0 &&
            p->n_head % p->n_head_kv == 0 && p->head_dim > 0 && p->n_rot % 2 == 0 &&
            p->n_rot <= p->head_dim && p->n_ctx > 0 &&
-           (p->kv_type == LH_TYPE_F32 || p->kv_type == LH_TYPE_F16);
+           (p->kv_type == LH_TYPE_F32 || p->kv_type == LH_TYPE_F16) &&
+           (p->score == LH_LH_SCORE_REP || p->score == LH_LH_SCORE_BOUND);
 }
 
 static scratch scratch_of(const lh_lh *s, size_t tid)
@@ -124,6 +172,9 @@ static scratch scratch_of(const lh_lh *s, size_t tid)
     x.tmp = x.ss + w * s->n_chunk;
     x.ot = x.tmp + w * w;
     x.vec = x.ot + w * d;
+    x.qb = x.vec + 2 * w + d;
+    x.heap = s->heap ? s->heap + tid * s->n_node : NULL;
+    x.stat = s->stat + tid * 8;
     size_t wk = w * s->n_keep;
     x.sel = s->sel + tid * (5 * wk + w);
     x.cur = x.sel + wk;
@@ -157,18 +208,39 @@ int lh_lh_new(lh_lh **sp, const lh_lh_params *p, size_t max_q)
     s->n_thread = 1;
 #endif
     size_t w = p->chunk, d = p->head_dim;
-    s->scr_floats = 4 * w * d + w * p->window + w * s->n_chunk + w * w + 2 * w + d;
+    s->scr_floats = 4 * w * d + w * p->window + w * s->n_chunk + w * w + 2 * w + 2 * d;
     /* Counts come from the model's configuration; keep the products honest anyway. */
     size_t n_rep = p->n_layer * p->n_head;
     if (s->n_chunk && n_rep > SIZE_MAX / sizeof(float) / d / s->n_chunk)
         goto fail;
-    s->rep = calloc(n_rep * (s->n_chunk ? s->n_chunk : 1) * d, sizeof(float));
+    if (p->score == LH_LH_SCORE_BOUND) {
+        size_t n = s->n_chunk;
+        for (s->n_level = 0; n && s->n_level < 64; s->n_level++) {
+            s->lvl_off[s->n_level] = s->n_node;
+            s->n_node += n;
+            if (n == 1)
+                n = 0;
+            else
+                n = (n + 1) / 2;
+        }
+        size_t n_b = p->n_layer * p->n_head_kv * (s->n_node ? s->n_node : 1) * d;
+        /* calloc: the pages are committed only as chunks complete */
+        s->bmin = calloc(n_b, sizeof(float));
+        s->bmax = calloc(n_b, sizeof(float));
+        s->heap = calloc(s->n_thread * (s->n_node ? s->n_node : 1), sizeof(bb_ent));
+        if (!s->bmin || !s->bmax || !s->heap)
+            goto fail;
+        s->rep = calloc(1, sizeof(float));
+    } else {
+        s->rep = calloc(n_rep * (s->n_chunk ? s->n_chunk : 1) * d, sizeof(float));
+    }
+    s->stat = calloc(s->n_thread * 8, sizeof(size_t));
     s->ring = calloc(p->n_layer * w * s->ld_q, sizeof(float));
     s->n_done = calloc(p->n_layer, sizeof(size_t));
     s->rope = calloc(p->window * (p->n_rot ? p->n_rot : 1), sizeof(float));
     s->scr = calloc(s->n_thread * s->scr_floats, sizeof(float));
     s->sel = calloc(s->n_thread * (5 * w * s->n_keep + w), sizeof(size_t));
-    if (!s->rep || !s->ring || !s->n_done || !s->rope || !s->scr || !s->sel)
+    if (!s->rep || !s->ring || !s->n_done || !s->rope || !s->scr || !s->sel || !s->stat)
         goto fail;
     lh_ops_rope_table(s->rope, p->window, p->n_rot, &p->rope);
     *sp = s;
@@ -190,6 +262,10 @@ void lh_lh_free(lh_lh *s)
     free(s->rope);
     free(s->scr);
     free(s->sel);
+    free(s->bmin);
+    free(s->bmax);
+    free(s->heap);
+    free(s->stat);
     free(s);
 }
 
@@ -205,8 +281,22 @@ static size_t keepable(size_t want, size_t nd, size_t w)
     return want;
 }
 
+static void tree_fix(lh_lh *s, size_t layer, size_t n_complete);
+
 size_t lh_lh_truncate(lh_lh *s, size_t n_past)
 {
+    if (s->p.score == LH_LH_SCORE_BOUND) {
+        /* The bounds need only the cached keys: any prefix of what every layer has is kept. */
+        size_t keep = n_past;
+        for (size_t l = 0; l < s->p.n_layer; l++)
+            keep = s->n_done[l] < keep ? s->n_done[l] : keep;
+        for (size_t l = 0; l < s->p.n_layer; l++) {
+            if (keep / s->p.chunk < s->n_done[l] / s->p.chunk)
+                tree_fix(s, l, keep / s->p.chunk);
+            s->n_done[l] = keep;
+        }
+        return keep;
+    }
     /* Layers normally agree; if a forward was cut short they do not, and the answer must suit
      * every layer, so iterate to the fixed point (at most one more round: a chunk boundary always
      * suits). */
@@ -231,6 +321,9 @@ double lh_lh_bytes_per_token(const lh_lh_params *p)
 {
     if (!p->chunk)
         return 0;
+    if (p->score == LH_LH_SCORE_BOUND) /* min and max, chunks and (fewer) tree nodes above them */
+        return 4.0 * (double)p->n_layer * (double)p->n_head_kv * (double)p->head_dim *
+               sizeof(float) / (double)p->chunk;
     return (double)p->n_layer * (double)p->n_head * (double)p->head_dim * sizeof(float) /
            (double)p->chunk;
 }
@@ -293,6 +386,208 @@ static void build_rep(const lh_lh *s, const scratch *x, size_t layer, size_t h, 
     lh_gemm_nn(1, d, w, pj, w, kc, d, rep, d, 0.0f);
 }
 
+/* ---- bound score: min/max tree and branch and bound ------------------------------------------ */
+
+/* Element offset of node idx of level lvl of KV head g's tree in bmin / bmax. */
+static size_t tree_node(const lh_lh *s, size_t layer, size_t g, size_t lvl, size_t idx)
+{
+    return ((layer * s->p.n_head_kv + g) * s->n_node + s->lvl_off[lvl] + idx) * s->p.head_dim;
+}
+
+static void fold(float *mn, float *mx, const float *a, const float *b, size_t d)
+{
+    for (size_t i = 0; i < d; i++) {
+        mn[i] = a[i] < mn[i] ? a[i] : mn[i];
+        mx[i] = b[i] > mx[i] ? b[i] : mx[i];
+    }
+}
+
+/* Chunk c of KV head g has completed in this layer: its keys' min and max, folded into every node
+ * above it.  Chunks complete in order, so a node whose first chunk c is starts from c's. */
+static void tree_add(lh_lh *s, size_t layer, size_t g, size_t c, const void *k, float *buf)
+{
+    size_t w = s->p.chunk, d = s->p.head_dim;
+    const float *kc = kv_rows(&s->p, k, g, c * w, w, buf);
+    size_t o = tree_node(s, layer, g, 0, c);
+    float *mn = s->bmin + o, *mx = s->bmax + o;
+    memcpy(mn, kc, d * sizeof(float));
+    memcpy(mx, kc, d * sizeof(float));
+    for (size_t j = 1; j < w; j++)
+        fold(mn, mx, kc + j * d, kc + j * d, d);
+    for (size_t lvl = 1; lvl < s->n_level; lvl++) {
+        size_t idx = c >> lvl, on = tree_node(s, layer, g, lvl, idx);
+        if (idx << lvl == c) {
+            memcpy(s->bmin + on, mn, d * sizeof(float));
+            memcpy(s->bmax + on, mx, d * sizeof(float));
+        } else {
+            fold(s->bmin + on, s->bmax + on, mn, mx, d);
+        }
+    }
+}
+
+/* The layer keeps its first n_complete chunks: on every level the one node that covers kept and
+ * dropped chunks is rebuilt from its children, bottom up (nodes wholly past the end restart from
+ * their first chunk when it completes again, see tree_add). */
+static void tree_fix(lh_lh *s, size_t layer, size_t n_complete)
+{
+    size_t d = s->p.head_dim;
+    for (size_t g = 0; g < s->p.n_head_kv; g++)
+        for (size_t lvl = 1; lvl < s->n_level; lvl++) {
+            size_t idx = n_complete >> lvl;
+            if (idx << lvl == n_complete)
+                continue;
+            size_t on = tree_node(s, layer, g, lvl, idx);
+            size_t oa = tree_node(s, layer, g, lvl - 1, 2 * idx);
+            memcpy(s->bmin + on, s->bmin + oa, d * sizeof(float));
+            memcpy(s->bmax + on, s->bmax + oa, d * sizeof(float));
+            if ((2 * idx + 1) << (lvl - 1) < n_complete) {
+                size_t ob = tree_node(s, layer, g, lvl - 1, 2 * idx + 1);
+                fold(s->bmin + on, s->bmax + on, s->bmin + ob, s->bmax + ob, d);
+            }
+        }
+}
+
+/* sum_i max(q_i mn_i, q_i mx_i) >= q·k for every k with mn <= k <= mx element-wise.  The one
+ * function for chunks and tree nodes: every term of a node is >= the same term of a chunk under
+ * it and rounding is monotone, so with the same order of additions a node's float bound is >= each
+ * of its chunks' float bounds, which is what makes the pruning exact. */
+static float bound_dot(const float *q, const float *mn, const float *mx, size_t d)
+{
+    size_t i = 0;
+    float acc = 0;
+#if defined(LH_HAVE_AVX2)
+    __m256 a = _mm256_setzero_ps();
+    for (; i + 8 <= d; i += 8) {
+        __m256 vq = _mm256_loadu_ps(q + i);
+        a = _mm256_add_ps(a, _mm256_max_ps(_mm256_mul_ps(vq, _mm256_loadu_ps(mn + i)),
+                                           _mm256_mul_ps(vq, _mm256_loadu_ps(mx + i))));
+    }
+    acc = lh_hsum256(a);
+#endif
+    for (; i < d; i++) {
+        float lo = q[i] * mn[i], hi = q[i] * mx[i];
+        acc += hi > lo ? hi : lo;
+    }
+    return acc;
+}
+
+size_t lh_lh_bound_pos(const lh_lh_params *p, size_t t)
+{
+    (void)p;
+    (void)t;
+    return 0;   /* the un-rotated query: see "Bound score" at the top */
+}
+
+/* (sc, c) goes before (ts, tc) in the order flat scoring keeps: higher score, then earlier chunk. */
+static int beats(float sc, size_t c, float ts, size_t tc)
+{
+    return sc > ts || (sc == ts && c < tc);
+}
+
+static void top_insert(float *ts, size_t *top, size_t *np, size_t m, float sc, size_t c)
+{
+    size_t n = *np;
+    if (n == m && !beats(sc, c, ts[m - 1], top[m - 1]))
+        return;
+    size_t i = n < m ? n++ : n - 1;
+    while (i > 0 && beats(sc, c, ts[i - 1], top[i - 1])) {
+        ts[i] = ts[i - 1];
+        top[i] = top[i - 1];
+        i--;
+    }
+    ts[i] = sc;
+    top[i] = c;
+    *np = n;
+}
+
+/* Max-heap of frontier nodes by (bound, earlier first candidate). */
+static int heap_before(const bb_ent *a, const bb_ent *b) { return beats(a->b, a->first, b->b, b->first); }
+
+static void heap_push(bb_ent *h, size_t *np, bb_ent e)
+{
+    size_t i = (*np)++;
+    while (i > 0 && heap_before(&e, &h[(i - 1) / 2])) {
+        h[i] = h[(i - 1) / 2];
+        i = (i - 1) / 2;
+    }
+    h[i] = e;
+}
+
+static bb_ent heap_pop(bb_ent *h, size_t *np)
+{
+    bb_ent top = h[0], e = h[--(*np)];
+    size_t n = *np, i = 0;
+    for (;;) {
+        size_t c = 2 * i + 1;
+        if (c >= n)
+            break;
+        if (c + 1 < n && heap_before(&h[c + 1], &h[c]))
+            c++;
+        if (!heap_before(&h[c], &e))
+            break;
+        h[i] = h[c];
+        i = c;
+    }
+    if (n)
+        h[i] = e;
+    return top;
+}
+
+static void finish_sel(size_t n_keep, size_t cc, size_t n, size_t *sel);
+
+/* Selection (what select_from_scores gives for the bound scores of chunks 1 .. cc-2) for the
+ * query qb, already rotated by lh_lh_bound_pos, of KV head g's tree; ts is scratch (K floats).
+ * Best first: a node is expanded only while its bound could still place a chunk under it among
+ * the K-3 best, with the tie rule of flat scoring (earlier chunk first), so the result is the
+ * same, visiting only the chunks and nodes whose bounds could matter. */
+static void select_bound(const lh_lh *s, size_t layer, size_t g, const float *qb, size_t cc,
+                         float *ts, bb_ent *heap, size_t *stat, size_t *sel)
+{
+    size_t K = s->n_keep, m = K >= 3 ? K - 3 : 0, n = 0, d = s->p.head_dim, hn = 0;
+    size_t *top = sel + 1, last = cc - 2;   /* candidates 1 .. last */
+    stat[0]++;
+    stat[1] += last;
+    if (m && last >= 1) {
+        /* the root, then children of popped nodes; chunks are scored as they are reached */
+        size_t todo_lvl[2], todo_idx[2], n_todo = 1;
+        todo_lvl[0] = s->n_level - 1;
+        todo_idx[0] = 0;
+        for (;;) {
+            for (size_t u = 0; u < n_todo; u++) {
+                size_t lvl = todo_lvl[u], idx = todo_idx[u], first = idx << lvl;
+                if (first > last || (lvl == 0 && first == 0))
+                    continue;
+                size_t o = tree_node(s, layer, g, lvl, idx);
+                float b = bound_dot(qb, s->bmin + o, s->bmax + o, d);
+                size_t lo = first ? first : 1;
+                if (lvl == 0) {
+                    stat[2]++;
+                    top_insert(ts, top, &n, m, b, first);
+                    continue;
+                }
+                stat[3]++;
+                if (n == m && !beats(b, lo, ts[m - 1], top[m - 1]))
+                    continue;
+                heap_push(heap, &hn, (bb_ent){ b, (uint32_t)lvl, (uint32_t)idx, (uint32_t)lo });
+            }
+            bb_ent e;
+            do {
+                if (!hn)
+                    goto done;
+                e = heap_pop(heap, &hn);
+                if (n == m && e.b < ts[m - 1])
+                    goto done;   /* the best bound left cannot place a chunk: nor can the rest */
+            } while (n == m && !beats(e.b, e.first, ts[m - 1], top[m - 1]));
+            n_todo = 2;
+            todo_lvl[0] = todo_lvl[1] = e.lvl - 1;
+            todo_idx[0] = 2 * (size_t)e.idx;
+            todo_idx[1] = 2 * (size_t)e.idx + 1;
+        }
+    }
+done:
+    finish_sel(K, cc, n, sel);
+}
+
 /* Selection for a query in chunk cc >= K given score(c) for the candidates c = 1 .. cc-2
  * (score[c - 1]): fills sel (K entries, ascending).  The K-3 best are kept in sel[1 ..] sorted by
  * descending score; candidates arrive in ascending chunk order, so "strictly greater" makes ties go
@@ -316,7 +611,14 @@ static void select_from_scores(size_t n_keep, size_t cc, float *score, size_t *s
         ts[i] = sc;
         top[i] = c;
     }
-    /* ascending chunk order */
+    finish_sel(n_keep, cc, n, sel);
+}
+
+/* sel[1 .. n] hold the chosen candidates: sorts them and adds chunk 0, the previous and the
+ * current chunk. */
+static void finish_sel(size_t n_keep, size_t cc, size_t n, size_t *sel)
+{
+    size_t *top = sel + 1;
     for (size_t i = 1; i < n; i++) {
         size_t c = top[i], j = i;
         while (j > 0 && top[j - 1] > c) {
@@ -537,10 +839,11 @@ static void layer_head(const lh_lh *s, size_t tid, size_t layer, size_t h, const
     size_t w = p->chunk, d = p->head_dim, L = p->window, K = s->n_keep, ldq = s->ld_q;
     size_t g = h / (p->n_head / p->n_head_kv);
     scratch x = scratch_of(s, tid);
-    float *rep = s->rep + (layer * p->n_head + h) * s->n_chunk * d;
-
-    for (size_t c = pos0 / w; c < (pos0 + n_q) / w; c++)
-        build_rep(s, &x, layer, h, g, c, q, pos0, k, v, rep + c * d);
+    int bound = p->score == LH_LH_SCORE_BOUND;
+    float *rep = bound ? NULL : s->rep + (layer * p->n_head + h) * s->n_chunk * d;
+    if (!bound)
+        for (size_t c = pos0 / w; c < (pos0 + n_q) / w; c++)
+            build_rep(s, &x, layer, h, g, c, q, pos0, k, v, rep + c * d);
 
     for (size_t i = 0; i < n_q;) {
         size_t t = pos0 + i, cc = t / w;
@@ -556,17 +859,50 @@ static void layer_head(const lh_lh *s, size_t tid, size_t layer, size_t h, const
             for (size_t j = 0; j < nb; j++)
                 for (size_t c = 0; c <= cc; c++)
                     x.sel[j * n_s + c] = c;
+        } else if (bound && !p->branch_and_bound && !s->check) {
+            /* every candidate's bound, chunk-major so that each min/max pair is read once for
+             * the block; q un-rotated (lh_lh_bound_pos is 0) */
+            size_t o = tree_node(s, layer, g, 0, 0);
+            for (size_t c = 1; c + 1 < cc; c++)
+                for (size_t j = 0; j < nb; j++)
+                    x.ss[j * s->n_chunk + c - 1] = bound_dot(qb + j * ldq, s->bmin + o + c * d,
+                                                             s->bmax + o + c * d, d);
+            for (size_t j = 0; j < nb; j++)
+                select_from_scores(K, cc, x.ss + j * s->n_chunk, x.sel + j * K);
+            x.stat[0] += nb;
+            x.stat[1] += nb * (cc - 2);
+            x.stat[2] += nb * (cc - 2);
+        } else if (bound) {
+            for (size_t j = 0; j < nb; j++) {
+                rotate_scaled(s, x.qb, qb + j * ldq, lh_lh_bound_pos(p, t + j), 1.0f);
+                select_bound(s, layer, g, x.qb, cc, x.ss, x.heap, x.stat, x.sel + j * K);
+                if (s->check) {
+                    /* flat: bound scores of chunks 0 .. cc-2 after the K floats select_bound used */
+                    float *sc = x.ss + K;
+                    for (size_t c = 0; c + 1 < cc; c++) {
+                        size_t o = tree_node(s, layer, g, 0, c);
+                        sc[c] = bound_dot(x.qb, s->bmin + o, s->bmax + o, d);
+                    }
+                    select_from_scores(K, cc, sc + 1, x.uc);
+                    x.stat[4] += memcmp(x.uc, x.sel + j * K, K * sizeof(size_t)) != 0;
+                }
+            }
         } else {
             if (K > 3)
                 lh_gemm_nt(nb, cc - 2, d, qb, ldq, rep + d, d, x.ss, s->n_chunk, 0.0f);
             for (size_t j = 0; j < nb; j++)
                 select_from_scores(K, cc, x.ss + j * s->n_chunk, x.sel + j * K);
+            x.stat[0] += nb;
+            x.stat[1] += nb * (cc - 2);
+            x.stat[2] += K > 3 ? nb * (cc - 2) : 0;
         }
         attend_block(s, &x, qb, ldq, nb, t % w, x.sel, n_s, g, k, v, ob, ldq);
         i += nb;
     }
 
     /* Keep the last w queries of this head for chunks that complete in a later batch. */
+    if (bound)
+        return;
     float *ring = s->ring + layer * w * ldq;
     size_t p_from = n_q > w ? pos0 + n_q - w : pos0;
     for (size_t pos = p_from; pos < pos0 + n_q; pos++)
@@ -588,6 +924,12 @@ int lh_lh_layer(lh_lh *s, size_t layer, const float *q, size_t n_q, size_t pos0,
      * writes only its head's columns of out, rep and ring.  lh_gemm_* run serially inside.
      * Tiny batches (a few thousand multiply-adds per head) stay serial: waking the team costs
      * more than the work, and far more when the cores are shared (the unit tests' shapes). */
+    /* The bound tree is per KV head and read by all heads of its group: built first, serially
+     * (a min/max pass over the new keys, far less work than the attention). */
+    if (s->p.score == LH_LH_SCORE_BOUND)
+        for (size_t c = pos0 / s->p.chunk; c < (pos0 + n_q) / s->p.chunk; c++)
+            for (size_t g = 0; g < s->p.n_head_kv; g++)
+                tree_add(s, layer, g, c, k, s->scr);
     long n_head = (long)s->p.n_head;
     int n_thr = (int)s->n_thread;
     size_t n_key = pos0 + n_q < s->p.window ? pos0 + n_q : s->p.window;
@@ -606,8 +948,27 @@ int lh_lh_layer(lh_lh *s, size_t layer, const float *q, size_t n_q, size_t pos0,
     return 0;
 }
 
-size_t lh_lh_select(const lh_lh *s, size_t layer, size_t head, const float *q_head, size_t t,
-                    size_t *chunks, size_t cap)
+/* The scores of candidates 1 .. cc-2 (score[c - 1]) for head `head`'s query at t in chunk cc, flat;
+ * qb (head_dim) receives the query as the bound rotates it. */
+static void flat_scores(const lh_lh *s, size_t layer, size_t head, const float *q_head, size_t t,
+                        size_t n, float *score, float *qb)
+{
+    size_t d = s->p.head_dim, g = head / (s->p.n_head / s->p.n_head_kv);
+    if (s->p.score == LH_LH_SCORE_BOUND) {
+        rotate_scaled(s, qb, q_head, lh_lh_bound_pos(&s->p, t), 1.0f);
+        for (size_t c = 0; c < n; c++) {
+            size_t o = tree_node(s, layer, g, 0, c);
+            score[c] = bound_dot(qb, s->bmin + o, s->bmax + o, d);
+        }
+        return;
+    }
+    const float *rep = s->rep + (layer * s->p.n_head + head) * s->n_chunk * d;
+    if (n)
+        lh_gemm_nt(1, n, d, q_head, d, rep, d, score, n, 0.0f);
+}
+
+static size_t select_any(const lh_lh *s, size_t layer, size_t head, const float *q_head, size_t t,
+                         size_t *chunks, size_t cap, int flat)
 {
     size_t w = s->p.chunk, d = s->p.head_dim, K = s->n_keep, cc = t / w;
     if (layer >= s->p.n_layer || head >= s->p.n_head || cap < K ||
@@ -618,14 +979,77 @@ size_t lh_lh_select(const lh_lh *s, size_t layer, size_t head, const float *q_he
             chunks[c] = c;
         return cc + 1;
     }
-    const float *rep = s->rep + (layer * s->p.n_head + head) * s->n_chunk * d;
-    float *score = malloc((cc - 2 ? cc - 2 : 1) * sizeof(float));
+    float *score = malloc((cc + K + d) * sizeof(float));
     if (!score)
         return 0;
-    lh_gemm_nt(1, cc - 2, d, q_head, d, rep + d, d, score, cc - 2, 0.0f);
-    select_from_scores(K, cc, score, chunks);
+    float *qb = score + cc + K;
+    if (!flat && s->p.score == LH_LH_SCORE_BOUND) {
+        bb_ent *heap = malloc((s->n_node ? s->n_node : 1) * sizeof *heap);
+        size_t stat[8] = {0};
+        if (!heap) {
+            free(score);
+            return 0;
+        }
+        rotate_scaled(s, qb, q_head, lh_lh_bound_pos(&s->p, t), 1.0f);
+        select_bound(s, layer, head / (s->p.n_head / s->p.n_head_kv), qb, cc, score, heap, stat,
+                     chunks);
+        free(heap);
+    } else {
+        flat_scores(s, layer, head, q_head, t, cc - 1, score, qb);
+        select_from_scores(K, cc, score + 1, chunks);
+    }
     free(score);
     return K;
+}
+
+size_t lh_lh_select(const lh_lh *s, size_t layer, size_t head, const float *q_head, size_t t,
+                    size_t *chunks, size_t cap)
+{
+    return select_any(s, layer, head, q_head, t, chunks, cap, 0);
+}
+
+size_t lh_lh_select_flat(const lh_lh *s, size_t layer, size_t head, const float *q_head, size_t t,
+                         size_t *chunks, size_t cap)
+{
+    return select_any(s, layer, head, q_head, t, chunks, cap, 1);
+}
+
+size_t lh_lh_scores(const lh_lh *s, size_t layer, size_t head, const float *q_head, size_t t,
+                    float *scores, size_t cap)
+{
+    if (layer >= s->p.n_layer || head >= s->p.n_head)
+        return 0;
+    size_t n = s->n_done[layer] / s->p.chunk;
+    n = n < cap ? n : cap;
+    float *qb = malloc(s->p.head_dim * sizeof(float));
+    if (!qb)
+        return 0;
+    flat_scores(s, layer, head, q_head, t, n, scores, qb);
+    free(qb);
+    return n;
+}
+
+void lh_lh_stats_get(const lh_lh *s, lh_lh_stats *st)
+{
+    memset(st, 0, sizeof *st);
+    for (size_t i = 0; i < s->n_thread; i++) {
+        const size_t *c = s->stat + i * 8;
+        st->n_select += c[0];
+        st->n_cand += c[1];
+        st->n_chunk += c[2];
+        st->n_node += c[3];
+        st->n_mismatch += c[4];
+    }
+}
+
+void lh_lh_set_check(lh_lh *s, int on)
+{
+    s->check = on;
+}
+
+void lh_lh_stats_reset(lh_lh *s)
+{
+    memset(s->stat, 0, s->n_thread * 8 * sizeof(size_t));
 }
 
 /* ---- the oracle ---------------------------------------------------------------------------- */
@@ -703,7 +1127,8 @@ void lh_lh_layer_ref(const lh_lh_params *p, const float *q_all, size_t n_tok, si
             out[i] = NAN;
         goto out;
     }
-    for (size_t h = 0; h < nh; h++)
+    int bound = p->score == LH_LH_SCORE_BOUND;
+    for (size_t h = 0; h < nh && !bound; h++)
         for (size_t c = 0; c < n_chunk; c++)
             ref_rep(p, q_all, h, c, k, v, rep + (h * n_chunk + c) * d, qbuf, sc, sv);
 
@@ -715,10 +1140,25 @@ void lh_lh_layer_ref(const lh_lh_params *p, const float *q_all, size_t n_tok, si
                 for (size_t c = 0; c <= cc; c++)
                     sel[n_s++] = c;
             } else {
-                /* candidates 1 .. cc-2 by q·c (un-rotated q); K-3 best, earlier chunk on ties */
+                /* candidates 1 .. cc-2 by q·c (un-rotated q), or by the bound for q rotated by
+                 * lh_lh_bound_pos: sum_i max(q_i min_i, q_i max_i) over the chunk's keys; K-3
+                 * best, earlier chunk on ties */
+                if (bound) {
+                    memcpy(qbuf, q, d * sizeof(float));
+                    lh_ops_rope_ref(qbuf, 1, d, p->n_rot, (double)lh_lh_bound_pos(p, t), &p->rope);
+                }
                 for (size_t c = 1; c + 1 < cc; c++) {
                     cs[c] = 0;
-                    for (size_t i = 0; i < d; i++)
+                    for (size_t i = 0; i < d && bound; i++) {
+                        double mn = ref_kv(p, k, g, c * w, i), mx = mn;
+                        for (size_t j = 1; j < w; j++) {
+                            double x = ref_kv(p, k, g, c * w + j, i);
+                            mn = x < mn ? x : mn;
+                            mx = x > mx ? x : mx;
+                        }
+                        cs[c] += fmax(qbuf[i] * mn, qbuf[i] * mx);
+                    }
+                    for (size_t i = 0; i < d && !bound; i++)
                         cs[c] += (double)q[i] * rep[(h * n_chunk + c) * d + i];
                     taken[c] = 0;
                 }
@@ -813,10 +1253,39 @@ typedef struct {
 static size_t state_arrays(const lh_lh *s, state_array *a)
 {
     size_t n = 0, d = s->p.head_dim, nc = s->n_chunk;
-    /* rep: (n_layer, n_head, n_chunk, head_dim) */
-    a[n++] = (state_array){(char *)s->rep, s->p.n_layer * s->p.n_head, nc * d * sizeof(float),
-                           d * sizeof(float), 0};
+    /* rep: (n_layer, n_head, n_chunk, head_dim); not kept with the bound score */
+    if (!s->bmin) {
+        a[n++] = (state_array){(char *)s->rep, s->p.n_layer * s->p.n_head, nc * d * sizeof(float),
+                               d * sizeof(float), 0};
+    } else {
+        /* bound score: the chunks' key min / max (level 0 of each KV head's tree; the levels
+         * above are rebuilt from it on load, tree_rebuild) */
+        size_t rows = s->p.n_layer * s->p.n_head_kv, stride = s->n_node * d * sizeof(float);
+        a[n++] = (state_array){(char *)s->bmin, rows, stride, d * sizeof(float), 0};
+        a[n++] = (state_array){(char *)s->bmax, rows, stride, d * sizeof(float), 0};
+    }
     return n;
+}
+
+/* Every node above level 0 of every tree, from the first n_complete chunks (after a load). */
+static void tree_rebuild(lh_lh *s, size_t n_complete)
+{
+    size_t d = s->p.head_dim;
+    for (size_t l = 0; l < s->p.n_layer; l++)
+        for (size_t g = 0; g < s->p.n_head_kv; g++)
+            for (size_t lvl = 1; lvl < s->n_level; lvl++) {
+                size_t below = (n_complete + ((size_t)1 << (lvl - 1)) - 1) >> (lvl - 1);
+                for (size_t idx = 0; 2 * idx < below; idx++) {
+                    size_t on = tree_node(s, l, g, lvl, idx);
+                    size_t oa = tree_node(s, l, g, lvl - 1, 2 * idx);
+                    memcpy(s->bmin + on, s->bmin + oa, d * sizeof(float));
+                    memcpy(s->bmax + on, s->bmax + oa, d * sizeof(float));
+                    if (2 * idx + 1 < below) {
+                        size_t ob = tree_node(s, l, g, lvl - 1, 2 * idx + 1);
+                        fold(s->bmin + on, s->bmax + on, s->bmin + ob, s->bmax + ob, d);
+                    }
+                }
+            }
 }
 
 static size_t ring_size(const lh_lh *s) { return s->p.n_layer * s->p.chunk * s->ld_q * sizeof(float); }
@@ -858,5 +1327,7 @@ int lh_lh_state_load(lh_lh *s, size_t n, lh_lh_io_fn fn, void *ud)
     int rc = state_io(s, n, fn, ud);
     for (size_t l = 0; l < s->p.n_layer; l++)
         s->n_done[l] = rc ? 0 : n;
+    if (!rc && s->bmin)
+        tree_rebuild(s, n / s->p.chunk);
     return rc;
 }

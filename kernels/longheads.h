@@ -10,9 +10,14 @@
  * UN-rotated; this module rotates them as each layout slot requires (RoPE is relative:
  * rot(q,P)·rot(k,p) = rot(q,P-p0)·rot(k,p-p0)), so no key is ever re-rotated.
  *
- * State (lh_lh, one per sequence): for every layer, query head and complete chunk, the chunk
- * representation c (head_dim floats); and for every layer the un-rotated queries of the tokens
- * of the current partial chunk (needed to build its representation once it completes).
+ * State (lh_lh, one per sequence), rep score: for every layer, query head and complete chunk, the
+ * chunk representation c (head_dim floats); and for every layer the un-rotated queries of the
+ * tokens of the current partial chunk (needed to build its representation once it completes).
+ * Bound score: for every layer and KV head a binary tree over the chunks, level 0 the chunks
+ * themselves, node i of level j covering chunks [i*2^j, (i+1)*2^j): the element-wise min and
+ * max (head_dim floats each) of the locally rotated keys of the complete chunks under it.  It
+ * depends on the cached keys only (rebuildable from them) and needs no queries, so truncation
+ * keeps any prefix.
  * Scratch for every thread is sized in lh_lh_new; lh_lh_layer never allocates.
  */
 #ifndef LH_LONGHEADS_H
@@ -22,6 +27,13 @@
 #include "ops.h"
 #include "quant.h"
 
+/* How a complete candidate chunk is scored against a query (longheads.c says why each). */
+typedef enum {
+    LH_LH_SCORE_REP = 0,   /* the paper's: q · the chunk's representation */
+    LH_LH_SCORE_BOUND = 1, /* an upper bound of q·k over the chunk's keys, from their element-wise
+                            * min and max (Quest); top-k found exactly by branch and bound */
+} lh_lh_score;
+
 typedef struct {
     size_t n_layer;
     size_t n_head, n_head_kv, head_dim, n_rot;
@@ -30,7 +42,20 @@ typedef struct {
     size_t window;       /* L, a multiple of w, L >= 2*w */
     size_t n_ctx;        /* cache capacity in tokens */
     lh_type kv_type;     /* LH_TYPE_F32 or LH_TYPE_F16 */
+    lh_lh_score score;   /* default (0) LH_LH_SCORE_REP */
+    int branch_and_bound; /* bound: 1 = top-k by branch and bound over the tree, 0 (default) =
+                           * score every candidate; the same selections (longheads.c: which is
+                           * faster where) */
 } lh_lh_params;
+
+/* Work counters, summed over threads since lh_lh_new or the last lh_lh_stats_reset. */
+typedef struct {
+    size_t n_select;     /* selections made (query, head) past the window */
+    size_t n_cand;       /* candidate chunks they had (what flat scoring scores) */
+    size_t n_chunk;      /* chunks actually scored */
+    size_t n_node;       /* bound-tree nodes scored (groups of 2^k chunks; bound only) */
+    size_t n_mismatch;   /* with lh_lh_set_check: selections that differed from flat scoring */
+} lh_lh_stats;
 
 typedef struct lh_lh lh_lh;
 
@@ -72,7 +97,29 @@ void lh_lh_layer_ref(const lh_lh_params *p, const float *q_all, size_t n_tok, si
 size_t lh_lh_select(const lh_lh *s, size_t layer, size_t head, const float *q_head, size_t t,
                     size_t *chunks, size_t cap);
 
-/* Bytes of state per token of context (chunk representations), for reporting. */
+/* The same selection by scoring every candidate chunk (no branch and bound): what lh_lh_select
+ * must equal.  For rep the two are the same code. */
+size_t lh_lh_select_flat(const lh_lh *s, size_t layer, size_t head, const float *q_head, size_t t,
+                         size_t *chunks, size_t cap);
+
+/* The score of every complete chunk 0 .. n-1 for that query as selection sees it (rep: q·c;
+ * bound: the bound for the query rotated by lh_lh_bound_pos), into scores (cap floats).  Returns
+ * n (the complete chunks of that layer, at most cap), 0 on bad arguments.  For tests. */
+size_t lh_lh_scores(const lh_lh *s, size_t layer, size_t head, const float *q_head, size_t t,
+                    float *scores, size_t cap);
+
+/* The position the query at t is rotated by for the bound score (longheads.c says which and why). */
+size_t lh_lh_bound_pos(const lh_lh_params *p, size_t t);
+
+void lh_lh_stats_get(const lh_lh *s, lh_lh_stats *st);
+/* on != 0 (bound score): lh_lh_layer selects by branch and bound, whatever branch_and_bound says,
+ * and also by flat scoring, and counts the selections that differ (n_mismatch), to check branch
+ * and bound on real data.  For tests: slow. */
+void lh_lh_set_check(lh_lh *s, int on);
+void lh_lh_stats_reset(lh_lh *s);
+
+/* Bytes of state per token of context (chunk representations, or the bound tree), for
+ * reporting. */
 double lh_lh_bytes_per_token(const lh_lh_params *p);
 
 /* ---- saving and restoring the state (the daemon's persistent prompt cache, engine/pcache) ---- */

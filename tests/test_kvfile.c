@@ -484,6 +484,51 @@ static char *story(size_t n_words)
     return s;
 }
 
+/* The bound score's per-chunk key bounds travel too: a context restored from a save selects
+ * exactly as the one that computed the prefix, by flat scoring and by branch and bound over the
+ * rebuilt tree (the check mode runs both and counts every selection where they differ); a rep
+ * save is not loaded into a bound context. */
+static void test_pcache_bound(void)
+{
+    char dir[128];
+    mkdir_in(dir, sizeof dir, "pcb");
+    const size_t N = 1500;
+    lh_pcache *pc = NULL;
+    CU_ASSERT_EQUAL_FATAL(lh_pcache_open(&pc, dir, g_model, (size_t)1 << 30), 0);
+    lh_ctx_params p;
+    lh_ctx_params_default(&p);
+    p.attn = LH_ATTN_LONGHEADS;
+    p.kv_type = LH_TYPE_F32;
+    p.n_ctx = 4096;
+    p.score = LH_SCORE_BOUND;
+    lh_ctx *a = NULL, *b = NULL;
+    CU_ASSERT_EQUAL_FATAL(lh_ctx_new(&a, g_model, &p), 0);
+    CU_ASSERT_EQUAL_FATAL(lh_ctx_new(&b, g_model, &p), 0);
+    lh_ctx *rep = ctx_new(LH_ATTN_LONGHEADS, LH_TYPE_F32, 4096, NULL, 0);
+    CU_ASSERT_FATAL(rep != NULL);
+    CU_ASSERT_EQUAL(lh_ctx_eval(rep, g_toks, N, NULL, 0), 0);
+    CU_ASSERT_EQUAL(lh_pcache_save(pc, rep, N), 0);
+    CU_ASSERT_EQUAL(lh_pcache_load(pc, b, g_toks, N, 0), 0);
+    CU_ASSERT_EQUAL(lh_ctx_eval(a, g_toks, N, NULL, 0), 0);
+    CU_ASSERT_EQUAL(lh_pcache_save(pc, a, N), 0);
+    CU_ASSERT_EQUAL(lh_pcache_load(pc, b, g_toks, N, 0), N);
+    lh_lh *lb = lh_ctx_longheads(b);
+    CU_ASSERT_FATAL(lb != NULL);
+    lh_lh_set_check(lb, 1);
+    lh_lh_stats_reset(lb);
+    CU_ASSERT(same_next(a, b, g_toks + N, 80));
+    lh_lh_stats st;
+    lh_lh_stats_get(lb, &st);
+    CU_ASSERT(st.n_select > 0);
+    CU_ASSERT_EQUAL(st.n_mismatch, 0);
+    printf("\n    restored bound state: %zu selections, %zu differ from flat scoring ", st.n_select,
+           st.n_mismatch);
+    lh_ctx_free(a);
+    lh_ctx_free(b);
+    lh_ctx_free(rep);
+    lh_pcache_close(pc);
+}
+
 static void test_daemon_restart(void)
 {
     char dir[128], sock[160], logp[160], path[512];
@@ -584,6 +629,8 @@ void lh_test_kvfile(void)
                 test_fit);
     CU_add_test(s, "prompt cache: round trip, longest prefix, bad files ignored, eviction",
                 test_pcache_engine);
+    CU_add_test(s, "prompt cache with the bound score: bounds restored, tree rebuilt exactly",
+                test_pcache_bound);
     CU_add_test(s, "daemon: prompt cache across a restart; a corrupted file after one",
                 test_daemon_restart);
     CU_add_test(s, "daemon: a KV file that cannot grow fails the request, serves on",

@@ -6,12 +6,14 @@
 #
 # 1. Perplexity per bucket of positions (longheads-ppl) of tests/data/stories-long.txt (17,697
 #    tokens) under the bundled stories260K (trained at 512 tokens): full attention, LongHeads at
-#    the tool's defaults (the file's longheads.* keys: chunk 64, window 512) and two other
-#    LongHeads settings, one column each.
+#    the tool's defaults (the file's longheads.* keys: chunk 64, window 512), two other
+#    LongHeads settings and the defaults with the bound chunk score (--score bound), one column
+#    each.
 # 2. The pass-key table of the LongHeads paper (`longheads passkey`), end to end through a
 #    longheadsd started here on a temporary socket: for models/passkey-aligned.gguf and
 #    models/passkey-plain.gguf (models/PASSKEY.md, trained at 256 tokens), LongHeads at the
-#    daemon's defaults (the files' keys: chunk 32, window 256) and full attention, one passkey
+#    daemon's defaults (the files' keys: chunk 32, window 256), the same with the bound chunk
+#    score (--score bound, up to LH_EVAL_BOUND_MAX) and full attention, one passkey
 #    run per length (keys and depths depend only on the seed and the length, so the first trials
 #    of every cell are the same prompts in both attentions and in the long version).
 # 3. The daemon's peak resident memory (VmHWM) after the longest LongHeads prompt, and the
@@ -41,6 +43,7 @@
 #   LH_EVAL_FULL_LONG_TRIALS full-attention trials per length past 16384 (default 1)
 #   LH_EVAL_FULL_MAX         longest length run with full attention (default 32768; 131072)
 #   LH_EVAL_SEED             seed of the keys and depths (default 1)
+#   LH_EVAL_BOUND_MAX        longest length run with the bound chunk score (default 32768)
 #   LH_EVAL_MODELS           the pass-key models (default the two above)
 #   LH_EVAL_SKIP_PPL         set: skip part 1
 #   LH_EVAL_THREADS          compute threads of the daemon and longheads-ppl (default 1)
@@ -65,6 +68,7 @@ FULL_16K=${LH_EVAL_FULL_16K_TRIALS:-3}
 FULL_LONG=${LH_EVAL_FULL_LONG_TRIALS:-1}
 LENGTHS=${LH_EVAL_LENGTHS:-256,1024,4096,8192,16384,32768,131072}
 SEED=${LH_EVAL_SEED:-1}
+BOUND_MAX=${LH_EVAL_BOUND_MAX:-32768}
 THREADS=${LH_EVAL_THREADS:-1}
 BUNDLED=models/stories260K.gguf
 TEXT=tests/data/stories-long.txt
@@ -149,7 +153,8 @@ if [ -z "${LH_EVAL_SKIP_PPL:-}" ]; then
     set -- "full attention" "--attn full" \
            "default" "" \
            "LongHeads w=32 L=512" "--chunk 32 --window 512" \
-           "LongHeads w=32 L=256" "--chunk 32 --window 256"
+           "LongHeads w=32 L=256" "--chunk 32 --window 256" \
+           "LongHeads w=64 L=512, bound score" "--score bound"
     k=0 header="| tokens |" rule="|---|"
     while [ $# -ge 2 ]; do
         name=$1 args=$2
@@ -222,6 +227,7 @@ done
 ctx=$((max_len + 64))
 
 lh_trials() { if [ "$1" -le 32768 ]; then echo "$TRIALS"; else echo "$LONG_TRIALS"; fi; }
+bound_trials() { if [ "$1" -le "$BOUND_MAX" ]; then echo "$TRIALS"; else echo 0; fi; }
 full_trials() {
     if [ "$1" -gt "$FULL_MAX" ]; then echo 0
     elif [ "$1" -le 8192 ]; then echo "$FULL_TRIALS"
@@ -275,9 +281,10 @@ for model in $models; do
     done
     pk_rows="$pk_rows$row
 "
-    # memory after the longest LongHeads prompt; bytes per token from the model's shape:
-    # KV = 2 (K and V) x layers x kv heads x head dim x element size; the chunk representations
-    # of LongHeads = layers x heads x head dim x 4 (F32) per chunk
+    # memory after the longest LongHeads prompt (before the bound score's slot replaces it);
+    # bytes per token from the model's shape: KV = 2 (K and V) x layers x kv heads x head dim x
+    # element size; the chunk representations of LongHeads = layers x heads x head dim x 4 (F32)
+    # per chunk
     mem_rows="$mem_rows$(awk -v name="$mname" -v len="$max_len" -v w="$chunk" '
         FILENAME ~ /status$/ { if ($1 == "VmHWM:") hwm = $2; next }
         # "layers:        4, embedding 128, heads 4 (kv 4), vocabulary 607"
@@ -292,6 +299,18 @@ for model in $models; do
         }' "$tmp/info" "/proc/$daemon_pid/status")
 "
 
+    echo "-- LongHeads ($settings) with the bound chunk score"
+    row="| $mname, LongHeads $settings, bound score |"
+    for n in $(echo "$LENGTHS" | tr ',' ' '); do
+        t=$(bound_trials "$n")
+        if [ "$t" -gt 0 ]; then
+            row="$row $(passkey_cell "$n" "$t" --score bound) |"
+        else
+            row="$row not run |"
+        fi
+    done
+    pk_rows="$pk_rows$row
+"
     echo "-- full attention"
     row="| $mname, full |"
     for n in $(echo "$LENGTHS" | tr ',' ' '); do
@@ -332,6 +351,7 @@ trials_note() {
         END { flush(); print out }'
 }
 lh_note=$(trials_note lh_trials)
+bound_note=$(trials_note bound_trials)
 full_note=$(trials_note full_trials)
 mkdir -p "$(dirname "$OUT")"
 {
@@ -351,7 +371,7 @@ mkdir -p "$(dirname "$OUT")"
         echo "\`longheads-ppl\` on \`$TEXT\` ($n_tok tokens) under \`$BUNDLED\`"
         echo "(trained at 512 tokens), per bucket of $bucket positions.  w = chunk size, L = the"
         echo "window each head attends to; \"default\" is what the tool does without options"
-        echo "($ppl_default, the file's \`longheads.*\` keys)."
+        echo "($ppl_default, the file's \`longheads.*\` keys); \"bound score\": \`--score bound\`."
         echo
         echo "$ppl_table"
         echo
@@ -360,7 +380,9 @@ mkdir -p "$(dirname "$OUT")"
     echo
     echo "\`longheads passkey\` through the daemon (greedy, seed $SEED, random keys and depths):"
     echo "correct/trials per prompt length in tokens.  LongHeads at the daemon's defaults (the"
-    echo "files' \`longheads.*\` keys: $pk_settings): $lh_note."
+    echo "files' \`longheads.*\` keys: $pk_settings): $lh_note.  \"bound score\": the chunk"
+    echo "score \`--score bound\` (an upper bound of q·k from the keys' min and max) instead of the"
+    echo "paper's representations: $bound_note."
     echo "Full attention: $full_note (its cost grows with the square of the length)."
     echo
     echo "$pk_table"

@@ -1,6 +1,6 @@
 /* tools/ppl — longheads-ppl: perplexity of a text file, per bucket of positions.
  *
- *   longheads-ppl -m MODEL -f FILE [--attn full|longheads] [--chunk W] [--window L]
+ *   longheads-ppl -m MODEL -f FILE [--attn full|longheads] [--chunk W] [--window L] [--score S]
  *                 [--bucket B] [--max-tokens N] [--ctx N] [--kv f32|f16] [--batch B]
  *   longheads-ppl -m MODEL -f FILE --mode llama -c N [--chunks K] [--kv f32|f16] [--batch B]
  *
@@ -26,6 +26,7 @@
 #endif
 
 #include "log.h"
+#include "longheads.h"
 #include "model.h"
 #include "params.h"
 #include "ppl.h"
@@ -35,6 +36,7 @@
 static void usage(FILE *f)
 {
     fprintf(f, "usage: longheads-ppl -m MODEL -f FILE [--attn full|longheads] [--chunk W] [--window L]\n"
+               "         [--score rep|bound]\n"
                "         [--bucket B] [--max-tokens N] [--ctx N] [--kv f32|f16] [--batch B] [--threads T]\n"
                "       longheads-ppl -m MODEL -f FILE --mode llama -c N [--chunks K] [--kv f32|f16]\n"
                "         (scores what llama-perplexity -c N --chunks K scores)\n");
@@ -190,12 +192,21 @@ int main(int argc, char **argv)
         all_n += cnt[b];
     }
     printf("overall ppl %.4f\n", exp(all / all_n));
+    /* before the summary, which stays the last line (tools/eval.sh reads it) */
+    lh_lh *lh = lh_ctx_longheads(c);
+    lh_lh_stats st;
+    if (lh && (lh_lh_stats_get(lh, &st), st.n_select))
+        fprintf(stderr, "longheads-ppl: per selection past the window (%zu): %.1f of %.1f candidate "
+                "chunks and %.1f tree nodes scored\n", st.n_select,
+                (double)st.n_chunk / (double)st.n_select, (double)st.n_cand / (double)st.n_select,
+                (double)st.n_node / (double)st.n_select);
     const lh_ctx_params *rp = lh_ctx_params_get(c);
     double secs = (t1.tv_sec - t0.tv_sec) + (t1.tv_nsec - t0.tv_nsec) * 1e-9;
     fprintf(stderr, "longheads-ppl: %zu tokens, attn %s", n,
             rp->attn == LH_ATTN_LONGHEADS ? "longheads" : "full");
     if (rp->attn == LH_ATTN_LONGHEADS)
-        fprintf(stderr, " (chunk %zu, window %zu)", rp->chunk, rp->window);
+        fprintf(stderr, " (chunk %zu, window %zu%s)", rp->chunk, rp->window,
+                rp->score == LH_SCORE_BOUND ? ", score bound" : "");
     fprintf(stderr, ", %.2f s (%.0f tok/s)\n", secs, n / secs);
     rc = 0;
 out:

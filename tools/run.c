@@ -1,7 +1,7 @@
 /* tools/run — longheads-run: the engine, one shot, no daemon.
  *
  *   longheads-run -m MODEL [-p PROMPT | -f FILE] [-n N|-1] [--temp T] [--seed S] [--top-k K]
- *                 [--top-p P] [--min-p P] [--repeat-penalty R] [--attn full|longheads]
+ *                 [--top-p P] [--min-p P] [--repeat-penalty R] [--attn full|longheads] [--score S]
  *                 [--chunk W] [--window L] [--ctx N] [--kv f32|f16] [--batch B] [--threads T]
  *
  * Prints the generated text (not the prompt) to stdout as it is produced, timings to stderr.
@@ -39,8 +39,8 @@ static void usage(FILE *f)
     fprintf(f,
             "usage: longheads-run -m MODEL [-p PROMPT | -f FILE] [-n N|-1] [--temp T] [--seed S]\n"
             "         [--top-k K] [--top-p P] [--min-p P] [--repeat-penalty R] [--repeat-last-n N]\n"
-            "         [--attn full|longheads] [--chunk W] [--window L] [-c|--ctx N] [--kv f32|f16]\n"
-            "         [--batch B] [--threads T] [--version]\n"
+            "         [--attn full|longheads] [--chunk W] [--window L] [--score rep|bound]\n"
+            "         [-c|--ctx N] [--kv f32|f16] [--batch B] [--threads T] [--version]\n"
             "Prints the generated text to stdout, timings to stderr. No prompt: start from BOS.\n"
             "Defaults: LongHeads attention with the model file's chunk and window (inside the\n"
             "window it is full attention), a context as large as 3/4 of the free memory holds\n"
@@ -200,7 +200,8 @@ int main(int argc, char **argv)
             "\nlongheads-run: %s\n  attn %s", lh_model_desc(m),
             rp->attn == LH_ATTN_LONGHEADS ? "longheads" : "full");
     if (rp->attn == LH_ATTN_LONGHEADS)
-        fprintf(stderr, " (chunk %zu, window %zu)", rp->chunk, rp->window);
+        fprintf(stderr, " (chunk %zu, window %zu, score %s)", rp->chunk, rp->window,
+                rp->score == LH_SCORE_BOUND ? "bound" : "rep");
     fprintf(stderr, ", ctx %zu, kv %s\n  prefill %zu tokens in %.3f s (%.1f tok/s), "
             "generated %zu tokens in %.3f s (%.1f tok/s)\n",
             rp->n_ctx, lh_type_name(rp->kv_type), n_prompt, t1 - t0,
