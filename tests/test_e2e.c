@@ -1221,6 +1221,64 @@ static size_t count_lines(const char *path, const char *needle)
     return n;
 }
 
+/* The chunk score is wired through: a daemon started with --score bound says so in its info,
+ * serves requests with its default and with either score asked for, and each gives byte for byte
+ * the text longheads-run gives with that score (the prompt, 2500 bytes of stories, runs past the
+ * 512-token window, where the two scores choose different chunks and the texts differ). */
+static void test_score_option(void)
+{
+    char path[128], cmd[1024];
+    snprintf(path, sizeof path, "%s/score-prompt.txt", g_dir);
+    size_t len = 0;
+    char *all = slurp("tests/data/stories-long.txt", &len);
+    CU_ASSERT_FATAL(all != NULL && len > 2500);
+    all[2500] = 0;
+    FILE *f = fopen(path, "w");
+    CU_ASSERT_FATAL(f != NULL);
+    fputs(all, f);
+    fclose(f);
+    const char *extra[] = {"--score", "bound", "--ctx", "2048", NULL};
+    pid_t pid = aux_start("score", extra);
+    CU_ASSERT_FATAL(pid > 0);
+    lh_client *c;
+    CU_ASSERT_EQUAL_FATAL(lh_client_connect(&c, g_sock, 10000), 0);
+    CU_ASSERT_EQUAL(lh_client_model(c)->score_default, LH_CLIENT_SCORE_BOUND);
+    static const struct { lh_client_chunk_score score; const char *arg; } runs[] = {
+        {LH_CLIENT_SCORE_DEFAULT, "bound"}, {LH_CLIENT_SCORE_REP, "rep"},
+        {LH_CLIENT_SCORE_BOUND, "bound"}};
+    char *text[3] = {0};
+    for (size_t k = 0; k < 3; k++) {
+        snprintf(cmd, sizeof cmd, "%s/longheads-run -m %s -f %s -n 48 --temp 0 --ctx 2048 "
+                 "--score %s 2>/dev/null", lh_test_build_dir(), lh_test_model_path(), path,
+                 runs[k].arg);
+        int st;
+        char *ref = run_capture(cmd, &st);
+        CU_ASSERT_EQUAL(st, 0);
+        lh_client_gen_opts o;
+        lh_client_gen_opts_default(&o);
+        o.prompt = all;
+        o.prompt_len = 2500;
+        o.max_tokens = 48;
+        o.temperature = 0;
+        o.score = runs[k].score;
+        static stream s;
+        memset(&s, 0, sizeof s);
+        lh_client_result res;
+        CU_ASSERT_EQUAL(lh_client_generate(c, &o, collect, &s, &res), 0);
+        CU_ASSERT(strlen(ref) > 40);
+        CU_ASSERT_STRING_EQUAL(s.text, ref);
+        text[k] = strdup(s.text);
+        free(ref);
+    }
+    CU_ASSERT_STRING_EQUAL(text[0], text[2]);
+    CU_ASSERT(strcmp(text[1], text[2]) != 0);
+    for (size_t k = 0; k < 3; k++)
+        free(text[k]);
+    free(all);
+    lh_client_close(c);
+    CU_ASSERT_EQUAL(aux_end(pid), 0);
+}
+
 /* Out of file descriptors: the daemon neither spins nor floods its log, and serves again once
  * connections close. */
 static void test_fd_exhaustion(void)
@@ -1603,6 +1661,8 @@ void lh_test_e2e(void)
 {
     CU_pSuite s = CU_add_suite("e2e", suite_init, suite_clean);
     CU_add_test(s, "CLI: golden text, longheads-run parity, info/health/tokenize", test_cli_golden);
+    CU_add_test(s, "--score bound / per-request score: info says it, texts equal longheads-run's",
+                test_score_option);
     CU_add_test(s, "token-id prompts (the passkey path) give longheads-run's text",
                 test_token_prompt_parity);
     CU_add_test(s, "8 clients at once get complete streams", test_eight_clients);
