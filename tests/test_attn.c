@@ -117,6 +117,19 @@ static void test_dense_gqa(void)
     check_dense(12, 12, 64, LH_TYPE_F32, 1, 2000, 2);    /* stories110M's heads, 16 key tiles */
 }
 
+/* Decode splits the key tiles of all KV heads evenly over the threads; a KV head cut between two
+ * threads is finished by a log-sum-exp merge of their partial states. */
+static void test_dense_split(void)
+{
+    check_dense(3, 3, 64, LH_TYPE_F16, 1, 700, 2);       /* 3 KV heads on 2 threads: one cut */
+    check_dense(3, 3, 64, LH_TYPE_F32, 1, 700, 2);
+    check_dense(2, 2, 16, LH_TYPE_F32, 3, 300, 3);       /* 3 queries, masked last tile, cuts */
+    check_dense(1, 1, 64, LH_TYPE_F32, 1, 2000, 4);      /* one head cut in four */
+    check_dense(1, 1, 64, LH_TYPE_F32, 1, 100, 4);       /* fewer tiles than threads */
+    check_dense(4, 1, 24, LH_TYPE_F16, 2, 1500, 3);      /* head_dim 24: the AVX2 loops */
+    check_dense(8, 2, 64, LH_TYPE_F16, 1, 333, 5);       /* group 4, five threads */
+}
+
 static void test_store_scratch(void)
 {
     lh_attn_shape s = {4, 2, 3, 5, LH_TYPE_F16};
@@ -147,5 +160,6 @@ void lh_test_attn(void)
     CU_add_test(s, "dense F32", test_dense_f32);
     CU_add_test(s, "dense F16", test_dense_f16);
     CU_add_test(s, "dense GQA", test_dense_gqa);
+    CU_add_test(s, "dense decode split over threads", test_dense_split);
     CU_add_test(s, "store and scratch size", test_store_scratch);
 }

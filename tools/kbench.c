@@ -8,8 +8,8 @@
  *
  *   GEMV: decode (M = 1) for every weight type at TinyLlama-1.1B's shapes, ms and GB/s of weights.
  *
- * Usage: longheads-kbench [max_ctx | gemv]   (default 16384; attention contexts 1k, 4k, then x4
- * up to max_ctx; `gemv`: the GEMV table only).  The default run takes about a minute on two
+ * Usage: longheads-kbench [max_ctx | gemv | attn [max_ctx]]   (default 16384; attention contexts
+ * 1k, 4k, then x4 up to max_ctx; `gemv`: the GEMV table only; `attn`: the attention table only).  The default run takes about a minute on two
  * cores.
  */
 #include <errno.h>
@@ -263,15 +263,16 @@ static int run_attn_ref(void *p)
 
 static int bench_attn(size_t max_ctx, size_t n_threads)
 {
-    /* a 768-wide model (12 heads of 64) and a GQA one (32 query heads over 8 KV heads of 128) */
-    static const size_t heads[][3] = {{12, 12, 64}, {32, 8, 128}};
+    /* a 768-wide model (12 heads of 64: stories110M), TinyLlama-1.1B's GQA (32 query heads over 4
+     * KV heads of 64) and a GQA one with heads of 128 (32 over 8) */
+    static const size_t heads[][3] = {{12, 12, 64}, {32, 4, 64}, {32, 8, 128}};
     static const lh_type kvts[] = {LH_TYPE_F32, LH_TYPE_F16};
     size_t n_batch = 64;
     printf("\ndense attention, per token (decode: 1 query at the end of the context; prefill: a\n"
            "slice of %zu queries ending there), %zu threads\n", n_batch, n_threads);
-    printf("%-5s %-10s %7s %12s %12s %12s %10s\n", "kv", "heads", "ctx", "decode", "prefill/tok",
-           "ref decode", "ref/dense");
-    for (size_t hi = 0; hi < 2; hi++)
+    printf("%-5s %-10s %7s %12s %9s %12s %12s %10s\n", "kv", "heads", "ctx", "decode", "KV GB/s",
+           "prefill/tok", "ref decode", "ref/dense");
+    for (size_t hi = 0; hi < sizeof heads / sizeof *heads; hi++)
         for (size_t ki = 0; ki < 2; ki++) {
             lh_attn_shape s = {heads[hi][0], heads[hi][1], heads[hi][2], max_ctx, kvts[ki]};
             size_t esz = kvts[ki] == LH_TYPE_F16 ? 2 : 4;
@@ -308,8 +309,11 @@ static int bench_attn(size_t max_ctx, size_t n_threads)
                     snprintf(ref, sizeof ref, "%12s", "-");
                     snprintf(rr, sizeof rr, "%10s", "-");
                 }
-                printf("%-5s %-10s %7zu %9.3f ms %9.3f ms %12s %10s\n", lh_type_name(s.kv_type),
-                       hs, ctx, td * 1e3, tp * 1e3, ref, rr);
+                /* decode reads every K and V row of the context once */
+                double kv_bytes = 2.0 * (double)ctx * (double)kv_w * (double)esz;
+                printf("%-5s %-10s %7zu %9.3f ms %9.1f %9.3f ms %12s %10s\n",
+                       lh_type_name(s.kv_type), hs, ctx, td * 1e3, kv_bytes / td * 1e-9, tp * 1e3,
+                       ref, rr);
                 fflush(stdout);
             }
             free(k), free(v), free(row), free(q), free(out), free(scratch);
@@ -321,11 +325,14 @@ int main(int argc, char **argv)
 {
     size_t max_ctx = 16384;
     int gemv_only = argc > 1 && !strcmp(argv[1], "gemv");
-    if (argc > 1 && !gemv_only) {
+    int attn_only = argc > 1 && !strcmp(argv[1], "attn");   /* attn [max_ctx] */
+    const char *ctx_arg = attn_only ? (argc > 2 ? argv[2] : NULL) : (gemv_only ? NULL : argv[1]);
+    if (argc > 1 && ctx_arg) {
         char *end;
-        unsigned long long v = strtoull(argv[1], &end, 10);
+        unsigned long long v = strtoull(ctx_arg, &end, 10);
         if (*end || v < 1024 || v > (1ull << 20)) {
-            fprintf(stderr, "usage: %s [max_ctx: 1024 .. 1048576 | gemv]\n", argv[0]);
+            fprintf(stderr, "usage: %s [max_ctx: 1024 .. 1048576 | gemv | attn [max_ctx]]\n",
+                    argv[0]);
             return 2;
         }
         max_ctx = (size_t)v;
@@ -335,8 +342,8 @@ int main(int argc, char **argv)
     n_threads = (size_t)omp_get_max_threads();
 #endif
     printf("longheads-kbench: %zu threads\n\n", n_threads);
-    int rc = bench_gemv();
-    if (rc == 0 && !gemv_only)
+    int rc = attn_only ? 0 : bench_gemv();
+    if (rc == 0 && !gemv_only && !attn_only)
         rc = bench_matmul();
     if (rc == 0 && !gemv_only)
         rc = bench_attn(max_ctx, n_threads);
