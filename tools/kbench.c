@@ -8,8 +8,9 @@
  *
  *   GEMV: decode (M = 1) for every weight type at TinyLlama-1.1B's shapes, ms and GB/s of weights.
  *
- * Usage: longheads-kbench [max_ctx | gemv | attn [max_ctx]]   (default 16384; attention contexts
- * 1k, 4k, then x4 up to max_ctx; `gemv`: the GEMV table only; `attn`: the attention table only).  The default run takes about a minute on two
+ * Usage: longheads-kbench [max_ctx | gemv | attn [max_ctx] | headmm]   (default 16384; attention
+ * contexts 1k, 4k, then x4 up to max_ctx; `gemv`: the GEMV table only; `attn`: the attention
+ * table only; `headmm`: LongHeads' per-head products, hand-written against oneDNN, only).  The default run takes about a minute on two
  * cores.
  */
 #include <errno.h>
@@ -321,17 +322,168 @@ static int bench_attn(size_t max_ctx, size_t n_threads)
     return 0;
 }
 
+/* ---- LongHeads' per-head products: hand-written kernels against oneDNN ---------------------- */
+
+enum { HM_HAND, HM_DNNL, HM_HEADMM, HM_SGEMM, HM_N };
+static const char *const hm_names[HM_N] = {"hand", "dnnl rt", "dnnl fixed", "sgemm"};
+
+typedef struct {
+    int impl, whole;
+    size_t n_head, group, d, L, M, w;
+    const float *q;        /* (n_head, M, d) */
+    const float *k, *v;    /* (n_kv, L, d): each KV head's gathered chunks */
+    float *s, *o;          /* per thread: (M, L) scores, (M, d) outputs */
+    lh_gemm_dnnl **g;      /* [thread] */
+    lh_headmm **hnt, **hnn; /* [thread] the two shape classes */
+    int rc;
+} hm_arg;
+
+/* C (m, n) (+)= A · op(B) through the chosen implementation, on thread t */
+static int hm_gemm(const hm_arg *a, size_t t, int nt, size_t m, size_t n, size_t k, const float *x,
+                   size_t lda, const float *b, size_t ldb, float *c, size_t ldc, float beta)
+{
+    switch (a->impl) {
+    case HM_DNNL:
+        return lh_gemm_dnnl_run(a->g[t], nt, m, n, k, x, lda, b, ldb, c, ldc, beta);
+    case HM_HEADMM:
+        return lh_headmm_run(nt ? a->hnt[t] : a->hnn[t], m, x, b, c);
+    case HM_SGEMM:
+        return lh_gemm_sgemm(nt, m, n, k, x, lda, b, ldb, c, ldc, beta);
+    default:
+        if (nt)
+            lh_gemm_nt(m, n, k, x, lda, b, ldb, c, ldc, beta);
+        else
+            lh_gemm_nn(m, n, k, x, lda, b, ldb, c, ldc, beta);
+        return 0;
+    }
+}
+
+/* Heads 0 .. n_head-1 of a layer: scores of its M queries against its L gathered keys, then P·V
+ * (the softmax between them is the same for every implementation and left out).  Per chunk of w
+ * keys (what LongHeads runs: each chunk's queries are rotated for that chunk's slot) or, `whole`,
+ * as one product over the L keys.  OpenMP over heads, the products single-threaded inside. */
+static int run_hm(void *p)
+{
+    hm_arg *a = p;
+    int rc = 0;
+#ifdef _OPENMP
+#pragma omp parallel for schedule(static) if (a->n_head > 1)
+#endif
+    for (long hl = 0; hl < (long)a->n_head; hl++) {
+        size_t h = (size_t)hl, t = 0;
+#ifdef _OPENMP
+        t = (size_t)omp_get_thread_num();
+#endif
+        size_t d = a->d, L = a->L, M = a->M, step = a->whole ? L : a->w;
+        const float *q = a->q + h * M * d;
+        const float *k = a->k + h / a->group * L * d, *v = a->v + h / a->group * L * d;
+        float *s = a->s + t * M * L, *o = a->o + t * M * d;
+        int r = 0;
+        for (size_t j = 0; j < L && !r; j += step)
+            r = hm_gemm(a, t, 1, M, step, d, q, d, k + j * d, d, s + j, L, 0.0f);
+        for (size_t i = 0; i < M; i++)
+            memset(o + i * d, 0, d * sizeof *o);
+        for (size_t j = 0; j < L && !r; j += step)
+            r = hm_gemm(a, t, 0, M, d, step, s + j, L, v + j * d, d, o, d, 1.0f);
+        if (r)
+            rc = r;   /* benign race: any failure is reported */
+    }
+    return rc;
+}
+
+static int bench_headmm(size_t n_threads)
+{
+    /* stories260K (8 heads over 4 KV heads of 8), stories110M (12 of 64), TinyLlama-1.1B (32 over
+     * 4 KV heads of 64); chunks of w = 64 keys */
+    static const struct { const char *name; size_t nh, nkv, d; } shapes[] = {
+        {"260K", 8, 4, 8}, {"110M", 12, 12, 64}, {"1.1B", 32, 4, 64}};
+    static const size_t Ls[] = {512, 4096}, Ms[] = {1, 4, 16, 64};
+    const size_t w = 64;
+    int rc = 0;
+    printf("\nLongHeads per-head products, one head on one thread (as each thread runs its heads\n"
+           "inside the OpenMP region over heads; oneDNN single-threaded there): scores Q (M, d) · Kᵀ\n"
+           "over L gathered keys, then P·V, per chunk of %zu keys (as LongHeads runs them) or as one\n"
+           "product over all L (whole); µs per head, best of runs.  dnnl rt: a runtime-shape oneDNN\n"
+           "matmul (memory objects made per call); dnnl fixed: one primitive per shape class with\n"
+           "runtime M (nothing made per call); sgemm: dnnl_sgemm\n", w);
+    printf("%-5s %5s %3s %-6s", "model", "L", "M", "gran");
+    for (int i = 0; i < HM_N; i++)
+        printf(" %11s", hm_names[i]);
+    printf(" %9s\n", "best/hand");
+    lh_gemm_dnnl **g = calloc(n_threads, sizeof *g);
+    lh_headmm **hnt = calloc(n_threads, sizeof *hnt), **hnn = calloc(n_threads, sizeof *hnn);
+    if (!g || !hnt || !hnn)
+        return -ENOMEM;
+    for (size_t t = 0; t < n_threads && !rc; t++)
+        rc = lh_gemm_dnnl_new(&g[t]);
+    for (size_t si = 0; si < 3 && !rc; si++)
+        for (size_t li = 0; li < 2 && !rc; li++)
+            for (size_t mi = 0; mi < 4 && !rc; mi++)
+                for (int whole = 0; whole < 2 && !rc; whole++) {
+                    size_t nh = shapes[si].nh, nkv = shapes[si].nkv, d = shapes[si].d;
+                    size_t L = Ls[li], M = Ms[mi], step = whole ? L : w;
+                    float *q = malloc(nh * M * d * sizeof *q), *k = malloc(nkv * L * d * sizeof *k);
+                    float *v = malloc(nkv * L * d * sizeof *v);
+                    float *s = malloc(n_threads * M * L * sizeof *s);
+                    float *o = malloc(n_threads * M * d * sizeof *o);
+                    if (!q || !k || !v || !s || !o)
+                        return -ENOMEM;
+                    for (size_t i = 0; i < nh * M * d; i++)
+                        q[i] = frand();
+                    for (size_t i = 0; i < nkv * L * d; i++)
+                        k[i] = frand(), v[i] = frand();
+                    for (size_t t = 0; t < n_threads && !rc; t++) {
+                        rc = lh_headmm_new(&hnt[t], 1, M, step, d, d, d, L, 0.0f);
+                        if (!rc)
+                            rc = lh_headmm_new(&hnn[t], 0, M, d, step, L, d, d, 1.0f);
+                    }
+                    hm_arg a = {0, whole, 1, nh / nkv, d, L, M, w, q, k, v, s, o, g, hnt, hnn, 0};
+                    double ts[HM_N], best = 0;
+                    printf("%-5s %5zu %3zu %-6s", shapes[si].name, L, M, whole ? "whole" : "chunk");
+                    for (int i = 0; i < HM_N && !rc; i++) {
+                        a.impl = i;
+                        ts[i] = timeit(run_hm, &a, 0.1);
+                        if (ts[i] < 0)
+                            rc = -EIO;
+                        if (i > 0 && (best == 0 || ts[i] < best))
+                            best = ts[i];
+                        printf(" %11.1f", ts[i] * 1e6);
+                    }
+                    printf(" %8.2fx\n", ts[0] > 0 ? best / ts[0] : 0);
+                    fflush(stdout);
+                    for (size_t t = 0; t < n_threads; t++) {
+                        lh_headmm_free(hnt[t]), lh_headmm_free(hnn[t]);
+                        hnt[t] = hnn[t] = NULL;
+                    }
+                    free(q), free(k), free(v), free(s), free(o);
+                }
+    for (size_t t = 0; t < n_threads; t++)
+        lh_gemm_dnnl_free(g[t]);
+    free(g), free(hnt), free(hnn);
+    return rc;
+}
+
 int main(int argc, char **argv)
 {
     size_t max_ctx = 16384;
     int gemv_only = argc > 1 && !strcmp(argv[1], "gemv");
     int attn_only = argc > 1 && !strcmp(argv[1], "attn");   /* attn [max_ctx] */
+    int headmm_only = argc > 1 && !strcmp(argv[1], "headmm");
+    if (headmm_only) {
+#ifdef _OPENMP
+        omp_set_num_threads(1);   /* oneDNN as it runs inside our region over heads */
+#endif
+        int hrc = bench_headmm(1);
+        if (hrc)
+            fprintf(stderr, "kbench: failed: %d\n", hrc);
+        return hrc ? 1 : 0;
+    }
     const char *ctx_arg = attn_only ? (argc > 2 ? argv[2] : NULL) : (gemv_only ? NULL : argv[1]);
     if (argc > 1 && ctx_arg) {
         char *end;
         unsigned long long v = strtoull(ctx_arg, &end, 10);
         if (*end || v < 1024 || v > (1ull << 20)) {
-            fprintf(stderr, "usage: %s [max_ctx: 1024 .. 1048576 | gemv | attn [max_ctx]]\n",
+            fprintf(stderr, "usage: %s [max_ctx: 1024 .. 1048576 | gemv | attn [max_ctx] | headmm]\n",
                     argv[0]);
             return 2;
         }
