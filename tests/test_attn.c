@@ -90,7 +90,8 @@ static void test_dense_f32(void)
         check_dense(2, 2, hds[i], LH_TYPE_F32, 17, 5, 3);
     }
     check_dense(4, 4, 64, LH_TYPE_F32, 1, 256, 2);       /* decode past two key tiles */
-    check_dense(4, 4, 64, LH_TYPE_F32, 40, 257, 2);      /* batch at pos0 > 0, 3 query blocks */
+    check_dense(4, 4, 64, LH_TYPE_F32, 40, 257, 2);      /* batch at pos0 > 0 */
+    check_dense(2, 2, 17, LH_TYPE_F32, 150, 3, 2);       /* 3 query blocks of 50 (64 at most) */
 }
 
 static void test_dense_f16(void)
@@ -107,6 +108,7 @@ static void test_dense_gqa(void)
 {
     check_dense(6, 2, 17, LH_TYPE_F32, 1, 0, 2);         /* group 3 */
     check_dense(6, 2, 17, LH_TYPE_F32, 19, 130, 2);
+    check_dense(6, 2, 16, LH_TYPE_F32, 50, 70, 2);       /* group 3: blocks of 17 queries, 51 rows */
     check_dense(8, 2, 64, LH_TYPE_F32, 1, 500, 8);       /* group 4, split for 8 threads */
     check_dense(8, 1, 32, LH_TYPE_F32, 5, 129, 16);      /* one KV head, many threads */
     check_dense(4, 2, 3, LH_TYPE_F32, 257, 0, 3);        /* a long batch from position 0 */
