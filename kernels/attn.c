@@ -251,11 +251,106 @@ static inline __attribute__((always_inline)) void direct_pv(int f16, const float
     }
 }
 
+#ifdef __AVX512F__
+/* Two rows at once, head_dim 64: s0[j] = q0 · K[j], s1[j] = q1 · K[j], each key row loaded once
+ * for both (a GQA group's rows share their keys).  Eight keys per step: 16 accumulators, the
+ * two queries in 8 registers, then one shuffle tree for the 16 sums. */
+static inline __attribute__((always_inline)) void scores2_64(int f16, const float *qa,
+                                                             const float *qb, const void *K,
+                                                             size_t kt, float *sa, float *sb)
+{
+    __m512 a0 = _mm512_loadu_ps(qa), a1 = _mm512_loadu_ps(qa + 16);
+    __m512 a2 = _mm512_loadu_ps(qa + 32), a3 = _mm512_loadu_ps(qa + 48);
+    __m512 b0 = _mm512_loadu_ps(qb), b1 = _mm512_loadu_ps(qb + 16);
+    __m512 b2 = _mm512_loadu_ps(qb + 32), b3 = _mm512_loadu_ps(qb + 48);
+    size_t j = 0;
+    for (; j + 8 <= kt; j += 8) {
+        __m512 x0, x1, x2, x3, x4, x5, x6, x7, y0, y1, y2, y3, y4, y5, y6, y7;
+#define KEY2(i)                                                                               \
+    do {                                                                                      \
+        size_t o_ = (j + (i)) * 64;                                                           \
+        __m512 k0 = ld16(f16, K, o_), k1 = ld16(f16, K, o_ + 16);                             \
+        __m512 k2 = ld16(f16, K, o_ + 32), k3 = ld16(f16, K, o_ + 48);                        \
+        x##i = _mm512_fmadd_ps(a3, k3, _mm512_fmadd_ps(a2, k2,                                \
+               _mm512_fmadd_ps(a1, k1, _mm512_mul_ps(a0, k0))));                              \
+        y##i = _mm512_fmadd_ps(b3, k3, _mm512_fmadd_ps(b2, k2,                                \
+               _mm512_fmadd_ps(b1, k1, _mm512_mul_ps(b0, k0))));                              \
+    } while (0)
+        KEY2(0); KEY2(1); KEY2(2); KEY2(3); KEY2(4); KEY2(5); KEY2(6); KEY2(7);
+#undef KEY2
+        __m512 c0 = hs_quad(hs_pair(x0, x1), hs_pair(x2, x3));
+        __m512 c1 = hs_quad(hs_pair(x4, x5), hs_pair(x6, x7));
+        __m512 c2 = hs_quad(hs_pair(y0, y1), hs_pair(y2, y3));
+        __m512 c3 = hs_quad(hs_pair(y4, y5), hs_pair(y6, y7));
+        __m512 r = hs_final(hs_oct(c0, c1), hs_oct(c2, c3));   /* row a keys 0-7, row b 0-7 */
+        _mm256_storeu_ps(sa + j, _mm512_castps512_ps256(r));
+        _mm256_storeu_ps(sb + j, _mm512_extractf32x8_ps(r, 1));
+    }
+    for (; j < kt; j++) {
+        size_t o = j * 64;
+        __m512 k0 = ld16(f16, K, o), k1 = ld16(f16, K, o + 16);
+        __m512 k2 = ld16(f16, K, o + 32), k3 = ld16(f16, K, o + 48);
+        sa[j] = _mm512_reduce_add_ps(_mm512_fmadd_ps(a3, k3, _mm512_fmadd_ps(a2, k2,
+                _mm512_fmadd_ps(a1, k1, _mm512_mul_ps(a0, k0)))));
+        sb[j] = _mm512_reduce_add_ps(_mm512_fmadd_ps(b3, k3, _mm512_fmadd_ps(b2, k2,
+                _mm512_fmadd_ps(b1, k1, _mm512_mul_ps(b0, k0)))));
+    }
+}
+
+/* Four rows at once, head_dim 64: o_r += Σ_j p_r[j] V[j], each value row loaded (and converted)
+ * once for the four; the 4 x 64 outputs stay in 16 registers. */
+static inline __attribute__((always_inline)) void pv4_64(int f16, const float *p, size_t ldp,
+                                                         const void *V, size_t kt, float *o,
+                                                         size_t ldo)
+{
+    /* sixteen named accumulators: an array here stayed on the stack (GCC -O2) */
+#define LD4(r)                                                                                \
+    __m512 c##r##0 = _mm512_loadu_ps(o + r * ldo), c##r##1 = _mm512_loadu_ps(o + r * ldo + 16),  \
+           c##r##2 = _mm512_loadu_ps(o + r * ldo + 32), c##r##3 = _mm512_loadu_ps(o + r * ldo + 48)
+    LD4(0);
+    LD4(1);
+    LD4(2);
+    LD4(3);
+#undef LD4
+    for (size_t j = 0; j < kt; j++) {
+        __m512 v0 = ld16(f16, V, j * 64), v1 = ld16(f16, V, j * 64 + 16);
+        __m512 v2 = ld16(f16, V, j * 64 + 32), v3 = ld16(f16, V, j * 64 + 48);
+#define ROW(r)                                                                                \
+    do {                                                                                      \
+        __m512 w_ = _mm512_set1_ps(p[r * ldp + j]);                                           \
+        c##r##0 = _mm512_fmadd_ps(w_, v0, c##r##0);                                           \
+        c##r##1 = _mm512_fmadd_ps(w_, v1, c##r##1);                                           \
+        c##r##2 = _mm512_fmadd_ps(w_, v2, c##r##2);                                           \
+        c##r##3 = _mm512_fmadd_ps(w_, v3, c##r##3);                                           \
+    } while (0)
+        ROW(0);
+        ROW(1);
+        ROW(2);
+        ROW(3);
+#undef ROW
+    }
+#define ST4(r)                                                                                \
+    do {                                                                                      \
+        _mm512_storeu_ps(o + r * ldo, c##r##0);                                               \
+        _mm512_storeu_ps(o + r * ldo + 16, c##r##1);                                          \
+        _mm512_storeu_ps(o + r * ldo + 32, c##r##2);                                          \
+        _mm512_storeu_ps(o + r * ldo + 48, c##r##3);                                          \
+    } while (0)
+    ST4(0);
+    ST4(1);
+    ST4(2);
+    ST4(3);
+#undef ST4
+}
+#endif
+
 /* Rows 0..R-1 of a decode item over key tiles t0 .. t1-1 of its KV head, continuing the online
  * softmax state (m, l, O).  Row r is query r % nq (last key pos0 + r % nq).  The rows share every
  * tile: it is read from memory by the first row and from cache by the others.  With several rows
- * the tiles are cut to 8 KiB of keys (and as much of values), so that the K and V the other rows
- * read again stay in L1: re-read from L2, a GQA group of 8 was bound by L2 bandwidth. */
+ * the tiles are cut to 8 KiB of keys (and as much of values) so that what the other rows read
+ * again is in L1; with head_dim 64 the rows go in pairs (scores) and fours (P·V) through loops
+ * that load each key and value row once for all of them: a GQA group of 8 (F16) went from 0.34
+ * to 0.25 ms per 32 heads x 2048 keys on one thread. */
 static void direct_tiles(const lh_attn_shape *s, size_t R, size_t nq, size_t pos0, const char *kh,
                          const char *vh, size_t t0, size_t t1, const float *Q, float *S, float *m,
                          float *l, float *O)
@@ -272,10 +367,19 @@ static void direct_tiles(const lh_attn_shape *s, size_t R, size_t nq, size_t pos
     for (size_t j0 = t0 * KT; j0 < j_end; j0 += st) {
         size_t kt = j_end - j0 < st ? j_end - j0 : st;
         const char *kp = kh + j0 * hd * esz, *vp = vh + j0 * hd * esz;
-        for (size_t r = 0; r < R; r++)
+        size_t r = 0;   /* rows done by the blocked loops */
+#ifdef __AVX512F__
+        if (hd == 64)
+            for (; r + 2 <= R; r += 2)
+                f16 ? scores2_64(1, Q + r * hd, Q + (r + 1) * hd, kp, kt, S + r * KT,
+                                 S + (r + 1) * KT)
+                    : scores2_64(0, Q + r * hd, Q + (r + 1) * hd, kp, kt, S + r * KT,
+                                 S + (r + 1) * KT);
+#endif
+        for (; r < R; r++)
             f16 ? direct_scores(1, Q + r * hd, kp, kt, hd, S + r * KT)
                 : direct_scores(0, Q + r * hd, kp, kt, hd, S + r * KT);
-        for (size_t r = 0; r < R; r++) {
+        for (r = 0; r < R; r++) {
             float *sr = S + r * KT;
             size_t last = pos0 + r % nq;   /* the row's last key */
             size_t lim = last + 1 <= j0 ? 0 : (last + 1 - j0 < kt ? last + 1 - j0 : kt);
@@ -297,7 +401,14 @@ static void direct_tiles(const lh_attn_shape *s, size_t R, size_t nq, size_t pos
                     o[d] *= corr;
             }
         }
-        for (size_t r = 0; r < R; r++)
+        r = 0;
+#ifdef __AVX512F__
+        if (hd == 64)
+            for (; r + 4 <= R; r += 4)
+                f16 ? pv4_64(1, S + r * KT, KT, vp, kt, O + r * hd, hd)
+                    : pv4_64(0, S + r * KT, KT, vp, kt, O + r * hd, hd);
+#endif
+        for (; r < R; r++)
             f16 ? direct_pv(1, S + r * KT, vp, kt, hd, O + r * hd)
                 : direct_pv(0, S + r * KT, vp, kt, hd, O + r * hd);
     }

@@ -130,6 +130,10 @@ static void test_dense_split(void)
     check_dense(1, 1, 64, LH_TYPE_F32, 1, 100, 4);       /* fewer tiles than threads */
     check_dense(4, 1, 24, LH_TYPE_F16, 2, 1500, 3);      /* head_dim 24: the AVX2 loops */
     check_dense(8, 2, 64, LH_TYPE_F16, 1, 333, 5);       /* group 4, five threads */
+    /* head_dim 64: rows in pairs for the scores and fours for P·V, and the rows left over */
+    check_dense(6, 2, 64, LH_TYPE_F32, 1, 300, 2);       /* group 3 */
+    check_dense(12, 2, 64, LH_TYPE_F16, 1, 300, 2);      /* group 6 */
+    check_dense(5, 1, 64, LH_TYPE_F32, 1, 130, 1);       /* group 5, a tile of 3 keys */
 }
 
 static void test_store_scratch(void)
