@@ -1,15 +1,23 @@
 /* kernels/attn — see attn.h.
  *
- * Work is split into items (KV head, slice of its query heads, block of up to qb_max() queries); the
- * rows of an item (its query heads × its queries) share every K/V tile they read, which is where
- * grouped-query attention saves memory traffic.  Items are dealt round-robin (schedule(static, 1))
- * because causal blocks late in a batch cost more than early ones.  When there are fewer items
- * than threads (decode with few KV heads), the query-head slice is narrowed to make more items.
+ * Work is split into items (KV head, slice of its query heads, block of up to qb_max()
+ * queries); the rows of an item (its query heads × its queries) share every K/V tile they read,
+ * which is where grouped-query attention saves memory traffic.
  *
- * Each item walks its keys in tiles of KT (flash attention): S = Q·Kᵀ with lh_gemm_nt, causal
- * mask, online softmax (running max m and sum l per row, the accumulator rescaled by e^(m_old -
- * m_new) whenever the max grows), O += P·V with lh_gemm_nn.  F16 tiles are converted to F32 first.
- * Scratch per thread is therefore O(rows × (head_dim + KT) + KT × head_dim), independent of n_ctx.
+ * Each item walks its keys in tiles of KT (flash attention): S = Q·Kᵀ, causal mask, online
+ * softmax (running max m and sum l per row, the accumulator rescaled by e^(m_old - m_new)
+ * whenever the max grows), O += P·V.  Scratch per thread is therefore O(rows × (head_dim + KT) +
+ * KT × head_dim), independent of n_ctx.
+ *
+ * Two ways through the tiles:
+ *  - decode (up to DIRECT_ROWS rows per KV head: one or a few queries times a GQA group,
+ *    head_dim % 8 == 0, AVX2+F16C): direct_decode reads the cache in place, F16 or F32, each KV
+ *    head once for its whole group, and cuts the key tiles of all heads into one equal range per
+ *    thread (flash-decoding; a head cut between threads is merged by log-sum-exp);
+ *  - otherwise (prefill): items dealt round-robin (schedule(static, 1)), because causal blocks
+ *    late in a batch cost more than early ones, the products through lh_gemm_nt / lh_gemm_nn
+ *    (F16 tiles converted to F32 first).  When there are fewer items than threads, the query-head
+ *    slice is narrowed to make more items.
  */
 #include "attn.h"
 #include "ops.h"

@@ -149,7 +149,8 @@ static int sgemm(char tb, size_t m, size_t n, size_t k, const float *a, size_t l
 {
     return m >= SGEMM_MIN_M && n > 0 && k > 0 &&
            dnnl_sgemm('N', tb, (dnnl_dim_t)m, (dnnl_dim_t)n, (dnnl_dim_t)k, 1.0f, a,
-                      (dnnl_dim_t)lda, b, (dnnl_dim_t)ldb, beta, c, (dnnl_dim_t)ldc) == dnnl_success;
+                      (dnnl_dim_t)lda, b, (dnnl_dim_t)ldb, beta, c,
+                      (dnnl_dim_t)ldc) == dnnl_success;
 }
 
 void lh_gemm_nt(size_t m, size_t n, size_t k, const float *a, size_t lda, const float *b,
@@ -326,7 +327,7 @@ static void free_mems(dnnl_memory_t *mems, size_t n)
 
 /* ---- per-head products through oneDNN (see matmul.h) ----------------------------------------- */
 
-/* A row-major view: dims (d0, d1) with strides (s0, s1); any of them may be DNNL_RUNTIME_DIM_VAL. */
+/* A row-major view: dims (d0, d1) with strides (s0, s1), any of them DNNL_RUNTIME_DIM_VAL. */
 static dnnl_status_t md2(dnnl_memory_desc_t *md, dnnl_dim_t d0, dnnl_dim_t d1, dnnl_dim_t s0,
                          dnnl_dim_t s1)
 {
@@ -336,7 +337,8 @@ static dnnl_status_t md2(dnnl_memory_desc_t *md, dnnl_dim_t d0, dnnl_dim_t d1, d
 
 /* op(B) as oneDNN's (k, n) weights: Bᵀ of a row-major (n, k) B has strides (1, ldb), B itself
  * (ldb, 1). */
-static dnnl_status_t b_md(dnnl_memory_desc_t *md, int nt, dnnl_dim_t k, dnnl_dim_t n, dnnl_dim_t ldb)
+static dnnl_status_t b_md(dnnl_memory_desc_t *md, int nt, dnnl_dim_t k, dnnl_dim_t n,
+                          dnnl_dim_t ldb)
 {
     return nt ? md2(md, k, n, 1, ldb) : md2(md, k, n, ldb, 1);
 }

@@ -108,7 +108,7 @@ static void test_dense_gqa(void)
 {
     check_dense(6, 2, 17, LH_TYPE_F32, 1, 0, 2);         /* group 3 */
     check_dense(6, 2, 17, LH_TYPE_F32, 19, 130, 2);
-    check_dense(6, 2, 16, LH_TYPE_F32, 50, 70, 2);       /* group 3: blocks of 17 queries, 51 rows */
+    check_dense(6, 2, 16, LH_TYPE_F32, 50, 70, 2);       /* group 3: blocks of 17 queries */
     check_dense(8, 2, 64, LH_TYPE_F32, 1, 500, 8);       /* group 4, split for 8 threads */
     check_dense(8, 1, 32, LH_TYPE_F32, 5, 129, 16);      /* one KV head, many threads */
     check_dense(4, 2, 3, LH_TYPE_F32, 257, 0, 3);        /* a long batch from position 0 */

@@ -279,7 +279,7 @@ static void test_gemm_dnnl(void)
     gemm_dnnl = NULL;
     lh_gemm_dnnl_free(NULL);
 
-    /* LongHeads' full-chunk products: scores (m, 64) = Q (m, 17) · Kᵀ, P·V (m, 17) += P (m, 64) · V */
+    /* LongHeads' full-chunk products: scores (m, 64) = Q (m, 17) Kᵀ; P·V (m, 17) += P (m, 64) V */
     for (int nt = 0; nt < 2; nt++) {
         size_t n = nt ? 64 : 17, k = nt ? 17 : 64, lda = k + 3, ldb = (nt ? k : n) + 1, ldc = n + 2;
         float beta = nt ? 0.0f : 1.0f;
