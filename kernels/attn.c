@@ -561,7 +561,7 @@ static void direct_decode(const lh_attn_shape *s, const float *q, size_t n_q, si
     size_t esz = s->kv_type == LH_TYPE_F16 ? sizeof(uint16_t) : sizeof(float);
     size_t slot = up16(R * (hd + 2));   /* one partial: m (R), l (R), O (R, hd) */
     int big = worth_threads(s, n_q, pos0);
-    (void)big; /* unused without -fopenmp */
+    (void)big, (void)n_threads; /* unused without -fopenmp */
     OMP(omp parallel num_threads(n_threads) if (big))
     {
         size_t t = 0, T = 1;
