@@ -325,7 +325,7 @@ static int bench_attn(size_t max_ctx, size_t n_threads)
 /* ---- LongHeads' per-head products: hand-written kernels against oneDNN ---------------------- */
 
 enum { HM_HAND, HM_DNNL, HM_HEADMM, HM_SGEMM, HM_N };
-static const char *const hm_names[HM_N] = {"hand", "dnnl rt", "dnnl fixed", "sgemm"};
+static const char *const hm_names[HM_N] = {"lh_gemm", "dnnl rt", "dnnl fixed", "sgemm"};
 
 typedef struct {
     int impl, whole;
@@ -405,11 +405,13 @@ static int bench_headmm(size_t n_threads)
            "Q (M, d) Kᵀ over L gathered keys, then P·V, per chunk of %zu keys (as LongHeads runs\n"
            "them) or as one product over all L (whole); µs per head, best of runs.  dnnl rt: a\n"
            "runtime-shape oneDNN matmul (memory objects made per call); dnnl fixed: one primitive\n"
-           "per shape class with runtime M (nothing made per call); sgemm: dnnl_sgemm\n", w);
+           "per shape class with runtime M (nothing made per call); sgemm: dnnl_sgemm; lh_gemm:\n"
+           "lh_gemm_nt/nn as they dispatch (hand-written kernels below 16 rows, sgemm from 16)\n",
+           w);
     printf("%-5s %5s %3s %-6s", "model", "L", "M", "gran");
     for (int i = 0; i < HM_N; i++)
         printf(" %11s", hm_names[i]);
-    printf(" %9s\n", "best/hand");
+    printf(" %9s\n", "dnnl/lh");
     lh_gemm_dnnl **g = calloc(n_threads, sizeof *g);
     lh_headmm **hnt = calloc(n_threads, sizeof *hnt), **hnn = calloc(n_threads, sizeof *hnn);
     if (!g || !hnt || !hnn)
