@@ -28,6 +28,9 @@
 #include <string.h>
 
 #include <dnnl.h>
+#ifdef _OPENMP
+#include <omp.h>
+#endif
 
 #include "log.h"
 #include "simd.h"
@@ -141,13 +144,21 @@ static void nt_block(size_t mr, size_t nr, size_t k, const float *a, size_t lda,
  * measured slower than dnnl_sgemm at every shape, and slower than the hand-written kernels for
  * M <= 16; the figures are in the kbench table.  dnnl_sgemm cannot fail on valid arguments; if it
  * ever did, the hand-written kernel computes the product instead (no log: we may be inside a
- * parallel region). */
+ * parallel region).  Only from inside an active parallel region (or with one thread): called
+ * from serial code (a region skipped by its if clause for a small batch), oneDNN would open its
+ * own team for the product and allocate on every call (counted: one malloc per call with two
+ * threads, none inside our region). */
 #define SGEMM_MIN_M 16
 
 static int sgemm(char tb, size_t m, size_t n, size_t k, const float *a, size_t lda, const float *b,
                  size_t ldb, float *c, size_t ldc, float beta)
 {
-    return m >= SGEMM_MIN_M && n > 0 && k > 0 &&
+#ifdef _OPENMP
+    int single = omp_in_parallel() || omp_get_max_threads() == 1;
+#else
+    int single = 0;   /* oneDNN's own OpenMP would not know it is meant to stay serial */
+#endif
+    return single && m >= SGEMM_MIN_M && n > 0 && k > 0 &&
            dnnl_sgemm('N', tb, (dnnl_dim_t)m, (dnnl_dim_t)n, (dnnl_dim_t)k, 1.0f, a,
                       (dnnl_dim_t)lda, b, (dnnl_dim_t)ldb, beta, c,
                       (dnnl_dim_t)ldc) == dnnl_success;

@@ -8,6 +8,9 @@
 #include <string.h>
 
 #include "matmul.h"
+#ifdef _OPENMP
+#include <omp.h>
+#endif
 
 static uint64_t rng = 0xd1b54a32d192ed03ull;
 
@@ -271,6 +274,14 @@ static void test_gemm(void)
  * the fixed-shape lh_headmm at every m against the reference. */
 static void test_gemm_dnnl(void)
 {
+#ifdef _OPENMP
+    /* lh_gemm_nt/nn themselves hand 16+ rows to dnnl_sgemm where it stays single-threaded: inside
+     * an active parallel region (attention's) or with one thread, as here */
+    int nt_save = omp_get_max_threads();
+    omp_set_num_threads(1);
+    test_gemm();
+    omp_set_num_threads(nt_save);
+#endif
     CU_ASSERT_FATAL(lh_gemm_dnnl_new(&gemm_dnnl) == 0);
     for (gemm_impl = 1; gemm_impl <= 2; gemm_impl++)
         test_gemm();
