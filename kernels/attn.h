@@ -6,8 +6,11 @@
  * query i attends to keys 0 .. pos0+i inclusive.  Query head h reads KV head h / (n_head/n_head_kv).
  * out is (n_q, n_head * head_dim).  Scale 1/sqrt(head_dim).
  *
- * Heads run in parallel (OpenMP, schedule(static), each thread writes only its heads' outputs);
- * scratch is caller-provided: lh_attn_scratch_size() bytes per thread, sized at load.
+ * Runs in parallel (OpenMP, n_threads): prefill over (KV head, query block) items, decode over
+ * equal ranges of every KV head's key tiles (a head cut between threads is merged after a
+ * barrier); every output element is written by exactly one thread.  Scratch is caller-provided:
+ * lh_attn_scratch_size() bytes per thread, sized at load (the decode merge reads other threads'
+ * scratch, so the n_threads regions must be one contiguous array, as lh_attn_dense receives it).
  */
 #ifndef LH_ATTN_H
 #define LH_ATTN_H

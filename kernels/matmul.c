@@ -28,6 +28,9 @@
 #include <string.h>
 
 #include <dnnl.h>
+#ifdef _OPENMP
+#include <omp.h>
+#endif
 
 #include "log.h"
 #include "simd.h"
@@ -128,9 +131,44 @@ static void nt_block(size_t mr, size_t nr, size_t k, const float *a, size_t lda,
 }
 #endif
 
+/* From this many rows of A on, lh_gemm_nt / lh_gemm_nn hand the product to oneDNN's dnnl_sgemm
+ * (AVX-512 JIT kernels, single-threaded inside our parallel regions: OpenMP does not nest).
+ * Measured with `longheads-kbench headmm` (one head on one thread, LongHeads' per-chunk products:
+ * scores (M, 64 keys, d) then P·V (M, d, 64 keys), L = 512 and 4096; µs hand / sgemm):
+ *   d = 64: M = 1 5.0 / 4.8, M = 4 11.1 / 9.9, M = 16 42.6 / 38.0, M = 64 167 / 99 (L = 512);
+ *           M = 64 at L = 4096 1457 / 834;
+ *   d = 8:  M = 1 2.0 / 3.7, M = 4 4.1 / 6.7, M = 16 14.3 / 12.1, M = 64 59.3 / 28.9 (L = 512).
+ * So the hand-written kernels keep the few-row products (decode: one query, a GQA group) where
+ * oneDNN's fixed cost per call is not repaid, and oneDNN takes prefill blocks (1.7-2x faster at
+ * M = 64).  A oneDNN matmul primitive (runtime shapes, or one per shape class with runtime M)
+ * measured slower than dnnl_sgemm at every shape, and slower than the hand-written kernels for
+ * M <= 16; the figures are in the kbench table.  dnnl_sgemm cannot fail on valid arguments; if it
+ * ever did, the hand-written kernel computes the product instead (no log: we may be inside a
+ * parallel region).  Only from inside an active parallel region (or with one thread): called
+ * from serial code (a region skipped by its if clause for a small batch), oneDNN would open its
+ * own team for the product and allocate on every call (counted: one malloc per call with two
+ * threads, none inside our region). */
+#define SGEMM_MIN_M 16
+
+static int sgemm(char tb, size_t m, size_t n, size_t k, const float *a, size_t lda, const float *b,
+                 size_t ldb, float *c, size_t ldc, float beta)
+{
+#ifdef _OPENMP
+    int single = omp_in_parallel() || omp_get_max_threads() == 1;
+#else
+    int single = 0;   /* oneDNN's own OpenMP would not know it is meant to stay serial */
+#endif
+    return single && m >= SGEMM_MIN_M && n > 0 && k > 0 &&
+           dnnl_sgemm('N', tb, (dnnl_dim_t)m, (dnnl_dim_t)n, (dnnl_dim_t)k, 1.0f, a,
+                      (dnnl_dim_t)lda, b, (dnnl_dim_t)ldb, beta, c,
+                      (dnnl_dim_t)ldc) == dnnl_success;
+}
+
 void lh_gemm_nt(size_t m, size_t n, size_t k, const float *a, size_t lda, const float *b,
                 size_t ldb, float *c, size_t ldc, float beta)
 {
+    if (sgemm('T', m, n, k, a, lda, b, ldb, c, ldc, beta))
+        return;
 #ifdef LH_HAVE_AVX2
     /* B rows are streamed once per pair of A rows; the caller's blocks are small enough (a tile of
      * keys × head_dim) to stay in L1/L2, so no further blocking. */
@@ -221,6 +259,8 @@ static void nn_block(size_t mr, size_t nr, size_t k, const float *a, size_t lda,
 void lh_gemm_nn(size_t m, size_t n, size_t k, const float *a, size_t lda, const float *b,
                 size_t ldb, float *c, size_t ldc, float beta)
 {
+    if (sgemm('N', m, n, k, a, lda, b, ldb, c, ldc, beta))
+        return;
 #ifdef LH_HAVE_AVX2
     /* k is cut into slices of KC so a 16-column strip of B (KC x 16 floats = 16 KiB) stays in L1
      * while every 4-row block of A passes over it. */
@@ -294,6 +334,234 @@ static void free_mems(dnnl_memory_t *mems, size_t n)
         if (mems[i])
             dnnl_memory_destroy(mems[i]);
     free(mems);
+}
+
+/* ---- per-head products through oneDNN (see matmul.h) ----------------------------------------- */
+
+/* A row-major view: dims (d0, d1) with strides (s0, s1), any of them DNNL_RUNTIME_DIM_VAL. */
+static dnnl_status_t md2(dnnl_memory_desc_t *md, dnnl_dim_t d0, dnnl_dim_t d1, dnnl_dim_t s0,
+                         dnnl_dim_t s1)
+{
+    dnnl_dims_t dims = {d0, d1}, strides = {s0, s1};
+    return dnnl_memory_desc_init_by_strides(md, 2, dims, dnnl_f32, strides);
+}
+
+/* op(B) as oneDNN's (k, n) weights: Bᵀ of a row-major (n, k) B has strides (1, ldb), B itself
+ * (ldb, 1). */
+static dnnl_status_t b_md(dnnl_memory_desc_t *md, int nt, dnnl_dim_t k, dnnl_dim_t n,
+                          dnnl_dim_t ldb)
+{
+    return nt ? md2(md, k, n, 1, ldb) : md2(md, k, n, ldb, 1);
+}
+
+/* A matmul primitive for C (m, n) (+)= A (m, k) · op(B); any argument may be a runtime value. */
+static int gemm_prim(dnnl_engine_t eng, int nt, dnnl_dim_t m, dnnl_dim_t n, dnnl_dim_t k,
+                     dnnl_dim_t lda, dnnl_dim_t ldb, dnnl_dim_t ldc, float beta,
+                     dnnl_primitive_t *primp)
+{
+    int rc = -EIO;
+    dnnl_primitive_attr_t attr = NULL;
+    dnnl_post_ops_t po = NULL;
+    dnnl_primitive_desc_t pd = NULL;
+    dnnl_memory_desc_t amd, bmd, cmd;
+    dnnl_matmul_desc_t desc;
+    DNNL_CHECK(md2(&amd, m, k, lda, 1));
+    DNNL_CHECK(b_md(&bmd, nt, k, n, ldb));
+    DNNL_CHECK(md2(&cmd, m, n, ldc, 1));
+    DNNL_CHECK(dnnl_matmul_desc_init(&desc, &amd, &bmd, NULL, &cmd));
+    DNNL_CHECK(dnnl_primitive_attr_create(&attr));
+    if (beta != 0) {   /* C += : oneDNN's sum post-op */
+        DNNL_CHECK(dnnl_post_ops_create(&po));
+        DNNL_CHECK(dnnl_post_ops_append_sum(po, 1.0f));
+        DNNL_CHECK(dnnl_primitive_attr_set_post_ops(attr, po));
+    }
+    DNNL_CHECK(dnnl_primitive_desc_create(&pd, &desc, attr, eng, NULL));
+    DNNL_CHECK(dnnl_primitive_create(primp, pd));
+    rc = 0;
+fail:
+    if (pd)
+        dnnl_primitive_desc_destroy(pd);
+    if (po)
+        dnnl_post_ops_destroy(po);
+    if (attr)
+        dnnl_primitive_attr_destroy(attr);
+    return rc;
+}
+
+static int run3(dnnl_primitive_t prim, dnnl_stream_t stream, dnnl_memory_t a, dnnl_memory_t b,
+                dnnl_memory_t c)
+{
+    dnnl_exec_arg_t args[3] = {{DNNL_ARG_SRC, a}, {DNNL_ARG_WEIGHTS, b}, {DNNL_ARG_DST, c}};
+    DNNL_CHECK(dnnl_primitive_execute(prim, stream, 3, args));
+    DNNL_CHECK(dnnl_stream_wait(stream));
+    return 0;
+fail:
+    return -EIO;
+}
+
+/* k == 0 (or nothing to do): C = 0 for beta 0, unchanged for beta 1 */
+static int gemm_empty(size_t m, size_t n, float *c, size_t ldc, float beta)
+{
+    if (beta == 0)
+        for (size_t i = 0; i < m; i++)
+            memset(c + i * ldc, 0, n * sizeof *c);
+    return 0;
+}
+
+struct lh_gemm_dnnl {
+    dnnl_engine_t eng;
+    dnnl_stream_t stream;
+    dnnl_primitive_t prim[2][2];   /* [nt][beta != 0], every dimension and stride at run time */
+};
+
+void lh_gemm_dnnl_free(lh_gemm_dnnl *g)
+{
+    if (!g)
+        return;
+    for (int i = 0; i < 2; i++)
+        for (int j = 0; j < 2; j++)
+            if (g->prim[i][j])
+                dnnl_primitive_destroy(g->prim[i][j]);
+    if (g->stream)
+        dnnl_stream_destroy(g->stream);
+    if (g->eng)
+        dnnl_engine_destroy(g->eng);
+    free(g);
+}
+
+int lh_gemm_dnnl_new(lh_gemm_dnnl **gp)
+{
+    int rc = -EIO;
+    const dnnl_dim_t R = DNNL_RUNTIME_DIM_VAL;
+    lh_gemm_dnnl *g = calloc(1, sizeof *g);
+    *gp = NULL;
+    if (!g)
+        return -ENOMEM;
+    DNNL_CHECK(dnnl_engine_create(&g->eng, dnnl_cpu, 0));
+    DNNL_CHECK(dnnl_stream_create(&g->stream, g->eng, dnnl_stream_default_flags));
+    for (int nt = 0; nt < 2; nt++)
+        for (int acc = 0; acc < 2; acc++)
+            if ((rc = gemm_prim(g->eng, nt, R, R, R, R, R, R, (float)acc, &g->prim[nt][acc])))
+                goto fail;
+    *gp = g;
+    return 0;
+fail:
+    lh_gemm_dnnl_free(g);
+    return rc ? rc : -EIO;
+}
+
+int lh_gemm_dnnl_run(lh_gemm_dnnl *g, int nt, size_t m, size_t n, size_t k, const float *a,
+                     size_t lda, const float *b, size_t ldb, float *c, size_t ldc, float beta)
+{
+    if (m == 0 || n == 0 || k == 0)
+        return gemm_empty(m, n, c, ldc, beta);
+    int rc = -EIO;
+    dnnl_memory_t ma = NULL, mb = NULL, mc = NULL;
+    dnnl_memory_desc_t amd, bmd, cmd;
+    DNNL_CHECK(md2(&amd, (dnnl_dim_t)m, (dnnl_dim_t)k, (dnnl_dim_t)lda, 1));
+    DNNL_CHECK(b_md(&bmd, nt, (dnnl_dim_t)k, (dnnl_dim_t)n, (dnnl_dim_t)ldb));
+    DNNL_CHECK(md2(&cmd, (dnnl_dim_t)m, (dnnl_dim_t)n, (dnnl_dim_t)ldc, 1));
+    DNNL_CHECK(dnnl_memory_create(&ma, &amd, g->eng, (void *)a));
+    DNNL_CHECK(dnnl_memory_create(&mb, &bmd, g->eng, (void *)b));
+    DNNL_CHECK(dnnl_memory_create(&mc, &cmd, g->eng, c));
+    rc = run3(g->prim[nt != 0][beta != 0], g->stream, ma, mb, mc);
+fail:
+    if (ma)
+        dnnl_memory_destroy(ma);
+    if (mb)
+        dnnl_memory_destroy(mb);
+    if (mc)
+        dnnl_memory_destroy(mc);
+    return rc;
+}
+
+int lh_gemm_sgemm(int nt, size_t m, size_t n, size_t k, const float *a, size_t lda,
+                  const float *b, size_t ldb, float *c, size_t ldc, float beta)
+{
+    if (m == 0 || n == 0 || k == 0)
+        return gemm_empty(m, n, c, ldc, beta);
+    DNNL_CHECK(dnnl_sgemm('N', nt ? 'T' : 'N', (dnnl_dim_t)m, (dnnl_dim_t)n, (dnnl_dim_t)k, 1.0f,
+                          a, (dnnl_dim_t)lda, b, (dnnl_dim_t)ldb, beta, c, (dnnl_dim_t)ldc));
+    return 0;
+fail:
+    return -EIO;
+}
+
+struct lh_headmm {
+    size_t max_m;
+    dnnl_engine_t eng;
+    dnnl_stream_t stream;
+    dnnl_primitive_t prim;     /* m at run time */
+    dnnl_memory_t b_mem;       /* fixed shape, data handle set per call */
+    dnnl_memory_t *a_mem, *c_mem;   /* [max_m + 1], index m */
+};
+
+void lh_headmm_free(lh_headmm *h)
+{
+    if (!h)
+        return;
+    free_mems(h->a_mem, h->max_m + 1);
+    free_mems(h->c_mem, h->max_m + 1);
+    if (h->b_mem)
+        dnnl_memory_destroy(h->b_mem);
+    if (h->prim)
+        dnnl_primitive_destroy(h->prim);
+    if (h->stream)
+        dnnl_stream_destroy(h->stream);
+    if (h->eng)
+        dnnl_engine_destroy(h->eng);
+    free(h);
+}
+
+int lh_headmm_new(lh_headmm **hp, int nt, size_t max_m, size_t n, size_t k, size_t lda,
+                  size_t ldb, size_t ldc, float beta)
+{
+    int rc = -EIO;
+    dnnl_memory_desc_t md;
+    lh_headmm *h = calloc(1, sizeof *h);
+    *hp = NULL;
+    if (!h)
+        return -ENOMEM;
+    h->max_m = max_m;
+    h->a_mem = calloc(max_m + 1, sizeof *h->a_mem);
+    h->c_mem = calloc(max_m + 1, sizeof *h->c_mem);
+    if (!h->a_mem || !h->c_mem || !n || !k) {
+        rc = !n || !k ? -EINVAL : -ENOMEM;
+        goto fail;
+    }
+    DNNL_CHECK(dnnl_engine_create(&h->eng, dnnl_cpu, 0));
+    DNNL_CHECK(dnnl_stream_create(&h->stream, h->eng, dnnl_stream_default_flags));
+    if ((rc = gemm_prim(h->eng, nt, DNNL_RUNTIME_DIM_VAL, (dnnl_dim_t)n, (dnnl_dim_t)k,
+                        (dnnl_dim_t)lda, (dnnl_dim_t)ldb, (dnnl_dim_t)ldc, beta, &h->prim)))
+        goto fail;
+    rc = -EIO;
+    DNNL_CHECK(b_md(&md, nt, (dnnl_dim_t)k, (dnnl_dim_t)n, (dnnl_dim_t)ldb));
+    DNNL_CHECK(dnnl_memory_create(&h->b_mem, &md, h->eng, DNNL_MEMORY_NONE));
+    for (size_t m = 1; m <= max_m; m++) {
+        DNNL_CHECK(md2(&md, (dnnl_dim_t)m, (dnnl_dim_t)k, (dnnl_dim_t)lda, 1));
+        DNNL_CHECK(dnnl_memory_create(&h->a_mem[m], &md, h->eng, DNNL_MEMORY_NONE));
+        DNNL_CHECK(md2(&md, (dnnl_dim_t)m, (dnnl_dim_t)n, (dnnl_dim_t)ldc, 1));
+        DNNL_CHECK(dnnl_memory_create(&h->c_mem[m], &md, h->eng, DNNL_MEMORY_NONE));
+    }
+    *hp = h;
+    return 0;
+fail:
+    lh_headmm_free(h);
+    return rc;
+}
+
+int lh_headmm_run(lh_headmm *h, size_t m, const float *a, const float *b, float *c)
+{
+    if (m == 0)
+        return 0;
+    if (m > h->max_m)
+        return -EINVAL;
+    DNNL_CHECK(dnnl_memory_set_data_handle(h->a_mem[m], (void *)a));
+    DNNL_CHECK(dnnl_memory_set_data_handle(h->b_mem, (void *)b));
+    DNNL_CHECK(dnnl_memory_set_data_handle(h->c_mem[m], c));
+    return run3(h->prim, h->stream, h->a_mem[m], h->b_mem, h->c_mem[m]);
+fail:
+    return -EIO;
 }
 
 void lh_matmul_free(lh_matmul *m)

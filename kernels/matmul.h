@@ -47,4 +47,32 @@ void lh_gemm_nt(size_t m, size_t n, size_t k, const float *a, size_t lda, const 
 void lh_gemm_nn(size_t m, size_t n, size_t k, const float *a, size_t lda, const float *b,
                 size_t ldb, float *c, size_t ldc, float beta);
 
+/* ---- the same products through oneDNN (issue 13: "each head's attention through oneDNN") ----
+ * Measured against lh_gemm_nt / lh_gemm_nn by `longheads-kbench headmm` on LongHeads' per-head
+ * shapes; the hand-written kernels above stay where they win (see kernels/matmul.c for the
+ * figures).  Every object below is used by one thread at a time: make one per thread.  Inside our
+ * own parallel region oneDNN runs single-threaded (it sees omp_in_parallel()).
+ *
+ * lh_gemm_dnnl: any shape.  Four matmul primitives (Bᵀ or B, beta 0 or 1) with every dimension
+ * and stride a runtime value, created once at _new; each call makes (and frees) the three memory
+ * objects its shape needs, which oneDNN's C API requires for runtime shapes. */
+typedef struct lh_gemm_dnnl lh_gemm_dnnl;
+int lh_gemm_dnnl_new(lh_gemm_dnnl **gp);
+void lh_gemm_dnnl_free(lh_gemm_dnnl *g);
+/* lh_gemm_nt (nt != 0) or lh_gemm_nn (nt == 0) through oneDNN; beta 0 or 1.  0 or -EIO/-ENOMEM. */
+int lh_gemm_dnnl_run(lh_gemm_dnnl *g, int nt, size_t m, size_t n, size_t k, const float *a,
+                     size_t lda, const float *b, size_t ldb, float *c, size_t ldc, float beta);
+/* The same through dnnl_sgemm (oneDNN's BLAS-like entry point, no primitive). */
+int lh_gemm_sgemm(int nt, size_t m, size_t n, size_t k, const float *a, size_t lda,
+                  const float *b, size_t ldb, float *c, size_t ldc, float beta);
+
+/* lh_headmm: one shape class, C (m, n) (+)= A (m, k) · op(B) with n, k, the leading dimensions and
+ * beta fixed at _new and m (1 .. max_m) at run time: one primitive and one set of memory objects
+ * per m made at _new, so _run allocates nothing (LongHeads' full chunks: n = w keys, k = d). */
+typedef struct lh_headmm lh_headmm;
+int lh_headmm_new(lh_headmm **hp, int nt, size_t max_m, size_t n, size_t k, size_t lda,
+                  size_t ldb, size_t ldc, float beta);
+void lh_headmm_free(lh_headmm *h);
+int lh_headmm_run(lh_headmm *h, size_t m, const float *a, const float *b, float *c);
+
 #endif

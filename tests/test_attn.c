@@ -90,7 +90,8 @@ static void test_dense_f32(void)
         check_dense(2, 2, hds[i], LH_TYPE_F32, 17, 5, 3);
     }
     check_dense(4, 4, 64, LH_TYPE_F32, 1, 256, 2);       /* decode past two key tiles */
-    check_dense(4, 4, 64, LH_TYPE_F32, 40, 257, 2);      /* batch at pos0 > 0, 3 query blocks */
+    check_dense(4, 4, 64, LH_TYPE_F32, 40, 257, 2);      /* batch at pos0 > 0 */
+    check_dense(2, 2, 17, LH_TYPE_F32, 150, 3, 2);       /* 3 query blocks of 50 (64 at most) */
 }
 
 static void test_dense_f16(void)
@@ -107,6 +108,7 @@ static void test_dense_gqa(void)
 {
     check_dense(6, 2, 17, LH_TYPE_F32, 1, 0, 2);         /* group 3 */
     check_dense(6, 2, 17, LH_TYPE_F32, 19, 130, 2);
+    check_dense(6, 2, 16, LH_TYPE_F32, 50, 70, 2);       /* group 3: blocks of 17 queries */
     check_dense(8, 2, 64, LH_TYPE_F32, 1, 500, 8);       /* group 4, split for 8 threads */
     check_dense(8, 1, 32, LH_TYPE_F32, 5, 129, 16);      /* one KV head, many threads */
     check_dense(4, 2, 3, LH_TYPE_F32, 257, 0, 3);        /* a long batch from position 0 */
@@ -115,6 +117,23 @@ static void test_dense_gqa(void)
     check_dense(8, 2, 64, LH_TYPE_F32, 2, 129, 1);       /* 2 queries x group 4 */
     check_dense(32, 4, 64, LH_TYPE_F16, 1, 1000, 2);     /* TinyLlama's group of 8 */
     check_dense(12, 12, 64, LH_TYPE_F32, 1, 2000, 2);    /* stories110M's heads, 16 key tiles */
+}
+
+/* Decode splits the key tiles of all KV heads evenly over the threads; a KV head cut between two
+ * threads is finished by a log-sum-exp merge of their partial states. */
+static void test_dense_split(void)
+{
+    check_dense(3, 3, 64, LH_TYPE_F16, 1, 700, 2);       /* 3 KV heads on 2 threads: one cut */
+    check_dense(3, 3, 64, LH_TYPE_F32, 1, 700, 2);
+    check_dense(2, 2, 16, LH_TYPE_F32, 3, 300, 3);       /* 3 queries, masked last tile, cuts */
+    check_dense(1, 1, 64, LH_TYPE_F32, 1, 2000, 4);      /* one head cut in four */
+    check_dense(1, 1, 64, LH_TYPE_F32, 1, 100, 4);       /* fewer tiles than threads */
+    check_dense(4, 1, 24, LH_TYPE_F16, 2, 1500, 3);      /* head_dim 24: the AVX2 loops */
+    check_dense(8, 2, 64, LH_TYPE_F16, 1, 333, 5);       /* group 4, five threads */
+    /* head_dim 64: rows in pairs for the scores and fours for P·V, and the rows left over */
+    check_dense(6, 2, 64, LH_TYPE_F32, 1, 300, 2);       /* group 3 */
+    check_dense(12, 2, 64, LH_TYPE_F16, 1, 300, 2);      /* group 6 */
+    check_dense(5, 1, 64, LH_TYPE_F32, 1, 130, 1);       /* group 5, a tile of 3 keys */
 }
 
 static void test_store_scratch(void)
@@ -147,5 +166,6 @@ void lh_test_attn(void)
     CU_add_test(s, "dense F32", test_dense_f32);
     CU_add_test(s, "dense F16", test_dense_f16);
     CU_add_test(s, "dense GQA", test_dense_gqa);
+    CU_add_test(s, "dense decode split over threads", test_dense_split);
     CU_add_test(s, "store and scratch size", test_store_scratch);
 }

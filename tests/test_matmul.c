@@ -8,6 +8,9 @@
 #include <string.h>
 
 #include "matmul.h"
+#ifdef _OPENMP
+#include <omp.h>
+#endif
 
 static uint64_t rng = 0xd1b54a32d192ed03ull;
 
@@ -207,6 +210,11 @@ static void gemm_ref(int nt, size_t m, size_t n, size_t k, const float *a, size_
         }
 }
 
+/* What check_gemm runs: 0 the hand-written lh_gemm_nt/nn, 1 lh_gemm_dnnl_run (oneDNN matmul,
+ * runtime shapes), 2 lh_gemm_sgemm (dnnl_sgemm). */
+static int gemm_impl;
+static lh_gemm_dnnl *gemm_dnnl;
+
 static void check_gemm(int nt, size_t m, size_t n, size_t k, float beta)
 {
     /* padded leading dimensions, so a kernel that assumes packed rows fails */
@@ -221,7 +229,11 @@ static void check_gemm(int nt, size_t m, size_t n, size_t k, float beta)
         b[i] = frand(-1, 1);
     for (size_t i = 0; i < m * ldc; i++)
         c[i] = cr[i] = beta != 0 ? frand(-1, 1) : NAN;   /* beta 0 must not read C */
-    if (nt)
+    if (gemm_impl == 1) {
+        CU_ASSERT_EQUAL(lh_gemm_dnnl_run(gemm_dnnl, nt, m, n, k, a, lda, b, ldb, c, ldc, beta), 0);
+    } else if (gemm_impl == 2) {
+        CU_ASSERT_EQUAL(lh_gemm_sgemm(nt, m, n, k, a, lda, b, ldb, c, ldc, beta), 0);
+    } else if (nt)
         lh_gemm_nt(m, n, k, a, lda, b, ldb, c, ldc, beta);
     else
         lh_gemm_nn(m, n, k, a, lda, b, ldb, c, ldc, beta);
@@ -235,8 +247,8 @@ static void check_gemm(int nt, size_t m, size_t n, size_t k, float beta)
             bad += !(isnan(c[i * ldc + j]) ? isnan(cr[i * ldc + j]) : c[i * ldc + j] == cr[i * ldc + j]);
     }
     if (bad)
-        fprintf(stderr, "\n  gemm_%s m %zu n %zu k %zu beta %g: %d bad\n", nt ? "nt" : "nn", m, n,
-                k, beta, bad);
+        fprintf(stderr, "\n  gemm_%s (impl %d) m %zu n %zu k %zu beta %g: %d bad\n",
+                nt ? "nt" : "nn", gemm_impl, m, n, k, beta, bad);
     CU_ASSERT_EQUAL(bad, 0);
     free(a), free(b), free(c), free(cr), free(mag);
 }
@@ -258,6 +270,61 @@ static void test_gemm(void)
     check_gemm(0, 5, 64, 300, 0);   /* k over the nn k-slice (256) */
 }
 
+/* The oneDNN versions of the per-head products (issue 13's measurement) on the same cases, and
+ * the fixed-shape lh_headmm at every m against the reference. */
+static void test_gemm_dnnl(void)
+{
+#ifdef _OPENMP
+    /* lh_gemm_nt/nn themselves hand 16+ rows to dnnl_sgemm where it stays single-threaded: inside
+     * an active parallel region (attention's) or with one thread, as here */
+    int nt_save = omp_get_max_threads();
+    omp_set_num_threads(1);
+    test_gemm();
+    omp_set_num_threads(nt_save);
+#endif
+    CU_ASSERT_FATAL(lh_gemm_dnnl_new(&gemm_dnnl) == 0);
+    for (gemm_impl = 1; gemm_impl <= 2; gemm_impl++)
+        test_gemm();
+    gemm_impl = 0;
+    lh_gemm_dnnl_free(gemm_dnnl);
+    gemm_dnnl = NULL;
+    lh_gemm_dnnl_free(NULL);
+
+    /* LongHeads' full-chunk products: scores (m, 64) = Q (m, 17) Kᵀ; P·V (m, 17) += P (m, 64) V */
+    for (int nt = 0; nt < 2; nt++) {
+        size_t n = nt ? 64 : 17, k = nt ? 17 : 64, lda = k + 3, ldb = (nt ? k : n) + 1, ldc = n + 2;
+        float beta = nt ? 0.0f : 1.0f;
+        lh_headmm *h;
+        CU_ASSERT_FATAL(lh_headmm_new(&h, nt, 7, n, k, lda, ldb, ldc, beta) == 0);
+        size_t brows = nt ? n : k;
+        float *a = malloc(7 * lda * sizeof *a), *b = malloc(brows * ldb * sizeof *b);
+        float *c = malloc(7 * ldc * sizeof *c), *cr = malloc(7 * ldc * sizeof *cr);
+        double *mag = malloc(7 * n * sizeof *mag);
+        for (size_t i = 0; i < 7 * lda; i++)
+            a[i] = frand(-1, 1);
+        for (size_t i = 0; i < brows * ldb; i++)
+            b[i] = frand(-1, 1);
+        for (size_t m = 1; m <= 7; m += 3) {
+            for (size_t i = 0; i < 7 * ldc; i++)
+                c[i] = cr[i] = frand(-1, 1);
+            CU_ASSERT_EQUAL(lh_headmm_run(h, m, a, b, c), 0);
+            gemm_ref(nt, m, n, k, a, lda, b, ldb, cr, ldc, beta, mag);
+            int bad = 0;
+            for (size_t i = 0; i < 7; i++)
+                for (size_t j = 0; j < ldc; j++) {
+                    double e = fabs((double)c[i * ldc + j] - cr[i * ldc + j]);
+                    /* rows past m and the padding are untouched */
+                    bad += i < m && j < n ? !(e <= 1e-5 * mag[i * n + j] + 1e-30) : e != 0;
+                }
+            CU_ASSERT_EQUAL(bad, 0);
+        }
+        CU_ASSERT_EQUAL(lh_headmm_run(h, 8, a, b, c), -EINVAL);   /* over max_m */
+        lh_headmm_free(h);
+        free(a), free(b), free(c), free(cr), free(mag);
+    }
+    lh_headmm_free(NULL);
+}
+
 void lh_test_matmul(void)
 {
     CU_pSuite s = CU_add_suite("matmul", NULL, NULL);
@@ -269,4 +336,5 @@ void lh_test_matmul(void)
     CU_add_test(s, "Q4_0 .. Q5_1, Q2_K .. Q6_K, IQ4_NL (GEMV, panels + tail)", test_matmul_quant);
     CU_add_test(s, "errors", test_matmul_errors);
     CU_add_test(s, "gemm nt/nn", test_gemm);
+    CU_add_test(s, "gemm nt/nn through oneDNN", test_gemm_dnnl);
 }

@@ -8,9 +8,10 @@
  *
  *   GEMV: decode (M = 1) for every weight type at TinyLlama-1.1B's shapes, ms and GB/s of weights.
  *
- * Usage: longheads-kbench [max_ctx | gemv]   (default 16384; attention contexts 1k, 4k, then x4
- * up to max_ctx; `gemv`: the GEMV table only).  The default run takes about a minute on two
- * cores.
+ * Usage: longheads-kbench [max_ctx | gemv | attn [max_ctx] | headmm]   (default 16384; attention
+ * contexts 1k, 4k, then x4 up to max_ctx; `gemv`: the GEMV table only; `attn`: the attention
+ * table only; `headmm`: LongHeads' per-head products, hand-written against oneDNN, only).  The
+ * default run takes about a minute on two cores; `headmm` about 15 s.
  */
 #include <errno.h>
 #include <stdio.h>
@@ -263,15 +264,16 @@ static int run_attn_ref(void *p)
 
 static int bench_attn(size_t max_ctx, size_t n_threads)
 {
-    /* a 768-wide model (12 heads of 64) and a GQA one (32 query heads over 8 KV heads of 128) */
-    static const size_t heads[][3] = {{12, 12, 64}, {32, 8, 128}};
+    /* a 768-wide model (12 heads of 64: stories110M), TinyLlama-1.1B's GQA (32 query heads over 4
+     * KV heads of 64) and a GQA one with heads of 128 (32 over 8) */
+    static const size_t heads[][3] = {{12, 12, 64}, {32, 4, 64}, {32, 8, 128}};
     static const lh_type kvts[] = {LH_TYPE_F32, LH_TYPE_F16};
     size_t n_batch = 64;
     printf("\ndense attention, per token (decode: 1 query at the end of the context; prefill: a\n"
            "slice of %zu queries ending there), %zu threads\n", n_batch, n_threads);
-    printf("%-5s %-10s %7s %12s %12s %12s %10s\n", "kv", "heads", "ctx", "decode", "prefill/tok",
-           "ref decode", "ref/dense");
-    for (size_t hi = 0; hi < 2; hi++)
+    printf("%-5s %-10s %7s %12s %9s %12s %12s %10s\n", "kv", "heads", "ctx", "decode", "KV GB/s",
+           "prefill/tok", "ref decode", "ref/dense");
+    for (size_t hi = 0; hi < sizeof heads / sizeof *heads; hi++)
         for (size_t ki = 0; ki < 2; ki++) {
             lh_attn_shape s = {heads[hi][0], heads[hi][1], heads[hi][2], max_ctx, kvts[ki]};
             size_t esz = kvts[ki] == LH_TYPE_F16 ? 2 : 4;
@@ -308,8 +310,11 @@ static int bench_attn(size_t max_ctx, size_t n_threads)
                     snprintf(ref, sizeof ref, "%12s", "-");
                     snprintf(rr, sizeof rr, "%10s", "-");
                 }
-                printf("%-5s %-10s %7zu %9.3f ms %9.3f ms %12s %10s\n", lh_type_name(s.kv_type),
-                       hs, ctx, td * 1e3, tp * 1e3, ref, rr);
+                /* decode reads every K and V row of the context once */
+                double kv_bytes = 2.0 * (double)ctx * (double)kv_w * (double)esz;
+                printf("%-5s %-10s %7zu %9.3f ms %9.1f %9.3f ms %12s %10s\n",
+                       lh_type_name(s.kv_type), hs, ctx, td * 1e3, kv_bytes / td * 1e-9, tp * 1e3,
+                       ref, rr);
                 fflush(stdout);
             }
             free(k), free(v), free(row), free(q), free(out), free(scratch);
@@ -317,15 +322,172 @@ static int bench_attn(size_t max_ctx, size_t n_threads)
     return 0;
 }
 
+/* ---- LongHeads' per-head products: hand-written kernels against oneDNN ---------------------- */
+
+enum { HM_HAND, HM_DNNL, HM_HEADMM, HM_SGEMM, HM_N };
+static const char *const hm_names[HM_N] = {"lh_gemm", "dnnl rt", "dnnl fixed", "sgemm"};
+
+typedef struct {
+    int impl, whole;
+    size_t n_head, group, d, L, M, w;
+    const float *q;        /* (n_head, M, d) */
+    const float *k, *v;    /* (n_kv, L, d): each KV head's gathered chunks */
+    float *s, *o;          /* per thread: (M, L) scores, (M, d) outputs */
+    lh_gemm_dnnl **g;      /* [thread] */
+    lh_headmm **hnt, **hnn; /* [thread] the two shape classes */
+    int rc;
+} hm_arg;
+
+/* C (m, n) (+)= A · op(B) through the chosen implementation, on thread t */
+static int hm_gemm(const hm_arg *a, size_t t, int nt, size_t m, size_t n, size_t k, const float *x,
+                   size_t lda, const float *b, size_t ldb, float *c, size_t ldc, float beta)
+{
+    switch (a->impl) {
+    case HM_DNNL:
+        return lh_gemm_dnnl_run(a->g[t], nt, m, n, k, x, lda, b, ldb, c, ldc, beta);
+    case HM_HEADMM:
+        return lh_headmm_run(nt ? a->hnt[t] : a->hnn[t], m, x, b, c);
+    case HM_SGEMM:
+        return lh_gemm_sgemm(nt, m, n, k, x, lda, b, ldb, c, ldc, beta);
+    default:
+        if (nt)
+            lh_gemm_nt(m, n, k, x, lda, b, ldb, c, ldc, beta);
+        else
+            lh_gemm_nn(m, n, k, x, lda, b, ldb, c, ldc, beta);
+        return 0;
+    }
+}
+
+/* Heads 0 .. n_head-1 of a layer: scores of its M queries against its L gathered keys, then P·V
+ * (the softmax between them is the same for every implementation and left out).  Per chunk of w
+ * keys (what LongHeads runs: each chunk's queries are rotated for that chunk's slot) or, `whole`,
+ * as one product over the L keys.  OpenMP over heads, the products single-threaded inside. */
+static int run_hm(void *p)
+{
+    hm_arg *a = p;
+    int rc = 0;
+#ifdef _OPENMP
+#pragma omp parallel for schedule(static) if (a->n_head > 1)
+#endif
+    for (long hl = 0; hl < (long)a->n_head; hl++) {
+        size_t h = (size_t)hl, t = 0;
+#ifdef _OPENMP
+        t = (size_t)omp_get_thread_num();
+#endif
+        size_t d = a->d, L = a->L, M = a->M, step = a->whole ? L : a->w;
+        const float *q = a->q + h * M * d;
+        const float *k = a->k + h / a->group * L * d, *v = a->v + h / a->group * L * d;
+        float *s = a->s + t * M * L, *o = a->o + t * M * d;
+        int r = 0;
+        for (size_t j = 0; j < L && !r; j += step)
+            r = hm_gemm(a, t, 1, M, step, d, q, d, k + j * d, d, s + j, L, 0.0f);
+        for (size_t i = 0; i < M; i++)
+            memset(o + i * d, 0, d * sizeof *o);
+        for (size_t j = 0; j < L && !r; j += step)
+            r = hm_gemm(a, t, 0, M, d, step, s + j, L, v + j * d, d, o, d, 1.0f);
+        if (r)
+            rc = r;   /* benign race: any failure is reported */
+    }
+    return rc;
+}
+
+static int bench_headmm(size_t n_threads)
+{
+    /* stories260K (8 heads over 4 KV heads of 8), stories110M (12 of 64), TinyLlama-1.1B (32 over
+     * 4 KV heads of 64); chunks of w = 64 keys */
+    static const struct { const char *name; size_t nh, nkv, d; } shapes[] = {
+        {"260K", 8, 4, 8}, {"110M", 12, 12, 64}, {"1.1B", 32, 4, 64}};
+    static const size_t Ls[] = {512, 4096}, Ms[] = {1, 4, 16, 64};
+    const size_t w = 64;
+    int rc = 0;
+    printf("\nLongHeads per-head products, one head on one thread (as each thread runs its\n"
+           "heads inside the OpenMP region over heads; oneDNN single-threaded there): scores\n"
+           "Q (M, d) Kᵀ over L gathered keys, then P·V, per chunk of %zu keys (as LongHeads runs\n"
+           "them) or as one product over all L (whole); µs per head, best of runs.  dnnl rt: a\n"
+           "runtime-shape oneDNN matmul (memory objects made per call); dnnl fixed: one primitive\n"
+           "per shape class with runtime M (nothing made per call); sgemm: dnnl_sgemm; lh_gemm:\n"
+           "lh_gemm_nt/nn as they dispatch (hand-written kernels below 16 rows, sgemm from 16)\n",
+           w);
+    printf("%-5s %5s %3s %-6s", "model", "L", "M", "gran");
+    for (int i = 0; i < HM_N; i++)
+        printf(" %11s", hm_names[i]);
+    printf(" %9s\n", "dnnl/lh");
+    lh_gemm_dnnl **g = calloc(n_threads, sizeof *g);
+    lh_headmm **hnt = calloc(n_threads, sizeof *hnt), **hnn = calloc(n_threads, sizeof *hnn);
+    if (!g || !hnt || !hnn)
+        return -ENOMEM;
+    for (size_t t = 0; t < n_threads && !rc; t++)
+        rc = lh_gemm_dnnl_new(&g[t]);
+    for (size_t si = 0; si < 3 && !rc; si++)
+        for (size_t li = 0; li < 2 && !rc; li++)
+            for (size_t mi = 0; mi < 4 && !rc; mi++)
+                for (int whole = 0; whole < 2 && !rc; whole++) {
+                    size_t nh = shapes[si].nh, nkv = shapes[si].nkv, d = shapes[si].d;
+                    size_t L = Ls[li], M = Ms[mi], step = whole ? L : w;
+                    float *q = malloc(nh * M * d * sizeof *q), *k = malloc(nkv * L * d * sizeof *k);
+                    float *v = malloc(nkv * L * d * sizeof *v);
+                    float *s = malloc(n_threads * M * L * sizeof *s);
+                    float *o = malloc(n_threads * M * d * sizeof *o);
+                    if (!q || !k || !v || !s || !o)
+                        return -ENOMEM;
+                    for (size_t i = 0; i < nh * M * d; i++)
+                        q[i] = frand();
+                    for (size_t i = 0; i < nkv * L * d; i++)
+                        k[i] = frand(), v[i] = frand();
+                    for (size_t t = 0; t < n_threads && !rc; t++) {
+                        rc = lh_headmm_new(&hnt[t], 1, M, step, d, d, d, L, 0.0f);
+                        if (!rc)
+                            rc = lh_headmm_new(&hnn[t], 0, M, d, step, L, d, d, 1.0f);
+                    }
+                    hm_arg a = {0, whole, 1, nh / nkv, d, L, M, w, q, k, v, s, o, g, hnt, hnn, 0};
+                    double ts[HM_N], best = 0;
+                    printf("%-5s %5zu %3zu %-6s", shapes[si].name, L, M, whole ? "whole" : "chunk");
+                    for (int i = 0; i < HM_N && !rc; i++) {
+                        a.impl = i;
+                        ts[i] = timeit(run_hm, &a, 0.1);
+                        if (ts[i] < 0)
+                            rc = -EIO;
+                        if (i > 0 && (best == 0 || ts[i] < best))
+                            best = ts[i];
+                        printf(" %11.1f", ts[i] * 1e6);
+                    }
+                    printf(" %8.2fx\n", ts[0] > 0 ? best / ts[0] : 0);
+                    fflush(stdout);
+                    for (size_t t = 0; t < n_threads; t++) {
+                        lh_headmm_free(hnt[t]), lh_headmm_free(hnn[t]);
+                        hnt[t] = hnn[t] = NULL;
+                    }
+                    free(q), free(k), free(v), free(s), free(o);
+                }
+    for (size_t t = 0; t < n_threads; t++)
+        lh_gemm_dnnl_free(g[t]);
+    free(g), free(hnt), free(hnn);
+    return rc;
+}
+
 int main(int argc, char **argv)
 {
     size_t max_ctx = 16384;
     int gemv_only = argc > 1 && !strcmp(argv[1], "gemv");
-    if (argc > 1 && !gemv_only) {
+    int attn_only = argc > 1 && !strcmp(argv[1], "attn");   /* attn [max_ctx] */
+    int headmm_only = argc > 1 && !strcmp(argv[1], "headmm");
+    if (headmm_only) {
+#ifdef _OPENMP
+        omp_set_num_threads(1);   /* oneDNN as it runs inside our region over heads */
+#endif
+        int hrc = bench_headmm(1);
+        if (hrc)
+            fprintf(stderr, "kbench: failed: %d\n", hrc);
+        return hrc ? 1 : 0;
+    }
+    const char *ctx_arg = attn_only ? (argc > 2 ? argv[2] : NULL) : (gemv_only ? NULL : argv[1]);
+    if (argc > 1 && ctx_arg) {
         char *end;
-        unsigned long long v = strtoull(argv[1], &end, 10);
+        unsigned long long v = strtoull(ctx_arg, &end, 10);
         if (*end || v < 1024 || v > (1ull << 20)) {
-            fprintf(stderr, "usage: %s [max_ctx: 1024 .. 1048576 | gemv]\n", argv[0]);
+            fprintf(stderr,
+                    "usage: %s [max_ctx: 1024 .. 1048576 | gemv | attn [max_ctx] | headmm]\n",
+                    argv[0]);
             return 2;
         }
         max_ctx = (size_t)v;
@@ -335,8 +497,8 @@ int main(int argc, char **argv)
     n_threads = (size_t)omp_get_max_threads();
 #endif
     printf("longheads-kbench: %zu threads\n\n", n_threads);
-    int rc = bench_gemv();
-    if (rc == 0 && !gemv_only)
+    int rc = attn_only ? 0 : bench_gemv();
+    if (rc == 0 && !gemv_only && !attn_only)
         rc = bench_matmul();
     if (rc == 0 && !gemv_only)
         rc = bench_attn(max_ctx, n_threads);
