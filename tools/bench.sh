@@ -11,7 +11,8 @@
 #                                      thing").
 #   BENCH_MODELS="small:f32 ..."       SHAPE:TYPE list for the pp512/tg64 table (shapes small =
 #                                      stories110M, 1b = TinyLlama-1.1B, tiny = stories260K;
-#                                      types f32 f16 bf16 q8_0); default: all eight small and 1b.
+#                                      types f32 f16 bf16 q8_0 q4_0 q4_k q5_k q6_k); default:
+#                                      the eight small files and 1b in f32 f16 bf16 q8_0 q4_k.
 #   BENCH_DEPTH=16384                  context depth of the "at depth" section (0: skip it).
 #   BENCH_REPS=3                       repetitions (best of, ours; llama-bench reports its mean);
 #                                      unset: 3, and 2 for the 1b files.
@@ -43,7 +44,7 @@ B=${1:-build}
 D=$B/bench
 mkdir -p "$D"
 REPS=${BENCH_REPS:-3}
-MODELS=${BENCH_MODELS:-"small:f32 small:f16 small:bf16 small:q8_0 small:q4_0 small:q4_k small:q5_k small:q6_k 1b:f16 1b:q8_0 1b:q4_k"}
+MODELS=${BENCH_MODELS:-"small:f32 small:f16 small:bf16 small:q8_0 small:q4_0 small:q4_k small:q5_k small:q6_k 1b:f32 1b:f16 1b:bf16 1b:q8_0 1b:q4_k"}
 DEPTH=${BENCH_DEPTH:-16384}
 SECTIONS=${BENCH_SECTIONS:-"side depth daemon"}
 LB=${LLAMA_BENCH:-}
