@@ -519,11 +519,11 @@ static void gemv(const lh_matmul *m, const void *w, const float *x, float *y)
 
 /* Prefill for quantised weights: every activation row quantised to 8 bits once (as for the
  * GEMV).  Where the build has a panel kernel for the type (AVX-512 VNNI: Q4_0, Q5_0, Q8_0,
- * IQ4_NL, Q2_K .. Q6_K), each thread unpacks 16 W rows at a time into its panel (lh_q8p_pack:
- * one byte per level, 4 levels of each of the 16 rows per 64-byte line) and multiplies it with
- * every activation row of the slice (lh_q8p_gemm: one vpdpbusd per line and 4 activation rows,
- * no horizontal sums); the unpacking is done once per 16 rows per call, against n_rows rows of
- * work.  Otherwise blocks of 16 W rows against ACT_BLOCK activation rows at a time with the fused
+ * IQ4_NL, Q2_K .. Q6_K), each thread unpacks 32 W rows at a time into its panel (lh_q8p_pack:
+ * one byte per level, 4 levels of each of 16 rows per 64-byte line) and multiplies it with
+ * every activation row of the slice (lh_q8p_gemm: one vpdpbusd per line and activation row, a
+ * 32 x 4 register block, no horizontal sums); the unpacking is done once per 32 rows per call,
+ * against n_rows rows of work.  Otherwise blocks of 16 W rows against ACT_BLOCK activation rows at a time with the fused
  * integer dot products (lh_gemm_q8: each W block unpacked once per four activation rows).  Both
  * are llama.cpp's own method for these types (its results carry the same 8-bit activation
  * rounding) and stream W once per call (or per ACT_BLOCK rows) instead of converting it to F32
@@ -552,7 +552,7 @@ static void gemm_q8(const lh_matmul *m, const void *w, const float *x, size_t n_
             lh_q8p_corr(t, xq + r * qs, n_in, corr + r * nc);
     }
     if (m->panels) {
-        size_t n_grp = (n_out + 15) / 16;
+        size_t n_grp = (n_out + LH_Q8P_ROWS - 1) / LH_Q8P_ROWS;
         OMP(omp parallel num_threads(m->n_thr))
         {
 #ifdef _OPENMP
@@ -562,7 +562,7 @@ static void gemm_q8(const lh_matmul *m, const void *w, const float *x, size_t n_
 #endif
             OMP(omp for schedule(static))
             for (size_t g = 0; g < n_grp; g++) {
-                size_t o = g * 16, nr = n_out - o < 16 ? n_out - o : 16;
+                size_t o = g * LH_Q8P_ROWS, nr = n_out - o < LH_Q8P_ROWS ? n_out - o : LH_Q8P_ROWS;
                 lh_q8p_pack(t, (const char *)w + o * rs, rs, nr, n_in, panel);
                 lh_q8p_gemm(t, panel, nr, xq, qs, corr, nc, n_rows, n_in, y + o, n_out);
             }

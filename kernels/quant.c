@@ -2257,14 +2257,15 @@ void lh_gemm_q8(lh_type t, const void *rows, size_t row_size, size_t n_rows, con
         lh_dot_rows_q8(t, rows, row_size, xa + a * xq_stride, n, y + a * ldy, n_rows);
 }
 
-/* ---- interleaved panels of 16 weight rows (prefill, AVX-512 VNNI) ----------------------------
+/* ---- interleaved panels of 32 weight rows (prefill, AVX-512 VNNI) ----------------------------
  *
- * lh_gemm_q8 above still takes one weight row at a time and reduces 8 lanes per block.  Here 16
- * weight rows are first unpacked (lh_q8p_pack, once per matmul call per 16 rows) into a panel in
- * which every 64-byte line holds 4 consecutive levels of each of the 16 rows, as unsigned bytes.
- * One vpdpbusd of such a line with 4 activation bytes broadcast to all lanes adds 4 products to
- * each of the 16 rows' sums, so a block's integer dot products for 16 rows come out in one
- * register with no horizontal sums, and every line serves LH_Q8P_NA activation rows.
+ * lh_gemm_q8 above still takes one weight row at a time and reduces 8 lanes per block.  Here 32
+ * weight rows are first unpacked (lh_q8p_pack, once per matmul call per 32 rows) into a panel in
+ * which every 128-byte line pair holds 4 consecutive levels of each of the 32 rows, as unsigned
+ * bytes (row r at byte 4r).  One vpdpbusd of a 64-byte line with 4 activation bytes broadcast to
+ * all lanes adds 4 products to each of 16 rows' sums, so a block's integer dot products for 32
+ * rows come out in two registers with no horizontal sums, and every line serves LH_Q8P_NA
+ * activation rows (a 32 x 4 register block: 8 loads of 64 bytes per 8 vpdpbusd).
  *
  * Level offsets (Q4_0's -8, Q5_0's -16, the +128 that makes Q8_0/IQ4_NL levels unsigned) are
  * integer corrections -off·Σa per activation block (lh_q8p_corr) that start each block's sum;
@@ -2305,15 +2306,17 @@ static size_t q8p_block(lh_type t)
  * of 16 elements. */
 static int q8p_nsub(lh_type t) { return t == LH_TYPE_Q4_K || t == LH_TYPE_Q5_K ? 8 : 16; }
 
-/* Bytes of one panel block: the levels (block/4 lines of 64 bytes), then for 32-blocks the 16
- * F32 scales; for K-quants NSUB lines of int32 scales, 8 lines of int16 pairs (the min/offset
- * multipliers of bsums 2k, 2k+1), 16 F32 d and 16 F32 dm (the min/offset term's float factor). */
+/* Bytes of one panel block, in 128-byte line pairs (32 rows x 4 bytes): the levels (block/4
+ * line pairs), then for 32-blocks the 32 F32 scales; for K-quants NSUB line pairs of int32
+ * scales, 8 of int16 pairs (the min/offset multipliers of bsums 2k, 2k+1), 32 F32 d and 32 F32
+ * dm (the min/offset term's float factor). */
+#define LP 128
 static size_t q8p_block_bytes(lh_type t)
 {
     size_t b = q8p_block(t);
     if (b == 32)
-        return 8 * 64 + 64;
-    return 64 * 64 + (size_t)q8p_nsub(t) * 64 + 8 * 64 + 2 * 64;
+        return 8 * LP + LP;
+    return 64 * LP + (size_t)q8p_nsub(t) * LP + 8 * LP + 2 * LP;
 }
 
 int lh_q8p_has(lh_type t) { return q8p_block(t) != 0; }
@@ -2504,18 +2507,19 @@ void lh_q8p_pack(lh_type t, const void *rows, size_t row_size, size_t n_rows, si
     size_t blk = q8p_block(t);
     if (!blk)
         return;
-    size_t nb = n / blk, bb = q8p_block_bytes(t), nr = n_rows < 16 ? n_rows : 16;
+    size_t nb = n / blk, bb = q8p_block_bytes(t), nr = n_rows < LH_Q8P_ROWS ? n_rows : LH_Q8P_ROWS;
     uint8_t *p = panel;
-    /* the levels of the 16 rows of one block, row-major; a line of the panel is 4 bytes of each
-     * row, gathered (rows past n_rows stay 0, as do their scales) */
-    _Alignas(64) uint8_t u[16 * LH_QK_K];
-    if (nr < 16) {
+    /* the levels of the 32 rows of one block, row-major; a 64-byte line of the panel is 4 bytes of
+     * each of 16 rows, gathered (rows past n_rows stay 0, as do their scales) */
+    _Alignas(64) uint8_t u[LH_Q8P_ROWS * LH_QK_K];
+    if (nr < LH_Q8P_ROWS) {
         memset(p, 0, nb * bb);
         memset(u, 0, sizeof u);
     }
     const __m512i rix = _mm512_mullo_epi32(_mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11,
                                                              12, 13, 14, 15),
                                            _mm512_set1_epi32((int)(blk / 4)));
+    const __m512i hix = _mm512_set1_epi32((int)(16 * blk / 4));
     int nsub = q8p_nsub(t);
     for (size_t i = 0; i < nb; i++) {
         uint8_t *pb = p + i * bb;
@@ -2523,25 +2527,28 @@ void lh_q8p_pack(lh_type t, const void *rows, size_t row_size, size_t n_rows, si
             const char *row = (const char *)rows + r * row_size;
             if (blk == 32) {
                 float d = q8p_unpack32(t, row, i, u + 32 * r);
-                memcpy(pb + 512 + 4 * r, &d, 4);
+                memcpy(pb + 8 * LP + 4 * r, &d, 4);
             } else {
                 int32_t sc[16];
                 int16_t mn[16];
                 float d, dm;
                 q8p_unpackK(t, row, i, u + LH_QK_K * r, sc, mn, &d, &dm);
-                uint8_t *ps = pb + 64 * 64, *pm = ps + 64 * nsub, *pd = pm + 8 * 64;
+                uint8_t *ps = pb + 64 * LP, *pm = ps + LP * nsub, *pd = pm + 8 * LP;
                 for (int j = 0; j < nsub; j++)
-                    memcpy(ps + 64 * j + 4 * r, &sc[j], 4);
+                    memcpy(ps + LP * j + 4 * r, &sc[j], 4);
                 for (int k = 0; k < 8; k++)
-                    memcpy(pm + 64 * k + 4 * r, &mn[2 * k], 4);
+                    memcpy(pm + LP * k + 4 * r, &mn[2 * k], 4);
                 memcpy(pd + 4 * r, &d, 4);
-                memcpy(pd + 64 + 4 * r, &dm, 4);
+                memcpy(pd + LP + 4 * r, &dm, 4);
             }
         }
-        for (size_t s = 0; s < blk / 4; s++)
-            _mm512_store_si512((void *)(pb + 64 * s),
-                               _mm512_i32gather_epi32(_mm512_add_epi32(rix, _mm512_set1_epi32((int)s)),
-                                                      (const void *)u, 4));
+        for (size_t s = 0; s < blk / 4; s++) {
+            __m512i ix = _mm512_add_epi32(rix, _mm512_set1_epi32((int)s));
+            _mm512_store_si512((void *)(pb + LP * s), _mm512_i32gather_epi32(ix, (const void *)u, 4));
+            if (nr > 16)
+                _mm512_store_si512((void *)(pb + LP * s + 64),
+                                   _mm512_i32gather_epi32(_mm512_add_epi32(ix, hix), (const void *)u, 4));
+        }
     }
 #else
     (void)t, (void)rows, (void)row_size, (void)n_rows, (void)n, (void)panel;
@@ -2558,83 +2565,109 @@ static inline __m512i bcast32(const void *p)
     return _mm512_set1_epi32(v);
 }
 
-/* 16 panel rows × NA activation rows, 32-blocks. */
+/* 32 panel rows (two registers) × NA activation rows, 32-blocks. */
 static inline __attribute__((always_inline)) void q8p_kernel32(const uint8_t *p, size_t nb,
                                                                const lh_block_q8a *const *a,
                                                                const int32_t *const *corr,
-                                                               __m512 *f)
+                                                               __m512 (*f)[2])
 {
     for (int r = 0; r < LH_Q8P_NA; r++)
-        f[r] = _mm512_setzero_ps();
-    for (size_t i = 0; i < nb; i++, p += 8 * 64 + 64) {
-        __m512i acc[LH_Q8P_NA];
+        f[r][0] = f[r][1] = _mm512_setzero_ps();
+    for (size_t i = 0; i < nb; i++, p += 9 * LP) {
+        __m512i acc[LH_Q8P_NA][2];
         LH_UNROLL
         for (int r = 0; r < LH_Q8P_NA; r++)
-            acc[r] = _mm512_set1_epi32(corr[r][i]);
+            acc[r][0] = acc[r][1] = _mm512_set1_epi32(corr[r][i]);
         LH_UNROLL
         for (int s = 0; s < 8; s++) {
-            __m512i w = _mm512_load_si512((const void *)(p + 64 * s));
+            __m512i w0 = _mm512_load_si512((const void *)(p + LP * s));
+            __m512i w1 = _mm512_load_si512((const void *)(p + LP * s + 64));
             LH_UNROLL
-            for (int r = 0; r < LH_Q8P_NA; r++)
-                acc[r] = _mm512_dpbusd_epi32(acc[r], w, bcast32(a[r][i].qs + 4 * s));
-        }
-        __m512 d = _mm512_load_ps((const void *)(p + 512));
-        LH_UNROLL
-        for (int r = 0; r < LH_Q8P_NA; r++)
-            f[r] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(acc[r]), _mm512_mul_ps(d, _mm512_set1_ps(a[r][i].d)),
-                                   f[r]);
-    }
-}
-
-/* 16 panel rows × NA activation rows, K-quant super-blocks of NSUB sub-blocks. */
-static inline __attribute__((always_inline)) void q8p_kernelK(const uint8_t *p, size_t nb,
-                                                              const lh_block_q8K *const *a,
-                                                              __m512 *f, const int nsub)
-{
-    const int spb = 64 / nsub;   /* 64-byte lines per sub-block */
-    const size_t bb = 64 * 64 + (size_t)nsub * 64 + 8 * 64 + 2 * 64;
-    for (int r = 0; r < LH_Q8P_NA; r++)
-        f[r] = _mm512_setzero_ps();
-    for (size_t i = 0; i < nb; i++, p += bb) {
-        const uint8_t *ps = p + 64 * 64, *pm = ps + 64 * nsub, *pd = pm + 8 * 64;
-        __m512i tot[LH_Q8P_NA];
-        LH_UNROLL
-        for (int r = 0; r < LH_Q8P_NA; r++)
-            tot[r] = _mm512_setzero_si512();
-        for (int j = 0; j < nsub; j++) {
-            __m512i acc[LH_Q8P_NA];
-            LH_UNROLL
-            for (int r = 0; r < LH_Q8P_NA; r++)
-                acc[r] = _mm512_setzero_si512();
-            LH_UNROLL
-            for (int s = 0; s < spb; s++) {
-                __m512i w = _mm512_load_si512((const void *)(p + 64 * (j * spb + s)));
-                LH_UNROLL
-                for (int r = 0; r < LH_Q8P_NA; r++)
-                    acc[r] = _mm512_dpbusd_epi32(acc[r], w, bcast32(a[r][i].qs + 4 * (j * spb + s)));
+            for (int r = 0; r < LH_Q8P_NA; r++) {
+                __m512i x = bcast32(a[r][i].qs + 4 * s);
+                acc[r][0] = _mm512_dpbusd_epi32(acc[r][0], w0, x);
+                acc[r][1] = _mm512_dpbusd_epi32(acc[r][1], w1, x);
             }
-            __m512i sc = _mm512_load_si512((const void *)(ps + 64 * j));
-            LH_UNROLL
-            for (int r = 0; r < LH_Q8P_NA; r++)
-                tot[r] = _mm512_add_epi32(tot[r], _mm512_mullo_epi32(acc[r], sc));
         }
-        __m512i mn[LH_Q8P_NA];
-        LH_UNROLL
-        for (int r = 0; r < LH_Q8P_NA; r++)
-            mn[r] = _mm512_setzero_si512();
-        LH_UNROLL
-        for (int k = 0; k < 8; k++) {
-            __m512i mw = _mm512_load_si512((const void *)(pm + 64 * k));
-            LH_UNROLL
-            for (int r = 0; r < LH_Q8P_NA; r++)
-                mn[r] = _mm512_dpwssd_epi32(mn[r], mw, bcast32(a[r][i].bsums + 2 * k));
-        }
-        __m512 d = _mm512_load_ps((const void *)pd), dm = _mm512_load_ps((const void *)(pd + 64));
+        __m512 d0 = _mm512_load_ps((const void *)(p + 8 * LP));
+        __m512 d1 = _mm512_load_ps((const void *)(p + 8 * LP + 64));
         LH_UNROLL
         for (int r = 0; r < LH_Q8P_NA; r++) {
             __m512 da = _mm512_set1_ps(a[r][i].d);
-            f[r] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(tot[r]), _mm512_mul_ps(d, da), f[r]);
-            f[r] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(mn[r]), _mm512_mul_ps(dm, da), f[r]);
+            f[r][0] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(acc[r][0]), _mm512_mul_ps(d0, da), f[r][0]);
+            f[r][1] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(acc[r][1]), _mm512_mul_ps(d1, da), f[r][1]);
+        }
+    }
+}
+
+/* 32 panel rows × NA activation rows, K-quant super-blocks of NSUB sub-blocks. */
+static inline __attribute__((always_inline)) void q8p_kernelK(const uint8_t *p, size_t nb,
+                                                              const lh_block_q8K *const *a,
+                                                              __m512 (*f)[2], const int nsub)
+{
+    const int spb = 64 / nsub;   /* line pairs per sub-block */
+    const size_t bb = 64 * LP + (size_t)nsub * LP + 8 * LP + 2 * LP;
+    for (int r = 0; r < LH_Q8P_NA; r++)
+        f[r][0] = f[r][1] = _mm512_setzero_ps();
+    for (size_t i = 0; i < nb; i++, p += bb) {
+        const uint8_t *ps = p + 64 * LP, *pm = ps + LP * nsub, *pd = pm + 8 * LP;
+        __m512i tot[LH_Q8P_NA][2];
+        LH_UNROLL
+        for (int r = 0; r < LH_Q8P_NA; r++)
+            tot[r][0] = tot[r][1] = _mm512_setzero_si512();
+        for (int j = 0; j < nsub; j++) {
+            __m512i acc[LH_Q8P_NA][2];
+            LH_UNROLL
+            for (int r = 0; r < LH_Q8P_NA; r++)
+                acc[r][0] = acc[r][1] = _mm512_setzero_si512();
+            LH_UNROLL
+            for (int s = 0; s < spb; s++) {
+                const uint8_t *pl = p + LP * (j * spb + s);
+                __m512i w0 = _mm512_load_si512((const void *)pl);
+                __m512i w1 = _mm512_load_si512((const void *)(pl + 64));
+                LH_UNROLL
+                for (int r = 0; r < LH_Q8P_NA; r++) {
+                    __m512i x = bcast32(a[r][i].qs + 4 * (j * spb + s));
+                    acc[r][0] = _mm512_dpbusd_epi32(acc[r][0], w0, x);
+                    acc[r][1] = _mm512_dpbusd_epi32(acc[r][1], w1, x);
+                }
+            }
+            __m512i sc0 = _mm512_load_si512((const void *)(ps + LP * j));
+            __m512i sc1 = _mm512_load_si512((const void *)(ps + LP * j + 64));
+            LH_UNROLL
+            for (int r = 0; r < LH_Q8P_NA; r++) {
+                tot[r][0] = _mm512_add_epi32(tot[r][0], _mm512_mullo_epi32(acc[r][0], sc0));
+                tot[r][1] = _mm512_add_epi32(tot[r][1], _mm512_mullo_epi32(acc[r][1], sc1));
+            }
+        }
+        __m512 d0 = _mm512_load_ps((const void *)pd), d1 = _mm512_load_ps((const void *)(pd + 64));
+        LH_UNROLL
+        for (int r = 0; r < LH_Q8P_NA; r++) {
+            __m512 da = _mm512_set1_ps(a[r][i].d);
+            f[r][0] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(tot[r][0]), _mm512_mul_ps(d0, da), f[r][0]);
+            f[r][1] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(tot[r][1]), _mm512_mul_ps(d1, da), f[r][1]);
+        }
+        __m512i mn[LH_Q8P_NA][2];
+        LH_UNROLL
+        for (int r = 0; r < LH_Q8P_NA; r++)
+            mn[r][0] = mn[r][1] = _mm512_setzero_si512();
+        LH_UNROLL
+        for (int k = 0; k < 8; k++) {
+            __m512i m0 = _mm512_load_si512((const void *)(pm + LP * k));
+            __m512i m1 = _mm512_load_si512((const void *)(pm + LP * k + 64));
+            LH_UNROLL
+            for (int r = 0; r < LH_Q8P_NA; r++) {
+                __m512i x = bcast32(a[r][i].bsums + 2 * k);
+                mn[r][0] = _mm512_dpwssd_epi32(mn[r][0], m0, x);
+                mn[r][1] = _mm512_dpwssd_epi32(mn[r][1], m1, x);
+            }
+        }
+        __m512 e0 = _mm512_load_ps((const void *)(pd + LP)), e1 = _mm512_load_ps((const void *)(pd + LP + 64));
+        LH_UNROLL
+        for (int r = 0; r < LH_Q8P_NA; r++) {
+            __m512 da = _mm512_set1_ps(a[r][i].d);
+            f[r][0] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(mn[r][0]), _mm512_mul_ps(e0, da), f[r][0]);
+            f[r][1] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(mn[r][1]), _mm512_mul_ps(e1, da), f[r][1]);
         }
     }
 }
@@ -2648,8 +2681,9 @@ void lh_q8p_gemm(lh_type t, const void *panel, size_t n_rows, const void *xq, si
     size_t blk = q8p_block(t);
     if (!blk || n_rows == 0)
         return;
-    size_t nb = n / blk;
-    __mmask16 rm = (__mmask16)((1u << (n_rows < 16 ? n_rows : 16)) - 1);
+    size_t nb = n / blk, nr = n_rows < LH_Q8P_ROWS ? n_rows : LH_Q8P_ROWS;
+    __mmask16 m0 = (__mmask16)((1u << (nr < 16 ? nr : 16)) - 1);
+    __mmask16 m1 = (__mmask16)((1u << (nr > 16 ? nr - 16 : 0)) - 1);
     const char *xa = xq;
     for (size_t a0 = 0; a0 < n_act; a0 += LH_Q8P_NA) {
         /* activation rows past n_act repeat the last one; their results are dropped */
@@ -2661,18 +2695,21 @@ void lh_q8p_gemm(lh_type t, const void *panel, size_t n_rows, const void *xq, si
             ap[r] = xa + ar * xq_stride;
             cp[r] = corr ? corr + ar * corr_stride : NULL;
         }
-        __m512 f[LH_Q8P_NA];
+        __m512 f[LH_Q8P_NA][2];
         if (blk == 32)
             q8p_kernel32(panel, nb, (const lh_block_q8a *const *)ap, cp, f);
         else if (q8p_nsub(t) == 8)
             q8p_kernelK(panel, nb, (const lh_block_q8K *const *)ap, f, 8);
         else
             q8p_kernelK(panel, nb, (const lh_block_q8K *const *)ap, f, 16);
-        for (size_t r = 0; r < na; r++)
-            _mm512_mask_storeu_ps(y + (a0 + r) * ldy, rm, f[r]);
+        for (size_t r = 0; r < na; r++) {
+            _mm512_mask_storeu_ps(y + (a0 + r) * ldy, m0, f[r][0]);
+            _mm512_mask_storeu_ps(y + (a0 + r) * ldy + 16, m1, f[r][1]);
+        }
     }
 #else
     (void)t, (void)panel, (void)n_rows, (void)xq, (void)xq_stride, (void)corr, (void)corr_stride;
     (void)n_act, (void)n, (void)y, (void)ldy;
 #endif
 }
+#undef LP

@@ -742,18 +742,18 @@ static void test_gemm_q8(void)
     CU_ASSERT_EQUAL(bad, 0);
 }
 
-/* lh_q8p_pack + lh_q8p_gemm (the 16-row interleaved panels of prefill) against lh_dot_rows_q8 on
+/* lh_q8p_pack + lh_q8p_gemm (the 32-row interleaved panels of prefill) against lh_dot_rows_q8 on
  * the same quantised activations, for every type with a panel kernel: each (sub-)block's integer
  * sum is the same, only the float sum over blocks is in another order, so the bound is
  * test_fused's, 1e-5 of Σ_i (|w_i| + max|w|) |a_i| (a wrong level, scale, min or correction is
- * off by a sizeable fraction of it).  Odd shapes: 1, 5 and 16 rows (a partial panel is zero-padded
- * and nothing is written past n_rows), 1, 3 and 7 activation rows (groups of four and a tail),
+ * off by a sizeable fraction of it).  Odd shapes: 1, 5, 16, 19 and 32 rows (a partial panel is
+ * zero-padded and nothing is written past n_rows), 1, 3 and 7 activation rows (groups of four and a tail),
  * several blocks.  Without a panel kernel in this build: a SKIP. */
 static void test_panels(void)
 {
-    static const size_t nrs[] = {1, 5, 16};
+    static const size_t nrs[] = {1, 5, 16, 19, 32};
     static const size_t nacts[] = {1, 3, 7};
-    enum { LDY = 19 };
+    enum { NR = 32, LDY = 35 };
     int bad = 0, checked = 0, any = 0;
     for (size_t ti = 0; ti < N_QTYPES; ti++) {
         lh_type t = qtypes[ti];
@@ -764,23 +764,23 @@ static void test_panels(void)
         size_t n = k ? 768 : 96, rs = lh_type_row_size(t, n), qs = lh_q8_size(t, n);
         size_t nc = lh_q8p_corr_count(t, n);
         CU_ASSERT_EQUAL(nc, k ? 0 : n / 32);
-        float *w = malloc(16 * n * sizeof *w), *x = malloc(7 * n * sizeof *x);
-        float *wd = malloc(n * sizeof *wd), *y = malloc(7 * LDY * sizeof *y), e[16];
-        char *rows = malloc(16 * rs), *xq = malloc(7 * qs);
+        float *w = malloc(NR * n * sizeof *w), *x = malloc(7 * n * sizeof *x);
+        float *wd = malloc(n * sizeof *wd), *y = malloc(7 * LDY * sizeof *y), e[NR];
+        char *rows = malloc(NR * rs), *xq = malloc(7 * qs);
         int32_t *corr = malloc((7 * nc + 1) * sizeof *corr);
         void *panel = NULL;
         CU_ASSERT_FATAL(posix_memalign(&panel, 64, lh_q8p_panel_size(t, n)) == 0);
-        for (size_t i = 0; i < 16 * n; i++)
+        for (size_t i = 0; i < NR * n; i++)
             w[i] = frand(-1, 1) * (1 + (float)(i % 89) / 16);
         for (size_t i = 0; i < 7 * n; i++)
             x[i] = frand(-1, 1) + (i % 7 == 0 ? 0.4f : 0.0f);
-        for (size_t r = 0; r < 16; r++)
+        for (size_t r = 0; r < NR; r++)
             lh_quant_row(t, w + r * n, rows + r * rs, n);
         for (size_t a = 0; a < 7; a++) {
             lh_q8_quant(t, x + a * n, xq + a * qs, n);
             lh_q8p_corr(t, xq + a * qs, n, corr + a * nc);
         }
-        for (size_t ri = 0; ri < 3; ri++)
+        for (size_t ri = 0; ri < 5; ri++)
             for (size_t ai = 0; ai < 3; ai++) {
                 size_t nr = nrs[ri], na = nacts[ai];
                 for (size_t i = 0; i < 7 * LDY; i++)
@@ -899,5 +899,5 @@ void lh_test_quant(void)
     CU_add_test(s, "8-bit K activations as ggml, byte for byte", test_q8K_exact);
     CU_add_test(s, "fused 8-bit dot products", test_fused);
     CU_add_test(s, "several activation rows at once, bit for bit", test_gemm_q8);
-    CU_add_test(s, "16-row interleaved panels (prefill)", test_panels);
+    CU_add_test(s, "32-row interleaved panels (prefill)", test_panels);
 }
