@@ -518,8 +518,8 @@ static void gemv(const lh_matmul *m, const void *w, const float *x, float *y)
 }
 
 /* Prefill for quantised weights: every activation row quantised to 8 bits once (as for the
- * GEMV).  Where the build has a panel kernel for the type (AVX-512 VNNI: Q4_0, Q5_0, Q8_0,
- * IQ4_NL, Q2_K .. Q6_K), each thread unpacks 32 W rows at a time into its panel (lh_q8p_pack:
+ * GEMV).  Where the build has a panel kernel for the type (AVX-512 VNNI: every quantised
+ * type), each thread unpacks 32 W rows at a time into its panel (lh_q8p_pack:
  * one byte per level, 4 levels of each of 16 rows per 64-byte line) and multiplies it with
  * every activation row of the slice (lh_q8p_gemm: one vpdpbusd per line and activation row, a
  * 32 x 4 register block, no horizontal sums); the unpacking is done once per 32 rows per call,

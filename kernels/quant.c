@@ -2279,14 +2279,16 @@ void lh_gemm_q8(lh_type t, const void *rows, size_t row_size, size_t n_rows, con
 #define LH_HAVE_Q8P 1
 #endif
 
-/* Elements per panel block: 32 (Q4_0, Q5_0, Q8_0, IQ4_NL) or 256 (Q2_K .. Q6_K); 0: no panel
- * kernel for the type. */
+/* Elements per panel block: 32 (Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, IQ4_NL) or 256 (Q2_K .. Q6_K); 0:
+ * no panel kernel for the type. */
 static size_t q8p_block(lh_type t)
 {
 #ifdef LH_HAVE_Q8P
     switch (t) {
     case LH_TYPE_Q4_0:
+    case LH_TYPE_Q4_1:
     case LH_TYPE_Q5_0:
+    case LH_TYPE_Q5_1:
     case LH_TYPE_Q8_0:
     case LH_TYPE_IQ4_NL: return 32;
     case LH_TYPE_Q2_K:
@@ -2302,6 +2304,10 @@ static size_t q8p_block(lh_type t)
 #endif
 }
 
+/* Q4_1 and Q5_1 (value = d·u + m): their min term is m · the activation block's F16 sum ds, as
+ * in the single-row kernels (and ggml's q8_1), a third line pair of F32 per block. */
+static int q8p_min(lh_type t) { return t == LH_TYPE_Q4_1 || t == LH_TYPE_Q5_1; }
+
 /* Sub-blocks of a K-quant super-block with their own integer scale: 8 of 32 (Q4_K, Q5_K) or 16
  * of 16 elements. */
 static int q8p_nsub(lh_type t) { return t == LH_TYPE_Q4_K || t == LH_TYPE_Q5_K ? 8 : 16; }
@@ -2315,7 +2321,7 @@ static size_t q8p_block_bytes(lh_type t)
 {
     size_t b = q8p_block(t);
     if (b == 32)
-        return 8 * LP + LP;
+        return 8 * LP + LP + (q8p_min(t) ? LP : 0);
     return 64 * LP + (size_t)q8p_nsub(t) * LP + 8 * LP + 2 * LP;
 }
 
@@ -2327,7 +2333,10 @@ size_t lh_q8p_panel_size(lh_type t, size_t n)
     return b ? n / b * q8p_block_bytes(t) : 0;
 }
 
-size_t lh_q8p_corr_count(lh_type t, size_t n) { return q8p_block(t) == 32 ? n / 32 : 0; }
+size_t lh_q8p_corr_count(lh_type t, size_t n)
+{
+    return q8p_block(t) == 32 && !q8p_min(t) ? n / 32 : 0;
+}
 
 /* The level offset of a 32-block type (value = d·(u - off) with u the unsigned level). */
 static int q8p_off(lh_type t)
@@ -2341,7 +2350,7 @@ static int q8p_off(lh_type t)
 
 void lh_q8p_corr(lh_type t, const void *xq, size_t n, int32_t *corr)
 {
-    if (q8p_block(t) != 32)
+    if (q8p_block(t) != 32 || q8p_min(t))
         return;
     const lh_block_q8a *a = xq;
     int off = q8p_off(t);
@@ -2354,12 +2363,24 @@ void lh_q8p_corr(lh_type t, const void *xq, size_t n, int32_t *corr)
 }
 
 #ifdef LH_HAVE_Q8P
-/* One 32-block of one row as unsigned levels u[32] and its scale. */
-static inline float q8p_unpack32(lh_type t, const void *row, size_t i, uint8_t *u)
+/* One 32-block of one row as unsigned levels u[32] and its scale (and *m, Q4_1/Q5_1's min). */
+static inline float q8p_unpack32(lh_type t, const void *row, size_t i, uint8_t *u, float *m)
 {
     __m256i v;
     float d;
     switch (t) {
+    case LH_TYPE_Q4_1: {
+        const lh_block_q4_1 *b = (const lh_block_q4_1 *)row + i;
+        v = nibbles32(b->qs);
+        d = f16_fast(b->d), *m = f16_fast(b->m);
+        break;
+    }
+    case LH_TYPE_Q5_1: {
+        const lh_block_q5_1 *b = (const lh_block_q5_1 *)row + i;
+        v = _mm256_or_si256(nibbles32(b->qs), bits32_x10(le32(b->qh)));
+        d = f16_fast(b->d), *m = f16_fast(b->m);
+        break;
+    }
     case LH_TYPE_Q4_0: {
         const lh_block_q4_0 *b = (const lh_block_q4_0 *)row + i;
         v = nibbles32(b->qs);
@@ -2526,8 +2547,10 @@ void lh_q8p_pack(lh_type t, const void *rows, size_t row_size, size_t n_rows, si
         for (size_t r = 0; r < nr; r++) {
             const char *row = (const char *)rows + r * row_size;
             if (blk == 32) {
-                float d = q8p_unpack32(t, row, i, u + 32 * r);
+                float m = 0, d = q8p_unpack32(t, row, i, u + 32 * r, &m);
                 memcpy(pb + 8 * LP + 4 * r, &d, 4);
+                if (q8p_min(t))
+                    memcpy(pb + 9 * LP + 4 * r, &m, 4);
             } else {
                 int32_t sc[16];
                 int16_t mn[16];
@@ -2565,19 +2588,20 @@ static inline __m512i bcast32(const void *p)
     return _mm512_set1_epi32(v);
 }
 
-/* 32 panel rows (two registers) × NA activation rows, 32-blocks. */
+/* 32 panel rows (two registers) × NA activation rows, 32-blocks; has_min: Q4_1/Q5_1's min term
+ * (then no corrections). */
 static inline __attribute__((always_inline)) void q8p_kernel32(const uint8_t *p, size_t nb,
                                                                const lh_block_q8a *const *a,
                                                                const int32_t *const *corr,
-                                                               __m512 (*f)[2])
+                                                               __m512 (*f)[2], const int has_min)
 {
     for (int r = 0; r < LH_Q8P_NA; r++)
         f[r][0] = f[r][1] = _mm512_setzero_ps();
-    for (size_t i = 0; i < nb; i++, p += 9 * LP) {
+    for (size_t i = 0; i < nb; i++, p += 9 * LP + (has_min ? LP : 0)) {
         __m512i acc[LH_Q8P_NA][2];
         LH_UNROLL
         for (int r = 0; r < LH_Q8P_NA; r++)
-            acc[r][0] = acc[r][1] = _mm512_set1_epi32(corr[r][i]);
+            acc[r][0] = acc[r][1] = has_min ? _mm512_setzero_si512() : _mm512_set1_epi32(corr[r][i]);
         LH_UNROLL
         for (int s = 0; s < 8; s++) {
             __m512i w0 = _mm512_load_si512((const void *)(p + LP * s));
@@ -2596,6 +2620,16 @@ static inline __attribute__((always_inline)) void q8p_kernel32(const uint8_t *p,
             __m512 da = _mm512_set1_ps(a[r][i].d);
             f[r][0] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(acc[r][0]), _mm512_mul_ps(d0, da), f[r][0]);
             f[r][1] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(acc[r][1]), _mm512_mul_ps(d1, da), f[r][1]);
+        }
+        if (has_min) {
+            __m512 m0 = _mm512_load_ps((const void *)(p + 9 * LP));
+            __m512 m1 = _mm512_load_ps((const void *)(p + 9 * LP + 64));
+            LH_UNROLL
+            for (int r = 0; r < LH_Q8P_NA; r++) {
+                __m512 ds = _mm512_set1_ps(a[r][i].ds);
+                f[r][0] = _mm512_fmadd_ps(m0, ds, f[r][0]);
+                f[r][1] = _mm512_fmadd_ps(m1, ds, f[r][1]);
+            }
         }
     }
 }
@@ -2696,8 +2730,10 @@ void lh_q8p_gemm(lh_type t, const void *panel, size_t n_rows, const void *xq, si
             cp[r] = corr ? corr + ar * corr_stride : NULL;
         }
         __m512 f[LH_Q8P_NA][2];
-        if (blk == 32)
-            q8p_kernel32(panel, nb, (const lh_block_q8a *const *)ap, cp, f);
+        if (blk == 32 && q8p_min(t))
+            q8p_kernel32(panel, nb, (const lh_block_q8a *const *)ap, cp, f, 1);
+        else if (blk == 32)
+            q8p_kernel32(panel, nb, (const lh_block_q8a *const *)ap, cp, f, 0);
         else if (q8p_nsub(t) == 8)
             q8p_kernelK(panel, nb, (const lh_block_q8K *const *)ap, f, 8);
         else

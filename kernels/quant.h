@@ -175,8 +175,8 @@ void lh_gemm_q8(lh_type t, const void *rows, size_t row_size, size_t n_rows, con
 
 #define LH_Q8P_ROWS 32     /* weight rows per panel */
 
-/* 1 when this build has a panel kernel for t (AVX-512 VNNI: Q4_0, Q5_0, Q8_0, IQ4_NL, Q2_K ..
- * Q6_K); 0 otherwise (then lh_gemm_q8 serves prefill). */
+/* 1 when this build has a panel kernel for t (AVX-512 VNNI: every quantised type, Q4_0 .. Q5_1,
+ * Q8_0, IQ4_NL, Q2_K .. Q6_K); 0 otherwise (then lh_gemm_q8 serves prefill). */
 int lh_q8p_has(lh_type t);
 /* Bytes of one panel: 32 rows of n elements of type t unpacked to one byte per level,
  * interleaved 4 levels per row per 128-byte line pair, with their scales (0 when !lh_q8p_has(t)).
@@ -186,8 +186,8 @@ size_t lh_q8p_panel_size(lh_type t, size_t n);
  * zero.  The levels are the file's, unchanged: no rounding. */
 void lh_q8p_pack(lh_type t, const void *rows, size_t row_size, size_t n_rows, size_t n,
                  void *panel);
-/* int32 corrections per quantised activation row for the 32-block types (n / 32 of them; 0 for
- * the K-quants, which need none): corr[i] = -off · Σ qs of block i, with off the level offset of
+/* int32 corrections per quantised activation row for the 32-block types with an offset (n / 32
+ * of them; 0 for Q4_1/Q5_1, whose min goes through the activation's ds, and the K-quants): corr[i] = -off · Σ qs of block i, with off the level offset of
  * the panel's unsigned levels (Q4_0 8, Q5_0 16, Q8_0 and IQ4_NL 128). */
 size_t lh_q8p_corr_count(lh_type t, size_t n);
 void lh_q8p_corr(lh_type t, const void *xq, size_t n, int32_t *corr);
