@@ -59,12 +59,18 @@ struct lh_matmul {
                                             for the fused integer paths of quantised types;
                                             NULL otherwise */
     size_t q8_size;                      /* bytes of one quantised activation row */
-    /* prefill over 16-row panels (lh_q8p_*), when the build has a kernel for wtype: */
+    /* prefill over 32-row panels (lh_q8p_*), when the build has a kernel for wtype: */
     void *panels;                        /* (n_thr, panel_size) one panel per thread */
     size_t panel_size, n_thr;
     int32_t *xcorr;                      /* (max_rows, n_corr) activation corrections */
     size_t n_corr;
 };
+
+/* The panels from this many activation rows: unpacking a panel costs about what 16 rows of its
+ * products do.  tools/kbench qgemm, one thread, TinyLlama shapes (KB_M=rows): at 4 and 8 rows
+ * the four-row path takes half the time (2048x2048 Q4_K 0.3 vs 0.7 ms at 4 rows), at 16 they are
+ * even, at 32 the panels take 0.5-0.7 of it, at 256 a quarter to a third. */
+#define Q8P_MIN_ROWS 16
 
 #define DNNL_CHECK(call)                                                                      \
     do {                                                                                      \
@@ -404,7 +410,7 @@ fail:
 /* The per-thread panels and activation corrections of the panel prefill path (gemm_q8). */
 static int make_panels(lh_matmul *m)
 {
-    if (!lh_q8p_has(m->wtype) || m->max_rows < 2)
+    if (!lh_q8p_has(m->wtype) || m->max_rows < Q8P_MIN_ROWS)
         return 0;
 #ifdef _OPENMP
     m->n_thr = (size_t)omp_get_max_threads();
@@ -545,13 +551,14 @@ static void gemm_q8(const lh_matmul *m, const void *w, const float *x, size_t n_
     char *xq = m->xq;
     size_t nc = m->n_corr;
     int32_t *corr = m->xcorr;
+    int panels = m->panels && n_rows >= Q8P_MIN_ROWS;
     OMP(omp parallel for schedule(static))
     for (size_t r = 0; r < n_rows; r++) {
         lh_q8_quant(t, x + r * n_in, xq + r * qs, n_in);
-        if (corr)
+        if (corr && panels)
             lh_q8p_corr(t, xq + r * qs, n_in, corr + r * nc);
     }
-    if (m->panels) {
+    if (panels) {
         size_t n_grp = (n_out + LH_Q8P_ROWS - 1) / LH_Q8P_ROWS;
         OMP(omp parallel num_threads(m->n_thr))
         {

@@ -7,8 +7,9 @@
  *           lengths, F32 and F16 KV, against the scalar reference where that is affordable.
  *
  *   GEMV: decode (M = 1) for every weight type at TinyLlama-1.1B's shapes, ms and GB/s of weights.
- *   qgemm: prefill (M = 256) of every quantised type at TinyLlama-1.1B's shapes, lh_matmul_run
- *           (the 32-row interleaved panels) against the four-row fused path, GMAC/s.
+ *   qgemm: prefill (M = 256, or KB_M=rows from the environment) of every quantised type at
+ *           TinyLlama-1.1B's shapes, lh_matmul_run (the 32-row interleaved panels from 16 rows)
+ *           against the four-row fused path, GMAC/s.
  *
  * Usage: longheads-kbench [max_ctx | gemv | qgemm]   (default 16384; attention contexts 1k, 4k,
  * then x4 up to max_ctx; `gemv`: the GEMV table only; `qgemm`: the quantised prefill table only).  The default run takes about a minute on two
@@ -360,8 +361,8 @@ static int bench_qgemm(void)
     static const lh_type types[] = {LH_TYPE_Q4_0, LH_TYPE_Q5_0, LH_TYPE_Q8_0, LH_TYPE_IQ4_NL,
                                     LH_TYPE_Q2_K, LH_TYPE_Q3_K, LH_TYPE_Q4_K, LH_TYPE_Q5_K,
                                     LH_TYPE_Q6_K, LH_TYPE_Q4_1, LH_TYPE_Q5_1};
-    enum { M = 256 };
-    printf("quantised prefill, M = %d  (ms per call, GMAC/s; rows4 = lh_gemm_q8, run = "
+    const size_t M = getenv("KB_M") ? (size_t)atoi(getenv("KB_M")) : 256;
+    printf("quantised prefill, M = %zu  (ms per call, GMAC/s; rows4 = lh_gemm_q8, run = "
            "lh_matmul_run)\n%-7s", M, "type");
     for (size_t si = 0; si < 3; si++) {
         char shape[32];
