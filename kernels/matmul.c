@@ -59,7 +59,18 @@ struct lh_matmul {
                                             for the fused integer paths of quantised types;
                                             NULL otherwise */
     size_t q8_size;                      /* bytes of one quantised activation row */
+    /* prefill over 32-row panels (lh_q8p_*), when the build has a kernel for wtype: */
+    void *panels;                        /* (n_thr, panel_size) one panel per thread */
+    size_t panel_size, n_thr;
+    int32_t *xcorr;                      /* (max_rows, n_corr) activation corrections */
+    size_t n_corr;
 };
+
+/* The panels from this many activation rows: unpacking a panel costs about what 16 rows of its
+ * products do.  tools/kbench qgemm, one thread, TinyLlama shapes (KB_M=rows): at 4 and 8 rows
+ * the four-row path takes half the time (2048x2048 Q4_K 0.3 vs 0.7 ms at 4 rows), at 16 they are
+ * even, at 32 the panels take 0.5-0.7 of it, at 256 a quarter to a third. */
+#define Q8P_MIN_ROWS 16
 
 #define DNNL_CHECK(call)                                                                      \
     do {                                                                                      \
@@ -591,6 +602,8 @@ void lh_matmul_free(lh_matmul *m)
     free(m->scratchpad_tail);
     free(m->wpanel);
     free(m->xq);
+    free(m->panels);
+    free(m->xcorr);
     free(m);
 }
 
@@ -659,6 +672,28 @@ fail:
     return rc;
 }
 
+/* The per-thread panels and activation corrections of the panel prefill path (gemm_q8). */
+static int make_panels(lh_matmul *m)
+{
+    if (!lh_q8p_has(m->wtype) || m->max_rows < Q8P_MIN_ROWS)
+        return 0;
+#ifdef _OPENMP
+    m->n_thr = (size_t)omp_get_max_threads();
+#else
+    m->n_thr = 1;
+#endif
+    m->panel_size = lh_q8p_panel_size(m->wtype, m->n_in);
+    m->n_corr = lh_q8p_corr_count(m->wtype, m->n_in);
+    if (m->panel_size > SIZE_MAX / m->n_thr ||
+        posix_memalign(&m->panels, 64, m->panel_size * m->n_thr) != 0) {
+        m->panels = NULL;
+        return -ENOMEM;
+    }
+    if (m->n_corr && !(m->xcorr = malloc(m->max_rows * m->n_corr * sizeof *m->xcorr)))
+        return -ENOMEM;
+    return 0;
+}
+
 int lh_matmul_new(lh_matmul **mp, lh_type wtype, size_t n_in, size_t n_out, size_t max_rows)
 {
     int rc = -EINVAL;
@@ -702,6 +737,9 @@ int lh_matmul_new(lh_matmul **mp, lh_type wtype, size_t n_in, size_t n_out, size
             m->xq = NULL;
             goto fail;
         }
+        if ((rc = make_panels(m)) != 0)
+            goto fail;
+        rc = -ENOMEM;
     }
     rc = -EIO;
     DNNL_CHECK(dnnl_engine_create(&m->eng, dnnl_cpu, 0));
@@ -751,13 +789,18 @@ static void gemv(const lh_matmul *m, const void *w, const float *x, float *y)
 }
 
 /* Prefill for quantised weights: every activation row quantised to 8 bits once (as for the
- * GEMV), then blocks of 16 W rows against ACT_BLOCK activation rows at a time with the fused
- * integer dot products (lh_gemm_q8: each W block unpacked once per four activation rows), the
- * W block in L1/L2 and the activation block in L2.  This is llama.cpp's own method for these types (its results
- * carry the same 8-bit activation rounding), and it streams W once per ACT_BLOCK rows instead of
- * converting it to F32 for oneDNN. */
+ * GEMV).  Where the build has a panel kernel for the type (AVX-512 VNNI: every quantised
+ * type), each thread unpacks 32 W rows at a time into its panel (lh_q8p_pack:
+ * one byte per level, 4 levels of each of 16 rows per 64-byte line) and multiplies it with
+ * every activation row of the slice (lh_q8p_gemm: one vpdpbusd per line and activation row, a
+ * 32 x 4 register block, no horizontal sums); the unpacking is done once per 32 rows per call,
+ * against n_rows rows of work.  Otherwise blocks of 16 W rows against ACT_BLOCK activation rows at a time with the fused
+ * integer dot products (lh_gemm_q8: each W block unpacked once per four activation rows).  Both
+ * are llama.cpp's own method for these types (its results carry the same 8-bit activation
+ * rounding) and stream W once per call (or per ACT_BLOCK rows) instead of converting it to F32
+ * for oneDNN. */
 #define ACT_BLOCK 64
-/* Single-thread CPU time at 2048 x 5632 (tools/kbench's shape), integer path vs dequantised
+/* Single-thread CPU time at 2048 x 5632 (tools/kbench's shape), lh_gemm_q8 vs dequantised
  * panels through oneDNN: at 64 rows the integer path wins for every type (Q4_K 13.8 vs 36.5 ms,
  * Q6_K 13.9 vs 41.9, Q3_K 13.1 vs 41.4, Q8_0 17.6 vs 31.9, Q4_0 17.0 vs 34.8, Q5_1 19.0 vs
  * 38.2); at 512 rows the K-quants still win (Q4_K 111 vs 134, Q2_K 98 vs 134) while the 32-block
@@ -765,15 +808,39 @@ static void gemv(const lh_matmul *m, const void *w, const float *x, float *y)
  * slices on 2 threads (make bench, side by side with llama.cpp in one run), the integer path
  * won for them too: stories110M-shape Q4_0 pp512 658 -> 767 tok/s, TinyLlama-shape Q8_0 48 -> 84
  * (the panel conversion is single-pass scalar and oneDNN waits on it).  So every quantised type
- * takes the integer path. */
+ * takes an integer path. */
 static void gemm_q8(const lh_matmul *m, const void *w, const float *x, size_t n_rows, float *y)
 {
     size_t n_out = m->n_out, n_in = m->n_in, rs = m->row_size, qs = m->q8_size;
     lh_type t = m->wtype;
     char *xq = m->xq;
+    size_t nc = m->n_corr;
+    int32_t *corr = m->xcorr;
+    int panels = m->panels && n_rows >= Q8P_MIN_ROWS;
     OMP(omp parallel for schedule(static))
-    for (size_t r = 0; r < n_rows; r++)
+    for (size_t r = 0; r < n_rows; r++) {
         lh_q8_quant(t, x + r * n_in, xq + r * qs, n_in);
+        if (corr && panels)
+            lh_q8p_corr(t, xq + r * qs, n_in, corr + r * nc);
+    }
+    if (panels) {
+        size_t n_grp = (n_out + LH_Q8P_ROWS - 1) / LH_Q8P_ROWS;
+        OMP(omp parallel num_threads(m->n_thr))
+        {
+#ifdef _OPENMP
+            char *panel = (char *)m->panels + (size_t)omp_get_thread_num() * m->panel_size;
+#else
+            char *panel = m->panels;
+#endif
+            OMP(omp for schedule(static))
+            for (size_t g = 0; g < n_grp; g++) {
+                size_t o = g * LH_Q8P_ROWS, nr = n_out - o < LH_Q8P_ROWS ? n_out - o : LH_Q8P_ROWS;
+                lh_q8p_pack(t, (const char *)w + o * rs, rs, nr, n_in, panel);
+                lh_q8p_gemm(t, panel, nr, xq, qs, corr, nc, n_rows, n_in, y + o, n_out);
+            }
+        }
+        return;
+    }
     size_t n_blk = (n_out + 15) / 16;
     for (size_t r0 = 0; r0 < n_rows; r0 += ACT_BLOCK) {
         size_t r1 = n_rows - r0 < ACT_BLOCK ? n_rows : r0 + ACT_BLOCK;

@@ -8,7 +8,9 @@
  * scratch for converting W panels to F32 are made in lh_matmul_new, never during lh_matmul_run.
  * n_rows == 1 (decode) takes a hand-written GEMV over the rows of W (OpenMP over outputs);
  * n_rows > 1 (prefill) goes through oneDNN for F32/F16/BF16 W; quantised W (every other type)
- * takes the GEMV's integer kernels at any n_rows.  Those integer paths multiply x rounded to 8
+ * takes integer kernels at any n_rows (prefill: 32-row interleaved panels unpacked per call,
+ * lh_q8p_*, where the build has AVX-512 VNNI and a kernel for the type; otherwise the GEMV's
+ * kernels, four activation rows at a time).  Those integer paths multiply x rounded to 8
  * bits per value (scale per 32 or 256 values), as llama.cpp does: y differs from the F32 product
  * by at most Σ|w_i|·step_i/2.  lh_matmul_run must be called from serial code (oneDNN and the
  * GEMV open their own parallel regions).

@@ -1391,6 +1391,36 @@ static void q8a_quant(const float *x, lh_block_q8a *b, size_t nb, int s_f16)
 static void q8K_quant(const float *x, lh_block_q8K *b, size_t nb)
 {
     for (size_t i = 0; i < nb; i++, x += LH_QK_K) {
+#if defined(__AVX512F__) && defined(__AVX512BW__)
+        /* the same operations 16 at a time: the first value of largest magnitude, products
+         * rounded to nearest even (as nearest_int), capped at 127 */
+        __m512 v[16], am = _mm512_setzero_ps();
+        for (int j = 0; j < 16; j++) {
+            v[j] = _mm512_loadu_ps(x + 16 * j);
+            am = _mm512_max_ps(am, _mm512_abs_ps(v[j]));
+        }
+        float amax = _mm512_reduce_max_ps(am);
+        if (amax == 0) {
+            memset(&b[i], 0, sizeof b[i]);
+            continue;
+        }
+        float max = 0;
+        for (int j = 0; j < 16; j++) {
+            __mmask16 k = _mm512_cmp_ps_mask(_mm512_abs_ps(v[j]), _mm512_set1_ps(amax), _CMP_EQ_OQ);
+            if (k) {
+                max = x[16 * j + __builtin_ctz(k)];
+                break;
+            }
+        }
+        float iscale = -127.f / max;
+        __m512 vs = _mm512_set1_ps(iscale);
+        for (int j = 0; j < 16; j++) {
+            __m512i q = _mm512_min_epi32(_mm512_cvtps_epi32(_mm512_mul_ps(vs, v[j])), _mm512_set1_epi32(127));
+            _mm_storeu_si128((__m128i *)(b[i].qs + 16 * j), _mm512_cvtsepi32_epi8(q));
+            b[i].bsums[j] = (int16_t)_mm512_reduce_add_epi32(q);
+        }
+        b[i].d = 1 / iscale;
+#else
         float max = 0, amax = 0;
         for (int j = 0; j < LH_QK_K; j++) {
             float ax = fabsf(x[j]);
@@ -1413,6 +1443,7 @@ static void q8K_quant(const float *x, lh_block_q8K *b, size_t nb)
             b[i].bsums[j] = (int16_t)s;
         }
         b[i].d = 1 / iscale;
+#endif
     }
 }
 
@@ -2225,3 +2256,496 @@ void lh_gemm_q8(lh_type t, const void *rows, size_t row_size, size_t n_rows, con
     for (; a < n_act; a++)
         lh_dot_rows_q8(t, rows, row_size, xa + a * xq_stride, n, y + a * ldy, n_rows);
 }
+
+/* ---- interleaved panels of 32 weight rows (prefill, AVX-512 VNNI) ----------------------------
+ *
+ * lh_gemm_q8 above still takes one weight row at a time and reduces 8 lanes per block.  Here 32
+ * weight rows are first unpacked (lh_q8p_pack, once per matmul call per 32 rows) into a panel in
+ * which every 128-byte line pair holds 4 consecutive levels of each of the 32 rows, as unsigned
+ * bytes (row r at byte 4r).  One vpdpbusd of a 64-byte line with 4 activation bytes broadcast to
+ * all lanes adds 4 products to each of 16 rows' sums, so a block's integer dot products for 32
+ * rows come out in two registers with no horizontal sums, and every line serves LH_Q8P_NA
+ * activation rows (a 32 x 4 register block: 8 loads of 64 bytes per 8 vpdpbusd).
+ *
+ * Level offsets (Q4_0's -8, Q5_0's -16, the +128 that makes Q8_0/IQ4_NL levels unsigned) are
+ * integer corrections -off·Σa per activation block (lh_q8p_corr) that start each block's sum;
+ * the K-quants' integer scales multiply each sub-block's sum (vpmulld), and their min/offset
+ * terms are Σ_j mn_j · bsums_j over the activation's 16-element sums (vpdpwssd).  So every
+ * block's (or super-block's) integer sum is exactly the one the single-row kernels form; only the
+ * float accumulation over blocks differs in order (one float per block and row instead of 8
+ * lanes), which is within the bound test_fused states for lh_dot_rows_q8. */
+
+#if defined(__AVX512F__) && defined(__AVX512BW__) && defined(__AVX512VNNI__)
+#define LH_HAVE_Q8P 1
+#endif
+
+/* Elements per panel block: 32 (Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, IQ4_NL) or 256 (Q2_K .. Q6_K); 0:
+ * no panel kernel for the type. */
+static size_t q8p_block(lh_type t)
+{
+#ifdef LH_HAVE_Q8P
+    switch (t) {
+    case LH_TYPE_Q4_0:
+    case LH_TYPE_Q4_1:
+    case LH_TYPE_Q5_0:
+    case LH_TYPE_Q5_1:
+    case LH_TYPE_Q8_0:
+    case LH_TYPE_IQ4_NL: return 32;
+    case LH_TYPE_Q2_K:
+    case LH_TYPE_Q3_K:
+    case LH_TYPE_Q4_K:
+    case LH_TYPE_Q5_K:
+    case LH_TYPE_Q6_K: return LH_QK_K;
+    default: return 0;
+    }
+#else
+    (void)t;
+    return 0;
+#endif
+}
+
+/* Q4_1 and Q5_1 (value = d·u + m): their min term is m · the activation block's F16 sum ds, as
+ * in the single-row kernels (and ggml's q8_1), a third line pair of F32 per block. */
+static int q8p_min(lh_type t) { return t == LH_TYPE_Q4_1 || t == LH_TYPE_Q5_1; }
+
+/* Sub-blocks of a K-quant super-block with their own integer scale: 8 of 32 (Q4_K, Q5_K) or 16
+ * of 16 elements. */
+static int q8p_nsub(lh_type t) { return t == LH_TYPE_Q4_K || t == LH_TYPE_Q5_K ? 8 : 16; }
+
+/* Bytes of one panel block, in 128-byte line pairs (32 rows x 4 bytes): the levels (block/4
+ * line pairs), then for 32-blocks the 32 F32 scales; for K-quants NSUB line pairs of int32
+ * scales, 8 of int16 pairs (the min/offset multipliers of bsums 2k, 2k+1), 32 F32 d and 32 F32
+ * dm (the min/offset term's float factor). */
+#define LP 128
+static size_t q8p_block_bytes(lh_type t)
+{
+    size_t b = q8p_block(t);
+    if (b == 32)
+        return 8 * LP + LP + (q8p_min(t) ? LP : 0);
+    return 64 * LP + (size_t)q8p_nsub(t) * LP + 8 * LP + 2 * LP;
+}
+
+int lh_q8p_has(lh_type t) { return q8p_block(t) != 0; }
+
+size_t lh_q8p_panel_size(lh_type t, size_t n)
+{
+    size_t b = q8p_block(t);
+    return b ? n / b * q8p_block_bytes(t) : 0;
+}
+
+size_t lh_q8p_corr_count(lh_type t, size_t n)
+{
+    return q8p_block(t) == 32 && !q8p_min(t) ? n / 32 : 0;
+}
+
+/* The level offset of a 32-block type (value = d·(u - off) with u the unsigned level). */
+static int q8p_off(lh_type t)
+{
+    switch (t) {
+    case LH_TYPE_Q4_0: return 8;
+    case LH_TYPE_Q5_0: return 16;
+    default: return 128;   /* Q8_0, IQ4_NL: signed levels + 128 */
+    }
+}
+
+void lh_q8p_corr(lh_type t, const void *xq, size_t n, int32_t *corr)
+{
+    if (q8p_block(t) != 32 || q8p_min(t))
+        return;
+    const lh_block_q8a *a = xq;
+    int off = q8p_off(t);
+    for (size_t i = 0; i < n / 32; i++) {
+        int s = 0;
+        for (int j = 0; j < 32; j++)
+            s += a[i].qs[j];
+        corr[i] = -off * s;
+    }
+}
+
+#ifdef LH_HAVE_Q8P
+/* One 32-block of one row as unsigned levels u[32] and its scale (and *m, Q4_1/Q5_1's min). */
+static inline float q8p_unpack32(lh_type t, const void *row, size_t i, uint8_t *u, float *m)
+{
+    __m256i v;
+    float d;
+    switch (t) {
+    case LH_TYPE_Q4_1: {
+        const lh_block_q4_1 *b = (const lh_block_q4_1 *)row + i;
+        v = nibbles32(b->qs);
+        d = f16_fast(b->d), *m = f16_fast(b->m);
+        break;
+    }
+    case LH_TYPE_Q5_1: {
+        const lh_block_q5_1 *b = (const lh_block_q5_1 *)row + i;
+        v = _mm256_or_si256(nibbles32(b->qs), bits32_x10(le32(b->qh)));
+        d = f16_fast(b->d), *m = f16_fast(b->m);
+        break;
+    }
+    case LH_TYPE_Q4_0: {
+        const lh_block_q4_0 *b = (const lh_block_q4_0 *)row + i;
+        v = nibbles32(b->qs);
+        d = f16_fast(b->d);
+        break;
+    }
+    case LH_TYPE_Q5_0: {
+        const lh_block_q5_0 *b = (const lh_block_q5_0 *)row + i;
+        v = _mm256_or_si256(nibbles32(b->qs), bits32_x10(le32(b->qh)));
+        d = f16_fast(b->d);
+        break;
+    }
+    case LH_TYPE_Q8_0: {
+        const lh_block_q8_0 *b = (const lh_block_q8_0 *)row + i;
+        v = _mm256_xor_si256(_mm256_loadu_si256((const __m256i *)b->qs), _mm256_set1_epi8((char)0x80));
+        d = f16_fast(b->d);
+        break;
+    }
+    default: {   /* IQ4_NL */
+        const lh_block_iq4_nl *b = (const lh_block_iq4_nl *)row + i;
+        const __m256i table = _mm256_broadcastsi128_si256(_mm_loadu_si128((const __m128i *)lh_iq4nl_values));
+        v = _mm256_xor_si256(_mm256_shuffle_epi8(table, nibbles32(b->qs)), _mm256_set1_epi8((char)0x80));
+        d = f16_fast(b->d);
+        break;
+    }
+    }
+    _mm256_storeu_si256((__m256i *)u, v);   /* signed levels + 128 == levels ^ 0x80 */
+    return d;
+}
+
+/* One K-quant super-block as unsigned levels u[256], integer scales sc[nsub], the multipliers
+ * mn[16] of the activation's 16-element sums, and the float factors: the block's share of the
+ * dot product = d · Σ_j sc_j Σ_{sub j} u·a  +  dm · Σ_j mn_j bsums_j  (times the activation's d). */
+static inline void q8p_unpackK(lh_type t, const void *row, size_t i, uint8_t *u, int32_t *sc,
+                               int16_t *mn, float *d, float *dm)
+{
+    const __m256i m4 = _mm256_set1_epi8(0x0f), m3 = _mm256_set1_epi8(3), m1 = _mm256_set1_epi8(1);
+    switch (t) {
+    case LH_TYPE_Q4_K:
+    case LH_TYPE_Q5_K: {
+        const uint8_t *scales, *qs, *qhp = NULL;
+        uint16_t hd, hdmin;
+        if (t == LH_TYPE_Q4_K) {
+            const lh_block_q4_K *b = (const lh_block_q4_K *)row + i;
+            scales = b->scales, qs = b->qs, hd = b->d, hdmin = b->dmin;
+        } else {
+            const lh_block_q5_K *b = (const lh_block_q5_K *)row + i;
+            scales = b->scales, qs = b->qs, qhp = b->qh, hd = b->d, hdmin = b->dmin;
+        }
+        __m256i qh = qhp ? _mm256_loadu_si256((const __m256i *)qhp) : _mm256_setzero_si256();
+        LH_UNROLL
+        for (int k = 0; k < 4; k++) {
+            __m256i q = _mm256_loadu_si256((const __m256i *)(qs + 32 * k));
+            __m256i hl = _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(qh, 2 * k), m1), 4);
+            __m256i hh = _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(qh, 2 * k + 1), m1), 4);
+            _mm256_storeu_si256((__m256i *)(u + 64 * k), _mm256_or_si256(_mm256_and_si256(q, m4), hl));
+            _mm256_storeu_si256((__m256i *)(u + 64 * k + 32),
+                                _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(q, 4), m4), hh));
+        }
+        for (int j = 0; j < 8; j++) {
+            int s, m;
+            scale_min_k4(j, scales, &s, &m);
+            sc[j] = s;
+            mn[2 * j] = mn[2 * j + 1] = (int16_t)m;
+        }
+        *d = f16_fast(hd);
+        *dm = -f16_fast(hdmin);
+        return;
+    }
+    case LH_TYPE_Q6_K: {
+        const lh_block_q6_K *b = (const lh_block_q6_K *)row + i;
+        LH_UNROLL
+        for (int h = 0; h < 2; h++) {
+            __m256i l0 = _mm256_loadu_si256((const __m256i *)(b->ql + 64 * h));
+            __m256i l1 = _mm256_loadu_si256((const __m256i *)(b->ql + 64 * h + 32));
+            __m256i qh = _mm256_loadu_si256((const __m256i *)(b->qh + 32 * h));
+            uint8_t *y = u + 128 * h;
+            _mm256_storeu_si256((__m256i *)y, _mm256_or_si256(_mm256_and_si256(l0, m4),
+                                _mm256_slli_epi16(_mm256_and_si256(qh, m3), 4)));
+            _mm256_storeu_si256((__m256i *)(y + 32), _mm256_or_si256(_mm256_and_si256(l1, m4),
+                                _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(qh, 2), m3), 4)));
+            _mm256_storeu_si256((__m256i *)(y + 64), _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(l0, 4), m4),
+                                _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(qh, 4), m3), 4)));
+            _mm256_storeu_si256((__m256i *)(y + 96), _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(l1, 4), m4),
+                                _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(qh, 6), m3), 4)));
+        }
+        for (int j = 0; j < 16; j++) {
+            sc[j] = b->scales[j];
+            mn[j] = (int16_t)(32 * b->scales[j]);   /* the -32 of every level */
+        }
+        *d = f16_fast(b->d);
+        *dm = -*d;
+        return;
+    }
+    case LH_TYPE_Q3_K: {
+        const lh_block_q3_K *b = (const lh_block_q3_K *)row + i;
+        int8_t s8[16];
+        q3_K_scales(b->scales, s8);
+        __m256i hm = _mm256_loadu_si256((const __m256i *)b->hmask);
+        LH_UNROLL
+        for (int h = 0; h < 2; h++) {
+            __m256i q = _mm256_loadu_si256((const __m256i *)(b->qs + 32 * h));
+            LH_UNROLL
+            for (int c = 0; c < 4; c++) {
+                __m256i lo = _mm256_and_si256(_mm256_srli_epi16(q, 2 * c), m3);
+                __m256i hb = _mm256_and_si256(_mm256_srli_epi16(hm, 4 * h + c), m1);
+                _mm256_storeu_si256((__m256i *)(u + 128 * h + 32 * c),
+                                    _mm256_or_si256(lo, _mm256_slli_epi16(hb, 2)));   /* level + 4 */
+            }
+        }
+        for (int j = 0; j < 16; j++) {
+            sc[j] = s8[j];
+            mn[j] = (int16_t)(4 * s8[j]);
+        }
+        *d = f16_fast(b->d);
+        *dm = -*d;
+        return;
+    }
+    default: {   /* Q2_K */
+        const lh_block_q2_K *b = (const lh_block_q2_K *)row + i;
+        LH_UNROLL
+        for (int h = 0; h < 2; h++) {
+            __m256i q = _mm256_loadu_si256((const __m256i *)(b->qs + 32 * h));
+            LH_UNROLL
+            for (int c = 0; c < 4; c++)
+                _mm256_storeu_si256((__m256i *)(u + 128 * h + 32 * c),
+                                    _mm256_and_si256(_mm256_srli_epi16(q, 2 * c), m3));
+        }
+        for (int j = 0; j < 16; j++) {
+            sc[j] = b->scales[j] & 0x0f;
+            mn[j] = (int16_t)(b->scales[j] >> 4);
+        }
+        *d = f16_fast(b->d);
+        *dm = -f16_fast(b->dmin);
+        return;
+    }
+    }
+}
+#endif
+
+void lh_q8p_pack(lh_type t, const void *rows, size_t row_size, size_t n_rows, size_t n,
+                 void *panel)
+{
+#ifdef LH_HAVE_Q8P
+    size_t blk = q8p_block(t);
+    if (!blk)
+        return;
+    size_t nb = n / blk, bb = q8p_block_bytes(t), nr = n_rows < LH_Q8P_ROWS ? n_rows : LH_Q8P_ROWS;
+    uint8_t *p = panel;
+    /* the levels of the 32 rows of one block, row-major; a 64-byte line of the panel is 4 bytes of
+     * each of 16 rows, gathered (rows past n_rows stay 0, as do their scales) */
+    _Alignas(64) uint8_t u[LH_Q8P_ROWS * LH_QK_K];
+    if (nr < LH_Q8P_ROWS) {
+        memset(p, 0, nb * bb);
+        memset(u, 0, sizeof u);
+    }
+    const __m512i rix = _mm512_mullo_epi32(_mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11,
+                                                             12, 13, 14, 15),
+                                           _mm512_set1_epi32((int)(blk / 4)));
+    const __m512i hix = _mm512_set1_epi32((int)(16 * blk / 4));
+    int nsub = q8p_nsub(t);
+    for (size_t i = 0; i < nb; i++) {
+        uint8_t *pb = p + i * bb;
+        for (size_t r = 0; r < nr; r++) {
+            const char *row = (const char *)rows + r * row_size;
+            if (blk == 32) {
+                float m = 0, d = q8p_unpack32(t, row, i, u + 32 * r, &m);
+                memcpy(pb + 8 * LP + 4 * r, &d, 4);
+                if (q8p_min(t))
+                    memcpy(pb + 9 * LP + 4 * r, &m, 4);
+            } else {
+                int32_t sc[16];
+                int16_t mn[16];
+                float d, dm;
+                q8p_unpackK(t, row, i, u + LH_QK_K * r, sc, mn, &d, &dm);
+                uint8_t *ps = pb + 64 * LP, *pm = ps + LP * nsub, *pd = pm + 8 * LP;
+                for (int j = 0; j < nsub; j++)
+                    memcpy(ps + LP * j + 4 * r, &sc[j], 4);
+                for (int k = 0; k < 8; k++)
+                    memcpy(pm + LP * k + 4 * r, &mn[2 * k], 4);
+                memcpy(pd + 4 * r, &d, 4);
+                memcpy(pd + LP + 4 * r, &dm, 4);
+            }
+        }
+        for (size_t s = 0; s < blk / 4; s++) {
+            __m512i ix = _mm512_add_epi32(rix, _mm512_set1_epi32((int)s));
+            _mm512_store_si512((void *)(pb + LP * s), _mm512_i32gather_epi32(ix, (const void *)u, 4));
+            if (nr > 16)
+                _mm512_store_si512((void *)(pb + LP * s + 64),
+                                   _mm512_i32gather_epi32(_mm512_add_epi32(ix, hix), (const void *)u, 4));
+        }
+    }
+#else
+    (void)t, (void)rows, (void)row_size, (void)n_rows, (void)n, (void)panel;
+#endif
+}
+
+#ifdef LH_HAVE_Q8P
+#define LH_Q8P_NA 4
+
+static inline __m512i bcast32(const void *p)
+{
+    int32_t v;
+    memcpy(&v, p, 4);
+    return _mm512_set1_epi32(v);
+}
+
+/* 32 panel rows (two registers) × NA activation rows, 32-blocks; has_min: Q4_1/Q5_1's min term
+ * (then no corrections). */
+static inline __attribute__((always_inline)) void q8p_kernel32(const uint8_t *p, size_t nb,
+                                                               const lh_block_q8a *const *a,
+                                                               const int32_t *const *corr,
+                                                               __m512 (*f)[2], const int has_min)
+{
+    for (int r = 0; r < LH_Q8P_NA; r++)
+        f[r][0] = f[r][1] = _mm512_setzero_ps();
+    for (size_t i = 0; i < nb; i++, p += 9 * LP + (has_min ? LP : 0)) {
+        __m512i acc[LH_Q8P_NA][2];
+        LH_UNROLL
+        for (int r = 0; r < LH_Q8P_NA; r++)
+            acc[r][0] = acc[r][1] = has_min ? _mm512_setzero_si512() : _mm512_set1_epi32(corr[r][i]);
+        LH_UNROLL
+        for (int s = 0; s < 8; s++) {
+            __m512i w0 = _mm512_load_si512((const void *)(p + LP * s));
+            __m512i w1 = _mm512_load_si512((const void *)(p + LP * s + 64));
+            LH_UNROLL
+            for (int r = 0; r < LH_Q8P_NA; r++) {
+                __m512i x = bcast32(a[r][i].qs + 4 * s);
+                acc[r][0] = _mm512_dpbusd_epi32(acc[r][0], w0, x);
+                acc[r][1] = _mm512_dpbusd_epi32(acc[r][1], w1, x);
+            }
+        }
+        __m512 d0 = _mm512_load_ps((const void *)(p + 8 * LP));
+        __m512 d1 = _mm512_load_ps((const void *)(p + 8 * LP + 64));
+        LH_UNROLL
+        for (int r = 0; r < LH_Q8P_NA; r++) {
+            __m512 da = _mm512_set1_ps(a[r][i].d);
+            f[r][0] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(acc[r][0]), _mm512_mul_ps(d0, da), f[r][0]);
+            f[r][1] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(acc[r][1]), _mm512_mul_ps(d1, da), f[r][1]);
+        }
+        if (has_min) {
+            __m512 m0 = _mm512_load_ps((const void *)(p + 9 * LP));
+            __m512 m1 = _mm512_load_ps((const void *)(p + 9 * LP + 64));
+            LH_UNROLL
+            for (int r = 0; r < LH_Q8P_NA; r++) {
+                __m512 ds = _mm512_set1_ps(a[r][i].ds);
+                f[r][0] = _mm512_fmadd_ps(m0, ds, f[r][0]);
+                f[r][1] = _mm512_fmadd_ps(m1, ds, f[r][1]);
+            }
+        }
+    }
+}
+
+/* 32 panel rows × NA activation rows, K-quant super-blocks of NSUB sub-blocks. */
+static inline __attribute__((always_inline)) void q8p_kernelK(const uint8_t *p, size_t nb,
+                                                              const lh_block_q8K *const *a,
+                                                              __m512 (*f)[2], const int nsub)
+{
+    const int spb = 64 / nsub;   /* line pairs per sub-block */
+    const size_t bb = 64 * LP + (size_t)nsub * LP + 8 * LP + 2 * LP;
+    for (int r = 0; r < LH_Q8P_NA; r++)
+        f[r][0] = f[r][1] = _mm512_setzero_ps();
+    for (size_t i = 0; i < nb; i++, p += bb) {
+        const uint8_t *ps = p + 64 * LP, *pm = ps + LP * nsub, *pd = pm + 8 * LP;
+        __m512i tot[LH_Q8P_NA][2];
+        LH_UNROLL
+        for (int r = 0; r < LH_Q8P_NA; r++)
+            tot[r][0] = tot[r][1] = _mm512_setzero_si512();
+        for (int j = 0; j < nsub; j++) {
+            __m512i acc[LH_Q8P_NA][2];
+            LH_UNROLL
+            for (int r = 0; r < LH_Q8P_NA; r++)
+                acc[r][0] = acc[r][1] = _mm512_setzero_si512();
+            LH_UNROLL
+            for (int s = 0; s < spb; s++) {
+                const uint8_t *pl = p + LP * (j * spb + s);
+                __m512i w0 = _mm512_load_si512((const void *)pl);
+                __m512i w1 = _mm512_load_si512((const void *)(pl + 64));
+                LH_UNROLL
+                for (int r = 0; r < LH_Q8P_NA; r++) {
+                    __m512i x = bcast32(a[r][i].qs + 4 * (j * spb + s));
+                    acc[r][0] = _mm512_dpbusd_epi32(acc[r][0], w0, x);
+                    acc[r][1] = _mm512_dpbusd_epi32(acc[r][1], w1, x);
+                }
+            }
+            __m512i sc0 = _mm512_load_si512((const void *)(ps + LP * j));
+            __m512i sc1 = _mm512_load_si512((const void *)(ps + LP * j + 64));
+            LH_UNROLL
+            for (int r = 0; r < LH_Q8P_NA; r++) {
+                tot[r][0] = _mm512_add_epi32(tot[r][0], _mm512_mullo_epi32(acc[r][0], sc0));
+                tot[r][1] = _mm512_add_epi32(tot[r][1], _mm512_mullo_epi32(acc[r][1], sc1));
+            }
+        }
+        __m512 d0 = _mm512_load_ps((const void *)pd), d1 = _mm512_load_ps((const void *)(pd + 64));
+        LH_UNROLL
+        for (int r = 0; r < LH_Q8P_NA; r++) {
+            __m512 da = _mm512_set1_ps(a[r][i].d);
+            f[r][0] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(tot[r][0]), _mm512_mul_ps(d0, da), f[r][0]);
+            f[r][1] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(tot[r][1]), _mm512_mul_ps(d1, da), f[r][1]);
+        }
+        __m512i mn[LH_Q8P_NA][2];
+        LH_UNROLL
+        for (int r = 0; r < LH_Q8P_NA; r++)
+            mn[r][0] = mn[r][1] = _mm512_setzero_si512();
+        LH_UNROLL
+        for (int k = 0; k < 8; k++) {
+            __m512i m0 = _mm512_load_si512((const void *)(pm + LP * k));
+            __m512i m1 = _mm512_load_si512((const void *)(pm + LP * k + 64));
+            LH_UNROLL
+            for (int r = 0; r < LH_Q8P_NA; r++) {
+                __m512i x = bcast32(a[r][i].bsums + 2 * k);
+                mn[r][0] = _mm512_dpwssd_epi32(mn[r][0], m0, x);
+                mn[r][1] = _mm512_dpwssd_epi32(mn[r][1], m1, x);
+            }
+        }
+        __m512 e0 = _mm512_load_ps((const void *)(pd + LP)), e1 = _mm512_load_ps((const void *)(pd + LP + 64));
+        LH_UNROLL
+        for (int r = 0; r < LH_Q8P_NA; r++) {
+            __m512 da = _mm512_set1_ps(a[r][i].d);
+            f[r][0] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(mn[r][0]), _mm512_mul_ps(e0, da), f[r][0]);
+            f[r][1] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(mn[r][1]), _mm512_mul_ps(e1, da), f[r][1]);
+        }
+    }
+}
+#endif
+
+void lh_q8p_gemm(lh_type t, const void *panel, size_t n_rows, const void *xq, size_t xq_stride,
+                 const int32_t *corr, size_t corr_stride, size_t n_act, size_t n, float *y,
+                 size_t ldy)
+{
+#ifdef LH_HAVE_Q8P
+    size_t blk = q8p_block(t);
+    if (!blk || n_rows == 0)
+        return;
+    size_t nb = n / blk, nr = n_rows < LH_Q8P_ROWS ? n_rows : LH_Q8P_ROWS;
+    __mmask16 m0 = (__mmask16)((1u << (nr < 16 ? nr : 16)) - 1);
+    __mmask16 m1 = (__mmask16)((1u << (nr > 16 ? nr - 16 : 0)) - 1);
+    const char *xa = xq;
+    for (size_t a0 = 0; a0 < n_act; a0 += LH_Q8P_NA) {
+        /* activation rows past n_act repeat the last one; their results are dropped */
+        const void *ap[LH_Q8P_NA];
+        const int32_t *cp[LH_Q8P_NA];
+        size_t na = n_act - a0 < LH_Q8P_NA ? n_act - a0 : LH_Q8P_NA;
+        for (size_t r = 0; r < LH_Q8P_NA; r++) {
+            size_t ar = a0 + (r < na ? r : na - 1);
+            ap[r] = xa + ar * xq_stride;
+            cp[r] = corr ? corr + ar * corr_stride : NULL;
+        }
+        __m512 f[LH_Q8P_NA][2];
+        if (blk == 32 && q8p_min(t))
+            q8p_kernel32(panel, nb, (const lh_block_q8a *const *)ap, cp, f, 1);
+        else if (blk == 32)
+            q8p_kernel32(panel, nb, (const lh_block_q8a *const *)ap, cp, f, 0);
+        else if (q8p_nsub(t) == 8)
+            q8p_kernelK(panel, nb, (const lh_block_q8K *const *)ap, f, 8);
+        else
+            q8p_kernelK(panel, nb, (const lh_block_q8K *const *)ap, f, 16);
+        for (size_t r = 0; r < na; r++) {
+            _mm512_mask_storeu_ps(y + (a0 + r) * ldy, m0, f[r][0]);
+            _mm512_mask_storeu_ps(y + (a0 + r) * ldy + 16, m1, f[r][1]);
+        }
+    }
+#else
+    (void)t, (void)panel, (void)n_rows, (void)xq, (void)xq_stride, (void)corr, (void)corr_stride;
+    (void)n_act, (void)n, (void)y, (void)ldy;
+#endif
+}
+#undef LP

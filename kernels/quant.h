@@ -171,4 +171,33 @@ void lh_dot_rows_q8(lh_type t, const void *rows, size_t row_size, const void *xq
 void lh_gemm_q8(lh_type t, const void *rows, size_t row_size, size_t n_rows, const void *xq,
                 size_t xq_stride, size_t n_act, size_t n, float *y, size_t ldy);
 
+/* ---- prefill over 32-row interleaved panels (AVX-512 VNNI builds) --------------------------- */
+
+#define LH_Q8P_ROWS 32     /* weight rows per panel */
+
+/* 1 when this build has a panel kernel for t (AVX-512 VNNI: every quantised type, Q4_0 .. Q5_1,
+ * Q8_0, IQ4_NL, Q2_K .. Q6_K); 0 otherwise (then lh_gemm_q8 serves prefill). */
+int lh_q8p_has(lh_type t);
+/* Bytes of one panel: 32 rows of n elements of type t unpacked to one byte per level,
+ * interleaved 4 levels per row per 128-byte line pair, with their scales (0 when !lh_q8p_has(t)).
+ * The panel must be 64-byte aligned. */
+size_t lh_q8p_panel_size(lh_type t, size_t n);
+/* panel = rows 0..n_rows-1 (n_rows <= 32, row_size bytes apart) of type t; rows n_rows..31 are
+ * zero.  The levels are the file's, unchanged: no rounding. */
+void lh_q8p_pack(lh_type t, const void *rows, size_t row_size, size_t n_rows, size_t n,
+                 void *panel);
+/* int32 corrections per quantised activation row for the 32-block types with an offset (n / 32
+ * of them; 0 for Q4_1/Q5_1, whose min goes through the activation's ds, and the K-quants): corr[i] = -off · Σ qs of block i, with off the level offset of
+ * the panel's unsigned levels (Q4_0 8, Q5_0 16, Q8_0 and IQ4_NL 128). */
+size_t lh_q8p_corr_count(lh_type t, size_t n);
+void lh_q8p_corr(lh_type t, const void *xq, size_t n, int32_t *corr);
+/* y[a * ldy + r] = Σ_i w_r[i] · xq_a[i] for the panel's first n_rows rows (r < n_rows <= 32) and
+ * n_act quantised activation rows xq_stride bytes apart, with their corrections corr_stride
+ * int32s apart (NULL for the K-quants).  Every (sub-)block's integer sum is exact and equal to
+ * lh_dot_rows_q8's; the float sum over blocks is in another order, so y equals lh_dot_rows_q8's
+ * within the bound of its test (tests/test_quant.c, test_fused), not bit for bit. */
+void lh_q8p_gemm(lh_type t, const void *panel, size_t n_rows, const void *xq, size_t xq_stride,
+                 const int32_t *corr, size_t corr_stride, size_t n_act, size_t n, float *y,
+                 size_t ldy);
+
 #endif

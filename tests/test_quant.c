@@ -742,6 +742,143 @@ static void test_gemm_q8(void)
     CU_ASSERT_EQUAL(bad, 0);
 }
 
+/* lh_q8p_pack + lh_q8p_gemm (the 32-row interleaved panels of prefill) against lh_dot_rows_q8 on
+ * the same quantised activations, for every type with a panel kernel: each (sub-)block's integer
+ * sum is the same, only the float sum over blocks is in another order, so the bound is
+ * test_fused's, 1e-5 of Σ_i (|w_i| + max|w|) |a_i| (a wrong level, scale, min or correction is
+ * off by a sizeable fraction of it).  Odd shapes: 1, 5, 16, 19 and 32 rows (a partial panel is
+ * zero-padded and nothing is written past n_rows), 1, 3 and 7 activation rows (groups of four and a tail),
+ * several blocks.  Without a panel kernel in this build: a SKIP. */
+static void test_panels(void)
+{
+    static const size_t nrs[] = {1, 5, 16, 19, 32};
+    static const size_t nacts[] = {1, 3, 7};
+    enum { NR = 32, LDY = 35 };
+    int bad = 0, checked = 0, any = 0;
+    for (size_t ti = 0; ti < N_QTYPES; ti++) {
+        lh_type t = qtypes[ti];
+        if (!lh_q8p_has(t))
+            continue;
+        any = 1;
+        int k = lh_q8_kind(t) == LH_Q8A_256;
+        size_t n = k ? 768 : 96, rs = lh_type_row_size(t, n), qs = lh_q8_size(t, n);
+        size_t nc = lh_q8p_corr_count(t, n);
+        CU_ASSERT_EQUAL(nc, k || t == LH_TYPE_Q4_1 || t == LH_TYPE_Q5_1 ? 0 : n / 32);
+        float *w = malloc(NR * n * sizeof *w), *x = malloc(7 * n * sizeof *x);
+        float *wd = malloc(n * sizeof *wd), *y = malloc(7 * LDY * sizeof *y), e[NR];
+        char *rows = malloc(NR * rs), *xq = malloc(7 * qs);
+        int32_t *corr = malloc((7 * nc + 1) * sizeof *corr);
+        void *panel = NULL;
+        CU_ASSERT_FATAL(posix_memalign(&panel, 64, lh_q8p_panel_size(t, n)) == 0);
+        for (size_t i = 0; i < NR * n; i++)
+            w[i] = frand(-1, 1) * (1 + (float)(i % 89) / 16);
+        for (size_t i = 0; i < 7 * n; i++)
+            x[i] = frand(-1, 1) + (i % 7 == 0 ? 0.4f : 0.0f);
+        for (size_t r = 0; r < NR; r++)
+            lh_quant_row(t, w + r * n, rows + r * rs, n);
+        for (size_t a = 0; a < 7; a++) {
+            lh_q8_quant(t, x + a * n, xq + a * qs, n);
+            lh_q8p_corr(t, xq + a * qs, n, corr + a * nc);
+        }
+        for (size_t ri = 0; ri < 5; ri++)
+            for (size_t ai = 0; ai < 3; ai++) {
+                size_t nr = nrs[ri], na = nacts[ai];
+                for (size_t i = 0; i < 7 * LDY; i++)
+                    y[i] = NAN;
+                lh_q8p_pack(t, rows, rs, nr, n, panel);
+                lh_q8p_gemm(t, panel, nr, xq, qs, nc ? corr : NULL, nc, na, n, y, LDY);
+                int tb = 0;
+                for (size_t a = 0; a < 7; a++) {
+                    lh_dot_rows_q8(t, rows, rs, xq + a * qs, n, e, nr);
+                    for (size_t r = 0; r < LDY; r++) {
+                        float v = y[a * LDY + r];
+                        if (a >= na || r >= nr) {
+                            tb += !isnan(v);   /* nothing written past the rows */
+                            continue;
+                        }
+                        lh_dequant_row(t, rows + r * rs, wd, n);
+                        double mag = 0, wmax = 0;
+                        for (size_t i = 0; i < n; i++)
+                            wmax = fabs(wd[i]) > wmax ? fabs(wd[i]) : wmax;
+                        for (size_t i = 0; i < n; i++) {
+                            float av;
+                            if (k) {
+                                const lh_block_q8K *b = (const lh_block_q8K *)(xq + a * qs) + i / 256;
+                                av = b->d * b->qs[i % 256];
+                            } else {
+                                const lh_block_q8a *b = (const lh_block_q8a *)(xq + a * qs) + i / 32;
+                                av = b->d * b->qs[i % 32];
+                            }
+                            mag += (fabs(wd[i]) + wmax) * fabs(av);
+                        }
+                        tb += !(fabs(v - e[r]) <= 1e-5 * mag + 1e-30);
+                        checked++;
+                    }
+                }
+                if (tb)
+                    fprintf(stderr, "\n  panels %s rows %zu acts %zu: %d bad\n", lh_type_name(t), nr,
+                            na, tb);
+                bad += tb;
+            }
+        free(w), free(x), free(wd), free(y), free(rows), free(xq), free(corr), free(panel);
+    }
+    if (!any) {
+        printf("SKIP: no panel kernels in this build (needs AVX-512 VNNI)\n");
+        return;
+    }
+    CU_ASSERT(checked > 500);
+    CU_ASSERT_EQUAL(bad, 0);
+}
+
+/* lh_q8_quant for the K-quants equals a plain copy of ggml's quantize_row_q8_K byte for byte
+ * (the vector path must pick the FIRST value of largest magnitude, whose sign sets the sign of
+ * every level: a tie between +m and -m is built in), d and the 16-element sums included. */
+static void test_q8K_exact(void)
+{
+    enum { N = 4 * 256 };
+    static float x[N];
+    static lh_block_q8K got[4], want[4];
+    for (size_t i = 0; i < N; i++)
+        x[i] = frand(-3, 3) * (float)(1 + i % 7);
+    x[10] = 50, x[200] = -50;              /* block 0: tie, the + comes first */
+    x[256 + 3] = -60, x[256 + 255] = 60;   /* block 1: tie, the - comes first */
+    for (size_t i = 512; i < 768; i++)     /* block 2: all zero */
+        x[i] = 0;
+    x[768 + 100] = 1e-30f;                 /* block 3: one tiny value */
+    lh_q8_quant(LH_TYPE_Q4_K, x, got, N);
+    memset(want, 0, sizeof want);
+    for (int b = 0; b < 4; b++) {
+        const float *xb = x + 256 * b;
+        float max = 0, amax = 0;
+        for (int j = 0; j < 256; j++)
+            if (fabsf(xb[j]) > amax)
+                amax = fabsf(xb[j]), max = xb[j];
+        if (amax == 0)
+            continue;
+        float iscale = -127.f / max;
+        for (int j = 0; j < 256; j++) {
+            float v = iscale * xb[j];
+            int q = (int)nearbyintf(v);   /* nearest, ties to even (the default mode) */
+            want[b].qs[j] = (int8_t)(q < 127 ? q : 127);
+        }
+        for (int j = 0; j < 16; j++) {
+            int sum = 0;
+            for (int l = 0; l < 16; l++)
+                sum += want[b].qs[16 * j + l];
+            want[b].bsums[j] = (int16_t)sum;
+        }
+        want[b].d = 1 / iscale;
+    }
+    CU_ASSERT_EQUAL(got[0].qs[10], -127);
+    CU_ASSERT_EQUAL(got[1].qs[3], -127);
+    int bad = 0;
+    for (int b = 0; b < 4; b++)
+        bad += memcmp(got[b].qs, want[b].qs, 256) != 0 ||
+               memcmp(got[b].bsums, want[b].bsums, sizeof want[b].bsums) != 0 ||
+               memcmp(&got[b].d, &want[b].d, sizeof want[b].d) != 0;
+    CU_ASSERT_EQUAL(bad, 0);
+}
+
 void lh_test_quant(void)
 {
     CU_pSuite s = CU_add_suite("quant", NULL, NULL);
@@ -759,6 +896,8 @@ void lh_test_quant(void)
     CU_add_test(s, "quantise/dequantise as ggml, bit for bit", test_vs_ggml);
     CU_add_test(s, "quantise round trip", test_roundtrip);
     CU_add_test(s, "8-bit activations", test_q8_act);
+    CU_add_test(s, "8-bit K activations as ggml, byte for byte", test_q8K_exact);
     CU_add_test(s, "fused 8-bit dot products", test_fused);
     CU_add_test(s, "several activation rows at once, bit for bit", test_gemm_q8);
+    CU_add_test(s, "32-row interleaved panels (prefill)", test_panels);
 }

@@ -7,11 +7,15 @@
  *           lengths, F32 and F16 KV, against the scalar reference where that is affordable.
  *
  *   GEMV: decode (M = 1) for every weight type at TinyLlama-1.1B's shapes, ms and GB/s of weights.
+ *   qgemm: prefill (M = 256, or KB_M=rows from the environment) of every quantised type at
+ *           TinyLlama-1.1B's shapes, lh_matmul_run (the 32-row interleaved panels from 16 rows)
+ *           against the four-row fused path, GMAC/s.
  *
- * Usage: longheads-kbench [max_ctx | gemv | attn [max_ctx] | headmm]   (default 16384; attention
- * contexts 1k, 4k, then x4 up to max_ctx; `gemv`: the GEMV table only; `attn`: the attention
- * table only; `headmm`: LongHeads' per-head products, hand-written against oneDNN, only).  The
- * default run takes about a minute on two cores; `headmm` about 15 s.
+ * Usage: longheads-kbench [max_ctx | gemv | qgemm | attn [max_ctx] | headmm]   (default 16384;
+ * attention contexts 1k, 4k, then x4 up to max_ctx; `gemv`: the GEMV table only; `qgemm`: the
+ * quantised prefill table only; `attn`: the attention table only; `headmm`: LongHeads' per-head
+ * products, hand-written against oneDNN, only).  The default run takes about a minute on two
+ * cores; `headmm` about 15 s.
  */
 #include <errno.h>
 #include <stdio.h>
@@ -465,11 +469,99 @@ static int bench_headmm(size_t n_threads)
     return rc;
 }
 
+/* The four-row fused path (lh_gemm_q8, what prefill took before the panels), as kernels/matmul.c
+ * ran it: activation rows quantised once, then 16 W rows x 64 activation rows at a time. */
+typedef struct {
+    lh_type t;
+    const void *w;
+    const float *x;
+    float *y;
+    void *xq;
+    size_t rows, n_in, n_out;
+} q8_arg;
+
+static int run_q8_rows4(void *p)
+{
+    q8_arg *a = p;
+    size_t rs = lh_type_row_size(a->t, a->n_in), qs = lh_q8_size(a->t, a->n_in);
+    char *xq = a->xq;
+#pragma omp parallel for schedule(static)
+    for (size_t r = 0; r < a->rows; r++)
+        lh_q8_quant(a->t, a->x + r * a->n_in, xq + r * qs, a->n_in);
+    size_t n_blk = (a->n_out + 15) / 16;
+    for (size_t r0 = 0; r0 < a->rows; r0 += 64) {
+        size_t r1 = a->rows - r0 < 64 ? a->rows : r0 + 64;
+#pragma omp parallel for schedule(static)
+        for (size_t b = 0; b < n_blk; b++) {
+            size_t o = b * 16, nr = a->n_out - o < 16 ? a->n_out - o : 16;
+            lh_gemm_q8(a->t, (const char *)a->w + o * rs, rs, nr, xq + r0 * qs, qs, r1 - r0,
+                       a->n_in, a->y + r0 * a->n_out + o, a->n_out);
+        }
+    }
+    return 0;
+}
+
+/* Prefill of quantised weights (M = 256, the daemon's slice) at TinyLlama-1.1B's shapes:
+ * lh_matmul_run (the 32-row panels where the type has them) against the four-row fused path,
+ * ms per call and integer multiply-adds per second. */
+static int bench_qgemm(void)
+{
+    static const size_t shapes[][2] = {{2048, 2048}, {5632, 2048}, {2048, 5632}};   /* n_out, n_in */
+    static const lh_type types[] = {LH_TYPE_Q4_0, LH_TYPE_Q5_0, LH_TYPE_Q8_0, LH_TYPE_IQ4_NL,
+                                    LH_TYPE_Q2_K, LH_TYPE_Q3_K, LH_TYPE_Q4_K, LH_TYPE_Q5_K,
+                                    LH_TYPE_Q6_K, LH_TYPE_Q4_1, LH_TYPE_Q5_1};
+    const size_t M = getenv("KB_M") ? (size_t)atoi(getenv("KB_M")) : 256;
+    printf("quantised prefill, M = %zu  (ms per call, GMAC/s; rows4 = lh_gemm_q8, run = "
+           "lh_matmul_run)\n%-7s", M, "type");
+    for (size_t si = 0; si < 3; si++) {
+        char shape[32];
+        snprintf(shape, sizeof shape, "%zux%zu", shapes[si][0], shapes[si][1]);
+        printf(" %34s", shape);
+    }
+    printf("\n");
+    for (size_t ti = 0; ti < sizeof types / sizeof types[0]; ti++) {
+        lh_type t = types[ti];
+        printf("%-7s", lh_type_name(t));
+        for (size_t si = 0; si < 3; si++) {
+            size_t n_out = shapes[si][0], n_in = shapes[si][1], rs = lh_type_row_size(t, n_in);
+            float *wf = malloc(n_in * sizeof *wf), *x = malloc(M * n_in * sizeof *x);
+            float *y = malloc(M * n_out * sizeof *y);
+            char *w = malloc(rs * n_out);
+            void *xq = malloc(lh_q8_size(t, n_in) * M);
+            lh_matmul *m = NULL;
+            int rc = !wf || !x || !y || !w || !xq ? -ENOMEM : lh_matmul_new(&m, t, n_in, n_out, M);
+            if (rc) {
+                free(wf), free(x), free(y), free(w), free(xq);
+                return rc;
+            }
+            for (size_t o = 0; o < n_out; o++) {
+                for (size_t i = 0; i < n_in; i++)
+                    wf[i] = frand();
+                lh_quant_row(t, wf, w + o * rs, n_in);
+            }
+            for (size_t i = 0; i < M * n_in; i++)
+                x[i] = frand();
+            mm_arg a = {m, t, w, x, y, M, n_in, n_out};
+            q8_arg q = {t, w, x, y, xq, M, n_in, n_out};
+            double tr = timeit(run_run, &a, 0.3), t4 = timeit(run_q8_rows4, &q, 0.3);
+            double mac = (double)M * (double)n_in * (double)n_out * 1e-9;
+            printf("  rows4 %6.1f (%4.0f) run %6.1f (%4.0f)", t4 * 1e3, mac / t4, tr * 1e3, mac / tr);
+            fflush(stdout);
+            lh_matmul_free(m);
+            free(wf), free(x), free(y), free(w), free(xq);
+        }
+        printf("\n");
+    }
+    printf("\n");
+    return 0;
+}
+
 int main(int argc, char **argv)
 {
     size_t max_ctx = 16384;
     int gemv_only = argc > 1 && !strcmp(argv[1], "gemv");
     int attn_only = argc > 1 && !strcmp(argv[1], "attn");   /* attn [max_ctx] */
+    int qgemm_only = argc > 1 && !strcmp(argv[1], "qgemm");
     int headmm_only = argc > 1 && !strcmp(argv[1], "headmm");
     if (headmm_only) {
 #ifdef _OPENMP
@@ -480,14 +572,15 @@ int main(int argc, char **argv)
             fprintf(stderr, "kbench: failed: %d\n", hrc);
         return hrc ? 1 : 0;
     }
-    const char *ctx_arg = attn_only ? (argc > 2 ? argv[2] : NULL) : (gemv_only ? NULL : argv[1]);
+    const char *ctx_arg = attn_only ? (argc > 2 ? argv[2] : NULL)
+                                    : (gemv_only || qgemm_only ? NULL : argv[1]);
     if (argc > 1 && ctx_arg) {
         char *end;
         unsigned long long v = strtoull(ctx_arg, &end, 10);
         if (*end || v < 1024 || v > (1ull << 20)) {
             fprintf(stderr,
-                    "usage: %s [max_ctx: 1024 .. 1048576 | gemv | attn [max_ctx] | headmm]\n",
-                    argv[0]);
+                    "usage: %s [max_ctx: 1024 .. 1048576 | gemv | qgemm | attn [max_ctx] | "
+                    "headmm]\n", argv[0]);
             return 2;
         }
         max_ctx = (size_t)v;
@@ -497,10 +590,12 @@ int main(int argc, char **argv)
     n_threads = (size_t)omp_get_max_threads();
 #endif
     printf("longheads-kbench: %zu threads\n\n", n_threads);
-    int rc = attn_only ? 0 : bench_gemv();
+    int rc = attn_only || qgemm_only ? 0 : bench_gemv();
     if (rc == 0 && !gemv_only && !attn_only)
+        rc = bench_qgemm();
+    if (rc == 0 && !gemv_only && !qgemm_only && !attn_only)
         rc = bench_matmul();
-    if (rc == 0 && !gemv_only)
+    if (rc == 0 && !gemv_only && !qgemm_only)
         rc = bench_attn(max_ctx, n_threads);
     if (rc) {
         fprintf(stderr, "kbench: failed: %d\n", rc);
