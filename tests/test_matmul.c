@@ -147,6 +147,21 @@ static void test_matmul_bf16(void)
     check_matmul(LH_TYPE_BF16, 4096, 257, 17);
 }
 
+/* The decode GEMV of the float types (kernels/matmul.c gemv_float: 64 elements a step, then
+ * 32-element masked tails; BF16 against a deinterleaved, zero-padded copy of x): every tail
+ * length class around the step sizes, n_out not a multiple of the 16-row blocks, and one shape
+ * large enough to run on the thread team. */
+static void test_matmul_gemv_tails(void)
+{
+    static const size_t n_ins[] = {1, 2, 15, 16, 31, 32, 33, 63, 64, 65, 95, 96, 97, 130, 160};
+    static const lh_type types[] = {LH_TYPE_F32, LH_TYPE_F16, LH_TYPE_BF16};
+    for (size_t t = 0; t < 3; t++) {
+        for (size_t i = 0; i < sizeof n_ins / sizeof n_ins[0]; i++)
+            check_matmul(types[t], n_ins[i], 19, 1);
+        check_matmul(types[t], 2079, 67, 1);   /* 2079 * 67 >= the team threshold */
+    }
+}
+
 static void test_matmul_q8_0(void)
 {
     check_matmul(LH_TYPE_Q8_0, 32, 1, 3);
@@ -265,6 +280,7 @@ void lh_test_matmul(void)
     CU_add_test(s, "F32", test_matmul_f32);
     CU_add_test(s, "F16 (panels + tail)", test_matmul_f16);
     CU_add_test(s, "BF16 (panels + tail)", test_matmul_bf16);
+    CU_add_test(s, "F32/F16/BF16 decode GEMV (every n_in tail)", test_matmul_gemv_tails);
     CU_add_test(s, "Q8_0 (panels + tail)", test_matmul_q8_0);
     CU_add_test(s, "Q4_0 .. Q5_1, Q2_K .. Q6_K, IQ4_NL (GEMV, panels + tail)", test_matmul_quant);
     CU_add_test(s, "errors", test_matmul_errors);
