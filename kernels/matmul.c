@@ -58,6 +58,9 @@ struct lh_matmul {
     size_t q8_size;                      /* bytes of one quantised activation row */
     float *xperm;                        /* (round_up(n_in, 32)) x deinterleaved for the BF16
                                             GEMV; NULL for other types */
+    uint16_t *xbf;                       /* (max_rows, n_in) x rounded to BF16 for the BF16
+                                            prefill (bf16_dnnl); NULL otherwise */
+    int bf16_dnnl;                       /* BF16 W: oneDNN bf16 x bf16 -> f32 on W in place */
 };
 
 #define DNNL_CHECK(call)                                                                      \
@@ -326,6 +329,7 @@ void lh_matmul_free(lh_matmul *m)
     free(m->wpanel);
     free(m->xq);
     free(m->xperm);
+    free(m->xbf);
     free(m);
 }
 
@@ -334,6 +338,8 @@ void lh_matmul_free(lh_matmul *m)
 static int make_prim(lh_matmul *m, size_t n_cols, dnnl_primitive_t *primp, dnnl_memory_t *wmemp,
                      dnnl_memory_t *spmemp, void **spp)
 {
+    /* src and weights: bf16 for the BF16 path (W in place), f32 otherwise; dst always f32 */
+    dnnl_data_type_t dt = m->bf16_dnnl ? dnnl_bf16 : dnnl_f32;
     int rc = -EIO;
     dnnl_primitive_attr_t attr = NULL;
     dnnl_primitive_desc_t pd = NULL;
@@ -345,8 +351,8 @@ static int make_prim(lh_matmul *m, size_t n_cols, dnnl_primitive_t *primp, dnnl_
     dnnl_dims_t dst_dims = {DNNL_RUNTIME_DIM_VAL, (dnnl_dim_t)n_cols};
     dnnl_dims_t dst_strides = {(dnnl_dim_t)m->n_out, 1};
     dnnl_matmul_desc_t desc;
-    DNNL_CHECK(dnnl_memory_desc_init_by_strides(&src_md, 2, src_dims, dnnl_f32, src_strides));
-    DNNL_CHECK(dnnl_memory_desc_init_by_strides(&w_md, 2, w_dims, dnnl_f32, w_strides));
+    DNNL_CHECK(dnnl_memory_desc_init_by_strides(&src_md, 2, src_dims, dt, src_strides));
+    DNNL_CHECK(dnnl_memory_desc_init_by_strides(&w_md, 2, w_dims, dt, w_strides));
     DNNL_CHECK(dnnl_memory_desc_init_by_strides(&dst_md, 2, dst_dims, dnnl_f32, dst_strides));
     DNNL_CHECK(dnnl_matmul_desc_init(&desc, &src_md, &w_md, NULL, &dst_md));
     DNNL_CHECK(dnnl_primitive_attr_create(&attr));
@@ -374,7 +380,8 @@ fail:
 }
 
 /* One buffer-less memory object per M in 1..max_rows for a (M, n_cols) block with row stride ld. */
-static int make_mems(lh_matmul *m, size_t n_cols, size_t ld, dnnl_memory_t **memsp)
+static int make_mems(lh_matmul *m, size_t n_cols, size_t ld, dnnl_data_type_t dt,
+                     dnnl_memory_t **memsp)
 {
     int rc = -ENOMEM;
     dnnl_memory_t *mems = calloc(m->max_rows + 1, sizeof *mems);
@@ -386,7 +393,7 @@ static int make_mems(lh_matmul *m, size_t n_cols, size_t ld, dnnl_memory_t **mem
         dnnl_memory_desc_t md;
         dnnl_dims_t dims = {(dnnl_dim_t)r, (dnnl_dim_t)n_cols};
         dnnl_dims_t strides = {(dnnl_dim_t)ld, 1};
-        DNNL_CHECK(dnnl_memory_desc_init_by_strides(&md, 2, dims, dnnl_f32, strides));
+        DNNL_CHECK(dnnl_memory_desc_init_by_strides(&md, 2, dims, dt, strides));
         DNNL_CHECK(dnnl_memory_create(&mems[r], &md, m->eng, DNNL_MEMORY_NONE));
     }
     rc = 0;
@@ -415,7 +422,12 @@ int lh_matmul_new(lh_matmul **mp, lh_type wtype, size_t n_in, size_t n_out, size
     m->n_out = n_out;
     m->max_rows = max_rows;
     m->row_size = lh_type_row_size(wtype, n_in);
-    if (wtype == LH_TYPE_F32) {
+    /* BF16 weights go to oneDNN's bf16 matmul as they are in the file (vdpbf16ps) where the CPU
+     * has AVX512_BF16; elsewhere (emulated bf16 would be slow) through F32 panels. */
+    m->bf16_dnnl = wtype == LH_TYPE_BF16 &&
+                   (dnnl_get_effective_cpu_isa() & dnnl_cpu_isa_avx512_core_bf16) ==
+                       dnnl_cpu_isa_avx512_core_bf16;
+    if (wtype == LH_TYPE_F32 || m->bf16_dnnl) {
         m->panel = n_out;
     } else {
         size_t p = PANEL_BYTES / (n_in * sizeof(float));
@@ -424,7 +436,13 @@ int lh_matmul_new(lh_matmul **mp, lh_type wtype, size_t n_in, size_t n_out, size
     }
     m->n_panel_full = n_out / m->panel;
     m->tail = n_out % m->panel;
-    if (wtype != LH_TYPE_F32) {
+    if (m->bf16_dnnl) {
+        if (n_in > SIZE_MAX / sizeof(uint16_t) / max_rows ||
+            posix_memalign((void **)&m->xbf, 64, max_rows * n_in * sizeof(uint16_t)) != 0) {
+            m->xbf = NULL;
+            goto fail;
+        }
+    } else if (wtype != LH_TYPE_F32) {
         if (posix_memalign((void **)&m->wpanel, 64, m->panel * n_in * sizeof(float)) != 0) {
             m->wpanel = NULL;
             goto fail;
@@ -450,15 +468,15 @@ int lh_matmul_new(lh_matmul **mp, lh_type wtype, size_t n_in, size_t n_out, size
     DNNL_CHECK(dnnl_stream_create(&m->stream, m->eng, dnnl_stream_default_flags));
     if ((rc = make_prim(m, m->panel, &m->prim, &m->w_mem, &m->scratch_mem, &m->scratchpad)) != 0)
         goto fail;
-    if ((rc = make_mems(m, n_in, n_in, &m->src_mem)) != 0)
+    if ((rc = make_mems(m, n_in, n_in, m->bf16_dnnl ? dnnl_bf16 : dnnl_f32, &m->src_mem)) != 0)
         goto fail;
-    if ((rc = make_mems(m, m->panel, n_out, &m->dst_mem)) != 0)
+    if ((rc = make_mems(m, m->panel, n_out, dnnl_f32, &m->dst_mem)) != 0)
         goto fail;
     if (m->tail) {
         if ((rc = make_prim(m, m->tail, &m->prim_tail, &m->w_tail_mem, &m->scratch_tail_mem,
                             &m->scratchpad_tail)) != 0)
             goto fail;
-        if ((rc = make_mems(m, m->tail, n_out, &m->dst_tail_mem)) != 0)
+        if ((rc = make_mems(m, m->tail, n_out, dnnl_f32, &m->dst_tail_mem)) != 0)
             goto fail;
     }
     *mp = m;
@@ -664,6 +682,29 @@ fail:
     return -EIO;
 }
 
+/* x (n values) rounded to BF16 (nearest even), split over threads: the activations of the BF16
+ * prefill.  Each x_i moves by at most 2^-9 |x_i| (and values below 2^-126 flush to zero in
+ * vdpbf16ps), so an output moves by at most 2^-9 Σ|w_i x_i| plus the F32 accumulation error,
+ * the bound tests/test_matmul.c checks.  llama.cpp rounds its activations the same way for BF16
+ * weights. */
+static void round_bf16(const float *x, uint16_t *xb, size_t n)
+{
+#define RB_BLK 4096
+    size_t n_blk = (n + RB_BLK - 1) / RB_BLK;
+    OMP(omp parallel for schedule(static) if (n >= 8 * RB_BLK))
+    for (size_t b = 0; b < n_blk; b++) {
+        size_t i = b * RB_BLK, e = n - i < RB_BLK ? n : i + RB_BLK;
+#if defined(LH_HAVE_AVX512) && defined(__AVX512BF16__)
+        for (; i + 16 <= e; i += 16)
+            _mm256_storeu_si256((__m256i *)(xb + i),
+                                (__m256i)_mm512_cvtneps_pbh(_mm512_loadu_ps(x + i)));
+#endif
+        for (; i < e; i++)
+            xb[i] = lh_f32_to_bf16(x[i]);
+    }
+#undef RB_BLK
+}
+
 /* rows [r0, r0+n) of W to F32 in the panel scratch, split over threads. */
 static void convert_panel(lh_matmul *m, const void *w, size_t r0, size_t n)
 {
@@ -713,6 +754,11 @@ int lh_matmul_run_dnnl(lh_matmul *m, const void *w, const float *x, size_t n_row
     dnnl_memory_t smem = m->src_mem[n_rows];
     if (m->wtype == LH_TYPE_F32)
         return exec(m, m->prim, m->w_mem, w, smem, m->dst_mem[n_rows], y, m->scratch_mem, x);
+    if (m->bf16_dnnl) {
+        round_bf16(x, m->xbf, n_rows * m->n_in);
+        return exec(m, m->prim, m->w_mem, w, smem, m->dst_mem[n_rows], y, m->scratch_mem,
+                    (const float *)m->xbf);
+    }
     for (size_t p = 0; p < m->n_panel_full && rc == 0; p++) {
         size_t r0 = p * m->panel;
         convert_panel(m, w, r0, m->panel);
