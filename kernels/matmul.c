@@ -28,9 +28,20 @@
 #include <string.h>
 
 #include <dnnl.h>
+#ifdef _OPENMP
+#include <omp.h>
+#endif
 
 #include "log.h"
 #include "simd.h"
+
+/* The float-type GEMV and the F16 GEMM below are written for AVX-512 (F, BW, VL) with F16C. */
+#if defined(__AVX512F__) && defined(__AVX512BW__) && defined(__AVX512VL__) && defined(__F16C__)
+#define LH_HAVE_AVX512 1
+#endif
+/* F16 GEMM: k chunk and W rows per register tile (see gemm_f16) */
+#define GF_KC 256
+#define GF_MR 12
 
 /* A converted panel of W is this many bytes of F32 (a size oneDNN handles at full speed while the
  * conversion of the next panel stays cheap). */
@@ -61,6 +72,11 @@ struct lh_matmul {
     uint16_t *xbf;                       /* (max_rows, n_in) x rounded to BF16 for the BF16
                                             prefill (bf16_dnnl); NULL otherwise */
     int bf16_dnnl;                       /* BF16 W: oneDNN bf16 x bf16 -> f32 on W in place */
+    /* F16 prefill (gemm_f16, where there is AVX-512) */
+    int f16_gemm;
+    size_t n_thr;                        /* threads the scratch below is made for */
+    float *xpk;                          /* (ceil(max_rows / 32), k_pad, 32) x transposed */
+    float *wpk;                          /* (n_thr, k_pad / KC, 12, KC) W rows as F32 */
 };
 
 #define DNNL_CHECK(call)                                                                      \
@@ -330,6 +346,8 @@ void lh_matmul_free(lh_matmul *m)
     free(m->xq);
     free(m->xperm);
     free(m->xbf);
+    free(m->xpk);
+    free(m->wpk);
     free(m);
 }
 
@@ -463,6 +481,21 @@ int lh_matmul_new(lh_matmul **mp, lh_type wtype, size_t n_in, size_t n_out, size
             goto fail;
         }
     }
+#ifdef LH_HAVE_AVX512
+    if (wtype == LH_TYPE_F16 && max_rows > 1) {
+        size_t k_pad = (n_in + GF_KC - 1) / GF_KC * GF_KC, n_tb = (max_rows + 31) / 32;
+        m->f16_gemm = 1;
+        m->n_thr = 1;
+#ifdef _OPENMP
+        m->n_thr = (size_t)omp_get_max_threads();
+#endif
+        if (k_pad > SIZE_MAX / sizeof(float) / 32 / n_tb ||
+            k_pad > SIZE_MAX / sizeof(float) / GF_MR / m->n_thr ||
+            posix_memalign((void **)&m->xpk, 64, n_tb * k_pad * 32 * sizeof(float)) != 0 ||
+            posix_memalign((void **)&m->wpk, 64, m->n_thr * k_pad * GF_MR * sizeof(float)) != 0)
+            goto fail;
+    }
+#endif
     rc = -EIO;
     DNNL_CHECK(dnnl_engine_create(&m->eng, dnnl_cpu, 0));
     DNNL_CHECK(dnnl_stream_create(&m->stream, m->eng, dnnl_stream_default_flags));
@@ -509,10 +542,6 @@ static void gemv(const lh_matmul *m, const void *w, const float *x, float *y)
             lh_dot_rows(t, (const char *)w + o * rs, rs, x, n_in, y + o, nr);
     }
 }
-
-#if defined(__AVX512F__) && defined(__AVX512BW__) && defined(__AVX512VL__) && defined(__F16C__)
-#define LH_HAVE_AVX512 1
-#endif
 
 #ifdef LH_HAVE_AVX512
 /* ---- the decode GEMV for F32 / F16 / BF16 weights (AVX-512) --------------------------------
@@ -628,6 +657,110 @@ static void gemv_float(lh_matmul *m, const void *w, const float *x, float *y)
 }
 #endif
 
+#ifdef LH_HAVE_AVX512
+/* ---- the F16 prefill GEMM (AVX-512) -----------------------------------------------------------
+ *
+ * oneDNN 2.6 has no F16 matmul on this CPU, and converting W to F32 panels for it costs two
+ * synchronisations of the thread team per panel and a repacking of x per panel.  Here one
+ * parallel region does the whole product: x is transposed once into blocks of 32 tokens
+ * (xpk: for each k the 32 tokens' values, one zmm pair), then each thread takes a contiguous
+ * range of 12-row groups of W, converts the group's rows to F32 once (vcvtph2ps, exact) into
+ * per-thread scratch laid out in chunks of GF_KC (so the 12 rows are at constant offsets from one
+ * pointer), and runs the 12 x 32 register tile (24 zmm accumulators: 12 weights broadcast
+ * against 32 tokens, over all of k) for every token block.  W is read once from memory; each
+ * group's F32 copy (12 x n_in x 4 bytes) stays in L2 while the token blocks pass over it.
+ * Every product is exact in F32 (F16 values are exact in F32); sums are F32 FMAs in k order, so
+ * the result is within the float accumulation bound of the reference (1e-5 of Σ|w·x| in the
+ * tests).  Padding (tokens past n_rows, rows past n_out, k past n_in) is zeros and never
+ * stored. */
+/* rows [o0, o0 + nr) of F16 W (nr <= 12) as F32 into wp (k_pad / KC, 12, KC), zero padded. */
+static void gf_pack_w(const char *w, size_t rs, size_t nr, size_t k, size_t k_pad, float *wp)
+{
+    for (size_t c = 0; c < k_pad / GF_KC; c++) {
+        float *wc = wp + c * GF_MR * GF_KC;
+        size_t k0 = c * GF_KC;
+        for (size_t r = 0; r < GF_MR; r++) {
+            const uint16_t *src = (const uint16_t *)(w + (r < nr ? r : 0) * rs);
+            for (size_t i = 0; i < GF_KC; i += 16) {
+                size_t left = k0 + i < k ? k - k0 - i : 0;
+                __mmask16 msk = r >= nr ? 0 : left >= 16 ? 0xffff : (__mmask16)((1u << left) - 1);
+                __m256i h = _mm256_maskz_loadu_epi16(msk, src + (msk ? k0 + i : 0));
+                _mm512_store_ps(wc + r * GF_KC + i, _mm512_cvtph_ps(h));
+            }
+        }
+    }
+}
+
+/* y[t0 + i][o0 + r] for r < nr, i < nt: the 12 x 32 tile over all k chunks. */
+static void gf_tile(size_t n_chunk, const float *wp, const float *xp, float *y, size_t ldy,
+                    size_t nr, size_t nt)
+{
+#define GF_Z(r) __m512 a##r = _mm512_setzero_ps(), b##r = a##r;
+    GF_Z(0) GF_Z(1) GF_Z(2) GF_Z(3) GF_Z(4) GF_Z(5) GF_Z(6) GF_Z(7) GF_Z(8) GF_Z(9) GF_Z(10) GF_Z(11)
+#undef GF_Z
+    for (size_t c = 0; c < n_chunk; c++) {
+        const float *wc = wp + c * GF_MR * GF_KC, *xc = xp + c * GF_KC * 32;
+        for (size_t k = 0; k < GF_KC; k++) {
+            __m512 x0 = _mm512_load_ps(xc + k * 32), x1 = _mm512_load_ps(xc + k * 32 + 16);
+#define GF_R(r)                                                                               \
+    {                                                                                         \
+        __m512 bw = _mm512_set1_ps(wc[(r) * GF_KC + k]);                                      \
+        a##r = _mm512_fmadd_ps(bw, x0, a##r);                                                 \
+        b##r = _mm512_fmadd_ps(bw, x1, b##r);                                                 \
+    }
+            GF_R(0) GF_R(1) GF_R(2) GF_R(3) GF_R(4) GF_R(5) GF_R(6) GF_R(7) GF_R(8) GF_R(9)
+            GF_R(10) GF_R(11)
+#undef GF_R
+        }
+    }
+    __m512 acc[GF_MR][2] = {{a0, b0}, {a1, b1}, {a2, b2}, {a3, b3}, {a4, b4}, {a5, b5},
+                            {a6, b6}, {a7, b7}, {a8, b8}, {a9, b9}, {a10, b10}, {a11, b11}};
+    float buf[32];
+    for (size_t r = 0; r < nr; r++) {
+        _mm512_storeu_ps(buf, acc[r][0]);
+        _mm512_storeu_ps(buf + 16, acc[r][1]);
+        for (size_t i = 0; i < nt; i++)
+            y[i * ldy + r] = buf[i];
+    }
+}
+
+static void gemm_f16(lh_matmul *m, const void *w, const float *x, size_t n_rows, float *y)
+{
+    size_t k = m->n_in, n_out = m->n_out, rs = m->row_size;
+    size_t k_pad = (k + GF_KC - 1) / GF_KC * GF_KC, n_chunk = k_pad / GF_KC;
+    size_t n_tb = (n_rows + 31) / 32, n_grp = (n_out + GF_MR - 1) / GF_MR;
+    float *xp = m->xpk;
+    OMP(omp parallel num_threads(m->n_thr))
+    {
+        size_t tid = 0;
+#ifdef _OPENMP
+        tid = (size_t)omp_get_thread_num();
+#endif
+        /* x transposed per 32-token block: xp[(b * k_pad + kk) * 32 + i] = x[b * 32 + i][kk] */
+        OMP(omp for schedule(static))
+        for (size_t bc = 0; bc < n_tb * n_chunk; bc++) {
+            size_t b = bc / n_chunk, k0 = bc % n_chunk * GF_KC;
+            float *dst = xp + (b * k_pad + k0) * 32;
+            for (size_t i = 0; i < 32; i++) {
+                size_t t = b * 32 + i;
+                for (size_t kk = 0; kk < GF_KC; kk++)
+                    dst[kk * 32 + i] = t < n_rows && k0 + kk < k ? x[t * k + k0 + kk] : 0;
+            }
+        }
+        float *wp = m->wpk + tid * k_pad * GF_MR;
+        OMP(omp for schedule(static))
+        for (size_t g = 0; g < n_grp; g++) {
+            size_t o0 = g * GF_MR, nr = n_out - o0 < GF_MR ? n_out - o0 : GF_MR;
+            gf_pack_w((const char *)w + o0 * rs, rs, nr, k, k_pad, wp);
+            for (size_t b = 0; b < n_tb; b++) {
+                size_t nt = n_rows - b * 32 < 32 ? n_rows - b * 32 : 32;
+                gf_tile(n_chunk, wp, xp + b * k_pad * 32, y + b * 32 * n_out + o0, n_out, nr, nt);
+            }
+        }
+    }
+}
+#endif
+
 /* Prefill for quantised weights: every activation row quantised to 8 bits once (as for the
  * GEMV), then blocks of 16 W rows against ACT_BLOCK activation rows at a time with the fused
  * integer dot products (lh_gemm_q8: each W block unpacked once per four activation rows), the
@@ -739,6 +872,12 @@ int lh_matmul_run(lh_matmul *m, const void *w, const float *x, size_t n_rows, fl
         gemm_q8(m, w, x, n_rows, y);
         return 0;
     }
+#ifdef LH_HAVE_AVX512
+    if (m->f16_gemm) {
+        gemm_f16(m, w, x, n_rows, y);
+        return 0;
+    }
+#endif
     return lh_matmul_run_dnnl(m, w, x, n_rows, y);
 }
 
