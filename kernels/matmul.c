@@ -1,16 +1,22 @@
 /* kernels/matmul — see matmul.h.
  *
- * Prefill (n_rows > 1) runs one oneDNN matmul primitive created at _new with a RUNTIME M
- * dimension, so one primitive serves every n_rows in 1..max_rows.  oneDNN reads M from the memory
+ * Prefill (n_rows > 1) of F32 and BF16 W runs one oneDNN matmul primitive created at _new with
+ * a RUNTIME M dimension, so one primitive serves every n_rows in 1..max_rows.  oneDNN reads M from the memory
  * descriptors it is given at execution, so _new also makes one (buffer-less) src and dst memory
  * object per M; _run only points them at the caller's arrays.  The weights are Wᵀ as oneDNN sees
  * them: dims {n_in, n_out}, format `ba` (W row-major is exactly Wᵀ column-major), so F32 weights
- * are used in place.  F16/BF16/Q8_0 weights are converted, a panel of rows of W at a time, into
- * F32 scratch made at _new, and each panel is one execution writing a column slice of y (a strided
- * dst).  Scratchpad mode is `user`: its buffer too is allocated at _new.
+ * are used in place, and so are BF16 weights where the CPU has AVX512_BF16: oneDNN's bf16 matmul
+ * (vdpbf16ps, F32 accumulation) on x rounded to BF16 (round_bf16: the file's weights unchanged,
+ * each activation within 2^-9 of itself, as llama.cpp does for BF16).  F16 W (where there is
+ * AVX-512) takes gemm_f16, our own blocked GEMM that converts each W row once per call.
+ * Otherwise (lh_matmul_run_dnnl for the other types, BF16 without AVX512_BF16, F16 without
+ * AVX-512) W is converted, a panel of rows at a time, into F32 scratch made at _new, and each
+ * panel is one execution writing a column slice of y (a strided dst).  Scratchpad mode is
+ * `user`: its buffer too is allocated at _new.
  *
  * Decode (n_rows == 1) is a GEMV: every output is a dot product of one W row with x, rows split
- * statically over threads.  A oneDNN call for M = 1 costs more in fixed overhead and packing than
+ * statically over threads (for F32/F16/BF16 W: gemv_float, one sequential row stream per
+ * thread, AVX-512).  A oneDNN call for M = 1 costs more in fixed overhead and packing than
  * the whole GEMV for our shapes (tools/kbench measures both).  For the quantised types (Q4_0 ..
  * Q6_K, IQ4_NL, Q8_0) x is first quantised to 8 bits per value in blocks (lh_q8_quant, into
  * scratch made at _new) and the rows are fused integer dot products (lh_dot_rows_q8), as in
@@ -736,15 +742,20 @@ static void gemm_f16(lh_matmul *m, const void *w, const float *x, size_t n_rows,
 #ifdef _OPENMP
         tid = (size_t)omp_get_thread_num();
 #endif
-        /* x transposed per 32-token block: xp[(b * k_pad + kk) * 32 + i] = x[b * 32 + i][kk] */
+        /* x transposed per 32-token block: xp[(b * k_pad + kk) * 32 + i] = x[b * 32 + i][kk],
+         * zeros past n_rows and n_in (M x K stores against M x K x N FMAs: no need to be clever) */
         OMP(omp for schedule(static))
         for (size_t bc = 0; bc < n_tb * n_chunk; bc++) {
             size_t b = bc / n_chunk, k0 = bc % n_chunk * GF_KC;
+            size_t kn = k - k0 < GF_KC ? k - k0 : GF_KC;
             float *dst = xp + (b * k_pad + k0) * 32;
             for (size_t i = 0; i < 32; i++) {
-                size_t t = b * 32 + i;
-                for (size_t kk = 0; kk < GF_KC; kk++)
-                    dst[kk * 32 + i] = t < n_rows && k0 + kk < k ? x[t * k + k0 + kk] : 0;
+                size_t t = b * 32 + i, kk = 0;
+                if (t < n_rows)
+                    for (const float *src = x + t * k + k0; kk < kn; kk++)
+                        dst[kk * 32 + i] = src[kk];
+                for (; kk < GF_KC; kk++)
+                    dst[kk * 32 + i] = 0;
             }
         }
         float *wp = m->wpk + tid * k_pad * GF_MR;
