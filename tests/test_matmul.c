@@ -139,12 +139,14 @@ static void test_matmul_f32(void)
     check_matmul(LH_TYPE_F32, 64, 64, 1);   /* decode-only object */
 }
 
-/* n_in = 4096 makes a panel 128 rows, so n_out = 257 is two panels and a 1-row tail. */
+/* n_in = 4096 makes a panel 128 rows, so n_out = 257 is two panels and a 1-row tail (the oneDNN
+ * path, lh_matmul_run_dnnl); F16 prefill itself is gemm_f16 where there is AVX-512. */
 static void test_matmul_f16(void)
 {
     check_matmul(LH_TYPE_F16, 17, 3, 20);
     check_matmul(LH_TYPE_F16, 257, 17, 20);
     check_matmul(LH_TYPE_F16, 4096, 257, 17);
+    check_matmul(LH_TYPE_F16, 257, 37, 130);   /* prefill GEMM: 5 token blocks, 12-row groups */
 }
 
 static void test_matmul_bf16(void)
