@@ -1,9 +1,9 @@
 /* kernels/matmul — see matmul.h.
  *
  * Prefill (n_rows > 1) of F32 and BF16 W runs one oneDNN matmul primitive created at _new with
- * a RUNTIME M dimension, so one primitive serves every n_rows in 1..max_rows.  oneDNN reads M from the memory
- * descriptors it is given at execution, so _new also makes one (buffer-less) src and dst memory
- * object per M; _run only points them at the caller's arrays.  The weights are Wᵀ as oneDNN sees
+ * a RUNTIME M dimension, so one primitive serves every n_rows in 1..max_rows.  oneDNN reads M
+ * from the memory descriptors it is given at execution, so _new also makes one (buffer-less) src
+ * and dst memory object per M; _run only points them at the caller's arrays.  The weights are Wᵀ as oneDNN sees
  * them: dims {n_in, n_out}, format `ba` (W row-major is exactly Wᵀ column-major), so F32 weights
  * are used in place, and so are BF16 weights where the CPU has AVX512_BF16: oneDNN's bf16 matmul
  * (vdpbf16ps, F32 accumulation) on x rounded to BF16 (round_bf16: the file's weights unchanged,
@@ -702,7 +702,8 @@ static void gf_tile(size_t n_chunk, const float *wp, const float *xp, float *y, 
                     size_t nr, size_t nt)
 {
 #define GF_Z(r) __m512 a##r = _mm512_setzero_ps(), b##r = a##r;
-    GF_Z(0) GF_Z(1) GF_Z(2) GF_Z(3) GF_Z(4) GF_Z(5) GF_Z(6) GF_Z(7) GF_Z(8) GF_Z(9) GF_Z(10) GF_Z(11)
+    GF_Z(0) GF_Z(1) GF_Z(2) GF_Z(3) GF_Z(4) GF_Z(5) GF_Z(6) GF_Z(7) GF_Z(8) GF_Z(9) GF_Z(10)
+    GF_Z(11)
 #undef GF_Z
     for (size_t c = 0; c < n_chunk; c++) {
         const float *wc = wp + c * GF_MR * GF_KC, *xc = xp + c * GF_KC * 32;
@@ -723,7 +724,9 @@ static void gf_tile(size_t n_chunk, const float *wp, const float *xp, float *y, 
      * masked store each (a store per output and token, strided by the row of y, measured 15% of
      * the tile's time at n_in = 768). */
     float buf[GF_MR * 32] __attribute__((aligned(64)));
-#define GF_S(r)                                                                                   _mm512_store_ps(buf + (r) * 32, a##r);                                                        _mm512_store_ps(buf + (r) * 32 + 16, b##r);
+#define GF_S(r)                                                                               \
+    _mm512_store_ps(buf + (r) * 32, a##r);                                                    \
+    _mm512_store_ps(buf + (r) * 32 + 16, b##r);
     GF_S(0) GF_S(1) GF_S(2) GF_S(3) GF_S(4) GF_S(5) GF_S(6) GF_S(7) GF_S(8) GF_S(9) GF_S(10)
     GF_S(11)
 #undef GF_S
@@ -778,7 +781,7 @@ static void gemm_f16(lh_matmul *m, const void *w, const float *x, size_t n_rows,
         tid = (size_t)omp_get_thread_num();
 #endif
         /* x transposed per 32-token block: xp[(b * k_pad + kk) * 32 + i] = x[b * 32 + i][kk],
-         * zeros past n_rows and n_in (M x K stores against M x K x N FMAs: no need to be clever) */
+         * zeros past n_rows and n_in */
         OMP(omp for schedule(static))
         for (size_t bc = 0; bc < n_tb * n_chunk; bc++) {
             size_t b = bc / n_chunk, k0 = bc % n_chunk * GF_KC;
@@ -791,9 +794,15 @@ static void gemm_f16(lh_matmul *m, const void *w, const float *x, size_t n_rows,
             for (size_t kk = 0; kk < GF_KC; kk += 16) {
                 size_t left = kk < kn ? kn - kk : 0;
                 __mmask16 kmask = left >= 16 ? 0xffff : (__mmask16)((1u << left) - 1);
-                for (size_t h = 0; h < 2; h++)
-                    gf_tr16(src + h * 16 * k + kk, k, nt > h * 16 ? nt - h * 16 : 0, kmask,
-                            dst + kk * 32 + h * 16);
+                for (size_t h = 0; h < 2; h++) {
+                    if (nt > h * 16 && left > 0) {
+                        gf_tr16(src + h * 16 * k + kk, k, nt - h * 16, kmask,
+                                dst + kk * 32 + h * 16);
+                    } else {
+                        for (size_t j = 0; j < 16; j++)
+                            _mm512_store_ps(dst + (kk + j) * 32 + h * 16, _mm512_setzero_ps());
+                    }
+                }
             }
         }
         float *wp = m->wpk + tid * k_pad * GF_MR;
