@@ -1,18 +1,18 @@
 /* kernels/matmul — see matmul.h.
  *
- * Prefill (n_rows > 1) of F32 and BF16 W runs one oneDNN matmul primitive created at _new with
- * a RUNTIME M dimension, so one primitive serves every n_rows in 1..max_rows.  oneDNN reads M
- * from the memory descriptors it is given at execution, so _new also makes one (buffer-less) src
- * and dst memory object per M; _run only points them at the caller's arrays.  The weights are Wᵀ as oneDNN sees
- * them: dims {n_in, n_out}, format `ba` (W row-major is exactly Wᵀ column-major), so F32 weights
- * are used in place, and so are BF16 weights where the CPU has AVX512_BF16: oneDNN's bf16 matmul
- * (vdpbf16ps, F32 accumulation) on x rounded to BF16 (round_bf16: the file's weights unchanged,
- * each activation within 2^-9 of itself, as llama.cpp does for BF16).  F16 W (where there is
- * AVX-512) takes gemm_f16, our own blocked GEMM that converts each W row once per call.
- * Otherwise (lh_matmul_run_dnnl for the other types, BF16 without AVX512_BF16, F16 without
- * AVX-512) W is converted, a panel of rows at a time, into F32 scratch made at _new, and each
- * panel is one execution writing a column slice of y (a strided dst).  Scratchpad mode is
- * `user`: its buffer too is allocated at _new.
+ * Prefill (n_rows > 1) of F32 and BF16 W runs one oneDNN matmul primitive created at _new with a
+ * RUNTIME M dimension, so one primitive serves every n_rows in 1..max_rows.  oneDNN reads M from
+ * the memory descriptors it is given at execution, so _new also makes one (buffer-less) src and dst
+ * memory object per M; _run only points them at the caller's arrays.  The weights are Wᵀ as
+ * oneDNN sees them: dims {n_in, n_out}, format `ba` (W row-major is exactly Wᵀ column-major), so F32
+ * weights are used in place, and so are BF16 weights where the CPU has AVX512_BF16: oneDNN's bf16
+ * matmul (vdpbf16ps, F32 accumulation) on x rounded to BF16 (round_bf16: the file's weights
+ * unchanged, each activation within 2^-9 of itself, as llama.cpp does for BF16).  F16 W (where
+ * there is AVX-512) takes gemm_f16, our own blocked GEMM that converts each W row once per call.
+ * Otherwise (lh_matmul_run_dnnl for the other types, BF16 without AVX512_BF16, F16 without AVX-512)
+ * W is converted, a panel of rows at a time, into F32 scratch made at _new, and each panel is one
+ * execution writing a column slice of y (a strided dst).  Scratchpad mode is `user`: its buffer too
+ * is allocated at _new.
  *
  * Decode (n_rows == 1) is a GEMV: every output is a dot product of one W row with x, rows split
  * statically over threads (for F32/F16/BF16 W: gemv_float, one sequential row stream per
