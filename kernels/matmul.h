@@ -35,7 +35,8 @@ void lh_matmul_free(lh_matmul *m);
 int lh_matmul_run(lh_matmul *m, const void *w, const float *x, size_t n_rows, float *y);
 
 /* The oneDNN path for any n_rows (1 included), bypassing the GEMV: what lh_matmul_run does for
- * n_rows > 1.  For benchmarks and tests that compare the two paths at n_rows == 1. */
+ * n_rows > 1 with F32 and BF16 W (F16 and quantised W take hand-written GEMMs there; here they
+ * go through dequantised F32 panels).  For benchmarks and tests that compare the paths. */
 int lh_matmul_run_dnnl(lh_matmul *m, const void *w, const float *x, size_t n_rows, float *y);
 
 /* Scalar reference: same contract, no oneDNN, no OpenMP, double accumulation. */
