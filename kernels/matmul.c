@@ -1,16 +1,22 @@
 /* kernels/matmul — see matmul.h.
  *
- * Prefill (n_rows > 1) runs one oneDNN matmul primitive created at _new with a RUNTIME M
- * dimension, so one primitive serves every n_rows in 1..max_rows.  oneDNN reads M from the memory
- * descriptors it is given at execution, so _new also makes one (buffer-less) src and dst memory
- * object per M; _run only points them at the caller's arrays.  The weights are Wᵀ as oneDNN sees
- * them: dims {n_in, n_out}, format `ba` (W row-major is exactly Wᵀ column-major), so F32 weights
- * are used in place.  F16/BF16/Q8_0 weights are converted, a panel of rows of W at a time, into
- * F32 scratch made at _new, and each panel is one execution writing a column slice of y (a strided
- * dst).  Scratchpad mode is `user`: its buffer too is allocated at _new.
+ * Prefill (n_rows > 1) of F32 and BF16 W runs one oneDNN matmul primitive created at _new with a
+ * RUNTIME M dimension, so one primitive serves every n_rows in 1..max_rows.  oneDNN reads M from
+ * the memory descriptors it is given at execution, so _new also makes one (buffer-less) src and dst
+ * memory object per M; _run only points them at the caller's arrays.  The weights are Wᵀ as
+ * oneDNN sees them: dims {n_in, n_out}, format `ba` (W row-major is exactly Wᵀ column-major), so F32
+ * weights are used in place, and so are BF16 weights where the CPU has AVX512_BF16: oneDNN's bf16
+ * matmul (vdpbf16ps, F32 accumulation) on x rounded to BF16 (round_bf16: the file's weights
+ * unchanged, each activation within 2^-9 of itself, as llama.cpp does for BF16).  F16 W (where
+ * there is AVX-512) takes gemm_f16, our own blocked GEMM that converts each W row once per call.
+ * Otherwise (lh_matmul_run_dnnl for the other types, BF16 without AVX512_BF16, F16 without AVX-512)
+ * W is converted, a panel of rows at a time, into F32 scratch made at _new, and each panel is one
+ * execution writing a column slice of y (a strided dst).  Scratchpad mode is `user`: its buffer too
+ * is allocated at _new.
  *
  * Decode (n_rows == 1) is a GEMV: every output is a dot product of one W row with x, rows split
- * statically over threads.  A oneDNN call for M = 1 costs more in fixed overhead and packing than
+ * statically over threads (for F32/F16/BF16 W: gemv_float, one sequential row stream per
+ * thread, AVX-512).  A oneDNN call for M = 1 costs more in fixed overhead and packing than
  * the whole GEMV for our shapes (tools/kbench measures both).  For the quantised types (Q4_0 ..
  * Q6_K, IQ4_NL, Q8_0) x is first quantised to 8 bits per value in blocks (lh_q8_quant, into
  * scratch made at _new) and the rows are fused integer dot products (lh_dot_rows_q8), as in
@@ -34,6 +40,14 @@
 
 #include "log.h"
 #include "simd.h"
+
+/* The float-type GEMV and the F16 GEMM below are written for AVX-512 (F, BW, VL) with F16C. */
+#if defined(__AVX512F__) && defined(__AVX512BW__) && defined(__AVX512VL__) && defined(__F16C__)
+#define LH_HAVE_AVX512 1
+#endif
+/* F16 GEMM: k chunk and W rows per register tile (see gemm_f16) */
+#define GF_KC 256
+#define GF_MR 12
 
 /* A converted panel of W is this many bytes of F32 (a size oneDNN handles at full speed while the
  * conversion of the next panel stays cheap). */
@@ -61,9 +75,19 @@ struct lh_matmul {
     size_t q8_size;                      /* bytes of one quantised activation row */
     /* prefill over 32-row panels (lh_q8p_*), when the build has a kernel for wtype: */
     void *panels;                        /* (n_thr, panel_size) one panel per thread */
-    size_t panel_size, n_thr;
+    size_t panel_size, n_thr;            /* n_thr: threads the per-thread scratch (panels,
+                                            wpk) is made for */
     int32_t *xcorr;                      /* (max_rows, n_corr) activation corrections */
     size_t n_corr;
+    float *xperm;                        /* (round_up(n_in, 32)) x deinterleaved for the BF16
+                                            GEMV; NULL for other types */
+    uint16_t *xbf;                       /* (max_rows, n_in) x rounded to BF16 for the BF16
+                                            prefill (bf16_dnnl); NULL otherwise */
+    int bf16_dnnl;                       /* BF16 W: oneDNN bf16 x bf16 -> f32 on W in place */
+    /* F16 prefill (gemm_f16, where there is AVX-512) */
+    int f16_gemm;
+    float *xpk;                          /* (ceil(max_rows / 32), k_pad, 32) x transposed */
+    float *wpk;                          /* (n_thr, k_pad / KC, 12, KC) W rows as F32 */
 };
 
 /* The panels from this many activation rows: unpacking a panel costs about what 16 rows of its
@@ -604,6 +628,10 @@ void lh_matmul_free(lh_matmul *m)
     free(m->xq);
     free(m->panels);
     free(m->xcorr);
+    free(m->xperm);
+    free(m->xbf);
+    free(m->xpk);
+    free(m->wpk);
     free(m);
 }
 
@@ -612,6 +640,8 @@ void lh_matmul_free(lh_matmul *m)
 static int make_prim(lh_matmul *m, size_t n_cols, dnnl_primitive_t *primp, dnnl_memory_t *wmemp,
                      dnnl_memory_t *spmemp, void **spp)
 {
+    /* src and weights: bf16 for the BF16 path (W in place), f32 otherwise; dst always f32 */
+    dnnl_data_type_t dt = m->bf16_dnnl ? dnnl_bf16 : dnnl_f32;
     int rc = -EIO;
     dnnl_primitive_attr_t attr = NULL;
     dnnl_primitive_desc_t pd = NULL;
@@ -623,8 +653,8 @@ static int make_prim(lh_matmul *m, size_t n_cols, dnnl_primitive_t *primp, dnnl_
     dnnl_dims_t dst_dims = {DNNL_RUNTIME_DIM_VAL, (dnnl_dim_t)n_cols};
     dnnl_dims_t dst_strides = {(dnnl_dim_t)m->n_out, 1};
     dnnl_matmul_desc_t desc;
-    DNNL_CHECK(dnnl_memory_desc_init_by_strides(&src_md, 2, src_dims, dnnl_f32, src_strides));
-    DNNL_CHECK(dnnl_memory_desc_init_by_strides(&w_md, 2, w_dims, dnnl_f32, w_strides));
+    DNNL_CHECK(dnnl_memory_desc_init_by_strides(&src_md, 2, src_dims, dt, src_strides));
+    DNNL_CHECK(dnnl_memory_desc_init_by_strides(&w_md, 2, w_dims, dt, w_strides));
     DNNL_CHECK(dnnl_memory_desc_init_by_strides(&dst_md, 2, dst_dims, dnnl_f32, dst_strides));
     DNNL_CHECK(dnnl_matmul_desc_init(&desc, &src_md, &w_md, NULL, &dst_md));
     DNNL_CHECK(dnnl_primitive_attr_create(&attr));
@@ -652,7 +682,8 @@ fail:
 }
 
 /* One buffer-less memory object per M in 1..max_rows for a (M, n_cols) block with row stride ld. */
-static int make_mems(lh_matmul *m, size_t n_cols, size_t ld, dnnl_memory_t **memsp)
+static int make_mems(lh_matmul *m, size_t n_cols, size_t ld, dnnl_data_type_t dt,
+                     dnnl_memory_t **memsp)
 {
     int rc = -ENOMEM;
     dnnl_memory_t *mems = calloc(m->max_rows + 1, sizeof *mems);
@@ -664,7 +695,7 @@ static int make_mems(lh_matmul *m, size_t n_cols, size_t ld, dnnl_memory_t **mem
         dnnl_memory_desc_t md;
         dnnl_dims_t dims = {(dnnl_dim_t)r, (dnnl_dim_t)n_cols};
         dnnl_dims_t strides = {(dnnl_dim_t)ld, 1};
-        DNNL_CHECK(dnnl_memory_desc_init_by_strides(&md, 2, dims, dnnl_f32, strides));
+        DNNL_CHECK(dnnl_memory_desc_init_by_strides(&md, 2, dims, dt, strides));
         DNNL_CHECK(dnnl_memory_create(&mems[r], &md, m->eng, DNNL_MEMORY_NONE));
     }
     rc = 0;
@@ -715,7 +746,12 @@ int lh_matmul_new(lh_matmul **mp, lh_type wtype, size_t n_in, size_t n_out, size
     m->n_out = n_out;
     m->max_rows = max_rows;
     m->row_size = lh_type_row_size(wtype, n_in);
-    if (wtype == LH_TYPE_F32) {
+    /* BF16 weights go to oneDNN's bf16 matmul as they are in the file (vdpbf16ps) where the CPU
+     * has AVX512_BF16; elsewhere (emulated bf16 would be slow) through F32 panels. */
+    m->bf16_dnnl = wtype == LH_TYPE_BF16 &&
+                   (dnnl_get_effective_cpu_isa() & dnnl_cpu_isa_avx512_core_bf16) ==
+                       dnnl_cpu_isa_avx512_core_bf16;
+    if (wtype == LH_TYPE_F32 || m->bf16_dnnl) {
         m->panel = n_out;
     } else {
         size_t p = PANEL_BYTES / (n_in * sizeof(float));
@@ -724,7 +760,13 @@ int lh_matmul_new(lh_matmul **mp, lh_type wtype, size_t n_in, size_t n_out, size
     }
     m->n_panel_full = n_out / m->panel;
     m->tail = n_out % m->panel;
-    if (wtype != LH_TYPE_F32) {
+    if (m->bf16_dnnl) {
+        if (n_in > SIZE_MAX / sizeof(uint16_t) / max_rows ||
+            posix_memalign((void **)&m->xbf, 64, max_rows * n_in * sizeof(uint16_t)) != 0) {
+            m->xbf = NULL;
+            goto fail;
+        }
+    } else if (wtype != LH_TYPE_F32) {
         if (posix_memalign((void **)&m->wpanel, 64, m->panel * n_in * sizeof(float)) != 0) {
             m->wpanel = NULL;
             goto fail;
@@ -741,20 +783,42 @@ int lh_matmul_new(lh_matmul **mp, lh_type wtype, size_t n_in, size_t n_out, size
             goto fail;
         rc = -ENOMEM;
     }
+    if (wtype == LH_TYPE_BF16) {
+        size_t n_pad = (n_in + 31) / 32 * 32;
+        if (posix_memalign((void **)&m->xperm, 64, n_pad * sizeof(float)) != 0) {
+            m->xperm = NULL;
+            goto fail;
+        }
+    }
+#ifdef LH_HAVE_AVX512
+    if (wtype == LH_TYPE_F16 && max_rows > 1) {
+        size_t k_pad = (n_in + GF_KC - 1) / GF_KC * GF_KC, n_tb = (max_rows + 31) / 32;
+        m->f16_gemm = 1;
+        m->n_thr = 1;
+#ifdef _OPENMP
+        m->n_thr = (size_t)omp_get_max_threads();
+#endif
+        if (k_pad > SIZE_MAX / sizeof(float) / 32 / n_tb ||
+            k_pad > SIZE_MAX / sizeof(float) / GF_MR / m->n_thr ||
+            posix_memalign((void **)&m->xpk, 64, n_tb * k_pad * 32 * sizeof(float)) != 0 ||
+            posix_memalign((void **)&m->wpk, 64, m->n_thr * k_pad * GF_MR * sizeof(float)) != 0)
+            goto fail;
+    }
+#endif
     rc = -EIO;
     DNNL_CHECK(dnnl_engine_create(&m->eng, dnnl_cpu, 0));
     DNNL_CHECK(dnnl_stream_create(&m->stream, m->eng, dnnl_stream_default_flags));
     if ((rc = make_prim(m, m->panel, &m->prim, &m->w_mem, &m->scratch_mem, &m->scratchpad)) != 0)
         goto fail;
-    if ((rc = make_mems(m, n_in, n_in, &m->src_mem)) != 0)
+    if ((rc = make_mems(m, n_in, n_in, m->bf16_dnnl ? dnnl_bf16 : dnnl_f32, &m->src_mem)) != 0)
         goto fail;
-    if ((rc = make_mems(m, m->panel, n_out, &m->dst_mem)) != 0)
+    if ((rc = make_mems(m, m->panel, n_out, dnnl_f32, &m->dst_mem)) != 0)
         goto fail;
     if (m->tail) {
         if ((rc = make_prim(m, m->tail, &m->prim_tail, &m->w_tail_mem, &m->scratch_tail_mem,
                             &m->scratchpad_tail)) != 0)
             goto fail;
-        if ((rc = make_mems(m, m->tail, n_out, &m->dst_tail_mem)) != 0)
+        if ((rc = make_mems(m, m->tail, n_out, dnnl_f32, &m->dst_tail_mem)) != 0)
             goto fail;
     }
     *mp = m;
@@ -787,6 +851,276 @@ static void gemv(const lh_matmul *m, const void *w, const float *x, float *y)
             lh_dot_rows(t, (const char *)w + o * rs, rs, x, n_in, y + o, nr);
     }
 }
+
+#ifdef LH_HAVE_AVX512
+/* ---- the decode GEMV for F32 / F16 / BF16 weights (AVX-512) --------------------------------
+ *
+ * Decode reads every weight once, so this loop must run at memory speed.  Each thread takes one
+ * contiguous range of rows (schedule(static)) and walks it row after row: one sequential stream
+ * per core, which the hardware prefetcher follows by itself.  (The previous kernel, lh_dot_rows,
+ * interleaved four rows; at n_in = 2048 F16 those are 4 KiB apart, four streams aliasing in
+ * the same cache sets.  Software prefetch 0.5-4 KiB ahead measured slower here, one thread,
+ * 5632 x 2048 over 400 MB: F16 27 GB/s without, 16-19 with.)  A row goes 64 elements per step
+ * into four accumulators (independent FMA chains cover the FMA latency); x (n_in F32, in L1/L2)
+ * is re-read for every row.
+ *
+ * A half-step yields two 16-lane F32 vectors of weights, A and B, for 32 elements at i.  F32
+ * and F16 (F16C's vcvtph2ps, exact): A = elements i..i+15, B = i+16..i+31, against x + i,
+ * x + i + 16.  BF16: the 32 values are loaded as 16 pairs; a shift left by 16 gives the even
+ * elements as F32, masking off the low half gives the odd ones (both exact, one instruction
+ * each), against a copy of x deinterleaved the same way per 32-block (m->xperm, made once per
+ * call, zero-padded).  So every product is exact in F32's range before it is added; the sums
+ * are F32 FMAs in another order than the reference, within the float accumulation bound the
+ * tests state (1e-5 of Σ|w·x| at n_in <= 4096).  The tail (n_in % 32) is a masked load that
+ * reads nothing past the row. */
+static inline __attribute__((always_inline)) void wstep(lh_type t, const char *row, size_t i,
+                                                         __mmask32 k, __m512 *a, __m512 *b)
+{
+    if (t == LH_TYPE_F32) {
+        const float *p = (const float *)row + i;
+        *a = _mm512_maskz_loadu_ps((__mmask16)k, p);
+        *b = _mm512_maskz_loadu_ps((__mmask16)(k >> 16), p + 16);
+    } else if (t == LH_TYPE_F16) {
+        const uint16_t *p = (const uint16_t *)row + i;
+        *a = _mm512_cvtph_ps(_mm256_maskz_loadu_epi16((__mmask16)k, p));
+        *b = _mm512_cvtph_ps(_mm256_maskz_loadu_epi16((__mmask16)(k >> 16), p + 16));
+    } else {
+        __m512i v = _mm512_maskz_loadu_epi16(k, (const uint16_t *)row + i);
+        *a = _mm512_castsi512_ps(_mm512_slli_epi32(v, 16));
+        *b = _mm512_castsi512_ps(_mm512_and_si512(v, _mm512_set1_epi32((int)0xffff0000u)));
+    }
+}
+
+/* Σ row · x over n elements (x deinterleaved for BF16). */
+static inline __attribute__((always_inline)) float row_dot(lh_type t, const char *row,
+                                                           const float *x, size_t n)
+{
+    __m512 a0 = _mm512_setzero_ps(), b0 = a0, a1 = a0, b1 = a0, wa, wb;
+    size_t i = 0;
+    for (; i + 64 <= n; i += 64) {
+        wstep(t, row, i, ~(__mmask32)0, &wa, &wb);
+        a0 = _mm512_fmadd_ps(wa, _mm512_loadu_ps(x + i), a0);
+        b0 = _mm512_fmadd_ps(wb, _mm512_loadu_ps(x + i + 16), b0);
+        wstep(t, row, i + 32, ~(__mmask32)0, &wa, &wb);
+        a1 = _mm512_fmadd_ps(wa, _mm512_loadu_ps(x + i + 32), a1);
+        b1 = _mm512_fmadd_ps(wb, _mm512_loadu_ps(x + i + 48), b1);
+    }
+    for (; i < n; i += 32) {
+        size_t left = n - i;
+        __mmask32 k = left >= 32 ? ~(__mmask32)0 : (__mmask32)(0xffffffffu >> (32 - left));
+        /* x past n: F32/F16 mask it like w; BF16's copy is zero-padded to 32 */
+        __mmask16 ka = t == LH_TYPE_BF16 ? 0xffff : (__mmask16)k;
+        __mmask16 kb = t == LH_TYPE_BF16 ? 0xffff : (__mmask16)(k >> 16);
+        wstep(t, row, i, k, &wa, &wb);
+        a0 = _mm512_fmadd_ps(wa, _mm512_maskz_loadu_ps(ka, x + i), a0);
+        b0 = _mm512_fmadd_ps(wb, _mm512_maskz_loadu_ps(kb, x + i + 16), b0);
+    }
+    return _mm512_reduce_add_ps(_mm512_add_ps(_mm512_add_ps(a0, b0), _mm512_add_ps(a1, b1)));
+}
+
+/* y[o] for o in [o0, o1): one instance per type, so wstep's branches go at compile time. */
+static void rows_f32(const char *w, size_t rs, size_t o0, size_t o1, const float *x, size_t n,
+                     float *y)
+{
+    for (size_t o = o0; o < o1; o++)
+        y[o] = row_dot(LH_TYPE_F32, w + o * rs, x, n);
+}
+static void rows_f16(const char *w, size_t rs, size_t o0, size_t o1, const float *x, size_t n,
+                     float *y)
+{
+    for (size_t o = o0; o < o1; o++)
+        y[o] = row_dot(LH_TYPE_F16, w + o * rs, x, n);
+}
+static void rows_bf16(const char *w, size_t rs, size_t o0, size_t o1, const float *x, size_t n,
+                      float *y)
+{
+    for (size_t o = o0; o < o1; o++)
+        y[o] = row_dot(LH_TYPE_BF16, w + o * rs, x, n);
+}
+
+/* Blocks of GEMV_BLK rows, split statically (each thread one contiguous range of blocks). */
+#define GEMV_BLK 16
+
+static void gemv_float(lh_matmul *m, const void *w, const float *x, float *y)
+{
+    size_t n_out = m->n_out, n_in = m->n_in, rs = m->row_size;
+    void (*rows)(const char *, size_t, size_t, size_t, const float *, size_t, float *) =
+        m->wtype == LH_TYPE_F32 ? rows_f32 : m->wtype == LH_TYPE_F16 ? rows_f16 : rows_bf16;
+    if (m->wtype == LH_TYPE_BF16) {
+        /* x deinterleaved per 32-block: 16 even elements, then 16 odd ones, zeros past n_in */
+        float *xp = m->xperm;
+        for (size_t i = 0; i < n_in; i += 32)
+            for (size_t j = 0; j < 16; j++) {
+                xp[i + j] = i + 2 * j < n_in ? x[i + 2 * j] : 0;
+                xp[i + 16 + j] = i + 2 * j + 1 < n_in ? x[i + 2 * j + 1] : 0;
+            }
+        x = xp;
+    }
+    size_t n_blk = (n_out + GEMV_BLK - 1) / GEMV_BLK;
+    /* small matrices stay on one thread: waking the team costs more than they take */
+    OMP(omp parallel for schedule(static) if (n_out * n_in >= 131072))
+    for (size_t b = 0; b < n_blk; b++) {
+        size_t o0 = b * GEMV_BLK, o1 = n_out - o0 < GEMV_BLK ? n_out : o0 + GEMV_BLK;
+        rows((const char *)w, rs, o0, o1, x, n_in, y);
+    }
+}
+#endif
+
+#ifdef LH_HAVE_AVX512
+/* ---- the F16 prefill GEMM (AVX-512) -----------------------------------------------------------
+ *
+ * oneDNN 2.6 has no F16 matmul on this CPU, and converting W to F32 panels for it costs two
+ * synchronisations of the thread team per panel and a repacking of x per panel.  Here one
+ * parallel region does the whole product: x is transposed once into blocks of 32 tokens
+ * (xpk: for each k the 32 tokens' values, one zmm pair), then each thread takes a contiguous
+ * range of 12-row groups of W, converts the group's rows to F32 once (vcvtph2ps, exact) into
+ * per-thread scratch laid out in chunks of GF_KC (so the 12 rows are at constant offsets from one
+ * pointer), and runs the 12 x 32 register tile (24 zmm accumulators: 12 weights broadcast
+ * against 32 tokens, over all of k) for every token block.  W is read once from memory; each
+ * group's F32 copy (12 x n_in x 4 bytes) stays in L2 while the token blocks pass over it.
+ * Every product is exact in F32 (F16 values are exact in F32); sums are F32 FMAs in k order, so
+ * the result is within the float accumulation bound of the reference (1e-5 of Σ|w·x| in the
+ * tests).  Padding (tokens past n_rows, rows past n_out, k past n_in) is zeros and never
+ * stored. */
+/* rows [o0, o0 + nr) of F16 W (nr <= 12) as F32 into wp (k_pad / KC, 12, KC), zero padded. */
+static void gf_pack_w(const char *w, size_t rs, size_t nr, size_t k, size_t k_pad, float *wp)
+{
+    for (size_t c = 0; c < k_pad / GF_KC; c++) {
+        float *wc = wp + c * GF_MR * GF_KC;
+        size_t k0 = c * GF_KC;
+        for (size_t r = 0; r < GF_MR; r++) {
+            const uint16_t *src = (const uint16_t *)(w + (r < nr ? r : 0) * rs);
+            for (size_t i = 0; i < GF_KC; i += 16) {
+                size_t left = k0 + i < k ? k - k0 - i : 0;
+                __mmask16 msk = r >= nr ? 0 : left >= 16 ? 0xffff : (__mmask16)((1u << left) - 1);
+                __m256i h = _mm256_maskz_loadu_epi16(msk, src + (msk ? k0 + i : 0));
+                _mm512_store_ps(wc + r * GF_KC + i, _mm512_cvtph_ps(h));
+            }
+        }
+    }
+}
+
+/* y[t0 + i][o0 + r] for r < nr, i < nt: the 12 x 32 tile over all k chunks. */
+static void gf_tile(size_t n_chunk, const float *wp, const float *xp, float *y, size_t ldy,
+                    size_t nr, size_t nt)
+{
+#define GF_Z(r) __m512 a##r = _mm512_setzero_ps(), b##r = a##r;
+    GF_Z(0) GF_Z(1) GF_Z(2) GF_Z(3) GF_Z(4) GF_Z(5) GF_Z(6) GF_Z(7) GF_Z(8) GF_Z(9) GF_Z(10)
+    GF_Z(11)
+#undef GF_Z
+    for (size_t c = 0; c < n_chunk; c++) {
+        const float *wc = wp + c * GF_MR * GF_KC, *xc = xp + c * GF_KC * 32;
+        for (size_t k = 0; k < GF_KC; k++) {
+            __m512 x0 = _mm512_load_ps(xc + k * 32), x1 = _mm512_load_ps(xc + k * 32 + 16);
+#define GF_R(r)                                                                               \
+    {                                                                                         \
+        __m512 bw = _mm512_set1_ps(wc[(r) * GF_KC + k]);                                      \
+        a##r = _mm512_fmadd_ps(bw, x0, a##r);                                                 \
+        b##r = _mm512_fmadd_ps(bw, x1, b##r);                                                 \
+    }
+            GF_R(0) GF_R(1) GF_R(2) GF_R(3) GF_R(4) GF_R(5) GF_R(6) GF_R(7) GF_R(8) GF_R(9)
+            GF_R(10) GF_R(11)
+#undef GF_R
+        }
+    }
+    /* The tile goes out token by token: the nr outputs of a token are contiguous in y, one
+     * masked store each (a store per output and token, strided by the row of y, measured 15% of
+     * the tile's time at n_in = 768). */
+    float buf[GF_MR * 32] __attribute__((aligned(64)));
+#define GF_S(r)                                                                               \
+    _mm512_store_ps(buf + (r) * 32, a##r);                                                    \
+    _mm512_store_ps(buf + (r) * 32 + 16, b##r);
+    GF_S(0) GF_S(1) GF_S(2) GF_S(3) GF_S(4) GF_S(5) GF_S(6) GF_S(7) GF_S(8) GF_S(9) GF_S(10)
+    GF_S(11)
+#undef GF_S
+    __mmask16 km = (__mmask16)((1u << nr) - 1);
+    __m512i idx = _mm512_setr_epi32(0, 32, 64, 96, 128, 160, 192, 224, 256, 288, 320, 352, 0, 0,
+                                    0, 0);
+    for (size_t i = 0; i < nt; i++) {
+        __m512 v = _mm512_mask_i32gather_ps(_mm512_setzero_ps(), km, idx, buf + i, 4);
+        _mm512_mask_storeu_ps(y + i * ldy, km, v);
+    }
+}
+
+/* dst[j * 32 + i] = src[i * ld + j] for 16 x 16 (rows i >= n_rows and columns outside kmask
+ * give zeros and are not read): four rounds of shuffles. */
+static inline void gf_tr16(const float *src, size_t ld, size_t n_rows, __mmask16 kmask, float *dst)
+{
+    __m512 r[16], t[16];
+    for (size_t i = 0; i < 16; i++)
+        r[i] = i < n_rows ? _mm512_maskz_loadu_ps(kmask, src + i * ld) : _mm512_setzero_ps();
+    for (size_t i = 0; i < 16; i += 2) {   /* per 128-bit lane L: rows i, i+1 interleaved */
+        t[i] = _mm512_unpacklo_ps(r[i], r[i + 1]);
+        t[i + 1] = _mm512_unpackhi_ps(r[i], r[i + 1]);
+    }
+    for (size_t g = 0; g < 16; g += 4) {   /* r[g + c], lane L: rows g..g+3 at column 4L + c */
+        r[g] = _mm512_shuffle_ps(t[g], t[g + 2], 0x44);
+        r[g + 1] = _mm512_shuffle_ps(t[g], t[g + 2], 0xee);
+        r[g + 2] = _mm512_shuffle_ps(t[g + 1], t[g + 3], 0x44);
+        r[g + 3] = _mm512_shuffle_ps(t[g + 1], t[g + 3], 0xee);
+    }
+    for (size_t c = 0; c < 4; c++) {       /* lanes L of r[c], r[4+c], r[8+c], r[12+c] */
+        __m512 v0 = _mm512_shuffle_f32x4(r[c], r[4 + c], 0x88);
+        __m512 w0 = _mm512_shuffle_f32x4(r[c], r[4 + c], 0xdd);
+        __m512 v1 = _mm512_shuffle_f32x4(r[8 + c], r[12 + c], 0x88);
+        __m512 w1 = _mm512_shuffle_f32x4(r[8 + c], r[12 + c], 0xdd);
+        _mm512_store_ps(dst + (0 + c) * 32, _mm512_shuffle_f32x4(v0, v1, 0x88));
+        _mm512_store_ps(dst + (4 + c) * 32, _mm512_shuffle_f32x4(w0, w1, 0x88));
+        _mm512_store_ps(dst + (8 + c) * 32, _mm512_shuffle_f32x4(v0, v1, 0xdd));
+        _mm512_store_ps(dst + (12 + c) * 32, _mm512_shuffle_f32x4(w0, w1, 0xdd));
+    }
+}
+
+static void gemm_f16(lh_matmul *m, const void *w, const float *x, size_t n_rows, float *y)
+{
+    size_t k = m->n_in, n_out = m->n_out, rs = m->row_size;
+    size_t k_pad = (k + GF_KC - 1) / GF_KC * GF_KC, n_chunk = k_pad / GF_KC;
+    size_t n_tb = (n_rows + 31) / 32, n_grp = (n_out + GF_MR - 1) / GF_MR;
+    float *xp = m->xpk;
+    OMP(omp parallel num_threads(m->n_thr))
+    {
+        size_t tid = 0;
+#ifdef _OPENMP
+        tid = (size_t)omp_get_thread_num();
+#endif
+        /* x transposed per 32-token block: xp[(b * k_pad + kk) * 32 + i] = x[b * 32 + i][kk],
+         * zeros past n_rows and n_in */
+        OMP(omp for schedule(static))
+        for (size_t bc = 0; bc < n_tb * n_chunk; bc++) {
+            size_t b = bc / n_chunk, k0 = bc % n_chunk * GF_KC;
+            size_t kn = k - k0 < GF_KC ? k - k0 : GF_KC;
+            size_t nt = n_rows - b * 32 < 32 ? n_rows - b * 32 : 32;
+            const float *src = x + b * 32 * k + k0;
+            float *dst = xp + (b * k_pad + k0) * 32;
+            /* 16 x 16 blocks transposed in registers (scalar copies measured 7% of a 3072 x 768
+             * x 256 product and gathers 29% of a 256 x 2048 one) */
+            for (size_t kk = 0; kk < GF_KC; kk += 16) {
+                size_t left = kk < kn ? kn - kk : 0;
+                __mmask16 kmask = left >= 16 ? 0xffff : (__mmask16)((1u << left) - 1);
+                for (size_t h = 0; h < 2; h++) {
+                    if (nt > h * 16 && left > 0) {
+                        gf_tr16(src + h * 16 * k + kk, k, nt - h * 16, kmask,
+                                dst + kk * 32 + h * 16);
+                    } else {
+                        for (size_t j = 0; j < 16; j++)
+                            _mm512_store_ps(dst + (kk + j) * 32 + h * 16, _mm512_setzero_ps());
+                    }
+                }
+            }
+        }
+        float *wp = m->wpk + tid * k_pad * GF_MR;
+        OMP(omp for schedule(static))
+        for (size_t g = 0; g < n_grp; g++) {
+            size_t o0 = g * GF_MR, nr = n_out - o0 < GF_MR ? n_out - o0 : GF_MR;
+            gf_pack_w((const char *)w + o0 * rs, rs, nr, k, k_pad, wp);
+            for (size_t b = 0; b < n_tb; b++) {
+                size_t nt = n_rows - b * 32 < 32 ? n_rows - b * 32 : 32;
+                gf_tile(n_chunk, wp, xp + b * k_pad * 32, y + b * 32 * n_out + o0, n_out, nr, nt);
+            }
+        }
+    }
+}
+#endif
 
 /* Prefill for quantised weights: every activation row quantised to 8 bits once (as for the
  * GEMV).  Where the build has a panel kernel for the type (AVX-512 VNNI: every quantised
@@ -871,6 +1205,29 @@ fail:
     return -EIO;
 }
 
+/* x (n values) rounded to BF16 (nearest even), split over threads: the activations of the BF16
+ * prefill.  Each x_i moves by at most 2^-9 |x_i| (and values below 2^-126 flush to zero in
+ * vdpbf16ps), so an output moves by at most 2^-9 Σ|w_i x_i| plus the F32 accumulation error,
+ * the bound tests/test_matmul.c checks.  llama.cpp rounds its activations the same way for BF16
+ * weights. */
+static void round_bf16(const float *x, uint16_t *xb, size_t n)
+{
+#define RB_BLK 4096
+    size_t n_blk = (n + RB_BLK - 1) / RB_BLK;
+    OMP(omp parallel for schedule(static) if (n >= 8 * RB_BLK))
+    for (size_t b = 0; b < n_blk; b++) {
+        size_t i = b * RB_BLK, e = n - i < RB_BLK ? n : i + RB_BLK;
+#if defined(LH_HAVE_AVX512) && defined(__AVX512BF16__)
+        for (; i + 16 <= e; i += 16)
+            _mm256_storeu_si256((__m256i *)(xb + i),
+                                (__m256i)_mm512_cvtneps_pbh(_mm512_loadu_ps(x + i)));
+#endif
+        for (; i < e; i++)
+            xb[i] = lh_f32_to_bf16(x[i]);
+    }
+#undef RB_BLK
+}
+
 /* rows [r0, r0+n) of W to F32 in the panel scratch, split over threads. */
 static void convert_panel(lh_matmul *m, const void *w, size_t r0, size_t n)
 {
@@ -892,6 +1249,12 @@ int lh_matmul_run(lh_matmul *m, const void *w, const float *x, size_t n_rows, fl
         return -EINVAL;
     }
     if (n_rows == 1) {
+#ifdef LH_HAVE_AVX512
+        if (m->wtype == LH_TYPE_F32 || m->wtype == LH_TYPE_F16 || m->wtype == LH_TYPE_BF16) {
+            gemv_float(m, w, x, y);
+            return 0;
+        }
+#endif
         gemv(m, w, x, y);
         return 0;
     }
@@ -899,6 +1262,12 @@ int lh_matmul_run(lh_matmul *m, const void *w, const float *x, size_t n_rows, fl
         gemm_q8(m, w, x, n_rows, y);
         return 0;
     }
+#ifdef LH_HAVE_AVX512
+    if (m->f16_gemm) {
+        gemm_f16(m, w, x, n_rows, y);
+        return 0;
+    }
+#endif
     return lh_matmul_run_dnnl(m, w, x, n_rows, y);
 }
 
@@ -914,6 +1283,11 @@ int lh_matmul_run_dnnl(lh_matmul *m, const void *w, const float *x, size_t n_row
     dnnl_memory_t smem = m->src_mem[n_rows];
     if (m->wtype == LH_TYPE_F32)
         return exec(m, m->prim, m->w_mem, w, smem, m->dst_mem[n_rows], y, m->scratch_mem, x);
+    if (m->bf16_dnnl) {
+        round_bf16(x, m->xbf, n_rows * m->n_in);
+        return exec(m, m->prim, m->w_mem, w, smem, m->dst_mem[n_rows], y, m->scratch_mem,
+                    (const float *)m->xbf);
+    }
     for (size_t p = 0; p < m->n_panel_full && rc == 0; p++) {
         size_t r0 = p * m->panel;
         convert_panel(m, w, r0, m->panel);

@@ -7,10 +7,14 @@
  * (at model load) and reused for every call: the oneDNN primitive, its memory descriptors and any
  * scratch for converting W panels to F32 are made in lh_matmul_new, never during lh_matmul_run.
  * n_rows == 1 (decode) takes a hand-written GEMV over the rows of W (OpenMP over outputs);
- * n_rows > 1 (prefill) goes through oneDNN for F32/F16/BF16 W; quantised W (every other type)
- * takes integer kernels at any n_rows (prefill: 32-row interleaved panels unpacked per call,
- * lh_q8p_*, where the build has AVX-512 VNNI and a kernel for the type; otherwise the GEMV's
- * kernels, four activation rows at a time).  Those integer paths multiply x rounded to 8
+ * n_rows > 1 (prefill) goes through oneDNN for F32 and BF16 W and through a hand-written blocked
+ * GEMM for F16 W; quantised W (every other type) takes integer kernels at any n_rows (prefill:
+ * 32-row interleaved panels unpacked per call, lh_q8p_*, where the build has AVX-512 VNNI and a
+ * kernel for the type; otherwise the GEMV's kernels, four activation rows at a time).
+ * BF16 W in prefill (and in lh_matmul_run_dnnl) multiplies x rounded to BF16 where the CPU has
+ * AVX512_BF16 (oneDNN's bf16 matmul, as llama.cpp does): y moves by at most 2^-9 Σ|w_i·x_i|
+ * beyond the F32 accumulation error.  F32/F16 W and every decode of a float type are exact
+ * products with F32 sums.  The integer paths multiply x rounded to 8
  * bits per value (scale per 32 or 256 values), as llama.cpp does: y differs from the F32 product
  * by at most Σ|w_i|·step_i/2.  lh_matmul_run must be called from serial code (oneDNN and the
  * GEMV open their own parallel regions).
@@ -33,7 +37,8 @@ void lh_matmul_free(lh_matmul *m);
 int lh_matmul_run(lh_matmul *m, const void *w, const float *x, size_t n_rows, float *y);
 
 /* The oneDNN path for any n_rows (1 included), bypassing the GEMV: what lh_matmul_run does for
- * n_rows > 1.  For benchmarks and tests that compare the two paths at n_rows == 1. */
+ * n_rows > 1 with F32 and BF16 W (F16 and quantised W take hand-written GEMMs there; here they
+ * go through dequantised F32 panels).  For benchmarks and tests that compare the paths. */
 int lh_matmul_run_dnnl(lh_matmul *m, const void *w, const float *x, size_t n_rows, float *y);
 
 /* Scalar reference: same contract, no oneDNN, no OpenMP, double accumulation. */

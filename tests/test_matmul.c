@@ -37,7 +37,12 @@ static void test_ref_values(void)
  * The decode GEMV of a quantised type multiplies 8-bit activations (as llama.cpp does): each x_i
  * is moved by at most half its block's step amax/127, so that output gets the extra bound
  * Σ_i |w_i| step_i / 2, and its float slack is taken relative to Σ (|w_i| + max|w|) |x_i| (the
- * offset and min terms are applied once per block, see tests/test_quant.c). */
+ * offset and min terms are applied once per block, see tests/test_quant.c).
+ * BF16 weights in prefill (and through lh_matmul_run_dnnl) go to oneDNN's bf16 matmul with x
+ * rounded to BF16: each x_i moves by at most 2^-9 |x_i| (round to nearest even, 8 significant
+ * bits) and the bf16 products are exact in F32, so those outputs get 2^-9 Σ|w·x| on top of the
+ * float slack. */
+#define BF16_X_TOL (1.0 / 512)
 static void check_matmul(lh_type t, size_t n_in, size_t n_out, size_t max_rows)
 {
     /* 130: past the integer prefill of the 32-block types (K-quants stay on it) */
@@ -104,8 +109,9 @@ static void check_matmul(lh_type t, size_t n_in, size_t n_out, size_t max_rows)
         CU_ASSERT_EQUAL(lh_matmul_run(mm, w, x, nr, y), 0);
         lh_matmul_ref(t, w, x, nr, n_in, n_out, yr);
         int bad = 0;
+        double xtol = t == LH_TYPE_BF16 && nr > 1 ? BF16_X_TOL : 0;
         for (size_t i = 0; i < nr * n_out; i++)
-            bad += !(fabs((double)y[i] - yr[i]) <= qtol[i] + 1e-30);
+            bad += !(fabs((double)y[i] - yr[i]) <= qtol[i] + xtol * mag[i] + 1e-30);
         if (bad)
             fprintf(stderr, "\n  matmul %s %zux%zu rows %zu: %d bad\n", lh_type_name(t), n_out,
                     n_in, nr, bad);
@@ -117,8 +123,9 @@ static void check_matmul(lh_type t, size_t n_in, size_t n_out, size_t max_rows)
                 y[i] = NAN;
             CU_ASSERT_EQUAL(lh_matmul_run_dnnl(mm, w, x, nr, y), 0);
             bad = 0;
+            xtol = t == LH_TYPE_BF16 ? BF16_X_TOL : 0;
             for (size_t i = 0; i < nr * n_out; i++)
-                bad += !(fabs((double)y[i] - yr[i]) <= 1e-5 * mag[i] + 1e-30);
+                bad += !(fabs((double)y[i] - yr[i]) <= (1e-5 + xtol) * mag[i] + 1e-30);
             CU_ASSERT_EQUAL(bad, 0);
         }
     }
@@ -135,12 +142,14 @@ static void test_matmul_f32(void)
     check_matmul(LH_TYPE_F32, 64, 64, 1);   /* decode-only object */
 }
 
-/* n_in = 4096 makes a panel 128 rows, so n_out = 257 is two panels and a 1-row tail. */
+/* n_in = 4096 makes a panel 128 rows, so n_out = 257 is two panels and a 1-row tail (the oneDNN
+ * path, lh_matmul_run_dnnl); F16 prefill itself is gemm_f16 where there is AVX-512. */
 static void test_matmul_f16(void)
 {
     check_matmul(LH_TYPE_F16, 17, 3, 20);
     check_matmul(LH_TYPE_F16, 257, 17, 20);
     check_matmul(LH_TYPE_F16, 4096, 257, 17);
+    check_matmul(LH_TYPE_F16, 257, 37, 130);   /* prefill GEMM: 5 token blocks, 12-row groups */
 }
 
 static void test_matmul_bf16(void)
@@ -148,6 +157,21 @@ static void test_matmul_bf16(void)
     check_matmul(LH_TYPE_BF16, 3, 1, 3);
     check_matmul(LH_TYPE_BF16, 257, 17, 20);
     check_matmul(LH_TYPE_BF16, 4096, 257, 17);
+}
+
+/* The decode GEMV of the float types (kernels/matmul.c gemv_float: 64 elements a step, then
+ * 32-element masked tails; BF16 against a deinterleaved, zero-padded copy of x): every tail
+ * length class around the step sizes, n_out not a multiple of the 16-row blocks, and one shape
+ * large enough to run on the thread team. */
+static void test_matmul_gemv_tails(void)
+{
+    static const size_t n_ins[] = {1, 2, 15, 16, 31, 32, 33, 63, 64, 65, 95, 96, 97, 130, 160};
+    static const lh_type types[] = {LH_TYPE_F32, LH_TYPE_F16, LH_TYPE_BF16};
+    for (size_t t = 0; t < 3; t++) {
+        for (size_t i = 0; i < sizeof n_ins / sizeof n_ins[0]; i++)
+            check_matmul(types[t], n_ins[i], 19, 1);
+        check_matmul(types[t], 2079, 67, 1);   /* 2079 * 67 >= the team threshold */
+    }
 }
 
 static void test_matmul_q8_0(void)
@@ -332,6 +356,7 @@ void lh_test_matmul(void)
     CU_add_test(s, "F32", test_matmul_f32);
     CU_add_test(s, "F16 (panels + tail)", test_matmul_f16);
     CU_add_test(s, "BF16 (panels + tail)", test_matmul_bf16);
+    CU_add_test(s, "F32/F16/BF16 decode GEMV (every n_in tail)", test_matmul_gemv_tails);
     CU_add_test(s, "Q8_0 (panels + tail)", test_matmul_q8_0);
     CU_add_test(s, "Q4_0 .. Q5_1, Q2_K .. Q6_K, IQ4_NL (GEMV, panels + tail)", test_matmul_quant);
     CU_add_test(s, "errors", test_matmul_errors);
