@@ -158,7 +158,7 @@ test: deps all
 check: test
 
 asan: deps
-	$(MAKE) BUILD=build/asan OPT="-O1 -fno-omit-frame-pointer -fsanitize=address,undefined -fno-sanitize-recover=undefined" all
+	$(MAKE) BUILD=build/asan OPT="-O1 -march=native -fno-omit-frame-pointer -fsanitize=address,undefined -fno-sanitize-recover=undefined" all
 	ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 UBSAN_OPTIONS=print_stacktrace=1 \
 	  LH_BUILD=build/asan LH_MODEL=$(MODEL) LH_ASAN=1 build/asan/test_main
 
