@@ -298,20 +298,8 @@ size_t lh_lh_truncate(lh_lh *s, size_t n_past)
         return keep;
     }
     /* Layers normally agree; if a forward was cut short they do not, and the answer must suit
-     * every layer, so iterate to the fixed point (at most one more round: a chunk boundary always
-     * suits). */
-    size_t keep = n_past;
-    int changed;
-    do {
-        changed = 0;
-        for (size_t l = 0; l < s->p.n_layer; l++) {
-            size_t k = keepable(keep, s->n_done[l], s->p.chunk);
-            if (k < keep) {
-                keep = k;
-                changed = 1;
-            }
-        }
-    } while (changed);
+     * every layer (lh_lh_keepable iterates to the fixed point). */
+    size_t keep = lh_lh_keepable(s, n_past);
     for (size_t l = 0; l < s->p.n_layer; l++)
         s->n_done[l] = keep;
     return keep;
@@ -1222,6 +1210,7 @@ out:
 
 /* ---- saving and restoring the state ---------------------------------------------------------- */
 
+/* The fixed point over the layers (at most one more round: a chunk boundary always suits). */
 size_t lh_lh_keepable(const lh_lh *s, size_t n)
 {
     size_t keep = n;

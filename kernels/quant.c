@@ -2284,20 +2284,9 @@ void lh_gemm_q8(lh_type t, const void *rows, size_t row_size, size_t n_rows, con
 static size_t q8p_block(lh_type t)
 {
 #ifdef LH_HAVE_Q8P
-    switch (t) {
-    case LH_TYPE_Q4_0:
-    case LH_TYPE_Q4_1:
-    case LH_TYPE_Q5_0:
-    case LH_TYPE_Q5_1:
-    case LH_TYPE_Q8_0:
-    case LH_TYPE_IQ4_NL: return 32;
-    case LH_TYPE_Q2_K:
-    case LH_TYPE_Q3_K:
-    case LH_TYPE_Q4_K:
-    case LH_TYPE_Q5_K:
-    case LH_TYPE_Q6_K: return LH_QK_K;
-    default: return 0;
-    }
+    /* every quantised type: its block (32 or 256); the float types have none */
+    size_t blk = lh_type_block(t);
+    return blk > 1 ? blk : 0;
 #else
     (void)t;
     return 0;
