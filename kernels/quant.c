@@ -390,15 +390,27 @@ static inline int nearest_int(float f)
 static inline int imin(int a, int b) { return a < b ? a : b; }
 static inline int imax(int a, int b) { return a > b ? a : b; }
 
+/* The element of x[0..n) largest in magnitude (the first of equals), its magnitude in *amaxp
+ * (unless NULL): the reference quantisers scale by it, keeping its sign. */
+static float signed_absmax(const float *x, int n, float *amaxp)
+{
+    float max = 0, amax = 0;
+    for (int i = 0; i < n; i++) {
+        float ax = fabsf(x[i]);
+        if (ax > amax) {
+            amax = ax;
+            max = x[i];
+        }
+    }
+    if (amaxp)
+        *amaxp = amax;
+    return max;
+}
+
 static void quant_q4_0(const float *x, lh_block_q4_0 *b, size_t nb)
 {
     for (size_t i = 0; i < nb; i++, x += 32) {
-        float amax = 0, max = 0;
-        for (int j = 0; j < 32; j++)
-            if (amax < fabsf(x[j])) {
-                amax = fabsf(x[j]);
-                max = x[j];
-            }
+        float max = signed_absmax(x, 32, NULL);
         float d = max / -8, id = d != 0 ? 1.0f / d : 0.0f;
         b[i].d = lh_f32_to_f16(d);
         for (int j = 0; j < 16; j++) {
@@ -439,12 +451,7 @@ static void put_le32(uint8_t *p, uint32_t v)
 static void quant_q5_0(const float *x, lh_block_q5_0 *b, size_t nb)
 {
     for (size_t i = 0; i < nb; i++, x += 32) {
-        float amax = 0, max = 0;
-        for (int j = 0; j < 32; j++)
-            if (amax < fabsf(x[j])) {
-                amax = fabsf(x[j]);
-                max = x[j];
-            }
+        float max = signed_absmax(x, 32, NULL);
         float d = max / -16, id = d != 0 ? 1.0f / d : 0.0f;
         b[i].d = lh_f32_to_f16(d);
         uint32_t qh = 0;
@@ -488,14 +495,8 @@ static void quant_q5_1(const float *x, lh_block_q5_1 *b, size_t nb)
  * rmse_type the reference quantisers use); L gets the levels + nmax. */
 static float make_qx_quants(int n, int nmax, const float *x, int8_t *L)
 {
-    float max = 0, amax = 0;
-    for (int i = 0; i < n; i++) {
-        float ax = fabsf(x[i]);
-        if (ax > amax) {
-            amax = ax;
-            max = x[i];
-        }
-    }
+    float amax;
+    float max = signed_absmax(x, n, &amax);
     if (amax < GROUP_MAX_EPS) {
         for (int i = 0; i < n; i++)
             L[i] = 0;
@@ -539,14 +540,8 @@ static float make_qx_quants(int n, int nmax, const float *x, int8_t *L)
  * improves (at most 5 passes). L gets levels + nmax. */
 static float make_q3_quants(int n, int nmax, const float *x, int8_t *L)
 {
-    float max = 0, amax = 0;
-    for (int i = 0; i < n; i++) {
-        float ax = fabsf(x[i]);
-        if (ax > amax) {
-            amax = ax;
-            max = x[i];
-        }
-    }
+    float amax;
+    float max = signed_absmax(x, n, &amax);
     if (amax < GROUP_MAX_EPS) {
         for (int i = 0; i < n; i++)
             L[i] = 0;
@@ -938,14 +933,8 @@ static void quant_iq4_nl(const float *x, lh_block_iq4_nl *b, size_t nb)
         memset(b[i].qs, 0, 16);
         for (int j = 0; j < 32; j++)
             weight[j] = x[j] * x[j];
-        float amax = 0, max = 0;
-        for (int j = 0; j < 32; j++) {
-            float ax = fabsf(x[j]);
-            if (ax > amax) {
-                amax = ax;
-                max = x[j];
-            }
-        }
+        float amax;
+        float max = signed_absmax(x, 32, &amax);
         if (amax < GROUP_MAX_EPS) {
             scale = 0;
         } else {
@@ -1421,14 +1410,8 @@ static void q8K_quant(const float *x, lh_block_q8K *b, size_t nb)
         }
         b[i].d = 1 / iscale;
 #else
-        float max = 0, amax = 0;
-        for (int j = 0; j < LH_QK_K; j++) {
-            float ax = fabsf(x[j]);
-            if (ax > amax) {
-                amax = ax;
-                max = x[j];
-            }
-        }
+        float amax;
+        float max = signed_absmax(x, LH_QK_K, &amax);
         if (amax == 0) {
             memset(&b[i], 0, sizeof b[i]);
             continue;
