@@ -254,6 +254,24 @@ passkey_cell() {
     sed -n 's/^length [0-9]*: \([0-9]*\/[0-9]*\) correct.*/\1/p' "$tmp/pk"
 }
 
+# One row of the passkey table into pk_rows: label, the function giving the trials per length
+# (0: "not run"), then the extra arguments of `longheads passkey`.
+pk_row() {
+    row="| $1 |"
+    trials_of=$2
+    shift 2
+    for n in $(echo "$LENGTHS" | tr ',' ' '); do
+        t=$("$trials_of" "$n")
+        if [ "$t" -gt 0 ]; then
+            row="$row $(passkey_cell "$n" "$t" "$@") |"
+        else
+            row="$row not run |"
+        fi
+    done
+    pk_rows="$pk_rows$row
+"
+}
+
 pk_header="| model, attention |" pk_rule="|---|"
 for n in $(echo "$LENGTHS" | tr ',' ' '); do
     pk_header="$pk_header $n |" pk_rule="$pk_rule---:|"
@@ -275,12 +293,7 @@ for model in $models; do
     chunk=${chunk%% *}
 
     echo "-- LongHeads at the daemon's defaults ($settings)"
-    row="| $mname, LongHeads $settings |"
-    for n in $(echo "$LENGTHS" | tr ',' ' '); do
-        row="$row $(passkey_cell "$n" "$(lh_trials "$n")") |"
-    done
-    pk_rows="$pk_rows$row
-"
+    pk_row "$mname, LongHeads $settings" lh_trials
     # memory after the longest LongHeads prompt (before the bound score's slot replaces it);
     # bytes per token from the model's shape: KV = 2 (K and V) x layers x kv heads x head dim x
     # element size; the chunk representations of LongHeads = layers x heads x head dim x 4 (F32)
@@ -300,29 +313,9 @@ for model in $models; do
 "
 
     echo "-- LongHeads ($settings) with the bound chunk score"
-    row="| $mname, LongHeads $settings, bound score |"
-    for n in $(echo "$LENGTHS" | tr ',' ' '); do
-        t=$(bound_trials "$n")
-        if [ "$t" -gt 0 ]; then
-            row="$row $(passkey_cell "$n" "$t" --score bound) |"
-        else
-            row="$row not run |"
-        fi
-    done
-    pk_rows="$pk_rows$row
-"
+    pk_row "$mname, LongHeads $settings, bound score" bound_trials --score bound
     echo "-- full attention"
-    row="| $mname, full |"
-    for n in $(echo "$LENGTHS" | tr ',' ' '); do
-        t=$(full_trials "$n")
-        if [ "$t" -gt 0 ]; then
-            row="$row $(passkey_cell "$n" "$t" --attn full) |"
-        else
-            row="$row not run |"
-        fi
-    done
-    pk_rows="$pk_rows$row
-"
+    pk_row "$mname, full" full_trials --attn full
     stop_daemon
     echo
 done
