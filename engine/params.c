@@ -16,6 +16,11 @@ void lh_params_default(lh_ctx_params *cp)
     lh_ctx_params_default(cp);
     cp->attn = LH_ATTN_LONGHEADS;
     cp->n_ctx = 0;
+    /* An F16 KV cache, as llama.cpp's default: half the memory (twice the context in the same
+     * budget) and half the bytes a decode step reads at depth.  Prefill and decode both attend to
+     * the rounded cache, so prefill of N tokens still equals N-1 and one decode step, and
+     * LongHeads inside the window still equals full attention (tests/test_model.c). */
+    cp->kv_type = LH_TYPE_F16;
 }
 
 size_t lh_params_bytes_per_token(const lh_model *m, const lh_ctx_params *cp)

@@ -22,7 +22,7 @@
  * then unknown).
  *
  * The front ends' defaults (longheadsd, longheads-run, longheads-ppl) are not the engine's:
- * LongHeads attention with the chunk and window the model file suggests (inside the window it is
+ * an F16 KV cache (as llama.cpp's), LongHeads attention with the chunk and window the model file suggests (inside the window it is
  * exactly full attention, so short prompts lose nothing), and a context as large as the memory
  * budget allows, up to LH_PARAMS_CTX_AUTO tokens (the KV cache is committed as it fills, so a
  * large context costs nothing until it is used).
@@ -40,7 +40,8 @@
  * million-token prompt and its answer), when the disk and the memory budget hold it. */
 #define LH_PARAMS_CTX_AUTO_DISK 1052672u
 
-/* The engine's defaults, then attn = LongHeads and n_ctx = 0 ("fit": lh_params_fit_ctx). */
+/* The engine's defaults, then kv_type = F16, attn = LongHeads and n_ctx = 0 ("fit":
+ * lh_params_fit_ctx). */
 void lh_params_default(lh_ctx_params *cp);
 
 /* Bytes of memory one token of context costs with cp on m (KV cache, LongHeads chunk

@@ -22,6 +22,7 @@ static void test_defaults(void)
     lh_ctx_params p;
     lh_params_default(&p);
     CU_ASSERT_EQUAL(p.attn, LH_ATTN_LONGHEADS);
+    CU_ASSERT_EQUAL(p.kv_type, LH_TYPE_F16); /* llama.cpp's default KV type */
     CU_ASSERT_EQUAL(p.n_ctx, 0);
     CU_ASSERT_EQUAL(p.chunk, 0); /* the model's */
     CU_ASSERT_EQUAL(p.window, 0);
@@ -34,9 +35,9 @@ static void test_fit(void)
 {
     lh_ctx_params p;
     lh_params_default(&p);
-    /* stories260K: KV 2 x 5 layers x 32 floats, LongHeads 5 x 8 x 8 floats / 64, the id */
+    /* stories260K: KV 2 x 5 layers x 32 halves (F16), LongHeads 5 x 8 x 8 floats / 64, the id */
     size_t bpt = lh_params_bytes_per_token(g_model, &p);
-    CU_ASSERT_EQUAL(bpt, 1280 + 20 + 4);
+    CU_ASSERT_EQUAL(bpt, 640 + 20 + 4);
     char rep[512];
     CU_ASSERT_EQUAL(lh_params_fit_ctx(g_model, &p, 1, (size_t)1 << 40, rep, sizeof rep), 0);
     CU_ASSERT_EQUAL(p.n_ctx, LH_PARAMS_CTX_AUTO); /* plenty of memory: the cap */
@@ -54,6 +55,8 @@ static void test_fit(void)
     CU_ASSERT_EQUAL(p.n_ctx, 500);
     /* full attention has no chunk representations */
     p.attn = LH_ATTN_FULL;
+    CU_ASSERT_EQUAL(lh_params_bytes_per_token(g_model, &p), 644);
+    p.kv_type = LH_TYPE_F32; /* an F32 KV cache takes twice the bytes */
     CU_ASSERT_EQUAL(lh_params_bytes_per_token(g_model, &p), 1284);
     /* the default budget is what /proc/meminfo offers, less the model */
     CU_ASSERT(lh_params_default_budget(g_model) > 0);

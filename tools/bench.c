@@ -505,6 +505,11 @@ int main(int argc, char **argv)
     opts o;
     memset(&o, 0, sizeof o);
     lh_ctx_params_default(&o.cp);
+    {
+        lh_ctx_params d; /* the daemon's KV type (F16), so that the figures are what users get */
+        lh_params_default(&d);
+        o.cp.kv_type = d.kv_type;
+    }
     o.cp.window = 512;
     o.cp.chunk = 64;
     o.mults[0] = 1, o.mults[1] = 8, o.mults[2] = 32, o.mults[3] = 128, o.n_mults = 4;

@@ -16,6 +16,9 @@
 #            LH_KV_RESTART_LEN (default 65536) tokens, SIGTERM, restart, the same prompt again:
 #            reused tokens and the time to the answer (prefill ms from the daemon's log).
 #
+# The passkey and restart daemons run with an F32 KV cache (--kv f32, LH_KV_TYPE to change it):
+# the README's figures were measured that way, before the daemon's default became F16.
+#
 # Scratch in LH_KV_TMP (default a new /tmp/lh-kvfig-XXXXXX, removed at the end).  Every daemon
 # started here is stopped by its PID.
 set -u
@@ -24,6 +27,7 @@ shift 2>/dev/null
 WHICH=${*:-passkey decode restart}
 MODEL_PK=models/passkey-aligned.gguf
 BENCH_MODEL=${BENCH_MODEL:-/work/main/build/bench/small-f16.gguf}
+KV=${LH_KV_TYPE:-f32}
 T=${LH_KV_TMP:-$(mktemp -d /tmp/lh-kvfig-XXXXXX)}
 mkdir -p "$T/kv"
 pid=
@@ -48,7 +52,7 @@ for w in $WHICH; do
 case $w in
 passkey)
     L=${LH_KV_PASSKEY_LEN:-1048576}
-    start "$T/pk.log" -m $MODEL_PK --kv-dir "$T/kv" --max-memory 512M --prompt-cache-size 0
+    start "$T/pk.log" -m $MODEL_PK --kv-dir "$T/kv" --max-memory 512M --prompt-cache-size 0 --kv "$KV"
     t0=$(now)
     "$B/longheads" --socket "$T/s.sock" passkey --lengths "$L" --trials 1 --timeout 0 -v
     t1=$(now)
@@ -69,7 +73,7 @@ decode)
 restart)
     L=${LH_KV_RESTART_LEN:-65536}
     for run in first restarted; do
-        start "$T/rs.log" -m $MODEL_PK --kv-dir "$T/kv" --max-memory 512M
+        start "$T/rs.log" -m $MODEL_PK --kv-dir "$T/kv" --max-memory 512M --kv "$KV"
         echo "$run:"
         "$B/longheads" --socket "$T/s.sock" passkey --lengths "$L" --trials 1 --timeout 0 -v |
             grep "trial"
