@@ -905,9 +905,10 @@ static int cmd_health(const char *sock, int argc, char **argv, int full)
             for (uint32_t i = 0; i < s.n_slots && i < LH_CLIENT_MAX_SLOTS; i++) {
                 const lh_client_slot *sl = &s.slots[i];
                 printf("%s{\"busy\":%s,\"cached_tokens\":%u,\"n_ctx\":%u,\"attn\":\"%s\","
-                       "\"chunk\":%u,\"window\":%u,\"kv_bytes\":%llu}", i ? "," : "",
-                       sl->busy ? "true" : "false", sl->n_cached, sl->n_ctx, attn_name(sl->attn),
-                       sl->chunk, sl->window, (unsigned long long)sl->kv_bytes);
+                       "\"chunk\":%u,\"window\":%u,\"kv_bytes\":%llu,\"kv_disk_bytes\":%llu}",
+                       i ? "," : "", sl->busy ? "true" : "false", sl->n_cached, sl->n_ctx,
+                       attn_name(sl->attn), sl->chunk, sl->window,
+                       (unsigned long long)sl->kv_bytes, (unsigned long long)sl->kv_disk_bytes);
             }
             printf("]");
         }
@@ -934,6 +935,11 @@ static int cmd_health(const char *sock, int argc, char **argv, int full)
         printf("slot %u:   %s, %u of %u tokens cached (", i, sl->busy ? "busy" : "idle",
                sl->n_cached, sl->n_ctx);
         print_bytes((double)sl->kv_bytes);
+        if (sl->kv_disk_bytes) { /* --kv-dir: the KV cache is in a file, not in memory */
+            printf(", of which the KV cache ");
+            print_bytes((double)sl->kv_disk_bytes);
+            printf(" on disk");
+        }
         if (sl->attn == LH_CLIENT_ATTN_LONGHEADS)
             printf("), longheads chunk %u window %u%s\n", sl->chunk, sl->window,
                    sl->score == LH_CLIENT_SCORE_BOUND ? " score bound" : "");

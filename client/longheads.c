@@ -689,6 +689,7 @@ int lh_client_get_status(lh_client *c, lh_client_status *out)
         d->chunk = ss->chunk;
         d->window = ss->window;
         d->kv_bytes = ss->kv_bytes;
+        d->kv_disk_bytes = ss->kv_disk_bytes;
         d->score = (lh_client_chunk_score)ss->chunk_score;
     }
     longheads__response__free_unpacked(r, NULL);

@@ -195,7 +195,8 @@ typedef struct {
     uint32_t n_cached, n_ctx;  /* tokens in its cache after its last request; capacity */
     lh_client_attn attn;
     uint32_t chunk, window;
-    uint64_t kv_bytes;         /* memory those cached tokens hold */
+    uint64_t kv_bytes;         /* bytes those cached tokens hold (KV cache, LongHeads state) */
+    uint64_t kv_disk_bytes;    /* of kv_bytes, the KV cache in its file on disk (--kv-dir) */
     lh_client_chunk_score score;/* LongHeads slots */
 } lh_client_slot;
 typedef struct {

@@ -503,6 +503,7 @@ uint8_t *lh_proto_health_reply(uint64_t id, const lh_proto_health *hh, lh_sched 
         sp[i].chunk = (uint32_t)ss[i].chunk;
         sp[i].window = (uint32_t)ss[i].window;
         sp[i].kv_bytes = ss[i].kv_bytes;
+        sp[i].kv_disk_bytes = ss[i].kv_disk_bytes;
         if (ss[i].attn == LH_ATTN_LONGHEADS)
             sp[i].chunk_score = score_wire(ss[i].score);
         spp[i] = &sp[i];

@@ -860,6 +860,7 @@ static void slot_snapshot(slot *sl)
     st->score = p->score;
     st->kv_bytes = (size_t)((double)st->n_cached * ((double)lh_ctx_kv_bytes_per_token(sl->ctx) +
                                                     lh_ctx_lh_bytes_per_token(sl->ctx)));
+    st->kv_disk_bytes = p->kv_dir ? st->n_cached * lh_ctx_kv_bytes_per_token(sl->ctx) : 0;
 }
 
 /* Under lock: a request ends; account it.  The caller frees it. */

@@ -201,6 +201,8 @@ typedef struct {
     size_t chunk, window;
     lh_score_mode score;
     size_t kv_bytes;        /* n_cached x the context's bytes per token */
+    size_t kv_disk_bytes;   /* with --kv-dir: the KV cache's part of kv_bytes, which lives in its
+                             * file on disk (only a budget's worth of its pages is resident) */
 } lh_sched_slot_status;
 /* Fills out[0 .. min(cap, slots)); returns the number of slots. */
 size_t lh_sched_get_slots(lh_sched *s, lh_sched_slot_status *out, size_t cap);

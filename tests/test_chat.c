@@ -304,6 +304,7 @@ static void test_score_attention(void)
     CU_ASSERT_EQUAL(sl.attn, LH_CLIENT_ATTN_LONGHEADS);
     CU_ASSERT_EQUAL(sl.chunk, 64);
     CU_ASSERT(sl.n_cached > 0 && sl.kv_bytes > 0);
+    CU_ASSERT_EQUAL(sl.kv_disk_bytes, 0); /* all in memory: no --kv-dir */
     CU_ASSERT_EQUAL(lh_client_generate(c, &o, NULL, NULL, &r), 0);
     CU_ASSERT(r.n_reused > 0); /* the score ran on the same LongHeads slot: nothing recreated */
     /* the request's attention is honoured: full attention recreates the slot as full */
