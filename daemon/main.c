@@ -22,6 +22,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/signalfd.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include "log.h"
@@ -517,7 +518,14 @@ int main(int argc, char **argv)
     if (o.sc.cache_dir && o.sc.cache_max_bytes)
         lh_log_info("prompt cache in %s: prompts of %zu tokens or more, at most %zu bytes on disk",
                     o.sc.cache_dir, o.sc.cache_min_tokens, o.sc.cache_max_bytes);
-    char fit[640];
+    /* The prompt cache on the KV files' file system: the context is sized to leave it its
+     * --prompt-cache-size (all of it, although files it already holds are counted twice: what
+     * it holds is no longer free, and may be evicted) */
+    struct stat kv_st, pc_st;
+    if (o.kv_dir && o.sc.cache_dir && o.sc.cache_max_bytes && stat(o.kv_dir, &kv_st) == 0 &&
+        stat(o.sc.cache_dir, &pc_st) == 0 && kv_st.st_dev == pc_st.st_dev)
+        o.sc.ctx.kv_disk_reserve = o.sc.cache_max_bytes;
+    char fit[768];
     if (lh_params_fit_ctx(m, &o.sc.ctx, o.sc.n_slots, o.max_memory, fit, sizeof fit) != 0)
         goto out;
     lh_log_info("%s", fit);

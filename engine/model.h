@@ -51,7 +51,7 @@ typedef enum { LH_SCORE_REP = 0, LH_SCORE_BOUND = 1 } lh_score_mode;
 typedef struct {
     size_t n_ctx;          /* KV capacity in tokens (default: n_ctx_train; up to >= 131072) */
     size_t n_batch;        /* max tokens per forward (prefill slice), default 256 */
-    lh_type kv_type;       /* LH_TYPE_F32 (default) or LH_TYPE_F16 */
+    lh_type kv_type;       /* LH_TYPE_F32 (default; the front ends': F16) or LH_TYPE_F16 */
     lh_attn_mode attn;     /* default LH_ATTN_FULL */
     size_t chunk;          /* LongHeads w (0: the file's longheads.chunk_size, else 256, capped
                             * so that window/chunk >= 2) */
@@ -62,6 +62,8 @@ typedef struct {
                             * and n_ctx is rounded up so that its segments start on pages */
     size_t kv_budget;      /* with kv_dir: resident bytes of the KV mapping before they are
                             * dropped (0: never) */
+    size_t kv_disk_reserve;/* with kv_dir: bytes of its file system that lh_params_fit_ctx leaves
+                            * to others (the daemon's prompt cache when it shares it) */
     lh_score_mode score;   /* LongHeads chunk score, default LH_SCORE_REP */
 } lh_ctx_params;
 

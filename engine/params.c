@@ -95,7 +95,7 @@ static int fit_on_disk(const lh_model *m, lh_ctx_params *cp, size_t n_slots, siz
     size_t mem_tok = lh_params_mem_bytes_per_token(m, cp);
     size_t kv_tok = lh_params_bytes_per_token(m, cp) - mem_tok;
     size_t kv_min = kv_min_resident(m, cp), per_slot = budget / n_slots;
-    char b1[32], b2[32], b3[32];
+    char b1[32], b2[32], b3[96];
     fmt_bytes(b2, sizeof b2, (double)budget);
     struct statvfs vfs;
     if (statvfs(cp->kv_dir, &vfs) != 0) {
@@ -103,16 +103,26 @@ static int fit_on_disk(const lh_model *m, lh_ctx_params *cp, size_t n_slots, siz
         return LH_E_LIMIT;
     }
     double disk = (double)vfs.f_bavail * (double)vfs.f_frsize;
+    /* b3: the free space, and what of it is kept for the prompt cache (kv_disk_reserve) */
+    fmt_bytes(b3, sizeof b3, disk);
+    const char *fix = "";
+    if (cp->kv_disk_reserve) {
+        char b5[32];
+        fmt_bytes(b5, sizeof b5, (double)cp->kv_disk_reserve);
+        size_t len = strlen(b3);
+        snprintf(b3 + len, sizeof b3 - len, " (%s of it kept for the prompt cache)", b5);
+        disk = disk > (double)cp->kv_disk_reserve ? disk - (double)cp->kv_disk_reserve : 0;
+        fix = ", lower --prompt-cache-size";
+    }
     size_t disk_fits = (size_t)(disk / (double)kv_tok / (double)n_slots);
     size_t mem_fits = per_slot > kv_min ? (per_slot - kv_min) / mem_tok : 0;
-    fmt_bytes(b3, sizeof b3, disk);
     if (cp->n_ctx == 0) {
         size_t n = mem_fits < disk_fits ? mem_fits : disk_fits;
         cp->n_ctx = n < cap ? n : cap;
         if (cp->n_ctx < 256) {
             lh_log_error("kv-dir %s: only %zu tokens of context per slot fit (memory budget %s, "
-                         "%s free on disk, %zu slot(s)); raise --max-memory, free disk space or "
-                         "lower --slots", cp->kv_dir, cp->n_ctx, b2, b3, n_slots);
+                         "%s free on disk, %zu slot(s)); raise --max-memory, free disk space%s or "
+                         "lower --slots", cp->kv_dir, cp->n_ctx, b2, b3, n_slots, fix);
             return LH_E_LIMIT;
         }
     } else if (cp->n_ctx > mem_fits && !(auto_budget && budget == 0)) {
@@ -124,8 +134,8 @@ static int fit_on_disk(const lh_model *m, lh_ctx_params *cp, size_t n_slots, siz
     } else if (cp->n_ctx > disk_fits) {
         fmt_bytes(b1, sizeof b1, (double)cp->n_ctx * (double)kv_tok * (double)n_slots);
         lh_log_error("kv-dir %s: a context of %zu tokens x %zu slot(s) needs up to %s of KV cache "
-                     "on disk, %s is free; lower --ctx (at most %zu fits) or free disk space",
-                     cp->kv_dir, cp->n_ctx, n_slots, b1, b3, disk_fits);
+                     "on disk, %s free; lower --ctx (at most %zu fits)%s or free disk space",
+                     cp->kv_dir, cp->n_ctx, n_slots, b1, b3, disk_fits, fix);
         return LH_E_LIMIT;
     }
     size_t in_mem = cp->n_ctx * mem_tok;

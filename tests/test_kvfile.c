@@ -26,6 +26,7 @@
 #include <sys/mount.h>
 #include <sys/resource.h>
 #include <sys/stat.h>
+#include <sys/statvfs.h>
 #include <unistd.h>
 
 #include "log.h"
@@ -287,6 +288,37 @@ static void test_fit(void)
     lh_log_set_level(-1);
     CU_ASSERT_EQUAL(lh_params_fit_ctx(g_model, &disk, 1, (size_t)40 << 20, NULL, 0), LH_E_LIMIT);
     lh_log_set_level(level);
+
+    /* the prompt cache's share of the disk (kv_disk_reserve) is not given to the KV cache: all
+     * but 320 MiB kept leaves ~524288 tokens of 640 B (free space may move a little meanwhile) */
+    struct statvfs vfs;
+    CU_ASSERT_EQUAL_FATAL(statvfs(dir, &vfs), 0);
+    size_t free_b = (size_t)vfs.f_bavail * vfs.f_frsize;
+    if (free_b < ((size_t)1 << 30)) {
+        lh_test_skip("the prompt cache's disk reserve needs 1 GiB free in %s (%zu MiB)", dir,
+                     free_b >> 20);
+        return;
+    }
+    lh_params_default(&disk);
+    disk.kv_dir = dir;
+    disk.kv_disk_reserve = free_b - ((size_t)320 << 20);
+    CU_ASSERT_EQUAL(lh_params_fit_ctx(g_model, &disk, 1, (size_t)1 << 30, report, sizeof report), 0);
+    CU_ASSERT(disk.n_ctx > 400000 && disk.n_ctx < 650000);
+    CU_ASSERT_PTR_NOT_NULL(strstr(report, "kept for the prompt cache"));
+    /* a reserve past the free space: a clear error that names the flag */
+    char logp[160];
+    snprintf(logp, sizeof logp, "%s/fit.log", g_dir);
+    lh_params_default(&disk);
+    disk.kv_dir = dir;
+    disk.kv_disk_reserve = free_b * 2;
+    lh_log_set_level(LH_LOG_ERROR);
+    CU_ASSERT_EQUAL(lh_log_set_file(logp), 0);
+    CU_ASSERT_EQUAL(lh_params_fit_ctx(g_model, &disk, 1, (size_t)1 << 30, NULL, 0), LH_E_LIMIT);
+    lh_log_set_file(NULL);
+    lh_log_set_level(level);
+    char *log = slurp(logp);
+    CU_ASSERT_PTR_NOT_NULL(log && strstr(log, "--prompt-cache-size"));
+    free(log);
 }
 
 /* ---- the prompt cache ----------------------------------------------------------------------- */
