@@ -140,7 +140,8 @@ typedef struct {
     float *vec;             /* (2*w + head_dim): small vectors when building reps */
     float *qb;              /* (head_dim) a query rotated for the bound score */
     size_t *sel;            /* (w, K) selection of each query of a block */
-    size_t *cur;            /* (w) merge cursors */
+    size_t *cur;            /* (n_chunk + 1) merge cursors, or per-chunk counts (all 0 between
+                               blocks) */
     size_t *uc, *un;        /* (w*K) union of the selections: chunk, number of rows */
     size_t *ur, *us;        /* (w*K) per (chunk, row) entry: row and its slot */
     bb_ent *heap;           /* (n_node) bound only */
@@ -176,9 +177,9 @@ static scratch scratch_of(const lh_lh *s, size_t tid)
     x.heap = s->heap ? s->heap + tid * s->n_node : NULL;
     x.stat = s->stat + tid * 8;
     size_t wk = w * s->n_keep;
-    x.sel = s->sel + tid * (5 * wk + w);
+    x.sel = s->sel + tid * (5 * wk + s->n_chunk + 1);
     x.cur = x.sel + wk;
-    x.uc = x.cur + w;
+    x.uc = x.cur + s->n_chunk + 1;
     x.un = x.uc + wk;
     x.ur = x.un + wk;
     x.us = x.ur + wk;
@@ -239,7 +240,7 @@ int lh_lh_new(lh_lh **sp, const lh_lh_params *p, size_t max_q)
     s->n_done = calloc(p->n_layer, sizeof(size_t));
     s->rope = calloc(p->window * (p->n_rot ? p->n_rot : 1), sizeof(float));
     s->scr = calloc(s->n_thread * s->scr_floats, sizeof(float));
-    s->sel = calloc(s->n_thread * (5 * w * s->n_keep + w), sizeof(size_t));
+    s->sel = calloc(s->n_thread * (5 * w * s->n_keep + s->n_chunk + 1), sizeof(size_t));
     if (!s->rep || !s->ring || !s->n_done || !s->rope || !s->scr || !s->sel || !s->stat)
         goto fail;
     lh_ops_rope_table(s->rope, p->window, p->n_rot, &p->rope);
@@ -587,6 +588,20 @@ static void select_from_scores(size_t n_keep, size_t cc, float *score, size_t *s
     size_t *top = sel + 1;
     float *ts = score;
     for (size_t c = 1; m && c + 1 < cc; c++) {
+#if defined(LH_HAVE_AVX2)
+        /* Once the list is full almost every candidate falls below its last entry: skip eight at
+         * a time while none beats it (the compare is the scalar test's, NaN included; entries
+         * past m are never written, so the loads see the scores). */
+        if (n == m) {
+            __m256 th = _mm256_set1_ps(ts[m - 1]);
+            while (c + 8 < cc &&
+                   !_mm256_movemask_ps(_mm256_cmp_ps(_mm256_loadu_ps(score + c - 1), th,
+                                                     _CMP_GT_OQ)))
+                c += 8;
+            if (c + 1 >= cc)
+                break;
+        }
+#endif
         float sc = score[c - 1];
         if (n == m && !(sc > ts[n - 1]))
             continue;
@@ -641,12 +656,10 @@ static inline float elem(int f16, const void *kv, size_t i)
     return f16 ? lh_f16_to_f32(((const uint16_t *)kv)[i]) : ((const float *)kv)[i];
 }
 
-/* s[j] = q · row j, for the n rows of head_dim starting at element off of kv */
-static void row_qk(const lh_lh_params *p, const float *q, const void *kv, size_t off, size_t n,
-                   float *s)
+/* s[j] = q · row j, for the n rows of d elements (F16 or F32) starting at element off of kv */
+static void dots(int f16, size_t d, const float *q, const void *kv, size_t off, size_t n, float *s)
 {
-    size_t d = p->head_dim, j = 0, d8 = 0;
-    int f16 = p->kv_type == LH_TYPE_F16;
+    size_t j = 0, d8 = 0;
 #if defined(LH_HAVE_AVX2) && defined(__F16C__)
     d8 = d & ~(size_t)7;
     for (; j + 4 <= n; j += 4) {
@@ -680,6 +693,13 @@ static void row_qk(const lh_lh_params *p, const float *q, const void *kv, size_t
     }
 }
 
+/* s[j] = q · row j, for the n rows of head_dim starting at element off of kv */
+static void row_qk(const lh_lh_params *p, const float *q, const void *kv, size_t off, size_t n,
+                   float *s)
+{
+    dots(p->kv_type == LH_TYPE_F16, p->head_dim, q, kv, off, n, s);
+}
+
 /* o += sum_j pr[j] · row j, for the n rows of head_dim starting at element off of kv */
 static void row_pv(const lh_lh_params *p, const float *pr, const void *kv, size_t off, size_t n,
                    float *o)
@@ -704,10 +724,19 @@ static void row_pv(const lh_lh_params *p, const float *pr, const void *kv, size_
         _mm256_storeu_ps(o + i + 24, o3);
     }
     for (; i + 8 <= d; i += 8) {
-        __m256 o0 = _mm256_loadu_ps(o + i);
-        for (size_t j = 0; j < n; j++)
+        /* four chains: one would wait on the FMA latency every row (head_dim 8, 16) */
+        __m256 o0 = _mm256_loadu_ps(o + i), o1 = _mm256_setzero_ps(), o2 = o1, o3 = o1;
+        size_t j = 0;
+        for (; j + 4 <= n; j += 4) {
+            size_t r = off + j * d + i;
+            o0 = _mm256_fmadd_ps(_mm256_broadcast_ss(pr + j), load8(f16, kv, r), o0);
+            o1 = _mm256_fmadd_ps(_mm256_broadcast_ss(pr + j + 1), load8(f16, kv, r + d), o1);
+            o2 = _mm256_fmadd_ps(_mm256_broadcast_ss(pr + j + 2), load8(f16, kv, r + 2 * d), o2);
+            o3 = _mm256_fmadd_ps(_mm256_broadcast_ss(pr + j + 3), load8(f16, kv, r + 3 * d), o3);
+        }
+        for (; j < n; j++)
             o0 = _mm256_fmadd_ps(_mm256_broadcast_ss(pr + j), load8(f16, kv, off + j * d + i), o0);
-        _mm256_storeu_ps(o + i, o0);
+        _mm256_storeu_ps(o + i, _mm256_add_ps(_mm256_add_ps(o0, o1), _mm256_add_ps(o2, o3)));
     }
 #endif
     for (; i < d; i++) {
@@ -735,26 +764,52 @@ static void attend_block(const lh_lh *s, const scratch *x, const float *q, size_
     size_t *cur = x->cur, *uc = x->uc, *un = x->un, *ur = x->ur, *us = x->us;
     size_t n_u = 0, n_e = 0;
 
-    /* Union of the selections in ascending order, merging the sorted lists; for every chunk the
-     * rows that chose it and the slot it has in each. */
-    for (size_t i = 0; i < nb; i++)
-        cur[i] = 0;
-    for (;;) {
-        size_t c = SIZE_MAX;
-        for (size_t i = 0; i < nb; i++)
-            if (cur[i] < n_s && sel[i * n_s + cur[i]] < c)
-                c = sel[i * n_s + cur[i]];
-        if (c == SIZE_MAX)
-            break;
-        uc[n_u] = c;
-        un[n_u] = 0;
-        for (size_t i = 0; i < nb; i++)
-            if (cur[i] < n_s && sel[i * n_s + cur[i]] == c) {
-                ur[n_e] = i;
-                us[n_e++] = cur[i]++;
-                un[n_u]++;
+    /* Union of the selections in ascending order; for every chunk the rows that chose it (in
+     * row order) and the slot it has in each.  Few rows: merge the sorted lists (~n_u * nb steps);
+     * a prefill block: a counting sort over chunks 0 .. cc (nb * n_s + cc steps; the merge cost
+     * a third of the attention at 128x L). */
+    if (nb > 1 && nb * nb * n_s > sel[last]) {
+        size_t cc_ = sel[last];   /* every row's last chunk, the largest */
+        for (size_t i = 0; i < nb * n_s; i++)
+            cur[sel[i]]++;
+        for (size_t c = 0; c <= cc_; c++)
+            if (cur[c]) {
+                uc[n_u] = c;
+                un[n_u++] = cur[c];
+                size_t n_c = cur[c];
+                cur[c] = n_e;     /* from here: the next free entry of chunk c */
+                n_e += n_c;
             }
-        n_u++;
+        for (size_t i = 0; i < nb; i++)
+            for (size_t r = 0; r < n_s; r++) {
+                size_t e = cur[sel[i * n_s + r]]++;
+                ur[e] = i;
+                us[e] = r;
+            }
+        for (size_t u = 0; u < n_u; u++)
+            cur[uc[u]] = 0;
+    } else {
+        for (size_t i = 0; i < nb; i++)
+            cur[i] = 0;
+        for (;;) {
+            size_t c = SIZE_MAX;
+            for (size_t i = 0; i < nb; i++)
+                if (cur[i] < n_s && sel[i * n_s + cur[i]] < c)
+                    c = sel[i * n_s + cur[i]];
+            if (c == SIZE_MAX)
+                break;
+            uc[n_u] = c;
+            un[n_u] = 0;
+            for (size_t i = 0; i < nb; i++)
+                if (cur[i] < n_s && sel[i * n_s + cur[i]] == c) {
+                    ur[n_e] = i;
+                    us[n_e++] = cur[i]++;
+                    un[n_u]++;
+                }
+            n_u++;
+        }
+        for (size_t i = 0; i < nb; i++)
+            cur[i] = 0;   /* the counting sort's invariant */
     }
 
     /* Scores.  Row i of x->sc is query i's layout: slot r at columns r*w .. r*w+w-1.  Only the
@@ -876,7 +931,11 @@ static void layer_head(const lh_lh *s, size_t tid, size_t layer, size_t h, const
                 }
             }
         } else {
-            if (K > 3)
+            /* decode: one query against every representation, a row-dot kernel (lh_gemm_nt pads
+             * a single row) */
+            if (K > 3 && nb == 1)
+                dots(0, d, qb, rep + d, 0, cc - 2, x.ss);
+            else if (K > 3)
                 lh_gemm_nt(nb, cc - 2, d, qb, ldq, rep + d, d, x.ss, s->n_chunk, 0.0f);
             for (size_t j = 0; j < nb; j++)
                 select_from_scores(K, cc, x.ss + j * s->n_chunk, x.sel + j * K);
@@ -921,6 +980,8 @@ int lh_lh_layer(lh_lh *s, size_t layer, const float *q, size_t n_q, size_t pos0,
     long n_head = (long)s->p.n_head;
     int n_thr = (int)s->n_thread;
     size_t n_key = pos0 + n_q < s->p.window ? pos0 + n_q : s->p.window;
+    /* past the window every query also scores every chunk (selection grows with the context) */
+    n_key += pos0 + n_q > s->p.window ? (pos0 + n_q) / s->p.chunk : 0;
     int big = (double)n_q * (double)s->p.n_head * (double)n_key * (double)s->p.head_dim >= 65536.0;
     (void)n_thr;
     (void)big;
