@@ -693,6 +693,18 @@ static void dots(int f16, size_t d, const float *q, const void *kv, size_t off, 
     }
 }
 
+/* Asks for the n rows of KV head g from pos into the cache ahead of their use: past the window
+ * the selected chunks are scattered over a cache far larger than the caches, and a decode step
+ * otherwise waits on every chunk's first lines in turn. */
+static void prefetch_rows(const lh_lh_params *p, const void *kv, size_t g, size_t pos, size_t n)
+{
+    size_t elt = p->kv_type == LH_TYPE_F16 ? 2 : 4;
+    const char *b = (const char *)kv + (g * p->n_ctx + pos) * p->head_dim * elt;
+    size_t size = n * p->head_dim * elt;
+    for (size_t o = 0; o < size; o += 64)
+        __builtin_prefetch(b + o);
+}
+
 /* s[j] = q · row j, for the n rows of head_dim starting at element off of kv */
 static void row_qk(const lh_lh_params *p, const float *q, const void *kv, size_t off, size_t n,
                    float *s)
@@ -815,6 +827,11 @@ static void attend_block(const lh_lh *s, const scratch *x, const float *q, size_
     /* Scores.  Row i of x->sc is query i's layout: slot r at columns r*w .. r*w+w-1.  Only the
      * current chunk (the last slot of every row) is partial: keys up to the last query's own. */
     size_t cc = sel[last];
+    if (nb == 1) /* decode: every selected chunk's keys and values, all requests in flight */
+        for (size_t u = 0; u < n_u; u++) {
+            prefetch_rows(&s->p, k, g, uc[u] * w, uc[u] == cc ? o0 + nb : w);
+            prefetch_rows(&s->p, v, g, uc[u] * w, uc[u] == cc ? o0 + nb : w);
+        }
     for (size_t u = 0, e = 0; u < n_u; e += un[u], u++) {
         size_t c = uc[u], n_c = un[u], nk = c == cc ? o0 + nb : w;
         int direct = n_c == nb;
