@@ -1059,8 +1059,6 @@ int lh_lh_layer(lh_lh *s, size_t layer, const float *q, size_t n_q, size_t pos0,
     long n_head = (long)s->p.n_head;
     int n_thr = (int)s->n_thread;
     size_t n_key = pos0 + n_q < s->p.window ? pos0 + n_q : s->p.window;
-    /* past the window every query also scores every chunk (selection grows with the context) */
-    n_key += pos0 + n_q > s->p.window ? (pos0 + n_q) / s->p.chunk : 0;
     int big = (double)n_q * (double)s->p.n_head * (double)n_key * (double)s->p.head_dim >= 65536.0;
     (void)n_thr;
     (void)big;
