@@ -140,7 +140,8 @@ typedef struct {
     float *vec;             /* (2*w + head_dim): small vectors when building reps */
     float *qb;              /* (head_dim) a query rotated for the bound score */
     size_t *sel;            /* (w, K) selection of each query of a block */
-    size_t *cur;            /* (w) merge cursors */
+    size_t *cur;            /* (n_chunk + 1) merge cursors, or per-chunk counts (all 0 between
+                               blocks) */
     size_t *uc, *un;        /* (w*K) union of the selections: chunk, number of rows */
     size_t *ur, *us;        /* (w*K) per (chunk, row) entry: row and its slot */
     bb_ent *heap;           /* (n_node) bound only */
@@ -176,9 +177,9 @@ static scratch scratch_of(const lh_lh *s, size_t tid)
     x.heap = s->heap ? s->heap + tid * s->n_node : NULL;
     x.stat = s->stat + tid * 8;
     size_t wk = w * s->n_keep;
-    x.sel = s->sel + tid * (5 * wk + w);
+    x.sel = s->sel + tid * (5 * wk + s->n_chunk + 1);
     x.cur = x.sel + wk;
-    x.uc = x.cur + w;
+    x.uc = x.cur + s->n_chunk + 1;
     x.un = x.uc + wk;
     x.ur = x.un + wk;
     x.us = x.ur + wk;
@@ -239,7 +240,7 @@ int lh_lh_new(lh_lh **sp, const lh_lh_params *p, size_t max_q)
     s->n_done = calloc(p->n_layer, sizeof(size_t));
     s->rope = calloc(p->window * (p->n_rot ? p->n_rot : 1), sizeof(float));
     s->scr = calloc(s->n_thread * s->scr_floats, sizeof(float));
-    s->sel = calloc(s->n_thread * (5 * w * s->n_keep + w), sizeof(size_t));
+    s->sel = calloc(s->n_thread * (5 * w * s->n_keep + s->n_chunk + 1), sizeof(size_t));
     if (!s->rep || !s->ring || !s->n_done || !s->rope || !s->scr || !s->sel || !s->stat)
         goto fail;
     lh_ops_rope_table(s->rope, p->window, p->n_rot, &p->rope);
@@ -581,12 +582,88 @@ done:
  * descending score; candidates arrive in ascending chunk order, so "strictly greater" makes ties go
  * to the earlier chunk.  score doubles as the store of the running top scores: entry i is only
  * rewritten once candidate i+1 has been read, and it is scratch to every caller. */
+#if defined(LH_HAVE_AVX2)
+/* The same top-m of candidates 1 .. cc-2 as the scan below, for many candidates and m <= 16, in
+ * two passes that branch far less (the scan's cost was its mispredicted branches: ~20 insertions
+ * per selection at random places, a quarter of a prefill at 128x L).  Pass 1, branch-free: the
+ * maxima of 16 disjoint groups of scores; their m-th largest T has m distinct candidates scoring
+ * >= it, so every one of the m best scores >= T.  Pass 2: the scan's insertion over the candidates
+ * scoring >= T only, in ascending chunk order, which keeps the m best of a superset of them: the
+ * same list, ties included.  Returns n (== m), or 0 when T rules out too many (NaN scores): the
+ * caller scans instead; score is not written. */
+static size_t select_threshold(size_t m, size_t cc, const float *score, size_t *top)
+{
+    size_t n_cand = cc - 2, nv = n_cand & ~(size_t)15, n = 0;
+    __m256 a0 = _mm256_set1_ps(-INFINITY), a1 = a0;
+    for (size_t i = 0; i < nv; i += 16) {
+        a0 = _mm256_max_ps(a0, _mm256_loadu_ps(score + i));
+        a1 = _mm256_max_ps(a1, _mm256_loadu_ps(score + i + 8));
+    }
+    float gm[16], ts[16], th = -INFINITY;
+    _mm256_storeu_ps(gm, a0);
+    _mm256_storeu_ps(gm + 8, a1);
+    for (size_t r = 0; r < m; r++) {   /* the m-th largest, by m passes of max-and-remove */
+        size_t b = 0;
+        for (size_t j = 1; j < 16; j++)
+            b = gm[j] > gm[b] ? j : b;
+        th = gm[b];
+        gm[b] = -INFINITY;
+    }
+    __m256 vt = _mm256_set1_ps(th);
+    for (size_t i = 0; i < n_cand; i += 8) {
+        unsigned bits;
+        if (i + 8 <= n_cand)
+            bits = (unsigned)_mm256_movemask_ps(_mm256_cmp_ps(_mm256_loadu_ps(score + i), vt,
+                                                              _CMP_GE_OQ));
+        else
+            for (size_t j = bits = 0; i + j < n_cand; j++)
+                bits |= (unsigned)(score[i + j] >= th) << j;
+        for (; bits; bits &= bits - 1) {
+            size_t idx = i + (size_t)__builtin_ctz(bits);
+            float sc = score[idx];
+            if (n == m && !(sc > ts[n - 1]))
+                continue;
+            size_t k = n < m ? n++ : n - 1;
+            while (k > 0 && sc > ts[k - 1]) {
+                ts[k] = ts[k - 1];
+                top[k] = top[k - 1];
+                k--;
+            }
+            ts[k] = sc;
+            top[k] = idx + 1;
+        }
+    }
+    return n == m ? n : 0;
+}
+#endif
+
 static void select_from_scores(size_t n_keep, size_t cc, float *score, size_t *sel)
 {
     size_t m = n_keep >= 3 ? n_keep - 3 : 0, n = 0;
     size_t *top = sel + 1;
     float *ts = score;
+#if defined(LH_HAVE_AVX2)
+    if (m && m <= 16 && cc >= 128 + 2 && (n = select_threshold(m, cc, score, top)) == m) {
+        finish_sel(n_keep, cc, n, sel);
+        return;
+    }
+    n = 0;
+#endif
     for (size_t c = 1; m && c + 1 < cc; c++) {
+#if defined(LH_HAVE_AVX2)
+        /* Once the list is full almost every candidate falls below its last entry: skip eight at
+         * a time while none beats it (the compare is the scalar test's, NaN included; entries
+         * past m are never written, so the loads see the scores). */
+        if (n == m) {
+            __m256 th = _mm256_set1_ps(ts[m - 1]);
+            while (c + 8 < cc &&
+                   !_mm256_movemask_ps(_mm256_cmp_ps(_mm256_loadu_ps(score + c - 1), th,
+                                                     _CMP_GT_OQ)))
+                c += 8;
+            if (c + 1 >= cc)
+                break;
+        }
+#endif
         float sc = score[c - 1];
         if (n == m && !(sc > ts[n - 1]))
             continue;
@@ -641,12 +718,10 @@ static inline float elem(int f16, const void *kv, size_t i)
     return f16 ? lh_f16_to_f32(((const uint16_t *)kv)[i]) : ((const float *)kv)[i];
 }
 
-/* s[j] = q · row j, for the n rows of head_dim starting at element off of kv */
-static void row_qk(const lh_lh_params *p, const float *q, const void *kv, size_t off, size_t n,
-                   float *s)
+/* s[j] = q · row j, for the n rows of d elements (F16 or F32) starting at element off of kv */
+static void dots(int f16, size_t d, const float *q, const void *kv, size_t off, size_t n, float *s)
 {
-    size_t d = p->head_dim, j = 0, d8 = 0;
-    int f16 = p->kv_type == LH_TYPE_F16;
+    size_t j = 0, d8 = 0;
 #if defined(LH_HAVE_AVX2) && defined(__F16C__)
     d8 = d & ~(size_t)7;
     for (; j + 4 <= n; j += 4) {
@@ -680,6 +755,25 @@ static void row_qk(const lh_lh_params *p, const float *q, const void *kv, size_t
     }
 }
 
+/* Asks for the n rows of KV head g from pos into the cache ahead of their use: past the window
+ * the selected chunks are scattered over a cache far larger than the caches, and a decode step
+ * otherwise waits on every chunk's first lines in turn. */
+static void prefetch_rows(const lh_lh_params *p, const void *kv, size_t g, size_t pos, size_t n)
+{
+    size_t elt = p->kv_type == LH_TYPE_F16 ? 2 : 4;
+    const char *b = (const char *)kv + (g * p->n_ctx + pos) * p->head_dim * elt;
+    size_t size = n * p->head_dim * elt;
+    for (size_t o = 0; o < size; o += 64)
+        __builtin_prefetch(b + o);
+}
+
+/* s[j] = q · row j, for the n rows of head_dim starting at element off of kv */
+static void row_qk(const lh_lh_params *p, const float *q, const void *kv, size_t off, size_t n,
+                   float *s)
+{
+    dots(p->kv_type == LH_TYPE_F16, p->head_dim, q, kv, off, n, s);
+}
+
 /* o += sum_j pr[j] · row j, for the n rows of head_dim starting at element off of kv */
 static void row_pv(const lh_lh_params *p, const float *pr, const void *kv, size_t off, size_t n,
                    float *o)
@@ -704,10 +798,19 @@ static void row_pv(const lh_lh_params *p, const float *pr, const void *kv, size_
         _mm256_storeu_ps(o + i + 24, o3);
     }
     for (; i + 8 <= d; i += 8) {
-        __m256 o0 = _mm256_loadu_ps(o + i);
-        for (size_t j = 0; j < n; j++)
+        /* four chains: one would wait on the FMA latency every row (head_dim 8, 16) */
+        __m256 o0 = _mm256_loadu_ps(o + i), o1 = _mm256_setzero_ps(), o2 = o1, o3 = o1;
+        size_t j = 0;
+        for (; j + 4 <= n; j += 4) {
+            size_t r = off + j * d + i;
+            o0 = _mm256_fmadd_ps(_mm256_broadcast_ss(pr + j), load8(f16, kv, r), o0);
+            o1 = _mm256_fmadd_ps(_mm256_broadcast_ss(pr + j + 1), load8(f16, kv, r + d), o1);
+            o2 = _mm256_fmadd_ps(_mm256_broadcast_ss(pr + j + 2), load8(f16, kv, r + 2 * d), o2);
+            o3 = _mm256_fmadd_ps(_mm256_broadcast_ss(pr + j + 3), load8(f16, kv, r + 3 * d), o3);
+        }
+        for (; j < n; j++)
             o0 = _mm256_fmadd_ps(_mm256_broadcast_ss(pr + j), load8(f16, kv, off + j * d + i), o0);
-        _mm256_storeu_ps(o + i, o0);
+        _mm256_storeu_ps(o + i, _mm256_add_ps(_mm256_add_ps(o0, o1), _mm256_add_ps(o2, o3)));
     }
 #endif
     for (; i < d; i++) {
@@ -735,31 +838,62 @@ static void attend_block(const lh_lh *s, const scratch *x, const float *q, size_
     size_t *cur = x->cur, *uc = x->uc, *un = x->un, *ur = x->ur, *us = x->us;
     size_t n_u = 0, n_e = 0;
 
-    /* Union of the selections in ascending order, merging the sorted lists; for every chunk the
-     * rows that chose it and the slot it has in each. */
-    for (size_t i = 0; i < nb; i++)
-        cur[i] = 0;
-    for (;;) {
-        size_t c = SIZE_MAX;
-        for (size_t i = 0; i < nb; i++)
-            if (cur[i] < n_s && sel[i * n_s + cur[i]] < c)
-                c = sel[i * n_s + cur[i]];
-        if (c == SIZE_MAX)
-            break;
-        uc[n_u] = c;
-        un[n_u] = 0;
-        for (size_t i = 0; i < nb; i++)
-            if (cur[i] < n_s && sel[i * n_s + cur[i]] == c) {
-                ur[n_e] = i;
-                us[n_e++] = cur[i]++;
-                un[n_u]++;
+    /* Union of the selections in ascending order; for every chunk the rows that chose it (in
+     * row order) and the slot it has in each.  Few rows: merge the sorted lists (~n_u * nb steps);
+     * a prefill block: a counting sort over chunks 0 .. cc (nb * n_s + cc steps; the merge cost
+     * a third of the attention at 128x L). */
+    if (nb > 1 && nb * nb * n_s > sel[last]) {
+        size_t cc_ = sel[last];   /* every row's last chunk, the largest */
+        for (size_t i = 0; i < nb * n_s; i++)
+            cur[sel[i]]++;
+        for (size_t c = 0; c <= cc_; c++)
+            if (cur[c]) {
+                uc[n_u] = c;
+                un[n_u++] = cur[c];
+                size_t n_c = cur[c];
+                cur[c] = n_e;     /* from here: the next free entry of chunk c */
+                n_e += n_c;
             }
-        n_u++;
+        for (size_t i = 0; i < nb; i++)
+            for (size_t r = 0; r < n_s; r++) {
+                size_t e = cur[sel[i * n_s + r]]++;
+                ur[e] = i;
+                us[e] = r;
+            }
+        for (size_t u = 0; u < n_u; u++)
+            cur[uc[u]] = 0;
+    } else {
+        for (size_t i = 0; i < nb; i++)
+            cur[i] = 0;
+        for (;;) {
+            size_t c = SIZE_MAX;
+            for (size_t i = 0; i < nb; i++)
+                if (cur[i] < n_s && sel[i * n_s + cur[i]] < c)
+                    c = sel[i * n_s + cur[i]];
+            if (c == SIZE_MAX)
+                break;
+            uc[n_u] = c;
+            un[n_u] = 0;
+            for (size_t i = 0; i < nb; i++)
+                if (cur[i] < n_s && sel[i * n_s + cur[i]] == c) {
+                    ur[n_e] = i;
+                    us[n_e++] = cur[i]++;
+                    un[n_u]++;
+                }
+            n_u++;
+        }
+        for (size_t i = 0; i < nb; i++)
+            cur[i] = 0;   /* the counting sort's invariant */
     }
 
     /* Scores.  Row i of x->sc is query i's layout: slot r at columns r*w .. r*w+w-1.  Only the
      * current chunk (the last slot of every row) is partial: keys up to the last query's own. */
     size_t cc = sel[last];
+    if (nb == 1) /* decode: every selected chunk's keys and values, all requests in flight */
+        for (size_t u = 0; u < n_u; u++) {
+            prefetch_rows(&s->p, k, g, uc[u] * w, uc[u] == cc ? o0 + nb : w);
+            prefetch_rows(&s->p, v, g, uc[u] * w, uc[u] == cc ? o0 + nb : w);
+        }
     for (size_t u = 0, e = 0; u < n_u; e += un[u], u++) {
         size_t c = uc[u], n_c = un[u], nk = c == cc ? o0 + nb : w;
         int direct = n_c == nb;
@@ -876,7 +1010,11 @@ static void layer_head(const lh_lh *s, size_t tid, size_t layer, size_t h, const
                 }
             }
         } else {
-            if (K > 3)
+            /* decode: one query against every representation, a row-dot kernel (lh_gemm_nt pads
+             * a single row) */
+            if (K > 3 && nb == 1)
+                dots(0, d, qb, rep + d, 0, cc - 2, x.ss);
+            else if (K > 3)
                 lh_gemm_nt(nb, cc - 2, d, qb, ldq, rep + d, d, x.ss, s->n_chunk, 0.0f);
             for (size_t j = 0; j < nb; j++)
                 select_from_scores(K, cc, x.ss + j * s->n_chunk, x.sel + j * K);

@@ -223,6 +223,18 @@ static void oracle_all(lh_type kv, lh_lh_score score, int bb)
 
 static void test_oracle_f32(void) { oracle_all(LH_TYPE_F32, LH_LH_SCORE_REP, 0); }
 static void test_oracle_f16(void) { oracle_all(LH_TYPE_F16, LH_LH_SCORE_REP, 0); }
+/* Past 130 candidates the top-k runs in two passes (a threshold from group maxima, then the
+ * candidates above it): still the oracle's selections, decode and prefill blocks alike. */
+static void test_oracle_long(void)
+{
+    for (int kv = 0; kv < 2; kv++) {
+        lh_lh_params p = params(2, 16, 4, 2, 8, 8, 0, kv ? LH_TYPE_F16 : LH_TYPE_F32); /* m = 5 */
+        check_vs_oracle(p, 300, 900 + kv);
+        p.score = LH_LH_SCORE_BOUND;
+        check_vs_oracle(p, 301, 5900 + kv);
+    }
+}
+
 static void test_oracle_bound_f32(void)
 {
     oracle_all(LH_TYPE_F32, LH_LH_SCORE_BOUND, 0);
@@ -571,7 +583,8 @@ static void test_bb_exact(void)
     ps[1] = params(2, 40, 2, 1, 8, 8, 0, LH_TYPE_F32);      /* K = 20: a long top list */
     ps[2] = params(3, 24, 4, 4, 16, 10, 0, LH_TYPE_F16);    /* odd w, partial rotation */
     ps[3] = params(8, 64, 2, 2, 8, 8, 0, LH_TYPE_F32);
-    size_t mult[4] = { 40, 9, 25, 12 };
+    size_t mult[4] = { 40, 9, 25, 18 };   /* 18: past 130 chunks, where flat scoring's top-k
+                                            * runs in two passes (longheads.c) */
     for (size_t i = 0; i < 4; i++) {
         lh_lh_params p = ps[i];
         p.score = LH_LH_SCORE_BOUND;
@@ -737,6 +750,7 @@ void lh_test_longheads(void)
     CU_pSuite s = CU_add_suite("longheads", NULL, NULL);
     CU_add_test(s, "fast == oracle, f32, batches 1/3/17/all", test_oracle_f32);
     CU_add_test(s, "fast == oracle, f16 cache", test_oracle_f16);
+    CU_add_test(s, "fast == oracle, 150 chunks (two-pass top-k)", test_oracle_long);
     CU_add_test(s, "inside the window == dense", test_inside_window_dense);
     CU_add_test(s, "N at once == N-1 then 1", test_split_invariance);
     CU_add_test(s, "truncate then re-run", test_truncate);
