@@ -14,17 +14,17 @@
  * execution writing a column slice of y (a strided dst).  Scratchpad mode is `user`: its buffer too
  * is allocated at _new.
  *
- * Decode (n_rows == 1) is a GEMV: every output is a dot product of one W row with x, runs of
- * rows claimed by the threads from a shared counter (gemv_multi, which also serves several
- * matrices sharing x in one parallel region: lh_matmul_run_gemvs); for F32/F16/BF16 W one
- * sequential row stream per run, AVX-512.  A oneDNN call for M = 1 costs more in fixed overhead and packing than
+ * Decode (n_rows == 1) is a GEMV: every output is a dot product of one W row with x, runs of rows
+ * claimed by the threads from a shared counter (gemv_multi, which also serves several matrices
+ * sharing x in one parallel region: lh_matmul_run_gemvs); for F32/F16/BF16 W one sequential row
+ * stream per run, AVX-512.  A oneDNN call for M = 1 costs more in fixed overhead and packing than
  * the whole GEMV for our shapes (tools/kbench measures both).  For the quantised types (Q4_0 ..
  * Q6_K, IQ4_NL, Q8_0) x is first quantised to 8 bits per value in blocks (lh_q8_quant, into
  * scratch made at _new) and the rows are fused integer dot products (lh_dot_rows_q8), as in
  * llama.cpp; prefill takes the same integer kernels, four activation rows per unpacked weight
  * block (gemm_q8, lh_gemm_q8), at every slice length (lh_matmul_run_dnnl, the dequantised-panel
- * path through oneDNN, stays for tests and benchmarks).  No W is ever converted whole: oneDNN
- * sees one panel at a time.
+ * path through oneDNN, stays for tests and benchmarks).  No W is ever converted whole: oneDNN sees
+ * one panel at a time.
  */
 #include "matmul.h"
 
@@ -977,12 +977,14 @@ static void gemv_rows(lh_type t, size_t rs, const void *w, const float *x, const
 }
 
 /* The rows of all the matrices, taken end to end, in blocks of GEMV_BLK rows (rows of one type
- * and n_in are equal in bytes).  Threads claim runs of blocks from a shared counter, a quarter
- * of what is left per thread at first and smaller runs as the work runs out (at least
- * GEMV_MIN_RUN blocks: 256 KB of F16 at n_in 2048), so that a thread that started late or was
- * slowed (the wake-up of the team, the other core's share of the memory bus, another process)
- * does not leave the other waiting at the end of the region, as a static split of equal halves
- * did; each run is one sequential stream, which the hardware prefetcher follows (see above). */
+ * and n_in are equal in bytes).  Threads claim runs of blocks from a shared counter, each run
+ * 1/(2 x threads) of what is left (with two threads a quarter of the rows first), at least
+ * GEMV_MIN_RUN blocks (256 KB of F16 at n_in 2048), so that a thread that started late or was
+ * slowed (the team's wake-up, the other core's share of the memory bus, another process) takes
+ * fewer rows instead of keeping the other waiting at the end of the region; each run is one
+ * sequential stream, which the hardware prefetcher follows (see above).  On a loaded machine
+ * (load 7-9, 1b F16 and BF16 decode) this measured the same as equal static halves; the fused
+ * regions are what measured faster there (see lh_matmul_run_gemvs). */
 #define GEMV_BLK 16
 #define GEMV_MIN_RUN 4
 

@@ -211,9 +211,10 @@ static void test_matmul_quant(void)
 static void check_gemvs(lh_type t, size_t n_in, const size_t n_out[3])
 {
     size_t rs = lh_type_row_size(t, n_in), tot = n_out[0] + n_out[1] + n_out[2];
-    float *wf = malloc(n_in * sizeof *wf), *x = malloc(n_in * sizeof *x), *wd = malloc(n_in * sizeof *wd);
+    float *wf = malloc(n_in * sizeof *wf), *x = malloc(n_in * sizeof *x);
+    float *wd = malloc(n_in * sizeof *wd), *y = malloc(tot * sizeof *y);
+    float *y1 = malloc(tot * sizeof *y1), *yr = malloc(tot * sizeof *yr);
     char *w = malloc(tot * rs);
-    float *y = malloc(tot * sizeof *y), *y1 = malloc(tot * sizeof *y1), *yr = malloc(tot * sizeof *yr);
     for (size_t i = 0; i < n_in; i++)
         x[i] = frand(-1, 1);
     for (size_t o = 0; o < tot; o++) {

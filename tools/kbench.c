@@ -277,7 +277,8 @@ static int bench_gemvs(void)
     static const lh_type types[] = {LH_TYPE_F32, LH_TYPE_F16, LH_TYPE_BF16, LH_TYPE_Q8_0};
     const size_t n_in = 2048, max = 2 * 5632 * n_in;
     char *w = malloc(max * sizeof(float));
-    float *x = malloc(n_in * sizeof *x), *y = malloc(2 * 5632 * sizeof *y), *row = malloc(n_in * sizeof *row);
+    float *x = malloc(n_in * sizeof *x), *y = malloc(2 * 5632 * sizeof *y);
+    float *row = malloc(n_in * sizeof *row);
     if (!w || !x || !y || !row)
         return -ENOMEM;
     for (size_t i = 0; i < n_in; i++)
