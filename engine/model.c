@@ -607,6 +607,35 @@ static int matmul(lh_ctx *c, const weight *w, const float *x, size_t n, float *y
     return -EINVAL; /* every weight got a slot in lh_ctx_new */
 }
 
+/* Decode (n == 1): y_j = x · W_jᵀ for the k weights ws[j] in one parallel region
+ * (lh_matmul_run_gemvs) when they share type and n_in; otherwise, and for prefill, one matmul
+ * each. */
+static int matmuls(lh_ctx *c, const weight *const *ws, size_t k, const float *x, size_t n,
+                   float *const *ys)
+{
+    lh_matmul *ms[3];
+    const void *data[3];
+    int fuse = n == 1 && k <= 3;
+    for (size_t j = 0; j < k && fuse; j++) {
+        const lh_gguf_tensor *t = ws[j]->t;
+        fuse = t->type == ws[0]->t->type && t->ne[0] == ws[0]->t->ne[0];
+        ms[j] = NULL;
+        for (size_t i = 0; i < c->n_mms && fuse; i++) {
+            mm_slot *s = &c->mms[i];
+            if (s->type == t->type && s->n_in == t->ne[0] && s->n_out == t->ne[1])
+                ms[j] = s->mm;
+        }
+        data[j] = t->data;
+        fuse = fuse && ms[j];
+    }
+    if (fuse)
+        return lh_matmul_run_gemvs(ms, data, k, x, ys);
+    int rc = 0;
+    for (size_t j = 0; j < k && rc == 0; j++)
+        rc = matmul(c, ws[j], x, n, ys[j]);
+    return rc;
+}
+
 static int resolve_params(const lh_model *m, lh_ctx_params *p)
 {
     const lh_hparams *hp = &m->hp;
@@ -864,8 +893,8 @@ static int forward(lh_ctx *c, const int32_t *tokens, size_t n, float *logits, in
     for (size_t l = 0; l < hp->n_layer; l++) {
         const layer *L = &m->layers[l];
         lh_ops_rmsnorm(c->xb, c->x, L->attn_norm, n, D, hp->rms_eps);
-        if ((rc = matmul(c, &L->wq, c->xb, n, c->q)) || (rc = matmul(c, &L->wk, c->xb, n, c->kb)) ||
-            (rc = matmul(c, &L->wv, c->xb, n, c->vb)))
+        const weight *qkv[3] = {&L->wq, &L->wk, &L->wv};
+        if ((rc = matmuls(c, qkv, 3, c->xb, n, (float *const[3]){c->q, c->kb, c->vb})))
             return rc;
         add_bias(c->q, L->bq, n, q_dim);
         add_bias(c->kb, L->bk, n, kv_dim);
@@ -897,7 +926,8 @@ static int forward(lh_ctx *c, const int32_t *tokens, size_t n, float *logits, in
         lh_ops_add(c->x, c->xb, n * D);
 
         lh_ops_rmsnorm(c->xb, c->x, L->ffn_norm, n, D, hp->rms_eps);
-        if ((rc = matmul(c, &L->w_gate, c->xb, n, c->hb)) || (rc = matmul(c, &L->w_up, c->xb, n, c->hb2)))
+        const weight *gu[2] = {&L->w_gate, &L->w_up};
+        if ((rc = matmuls(c, gu, 2, c->xb, n, (float *const[2]){c->hb, c->hb2})))
             return rc;
         add_bias(c->hb, L->b_gate, n, hp->n_ff);
         add_bias(c->hb2, L->b_up, n, hp->n_ff);

@@ -14,21 +14,23 @@
  * execution writing a column slice of y (a strided dst).  Scratchpad mode is `user`: its buffer too
  * is allocated at _new.
  *
- * Decode (n_rows == 1) is a GEMV: every output is a dot product of one W row with x, rows split
- * statically over threads (for F32/F16/BF16 W: gemv_float, one sequential row stream per
- * thread, AVX-512).  A oneDNN call for M = 1 costs more in fixed overhead and packing than
+ * Decode (n_rows == 1) is a GEMV: every output is a dot product of one W row with x, runs of rows
+ * claimed by the threads from a shared counter (gemv_multi, which also serves several matrices
+ * sharing x in one parallel region: lh_matmul_run_gemvs); for F32/F16/BF16 W one sequential row
+ * stream per run, AVX-512.  A oneDNN call for M = 1 costs more in fixed overhead and packing than
  * the whole GEMV for our shapes (tools/kbench measures both).  For the quantised types (Q4_0 ..
  * Q6_K, IQ4_NL, Q8_0) x is first quantised to 8 bits per value in blocks (lh_q8_quant, into
  * scratch made at _new) and the rows are fused integer dot products (lh_dot_rows_q8), as in
  * llama.cpp; prefill takes the same integer kernels, four activation rows per unpacked weight
  * block (gemm_q8, lh_gemm_q8), at every slice length (lh_matmul_run_dnnl, the dequantised-panel
- * path through oneDNN, stays for tests and benchmarks).  No W is ever converted whole: oneDNN
- * sees one panel at a time.
+ * path through oneDNN, stays for tests and benchmarks).  No W is ever converted whole: oneDNN sees
+ * one panel at a time.
  */
 #include "matmul.h"
 
 #include <errno.h>
 #include <math.h>
+#include <stdatomic.h>
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
@@ -830,34 +832,12 @@ fail:
     return rc;
 }
 
-static void gemv(const lh_matmul *m, const void *w, const float *x, float *y)
-{
-    size_t n_out = m->n_out, n_in = m->n_in, rs = m->row_size;
-    lh_type t = m->wtype;
-    /* Quantised weights: the activation row is quantised once here (serial: it is n_in values
-     * against n_out * n_in weights), then every row is a fused integer dot product with it. */
-    const void *xq = m->xq;
-    if (xq)
-        lh_q8_quant(t, x, m->xq, n_in);
-    /* Blocks of 16 rows (lh_dot_rows takes them four at a time).  Small matrices stay on one
-     * thread: waking the team costs more than they take. */
-    size_t n_blk = (n_out + 15) / 16;
-    OMP(omp parallel for schedule(static) if (n_out * n_in >= 131072))
-    for (size_t b = 0; b < n_blk; b++) {
-        size_t o = b * 16, nr = n_out - o < 16 ? n_out - o : 16;
-        if (xq)
-            lh_dot_rows_q8(t, (const char *)w + o * rs, rs, xq, n_in, y + o, nr);
-        else
-            lh_dot_rows(t, (const char *)w + o * rs, rs, x, n_in, y + o, nr);
-    }
-}
-
 #ifdef LH_HAVE_AVX512
 /* ---- the decode GEMV for F32 / F16 / BF16 weights (AVX-512) --------------------------------
  *
- * Decode reads every weight once, so this loop must run at memory speed.  Each thread takes one
- * contiguous range of rows (schedule(static)) and walks it row after row: one sequential stream
- * per core, which the hardware prefetcher follows by itself.  (The previous kernel, lh_dot_rows,
+ * Decode reads every weight once, so this loop must run at memory speed.  Each thread takes
+ * contiguous runs of rows (gemv_multi) and walks each row after row: one sequential stream per
+ * core, which the hardware prefetcher follows by itself.  (The previous kernel, lh_dot_rows,
  * interleaved four rows; at n_in = 2048 F16 those are 4 KiB apart, four streams aliasing in
  * the same cache sets.  Software prefetch 0.5-4 KiB ahead measured slower here, one thread,
  * 5632 x 2048 over 400 MB: F16 27 GB/s without, 16-19 with.)  A row goes 64 elements per step
@@ -938,33 +918,125 @@ static void rows_bf16(const char *w, size_t rs, size_t o0, size_t o1, const floa
         y[o] = row_dot(LH_TYPE_BF16, w + o * rs, x, n);
 }
 
-/* Blocks of GEMV_BLK rows, split statically (each thread one contiguous range of blocks). */
-#define GEMV_BLK 16
-
-static void gemv_float(lh_matmul *m, const void *w, const float *x, float *y)
+/* y[o] for o in [o0, o1) of F32, F16 or BF16 W */
+static void rows_any(lh_type t, const char *w, size_t rs, size_t o0, size_t o1, const float *x,
+                     size_t n, float *y)
 {
-    size_t n_out = m->n_out, n_in = m->n_in, rs = m->row_size;
-    void (*rows)(const char *, size_t, size_t, size_t, const float *, size_t, float *) =
-        m->wtype == LH_TYPE_F32 ? rows_f32 : m->wtype == LH_TYPE_F16 ? rows_f16 : rows_bf16;
+    if (t == LH_TYPE_F32)
+        rows_f32(w, rs, o0, o1, x, n, y);
+    else if (t == LH_TYPE_F16)
+        rows_f16(w, rs, o0, o1, x, n, y);
+    else
+        rows_bf16(w, rs, o0, o1, x, n, y);
+}
+#endif
+
+/* ---- the decode driver: one or several GEMVs sharing x, one parallel region ------------ */
+
+/* x as the row kernels of m's type take it: quantised to 8 bits (m->xq), deinterleaved per
+ * 32-block for the AVX-512 BF16 kernel (m->xperm), or x itself. */
+static const float *gemv_prep(lh_matmul *m, const float *x, const void **xqp)
+{
+    *xqp = m->xq;
+    if (m->xq)
+        lh_q8_quant(m->wtype, x, m->xq, m->n_in);
+#ifdef LH_HAVE_AVX512
     if (m->wtype == LH_TYPE_BF16) {
-        /* x deinterleaved per 32-block: 16 even elements, then 16 odd ones, zeros past n_in */
+        /* 16 even elements, then 16 odd ones, zeros past n_in */
+        size_t n_in = m->n_in;
         float *xp = m->xperm;
         for (size_t i = 0; i < n_in; i += 32)
             for (size_t j = 0; j < 16; j++) {
                 xp[i + j] = i + 2 * j < n_in ? x[i + 2 * j] : 0;
                 xp[i + 16 + j] = i + 2 * j + 1 < n_in ? x[i + 2 * j + 1] : 0;
             }
-        x = xp;
+        return xp;
     }
-    size_t n_blk = (n_out + GEMV_BLK - 1) / GEMV_BLK;
-    /* small matrices stay on one thread: waking the team costs more than they take */
-    OMP(omp parallel for schedule(static) if (n_out * n_in >= 131072))
-    for (size_t b = 0; b < n_blk; b++) {
-        size_t o0 = b * GEMV_BLK, o1 = n_out - o0 < GEMV_BLK ? n_out : o0 + GEMV_BLK;
-        rows((const char *)w, rs, o0, o1, x, n_in, y);
+#endif
+    return x;
+}
+
+/* y[o] for o in [o0, o1) of one W, x prepared by gemv_prep (of a matmul of the same type and
+ * n_in). */
+static void gemv_rows(lh_type t, size_t rs, const void *w, const float *x, const void *xq,
+                      size_t n_in, size_t o0, size_t o1, float *y)
+{
+#ifdef LH_HAVE_AVX512
+    if (t == LH_TYPE_F32 || t == LH_TYPE_F16 || t == LH_TYPE_BF16) {
+        rows_any(t, (const char *)w, rs, o0, o1, x, n_in, y);
+        return;
+    }
+#endif
+    for (size_t o = o0; o < o1; o += 16) {
+        size_t nr = o1 - o < 16 ? o1 - o : 16;
+        if (xq)
+            lh_dot_rows_q8(t, (const char *)w + o * rs, rs, xq, n_in, y + o, nr);
+        else
+            lh_dot_rows(t, (const char *)w + o * rs, rs, x, n_in, y + o, nr);
     }
 }
+
+/* The rows of all the matrices, taken end to end, in blocks of GEMV_BLK rows (rows of one type
+ * and n_in are equal in bytes).  Threads claim runs of blocks from a shared counter, each run
+ * 1/(2 x threads) of what is left (with two threads a quarter of the rows first), at least
+ * GEMV_MIN_RUN blocks (256 KB of F16 at n_in 2048), so that a thread that started late or was
+ * slowed (the team's wake-up, the other core's share of the memory bus, another process) takes
+ * fewer rows instead of keeping the other waiting at the end of the region; each run is one
+ * sequential stream, which the hardware prefetcher follows (see above).  On a loaded machine
+ * (load 7-9, 1b F16 and BF16 decode) this measured the same as equal static halves; the fused
+ * regions are what measured faster there (see lh_matmul_run_gemvs). */
+#define GEMV_BLK 16
+#define GEMV_MIN_RUN 4
+
+static void gemv_multi(lh_matmul *const *ms, const void *const *ws, size_t n_mat, const float *x,
+                       float *const *ys)
+{
+    const void *xq;
+    x = gemv_prep(ms[0], x, &xq);
+    size_t n_blk = 0, n_w = 0;
+    for (size_t j = 0; j < n_mat; j++) {
+        n_blk += (ms[j]->n_out + GEMV_BLK - 1) / GEMV_BLK;
+        n_w += ms[j]->n_out * ms[j]->n_in;
+    }
+    lh_type t = ms[0]->wtype;
+    size_t n_in = ms[0]->n_in, rs = ms[0]->row_size;
+    atomic_size_t next;     /* the first block not yet claimed */
+    atomic_init(&next, 0);
+    /* small products stay on one thread: waking the team costs more than they take */
+    OMP(omp parallel if (n_w >= 131072))
+    {
+        size_t nth = 1;
+#ifdef _OPENMP
+        nth = (size_t)omp_get_num_threads();
 #endif
+        for (;;) {
+            size_t b0 = atomic_load_explicit(&next, memory_order_relaxed), run;
+            do {
+                if (b0 >= n_blk)
+                    break;
+                run = (n_blk - b0 + 2 * nth - 1) / (2 * nth);
+                run = run < GEMV_MIN_RUN ? GEMV_MIN_RUN : run;
+                run = run < n_blk - b0 ? run : n_blk - b0;
+            } while (!atomic_compare_exchange_weak_explicit(&next, &b0, b0 + run,
+                                                            memory_order_relaxed,
+                                                            memory_order_relaxed));
+            if (b0 >= n_blk)
+                break;
+            /* blocks [b0, b0 + run) may span the end of one W and the start of the next */
+            size_t b1 = b0 + run, base = 0;
+            for (size_t j = 0; j < n_mat && b0 < b1; j++) {
+                size_t n_out = ms[j]->n_out, nb = (n_out + GEMV_BLK - 1) / GEMV_BLK;
+                if (b0 < base + nb) {
+                    size_t e = b1 < base + nb ? b1 : base + nb;
+                    size_t o0 = (b0 - base) * GEMV_BLK, o1 = (e - base) * GEMV_BLK;
+                    gemv_rows(t, rs, ws[j], x, xq, n_in, o0, o1 < n_out ? o1 : n_out, ys[j]);
+                    b0 = e;
+                }
+                base += nb;
+            }
+        }
+    }
+}
 
 #ifdef LH_HAVE_AVX512
 /* ---- the F16 prefill GEMM (AVX-512) -----------------------------------------------------------
@@ -1249,13 +1321,7 @@ int lh_matmul_run(lh_matmul *m, const void *w, const float *x, size_t n_rows, fl
         return -EINVAL;
     }
     if (n_rows == 1) {
-#ifdef LH_HAVE_AVX512
-        if (m->wtype == LH_TYPE_F32 || m->wtype == LH_TYPE_F16 || m->wtype == LH_TYPE_BF16) {
-            gemv_float(m, w, x, y);
-            return 0;
-        }
-#endif
-        gemv(m, w, x, y);
+        gemv_multi(&m, &w, 1, x, &y);
         return 0;
     }
     if (m->xq) {
@@ -1269,6 +1335,20 @@ int lh_matmul_run(lh_matmul *m, const void *w, const float *x, size_t n_rows, fl
     }
 #endif
     return lh_matmul_run_dnnl(m, w, x, n_rows, y);
+}
+
+int lh_matmul_run_gemvs(lh_matmul *const *ms, const void *const *ws, size_t n, const float *x,
+                        float *const *ys)
+{
+    for (size_t j = 1; j < n; j++)
+        if (ms[j]->wtype != ms[0]->wtype || ms[j]->n_in != ms[0]->n_in) {
+            lh_log_error("matmul: fused GEMVs of %s x %zu and %s x %zu", lh_type_name(ms[0]->wtype),
+                         ms[0]->n_in, lh_type_name(ms[j]->wtype), ms[j]->n_in);
+            return -EINVAL;
+        }
+    if (n)
+        gemv_multi(ms, ws, n, x, ys);
+    return 0;
 }
 
 int lh_matmul_run_dnnl(lh_matmul *m, const void *w, const float *x, size_t n_rows, float *y)

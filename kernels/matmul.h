@@ -36,6 +36,15 @@ void lh_matmul_free(lh_matmul *m);
  * oneDNN failure (logged once). No allocation. */
 int lh_matmul_run(lh_matmul *m, const void *w, const float *x, size_t n_rows, float *y);
 
+/* Decode of several matrices that share one activation row: ys[j] (n_out of ms[j]) = x (n_in) ·
+ * W_jᵀ with W_j = ws[j], for j < n, as n calls of lh_matmul_run with n_rows 1 would give them
+ * (the same kernels, bit for bit), but in one parallel region: one wake-up and one barrier of the
+ * thread team instead of n, the threads' shares taken over all the rows (Q, K and V of a layer;
+ * gate and up).  Every ms[j] has the same weight type and n_in (else -EINVAL, logged).  The
+ * scratch of ms[0] serves all of them.  Returns 0 or -EINVAL; no allocation. */
+int lh_matmul_run_gemvs(lh_matmul *const *ms, const void *const *ws, size_t n, const float *x,
+                        float *const *ys);
+
 /* The oneDNN path for any n_rows (1 included), bypassing the GEMV: what lh_matmul_run does for
  * n_rows > 1 with F32 and BF16 W (F16 and quantised W take hand-written GEMMs there; here they
  * go through dequantised F32 panels).  For benchmarks and tests that compare the paths. */

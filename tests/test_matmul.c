@@ -202,6 +202,86 @@ static void test_matmul_quant(void)
     }
 }
 
+/* lh_matmul_run_gemvs: several matrices sharing x in one parallel region (decode's Q/K/V and
+ * gate/up).  Each output must equal, bit for bit, what lh_matmul_run gives for that matrix alone
+ * (the same row kernels; the threads' runs of rows may span two matrices), and for the float
+ * types lie within the float bound of the reference (1e-5 of Σ|w·x|).  n_out 1, 17, 33 (single
+ * thread: under the team threshold) and 33, 1, 97 (the team; runs of 4 blocks cross both
+ * boundaries); n_in 2048 + one activation block. */
+static void check_gemvs(lh_type t, size_t n_in, const size_t n_out[3])
+{
+    size_t rs = lh_type_row_size(t, n_in), tot = n_out[0] + n_out[1] + n_out[2];
+    float *wf = malloc(n_in * sizeof *wf), *x = malloc(n_in * sizeof *x);
+    float *wd = malloc(n_in * sizeof *wd), *y = malloc(tot * sizeof *y);
+    float *y1 = malloc(tot * sizeof *y1), *yr = malloc(tot * sizeof *yr);
+    char *w = malloc(tot * rs);
+    for (size_t i = 0; i < n_in; i++)
+        x[i] = frand(-1, 1);
+    for (size_t o = 0; o < tot; o++) {
+        for (size_t i = 0; i < n_in; i++)
+            wf[i] = frand(-1, 1);
+        lh_quant_row(t, wf, w + o * rs, n_in);
+    }
+    lh_matmul *ms[3] = {NULL, NULL, NULL};
+    const void *ws[3];
+    float *ys[3];
+    for (size_t j = 0, off = 0; j < 3; off += n_out[j], j++) {
+        CU_ASSERT_EQUAL_FATAL(lh_matmul_new(&ms[j], t, n_in, n_out[j], 1), 0);
+        ws[j] = w + off * rs;
+        ys[j] = y + off;
+        CU_ASSERT_EQUAL(lh_matmul_run(ms[j], ws[j], x, 1, y1 + off), 0);
+        lh_matmul_ref(t, ws[j], x, 1, n_in, n_out[j], yr + off);
+    }
+    for (size_t i = 0; i < tot; i++)
+        y[i] = NAN;
+    CU_ASSERT_EQUAL(lh_matmul_run_gemvs(ms, ws, 3, x, ys), 0);
+    int bad = 0, far = 0;
+    for (size_t o = 0; o < tot; o++) {
+        bad += memcmp(&y[o], &y1[o], sizeof y[o]) != 0;
+        if (!lh_q8_kind(t)) {
+            lh_dequant_row(t, w + o * rs, wd, n_in);
+            double mag = 0;
+            for (size_t i = 0; i < n_in; i++)
+                mag += fabs((double)wd[i] * x[i]);
+            far += !(fabs((double)y[o] - yr[o]) <= 1e-5 * mag + 1e-30);
+        }
+    }
+    if (bad || far)
+        fprintf(stderr, "\n  gemvs %s n_in %zu n_out %zu/%zu/%zu: %d differ from single runs, "
+                "%d outside the bound\n", lh_type_name(t), n_in, n_out[0], n_out[1], n_out[2],
+                bad, far);
+    CU_ASSERT_EQUAL(bad, 0);
+    CU_ASSERT_EQUAL(far, 0);
+    for (size_t j = 0; j < 3; j++)
+        lh_matmul_free(ms[j]);
+    free(wf), free(x), free(wd), free(w), free(y), free(y1), free(yr);
+}
+
+static void test_matmul_gemvs(void)
+{
+    static const size_t small[3] = {1, 17, 33}, team[3] = {33, 1, 97};
+    static const lh_type types[] = {LH_TYPE_F32, LH_TYPE_F16, LH_TYPE_BF16, LH_TYPE_Q8_0,
+                                    LH_TYPE_Q4_0, LH_TYPE_Q4_K, LH_TYPE_Q6_K};
+    for (size_t i = 0; i < sizeof types / sizeof types[0]; i++) {
+        size_t n_in = 2048 + lh_type_block(types[i]) * (lh_type_block(types[i]) == 1 ? 32 : 1);
+        check_gemvs(types[i], n_in, small);
+        check_gemvs(types[i], n_in, team);
+    }
+    /* the float kernels' 32-element masked tail too */
+    check_gemvs(LH_TYPE_F16, 2048 + 17, team);
+    check_gemvs(LH_TYPE_BF16, 2048 + 17, team);
+    /* matrices of different types or n_in cannot share one prepared x */
+    lh_matmul *ms[2] = {NULL, NULL};
+    CU_ASSERT_EQUAL_FATAL(lh_matmul_new(&ms[0], LH_TYPE_F16, 64, 4, 1), 0);
+    CU_ASSERT_EQUAL_FATAL(lh_matmul_new(&ms[1], LH_TYPE_F32, 64, 4, 1), 0);
+    uint16_t w0[256] = {0};
+    float w1[256] = {0}, x[64] = {0}, y0[4], y1[4];
+    const void *ws[2] = {w0, w1};
+    float *ys[2] = {y0, y1};
+    CU_ASSERT_EQUAL(lh_matmul_run_gemvs(ms, ws, 2, x, ys), -EINVAL);
+    lh_matmul_free(ms[0]), lh_matmul_free(ms[1]);
+}
+
 static void test_matmul_errors(void)
 {
     lh_matmul *m = (lh_matmul *)1;
@@ -357,6 +437,7 @@ void lh_test_matmul(void)
     CU_add_test(s, "F16 (panels + tail)", test_matmul_f16);
     CU_add_test(s, "BF16 (panels + tail)", test_matmul_bf16);
     CU_add_test(s, "F32/F16/BF16 decode GEMV (every n_in tail)", test_matmul_gemv_tails);
+    CU_add_test(s, "fused decode GEMVs sharing x (lh_matmul_run_gemvs)", test_matmul_gemvs);
     CU_add_test(s, "Q8_0 (panels + tail)", test_matmul_q8_0);
     CU_add_test(s, "Q4_0 .. Q5_1, Q2_K .. Q6_K, IQ4_NL (GEMV, panels + tail)", test_matmul_quant);
     CU_add_test(s, "errors", test_matmul_errors);

@@ -6,7 +6,9 @@
  *   attention: dense per-token cost (decode and a 64-token prefill slice) at several context
  *           lengths, F32 and F16 KV, against the scalar reference where that is affordable.
  *
- *   GEMV: decode (M = 1) for every weight type at TinyLlama-1.1B's shapes, ms and GB/s of weights.
+ *   GEMV: decode (M = 1) for every weight type at TinyLlama-1.1B's shapes, ms and GB/s of weights,
+ *           then one layer's GEMVs that share x (Q/K/V, gate/up) as separate calls and as one
+ *           fused call (lh_matmul_run_gemvs).
  *   qgemm: prefill (M = 256, or KB_M=rows from the environment) of every quantised type at
  *           TinyLlama-1.1B's shapes, lh_matmul_run (the 32-row interleaved panels from 16 rows)
  *           against the four-row fused path, GMAC/s.
@@ -239,6 +241,81 @@ static int bench_gemv(void)
     }
     printf("\n");
     free(wf), free(x), free(y), free(w);
+    return 0;
+}
+
+/* The decode GEMVs of one TinyLlama-1.1B layer that share x: Q/K/V (2048, 256, 256 rows) and
+ * gate/up (5632, 5632 rows), n_in 2048, as separate lh_matmul_run calls (one parallel region
+ * each) and as one lh_matmul_run_gemvs call (one region). */
+typedef struct {
+    lh_matmul *ms[3];
+    const void *ws[3];
+    float *ys[3];
+    const float *x;
+    size_t n;
+} gemvs_arg;
+
+static int run_gemvs_sep(void *p)
+{
+    gemvs_arg *a = p;
+    for (size_t j = 0; j < a->n; j++)
+        if (lh_matmul_run(a->ms[j], a->ws[j], a->x, 1, a->ys[j]))
+            return -1;
+    return 0;
+}
+
+static int run_gemvs_fused(void *p)
+{
+    gemvs_arg *a = p;
+    return lh_matmul_run_gemvs(a->ms, a->ws, a->n, a->x, a->ys);
+}
+
+static int bench_gemvs(void)
+{
+    static const size_t groups[2][3] = {{2048, 256, 256}, {5632, 5632, 0}};
+    static const char *const names[2] = {"Q/K/V", "gate/up"};
+    static const lh_type types[] = {LH_TYPE_F32, LH_TYPE_F16, LH_TYPE_BF16, LH_TYPE_Q8_0};
+    const size_t n_in = 2048, max = 2 * 5632 * n_in;
+    char *w = malloc(max * sizeof(float));
+    float *x = malloc(n_in * sizeof *x), *y = malloc(2 * 5632 * sizeof *y);
+    float *row = malloc(n_in * sizeof *row);
+    if (!w || !x || !y || !row)
+        return -ENOMEM;
+    for (size_t i = 0; i < n_in; i++)
+        x[i] = frand();
+    printf("GEMVs sharing x (one decode layer, n_in 2048): separate calls vs one fused call\n");
+    printf("%-8s %-8s %12s %12s %8s\n", "type", "group", "separate", "fused", "ratio");
+    for (size_t ti = 0; ti < sizeof types / sizeof types[0]; ti++) {
+        lh_type t = types[ti];
+        size_t rs = lh_type_row_size(t, n_in);
+        for (size_t o = 0; o < max / n_in; o++) {
+            for (size_t i = 0; i < n_in; i++)
+                row[i] = frand() * 0.02f;
+            lh_quant_row(t, row, w + o * rs, n_in);
+        }
+        for (size_t g = 0; g < 2; g++) {
+            gemvs_arg a = {.x = x};
+            size_t off = 0;
+            int rc = 0;
+            for (size_t j = 0; j < 3 && groups[g][j] && rc == 0; j++, a.n++) {
+                rc = lh_matmul_new(&a.ms[j], t, n_in, groups[g][j], 1);
+                a.ws[j] = w + off * rs;
+                a.ys[j] = y + off;
+                off += groups[g][j];
+            }
+            double ts = rc ? -1 : timeit(run_gemvs_sep, &a, 0.3);
+            double tf = rc ? -1 : timeit(run_gemvs_fused, &a, 0.3);
+            for (size_t j = 0; j < 3; j++)
+                lh_matmul_free(a.ms[j]);
+            if (rc)
+                return rc;
+            printf("%-8s %-8s %9.3f ms %9.3f ms %7.2fx\n", lh_type_name(t), names[g], ts * 1e3,
+                   tf * 1e3, ts / tf);
+            fflush(stdout);
+        }
+    }
+    printf("\n");
+    free(w), free(x), free(y), free(row);
     return 0;
 }
 
@@ -591,6 +668,8 @@ int main(int argc, char **argv)
 #endif
     printf("longheads-kbench: %zu threads\n\n", n_threads);
     int rc = attn_only || qgemm_only ? 0 : bench_gemv();
+    if (rc == 0 && !attn_only && !qgemm_only)
+        rc = bench_gemvs();
     if (rc == 0 && !gemv_only && !attn_only)
         rc = bench_qgemm();
     if (rc == 0 && !gemv_only && !qgemm_only && !attn_only)
