@@ -42,6 +42,16 @@
  * perplexity at 8192 2.84, 2.86, 2.92 for 0, 1, 2 chunks against 2.81 un-rotated (rep 2.63).
  * Relative to a key stored at local position j the un-rotated query sits at distance -j, inside
  * one chunk.  Chunks 0, cc-1 and cc are kept exactly as with rep, and ties go to the earlier chunk.
+ * Against rep (stories260K, tests/data/stories-long.txt, 35 buckets of 512): overall perplexity
+ * 2.520 vs 2.492, 7 buckets more than 2% worse (worst +6.8%).  Tighter bounds do not select
+ * better there: min/max per sub-block of w/n keys, a chunk scoring its best sub-block (still an
+ * upper bound, n times the memory), gave for n = 2, 4, 8, 16, 32, 64 (64: the exact best q·k)
+ * 14, 9, 7, 6, 7, 13 buckets over 2% (overall 2.535 .. 2.508); an upper bound of the chunk's
+ * attention mass (log-sum-exp over sub-blocks), keys re-rotated to one common distance, and w=32
+ * were worse too (measured on a branch, not kept).  Passkey-plain, bound, 20 trials at
+ * 1024/4096/8192/16384/32768, seeds never tuned on: seed 1 (make eval) 20 19 19 20 18, seed 11
+ * 20 20 19 20 20, seed 12 20 19 20 19 20, seed 13 20 20 20 18 20 (pooled >= 77/80 per length; the
+ * model misses 1 of 20 with full attention inside its window); rep at seed 11: 16 13 12 12 11.
  *
  * Exact sub-linear selection: bounds compose, the min of mins and the max of maxes bound a group,
  * so each KV head keeps a binary tree of min/max over aligned groups of 2^k chunks, updated as
