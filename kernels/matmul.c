@@ -82,7 +82,7 @@ struct lh_matmul {
     int32_t *xcorr;                      /* (max_rows, n_corr) activation corrections */
     size_t n_corr;
     float *xperm;                        /* (round_up(n_in, 32)) x deinterleaved for the BF16
-                                            GEMV; NULL for other types */
+                                            and F16 GEMVs; NULL for other types */
     uint16_t *xbf;                       /* (max_rows, n_in) x rounded to BF16 for the BF16
                                             prefill (bf16_dnnl); NULL otherwise */
     int bf16_dnnl;                       /* BF16 W: oneDNN bf16 x bf16 -> f32 on W in place */
@@ -785,7 +785,7 @@ int lh_matmul_new(lh_matmul **mp, lh_type wtype, size_t n_in, size_t n_out, size
             goto fail;
         rc = -ENOMEM;
     }
-    if (wtype == LH_TYPE_BF16) {
+    if (wtype == LH_TYPE_BF16 || wtype == LH_TYPE_F16) {
         size_t n_pad = (n_in + 31) / 32 * 32;
         if (posix_memalign((void **)&m->xperm, 64, n_pad * sizeof(float)) != 0) {
             m->xperm = NULL;
@@ -852,14 +852,49 @@ fail:
  * call, zero-padded).  So every product is exact in F32's range before it is added; the sums
  * are F32 FMAs in another order than the reference, within the float accumulation bound the
  * tests state (1e-5 of Σ|w·x| at n_in <= 4096).  The tail (n_in % 32) is a masked load that
- * reads nothing past the row. */
-static inline __attribute__((always_inline)) void wstep(lh_type t, const char *row, size_t i,
-                                                         __mmask32 k, __m512 *a, __m512 *b)
+ * reads nothing past the row.
+ *
+ * F16 without vcvtph2ps (f16i, the default): on this machine (AMD EPYC, AVX-512) vcvtph2ps is
+ * what limits the F16 GEMV: a microbenchmark of 2 threads over 1 GiB of 2048-wide rows, best of
+ * 4, three rounds on the idle machine: vcvtph2ps 29-35 GB/s, an integer conversion 41 GB/s,
+ * BF16's shift and mask 47-48 GB/s (same bytes); 1b F16 decode ran at 0.69x llama.cpp while BF16
+ * was level.  So F16 goes as BF16 does: 32 values loaded as 16 pairs against the deinterleaved
+ * x; for each half, its F16 bits moved to F32's place, sign at bit 31 and magnitude
+ * ((h & 0x7fff) << 13; an arithmetic shift right by 3 of the value in the high 16 bits, masked),
+ * read as an F32 equal to the value times 2^-112 (the exponent biases 15 and 127; F16 subnormals
+ * become F32 subnormals), and one multiply by 2^112 scales it back, exactly; a block holding an
+ * F16 with exponent 31 (Inf, NaN: one compare per 32 values) has those lanes' exponents set
+ * directly.  Bit for bit vcvtph2ps for every value but signalling NaNs (not quietened: still
+ * NaNs), tested over all 65536.  The multiply is exact only while the CPU does not treat
+ * subnormal inputs as zero (MXCSR.DAZ, which nothing here sets): gemv_prep checks it and keeps
+ * vcvtph2ps if it is set. */
+static inline __attribute__((always_inline)) void wstep(lh_type t, int f16i, const char *row,
+                                                         size_t i, __mmask32 k, __m512 *a,
+                                                         __m512 *b)
 {
     if (t == LH_TYPE_F32) {
         const float *p = (const float *)row + i;
         *a = _mm512_maskz_loadu_ps((__mmask16)k, p);
         *b = _mm512_maskz_loadu_ps((__mmask16)(k >> 16), p + 16);
+    } else if (t == LH_TYPE_F16 && f16i) {
+        __m512i v = _mm512_maskz_loadu_epi16(k, (const uint16_t *)row + i);
+        const __m512i keep = _mm512_set1_epi32((int)0x8fffe000u);
+        const __m512 two112 = _mm512_castsi512_ps(_mm512_set1_epi32((127 + 112) << 23));
+        __m512i ev = _mm512_and_si512(_mm512_srai_epi32(_mm512_slli_epi32(v, 16), 3), keep);
+        __m512i od = _mm512_and_si512(_mm512_srai_epi32(v, 3), keep);
+        __m512i ra = _mm512_castps_si512(_mm512_mul_ps(_mm512_castsi512_ps(ev), two112));
+        __m512i rb = _mm512_castps_si512(_mm512_mul_ps(_mm512_castsi512_ps(od), two112));
+        const __m512i e31 = _mm512_set1_epi16(0x7c00);
+        if (__builtin_expect(_mm512_cmpeq_epi16_mask(_mm512_and_si512(v, e31), e31) != 0, 0)) {
+            /* Inf or NaN: exponent bits 0x0f800000 become 0x7f800000, mantissa kept */
+            const __m512i f31 = _mm512_set1_epi32(0x0f800000), top = _mm512_set1_epi32(0x70000000);
+            ra = _mm512_mask_or_epi32(ra, _mm512_cmpeq_epi32_mask(_mm512_and_si512(ev, f31), f31),
+                                      ev, top);
+            rb = _mm512_mask_or_epi32(rb, _mm512_cmpeq_epi32_mask(_mm512_and_si512(od, f31), f31),
+                                      od, top);
+        }
+        *a = _mm512_castsi512_ps(ra);
+        *b = _mm512_castsi512_ps(rb);
     } else if (t == LH_TYPE_F16) {
         const uint16_t *p = (const uint16_t *)row + i;
         *a = _mm512_cvtph_ps(_mm256_maskz_loadu_epi16((__mmask16)k, p));
@@ -872,26 +907,28 @@ static inline __attribute__((always_inline)) void wstep(lh_type t, const char *r
 }
 
 /* Σ row · x over n elements (x deinterleaved for BF16). */
-static inline __attribute__((always_inline)) float row_dot(lh_type t, const char *row,
+static inline __attribute__((always_inline)) float row_dot(lh_type t, int f16i, const char *row,
                                                            const float *x, size_t n)
 {
     __m512 a0 = _mm512_setzero_ps(), b0 = a0, a1 = a0, b1 = a0, wa, wb;
     size_t i = 0;
     for (; i + 64 <= n; i += 64) {
-        wstep(t, row, i, ~(__mmask32)0, &wa, &wb);
+        wstep(t, f16i, row, i, ~(__mmask32)0, &wa, &wb);
         a0 = _mm512_fmadd_ps(wa, _mm512_loadu_ps(x + i), a0);
         b0 = _mm512_fmadd_ps(wb, _mm512_loadu_ps(x + i + 16), b0);
-        wstep(t, row, i + 32, ~(__mmask32)0, &wa, &wb);
+        wstep(t, f16i, row, i + 32, ~(__mmask32)0, &wa, &wb);
         a1 = _mm512_fmadd_ps(wa, _mm512_loadu_ps(x + i + 32), a1);
         b1 = _mm512_fmadd_ps(wb, _mm512_loadu_ps(x + i + 48), b1);
     }
     for (; i < n; i += 32) {
         size_t left = n - i;
         __mmask32 k = left >= 32 ? ~(__mmask32)0 : (__mmask32)(0xffffffffu >> (32 - left));
-        /* x past n: F32/F16 mask it like w; BF16's copy is zero-padded to 32 */
-        __mmask16 ka = t == LH_TYPE_BF16 ? 0xffff : (__mmask16)k;
-        __mmask16 kb = t == LH_TYPE_BF16 ? 0xffff : (__mmask16)(k >> 16);
-        wstep(t, row, i, k, &wa, &wb);
+        /* x past n: F32/F16 mask it like w; the deinterleaved copy (BF16, F16 with f16i) is
+         * zero-padded to 32 */
+        int dx = t == LH_TYPE_BF16 || (t == LH_TYPE_F16 && f16i);
+        __mmask16 ka = dx ? 0xffff : (__mmask16)k;
+        __mmask16 kb = dx ? 0xffff : (__mmask16)(k >> 16);
+        wstep(t, f16i, row, i, k, &wa, &wb);
         a0 = _mm512_fmadd_ps(wa, _mm512_maskz_loadu_ps(ka, x + i), a0);
         b0 = _mm512_fmadd_ps(wb, _mm512_maskz_loadu_ps(kb, x + i + 16), b0);
     }
@@ -903,29 +940,38 @@ static void rows_f32(const char *w, size_t rs, size_t o0, size_t o1, const float
                      float *y)
 {
     for (size_t o = o0; o < o1; o++)
-        y[o] = row_dot(LH_TYPE_F32, w + o * rs, x, n);
+        y[o] = row_dot(LH_TYPE_F32, 0, w + o * rs, x, n);
 }
 static void rows_f16(const char *w, size_t rs, size_t o0, size_t o1, const float *x, size_t n,
                      float *y)
 {
     for (size_t o = o0; o < o1; o++)
-        y[o] = row_dot(LH_TYPE_F16, w + o * rs, x, n);
+        y[o] = row_dot(LH_TYPE_F16, 1, w + o * rs, x, n);
+}
+/* the same through vcvtph2ps, x not deinterleaved (MXCSR.DAZ set) */
+static void rows_f16c(const char *w, size_t rs, size_t o0, size_t o1, const float *x, size_t n,
+                      float *y)
+{
+    for (size_t o = o0; o < o1; o++)
+        y[o] = row_dot(LH_TYPE_F16, 0, w + o * rs, x, n);
 }
 static void rows_bf16(const char *w, size_t rs, size_t o0, size_t o1, const float *x, size_t n,
                       float *y)
 {
     for (size_t o = o0; o < o1; o++)
-        y[o] = row_dot(LH_TYPE_BF16, w + o * rs, x, n);
+        y[o] = row_dot(LH_TYPE_BF16, 0, w + o * rs, x, n);
 }
 
-/* y[o] for o in [o0, o1) of F32, F16 or BF16 W */
-static void rows_any(lh_type t, const char *w, size_t rs, size_t o0, size_t o1, const float *x,
-                     size_t n, float *y)
+/* y[o] for o in [o0, o1) of F32, F16 or BF16 W (F16: f16i as gemv_prep decided) */
+static void rows_any(lh_type t, int f16i, const char *w, size_t rs, size_t o0, size_t o1,
+                     const float *x, size_t n, float *y)
 {
     if (t == LH_TYPE_F32)
         rows_f32(w, rs, o0, o1, x, n, y);
-    else if (t == LH_TYPE_F16)
+    else if (t == LH_TYPE_F16 && f16i)
         rows_f16(w, rs, o0, o1, x, n, y);
+    else if (t == LH_TYPE_F16)
+        rows_f16c(w, rs, o0, o1, x, n, y);
     else
         rows_bf16(w, rs, o0, o1, x, n, y);
 }
@@ -934,14 +980,17 @@ static void rows_any(lh_type t, const char *w, size_t rs, size_t o0, size_t o1, 
 /* ---- the decode driver: one or several GEMVs sharing x, one parallel region ------------ */
 
 /* x as the row kernels of m's type take it: quantised to 8 bits (m->xq), deinterleaved per
- * 32-block for the AVX-512 BF16 kernel (m->xperm), or x itself. */
-static const float *gemv_prep(lh_matmul *m, const float *x, const void **xqp)
+ * 32-block for the AVX-512 BF16 and F16 kernels (m->xperm), or x itself. */
+static const float *gemv_prep(lh_matmul *m, const float *x, const void **xqp, int *f16ip)
 {
     *xqp = m->xq;
+    *f16ip = 0;
     if (m->xq)
         lh_q8_quant(m->wtype, x, m->xq, m->n_in);
 #ifdef LH_HAVE_AVX512
-    if (m->wtype == LH_TYPE_BF16) {
+    /* F16 without vcvtph2ps unless MXCSR.DAZ is set (decided here, once, for every thread) */
+    *f16ip = m->wtype == LH_TYPE_F16 && !(_mm_getcsr() & 0x40);
+    if (m->wtype == LH_TYPE_BF16 || *f16ip) {
         /* 16 even elements, then 16 odd ones, zeros past n_in */
         size_t n_in = m->n_in;
         float *xp = m->xperm;
@@ -958,12 +1007,12 @@ static const float *gemv_prep(lh_matmul *m, const float *x, const void **xqp)
 
 /* y[o] for o in [o0, o1) of one W, x prepared by gemv_prep (of a matmul of the same type and
  * n_in). */
-static void gemv_rows(lh_type t, size_t rs, const void *w, const float *x, const void *xq,
-                      size_t n_in, size_t o0, size_t o1, float *y)
+static void gemv_rows(lh_type t, int f16i, size_t rs, const void *w, const float *x,
+                      const void *xq, size_t n_in, size_t o0, size_t o1, float *y)
 {
 #ifdef LH_HAVE_AVX512
     if (t == LH_TYPE_F32 || t == LH_TYPE_F16 || t == LH_TYPE_BF16) {
-        rows_any(t, (const char *)w, rs, o0, o1, x, n_in, y);
+        rows_any(t, f16i, (const char *)w, rs, o0, o1, x, n_in, y);
         return;
     }
 #endif
@@ -992,7 +1041,8 @@ static void gemv_multi(lh_matmul *const *ms, const void *const *ws, size_t n_mat
                        float *const *ys)
 {
     const void *xq;
-    x = gemv_prep(ms[0], x, &xq);
+    int f16i;
+    x = gemv_prep(ms[0], x, &xq, &f16i);
     size_t n_blk = 0, n_w = 0;
     for (size_t j = 0; j < n_mat; j++) {
         n_blk += (ms[j]->n_out + GEMV_BLK - 1) / GEMV_BLK;
@@ -1029,7 +1079,8 @@ static void gemv_multi(lh_matmul *const *ms, const void *const *ws, size_t n_mat
                 if (b0 < base + nb) {
                     size_t e = b1 < base + nb ? b1 : base + nb;
                     size_t o0 = (b0 - base) * GEMV_BLK, o1 = (e - base) * GEMV_BLK;
-                    gemv_rows(t, rs, ws[j], x, xq, n_in, o0, o1 < n_out ? o1 : n_out, ys[j]);
+                    gemv_rows(t, f16i, rs, ws[j], x, xq, n_in, o0, o1 < n_out ? o1 : n_out,
+                              ys[j]);
                     b0 = e;
                 }
                 base += nb;

@@ -174,6 +174,39 @@ static void test_matmul_gemv_tails(void)
     }
 }
 
+/* The F16 decode GEMV converts without vcvtph2ps (kernels/matmul.c f16i): every F16 value but
+ * NaNs, each alone in its row at a position that walks every lane of the 32-value steps and the
+ * tail (n_in = 50), against x = 1: y must be the value exactly (lh_f16_to_f32), Inf, subnormals,
+ * signed zeros included; and one row with a NaN gives a NaN. */
+static void test_matmul_f16_values(void)
+{
+    const size_t n_in = 50, n_out = 65536;
+    uint16_t *w = calloc(n_out * n_in, sizeof *w);
+    float *x = malloc(n_in * sizeof *x), *y = malloc(n_out * sizeof *y);
+    CU_ASSERT_FATAL(w && x && y);
+    for (size_t i = 0; i < n_in; i++)
+        x[i] = 1;
+    for (size_t o = 0; o < n_out; o++) {
+        uint16_t h = (uint16_t)o;
+        int nan = (h & 0x7c00) == 0x7c00 && (h & 0x3ff);
+        w[o * n_in + o % n_in] = nan && o != 0x7e00 ? 0 : h; /* one NaN row: 0x7e00 */
+    }
+    lh_matmul *mm = NULL;
+    CU_ASSERT_EQUAL_FATAL(lh_matmul_new(&mm, LH_TYPE_F16, n_in, n_out, 1), 0);
+    CU_ASSERT_EQUAL(lh_matmul_run(mm, w, x, 1, y), 0);
+    size_t bad = 0;
+    for (size_t o = 0; o < n_out; o++) {
+        float want = lh_f16_to_f32(w[o * n_in + o % n_in]);
+        int ok = o == 0x7e00 ? isnan(y[o]) : memcmp(&y[o], &want, sizeof want) == 0 ||
+                 (want == 0 && y[o] == 0); /* -0 + 0 sums to +0 */
+        if (!ok && bad++ < 4)
+            fprintf(stderr, "\n  f16 %04zx: got %a want %a", o, y[o], want);
+    }
+    CU_ASSERT_EQUAL(bad, 0);
+    lh_matmul_free(mm);
+    free(w), free(x), free(y);
+}
+
 static void test_matmul_q8_0(void)
 {
     check_matmul(LH_TYPE_Q8_0, 32, 1, 3);
@@ -437,6 +470,7 @@ void lh_test_matmul(void)
     CU_add_test(s, "F16 (panels + tail)", test_matmul_f16);
     CU_add_test(s, "BF16 (panels + tail)", test_matmul_bf16);
     CU_add_test(s, "F32/F16/BF16 decode GEMV (every n_in tail)", test_matmul_gemv_tails);
+    CU_add_test(s, "F16 decode GEMV: every F16 value converted exactly", test_matmul_f16_values);
     CU_add_test(s, "fused decode GEMVs sharing x (lh_matmul_run_gemvs)", test_matmul_gemvs);
     CU_add_test(s, "Q8_0 (panels + tail)", test_matmul_q8_0);
     CU_add_test(s, "Q4_0 .. Q5_1, Q2_K .. Q6_K, IQ4_NL (GEMV, panels + tail)", test_matmul_quant);
