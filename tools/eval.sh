@@ -381,7 +381,7 @@ mkdir -p "$(dirname "$OUT")"
     echo "$pk_table"
     echo
     echo "Memory after the longest LongHeads prompt (peak resident set of the daemon, VmHWM; per"
-    echo "token from the model's shape: KV cache F32, chunk representations F32):"
+    echo "token from the model's shape: KV cache F16 (the daemon's default), chunk representations F32):"
     echo
     echo "$mem_table"
     echo
