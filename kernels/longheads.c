@@ -589,9 +589,9 @@ done:
 
 /* Selection for a query in chunk cc >= K given score(c) for the candidates c = 1 .. cc-2
  * (score[c - 1]): fills sel (K entries, ascending).  The K-3 best are kept in sel[1 ..] sorted by
- * descending score; candidates arrive in ascending chunk order, so "strictly greater" makes ties go
- * to the earlier chunk.  score doubles as the store of the running top scores: entry i is only
- * rewritten once candidate i+1 has been read, and it is scratch to every caller. */
+ * descending score (top_insert); candidates arrive in ascending chunk order, so ties go to the
+ * earlier chunk.  score doubles as the store of the running top scores: entry i is only rewritten
+ * once candidate i+1 has been read, and it is scratch to every caller. */
 #if defined(LH_HAVE_AVX2)
 /* The same top-m of candidates 1 .. cc-2 as the scan below, for many candidates and m <= 16, in
  * two passes that branch far less (the scan's cost was its mispredicted branches: ~20 insertions
@@ -630,17 +630,7 @@ static size_t select_threshold(size_t m, size_t cc, const float *score, size_t *
                 bits |= (unsigned)(score[i + j] >= th) << j;
         for (; bits; bits &= bits - 1) {
             size_t idx = i + (size_t)__builtin_ctz(bits);
-            float sc = score[idx];
-            if (n == m && !(sc > ts[n - 1]))
-                continue;
-            size_t k = n < m ? n++ : n - 1;
-            while (k > 0 && sc > ts[k - 1]) {
-                ts[k] = ts[k - 1];
-                top[k] = top[k - 1];
-                k--;
-            }
-            ts[k] = sc;
-            top[k] = idx + 1;
+            top_insert(ts, top, &n, m, score[idx], idx + 1);
         }
     }
     return n == m ? n : 0;
@@ -674,17 +664,7 @@ static void select_from_scores(size_t n_keep, size_t cc, float *score, size_t *s
                 break;
         }
 #endif
-        float sc = score[c - 1];
-        if (n == m && !(sc > ts[n - 1]))
-            continue;
-        size_t i = n < m ? n++ : n - 1;
-        while (i > 0 && sc > ts[i - 1]) {
-            ts[i] = ts[i - 1];
-            top[i] = top[i - 1];
-            i--;
-        }
-        ts[i] = sc;
-        top[i] = c;
+        top_insert(ts, top, &n, m, score[c - 1], c);
     }
     finish_sel(n_keep, cc, n, sel);
 }
