@@ -8,6 +8,8 @@
 #include <stddef.h>
 #include <sys/types.h>
 
+#include "client/longheads.h"
+
 /* The bundled model (LH_MODEL, default models/stories260K.gguf). */
 const char *lh_test_model_path(void);
 /* Where the built binaries are (LH_BUILD, default build). */
@@ -27,6 +29,9 @@ int lh_test_daemon_stop(pid_t pid);
  * "SKIP: <test>: reason" at once and in the run's summary, and the test is counted as skipped,
  * not as passed.  With LH_TEST_STRICT set a skip is a failure. */
 void lh_test_skip(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+/* Slot 0's status once it is idle (a reply is sent just before its request retires the slot):
+ * polls for up to 2 s.  Returns 0, or -1 (no status, no slot, still busy). */
+int lh_test_idle_slot0(lh_client *c, lh_client_slot *out);
 /* max |a[i] - b[i]| */
 double lh_test_max_abs_diff(const float *a, const float *b, size_t n);
 

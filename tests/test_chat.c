@@ -267,21 +267,6 @@ static void test_chat_turns(void)
     lh_client_close(c);
 }
 
-/* Slot 0 once it is idle (a reply is sent just before its request retires the slot). */
-static int slot0(lh_client *c, lh_client_slot *out)
-{
-    lh_client_status st;
-    for (int i = 0; i < 200; i++) {
-        if (lh_client_get_status(c, &st) != 0 || st.n_slots < 1)
-            return -1;
-        *out = st.slots[0];
-        if (!out->busy)
-            return 0;
-        usleep(10000);
-    }
-    return -1;
-}
-
 static void test_score_attention(void)
 {
     lh_client *c;
@@ -300,7 +285,7 @@ static void test_score_attention(void)
     /* the daemon's attention: the slot (and its cache) stays as it is */
     CU_ASSERT_EQUAL(lh_client_score(c, "The cat sat on the mat.", (size_t)-1, lp, 256, &n, &total), 0);
     lh_client_slot sl = {0};
-    CU_ASSERT_EQUAL_FATAL(slot0(c, &sl), 0);
+    CU_ASSERT_EQUAL_FATAL(lh_test_idle_slot0(c, &sl), 0);
     CU_ASSERT_EQUAL(sl.attn, LH_CLIENT_ATTN_LONGHEADS);
     CU_ASSERT_EQUAL(sl.chunk, 64);
     CU_ASSERT(sl.n_cached > 0 && sl.kv_bytes > 0);
@@ -311,7 +296,7 @@ static void test_score_attention(void)
     double total_full;
     CU_ASSERT_EQUAL(lh_client_score_attn(c, "The cat sat on the mat.", (size_t)-1,
                                          LH_CLIENT_ATTN_FULL, 0, 0, lp, 256, &n, &total_full), 0);
-    CU_ASSERT_EQUAL_FATAL(slot0(c, &sl), 0);
+    CU_ASSERT_EQUAL_FATAL(lh_test_idle_slot0(c, &sl), 0);
     CU_ASSERT_EQUAL(sl.attn, LH_CLIENT_ATTN_FULL);
     /* inside the window LongHeads is full attention */
     CU_ASSERT(fabs(total - total_full) < 1e-3);

@@ -581,19 +581,12 @@ static void test_daemon_restart(void)
     CU_ASSERT_EQUAL(r1.n_reused, 0);
     /* the status says the slot's KV cache is on disk (640 B per token: 2 x 5 layers x 32 x F16) */
     lh_client *c = NULL;
-    lh_client_status cs;
+    lh_client_slot sl;
     CU_ASSERT_EQUAL_FATAL(lh_client_connect(&c, sock, 10000), 0);
-    int got = 0;
-    for (int i = 0; i < 200 && !got; i++) { /* the reply comes just before the slot retires */
-        CU_ASSERT_EQUAL_FATAL(lh_client_get_status(c, &cs), 0);
-        got = cs.n_slots >= 1 && !cs.slots[0].busy;
-        if (!got)
-            usleep(10000);
-    }
-    CU_ASSERT_FATAL(got);
-    CU_ASSERT(cs.slots[0].n_cached > 0);
-    CU_ASSERT_EQUAL(cs.slots[0].kv_disk_bytes, (uint64_t)cs.slots[0].n_cached * 2 * 5 * 32 * 2);
-    CU_ASSERT(cs.slots[0].kv_bytes > cs.slots[0].kv_disk_bytes);
+    CU_ASSERT_EQUAL_FATAL(lh_test_idle_slot0(c, &sl), 0);
+    CU_ASSERT(sl.n_cached > 0);
+    CU_ASSERT_EQUAL(sl.kv_disk_bytes, (uint64_t)sl.n_cached * 2 * 5 * 32 * 2);
+    CU_ASSERT(sl.kv_bytes > sl.kv_disk_bytes);
     lh_client_close(c);
     CU_ASSERT_EQUAL(lh_test_daemon_stop(pid), 0);
     CU_ASSERT_EQUAL(n_entries(dir, ".lhpc"), 1);

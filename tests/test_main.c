@@ -108,6 +108,20 @@ pid_t lh_test_daemon_start(const char *const *args, const char *sock, const char
     return -1;
 }
 
+int lh_test_idle_slot0(lh_client *c, lh_client_slot *out)
+{
+    lh_client_status st;
+    for (int i = 0; i < 200; i++) {
+        if (lh_client_get_status(c, &st) != 0 || st.n_slots < 1)
+            return -1;
+        *out = st.slots[0];
+        if (!out->busy)
+            return 0;
+        usleep(10000);
+    }
+    return -1;
+}
+
 int lh_test_daemon_stop(pid_t pid)
 {
     if (pid <= 0)
