@@ -119,7 +119,8 @@ struct lh_lh {
     size_t n_keep;          /* K = L / w */
     size_t n_chunk;         /* n_ctx / w: chunks that can ever complete */
     size_t ld_q;            /* n_head * head_dim */
-    float *rep;             /* (n_layer, n_head, n_chunk, head_dim) chunk representations */
+    void *rep;              /* (n_layer, n_head, n_chunk, head_dim) chunk representations, in
+                               the KV cache's type (F16 halves what scoring reads) */
     float *ring;            /* (n_layer, w, n_head * head_dim) un-rotated queries of the last
                                w tokens processed, slot pos mod w */
     size_t *n_done;         /* (n_layer) tokens processed per layer */
@@ -139,6 +140,10 @@ struct lh_lh {
     int check;              /* lh_lh_set_check */
 };
 
+/* Chunk representations a prefill block scores per GEMM when they are F16 (converted first):
+ * 128 rows of head_dim stay in L1/L2 while the block's queries pass over them. */
+#define REP_TILE 128
+
 /* Views into one thread's scratch. */
 typedef struct {
     float *kb, *vb;         /* (w, head_dim) F16 keys / values converted to F32 */
@@ -149,6 +154,7 @@ typedef struct {
     float *ot;              /* (w, head_dim) gathered outputs */
     float *vec;             /* (2*w + head_dim): small vectors when building reps */
     float *qb;              /* (head_dim) a query rotated for the bound score */
+    float *rt;              /* (REP_TILE, head_dim) F16 representations converted to F32 */
     size_t *sel;            /* (w, K) selection of each query of a block */
     size_t *cur;            /* (n_chunk + 1) merge cursors, or per-chunk counts (all 0 between
                                blocks) */
@@ -159,6 +165,9 @@ typedef struct {
 } scratch;
 
 static size_t n_keep_of(const lh_lh_params *p) { return p->window / p->chunk; }
+
+/* Bytes of one element of the KV cache, and of the chunk representations (the same type). */
+static size_t kv_elt(const lh_lh_params *p) { return p->kv_type == LH_TYPE_F16 ? 2 : 4; }
 
 static int params_ok(const lh_lh_params *p)
 {
@@ -184,6 +193,7 @@ static scratch scratch_of(const lh_lh *s, size_t tid)
     x.ot = x.tmp + w * w;
     x.vec = x.ot + w * d;
     x.qb = x.vec + 2 * w + d;
+    x.rt = x.qb + d;
     x.heap = s->heap ? s->heap + tid * s->n_node : NULL;
     x.stat = s->stat + tid * 8;
     size_t wk = w * s->n_keep;
@@ -219,7 +229,8 @@ int lh_lh_new(lh_lh **sp, const lh_lh_params *p, size_t max_q)
     s->n_thread = 1;
 #endif
     size_t w = p->chunk, d = p->head_dim;
-    s->scr_floats = 4 * w * d + w * p->window + w * s->n_chunk + w * w + 2 * w + 2 * d;
+    s->scr_floats = 4 * w * d + w * p->window + w * s->n_chunk + w * w + 2 * w + 2 * d +
+                    REP_TILE * d;
     /* Counts come from the model's configuration; keep the products honest anyway. */
     size_t n_rep = p->n_layer * p->n_head;
     if (s->n_chunk && n_rep > SIZE_MAX / sizeof(float) / d / s->n_chunk)
@@ -243,7 +254,7 @@ int lh_lh_new(lh_lh **sp, const lh_lh_params *p, size_t max_q)
             goto fail;
         s->rep = calloc(1, sizeof(float));
     } else {
-        s->rep = calloc(n_rep * (s->n_chunk ? s->n_chunk : 1) * d, sizeof(float));
+        s->rep = calloc(n_rep * (s->n_chunk ? s->n_chunk : 1) * d, kv_elt(p));
     }
     s->stat = calloc(s->n_thread * 8, sizeof(size_t));
     s->ring = calloc(p->n_layer * w * s->ld_q, sizeof(float));
@@ -323,7 +334,7 @@ double lh_lh_bytes_per_token(const lh_lh_params *p)
     if (p->score == LH_LH_SCORE_BOUND) /* min and max, chunks and (fewer) tree nodes above them */
         return 4.0 * (double)p->n_layer * (double)p->n_head_kv * (double)p->head_dim *
                sizeof(float) / (double)p->chunk;
-    return (double)p->n_layer * (double)p->n_head * (double)p->head_dim * sizeof(float) /
+    return (double)p->n_layer * (double)p->n_head * (double)p->head_dim * (double)kv_elt(p) /
            (double)p->chunk;
 }
 
@@ -347,11 +358,12 @@ static void rotate_scaled(const lh_lh *s, float *dst, const float *src, size_t p
     lh_ops_rope_apply(dst, 1, d, s->p.n_rot, s->rope + pos * s->p.n_rot);
 }
 
-/* Representation of chunk c for head h (KV head g) into rep (head_dim floats).  qraw(j) is the
- * un-rotated query of position c*w + j: from the batch when it is in it, else from the ring. */
+/* Representation of chunk c for head h (KV head g) into element `off` of s->rep (head_dim
+ * values, rounded to F16 with an F16 cache).  qraw(j) is the un-rotated query of position
+ * c*w + j: from the batch when it is in it, else from the ring. */
 static void build_rep(const lh_lh *s, const scratch *x, size_t layer, size_t h, size_t g,
                       size_t c, const float *q, size_t pos0, const void *k, const void *v,
-                      float *rep)
+                      size_t off)
 {
     size_t w = s->p.chunk, d = s->p.head_dim;
     float scale = 1.0f / sqrtf((float)d);
@@ -382,7 +394,8 @@ static void build_rep(const lh_lh *s, const scratch *x, size_t layer, size_t h, 
     for (size_t j = 0; j < w; j++)
         pj[j] *= scale;
     lh_ops_softmax(pj, w);
-    lh_gemm_nn(1, d, w, pj, w, kc, d, rep, d, 0.0f);
+    lh_gemm_nn(1, d, w, pj, w, kc, d, sv, d, 0.0f);   /* sv is free again */
+    lh_quant_row(s->p.kv_type, sv, (char *)s->rep + off * kv_elt(&s->p), d);
 }
 
 /* ---- bound score: min/max tree and branch and bound ------------------------------------------ */
@@ -943,6 +956,24 @@ static void attend_block(const lh_lh *s, const scratch *x, const float *q, size_
     }
 }
 
+/* x->ss[j * n_chunk + c] = q_j · rep_c for the nb queries q_j (row stride ld_q) of a prefill block
+ * and the n representations from element off of s->rep: one GEMM, per tile of REP_TILE converted
+ * rows when they are F16. */
+static void rep_scores(const lh_lh *s, const scratch *x, size_t nb, const float *q, size_t off,
+                       size_t n)
+{
+    size_t d = s->p.head_dim;
+    if (s->p.kv_type != LH_TYPE_F16) {
+        lh_gemm_nt(nb, n, d, q, s->ld_q, (const float *)s->rep + off, d, x->ss, s->n_chunk, 0.0f);
+        return;
+    }
+    for (size_t c0 = 0; c0 < n; c0 += REP_TILE) {
+        size_t nt = n - c0 < REP_TILE ? n - c0 : REP_TILE;
+        lh_dequant_row(LH_TYPE_F16, (const uint16_t *)s->rep + off + c0 * d, x->rt, nt * d);
+        lh_gemm_nt(nb, nt, d, q, s->ld_q, x->rt, d, x->ss + c0, s->n_chunk, 0.0f);
+    }
+}
+
 /* Everything one head does for one batch: new chunk representations, then attention. */
 static void layer_head(const lh_lh *s, size_t tid, size_t layer, size_t h, const float *q,
                        size_t n_q, size_t pos0, const void *k, const void *v, float *out)
@@ -952,10 +983,11 @@ static void layer_head(const lh_lh *s, size_t tid, size_t layer, size_t h, const
     size_t g = h / (p->n_head / p->n_head_kv);
     scratch x = scratch_of(s, tid);
     int bound = p->score == LH_LH_SCORE_BOUND;
-    float *rep = bound ? NULL : s->rep + (layer * p->n_head + h) * s->n_chunk * d;
+    int f16 = p->kv_type == LH_TYPE_F16;
+    size_t rep0 = (layer * p->n_head + h) * s->n_chunk * d;   /* element offset in s->rep */
     if (!bound)
         for (size_t c = pos0 / w; c < (pos0 + n_q) / w; c++)
-            build_rep(s, &x, layer, h, g, c, q, pos0, k, v, rep + c * d);
+            build_rep(s, &x, layer, h, g, c, q, pos0, k, v, rep0 + c * d);
 
     for (size_t i = 0; i < n_q;) {
         size_t t = pos0 + i, cc = t / w;
@@ -1003,9 +1035,9 @@ static void layer_head(const lh_lh *s, size_t tid, size_t layer, size_t h, const
             /* decode: one query against every representation, a row-dot kernel (lh_gemm_nt pads
              * a single row) */
             if (K > 3 && nb == 1)
-                dots(0, d, qb, rep + d, 0, cc - 2, x.ss);
+                dots(f16, d, qb, s->rep, rep0 + d, cc - 2, x.ss);
             else if (K > 3)
-                lh_gemm_nt(nb, cc - 2, d, qb, ldq, rep + d, d, x.ss, s->n_chunk, 0.0f);
+                rep_scores(s, &x, nb, qb, rep0 + d, cc - 2);
             for (size_t j = 0; j < nb; j++)
                 select_from_scores(K, cc, x.ss + j * s->n_chunk, x.sel + j * K);
             x.stat[0] += nb;
@@ -1078,9 +1110,9 @@ static void flat_scores(const lh_lh *s, size_t layer, size_t head, const float *
         }
         return;
     }
-    const float *rep = s->rep + (layer * s->p.n_head + head) * s->n_chunk * d;
+    size_t rep0 = (layer * s->p.n_head + head) * s->n_chunk * d;
     if (n)
-        lh_gemm_nt(1, n, d, q_head, d, rep, d, score, n, 0.0f);
+        dots(s->p.kv_type == LH_TYPE_F16, d, q_head, s->rep, rep0, n, score);
 }
 
 static size_t select_any(const lh_lh *s, size_t layer, size_t head, const float *q_head, size_t t,
@@ -1245,8 +1277,12 @@ void lh_lh_layer_ref(const lh_lh_params *p, const float *q_all, size_t n_tok, si
     }
     int bound = p->score == LH_LH_SCORE_BOUND;
     for (size_t h = 0; h < nh && !bound; h++)
-        for (size_t c = 0; c < n_chunk; c++)
-            ref_rep(p, q_all, h, c, k, v, rep + (h * n_chunk + c) * d, qbuf, sc, sv);
+        for (size_t c = 0; c < n_chunk; c++) {
+            double *r = rep + (h * n_chunk + c) * d;
+            ref_rep(p, q_all, h, c, k, v, r, qbuf, sc, sv);
+            for (size_t i = 0; i < d && p->kv_type == LH_TYPE_F16; i++)
+                r[i] = lh_f16_to_f32(lh_f32_to_f16((float)r[i])); /* stored as the cache is */
+        }
 
     for (size_t t = pos0; t < n_tok; t++) {
         for (size_t h = 0; h < nh; h++) {
@@ -1372,8 +1408,8 @@ static size_t state_arrays(const lh_lh *s, state_array *a)
     size_t n = 0, d = s->p.head_dim, nc = s->n_chunk;
     /* rep: (n_layer, n_head, n_chunk, head_dim); not kept with the bound score */
     if (!s->bmin) {
-        a[n++] = (state_array){(char *)s->rep, s->p.n_layer * s->p.n_head, nc * d * sizeof(float),
-                               d * sizeof(float), 0};
+        size_t e = kv_elt(&s->p);
+        a[n++] = (state_array){(char *)s->rep, s->p.n_layer * s->p.n_head, nc * d * e, d * e, 0};
     } else {
         /* bound score: the chunks' key min / max (level 0 of each KV head's tree; the levels
          * above are rebuilt from it on load, tree_rebuild) */

@@ -11,7 +11,8 @@
  * rot(q,P)·rot(k,p) = rot(q,P-p0)·rot(k,p-p0)), so no key is ever re-rotated.
  *
  * State (lh_lh, one per sequence), rep score: for every layer, query head and complete chunk, the
- * chunk representation c (head_dim floats); and for every layer the un-rotated queries of the
+ * chunk representation c (head_dim values of kv_type: F16 with an F16 cache, which halves what
+ * scoring reads; the reference rounds its representations the same way); and for every layer the un-rotated queries of the
  * tokens of the current partial chunk (needed to build its representation once it completes).
  * Bound score: for every layer and KV head a binary tree over the chunks, level 0 the chunks
  * themselves, node i of level j covering chunks [i*2^j, (i+1)*2^j): the element-wise min and

@@ -740,8 +740,10 @@ static void test_bad_params(void)
     CU_ASSERT_EQUAL(lh_lh_new(&s, &p, 1), -EINVAL);
     p = params(4, 16, 4, 2, 8, 8, 64, LH_TYPE_F16);
     CU_ASSERT_EQUAL(lh_lh_new(&s, &p, 1), 0);
-    CU_ASSERT(lh_lh_bytes_per_token(&p) == 2.0 * 4 * 8 * 4 / 4);
+    CU_ASSERT(lh_lh_bytes_per_token(&p) == 2.0 * 4 * 8 * 2 / 4);   /* F16 representations */
     lh_lh_free(s);
+    p.kv_type = LH_TYPE_F32;
+    CU_ASSERT(lh_lh_bytes_per_token(&p) == 2.0 * 4 * 8 * 4 / 4);
     lh_lh_free(NULL);
 }
 
