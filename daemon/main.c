@@ -50,6 +50,7 @@ typedef struct {
     gid_t allow_gid[MAX_ALLOW];
     int verbose;
     size_t max_memory;          /* bytes for the slots' contexts; 0: 3/4 of the available memory */
+    lh_weights_hold weights;    /* --weights, --mmap, --no-mmap */
 } options;
 
 static const char usage_text[] =
@@ -63,6 +64,10 @@ static const char usage_text[] =
     "  --config FILE            read `key = value` settings (keys: these option names)\n"
     "  --config-optional FILE   the same, but a missing FILE is not an error (systemd unit)\n"
     "  --threads N              compute threads (default: all cores)\n"
+    "  --weights auto|load|map  load: read the model into memory (decode streams it faster);\n"
+    "                           map: map the file (starts faster, shares the page cache);\n"
+    "                           auto: load when it is at most half the available memory\n"
+    "                           (default auto; --no-mmap = load, --mmap = map)\n"
     "  --slots N                KV-cache slots = requests run concurrently (default 1)\n"
     "  -c, --ctx-size N         context tokens per slot (default: as many as --max-memory\n"
     "                           holds, up to 132096: a 131072-token prompt and its\n"
@@ -194,6 +199,12 @@ static int set_option(options *o, const char *key, const char *v)
         return set_str(&o->log_file, v);
     if (strcmp(key, "kv-dir") == 0)
         return set_str(&o->kv_dir, v);
+    if (strcmp(key, "weights") == 0) {
+        if (lh_weights_hold_parse(v, &o->weights) == 0)
+            return 0;
+        lh_log_error("weights: '%s' is not auto, load or map", v);
+        return LH_E_FORMAT;
+    }
     if (strcmp(key, "prompt-cache") == 0)
         return set_str(&o->cache_dir, v);
     if (strcmp(key, "prompt-cache-size") == 0) {
@@ -436,6 +447,10 @@ int main(int argc, char **argv)
             lh_log_set_level(LH_LOG_WARN);
             continue;
         }
+        if (strcmp(a, "--mmap") == 0 || strcmp(a, "--no-mmap") == 0) {  /* llama.cpp's names */
+            o.weights = a[2] == 'm' ? LH_WEIGHTS_MAP : LH_WEIGHTS_LOAD;
+            continue;
+        }
         /* the short forms people know from llama.cpp */
         const char *shrt = strcmp(a, "-m") == 0 ? "model" : strcmp(a, "-c") == 0 ? "ctx" : NULL;
         if (strncmp(a, "--", 2) != 0 && !shrt) {
@@ -502,13 +517,14 @@ int main(int argc, char **argv)
     if (!o.model && !(o.model = default_model()))
         goto out;
     lh_systemd_notify("STATUS=loading the model");
-    int e = lh_model_open(&m, o.model);
+    int e = lh_model_open_ex(&m, o.model, o.weights);
     if (e != 0) {
         lh_log_error("cannot load the model %s (%d%s%s)", o.model, e, e < 0 ? ": " : "",
                      e < 0 ? strerror(-e) : "");
         goto out;
     }
-    lh_log_info("model %s: %s", o.model, lh_model_desc(m));
+    lh_log_info("model %s: %s; weights %s", o.model, lh_model_desc(m),
+                lh_model_weights_loaded(m) ? "read into memory" : "mapped from the file");
     if (omp_policy_unset)
         lh_log_warn("OpenMP threads use libgomp's default spin; start the daemon with "
                     "GOMP_SPINCOUNT=" LH_DAEMON_SPINCOUNT " in its environment (as the systemd unit "

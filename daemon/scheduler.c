@@ -933,6 +933,7 @@ static void unadmit(lh_sched *s, req *r)
 }
 
 /* Unlocked, before a request touches the model: is the mapped file still the one we loaded?
+ * (Only when it is mapped: weights read into memory need no file.)
  * Replaced by rename or deleted: the old mapping stays valid, serve on (warn once).  Changed in
  * place (same inode, other size or mtime): the mapping may fault (SIGBUS) or hold other bytes:
  * refuse everything from now on; the server sees lh_sched_stats.fatal and stops.  Returns 0 or
@@ -1183,7 +1184,9 @@ int lh_sched_new(lh_sched **sp, const lh_model *m, const lh_sched_config *cfg,
     }
     if (s->max_piece < 4)
         s->max_piece = 4; /* byte fallback of a 4-byte character, at least */
-    if (stat(lh_model_path(m), &s->model_st) == 0)
+    /* read into memory (--weights load, or auto), the file is never read again: a change to it
+     * cannot reach what is served */
+    if (!lh_model_weights_loaded(m) && stat(lh_model_path(m), &s->model_st) == 0)
         s->model_st_ok = 1;
 #ifdef _OPENMP
     /* the contexts size their per-thread scratch (attention) from omp_get_max_threads() when

@@ -50,7 +50,9 @@ struct lh_gguf {
     char *name;              /* file name for messages */
     const uint8_t *data;     /* the whole file */
     size_t size;
-    void *map;               /* mmap'd region (NULL for lh_gguf_open_mem) */
+    void *map;               /* mmap'd region (NULL for lh_gguf_open_mem): the file, or with
+                                LH_GGUF_LOAD anonymous memory holding its bytes */
+    int loaded;              /* map is anonymous memory (LH_GGUF_LOAD) */
     size_t map_size;
     uint32_t version;
     uint32_t alignment;
@@ -600,7 +602,49 @@ fail:
     return rc;
 }
 
-int lh_gguf_open(lh_gguf **gp, const char *path)
+/* The file's size bytes into anonymous memory, read-only once read: 0 or -errno (logged). */
+static int load_file(lh_gguf *g, int fd, const char *path)
+{
+    size_t huge = (size_t)2 << 20, sz = (g->size + huge - 1) & ~(huge - 1);
+    void *a = mmap(NULL, sz, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    if (a == MAP_FAILED) {
+        lh_log_error("%s: cannot allocate %zu bytes to load it into (--mmap maps it instead)",
+                     path, g->size);
+        return -ENOMEM;
+    }
+#ifdef MADV_HUGEPAGE
+    madvise(a, sz, MADV_HUGEPAGE);   /* advice only: without it the copy still works */
+#endif
+    for (size_t off = 0; off < g->size;) {
+        size_t want = g->size - off < ((size_t)64 << 20) ? g->size - off : (size_t)64 << 20;
+        ssize_t n = pread(fd, (char *)a + off, want, (off_t)off);
+        if (n < 0 && errno == EINTR)
+            continue;
+        if (n <= 0) {
+            int e = n < 0 ? errno : EIO;
+            lh_log_error("%s: read failed at byte %zu: %s", path, off,
+                         n < 0 ? strerror(e) : "the file got shorter");
+            munmap(a, sz);
+            return -e;
+        }
+        off += (size_t)n;
+    }
+    mprotect(a, sz, PROT_READ);
+#ifdef POSIX_FADV_DONTNEED
+    posix_fadvise(fd, 0, 0, POSIX_FADV_DONTNEED);   /* the page cache's copy is not needed */
+#endif
+    g->map = a;
+    g->map_size = sz;
+    g->data = a;
+    g->loaded = 1;
+    return 0;
+}
+
+int lh_gguf_loaded(const lh_gguf *g) { return g->loaded; }
+
+int lh_gguf_open(lh_gguf **gp, const char *path) { return lh_gguf_open_ex(gp, path, LH_GGUF_MAP); }
+
+int lh_gguf_open_ex(lh_gguf **gp, const char *path, lh_gguf_hold hold)
 {
     lh_gguf *g = NULL;
     int fd = -1, rc;
@@ -627,7 +671,10 @@ int lh_gguf_open(lh_gguf **gp, const char *path)
     g->size = (size_t)st.st_size;
     static const uint8_t empty[1];
     g->data = empty;
-    if (g->size > 0) {
+    if (g->size > 0 && hold == LH_GGUF_LOAD) {
+        if ((rc = load_file(g, fd, path)))
+            goto fail;
+    } else if (g->size > 0) {
         void *m = mmap(NULL, g->size, PROT_READ, MAP_PRIVATE, fd, 0);
         if (m == MAP_FAILED) {
             rc = -errno;

@@ -23,6 +23,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <sys/mman.h>
 #ifdef _OPENMP
 #include <omp.h>
@@ -466,7 +467,36 @@ static int load_eog(lh_model *m)
     return 0;
 }
 
-int lh_model_open(lh_model **mp, const char *path)
+size_t lh_mem_available(void)
+{
+    FILE *f = fopen("/proc/meminfo", "r");
+    if (!f)
+        return 0;
+    char line[256];
+    unsigned long long kb = 0;
+    while (fgets(line, sizeof line, f))
+        if (sscanf(line, "MemAvailable: %llu kB", &kb) == 1)
+            break;
+    fclose(f);
+    return kb > SIZE_MAX / 1024 ? SIZE_MAX : (size_t)kb * 1024;
+}
+
+int lh_model_open(lh_model **mp, const char *path) { return lh_model_open_ex(mp, path, LH_WEIGHTS_AUTO); }
+
+int lh_model_weights_loaded(const lh_model *m) { return lh_gguf_loaded(m->gguf); }
+
+int lh_weights_hold_parse(const char *s, lh_weights_hold *out)
+{
+    static const char *names[] = { "auto", "map", "load" };
+    for (int i = 0; i < 3; i++)
+        if (strcmp(s, names[i]) == 0) {
+            *out = (lh_weights_hold)i;
+            return 0;
+        }
+    return LH_E_FORMAT;
+}
+
+int lh_model_open_ex(lh_model **mp, const char *path, lh_weights_hold hold)
 {
     int rc;
     lh_model *m = calloc(1, sizeof *m);
@@ -479,7 +509,12 @@ int lh_model_open(lh_model **mp, const char *path)
         rc = -ENOMEM;
         goto fail;
     }
-    if ((rc = lh_gguf_open(&m->gguf, path)))
+    lh_gguf_hold gh = hold == LH_WEIGHTS_LOAD ? LH_GGUF_LOAD : LH_GGUF_MAP;
+    struct stat st;
+    if (hold == LH_WEIGHTS_AUTO && stat(path, &st) == 0 && st.st_size > 0 &&
+        (size_t)st.st_size <= lh_mem_available() / 2)
+        gh = LH_GGUF_LOAD;
+    if ((rc = lh_gguf_open_ex(&m->gguf, path, gh)))
         goto fail;
     if ((rc = load_hparams(m)))
         goto fail;

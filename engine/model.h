@@ -73,7 +73,20 @@ typedef struct lh_ctx lh_ctx;
 /* Loads and validates.  Returns 0, LH_E_FORMAT (logged: file, what is wrong),
  * LH_E_UNSUPPORTED (logged with its name: an architecture other than llama/qwen2, mixture of
  * experts, a RoPE scaling other than none/linear/yarn, a tensor type not handled), -errno. */
-int lh_model_open(lh_model **mp, const char *path);
+int lh_model_open(lh_model **mp, const char *path);   /* lh_model_open_ex(.., LH_WEIGHTS_AUTO) */
+
+/* How the weights are held (the front ends' --mmap / --no-mmap, as llama.cpp's).  AUTO: read into
+ * memory when the file is at most half of the memory available now (MemAvailable), else mapped;
+ * MAP: the file mapped (starts faster, shares the page cache); LOAD: read into memory or fail.
+ * Read into memory, a decode step streams the weights faster (engine/gguf.h). */
+typedef enum { LH_WEIGHTS_AUTO = 0, LH_WEIGHTS_MAP, LH_WEIGHTS_LOAD } lh_weights_hold;
+int lh_model_open_ex(lh_model **mp, const char *path, lh_weights_hold hold);
+/* "auto", "load" or "map": 0, or LH_E_FORMAT (not logged). */
+int lh_weights_hold_parse(const char *s, lh_weights_hold *out);
+/* 1 when the weights were read into memory, 0 when the file is mapped. */
+int lh_model_weights_loaded(const lh_model *m);
+/* The memory available now (MemAvailable) in bytes, 0 when it cannot be read. */
+size_t lh_mem_available(void);
 void lh_model_close(lh_model *m);
 const lh_hparams *lh_model_hparams(const lh_model *m);
 const lh_tok *lh_model_tok(const lh_model *m);

@@ -58,24 +58,12 @@ static size_t kv_min_resident(const lh_model *m, const lh_ctx_params *cp)
     return min > ((size_t)32 << 20) ? min : (size_t)32 << 20;
 }
 
-static size_t meminfo_available(void)
-{
-    FILE *f = fopen("/proc/meminfo", "r");
-    if (!f)
-        return 0;
-    char line[256];
-    unsigned long long kb = 0;
-    while (fgets(line, sizeof line, f))
-        if (sscanf(line, "MemAvailable: %llu kB", &kb) == 1)
-            break;
-    fclose(f);
-    return kb > SIZE_MAX / 1024 ? SIZE_MAX : (size_t)kb * 1024;
-}
-
 size_t lh_params_default_budget(const lh_model *m)
 {
-    size_t avail = meminfo_available() / 4 * 3;
-    size_t model_size = lh_model_n_params(m) * 4; /* at most: F32 weights */
+    size_t avail = lh_mem_available() / 4 * 3;
+    /* mapped weights are page cache, which MemAvailable counts as available; read into memory
+     * they are already taken from it */
+    size_t model_size = lh_model_weights_loaded(m) ? 0 : lh_model_n_params(m) * 4; /* at most: F32 */
     return avail > model_size ? avail - model_size : 0;
 }
 

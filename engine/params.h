@@ -52,7 +52,7 @@ size_t lh_params_bytes_per_token(const lh_model *m, const lh_ctx_params *cp);
 size_t lh_params_mem_bytes_per_token(const lh_model *m, const lh_ctx_params *cp);
 
 /* The default memory budget: 3/4 of the memory available now (MemAvailable), less the model
- * file; 0 when it cannot be read. */
+ * file when it is mapped (read into memory it is already taken); 0 when it cannot be read. */
 size_t lh_params_default_budget(const lh_model *m);
 
 /* Resolves cp->n_ctx for n_slots contexts within max_memory bytes (0: the default budget).

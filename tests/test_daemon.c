@@ -303,7 +303,7 @@ static void test_model_changed_in_place(void)
         CU_ASSERT_EQUAL(write(fd, buf, n), (ssize_t)n);
     fclose(in);
     lh_model *m = NULL;
-    CU_ASSERT_EQUAL_FATAL(lh_model_open(&m, path), 0);
+    CU_ASSERT_EQUAL_FATAL(lh_model_open_ex(&m, path, LH_WEIGHTS_MAP), 0);
     static rec r;
     lh_sched *s = new_sched(&r, m, 1);
     CU_ASSERT_PTR_NOT_NULL_FATAL(s);

@@ -1364,9 +1364,11 @@ static void *gen_long(void *arg)
     return NULL;
 }
 
-/* The model file truncated under a running generation: a logged error, the socket removed, exit
- * status 1 (not a silent SIGBUS); changed in place between requests: the request is refused with
- * the reason and the daemon stops the same way. */
+/* The model file mapped (--mmap) and truncated under a running generation: a logged error, the
+ * socket removed, exit status 1 (not a silent SIGBUS); changed in place between requests: the
+ * request is refused with the reason and the daemon stops the same way.  Read into memory (the
+ * default for a file this small): the same truncation changes nothing, the generation completes
+ * and the next request is served. */
 static void test_model_file_changed(void)
 {
     char model[128], log[128];
@@ -1377,8 +1379,32 @@ static void test_model_file_changed(void)
     snprintf(saved, sizeof saved, "%s", g_sock);
     snprintf(g_sock, sizeof g_sock, "%s/bus.sock", g_dir);
     /* start_daemon passes --model LH_MODEL first; a later --model wins */
-    const char *extra[] = {"--model", model, "--ctx", "4096", "--log-file", log, NULL};
-    pid_t pid = start_daemon(extra);
+    const char *loaded[] = {"--model", model, "--ctx", "4096", "--log-file", log, NULL};
+    pid_t pid = start_daemon(loaded);
+    CU_ASSERT_FATAL(pid > 0);
+    {
+        static gen_job jl;
+        memset(&jl, 0, sizeof jl);
+        CU_ASSERT_FATAL(lh_client_connect(&jl.c, g_sock, 5000) == 0);
+        pthread_t tl;
+        pthread_create(&tl, NULL, gen_long, &jl);
+        usleep(20000);
+        CU_ASSERT_EQUAL(truncate(model, 4096), 0);
+        pthread_join(tl, NULL);
+        CU_ASSERT_EQUAL(jl.rc, 0);
+        CU_ASSERT(jl.res.finish == LH_CLIENT_FINISH_LENGTH || jl.res.finish == LH_CLIENT_FINISH_EOS);
+        CU_ASSERT(jl.s.n_tokens > 0);
+        stream s2;
+        memset(&s2, 0, sizeof s2);
+        lh_client_result r2;
+        CU_ASSERT_EQUAL(greedy(jl.c, "", 10, &s2, &r2), 0);
+        CU_ASSERT(s2.n_tokens > 0 && r2.finish != LH_CLIENT_FINISH_ERROR);
+        lh_client_close(jl.c);
+        CU_ASSERT_EQUAL(stop_daemon(pid), 0);
+        CU_ASSERT_FATAL(copy_file(lh_test_model_path(), model) == 0);
+    }
+    const char *extra[] = {"--model", model, "--ctx", "4096", "--log-file", log, "--mmap", NULL};
+    pid = start_daemon(extra);
     CU_ASSERT_FATAL(pid > 0);
     static gen_job j;
     memset(&j, 0, sizeof j);
@@ -1682,7 +1708,7 @@ void lh_test_e2e(void)
                 test_allow_uid_socket_mode);
     CU_add_test(s, "SIGHUP reopens the log", test_sighup);
     CU_add_test(s, "out of fds: no spin, no log flood, serves again", test_fd_exhaustion);
-    CU_add_test(s, "model file truncated or changed: logged, socket removed, exit 1",
+    CU_add_test(s, "model file truncated or changed: mapped, logged + exit 1; read in, served on",
                 test_model_file_changed);
     CU_add_test(s, "8 big Tokenize requests do not delay a short Generate",
                 test_big_tokenize_vs_generate);

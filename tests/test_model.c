@@ -383,6 +383,45 @@ static void test_weight_types(void)
         free(logits[t]);
 }
 
+/* --weights load and map: the model read into anonymous memory or mapped from the file gives
+ * the same logits bit for bit, prefill and decode; each reports how it holds the weights, auto
+ * reads a small file, and a bad name is refused. */
+static void test_weights_load_or_map(void)
+{
+    const lh_weights_hold holds[] = { LH_WEIGHTS_MAP, LH_WEIGHTS_LOAD, LH_WEIGHTS_AUTO };
+    float *logits[3] = { NULL };
+    int32_t toks[40];
+    for (size_t i = 0; i < 40; i++)
+        toks[i] = i == 0 ? 1 : (int32_t)(3 + (i * 53) % 500);
+    for (int h = 0; h < 3; h++) {
+        lh_model *m = NULL;
+        CU_ASSERT_EQUAL_FATAL(lh_model_open_ex(&m, lh_test_model_path(), holds[h]), 0);
+        CU_ASSERT_EQUAL(lh_model_weights_loaded(m), holds[h] != LH_WEIGHTS_MAP);
+        lh_ctx_params p;
+        lh_ctx_params_default(&p);
+        p.n_ctx = 64;
+        lh_ctx *c = NULL;
+        CU_ASSERT_EQUAL_FATAL(lh_ctx_new(&c, m, &p), 0);
+        logits[h] = malloc(40 * 512 * sizeof(float));
+        CU_ASSERT_FATAL(logits[h] != NULL);
+        CU_ASSERT_EQUAL(lh_ctx_eval(c, toks, 39, logits[h], 1), 0);
+        CU_ASSERT_EQUAL(lh_ctx_eval(c, toks + 39, 1, logits[h] + 39 * 512, 0), 0);
+        lh_ctx_free(c);
+        lh_model_close(m);
+    }
+    CU_ASSERT(memcmp(logits[0], logits[1], 40 * 512 * sizeof(float)) == 0);
+    CU_ASSERT(memcmp(logits[0], logits[2], 40 * 512 * sizeof(float)) == 0);
+    for (int h = 0; h < 3; h++)
+        free(logits[h]);
+    lh_weights_hold w;
+    CU_ASSERT(lh_weights_hold_parse("load", &w) == 0 && w == LH_WEIGHTS_LOAD);
+    CU_ASSERT(lh_weights_hold_parse("map", &w) == 0 && w == LH_WEIGHTS_MAP);
+    CU_ASSERT(lh_weights_hold_parse("auto", &w) == 0 && w == LH_WEIGHTS_AUTO);
+    CU_ASSERT(lh_weights_hold_parse("mmap", &w) == LH_E_FORMAT);
+    lh_model *m = NULL;
+    CU_ASSERT(lh_model_open_ex(&m, "/nonexistent/model.gguf", LH_WEIGHTS_LOAD) < 0);
+}
+
 /* Files that are valid GGUF but not a usable model: a clean error, nothing leaked. */
 static void test_bad_models(void)
 {
@@ -885,6 +924,7 @@ void lh_test_model(void)
     CU_add_test(s, "limits and errors", test_limits_and_errors);
     CU_add_test(s, "a prefill stopped between layers resumes exactly", test_abort_between_layers);
     CU_add_test(s, "F16, BF16 and Q8_0 weights follow F32", test_weight_types);
+    CU_add_test(s, "weights read into memory == mapped", test_weights_load_or_map);
     CU_add_test(s, "unusable models are refused", test_bad_models);
     CU_add_test(s, "LongHeads defaults from the file", test_longheads_defaults_from_file);
     CU_add_test(s, "arch: llama with rope_freqs, tied output = llama.cpp", test_arch_llama_rope_freqs);

@@ -61,6 +61,7 @@ typedef struct {
     size_t tg;
     size_t depth[MAX_LIST], n_depth;
     lh_attn_mode attn;
+    lh_weights_hold weights; /* as the daemon's --weights (default auto) */
 } opts;
 
 static double now_s(void)
@@ -550,6 +551,7 @@ static void usage(FILE *f)
             "         [--full-max M] [--decode D] [--reps R] [--kv f32|f16] [--batch B] [--long N]\n"
             "       longheads-bench -m MODEL [--pp N,..] [--tg T] [--depth D,..]\n"
             "         [--attn full|longheads] [--reps R] [--kv f32|f16] [--batch B]\n"
+            "       both: [--weights auto|load|map] (default auto, as the daemon)\n"
             "Per-token prefill and decode times, LongHeads against full attention, with ratios;\n"
             "with --pp/--tg: tokens/s in the manner of llama-bench.\n");
 }
@@ -602,6 +604,8 @@ int main(int argc, char **argv)
             bad = lh_params_parse_size(v, 1, 1u << 16, &o.tg), llama_mode = 1;
         else if (!strcmp(a, "--depth"))
             bad = parse_list(v, 0, 1u << 20, o.depth, &o.n_depth);
+        else if (!strcmp(a, "--weights"))
+            bad = lh_weights_hold_parse(v, &o.weights);
         else if (!strcmp(a, "--attn") || !strcmp(a, "--kv") || !strcmp(a, "--batch") ||
                  !strcmp(a, "--chunk") || !strcmp(a, "--window")) {
             lh_ctx_params cp = o.cp;
@@ -627,7 +631,7 @@ int main(int argc, char **argv)
         return 2;
     }
     lh_model *m = NULL;
-    if (lh_model_open(&m, o.model)) {
+    if (lh_model_open_ex(&m, o.model, o.weights)) {
         fprintf(stderr, "longheads-bench: cannot open %s (see the message above)\n", o.model);
         return 1;
     }

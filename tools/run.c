@@ -41,6 +41,8 @@ static void usage(FILE *f)
             "         [--top-k K] [--top-p P] [--min-p P] [--repeat-penalty R] [--repeat-last-n N]\n"
             "         [--attn full|longheads] [--chunk W] [--window L] [--score rep|bound]\n"
             "         [-c|--ctx N] [--kv f32|f16] [--batch B] [--threads T] [--version]\n"
+            "         [--weights auto|load|map]  (the model read into memory or mapped; auto: read\n"
+            "         when at most half the available memory)\n"
             "Prints the generated text to stdout, timings to stderr. No prompt: start from BOS.\n"
             "Defaults: LongHeads attention with the model file's chunk and window (inside the\n"
             "window it is full attention), a context as large as 3/4 of the free memory holds\n"
@@ -75,6 +77,7 @@ int main(int argc, char **argv)
     const char *model_path = NULL, *prompt = "", *file = NULL;
     size_t n_gen = 256;
     int rc = 1;
+    lh_weights_hold hold = LH_WEIGHTS_AUTO;
     lh_ctx_params cp;
     lh_sampler_params sp;
     lh_params_default(&cp); /* LongHeads, the context the memory holds (as the daemon) */
@@ -112,6 +115,11 @@ int main(int argc, char **argv)
                         "or -1 (until the end of the text)\n", v);
                 return 2;
             }
+        } else if (strcmp(a, "--weights") == 0) {
+            if (lh_weights_hold_parse(v, &hold)) {
+                fprintf(stderr, "longheads-run: --weights: '%s' is not auto, load or map\n", v);
+                return 2;
+            }
         } else if (strcmp(a, "--threads") == 0 || strcmp(a, "-t") == 0) {
             size_t t;
             if (lh_params_parse_size(v, 1, 1024, &t)) {
@@ -146,7 +154,7 @@ int main(int argc, char **argv)
     size_t text_len = strlen(prompt);
     if (file && !(text = read_file(file, &text_len)))
         goto out;
-    if (lh_model_open(&m, model_path))
+    if (lh_model_open_ex(&m, model_path, hold))
         goto out;
     const lh_tok *tok = lh_model_tok(m);
     if (lh_params_fit_ctx(m, &cp, 1, 0, NULL, 0))
