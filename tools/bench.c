@@ -62,6 +62,7 @@ typedef struct {
     size_t depth[MAX_LIST], n_depth;
     lh_attn_mode attn;
     lh_weights_hold weights; /* as the daemon's --weights (default auto) */
+    int mean;                /* --stat mean: llama-bench's statistic, not the best run */
 } opts;
 
 static double now_s(void)
@@ -142,12 +143,22 @@ static double time_decode(lh_ctx *c, const int32_t *tokens, size_t n, float *log
     return now_s() - t0;
 }
 
-/* Best of reps decode runs of n tokens starting at depth `at` (rewound each time): seconds per
- * token.  The context must hold at least `at` tokens. */
-static double best_decode(lh_ctx *c, size_t at, const int32_t *tokens, size_t n, size_t reps,
-                          float *logits)
+/* The runs' summary as a time: the best (shortest) run, or with mean the time whose rate is the
+ * mean of the runs' rates (llama-bench's avg_ts: n / sum(1/t_i)).  < 0 when n == 0. */
+static double summary(double best, double inv_sum, size_t n, int mean)
 {
-    double best = -1;
+    if (n == 0)
+        return -1;
+    return mean ? (double)n / inv_sum : best;
+}
+
+/* Best (or with mean: mean rate, see summary) of reps decode runs of n tokens starting at depth
+ * `at` (rewound each time): seconds per token.  The context must hold at least `at` tokens. */
+static double best_decode(lh_ctx *c, size_t at, const int32_t *tokens, size_t n, size_t reps,
+                          int mean, float *logits)
+{
+    double best = -1, inv = 0;
+    size_t runs = 0;
     for (size_t r = 0; r < reps; r++) {
         if (lh_ctx_truncate(c, at) != at)
             break; /* LongHeads could not rewind exactly: keep what was measured */
@@ -156,8 +167,11 @@ static double best_decode(lh_ctx *c, size_t at, const int32_t *tokens, size_t n,
             return -1;
         if (best < 0 || t < best)
             best = t;
+        inv += 1.0 / t;
+        runs++;
     }
-    return best < 0 ? -1 : best / (double)n;
+    double t = summary(best, inv, runs, mean);
+    return t < 0 ? -1 : t / (double)n;
 }
 
 typedef struct {
@@ -223,8 +237,8 @@ static int run_point(const lh_model *m, const opts *o, lh_attn_mode attn, size_t
     size_t dreps = N <= 8 * cp.window ? o->reps : (o->reps < 2 ? o->reps : 2);
     pt->decode = -1;
     for (size_t r = 0; r < dreps; r++) {
-        double t = best_decode(c, N, tokens + N, n_dec, 1, logits);
-        double t1 = b ? best_decode(b->c, b->L, tokens + b->L, n_dec, 1, logits) : 0;
+        double t = best_decode(c, N, tokens + N, n_dec, 1, 0, logits);
+        double t1 = b ? best_decode(b->c, b->L, tokens + b->L, n_dec, 1, 0, logits) : 0;
         if (t < 0 || t1 < 0)
             goto fail;
         if (pt->decode < 0 || t < pt->decode)
@@ -453,12 +467,12 @@ static double weight_bytes_per_token(const char *path)
     return b;
 }
 
-/* Best of reps prefills of n tokens at depth d (rewound to d each time, one untimed warm-up):
- * seconds, or < 0 on an error. */
+/* Best (or with mean: mean rate) of reps prefills of n tokens at depth d (rewound to d each
+ * time, one untimed warm-up): seconds, or < 0 on an error. */
 static double best_prefill_at(lh_ctx *c, size_t d, const int32_t *tokens, size_t n, size_t reps,
-                              float *logits)
+                              int mean, float *logits)
 {
-    double best = -1;
+    double best = -1, inv = 0;
     for (size_t r = 0; r <= reps; r++) {   /* r == 0: warm-up */
         if (lh_ctx_truncate(c, d) != d)
             return -1;
@@ -467,8 +481,10 @@ static double best_prefill_at(lh_ctx *c, size_t d, const int32_t *tokens, size_t
             return -1;
         if (r > 0 && (best < 0 || t < best))
             best = t;
+        if (r > 0)
+            inv += 1.0 / t;
     }
-    return best;
+    return summary(best, inv, reps, mean);
 }
 
 static int llama_tests(const lh_model *m, const opts *o)
@@ -495,9 +511,10 @@ static int llama_tests(const lh_model *m, const opts *o)
 #ifdef _OPENMP
     n_thr = omp_get_max_threads();
 #endif
-    printf("# %s\n# attn %s, kv %s, batch %zu, %d threads; best of %zu after a warm-up\n",
+    printf("# %s\n# attn %s, kv %s, batch %zu, %d threads; %s of %zu after a warm-up\n",
            lh_model_desc(m), rp->attn == LH_ATTN_LONGHEADS ? "longheads" : "full",
-           lh_type_name(rp->kv_type), rp->n_batch, n_thr, o->reps);
+           lh_type_name(rp->kv_type), rp->n_batch, n_thr, o->mean ? "mean rate" : "best",
+           o->reps);
     printf("weight_bytes_per_token %.0f\nkv_bytes_per_token %zu\n",
            weight_bytes_per_token(o->model), lh_ctx_kv_bytes_per_token(c));
     /* depths in the order given; each is filled once from empty (that fill is itself reported,
@@ -516,7 +533,7 @@ static int llama_tests(const lh_model *m, const opts *o)
             fflush(stdout);
         }
         for (size_t j = 0; j < o->n_pp; j++) {
-            double t = best_prefill_at(c, d, tokens + d, o->pp[j], o->reps, logits);
+            double t = best_prefill_at(c, d, tokens + d, o->pp[j], o->reps, o->mean, logits);
             if (t < 0)
                 goto out;
             printf("pp%zu%s %.1f\n", o->pp[j], at, (double)o->pp[j] / t);
@@ -524,9 +541,9 @@ static int llama_tests(const lh_model *m, const opts *o)
         }
         if (!o->tg)
             continue;
-        if (best_decode(c, d, tokens + d, o->tg, 1, logits) < 0)   /* warm-up */
+        if (best_decode(c, d, tokens + d, o->tg, 1, 0, logits) < 0)   /* warm-up */
             goto out;
-        double s = best_decode(c, d, tokens + d, o->tg, o->reps, logits);
+        double s = best_decode(c, d, tokens + d, o->tg, o->reps, o->mean, logits);
         if (s < 0)
             goto out;
         printf("tg%zu%s %.1f\n", o->tg, at, 1.0 / s);
@@ -551,6 +568,7 @@ static void usage(FILE *f)
             "         [--full-max M] [--decode D] [--reps R] [--kv f32|f16] [--batch B] [--long N]\n"
             "       longheads-bench -m MODEL [--pp N,..] [--tg T] [--depth D,..]\n"
             "         [--attn full|longheads] [--reps R] [--kv f32|f16] [--batch B]\n"
+            "         [--stat best|mean]  (mean: the mean of the runs' rates, llama-bench's avg_ts)\n"
             "       both: [--weights auto|load|map] (default auto, as the daemon)\n"
             "Per-token prefill and decode times, LongHeads against full attention, with ratios;\n"
             "with --pp/--tg: tokens/s in the manner of llama-bench.\n");
@@ -606,6 +624,8 @@ int main(int argc, char **argv)
             bad = parse_list(v, 0, 1u << 20, o.depth, &o.n_depth);
         else if (!strcmp(a, "--weights"))
             bad = lh_weights_hold_parse(v, &o.weights);
+        else if (!strcmp(a, "--stat"))
+            bad = strcmp(v, "best") && strcmp(v, "mean"), o.mean = !strcmp(v, "mean");
         else if (!strcmp(a, "--attn") || !strcmp(a, "--kv") || !strcmp(a, "--batch") ||
                  !strcmp(a, "--chunk") || !strcmp(a, "--window")) {
             lh_ctx_params cp = o.cp;

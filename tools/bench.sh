@@ -14,7 +14,8 @@
 #                                      types f32 f16 bf16 q8_0 q4_0 q4_k q5_k q6_k); default:
 #                                      the eight small files and 1b in f32 f16 bf16 q8_0 q4_k.
 #   BENCH_DEPTH=16384                  context depth of the "at depth" section (0: skip it).
-#   BENCH_REPS=3                       repetitions (best of, ours; llama-bench reports its mean);
+#   BENCH_REPS=3                       repetitions; both engines report the mean of the runs'
+#                                      rates after a warm-up (llama-bench's avg_ts, ours --stat mean);
 #                                      unset: 3, and 2 for the 1b files.
 #   BENCH_SECTIONS="side depth daemon" add "lh" (LongHeads against full, 1x..128x the window,
 #                                      and the LongHeads kernel) and "kernels" (longheads-kbench).
@@ -132,7 +133,7 @@ echo "read bandwidth (longheads-bwprobe, $NT threads, read-only, best of 7): $BW
 
 if has side; then
     section "pp512 / tg64, full attention, tokens/s (ratio > 1: longheads is faster)"
-    echo "ours: longheads-bench --pp 512 --tg 64 --reps $REPS (best of); kv f16, batch 256 (the daemon's defaults)"
+    echo "ours: longheads-bench --pp 512 --tg 64 --reps $REPS --stat mean (the mean rate, as llama-bench's avg_ts); kv f16, batch 256, weights auto (the daemon's defaults)"
     printf '%-14s %-14s %11s %11s %8s\n' model test longheads llama ratio
     i=0
     roof=""
@@ -145,11 +146,11 @@ if has side; then
         # alternate which engine runs first, so a drift in the machine's speed does not always
         # favour the same one
         if [ $((i % 2)) = 0 ]; then
-            o=$(ours "$f" --pp 512 --tg 64 --reps "$r")
+            o=$(ours "$f" --pp 512 --tg 64 --reps "$r" --stat mean)
             l=$(llama "$f" -p 512 -n 64 -r "$r")
         else
             l=$(llama "$f" -p 512 -n 64 -r "$r")
-            o=$(ours "$f" --pp 512 --tg 64 --reps "$r")
+            o=$(ours "$f" --pp 512 --tg 64 --reps "$r" --stat mean)
         fi
         i=$((i + 1))
         for t in pp512 tg64; do
@@ -159,8 +160,15 @@ if has side; then
         roof="$roof$shape $type|$(val "$o" weight_bytes_per_token)|$(val "$o" tg64)|$(val "$l" tg64)
 "
         fa=$(val "$l" fa)
+        [ "$m" = 1b:f16 ] && f16_tg=$(val "$o" tg64) && f16_r=$r
     done
     [ -n "$LB" ] && echo "(llama-bench flash_attn: ${fa:-?})"
+    # our default reads the weights into memory (--weights auto); llama-bench maps them unless
+    # told --mmap 0: the same file that way too, beside our figure from the table
+    if [ -n "$LB" ] && [ -n "${f16_tg:-}" ]; then
+        l=$(llama "$(model 1b f16)" -p 0 -n 64 -r "$f16_r" -mmp 0)
+        row "1b f16" "tg64 llama -mmp 0" "$f16_tg" "$(val "$l" tg64)"
+    fi
     BW2=$("$B/longheads-bwprobe" | awk '{ print $2 }')
     echo "read bandwidth again after this section: $BW2 GB/s"
     BW=$(awk -v a="$BW" -v b="$BW2" 'BEGIN { print (b > a ? b : a) }')
