@@ -296,8 +296,8 @@ for model in $models; do
     pk_row "$mname, LongHeads $settings" lh_trials
     # memory after the longest LongHeads prompt (before the bound score's slot replaces it);
     # bytes per token from the model's shape: KV = 2 (K and V) x layers x kv heads x head dim x
-    # element size; the chunk representations of LongHeads = layers x heads x head dim x 4 (F32)
-    # per chunk
+    # element size; the chunk representations of LongHeads = layers x heads x head dim x element
+    # size (they are stored in the KV cache's type) per chunk
     mem_rows="$mem_rows$(awk -v name="$mname" -v len="$max_len" -v w="$chunk" '
         FILENAME ~ /status$/ { if ($1 == "VmHWM:") hwm = $2; next }
         # "layers:        4, embedding 128, heads 4 (kv 4), vocabulary 607"
@@ -306,7 +306,7 @@ for model in $models; do
         END {
             hd = emb / nh
             kvb = 2 * nl * nkv * hd * kv
-            lhb = nl * nh * hd * 4 / w
+            lhb = nl * nh * hd * kv / w
             printf "| %s | %d | %.0f MiB | %d B | %g B | %.0f MiB |\n", name, len, hwm / 1024,
                    kvb, lhb, (kvb + lhb) * len / 1048576
         }' "$tmp/info" "/proc/$daemon_pid/status")
@@ -381,7 +381,7 @@ mkdir -p "$(dirname "$OUT")"
     echo "$pk_table"
     echo
     echo "Memory after the longest LongHeads prompt (peak resident set of the daemon, VmHWM; per"
-    echo "token from the model's shape: KV cache F16 (the daemon's default), chunk representations F32):"
+    echo "token from the model's shape: KV cache F16 (the daemon's default), chunk representations in the same type):"
     echo
     echo "$mem_table"
     echo
