@@ -1364,6 +1364,21 @@ static void *gen_long(void *arg)
     return NULL;
 }
 
+/* Starts the daemon with args, a long generation on it (j, thread t) and, 20 ms in, truncates
+ * the model file to 4096 bytes: the daemon's pid. */
+static pid_t truncate_under_generation(const char **args, const char *model, gen_job *j,
+                                       pthread_t *t)
+{
+    pid_t pid = start_daemon(args);
+    CU_ASSERT_FATAL(pid > 0);
+    memset(j, 0, sizeof *j);
+    CU_ASSERT_FATAL(lh_client_connect(&j->c, g_sock, 5000) == 0);
+    pthread_create(t, NULL, gen_long, j);
+    usleep(20000);
+    CU_ASSERT_EQUAL(truncate(model, 4096), 0);
+    return pid;
+}
+
 /* The model file mapped (--mmap) and truncated under a running generation: a logged error, the
  * socket removed, exit status 1 (not a silent SIGBUS); changed in place between requests: the
  * request is refused with the reason and the daemon stops the same way.  Read into memory (the
@@ -1380,16 +1395,11 @@ static void test_model_file_changed(void)
     snprintf(g_sock, sizeof g_sock, "%s/bus.sock", g_dir);
     /* start_daemon passes --model LH_MODEL first; a later --model wins */
     const char *loaded[] = {"--model", model, "--ctx", "4096", "--log-file", log, NULL};
-    pid_t pid = start_daemon(loaded);
-    CU_ASSERT_FATAL(pid > 0);
+    pid_t pid;
     {
         static gen_job jl;
-        memset(&jl, 0, sizeof jl);
-        CU_ASSERT_FATAL(lh_client_connect(&jl.c, g_sock, 5000) == 0);
         pthread_t tl;
-        pthread_create(&tl, NULL, gen_long, &jl);
-        usleep(20000);
-        CU_ASSERT_EQUAL(truncate(model, 4096), 0);
+        pid = truncate_under_generation(loaded, model, &jl, &tl);
         pthread_join(tl, NULL);
         CU_ASSERT_EQUAL(jl.rc, 0);
         CU_ASSERT(jl.res.finish == LH_CLIENT_FINISH_LENGTH || jl.res.finish == LH_CLIENT_FINISH_EOS);
@@ -1404,15 +1414,9 @@ static void test_model_file_changed(void)
         CU_ASSERT_FATAL(copy_file(lh_test_model_path(), model) == 0);
     }
     const char *extra[] = {"--model", model, "--ctx", "4096", "--log-file", log, "--mmap", NULL};
-    pid = start_daemon(extra);
-    CU_ASSERT_FATAL(pid > 0);
     static gen_job j;
-    memset(&j, 0, sizeof j);
-    CU_ASSERT_FATAL(lh_client_connect(&j.c, g_sock, 5000) == 0);
     pthread_t t;
-    pthread_create(&t, NULL, gen_long, &j);
-    usleep(20000);
-    CU_ASSERT_EQUAL(truncate(model, 4096), 0);
+    pid = truncate_under_generation(extra, model, &j, &t);
     int st = wait_exit(pid, 20);
     pthread_join(t, NULL);
     lh_client_close(j.c);
