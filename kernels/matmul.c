@@ -65,6 +65,9 @@ struct lh_matmul {
     dnnl_engine_t eng;
     dnnl_stream_t stream;
     dnnl_primitive_t prim, prim_tail;    /* full panel (or all of W), tail panel */
+    dnnl_primitive_t prim_max;           /* F32 / BF16 in place: M fixed at max_rows (faster) */
+    dnnl_memory_t w_max_mem, scratch_max_mem;
+    void *scratchpad_max;
     dnnl_memory_t w_mem, w_tail_mem;     /* weights: file F32 in place or panel scratch */
     dnnl_memory_t *src_mem;              /* [max_rows + 1], index M */
     dnnl_memory_t *dst_mem, *dst_tail_mem; /* [max_rows + 1], index M */
@@ -620,6 +623,13 @@ void lh_matmul_free(lh_matmul *m)
         dnnl_primitive_destroy(m->prim);
     if (m->prim_tail)
         dnnl_primitive_destroy(m->prim_tail);
+    if (m->prim_max)
+        dnnl_primitive_destroy(m->prim_max);
+    if (m->w_max_mem)
+        dnnl_memory_destroy(m->w_max_mem);
+    if (m->scratch_max_mem)
+        dnnl_memory_destroy(m->scratch_max_mem);
+    free(m->scratchpad_max);
     if (m->stream)
         dnnl_stream_destroy(m->stream);
     if (m->eng)
@@ -639,8 +649,8 @@ void lh_matmul_free(lh_matmul *m)
 
 /* The primitive for output columns of width n_cols (dst row stride n_out), with M at run time;
  * also its weights memory and its user scratchpad. */
-static int make_prim(lh_matmul *m, size_t n_cols, dnnl_primitive_t *primp, dnnl_memory_t *wmemp,
-                     dnnl_memory_t *spmemp, void **spp)
+static int make_prim(lh_matmul *m, size_t n_cols, dnnl_dim_t M, dnnl_primitive_t *primp,
+                     dnnl_memory_t *wmemp, dnnl_memory_t *spmemp, void **spp)
 {
     /* src and weights: bf16 for the BF16 path (W in place), f32 otherwise; dst always f32 */
     dnnl_data_type_t dt = m->bf16_dnnl ? dnnl_bf16 : dnnl_f32;
@@ -648,11 +658,11 @@ static int make_prim(lh_matmul *m, size_t n_cols, dnnl_primitive_t *primp, dnnl_
     dnnl_primitive_attr_t attr = NULL;
     dnnl_primitive_desc_t pd = NULL;
     dnnl_memory_desc_t src_md, w_md, dst_md;
-    dnnl_dims_t src_dims = {DNNL_RUNTIME_DIM_VAL, (dnnl_dim_t)m->n_in};
+    dnnl_dims_t src_dims = {M, (dnnl_dim_t)m->n_in};
     dnnl_dims_t src_strides = {(dnnl_dim_t)m->n_in, 1};
     dnnl_dims_t w_dims = {(dnnl_dim_t)m->n_in, (dnnl_dim_t)n_cols};
     dnnl_dims_t w_strides = {1, (dnnl_dim_t)m->n_in};
-    dnnl_dims_t dst_dims = {DNNL_RUNTIME_DIM_VAL, (dnnl_dim_t)n_cols};
+    dnnl_dims_t dst_dims = {M, (dnnl_dim_t)n_cols};
     dnnl_dims_t dst_strides = {(dnnl_dim_t)m->n_out, 1};
     dnnl_matmul_desc_t desc;
     DNNL_CHECK(dnnl_memory_desc_init_by_strides(&src_md, 2, src_dims, dt, src_strides));
@@ -810,15 +820,23 @@ int lh_matmul_new(lh_matmul **mp, lh_type wtype, size_t n_in, size_t n_out, size
     rc = -EIO;
     DNNL_CHECK(dnnl_engine_create(&m->eng, dnnl_cpu, 0));
     DNNL_CHECK(dnnl_stream_create(&m->stream, m->eng, dnnl_stream_default_flags));
-    if ((rc = make_prim(m, m->panel, &m->prim, &m->w_mem, &m->scratch_mem, &m->scratchpad)) != 0)
+    if ((rc = make_prim(m, m->panel, DNNL_RUNTIME_DIM_VAL, &m->prim, &m->w_mem, &m->scratch_mem,
+                        &m->scratchpad)) != 0)
+        goto fail;
+    /* a slice of max_rows (every full prefill slice: the daemon slices by n_batch) through a
+     * primitive with M fixed: oneDNN's kernel for a runtime M is far slower here (1b F32
+     * pp512, alternating: 69-72 against 96-102 tok/s; small F32 897-916 against 985-1046) */
+    if ((wtype == LH_TYPE_F32 || m->bf16_dnnl) && max_rows > 1 &&
+        (rc = make_prim(m, m->panel, (dnnl_dim_t)max_rows, &m->prim_max, &m->w_max_mem,
+                        &m->scratch_max_mem, &m->scratchpad_max)) != 0)
         goto fail;
     if ((rc = make_mems(m, n_in, n_in, m->bf16_dnnl ? dnnl_bf16 : dnnl_f32, &m->src_mem)) != 0)
         goto fail;
     if ((rc = make_mems(m, m->panel, n_out, dnnl_f32, &m->dst_mem)) != 0)
         goto fail;
     if (m->tail) {
-        if ((rc = make_prim(m, m->tail, &m->prim_tail, &m->w_tail_mem, &m->scratch_tail_mem,
-                            &m->scratchpad_tail)) != 0)
+        if ((rc = make_prim(m, m->tail, DNNL_RUNTIME_DIM_VAL, &m->prim_tail, &m->w_tail_mem,
+                            &m->scratch_tail_mem, &m->scratchpad_tail)) != 0)
             goto fail;
         if ((rc = make_mems(m, m->tail, n_out, dnnl_f32, &m->dst_tail_mem)) != 0)
             goto fail;
@@ -1412,12 +1430,15 @@ int lh_matmul_run_dnnl(lh_matmul *m, const void *w, const float *x, size_t n_row
     }
     int rc = 0;
     dnnl_memory_t smem = m->src_mem[n_rows];
+    int fixed = n_rows == m->max_rows && m->prim_max;
+    dnnl_primitive_t prim = fixed ? m->prim_max : m->prim;
+    dnnl_memory_t wmem = fixed ? m->w_max_mem : m->w_mem;
+    dnnl_memory_t spmem = fixed ? m->scratch_max_mem : m->scratch_mem;
     if (m->wtype == LH_TYPE_F32)
-        return exec(m, m->prim, m->w_mem, w, smem, m->dst_mem[n_rows], y, m->scratch_mem, x);
+        return exec(m, prim, wmem, w, smem, m->dst_mem[n_rows], y, spmem, x);
     if (m->bf16_dnnl) {
         round_bf16(x, m->xbf, n_rows * m->n_in);
-        return exec(m, m->prim, m->w_mem, w, smem, m->dst_mem[n_rows], y, m->scratch_mem,
-                    (const float *)m->xbf);
+        return exec(m, prim, wmem, w, smem, m->dst_mem[n_rows], y, spmem, (const float *)m->xbf);
     }
     for (size_t p = 0; p < m->n_panel_full && rc == 0; p++) {
         size_t r0 = p * m->panel;
