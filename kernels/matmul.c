@@ -3,7 +3,9 @@
  * Prefill (n_rows > 1) of F32 and BF16 W runs one oneDNN matmul primitive created at _new with a
  * RUNTIME M dimension, so one primitive serves every n_rows in 1..max_rows.  oneDNN reads M from
  * the memory descriptors it is given at execution, so _new also makes one (buffer-less) src and dst
- * memory object per M; _run only points them at the caller's arrays.  The weights are Wᵀ as
+ * memory object per M; _run only points them at the caller's arrays.  A slice of exactly
+ * max_rows (every full slice of a prefill) takes a second primitive made with M fixed, which
+ * oneDNN runs far faster than its runtime-M kernel (see make_prim's caller).  The weights are Wᵀ as
  * oneDNN sees them: dims {n_in, n_out}, format `ba` (W row-major is exactly Wᵀ column-major), so F32
  * weights are used in place, and so are BF16 weights where the CPU has AVX512_BF16: oneDNN's bf16
  * matmul (vdpbf16ps, F32 accumulation) on x rounded to BF16 (round_bf16: the file's weights
