@@ -68,7 +68,7 @@ struct lh_matmul {
     dnnl_stream_t stream;
     dnnl_primitive_t prim, prim_tail;    /* full panel (or all of W), tail panel */
     dnnl_primitive_t prim_max;           /* F32 / BF16 in place: M fixed at max_rows (faster) */
-    dnnl_memory_t w_max_mem, scratch_max_mem;
+    dnnl_memory_t scratch_max_mem;       /* (its weights memory: w_mem, the same descriptor) */
     void *scratchpad_max;
     dnnl_memory_t w_mem, w_tail_mem;     /* weights: file F32 in place or panel scratch */
     dnnl_memory_t *src_mem;              /* [max_rows + 1], index M */
@@ -627,8 +627,6 @@ void lh_matmul_free(lh_matmul *m)
         dnnl_primitive_destroy(m->prim_tail);
     if (m->prim_max)
         dnnl_primitive_destroy(m->prim_max);
-    if (m->w_max_mem)
-        dnnl_memory_destroy(m->w_max_mem);
     if (m->scratch_max_mem)
         dnnl_memory_destroy(m->scratch_max_mem);
     free(m->scratchpad_max);
@@ -649,8 +647,9 @@ void lh_matmul_free(lh_matmul *m)
     free(m);
 }
 
-/* The primitive for output columns of width n_cols (dst row stride n_out), with M at run time;
- * also its weights memory and its user scratchpad. */
+/* The primitive for output columns of width n_cols (dst row stride n_out), with M fixed or at
+ * run time (DNNL_RUNTIME_DIM_VAL); also its weights memory (unless wmemp is NULL) and its user
+ * scratchpad. */
 static int make_prim(lh_matmul *m, size_t n_cols, dnnl_dim_t M, dnnl_primitive_t *primp,
                      dnnl_memory_t *wmemp, dnnl_memory_t *spmemp, void **spp)
 {
@@ -675,7 +674,8 @@ static int make_prim(lh_matmul *m, size_t n_cols, dnnl_dim_t M, dnnl_primitive_t
     DNNL_CHECK(dnnl_primitive_attr_set_scratchpad_mode(attr, dnnl_scratchpad_mode_user));
     DNNL_CHECK(dnnl_primitive_desc_create(&pd, &desc, attr, m->eng, NULL));
     DNNL_CHECK(dnnl_primitive_create(primp, pd));
-    DNNL_CHECK(dnnl_memory_create(wmemp, &w_md, m->eng, DNNL_MEMORY_NONE));
+    if (wmemp)   /* NULL: the primitive shares a weights memory made with an earlier one */
+        DNNL_CHECK(dnnl_memory_create(wmemp, &w_md, m->eng, DNNL_MEMORY_NONE));
     const dnnl_memory_desc_t *sp_md = dnnl_primitive_desc_query_md(pd, dnnl_query_scratchpad_md, 0);
     size_t sp_size = sp_md ? dnnl_memory_desc_get_size(sp_md) : 0;
     if (sp_size > 0) {
@@ -829,7 +829,7 @@ int lh_matmul_new(lh_matmul **mp, lh_type wtype, size_t n_in, size_t n_out, size
      * primitive with M fixed: oneDNN's kernel for a runtime M is far slower here (1b F32
      * pp512, alternating: 69-72 against 96-102 tok/s; small F32 897-916 against 985-1046) */
     if ((wtype == LH_TYPE_F32 || m->bf16_dnnl) && max_rows > 1 &&
-        (rc = make_prim(m, m->panel, (dnnl_dim_t)max_rows, &m->prim_max, &m->w_max_mem,
+        (rc = make_prim(m, m->panel, (dnnl_dim_t)max_rows, &m->prim_max, NULL,
                         &m->scratch_max_mem, &m->scratchpad_max)) != 0)
         goto fail;
     if ((rc = make_mems(m, n_in, n_in, m->bf16_dnnl ? dnnl_bf16 : dnnl_f32, &m->src_mem)) != 0)
@@ -1434,13 +1434,13 @@ int lh_matmul_run_dnnl(lh_matmul *m, const void *w, const float *x, size_t n_row
     dnnl_memory_t smem = m->src_mem[n_rows];
     int fixed = n_rows == m->max_rows && m->prim_max;
     dnnl_primitive_t prim = fixed ? m->prim_max : m->prim;
-    dnnl_memory_t wmem = fixed ? m->w_max_mem : m->w_mem;
     dnnl_memory_t spmem = fixed ? m->scratch_max_mem : m->scratch_mem;
     if (m->wtype == LH_TYPE_F32)
-        return exec(m, prim, wmem, w, smem, m->dst_mem[n_rows], y, spmem, x);
+        return exec(m, prim, m->w_mem, w, smem, m->dst_mem[n_rows], y, spmem, x);
     if (m->bf16_dnnl) {
         round_bf16(x, m->xbf, n_rows * m->n_in);
-        return exec(m, prim, wmem, w, smem, m->dst_mem[n_rows], y, spmem, (const float *)m->xbf);
+        return exec(m, prim, m->w_mem, w, smem, m->dst_mem[n_rows], y, spmem,
+                    (const float *)m->xbf);
     }
     for (size_t p = 0; p < m->n_panel_full && rc == 0; p++) {
         size_t r0 = p * m->panel;
