@@ -171,7 +171,7 @@ typedef struct {
 static size_t n_keep_of(const lh_lh_params *p) { return p->window / p->chunk; }
 
 /* Bytes of one element of the KV cache, and of the chunk representations (the same type). */
-static size_t kv_elt(const lh_lh_params *p) { return p->kv_type == LH_TYPE_F16 ? 2 : 4; }
+static size_t kv_elt(const lh_lh_params *p) { return lh_type_row_size(p->kv_type, 1); }
 
 static int params_ok(const lh_lh_params *p)
 {
@@ -767,7 +767,7 @@ static void dots(int f16, size_t d, const float *q, const void *kv, size_t off, 
  * otherwise waits on every chunk's first lines in turn. */
 static void prefetch_rows(const lh_lh_params *p, const void *kv, size_t g, size_t pos, size_t n)
 {
-    size_t elt = p->kv_type == LH_TYPE_F16 ? 2 : 4;
+    size_t elt = kv_elt(p);
     const char *b = (const char *)kv + (g * p->n_ctx + pos) * p->head_dim * elt;
     size_t size = n * p->head_dim * elt;
     for (size_t o = 0; o < size; o += 64)
