@@ -51,8 +51,8 @@ struct lh_gguf {
     const uint8_t *data;     /* the whole file */
     size_t size;
     void *map;               /* mmap'd region (NULL for lh_gguf_open_mem): the file, or with
-                                LH_GGUF_LOAD anonymous memory holding its bytes */
-    int loaded;              /* map is anonymous memory (LH_GGUF_LOAD) */
+                                lh_gguf_open_ex's load_max anonymous memory holding its bytes */
+    int loaded;              /* map is anonymous memory (read in) */
     size_t map_size;
     uint32_t version;
     uint32_t alignment;
@@ -642,9 +642,9 @@ static int load_file(lh_gguf *g, int fd, const char *path)
 
 int lh_gguf_loaded(const lh_gguf *g) { return g->loaded; }
 
-int lh_gguf_open(lh_gguf **gp, const char *path) { return lh_gguf_open_ex(gp, path, LH_GGUF_MAP); }
+int lh_gguf_open(lh_gguf **gp, const char *path) { return lh_gguf_open_ex(gp, path, 0); }
 
-int lh_gguf_open_ex(lh_gguf **gp, const char *path, lh_gguf_hold hold)
+int lh_gguf_open_ex(lh_gguf **gp, const char *path, size_t load_max)
 {
     lh_gguf *g = NULL;
     int fd = -1, rc;
@@ -671,7 +671,7 @@ int lh_gguf_open_ex(lh_gguf **gp, const char *path, lh_gguf_hold hold)
     g->size = (size_t)st.st_size;
     static const uint8_t empty[1];
     g->data = empty;
-    if (g->size > 0 && hold == LH_GGUF_LOAD) {
+    if (g->size > 0 && g->size <= load_max) {
         if ((rc = load_file(g, fd, path)))
             goto fail;
     } else if (g->size > 0) {

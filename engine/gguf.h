@@ -10,14 +10,14 @@
  *
  * lh_gguf_open_mem does the same over caller memory (tests build malformed files in memory).
  *
- * lh_gguf_open_ex with LH_GGUF_LOAD reads the file into anonymous memory instead (transparent
+ * lh_gguf_open_ex can read the file into anonymous memory instead (transparent
  * huge pages asked for, read-only once read) and asks the kernel to drop its page cache of it:
  * the same bytes, but a decode step streams its weights faster from there than from the file's
  * page cache.  Measured on the 2-core development machine, alternating: the F16 GEMV kernel
  * alone over 1 GiB of rows 49.2-51.7 GB/s from anonymous memory against 41.6-42.1 from the
  * mapped file (three rounds each); TinyLlama-1.1B F16 tg64 (longheads-bench --weights load|map,
- * three runs each) best 20.6 against 19.0 tok/s.  The mapping (LH_GGUF_MAP) starts faster and
- * shares the page cache with other processes.
+ * three runs each) best 20.6 against 19.0 tok/s.  The mapping starts faster and shares the
+ * page cache with other processes.
  */
 #ifndef LH_GGUF_H
 #define LH_GGUF_H
@@ -46,13 +46,13 @@ typedef struct {
 
 typedef struct lh_gguf lh_gguf;
 
-int lh_gguf_open(lh_gguf **gp, const char *path);   /* lh_gguf_open_ex(.., LH_GGUF_MAP) */
+int lh_gguf_open(lh_gguf **gp, const char *path);   /* lh_gguf_open_ex(.., 0): mapped */
 
-typedef enum { LH_GGUF_MAP = 0, LH_GGUF_LOAD = 1 } lh_gguf_hold;
-/* As lh_gguf_open, the bytes held as `hold` says; LH_GGUF_LOAD can also fail with -ENOMEM
+/* As lh_gguf_open, the file read into memory when it has at most load_max bytes (0: always
+ * mapped, SIZE_MAX: always read in), else mapped; reading in can also fail with -ENOMEM
  * (logged) where the memory cannot be had. */
-int lh_gguf_open_ex(lh_gguf **gp, const char *path, lh_gguf_hold hold);
-/* 1 when the file was read into memory (LH_GGUF_LOAD), 0 when it is mapped or caller memory. */
+int lh_gguf_open_ex(lh_gguf **gp, const char *path, size_t load_max);
+/* 1 when the file was read into memory, 0 when it is mapped or caller memory. */
 int lh_gguf_loaded(const lh_gguf *g);
 int lh_gguf_open_mem(lh_gguf **gp, const void *data, size_t size, const char *name);
 void lh_gguf_close(lh_gguf *g);

@@ -23,7 +23,6 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/stat.h>
 #include <sys/mman.h>
 #ifdef _OPENMP
 #include <omp.h>
@@ -509,12 +508,9 @@ int lh_model_open_ex(lh_model **mp, const char *path, lh_weights_hold hold)
         rc = -ENOMEM;
         goto fail;
     }
-    lh_gguf_hold gh = hold == LH_WEIGHTS_LOAD ? LH_GGUF_LOAD : LH_GGUF_MAP;
-    struct stat st;
-    if (hold == LH_WEIGHTS_AUTO && stat(path, &st) == 0 && st.st_size > 0 &&
-        (size_t)st.st_size <= lh_mem_available() / 2)
-        gh = LH_GGUF_LOAD;
-    if ((rc = lh_gguf_open_ex(&m->gguf, path, gh)))
+    size_t load_max = hold == LH_WEIGHTS_MAP ? 0 : hold == LH_WEIGHTS_LOAD ? SIZE_MAX
+                                                                          : lh_mem_available() / 2;
+    if ((rc = lh_gguf_open_ex(&m->gguf, path, load_max)))
         goto fail;
     if ((rc = load_hparams(m)))
         goto fail;
