@@ -82,16 +82,21 @@
  * alike (the official prefill leaves it out while its decode keeps it; we keep it in both so that
  * prefill and decode agree).
  *
- * Cost and shape of the work: heads run in parallel (OpenMP over query heads, static), each
- * thread building its head's new chunk representations and then walking the batch one chunk of
- * queries at a time (a block: at most w queries, one current chunk).  Within a block every chunk
- * that any query selected is read once: the queries that chose it, each rotated for the slot it
- * holds in that query's own layout, go through one lh_gemm_nt (scores) and one lh_gemm_nn (P·V).
- * Chunks every query holds at the same slot (chunk 0, the previous and the current one, and inside
- * the window all of them) need no gathering.  Measured (tools/lhbench): this beat grouping
- * consecutive queries with identical selections, which on random data are rarely identical and
- * then degenerate to one matrix-vector product per query and chunk, re-reading each chunk.
- * Scratch per thread depends only on w, L and n_ctx / w, never on the batch size.
+ * Cost and shape of the work: new chunk representations first (one thread per head), then work
+ * items in parallel: a KV head with the query heads of its group and whole blocks of the batch
+ * (a block: the batch's queries of one chunk), as many rows (query head x query) as the scratch
+ * holds (max_rows: scores of 1 MiB), cut smaller only to give every thread an item.  An item
+ * selects for every row (one scoring GEMM per block and head), then reads every chunk in the
+ * union of its rows' selections once: the rows that chose it, each query rotated for the slot it
+ * holds in that row's layout, go through it in pairs (scores) and fours (P·V) with kernels that
+ * read the cache in place (kernels/rows.h).  Rows share chunks across blocks and across the
+ * heads of a GQA group: at 128x L on random weights (dim 512, 8 heads / 4 KV, w = 64, K = 8) an
+ * item of 2 heads x 256 queries held 4096 (row, chunk) pairs over ~350 distinct chunks.  Against
+ * the earlier shape (one head and one block at a time, each chunk's rows gathered for
+ * lh_gemm_nt / lh_gemm_nn, F16 converted first) a 128x prefill went from 0.45 to 0.39 ms per
+ * token and 1x from 0.31 to 0.29 (longheads-bench, the dim-512 model).  A row's arithmetic does
+ * not depend on the other rows of its item, so where a batch is cut never changes a result.
+ * Scratch per thread depends on w, L, n_ctx / w and max_rows, never on the batch size.
  */
 #include "longheads.h"
 
@@ -104,6 +109,7 @@
 #include "log.h"
 #include "matmul.h"
 #include "ops.h"
+#include "rows.h"
 #include "simd.h"
 
 #ifdef _OPENMP
@@ -130,9 +136,11 @@ struct lh_lh {
     size_t *n_done;         /* (n_layer) tokens processed per layer */
     float *rope;            /* (L, n_rot/2, 2) {cos, sin} for positions 0 .. L-1 */
     size_t n_thread;
+    size_t max_rows;        /* rows (query head, query) of one work item of lh_lh_layer */
     size_t scr_floats;      /* floats of scratch per thread */
     float *scr;             /* (n_thread, scr_floats) */
-    size_t *sel;            /* (n_thread, 5*w*K + w) selections and their union */
+    size_t *sel;            /* (n_thread, 5*R*K + max(n_chunk + 1, R)) selections and their
+                               union, R = max_rows */
     /* bound score only */
     size_t n_level;         /* levels of the bound tree: 0 the chunks, the last a single node */
     size_t lvl_off[64];     /* first node of each level */
@@ -146,24 +154,27 @@ struct lh_lh {
 
 /* Chunk representations a prefill block scores per GEMM when they are F16 (converted first):
  * 128 rows of head_dim stay in L1/L2 while the block's queries pass over them. */
-#define REP_TILE 128
+#define REP_TILE 1024
 
-/* Views into one thread's scratch. */
+/* Scores of one work item: R = max_rows is at most ITEM_FLOATS / L, so that x->sc stays within
+ * 1 MiB (L2), and at least w. */
+#define ITEM_FLOATS (1u << 18)
+
+/* Views into one thread's scratch (R = max_rows). */
 typedef struct {
     float *kb, *vb;         /* (w, head_dim) F16 keys / values converted to F32 */
-    float *qr;              /* (w, head_dim) queries rotated for one chunk of a block */
-    float *sc;              /* (w, L) attention rows of a block; (w, w) when building reps */
+    float *qr;              /* (R, head_dim) queries rotated for one chunk */
+    float *sc;              /* (R, L) attention rows of an item; (w, w) when building reps */
     float *ss;              /* (w, n_chunk) selection scores of a block of queries */
-    float *tmp;             /* (w, w) gathered scores / probabilities */
-    float *ot;              /* (w, head_dim) gathered outputs */
+    float *or;              /* (R, head_dim) the item's outputs */
     float *vec;             /* (2*w + head_dim): small vectors when building reps */
     float *qb;              /* (head_dim) a query rotated for the bound score */
     float *rt;              /* (REP_TILE, head_dim) F16 representations converted to F32 */
-    size_t *sel;            /* (w, K) selection of each query of a block */
-    size_t *cur;            /* (n_chunk + 1) merge cursors, or per-chunk counts (all 0 between
-                               blocks) */
-    size_t *uc, *un;        /* (w*K) union of the selections: chunk, number of rows */
-    size_t *ur, *us;        /* (w*K) per (chunk, row) entry: row and its slot */
+    size_t *sel;            /* (R, K) selection of each row of an item */
+    size_t *cur;            /* (max(n_chunk + 1, R)) merge cursors, or per-chunk counts (all 0
+                               between items) */
+    size_t *uc, *un;        /* (R*K) union of the selections: chunk, number of rows */
+    size_t *ur, *us;        /* (R*K) per (chunk, row) entry: row and its slot */
     bb_ent *heap;           /* (n_node) bound only */
     size_t *stat;           /* (8) this thread's counters */
 } scratch;
@@ -183,27 +194,33 @@ static int params_ok(const lh_lh_params *p)
            (p->score == LH_LH_SCORE_REP || p->score == LH_LH_SCORE_BOUND);
 }
 
+static size_t cur_size(const lh_lh *s)
+{
+    return s->n_chunk + 1 > s->max_rows ? s->n_chunk + 1 : s->max_rows;
+}
+
+static size_t sel_size(const lh_lh *s) { return 5 * s->max_rows * s->n_keep + cur_size(s); }
+
 static scratch scratch_of(const lh_lh *s, size_t tid)
 {
-    size_t w = s->p.chunk, d = s->p.head_dim;
+    size_t w = s->p.chunk, d = s->p.head_dim, R = s->max_rows;
     float *f = s->scr + tid * s->scr_floats;
     scratch x;
     x.kb = f;
     x.vb = x.kb + w * d;
     x.qr = x.vb + w * d;
-    x.sc = x.qr + w * d;
-    x.ss = x.sc + w * s->p.window;
-    x.tmp = x.ss + w * s->n_chunk;
-    x.ot = x.tmp + w * w;
-    x.vec = x.ot + w * d;
+    x.sc = x.qr + R * d;
+    x.ss = x.sc + R * s->p.window;
+    x.or = x.ss + w * s->n_chunk;
+    x.vec = x.or + R * d;
     x.qb = x.vec + 2 * w + d;
     x.rt = x.qb + d;
     x.heap = s->heap ? s->heap + tid * s->n_node : NULL;
     x.stat = s->stat + tid * 8;
-    size_t wk = w * s->n_keep;
-    x.sel = s->sel + tid * (5 * wk + s->n_chunk + 1);
+    size_t wk = R * s->n_keep;
+    x.sel = s->sel + tid * sel_size(s);
     x.cur = x.sel + wk;
-    x.uc = x.cur + s->n_chunk + 1;
+    x.uc = x.cur + cur_size(s);
     x.un = x.uc + wk;
     x.ur = x.un + wk;
     x.us = x.ur + wk;
@@ -232,8 +249,11 @@ int lh_lh_new(lh_lh **sp, const lh_lh_params *p, size_t max_q)
 #else
     s->n_thread = 1;
 #endif
-    size_t w = p->chunk, d = p->head_dim;
-    s->scr_floats = 4 * w * d + w * p->window + w * s->n_chunk + w * w + 2 * w + 2 * d +
+    size_t w = p->chunk, d = p->head_dim, R = (p->n_head / p->n_head_kv) * (max_q ? max_q : 1);
+    if (R > ITEM_FLOATS / p->window)
+        R = ITEM_FLOATS / p->window;
+    s->max_rows = R = R < w ? w : R;
+    s->scr_floats = 2 * w * d + 2 * R * d + R * p->window + w * s->n_chunk + 2 * w + 2 * d +
                     REP_TILE * d;
     /* Counts come from the model's configuration; keep the products honest anyway. */
     size_t n_rep = p->n_layer * p->n_head;
@@ -265,7 +285,7 @@ int lh_lh_new(lh_lh **sp, const lh_lh_params *p, size_t max_q)
     s->n_done = calloc(p->n_layer, sizeof(size_t));
     s->rope = calloc(p->window * (p->n_rot ? p->n_rot : 1), sizeof(float));
     s->scr = calloc(s->n_thread * s->scr_floats, sizeof(float));
-    s->sel = calloc(s->n_thread * (5 * w * s->n_keep + s->n_chunk + 1), sizeof(size_t));
+    s->sel = calloc(s->n_thread * sel_size(s), sizeof(size_t));
     if (!s->rep || !s->ring || !s->n_done || !s->rope || !s->scr || !s->sel || !s->stat)
         goto fail;
     lh_ops_rope_table(s->rope, p->window, p->n_rot, &p->rope);
@@ -774,13 +794,6 @@ static void prefetch_rows(const lh_lh_params *p, const void *kv, size_t g, size_
         __builtin_prefetch(b + o);
 }
 
-/* s[j] = q · row j, for the n rows of head_dim starting at element off of kv */
-static void row_qk(const lh_lh_params *p, const float *q, const void *kv, size_t off, size_t n,
-                   float *s)
-{
-    dots(p->kv_type == LH_TYPE_F16, p->head_dim, q, kv, off, n, s);
-}
-
 /* o += sum_j pr[j] · row j, for the n rows of head_dim starting at element off of kv */
 static void row_pv(const lh_lh_params *p, const float *pr, const void *kv, size_t off, size_t n,
                    float *o)
@@ -828,136 +841,49 @@ static void row_pv(const lh_lh_params *p, const float *pr, const void *kv, size_
     }
 }
 
-/* A block of nb consecutive queries of one chunk (rows of q with stride ldq), the first at offset
- * o0 in it; query i attends to the n_s chunks sel[i*n_s ..] (ascending, the last its own chunk,
- * causal).  Each chunk in the union of the selections is read (and converted) once for the block:
- * the queries that chose it, each rotated for the slot it has in its own layout, form one QKᵀ and
- * one PV product, so the work is ~n_s small GEMMs over gathered rows instead of one per query, and
- * queries that share chunks share the reads.  A chunk every query holds at the same slot (always the
- * case for chunk 0, the previous and the current chunk, and inside the window for all) is done in
- * place without gathering.  Writes nb rows of head_dim into out (stride ldo). */
-static void attend_block(const lh_lh *s, const scratch *x, const float *q, size_t ldq, size_t nb,
-                         size_t o0, const size_t *sel, size_t n_s, size_t g, const void *k,
-                         const void *v, float *out, size_t ldo)
+/* sa[j] = qa · key j and sb[j] = qb · key j for the n keys of head_dim at kc (in the cache's type,
+ * read in place); qb == qa, sb == sa for one row.  The arithmetic of a row's scores depends on
+ * head_dim and n only, never on the other row: a query's attention does not depend on which
+ * queries share an item (batches cut elsewhere, a restored prompt cache and a fresh prefill give
+ * the same bits). */
+static void chunk_qk(const lh_lh_params *p, const float *qa, const float *qb, const char *kc,
+                     size_t n, float *sa, float *sb)
 {
-    size_t w = s->p.chunk, d = s->p.head_dim, ld = s->p.window, last = n_s - 1;
-    float scale = 1.0f / sqrtf((float)d);
-    size_t *cur = x->cur, *uc = x->uc, *un = x->un, *ur = x->ur, *us = x->us;
-    size_t n_u = 0, n_e = 0;
+    int f16 = p->kv_type == LH_TYPE_F16;
+    size_t d = p->head_dim;
+#if defined(LH_HAVE_ROWS) && defined(__AVX512F__)
+    if (d == 64) {   /* each key row loaded once for both */
+        f16 ? scores2_64(1, qa, qb, kc, n, sa, sb) : scores2_64(0, qa, qb, kc, n, sa, sb);
+        return;
+    }
+    if (d % 16 == 0) {
+        f16 ? direct_scores(1, qa, kc, n, d, sa) : direct_scores(0, qa, kc, n, d, sa);
+        if (sb != sa)
+            f16 ? direct_scores(1, qb, kc, n, d, sb) : direct_scores(0, qb, kc, n, d, sb);
+        return;
+    }
+#endif
+    dots(f16, d, qa, kc, 0, n, sa);
+    if (sb != sa)
+        dots(f16, d, qb, kc, 0, n, sb);
+}
 
-    /* Union of the selections in ascending order; for every chunk the rows that chose it (in
-     * row order) and the slot it has in each.  Few rows: merge the sorted lists (~n_u * nb steps);
-     * a prefill block: a counting sort over chunks 0 .. cc (nb * n_s + cc steps; the merge cost
-     * a third of the attention at 128x L). */
-    if (nb > 1 && nb * nb * n_s > sel[last]) {
-        size_t cc_ = sel[last];   /* every row's last chunk, the largest */
-        for (size_t i = 0; i < nb * n_s; i++)
-            cur[sel[i]]++;
-        for (size_t c = 0; c <= cc_; c++)
-            if (cur[c]) {
-                uc[n_u] = c;
-                un[n_u++] = cur[c];
-                size_t n_c = cur[c];
-                cur[c] = n_e;     /* from here: the next free entry of chunk c */
-                n_e += n_c;
-            }
-        for (size_t i = 0; i < nb; i++)
-            for (size_t r = 0; r < n_s; r++) {
-                size_t e = cur[sel[i * n_s + r]]++;
-                ur[e] = i;
-                us[e] = r;
-            }
-        for (size_t u = 0; u < n_u; u++)
-            cur[uc[u]] = 0;
-    } else {
-        for (size_t i = 0; i < nb; i++)
-            cur[i] = 0;
-        for (;;) {
-            size_t c = SIZE_MAX;
-            for (size_t i = 0; i < nb; i++)
-                if (cur[i] < n_s && sel[i * n_s + cur[i]] < c)
-                    c = sel[i * n_s + cur[i]];
-            if (c == SIZE_MAX)
-                break;
-            uc[n_u] = c;
-            un[n_u] = 0;
-            for (size_t i = 0; i < nb; i++)
-                if (cur[i] < n_s && sel[i * n_s + cur[i]] == c) {
-                    ur[n_e] = i;
-                    us[n_e++] = cur[i]++;
-                    un[n_u]++;
-                }
-            n_u++;
-        }
-        for (size_t i = 0; i < nb; i++)
-            cur[i] = 0;   /* the counting sort's invariant */
+/* o[i] += sum_j pr[i][j] · value j for i < 4, the n values of head_dim at vc; rows past n_live
+ * repeat row 0 (same pointers: the same sums stored twice).  Per row the same arithmetic whatever
+ * the other rows, as in chunk_qk. */
+static void chunk_pv(const lh_lh_params *p, const float *const *pr, const char *vc, size_t n,
+                     float *const *o, size_t n_live)
+{
+#if defined(LH_HAVE_ROWS) && defined(__AVX512F__)
+    if (p->head_dim == 64) {   /* each value row loaded once for the four */
+        p->kv_type == LH_TYPE_F16
+            ? pv4_64p(1, pr[0], pr[1], pr[2], pr[3], vc, n, o[0], o[1], o[2], o[3])
+            : pv4_64p(0, pr[0], pr[1], pr[2], pr[3], vc, n, o[0], o[1], o[2], o[3]);
+        return;
     }
-
-    /* Scores.  Row i of x->sc is query i's layout: slot r at columns r*w .. r*w+w-1.  Only the
-     * current chunk (the last slot of every row) is partial: keys up to the last query's own. */
-    size_t cc = sel[last];
-    if (nb == 1) /* decode: every selected chunk's keys and values, all requests in flight */
-        for (size_t u = 0; u < n_u; u++) {
-            prefetch_rows(&s->p, k, g, uc[u] * w, uc[u] == cc ? o0 + nb : w);
-            prefetch_rows(&s->p, v, g, uc[u] * w, uc[u] == cc ? o0 + nb : w);
-        }
-    for (size_t u = 0, e = 0; u < n_u; e += un[u], u++) {
-        size_t c = uc[u], n_c = un[u], nk = c == cc ? o0 + nb : w;
-        int direct = n_c == nb;
-        for (size_t j = 1; direct && j < n_c; j++)
-            direct = us[e + j] == us[e];
-        /* query position P = last*w + o0 + i, slot r starts at r*w: rotate by the difference */
-        for (size_t j = 0; j < n_c; j++) {
-            size_t i = ur[e + j];
-            rotate_scaled(s, x->qr + j * d, q + i * ldq, (last - us[e + j]) * w + o0 + i, scale);
-        }
-        if (n_c == 1) {
-            row_qk(&s->p, x->qr, k, (g * s->p.n_ctx + c * w) * d, nk,
-                   x->sc + ur[e] * ld + us[e] * w);
-            continue;
-        }
-        const float *kc = kv_rows(&s->p, k, g, c * w, nk, x->kb);
-        if (direct) {
-            lh_gemm_nt(nb, nk, d, x->qr, d, kc, d, x->sc + us[e] * w, ld, 0.0f);
-            continue;
-        }
-        lh_gemm_nt(n_c, nk, d, x->qr, d, kc, d, x->tmp, w, 0.0f);
-        for (size_t j = 0; j < n_c; j++)
-            memcpy(x->sc + ur[e + j] * ld + us[e + j] * w, x->tmp + j * w, nk * sizeof(float));
-    }
-    size_t n_cols = last * w + o0 + nb;
-    for (size_t i = 0; i < nb; i++) {
-        float *row = x->sc + i * ld;
-        size_t n = last * w + o0 + i + 1;   /* keys up to and including its own */
-        lh_ops_softmax(row, n);
-        for (size_t j = n; j < n_cols; j++)
-            row[j] = 0.0f;
-    }
-
-    /* out = sum over the union of P · V, one product per chunk */
-    for (size_t i = 0; i < nb; i++)
-        memset(out + i * ldo, 0, d * sizeof(float));
-    for (size_t u = 0, e = 0; u < n_u; e += un[u], u++) {
-        size_t c = uc[u], n_c = un[u], nk = c == cc ? o0 + nb : w;
-        int direct = n_c == nb;
-        for (size_t j = 1; direct && j < n_c; j++)
-            direct = us[e + j] == us[e];
-        if (n_c == 1) {
-            row_pv(&s->p, x->sc + ur[e] * ld + us[e] * w, v, (g * s->p.n_ctx + c * w) * d, nk,
-                   out + ur[e] * ldo);
-            continue;
-        }
-        const float *vc = kv_rows(&s->p, v, g, c * w, nk, x->vb);
-        if (direct) {
-            lh_gemm_nn(nb, d, nk, x->sc + us[e] * w, ld, vc, d, out, ldo, 1.0f);
-            continue;
-        }
-        for (size_t j = 0; j < n_c; j++)
-            memcpy(x->tmp + j * w, x->sc + ur[e + j] * ld + us[e + j] * w, nk * sizeof(float));
-        lh_gemm_nn(n_c, d, nk, x->tmp, w, vc, d, x->ot, d, 0.0f);
-        for (size_t j = 0; j < n_c; j++)
-            lh_ops_add(out + ur[e + j] * ldo, x->ot + j * d, d);
-    }
+#endif
+    for (size_t i = 0; i < n_live; i++)
+        row_pv(p, pr[i], vc, 0, n, o[i]);
 }
 
 /* x->ss[j * n_chunk + c] = q_j · rep_c for the nb queries q_j (row stride ld_q) of a prefill block
@@ -978,87 +904,242 @@ static void rep_scores(const lh_lh *s, const scratch *x, size_t nb, const float 
     }
 }
 
-/* Everything one head does for one batch: new chunk representations, then attention. */
-static void layer_head(const lh_lh *s, size_t tid, size_t layer, size_t h, const float *q,
-                       size_t n_q, size_t pos0, const void *k, const void *v, float *out)
+/* A work item of lh_lh_layer: KV head g, its query heads h0 .. h0+hp-1 and queries i0 .. i0+qn-1
+ * of the batch.  Row r is query i0 + r / hp of head h0 + r % hp (query-major: inside the window
+ * the rows that hold a chunk are then one contiguous run). */
+typedef struct {
+    size_t g, h0, hp, i0, qn;
+} item;
+
+static size_t row_t(const item *it, size_t pos0, size_t r) { return pos0 + it->i0 + r / it->hp; }
+
+/* Slots of the layout of the query at t: chunks 0 .. cc inside the window, else K. */
+static size_t n_slots(const lh_lh *s, size_t t)
+{
+    return t < s->p.window ? t / s->p.chunk + 1 : s->n_keep;
+}
+
+/* Query and output of row r: (head, query) -> element offset in q and out (same layout). */
+static size_t row_off(const lh_lh *s, const item *it, size_t r)
+{
+    return (it->i0 + r / it->hp) * s->ld_q + (it->h0 + r % it->hp) * s->p.head_dim;
+}
+
+/* The selection of every row into x->sel (stride K, ascending, the last its own chunk): the
+ * queries of one head and one chunk (a block) are scored together. */
+static void select_rows(const lh_lh *s, const scratch *x, size_t layer, const item *it,
+                        const float *q, size_t pos0)
 {
     const lh_lh_params *p = &s->p;
     size_t w = p->chunk, d = p->head_dim, L = p->window, K = s->n_keep, ldq = s->ld_q;
-    size_t g = h / (p->n_head / p->n_head_kv);
-    scratch x = scratch_of(s, tid);
+    size_t hp = it->hp, ldsel = hp * K;   /* one query to the next, same head */
     int bound = p->score == LH_LH_SCORE_BOUND;
     int f16 = p->kv_type == LH_TYPE_F16;
-    size_t rep0 = (layer * p->n_head + h) * s->n_chunk * d;   /* element offset in s->rep */
-    if (!bound)
-        for (size_t c = pos0 / w; c < (pos0 + n_q) / w; c++)
-            build_rep(s, &x, layer, h, g, c, q, pos0, k, v, rep0 + c * d);
-
-    for (size_t i = 0; i < n_q;) {
-        size_t t = pos0 + i, cc = t / w;
-        size_t nb = (cc + 1) * w - t;       /* queries of this batch in chunk cc */
-        if (nb > n_q - i)
-            nb = n_q - i;
-        const float *qb = q + i * ldq + h * d;
-        float *ob = out + i * ldq + h * d;
-        size_t n_s = K;
-        if (t < L) {
-            /* identity layout: chunks 0 .. cc at their own slots, for every query */
-            n_s = cc + 1;
-            for (size_t j = 0; j < nb; j++)
-                for (size_t c = 0; c <= cc; c++)
-                    x.sel[j * n_s + c] = c;
-        } else if (bound && !p->branch_and_bound && !s->check) {
-            /* every candidate's bound, chunk-major so that each min/max pair is read once for
-             * the block; q un-rotated (lh_lh_bound_pos is 0) */
-            size_t o = tree_node(s, layer, g, 0, 0);
-            for (size_t c = 1; c + 1 < cc; c++)
-                for (size_t j = 0; j < nb; j++)
-                    x.ss[j * s->n_chunk + c - 1] = bound_dot(qb + j * ldq, s->bmin + o + c * d,
-                                                             s->bmax + o + c * d, d);
-            for (size_t j = 0; j < nb; j++)
-                select_from_scores(K, cc, x.ss + j * s->n_chunk, x.sel + j * K);
-            x.stat[0] += nb;
-            x.stat[1] += nb * (cc - 2);
-            x.stat[2] += nb * (cc - 2);
-        } else if (bound) {
-            for (size_t j = 0; j < nb; j++) {
-                rotate_scaled(s, x.qb, qb + j * ldq, lh_lh_bound_pos(p, t + j), 1.0f);
-                select_bound(s, layer, g, x.qb, cc, x.ss, x.heap, x.stat, x.sel + j * K);
-                if (s->check) {
-                    /* flat: bound scores of chunks 0 .. cc-2 after the K floats select_bound used */
-                    float *sc = x.ss + K;
-                    for (size_t c = 0; c + 1 < cc; c++) {
-                        size_t o = tree_node(s, layer, g, 0, c);
-                        sc[c] = bound_dot(x.qb, s->bmin + o, s->bmax + o, d);
+    for (size_t hh = 0; hh < hp; hh++) {
+        size_t h = it->h0 + hh, g = it->g;
+        size_t rep0 = (layer * p->n_head + h) * s->n_chunk * d;   /* element offset in s->rep */
+        for (size_t j = 0; j < it->qn;) {
+            size_t i = it->i0 + j, t = pos0 + i, cc = t / w;
+            size_t nb = (cc + 1) * w - t;       /* queries of this item in chunk cc */
+            if (nb > it->qn - j)
+                nb = it->qn - j;
+            const float *qb = q + i * ldq + h * d;
+            size_t *sel = x->sel + (j * hp + hh) * K;
+            if (t < L) {
+                /* identity layout: chunks 0 .. cc at their own slots */
+                for (size_t jj = 0; jj < nb; jj++)
+                    for (size_t c = 0; c <= cc; c++)
+                        sel[jj * ldsel + c] = c;
+            } else if (bound && !p->branch_and_bound && !s->check) {
+                /* every candidate's bound, chunk-major so that each min/max pair is read once
+                 * for the block; q un-rotated (lh_lh_bound_pos is 0) */
+                size_t o = tree_node(s, layer, g, 0, 0);
+                for (size_t c = 1; c + 1 < cc; c++)
+                    for (size_t jj = 0; jj < nb; jj++)
+                        x->ss[jj * s->n_chunk + c - 1] =
+                            bound_dot(qb + jj * ldq, s->bmin + o + c * d, s->bmax + o + c * d, d);
+                for (size_t jj = 0; jj < nb; jj++)
+                    select_from_scores(K, cc, x->ss + jj * s->n_chunk, sel + jj * ldsel);
+                x->stat[0] += nb;
+                x->stat[1] += nb * (cc - 2);
+                x->stat[2] += nb * (cc - 2);
+            } else if (bound) {
+                for (size_t jj = 0; jj < nb; jj++) {
+                    size_t *sj = sel + jj * ldsel;
+                    rotate_scaled(s, x->qb, qb + jj * ldq, lh_lh_bound_pos(p, t + jj), 1.0f);
+                    select_bound(s, layer, g, x->qb, cc, x->ss, x->heap, x->stat, sj);
+                    if (s->check) {
+                        /* flat: bound scores of chunks 0 .. cc-2 after the K floats select_bound
+                         * used */
+                        float *sc = x->ss + K;
+                        for (size_t c = 0; c + 1 < cc; c++) {
+                            size_t o = tree_node(s, layer, g, 0, c);
+                            sc[c] = bound_dot(x->qb, s->bmin + o, s->bmax + o, d);
+                        }
+                        select_from_scores(K, cc, sc + 1, x->uc);
+                        x->stat[4] += memcmp(x->uc, sj, K * sizeof(size_t)) != 0;
                     }
-                    select_from_scores(K, cc, sc + 1, x.uc);
-                    x.stat[4] += memcmp(x.uc, x.sel + j * K, K * sizeof(size_t)) != 0;
                 }
+            } else {
+                /* decode: one query against every representation, a row-dot kernel
+                 * (lh_gemm_nt pads a single row) */
+                if (K > 3 && nb == 1)
+                    dots(f16, d, qb, s->rep, rep0 + d, cc - 2, x->ss);
+                else if (K > 3)
+                    rep_scores(s, x, nb, qb, rep0 + d, cc - 2);
+                for (size_t jj = 0; jj < nb; jj++)
+                    select_from_scores(K, cc, x->ss + jj * s->n_chunk, sel + jj * ldsel);
+                x->stat[0] += nb;
+                x->stat[1] += nb * (cc - 2);
+                x->stat[2] += K > 3 ? nb * (cc - 2) : 0;
             }
-        } else {
-            /* decode: one query against every representation, a row-dot kernel (lh_gemm_nt pads
-             * a single row) */
-            if (K > 3 && nb == 1)
-                dots(f16, d, qb, s->rep, rep0 + d, cc - 2, x.ss);
-            else if (K > 3)
-                rep_scores(s, &x, nb, qb, rep0 + d, cc - 2);
-            for (size_t j = 0; j < nb; j++)
-                select_from_scores(K, cc, x.ss + j * s->n_chunk, x.sel + j * K);
-            x.stat[0] += nb;
-            x.stat[1] += nb * (cc - 2);
-            x.stat[2] += K > 3 ? nb * (cc - 2) : 0;
+            j += nb;
         }
-        attend_block(s, &x, qb, ldq, nb, t % w, x.sel, n_s, g, k, v, ob, ldq);
-        i += nb;
+    }
+}
+
+/* Attention of an item's rows to their selected chunks (select_rows).  Each chunk in the union of
+ * the selections of all rows (several blocks of queries, every query head of the KV head) is read
+ * (and converted) once: the rows that chose it, each query rotated for the slot it has in its own
+ * layout, form one QKᵀ and one PV product.  Rows of one KV head share its cache, so the query
+ * heads of a group read a chunk they both chose once, and so do the blocks of a batch: on random
+ * selections at 128x L (K = 8, w = 64, two heads, 256 queries) that is ~40% of the reads of one
+ * block and one head at a time.  A chunk that the rows holding it hold at one slot and in
+ * consecutive rows (chunk 0, and every chunk inside the window) is done in place. */
+static void attend_rows(const lh_lh *s, const scratch *x, const item *it, size_t pos0,
+                        const float *q, const void *k, const void *v, float *out)
+{
+    size_t w = s->p.chunk, d = s->p.head_dim, ld = s->p.window, K = s->n_keep, g = it->g;
+    size_t n_rows = it->hp * it->qn, t_end = pos0 + it->i0 + it->qn, c_max = (t_end - 1) / w;
+    float scale = 1.0f / sqrtf((float)d);
+    const size_t *sel = x->sel;
+    size_t *cur = x->cur, *uc = x->uc, *un = x->un, *ur = x->ur, *us = x->us;
+    size_t n_u = 0, n_e = 0;
+
+    /* Union of the selections in ascending chunk order; for every chunk the rows that chose it
+     * (in row order) and the slot it has in each.  Few rows: merge the sorted lists (~n_u * rows
+     * steps); more: a counting sort over chunks 0 .. c_max (entries + c_max steps). */
+    if (n_rows > 1 && n_rows * n_rows * K > c_max) {
+        for (size_t r = 0; r < n_rows; r++)
+            for (size_t m = 0, ns = n_slots(s, row_t(it, pos0, r)); m < ns; m++)
+                cur[sel[r * K + m]]++;
+        for (size_t c = 0; c <= c_max; c++)
+            if (cur[c]) {
+                uc[n_u] = c;
+                un[n_u++] = cur[c];
+                size_t n_c = cur[c];
+                cur[c] = n_e;     /* from here: the next free entry of chunk c */
+                n_e += n_c;
+            }
+        for (size_t r = 0; r < n_rows; r++)
+            for (size_t m = 0, ns = n_slots(s, row_t(it, pos0, r)); m < ns; m++) {
+                size_t e = cur[sel[r * K + m]]++;
+                ur[e] = r;
+                us[e] = m;
+            }
+        for (size_t u = 0; u < n_u; u++)
+            cur[uc[u]] = 0;
+    } else {
+        for (size_t r = 0; r < n_rows; r++)
+            cur[r] = 0;
+        for (;;) {
+            size_t c = SIZE_MAX;
+            for (size_t r = 0; r < n_rows; r++)
+                if (cur[r] < n_slots(s, row_t(it, pos0, r)) && sel[r * K + cur[r]] < c)
+                    c = sel[r * K + cur[r]];
+            if (c == SIZE_MAX)
+                break;
+            uc[n_u] = c;
+            un[n_u] = 0;
+            for (size_t r = 0; r < n_rows; r++)
+                if (cur[r] < n_slots(s, row_t(it, pos0, r)) && sel[r * K + cur[r]] == c) {
+                    ur[n_e] = r;
+                    us[n_e++] = cur[r]++;
+                    un[n_u]++;
+                }
+            n_u++;
+        }
+        for (size_t r = 0; r < n_rows; r++)
+            cur[r] = 0;   /* the counting sort's invariant */
     }
 
-    /* Keep the last w queries of this head for chunks that complete in a later batch. */
-    if (bound)
-        return;
-    float *ring = s->ring + layer * w * ldq;
-    size_t p_from = n_q > w ? pos0 + n_q - w : pos0;
-    for (size_t pos = p_from; pos < pos0 + n_q; pos++)
-        memcpy(ring + (pos % w) * ldq + h * d, q + (pos - pos0) * ldq + h * d, d * sizeof(float));
+    /* Scores.  Row r of x->sc is its query's layout: slot m at columns m*w .. m*w+w-1.  Every
+     * key of a chunk is scored (chunk_qk), as far as the cache goes, written or not: what lies
+     * past a row's own key is masked by its softmax, and each key's score is its own lanes. */
+    const size_t n_ctx = s->p.n_ctx, elt = kv_elt(&s->p);
+    const char *kh = (const char *)k + g * n_ctx * d * elt, *vh = (const char *)v + g * n_ctx * d * elt;
+    if (it->qn == 1) /* decode: every selected chunk's keys and values, all requests in flight */
+        for (size_t u = 0; u < n_u; u++) {
+            size_t nk = t_end - uc[u] * w < w ? t_end - uc[u] * w : w;
+            prefetch_rows(&s->p, k, g, uc[u] * w, nk);
+            prefetch_rows(&s->p, v, g, uc[u] * w, nk);
+        }
+    for (size_t u = 0, e = 0; u < n_u; e += un[u], u++) {
+        size_t c = uc[u], n_c = un[u], nk = n_ctx - c * w < w ? n_ctx - c * w : w;
+        /* query position P = last*w + t mod w, slot m starts at m*w: rotate by the difference */
+        for (size_t j = 0; j < n_c; j++) {
+            size_t r = ur[e + j], t = row_t(it, pos0, r), last = n_slots(s, t) - 1;
+            rotate_scaled(s, x->qr + j * d, q + row_off(s, it, r), (last - us[e + j]) * w + t % w,
+                          scale);
+        }
+        const char *kc = kh + c * w * d * elt;
+        for (size_t j = 0; j < n_c; j += 2) {
+            size_t j1 = j + 1 < n_c ? j + 1 : j;   /* an odd row is paired with itself */
+            chunk_qk(&s->p, x->qr + j * d, x->qr + j1 * d, kc, nk,
+                     x->sc + ur[e + j] * ld + us[e + j] * w, x->sc + ur[e + j1] * ld + us[e + j1] * w);
+        }
+    }
+    for (size_t r = 0; r < n_rows; r++) {
+        float *row = x->sc + r * ld;
+        size_t t = row_t(it, pos0, r), ns = n_slots(s, t);
+        size_t n = (ns - 1) * w + t % w + 1;   /* keys up to and including its own */
+        lh_ops_softmax(row, n);
+        for (size_t j = n; j < ns * w; j++)
+            row[j] = 0.0f;
+    }
+
+    /* x->or = sum over the union of P · V (values up to the item's last query: every row's
+     * probabilities past its own key are 0, which adds nothing), then copied out */
+    float *o = x->or;
+    memset(o, 0, n_rows * d * sizeof(float));
+    for (size_t u = 0, e = 0; u < n_u; e += un[u], u++) {
+        size_t c = uc[u], n_c = un[u], nk = t_end - c * w < w ? t_end - c * w : w;
+        const char *vc = vh + c * w * d * elt;
+        for (size_t j = 0; j < n_c; j += 4) {
+            size_t jj[4];
+            for (size_t i = 0; i < 4; i++)
+                jj[i] = j + i < n_c ? j + i : j;   /* missing rows repeat the first */
+            const float *pr[4];
+            float *orow[4];
+            for (size_t i = 0; i < 4; i++) {
+                pr[i] = x->sc + ur[e + jj[i]] * ld + us[e + jj[i]] * w;
+                orow[i] = o + ur[e + jj[i]] * d;
+            }
+            chunk_pv(&s->p, pr, vc, nk, orow, n_c - j < 4 ? n_c - j : 4);
+        }
+    }
+    for (size_t r = 0; r < n_rows; r++)
+        memcpy(out + row_off(s, it, r), o + r * d, d * sizeof(float));
+}
+
+/* Representations of the chunks of head h that complete in this batch (rep score only). */
+static void head_reps(const lh_lh *s, size_t tid, size_t layer, size_t h, const float *q,
+                      size_t n_q, size_t pos0, const void *k, const void *v)
+{
+    size_t w = s->p.chunk, d = s->p.head_dim;
+    size_t g = h / (s->p.n_head / s->p.n_head_kv);
+    scratch x = scratch_of(s, tid);
+    size_t rep0 = (layer * s->p.n_head + h) * s->n_chunk * d;   /* element offset in s->rep */
+    for (size_t c = pos0 / w; c < (pos0 + n_q) / w; c++)
+        build_rep(s, &x, layer, h, g, c, q, pos0, k, v, rep0 + c * d);
+}
+
+/* The next smaller divisor of n below m (m > 1). */
+static size_t smaller_divisor(size_t n, size_t m)
+{
+    for (m--; m > 1 && n % m; m--)
+        ;
+    return m;
 }
 
 int lh_lh_layer(lh_lh *s, size_t layer, const float *q, size_t n_q, size_t pos0,
@@ -1072,29 +1153,69 @@ int lh_lh_layer(lh_lh *s, size_t layer, const float *q, size_t n_q, size_t pos0,
     }
     if (n_q == 0)
         return 0;
-    /* One thread per head: selections are per head, so a thread never waits on another and
-     * writes only its head's columns of out, rep and ring.  lh_gemm_* run serially inside.
-     * Tiny batches (a few thousand multiply-adds per head) stay serial: waking the team costs
-     * more than the work, and far more when the cores are shared (the unit tests' shapes). */
     /* The bound tree is per KV head and read by all heads of its group: built first, serially
      * (a min/max pass over the new keys, far less work than the attention). */
-    if (s->p.score == LH_LH_SCORE_BOUND)
+    int bound = s->p.score == LH_LH_SCORE_BOUND;
+    if (bound)
         for (size_t c = pos0 / s->p.chunk; c < (pos0 + n_q) / s->p.chunk; c++)
             for (size_t g = 0; g < s->p.n_head_kv; g++)
                 tree_add(s, layer, g, c, k, s->scr);
-    long n_head = (long)s->p.n_head;
-    int n_thr = (int)s->n_thread;
+    /* Work items: a KV head with all query heads of its group and as many queries as the scratch
+     * holds rows (s->max_rows), split further (fewer heads, then fewer queries) until there is an
+     * item for every thread.  Each item writes only its rows of out; new representations are
+     * made first, one head per thread.  Tiny batches (a few thousand multiply-adds per head) stay
+     * serial: waking the team costs more than the work, and far more when the cores are shared
+     * (the unit tests' shapes). */
+    size_t n_kv = s->p.n_head_kv, grp = s->p.n_head / n_kv, hp = grp, w = s->p.chunk;
+    size_t n_thr = s->n_thread, c0 = pos0 / w, n_blk = (pos0 + n_q - 1) / w - c0 + 1;
+    size_t blk = n_q < w ? n_q : w;   /* the most queries of a block */
+    while (hp > 1 && (n_kv * (grp / hp) < n_thr || hp * blk > s->max_rows))
+        hp = smaller_divisor(grp, hp);
+    /* items hold whole blocks (a chunk's queries of the batch): the queries a block scores
+     * together do not depend on where the batch was cut beyond it */
+    size_t n_hi = n_kv * (grp / hp), bpi = s->max_rows / hp / w;
+    bpi = bpi ? bpi : 1;
+    size_t n_qp = (n_blk + bpi - 1) / bpi;
+    if (n_hi * n_qp < n_thr) {
+        n_qp = (n_thr + n_hi - 1) / n_hi < n_blk ? (n_thr + n_hi - 1) / n_hi : n_blk;
+        bpi = (n_blk + n_qp - 1) / n_qp;
+        n_qp = (n_blk + bpi - 1) / bpi;
+    }
+    long n_item = (long)(n_hi * n_qp), n_head = (long)s->p.n_head;
     size_t n_key = pos0 + n_q < s->p.window ? pos0 + n_q : s->p.window;
     int big = (double)n_q * (double)s->p.n_head * (double)n_key * (double)s->p.head_dim >= 65536.0;
-    (void)n_thr;
     (void)big;
-    OMP(omp parallel for schedule(static) num_threads(n_thr) if(big))
-    for (long h = 0; h < n_head; h++) {
+    OMP(omp parallel num_threads((int)n_thr) if(big))
+    {
         size_t tid = 0;
 #ifdef _OPENMP
         tid = (size_t)omp_get_thread_num();
 #endif
-        layer_head(s, tid, layer, (size_t)h, q, n_q, pos0, k, v, out);
+        if (!bound) {
+            OMP(omp for schedule(static))
+            for (long h = 0; h < n_head; h++)
+                head_reps(s, tid, layer, (size_t)h, q, n_q, pos0, k, v);
+        }
+        OMP(omp for schedule(dynamic, 1))
+        for (long ix = 0; ix < n_item; ix++) {
+            size_t hi = (size_t)ix / n_qp, b0 = (size_t)ix % n_qp * bpi;
+            size_t b1 = b0 + bpi < n_blk ? b0 + bpi : n_blk;
+            size_t i0 = b0 ? (c0 + b0) * w - pos0 : 0, i1 = b1 < n_blk ? (c0 + b1) * w - pos0 : n_q;
+            item it = { hi / (grp / hp), hi / (grp / hp) * grp + hi % (grp / hp) * hp, hp, i0,
+                        i1 - i0 };
+            scratch x = scratch_of(s, tid);
+            select_rows(s, &x, layer, &it, q, pos0);
+            attend_rows(s, &x, &it, pos0, q, k, v, out);
+        }
+    }
+
+    /* Keep the last w queries of every head for chunks that complete in a later batch. */
+    if (!bound) {
+        float *ring = s->ring + layer * w * s->ld_q;
+        size_t p_from = n_q > w ? pos0 + n_q - w : pos0;
+        for (size_t pos = p_from; pos < pos0 + n_q; pos++)
+            memcpy(ring + (pos % w) * s->ld_q, q + (pos - pos0) * s->ld_q,
+                   s->ld_q * sizeof(float));
     }
     s->n_done[layer] = pos0 + n_q;
     return 0;
