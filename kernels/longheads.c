@@ -175,6 +175,8 @@ typedef struct {
                                between items) */
     size_t *uc, *un;        /* (R*K) union of the selections: chunk, number of rows */
     size_t *ur, *us;        /* (R*K) per (chunk, row) entry: row and its slot */
+    size_t *rq, *rp;        /* (R) per row: offset of its query in q and out; rotation of its
+                               query for slot 0 (slot m: m*w less) */
     bb_ent *heap;           /* (n_node) bound only */
     size_t *stat;           /* (8) this thread's counters */
 } scratch;
@@ -199,7 +201,10 @@ static size_t cur_size(const lh_lh *s)
     return s->n_chunk + 1 > s->max_rows ? s->n_chunk + 1 : s->max_rows;
 }
 
-static size_t sel_size(const lh_lh *s) { return 5 * s->max_rows * s->n_keep + cur_size(s); }
+static size_t sel_size(const lh_lh *s)
+{
+    return 5 * s->max_rows * s->n_keep + cur_size(s) + 2 * s->max_rows;
+}
 
 static scratch scratch_of(const lh_lh *s, size_t tid)
 {
@@ -224,6 +229,8 @@ static scratch scratch_of(const lh_lh *s, size_t tid)
     x.un = x.uc + wk;
     x.ur = x.un + wk;
     x.us = x.ur + wk;
+    x.rq = x.us + wk;
+    x.rp = x.rq + R;
     return x;
 }
 
@@ -374,7 +381,8 @@ static const float *kv_rows(const lh_lh_params *p, const void *kv, size_t g, siz
 }
 
 /* dst = rot(src, pos) / sqrt(d): folding the softmax scale into the query saves a pass. */
-static void rotate_scaled(const lh_lh *s, float *dst, const float *src, size_t pos, float scale)
+static void rotate_scaled(const lh_lh *s, float *restrict dst, const float *restrict src,
+                          size_t pos, float scale)
 {
     size_t d = s->p.head_dim;
     for (size_t i = 0; i < d; i++)
@@ -405,12 +413,14 @@ static void build_rep(const lh_lh *s, const scratch *x, size_t layer, size_t h, 
     for (size_t i = 0; i < w; i++)
         lh_ops_softmax(att + i * w, w);
     /* mean_i sum_j att[i][j] v_j = sum_j (mean_i att[i][j]) v_j: one vector-matrix product. */
-    float *abar = x->vec, *pj = x->vec + w, *sv = x->vec + 2 * w;
+    float *pj = x->vec + w, *sv = x->vec + 2 * w;
+    float *restrict abar = x->vec;   /* restrict: the column sums vectorise */
+    const float *restrict at = att;
     for (size_t j = 0; j < w; j++)
         abar[j] = 0;
     for (size_t i = 0; i < w; i++)
         for (size_t j = 0; j < w; j++)
-            abar[j] += att[i * w + j];
+            abar[j] += at[i * w + j];
     for (size_t j = 0; j < w; j++)
         abar[j] /= (float)w;
     lh_gemm_nn(1, d, w, abar, w, vc, d, sv, d, 0.0f);
@@ -1063,6 +1073,12 @@ static void attend_rows(const lh_lh *s, const scratch *x, const item *it, size_t
             cur[r] = 0;   /* the counting sort's invariant */
     }
 
+    for (size_t r = 0; r < n_rows; r++) {
+        size_t t = row_t(it, pos0, r);
+        x->rq[r] = row_off(s, it, r);
+        x->rp[r] = (n_slots(s, t) - 1) * w + t % w;   /* P: the query's layout position */
+    }
+
     /* Scores.  Row r of x->sc is its query's layout: slot m at columns m*w .. m*w+w-1.  Every
      * key of a chunk is scored (chunk_qk), as far as the cache goes, written or not: what lies
      * past a row's own key is masked by its softmax, and each key's score is its own lanes. */
@@ -1078,9 +1094,8 @@ static void attend_rows(const lh_lh *s, const scratch *x, const item *it, size_t
         size_t c = uc[u], n_c = un[u], nk = n_ctx - c * w < w ? n_ctx - c * w : w;
         /* query position P = last*w + t mod w, slot m starts at m*w: rotate by the difference */
         for (size_t j = 0; j < n_c; j++) {
-            size_t r = ur[e + j], t = row_t(it, pos0, r), last = n_slots(s, t) - 1;
-            rotate_scaled(s, x->qr + j * d, q + row_off(s, it, r), (last - us[e + j]) * w + t % w,
-                          scale);
+            size_t r = ur[e + j];
+            rotate_scaled(s, x->qr + j * d, q + x->rq[r], x->rp[r] - us[e + j] * w, scale);
         }
         const char *kc = kh + c * w * d * elt;
         for (size_t j = 0; j < n_c; j += 2) {
@@ -1119,7 +1134,7 @@ static void attend_rows(const lh_lh *s, const scratch *x, const item *it, size_t
         }
     }
     for (size_t r = 0; r < n_rows; r++)
-        memcpy(out + row_off(s, it, r), o + r * d, d * sizeof(float));
+        memcpy(out + x->rq[r], o + r * d, d * sizeof(float));
 }
 
 /* Representations of the chunks of head h that complete in this batch (rep score only). */
