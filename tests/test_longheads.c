@@ -332,6 +332,37 @@ static void test_split_invariance(void)
     }
 }
 
+/* Batches cut at chunk boundaries give the same bits: a query's attention does not depend on
+ * which other queries (blocks, heads of its group) share its work item, past the window too.
+ * head_dim 64 takes the paired row kernels, 8 the single-row ones. */
+static void test_cut_invariance(void)
+{
+    size_t dims[] = { 64, 8 };
+    lh_type kvs[] = { LH_TYPE_F16, LH_TYPE_F32 };
+    for (size_t i = 0; i < 2; i++) {
+        lh_lh_params p = params(16, 128, 4, 2, dims[i], dims[i], 0, kvs[i]);
+        size_t n = 16 * 40 + 5, ld = p.n_head * p.head_dim, n_out = p.n_layer * n * ld;
+        size_t batches[] = { n, 16, 160 };
+        p.n_ctx = n;
+        fixture f;
+        fixture_init(&f, &p, n, 700 + i);
+        float *out[3];
+        for (size_t b = 0; b < 3; b++) {
+            out[b] = calloc(n_out, sizeof(float));
+            CU_ASSERT_FATAL(out[b] != NULL);
+            lh_lh *s = NULL;
+            CU_ASSERT_FATAL(lh_lh_new(&s, &p, batches[b]) == 0);
+            CU_ASSERT_EQUAL(feed(s, &f, 0, n, batches[b], out[b]), 0);
+            lh_lh_free(s);
+        }
+        CU_ASSERT(memcmp(out[0], out[1], n_out * sizeof(float)) == 0);
+        CU_ASSERT(memcmp(out[0], out[2], n_out * sizeof(float)) == 0);
+        for (size_t b = 0; b < 3; b++)
+            free(out[b]);
+        fixture_free(&f);
+    }
+}
+
 /* ---- (e) truncate, then re-run: same outputs ------------------------------------------------- */
 
 /* Two states agree on every chunk representation a query at t could use: random probe queries
@@ -755,6 +786,7 @@ void lh_test_longheads(void)
     CU_add_test(s, "fast == oracle, 150 chunks (two-pass top-k)", test_oracle_long);
     CU_add_test(s, "inside the window == dense", test_inside_window_dense);
     CU_add_test(s, "N at once == N-1 then 1", test_split_invariance);
+    CU_add_test(s, "batches cut at chunk boundaries: same bits", test_cut_invariance);
     CU_add_test(s, "truncate then re-run", test_truncate);
     CU_add_test(s, "planted chunk is selected per head", test_selection_planted);
     CU_add_test(s, "bad parameters", test_bad_params);
