@@ -738,18 +738,9 @@ static void finish_sel(size_t n_keep, size_t cc, size_t n, size_t *sel)
     sel[2 + n] = cc;
 }
 
-/* One query against one chunk, straight from the cache (decode, and chunks only one query of a
- * block chose): a padded GEMM would waste half (QKᵀ) to three quarters (PV) of its multiply-adds
- * on a single row and F16 would need a conversion pass first.  tools/lhbench: decode ~2x faster. */
-#if defined(LH_HAVE_AVX2) && defined(__F16C__)
-static inline __m256 load8(int f16, const void *kv, size_t i)
-{
-    if (f16)
-        return _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)((const uint16_t *)kv + i)));
-    return _mm256_loadu_ps((const float *)kv + i);
-}
-#endif
-
+/* One query against the rows of one chunk, straight from the cache (kernels/rows.h): a padded
+ * GEMM would waste half (QKᵀ) to three quarters (PV) of its multiply-adds on a single row and F16
+ * would need a conversion pass first.  tools/lhbench: decode ~2x faster. */
 static inline float elem(int f16, const void *kv, size_t i)
 {
     return f16 ? lh_f16_to_f32(((const uint16_t *)kv)[i]) : ((const float *)kv)[i];
@@ -758,36 +749,17 @@ static inline float elem(int f16, const void *kv, size_t i)
 /* s[j] = q · row j, for the n rows of d elements (F16 or F32) starting at element off of kv */
 static void dots(int f16, size_t d, const float *q, const void *kv, size_t off, size_t n, float *s)
 {
-    size_t j = 0, d8 = 0;
-#if defined(LH_HAVE_AVX2) && defined(__F16C__)
-    d8 = d & ~(size_t)7;
-    for (; j + 4 <= n; j += 4) {
-        size_t r = off + j * d;
-        __m256 a0 = _mm256_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
-        for (size_t i = 0; i < d8; i += 8) {
-            __m256 vq = _mm256_loadu_ps(q + i);
-            a0 = _mm256_fmadd_ps(vq, load8(f16, kv, r + i), a0);
-            a1 = _mm256_fmadd_ps(vq, load8(f16, kv, r + d + i), a1);
-            a2 = _mm256_fmadd_ps(vq, load8(f16, kv, r + 2 * d + i), a2);
-            a3 = _mm256_fmadd_ps(vq, load8(f16, kv, r + 3 * d + i), a3);
-        }
-        _mm_storeu_ps(s + j, lh_hsum4x256(a0, a1, a2, a3));
-        for (size_t i = d8; i < d; i++)
-            for (size_t u = 0; u < 4; u++)
-                s[j + u] += q[i] * elem(f16, kv, r + u * d + i);
+#ifdef LH_HAVE_ROWS
+    if (d % 8 == 0) {
+        const char *b = (const char *)kv + off * (f16 ? sizeof(uint16_t) : sizeof(float));
+        f16 ? direct_scores(1, q, b, n, d, s) : direct_scores(0, q, b, n, d, s);
+        return;
     }
 #endif
-    for (; j < n; j++) {
-        size_t r = off + j * d;
+    for (size_t j = 0; j < n; j++) {
         float acc = 0;
-#if defined(LH_HAVE_AVX2) && defined(__F16C__)
-        __m256 a = _mm256_setzero_ps();
-        for (size_t i = 0; i < d8; i += 8)
-            a = _mm256_fmadd_ps(_mm256_loadu_ps(q + i), load8(f16, kv, r + i), a);
-        acc = lh_hsum256(a);
-#endif
-        for (size_t i = d8; i < d; i++)
-            acc += q[i] * elem(f16, kv, r + i);
+        for (size_t i = 0; i < d; i++)
+            acc += q[i] * elem(f16, kv, off + j * d + i);
         s[j] = acc;
     }
 }
@@ -808,42 +780,16 @@ static void prefetch_rows(const lh_lh_params *p, const void *kv, size_t g, size_
 static void row_pv(const lh_lh_params *p, const float *pr, const void *kv, size_t off, size_t n,
                    float *o)
 {
-    size_t d = p->head_dim, i = 0;
+    size_t d = p->head_dim;
     int f16 = p->kv_type == LH_TYPE_F16;
-#if defined(LH_HAVE_AVX2) && defined(__F16C__)
-    for (; i + 32 <= d; i += 32) {
-        __m256 o0 = _mm256_loadu_ps(o + i), o1 = _mm256_loadu_ps(o + i + 8);
-        __m256 o2 = _mm256_loadu_ps(o + i + 16), o3 = _mm256_loadu_ps(o + i + 24);
-        for (size_t j = 0; j < n; j++) {
-            __m256 vp = _mm256_broadcast_ss(pr + j);
-            size_t r = off + j * d + i;
-            o0 = _mm256_fmadd_ps(vp, load8(f16, kv, r), o0);
-            o1 = _mm256_fmadd_ps(vp, load8(f16, kv, r + 8), o1);
-            o2 = _mm256_fmadd_ps(vp, load8(f16, kv, r + 16), o2);
-            o3 = _mm256_fmadd_ps(vp, load8(f16, kv, r + 24), o3);
-        }
-        _mm256_storeu_ps(o + i, o0);
-        _mm256_storeu_ps(o + i + 8, o1);
-        _mm256_storeu_ps(o + i + 16, o2);
-        _mm256_storeu_ps(o + i + 24, o3);
-    }
-    for (; i + 8 <= d; i += 8) {
-        /* four chains: one would wait on the FMA latency every row (head_dim 8, 16) */
-        __m256 o0 = _mm256_loadu_ps(o + i), o1 = _mm256_setzero_ps(), o2 = o1, o3 = o1;
-        size_t j = 0;
-        for (; j + 4 <= n; j += 4) {
-            size_t r = off + j * d + i;
-            o0 = _mm256_fmadd_ps(_mm256_broadcast_ss(pr + j), load8(f16, kv, r), o0);
-            o1 = _mm256_fmadd_ps(_mm256_broadcast_ss(pr + j + 1), load8(f16, kv, r + d), o1);
-            o2 = _mm256_fmadd_ps(_mm256_broadcast_ss(pr + j + 2), load8(f16, kv, r + 2 * d), o2);
-            o3 = _mm256_fmadd_ps(_mm256_broadcast_ss(pr + j + 3), load8(f16, kv, r + 3 * d), o3);
-        }
-        for (; j < n; j++)
-            o0 = _mm256_fmadd_ps(_mm256_broadcast_ss(pr + j), load8(f16, kv, off + j * d + i), o0);
-        _mm256_storeu_ps(o + i, _mm256_add_ps(_mm256_add_ps(o0, o1), _mm256_add_ps(o2, o3)));
+#ifdef LH_HAVE_ROWS
+    if (d % 8 == 0) {
+        const char *b = (const char *)kv + off * (f16 ? sizeof(uint16_t) : sizeof(float));
+        f16 ? direct_pv(1, pr, b, n, d, o) : direct_pv(0, pr, b, n, d, o);
+        return;
     }
 #endif
-    for (; i < d; i++) {
+    for (size_t i = 0; i < d; i++) {
         float acc = o[i];
         for (size_t j = 0; j < n; j++)
             acc += pr[j] * elem(f16, kv, off + j * d + i);
@@ -864,12 +810,6 @@ static void chunk_qk(const lh_lh_params *p, const float *qa, const float *qb, co
 #if defined(LH_HAVE_ROWS) && defined(__AVX512F__)
     if (d == 64) {   /* each key row loaded once for both */
         f16 ? scores2_64(1, qa, qb, kc, n, sa, sb) : scores2_64(0, qa, qb, kc, n, sa, sb);
-        return;
-    }
-    if (d % 16 == 0) {
-        f16 ? direct_scores(1, qa, kc, n, d, sa) : direct_scores(0, qa, kc, n, d, sa);
-        if (sb != sa)
-            f16 ? direct_scores(1, qb, kc, n, d, sb) : direct_scores(0, qb, kc, n, d, sb);
         return;
     }
 #endif

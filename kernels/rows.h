@@ -59,6 +59,21 @@ static inline __attribute__((always_inline)) __m512 hs_final(__m512 x, __m512 y)
     return _mm512_add_ps(_mm512_shuffle_f32x4(x, y, _MM_SHUFFLE(2, 0, 2, 0)),
                          _mm512_shuffle_f32x4(x, y, _MM_SHUFFLE(3, 1, 3, 1)));
 }
+
+/* Lane i: the sum of the lanes of ai, for 16 vectors (one shuffle tree, 15 adds). */
+static inline __attribute__((always_inline)) __m512 hs16(__m512 a0, __m512 a1, __m512 a2,
+                                                         __m512 a3, __m512 a4, __m512 a5,
+                                                         __m512 a6, __m512 a7, __m512 a8,
+                                                         __m512 a9, __m512 a10, __m512 a11,
+                                                         __m512 a12, __m512 a13, __m512 a14,
+                                                         __m512 a15)
+{
+    __m512 c0 = hs_quad(hs_pair(a0, a1), hs_pair(a2, a3));
+    __m512 c1 = hs_quad(hs_pair(a4, a5), hs_pair(a6, a7));
+    __m512 c2 = hs_quad(hs_pair(a8, a9), hs_pair(a10, a11));
+    __m512 c3 = hs_quad(hs_pair(a12, a13), hs_pair(a14, a15));
+    return hs_final(hs_oct(c0, c1), hs_oct(c2, c3));
+}
 #endif
 
 /* s[j] = qr · K[j] for j < kt */
@@ -100,11 +115,8 @@ static inline __attribute__((always_inline)) void direct_scores(int f16, const f
 #undef KEY
                 }
             }
-            __m512 c0 = hs_quad(hs_pair(a0, a1), hs_pair(a2, a3));
-            __m512 c1 = hs_quad(hs_pair(a4, a5), hs_pair(a6, a7));
-            __m512 c2 = hs_quad(hs_pair(a8, a9), hs_pair(a10, a11));
-            __m512 c3 = hs_quad(hs_pair(a12, a13), hs_pair(a14, a15));
-            _mm512_storeu_ps(s + j, hs_final(hs_oct(c0, c1), hs_oct(c2, c3)));
+            _mm512_storeu_ps(s + j, hs16(a0, a1, a2, a3, a4, a5, a6, a7, a8, a9, a10, a11, a12,
+                                         a13, a14, a15));
         }
         for (; j < kt; j++) {
             __m512 a0 = _mm512_setzero_ps();
@@ -199,10 +211,19 @@ static inline __attribute__((always_inline)) void direct_pv(int f16, const float
         _mm256_storeu_ps(o + d + 24, o3);
     }
     for (; d < hd; d += 8) {
-        __m256 o0 = _mm256_loadu_ps(o + d);
-        for (size_t j = 0; j < kt; j++)
+        /* four chains: one would wait on the FMA latency every row (head_dim 8, 16) */
+        __m256 o0 = _mm256_loadu_ps(o + d), o1 = _mm256_setzero_ps(), o2 = o1, o3 = o1;
+        size_t j = 0;
+        for (; j + 4 <= kt; j += 4) {
+            size_t b = j * hd + d;
+            o0 = _mm256_fmadd_ps(_mm256_broadcast_ss(p + j), ld8(f16, V, b), o0);
+            o1 = _mm256_fmadd_ps(_mm256_broadcast_ss(p + j + 1), ld8(f16, V, b + hd), o1);
+            o2 = _mm256_fmadd_ps(_mm256_broadcast_ss(p + j + 2), ld8(f16, V, b + 2 * hd), o2);
+            o3 = _mm256_fmadd_ps(_mm256_broadcast_ss(p + j + 3), ld8(f16, V, b + 3 * hd), o3);
+        }
+        for (; j < kt; j++)
             o0 = _mm256_fmadd_ps(_mm256_broadcast_ss(p + j), ld8(f16, V, j * hd + d), o0);
-        _mm256_storeu_ps(o + d, o0);
+        _mm256_storeu_ps(o + d, _mm256_add_ps(_mm256_add_ps(o0, o1), _mm256_add_ps(o2, o3)));
     }
 }
 
@@ -233,11 +254,8 @@ static inline __attribute__((always_inline)) void scores2_64(int f16, const floa
     } while (0)
         KEY2(0); KEY2(1); KEY2(2); KEY2(3); KEY2(4); KEY2(5); KEY2(6); KEY2(7);
 #undef KEY2
-        __m512 c0 = hs_quad(hs_pair(x0, x1), hs_pair(x2, x3));
-        __m512 c1 = hs_quad(hs_pair(x4, x5), hs_pair(x6, x7));
-        __m512 c2 = hs_quad(hs_pair(y0, y1), hs_pair(y2, y3));
-        __m512 c3 = hs_quad(hs_pair(y4, y5), hs_pair(y6, y7));
-        __m512 r = hs_final(hs_oct(c0, c1), hs_oct(c2, c3));   /* row a keys 0-7, row b 0-7 */
+        __m512 r = hs16(x0, x1, x2, x3, x4, x5, x6, x7, y0, y1, y2, y3, y4, y5, y6, y7);
+        /* row a keys 0-7, row b 0-7 */
         _mm256_storeu_ps(sa + j, _mm512_castps512_ps256(r));
         _mm256_storeu_ps(sb + j, _mm512_extractf32x8_ps(r, 1));
     }
