@@ -207,6 +207,35 @@ static void test_matmul_f16_values(void)
     free(w), free(x), free(y);
 }
 
+/* The F16 decode GEMV scales x by 2^56 (and each sum back): an x too large for that (|x| >= 2^64)
+ * takes the vcvtph2ps path instead and gives the reference's finite result, not an Inf. */
+static void test_matmul_f16_big_x(void)
+{
+    const size_t n_in = 96, n_out = 40;
+    uint16_t *w = malloc(n_out * n_in * sizeof *w);
+    float *x = malloc(n_in * sizeof *x), *y = malloc(n_out * sizeof *y), *yr = malloc(n_out * sizeof *yr);
+    float *row = malloc(n_in * sizeof *row);
+    CU_ASSERT_FATAL(w && x && y && yr && row);
+    for (size_t o = 0; o < n_out; o++) {
+        for (size_t i = 0; i < n_in; i++)
+            row[i] = frand(-1, 1);
+        lh_quant_row(LH_TYPE_F16, row, w + o * n_in, n_in);
+    }
+    for (size_t i = 0; i < n_in; i++)
+        x[i] = frand(-1, 1);
+    x[7] = 1e22f;   /* 2^56 x would be 7.2e38: past F32's range */
+    lh_matmul *mm = NULL;
+    CU_ASSERT_EQUAL_FATAL(lh_matmul_new(&mm, LH_TYPE_F16, n_in, n_out, 1), 0);
+    CU_ASSERT_EQUAL(lh_matmul_run(mm, w, x, 1, y), 0);
+    lh_matmul_ref(LH_TYPE_F16, w, x, 1, n_in, n_out, yr);
+    size_t bad = 0;
+    for (size_t o = 0; o < n_out; o++)
+        bad += !isfinite(y[o]) || fabsf(y[o] - yr[o]) > 1e-5f * fabsf(yr[o]);
+    CU_ASSERT_EQUAL(bad, 0);
+    lh_matmul_free(mm);
+    free(w), free(x), free(y), free(yr), free(row);
+}
+
 static void test_matmul_q8_0(void)
 {
     check_matmul(LH_TYPE_Q8_0, 32, 1, 3);
@@ -471,6 +500,7 @@ void lh_test_matmul(void)
     CU_add_test(s, "BF16 (panels + tail)", test_matmul_bf16);
     CU_add_test(s, "F32/F16/BF16 decode GEMV (every n_in tail)", test_matmul_gemv_tails);
     CU_add_test(s, "F16 decode GEMV: every F16 value converted exactly", test_matmul_f16_values);
+    CU_add_test(s, "F16 decode GEMV: x too large for its 2^56 scaling", test_matmul_f16_big_x);
     CU_add_test(s, "fused decode GEMVs sharing x (lh_matmul_run_gemvs)", test_matmul_gemvs);
     CU_add_test(s, "Q8_0 (panels + tail)", test_matmul_q8_0);
     CU_add_test(s, "Q4_0 .. Q5_1, Q2_K .. Q6_K, IQ4_NL (GEMV, panels + tail)", test_matmul_quant);
