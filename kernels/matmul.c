@@ -1024,16 +1024,16 @@ static const float *gemv_prep(lh_matmul *m, const float *x, const void **xqp, in
         float *xp = m->xperm, sc = *f16ip ? F16I_X_SCALE : 1.0f, big = 0;
         for (size_t i = 0; i < n_in; i += 32)
             for (size_t j = 0; j < 16; j++) {
-                xp[i + j] = i + 2 * j < n_in ? x[i + 2 * j] * sc : 0;
-                xp[i + 16 + j] = i + 2 * j + 1 < n_in ? x[i + 2 * j + 1] * sc : 0;
+                float a = i + 2 * j < n_in ? x[i + 2 * j] : 0;
+                float b = i + 2 * j + 1 < n_in ? x[i + 2 * j + 1] : 0;
+                big = fabsf(a) > big ? fabsf(a) : big;
+                big = fabsf(b) > big ? fabsf(b) : big;
+                xp[i + j] = a * sc;
+                xp[i + 16 + j] = b * sc;
             }
-        if (*f16ip) {
-            for (size_t i = 0; i < n_in; i++)
-                big = fabsf(x[i]) > big ? fabsf(x[i]) : big;
-            if (!(big < 0x1p64f)) {   /* 2^56 |x| could overflow (or x holds a NaN): vcvtph2ps */
-                *f16ip = 0;
-                return x;
-            }
+        if (*f16ip && !(big < 0x1p64f)) {   /* 2^56 |x| could overflow: vcvtph2ps on x itself */
+            *f16ip = 0;
+            return x;
         }
         return xp;
     }
