@@ -92,8 +92,8 @@ struct lh_matmul {
                                             wpk) is made for */
     int32_t *xcorr;                      /* (max_rows, n_corr) activation corrections */
     size_t n_corr;
-    float *xperm;                        /* (round_up(n_in, 32)) x deinterleaved for the BF16
-                                            and F16 GEMVs; NULL for other types */
+    float *xs;                           /* (round_up(n_in, 32)) x times 2^56 for the F16 GEMV
+                                            (f16i); NULL for other types */
     uint16_t *xbf;                       /* (max_rows, n_in) x rounded to BF16 for the BF16
                                             prefill (bf16_dnnl); NULL otherwise */
     int bf16_dnnl;                       /* BF16 W: oneDNN bf16 x bf16 -> f32 on W in place */
@@ -646,7 +646,7 @@ void lh_matmul_free(lh_matmul *m)
     free(m->xq);
     free(m->panels);
     free(m->xcorr);
-    free(m->xperm);
+    free(m->xs);
     free(m->xbf);
     free(m->xpk);
     free(m->wpk);
@@ -803,10 +803,10 @@ int lh_matmul_new(lh_matmul **mp, lh_type wtype, size_t n_in, size_t n_out, size
             goto fail;
         rc = -ENOMEM;
     }
-    if (wtype == LH_TYPE_BF16 || wtype == LH_TYPE_F16) {
+    if (wtype == LH_TYPE_F16) {
         size_t n_pad = (n_in + 31) / 32 * 32;
-        if (posix_memalign((void **)&m->xperm, 64, n_pad * sizeof(float)) != 0) {
-            m->xperm = NULL;
+        if (posix_memalign((void **)&m->xs, 64, n_pad * sizeof(float)) != 0) {
+            m->xs = NULL;
             goto fail;
         }
     }
@@ -870,95 +870,89 @@ fail:
  * into four accumulators (independent FMA chains cover the FMA latency); x (n_in F32, in L1/L2)
  * is re-read for every row.
  *
- * A half-step yields two 16-lane F32 vectors of weights, A and B, for 32 elements at i.  F32
- * and F16 (F16C's vcvtph2ps, exact): A = elements i..i+15, B = i+16..i+31, against x + i,
- * x + i + 16.  BF16: the 32 values are loaded as 16 pairs; a shift left by 16 gives the even
- * elements as F32, masking off the low half gives the odd ones (both exact, one instruction
- * each), against a copy of x deinterleaved the same way per 32-block (m->xperm, made once per
- * call, zero-padded).  So every product is exact in F32's range before it is added; the sums
- * are F32 FMAs in another order than the reference, within the float accumulation bound the
- * tests state (1e-5 of Σ|w·x| at n_in <= 4096).  The tail (n_in % 32) is a masked load that
- * reads nothing past the row.
+ * A half-step yields two 16-lane F32 vectors of weights, A and B, for elements i..i+15 and
+ * i+16..i+31, against x + i and x + i + 16; 16-bit weights are read 16 at a time (256 bits) and
+ * widened to 32-bit lanes.  F32: loaded as they are.  BF16: zero-extended and shifted left by 16
+ * (exact).  F16: either vcvtph2ps (F16C, exact) or the integer conversion below (f16i).  So every
+ * product is exact in F32's range before it is added; the sums are F32 FMAs in another order than
+ * the reference, within the float accumulation bound the tests state (1e-5 of Σ|w·x| at
+ * n_in <= 4096).  The tail (n_in % 32) is a masked load that reads nothing past the row.
  *
- * F16 without vcvtph2ps (f16i, the default): on this machine (AMD EPYC, AVX-512) vcvtph2ps is
- * what limits the F16 GEMV: a microbenchmark of 2 threads over 1 GiB of 2048-wide rows, best of
- * 4, three rounds on the idle machine: vcvtph2ps 29-35 GB/s, an integer conversion 41 GB/s,
- * BF16's shift and mask 47-48 GB/s (same bytes); 1b F16 decode ran at 0.69x llama.cpp while BF16
- * was level.  So F16 goes as BF16 does: 32 values loaded as 16 pairs against the deinterleaved
- * x; for each half, its F16 bits moved to F32's place, sign at bit 31 and magnitude
- * ((h & 0x7fff) << 13; an arithmetic shift right by 3 of the value in the high 16 bits, masked),
- * read as an F32 equal to the value times 2^-112 (the exponent biases 15 and 127; F16 subnormals
- * become F32 subnormals).  Nothing multiplies it back: x is scaled by 2^56 when it is
- * deinterleaved and each row's sum by 2^56 (F16I_X_SCALE, F16I_Y_SCALE), exact unless a product
- * falls below 2^-70; x past 2^64 in magnitude takes vcvtph2ps instead.  Without the two multiplies
- * per 32 values the GEMV went from 53 to 60 GB/s (longheads-kbench gemv, 2048 x 2048 and 5632 x
- * 2048 F16, three alternating rounds; BF16 71).  A block holding an
- * F16 with exponent 31 (Inf, NaN: one compare per 32 values) has those lanes' exponents set
- * directly.  Bit for bit vcvtph2ps for every value but signalling NaNs (not quietened: still
- * NaNs), tested over all 65536.  All of this is exact only while the CPU does not treat
- * subnormal inputs as zero (MXCSR.DAZ, which nothing here sets): gemv_prep checks it and keeps
- * vcvtph2ps if it is set. */
+ * How the 16-bit weights are read decided the speed on the two CPUs this was measured on (both
+ * AMD EPYC with AVX-512, 2 threads, 1b shape, tg32, alternating builds).  The earlier kernel
+ * loaded 32 values in one 512-bit load and split them into even and odd lanes (BF16: a shift and
+ * a mask; F16: shifts and a mask), against a copy of x deinterleaved to match.  On the first CPU
+ * that measured best (BF16 47-48 GB/s over 1 GiB, F16 41 GB/s against vcvtph2ps's 29-35).  On
+ * the second (with AVX512_VP2INTERSECT) the same kernels decoded at 12.6-12.9 tok/s (BF16) and
+ * 11.1-11.5 (F16), against 21.1-22.8 and 19.0-20.3 with 256-bit loads widened as above, in
+ * natural order; llama.cpp 14.7 and ~19.  The widening form is the one kept for both types.
+ *
+ * F16 without vcvtph2ps (f16i, the default): the value is sign-extended to 32 bits and shifted
+ * left by 13, which puts the F16's exponent and mantissa at F32's (bits 27..13) and copies the
+ * sign into bits 31..28; masking off bits 30..28 leaves an F32 equal to the value times 2^-112
+ * (the exponent biases 15 and 127; F16 subnormals become F32 subnormals).  Nothing multiplies it
+ * back: x is scaled by 2^56 (m->xs, once per call) and each row's sum by 2^56 (F16I_X_SCALE,
+ * F16I_Y_SCALE), exact unless a product falls below 2^-70; x past 2^64 in magnitude takes
+ * vcvtph2ps instead.  F16 with exponent 31 (Inf, NaN) would come out finite, so the converted
+ * values of a row are OR-ed together (one ternary-logic op per 32 values) and a row whose OR has
+ * all five exponent bits set in some lane is recomputed through vcvtph2ps: exactly the rows
+ * holding an Inf or NaN, and rarely a row whose weights' exponents together cover 31 (one of
+ * magnitude >= 2 among others; the answer is the same, only slower).  So the result is bit for
+ * bit vcvtph2ps's for every value, tested over all 65536.  All of this is exact only while the
+ * CPU does not treat subnormal inputs as zero (MXCSR.DAZ, which nothing here sets): gemv_prep
+ * checks it and keeps vcvtph2ps if it is set.  Which of the two conversions is faster differs
+ * by CPU (vcvtph2ps limited the first one to 0.69x llama.cpp); on the second they measured the
+ * same, 21.6-23.2 tok/s against 22.4-23.0 (three alternating rounds). */
 static inline __attribute__((always_inline)) void wstep(lh_type t, int f16i, const char *row,
                                                          size_t i, __mmask32 k, __m512 *a,
-                                                         __m512 *b)
+                                                         __m512 *b, __m512i *orr)
 {
     if (t == LH_TYPE_F32) {
         const float *p = (const float *)row + i;
         *a = _mm512_maskz_loadu_ps((__mmask16)k, p);
         *b = _mm512_maskz_loadu_ps((__mmask16)(k >> 16), p + 16);
-    } else if (t == LH_TYPE_F16 && f16i) {
-        __m512i v = _mm512_maskz_loadu_epi16(k, (const uint16_t *)row + i);
+        return;
+    }
+    const uint16_t *p = (const uint16_t *)row + i;
+    __m256i ha = _mm256_maskz_loadu_epi16((__mmask16)k, p);
+    __m256i hb = _mm256_maskz_loadu_epi16((__mmask16)(k >> 16), p + 16);
+    if (t == LH_TYPE_F16 && f16i) {
+        /* the values times 2^-112: x carries 2^56, y the rest */
         const __m512i keep = _mm512_set1_epi32((int)0x8fffe000u);
-        __m512i ev = _mm512_and_si512(_mm512_srai_epi32(_mm512_slli_epi32(v, 16), 3), keep);
-        __m512i od = _mm512_and_si512(_mm512_srai_epi32(v, 3), keep);
-        __m512i ra = ev, rb = od;   /* the values times 2^-112: x carries 2^56, y the rest */
-        const __m512i e31 = _mm512_set1_epi16(0x7c00);
-        if (__builtin_expect(_mm512_cmpeq_epi16_mask(_mm512_and_si512(v, e31), e31) != 0, 0)) {
-            /* Inf or NaN: exponent bits 0x0f800000 become 0x7f800000, mantissa kept */
-            const __m512i f31 = _mm512_set1_epi32(0x0f800000), top = _mm512_set1_epi32(0x70000000);
-            ra = _mm512_mask_or_epi32(ra, _mm512_cmpeq_epi32_mask(_mm512_and_si512(ev, f31), f31),
-                                      ev, top);
-            rb = _mm512_mask_or_epi32(rb, _mm512_cmpeq_epi32_mask(_mm512_and_si512(od, f31), f31),
-                                      od, top);
-        }
+        __m512i ra = _mm512_and_si512(_mm512_slli_epi32(_mm512_cvtepi16_epi32(ha), 13), keep);
+        __m512i rb = _mm512_and_si512(_mm512_slli_epi32(_mm512_cvtepi16_epi32(hb), 13), keep);
+        *orr = _mm512_ternarylogic_epi32(*orr, ra, rb, 0xfe);   /* orr | ra | rb */
         *a = _mm512_castsi512_ps(ra);
         *b = _mm512_castsi512_ps(rb);
     } else if (t == LH_TYPE_F16) {
-        const uint16_t *p = (const uint16_t *)row + i;
-        *a = _mm512_cvtph_ps(_mm256_maskz_loadu_epi16((__mmask16)k, p));
-        *b = _mm512_cvtph_ps(_mm256_maskz_loadu_epi16((__mmask16)(k >> 16), p + 16));
+        *a = _mm512_cvtph_ps(ha);
+        *b = _mm512_cvtph_ps(hb);
     } else {
-        __m512i v = _mm512_maskz_loadu_epi16(k, (const uint16_t *)row + i);
-        *a = _mm512_castsi512_ps(_mm512_slli_epi32(v, 16));
-        *b = _mm512_castsi512_ps(_mm512_and_si512(v, _mm512_set1_epi32((int)0xffff0000u)));
+        *a = _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(ha), 16));
+        *b = _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(hb), 16));
     }
 }
 
-/* Σ row · x over n elements (x deinterleaved for BF16). */
+/* Σ row · x over n elements; *orr: the OR of f16i's converted values (else untouched). */
 static inline __attribute__((always_inline)) float row_dot(lh_type t, int f16i, const char *row,
-                                                           const float *x, size_t n)
+                                                           const float *x, size_t n, __m512i *orr)
 {
     __m512 a0 = _mm512_setzero_ps(), b0 = a0, a1 = a0, b1 = a0, wa, wb;
     size_t i = 0;
     for (; i + 64 <= n; i += 64) {
-        wstep(t, f16i, row, i, ~(__mmask32)0, &wa, &wb);
+        wstep(t, f16i, row, i, ~(__mmask32)0, &wa, &wb, orr);
         a0 = _mm512_fmadd_ps(wa, _mm512_loadu_ps(x + i), a0);
         b0 = _mm512_fmadd_ps(wb, _mm512_loadu_ps(x + i + 16), b0);
-        wstep(t, f16i, row, i + 32, ~(__mmask32)0, &wa, &wb);
+        wstep(t, f16i, row, i + 32, ~(__mmask32)0, &wa, &wb, orr);
         a1 = _mm512_fmadd_ps(wa, _mm512_loadu_ps(x + i + 32), a1);
         b1 = _mm512_fmadd_ps(wb, _mm512_loadu_ps(x + i + 48), b1);
     }
     for (; i < n; i += 32) {
         size_t left = n - i;
         __mmask32 k = left >= 32 ? ~(__mmask32)0 : (__mmask32)(0xffffffffu >> (32 - left));
-        /* x past n: F32/F16 mask it like w; the deinterleaved copy (BF16, F16 with f16i) is
-         * zero-padded to 32 */
-        int dx = t == LH_TYPE_BF16 || (t == LH_TYPE_F16 && f16i);
-        __mmask16 ka = dx ? 0xffff : (__mmask16)k;
-        __mmask16 kb = dx ? 0xffff : (__mmask16)(k >> 16);
-        wstep(t, f16i, row, i, k, &wa, &wb);
-        a0 = _mm512_fmadd_ps(wa, _mm512_maskz_loadu_ps(ka, x + i), a0);
-        b0 = _mm512_fmadd_ps(wb, _mm512_maskz_loadu_ps(kb, x + i + 16), b0);
+        wstep(t, f16i, row, i, k, &wa, &wb, orr);
+        a0 = _mm512_fmadd_ps(wa, _mm512_maskz_loadu_ps((__mmask16)k, x + i), a0);
+        b0 = _mm512_fmadd_ps(wb, _mm512_maskz_loadu_ps((__mmask16)(k >> 16), x + i + 16), b0);
     }
     return _mm512_reduce_add_ps(_mm512_add_ps(_mm512_add_ps(a0, b0), _mm512_add_ps(a1, b1)));
 }
@@ -967,48 +961,43 @@ static inline __attribute__((always_inline)) float row_dot(lh_type t, int f16i, 
 static void rows_f32(const char *w, size_t rs, size_t o0, size_t o1, const float *x, size_t n,
                      float *y)
 {
+    __m512i orr;
     for (size_t o = o0; o < o1; o++)
-        y[o] = row_dot(LH_TYPE_F32, 0, w + o * rs, x, n);
+        y[o] = row_dot(LH_TYPE_F32, 0, w + o * rs, x, n, &orr);
 }
-static void rows_f16(const char *w, size_t rs, size_t o0, size_t o1, const float *x, size_t n,
-                     float *y)
-{
-    for (size_t o = o0; o < o1; o++)
-        y[o] = row_dot(LH_TYPE_F16, 1, w + o * rs, x, n) * F16I_Y_SCALE;
-}
-/* the same through vcvtph2ps, x not deinterleaved (MXCSR.DAZ set) */
+/* the same through vcvtph2ps (MXCSR.DAZ set, x too large for f16i, a row with Inf or NaN) */
 static void rows_f16c(const char *w, size_t rs, size_t o0, size_t o1, const float *x, size_t n,
                       float *y)
 {
+    __m512i orr;
     for (size_t o = o0; o < o1; o++)
-        y[o] = row_dot(LH_TYPE_F16, 0, w + o * rs, x, n);
+        y[o] = row_dot(LH_TYPE_F16, 0, w + o * rs, x, n, &orr);
+}
+/* f16i: xs is x times 2^56 (gemv_prep), x itself for the rows recomputed through vcvtph2ps */
+static void rows_f16(const char *w, size_t rs, size_t o0, size_t o1, const float *xs,
+                     const float *x, size_t n, float *y)
+{
+    const __m512i e31 = _mm512_set1_epi32(0x0f800000);
+    for (size_t o = o0; o < o1; o++) {
+        __m512i orr = _mm512_setzero_si512();
+        y[o] = row_dot(LH_TYPE_F16, 1, w + o * rs, xs, n, &orr) * F16I_Y_SCALE;
+        if (__builtin_expect(_mm512_cmpeq_epi32_mask(_mm512_and_si512(orr, e31), e31) != 0, 0))
+            rows_f16c(w, rs, o, o + 1, x, n, y);
+    }
 }
 static void rows_bf16(const char *w, size_t rs, size_t o0, size_t o1, const float *x, size_t n,
                       float *y)
 {
+    __m512i orr;
     for (size_t o = o0; o < o1; o++)
-        y[o] = row_dot(LH_TYPE_BF16, 0, w + o * rs, x, n);
-}
-
-/* y[o] for o in [o0, o1) of F32, F16 or BF16 W (F16: f16i as gemv_prep decided) */
-static void rows_any(lh_type t, int f16i, const char *w, size_t rs, size_t o0, size_t o1,
-                     const float *x, size_t n, float *y)
-{
-    if (t == LH_TYPE_F32)
-        rows_f32(w, rs, o0, o1, x, n, y);
-    else if (t == LH_TYPE_F16 && f16i)
-        rows_f16(w, rs, o0, o1, x, n, y);
-    else if (t == LH_TYPE_F16)
-        rows_f16c(w, rs, o0, o1, x, n, y);
-    else
-        rows_bf16(w, rs, o0, o1, x, n, y);
+        y[o] = row_dot(LH_TYPE_BF16, 0, w + o * rs, x, n, &orr);
 }
 #endif
 
 /* ---- the decode driver: one or several GEMVs sharing x, one parallel region ------------ */
 
-/* x as the row kernels of m's type take it: quantised to 8 bits (m->xq), deinterleaved per
- * 32-block for the AVX-512 BF16 and F16 kernels (m->xperm), or x itself. */
+/* x as the row kernels of m's type take it: quantised to 8 bits (*xqp = m->xq), times 2^56 for
+ * the F16 kernel (returned: m->xs, with *f16ip set), or x itself. */
 static const float *gemv_prep(lh_matmul *m, const float *x, const void **xqp, int *f16ip)
 {
     *xqp = m->xq;
@@ -1017,25 +1006,16 @@ static const float *gemv_prep(lh_matmul *m, const float *x, const void **xqp, in
         lh_q8_quant(m->wtype, x, m->xq, m->n_in);
 #ifdef LH_HAVE_AVX512
     /* F16 without vcvtph2ps unless MXCSR.DAZ is set (decided here, once, for every thread) */
-    *f16ip = m->wtype == LH_TYPE_F16 && !(_mm_getcsr() & 0x40);
-    if (m->wtype == LH_TYPE_BF16 || *f16ip) {
-        /* 16 even elements, then 16 odd ones, zeros past n_in; times 2^56 for f16i */
+    if (m->wtype == LH_TYPE_F16 && !(_mm_getcsr() & 0x40)) {
         size_t n_in = m->n_in;
-        float *xp = m->xperm, sc = *f16ip ? F16I_X_SCALE : 1.0f, big = 0;
-        for (size_t i = 0; i < n_in; i += 32)
-            for (size_t j = 0; j < 16; j++) {
-                float a = i + 2 * j < n_in ? x[i + 2 * j] : 0;
-                float b = i + 2 * j + 1 < n_in ? x[i + 2 * j + 1] : 0;
-                big = fabsf(a) > big ? fabsf(a) : big;
-                big = fabsf(b) > big ? fabsf(b) : big;
-                xp[i + j] = a * sc;
-                xp[i + 16 + j] = b * sc;
-            }
-        if (*f16ip && !(big < 0x1p64f)) {   /* 2^56 |x| could overflow: vcvtph2ps on x itself */
-            *f16ip = 0;
-            return x;
+        float *xs = m->xs, big = 0;
+        for (size_t i = 0; i < n_in; i++) {
+            big = fabsf(x[i]) > big ? fabsf(x[i]) : big;
+            xs[i] = x[i] * F16I_X_SCALE;
         }
-        return xp;
+        /* 2^56 |x| could overflow: vcvtph2ps on x itself (a NaN in x stays a NaN either way) */
+        *f16ip = big < 0x1p64f;
+        return *f16ip ? xs : x;
     }
 #endif
     return x;
@@ -1044,13 +1024,27 @@ static const float *gemv_prep(lh_matmul *m, const float *x, const void **xqp, in
 /* y[o] for o in [o0, o1) of one W, x prepared by gemv_prep (of a matmul of the same type and
  * n_in). */
 static void gemv_rows(lh_type t, int f16i, size_t rs, const void *w, const float *x,
-                      const void *xq, size_t n_in, size_t o0, size_t o1, float *y)
+                      const float *x0, const void *xq, size_t n_in, size_t o0, size_t o1, float *y)
 {
 #ifdef LH_HAVE_AVX512
-    if (t == LH_TYPE_F32 || t == LH_TYPE_F16 || t == LH_TYPE_BF16) {
-        rows_any(t, f16i, (const char *)w, rs, o0, o1, x, n_in, y);
+    const char *wc = (const char *)w;
+    if (t == LH_TYPE_F32) {
+        rows_f32(wc, rs, o0, o1, x, n_in, y);
         return;
     }
+    if (t == LH_TYPE_F16) {
+        if (f16i)
+            rows_f16(wc, rs, o0, o1, x, x0, n_in, y);
+        else
+            rows_f16c(wc, rs, o0, o1, x, n_in, y);
+        return;
+    }
+    if (t == LH_TYPE_BF16) {
+        rows_bf16(wc, rs, o0, o1, x, n_in, y);
+        return;
+    }
+#else
+    (void)x0;
 #endif
     for (size_t o = o0; o < o1; o += 16) {
         size_t nr = o1 - o < 16 ? o1 - o : 16;
@@ -1078,6 +1072,7 @@ static void gemv_multi(lh_matmul *const *ms, const void *const *ws, size_t n_mat
 {
     const void *xq;
     int f16i;
+    const float *x0 = x;
     x = gemv_prep(ms[0], x, &xq, &f16i);
     size_t n_blk = 0, n_w = 0;
     for (size_t j = 0; j < n_mat; j++) {
@@ -1115,7 +1110,7 @@ static void gemv_multi(lh_matmul *const *ms, const void *const *ws, size_t n_mat
                 if (b0 < base + nb) {
                     size_t e = b1 < base + nb ? b1 : base + nb;
                     size_t o0 = (b0 - base) * GEMV_BLK, o1 = (e - base) * GEMV_BLK;
-                    gemv_rows(t, f16i, rs, ws[j], x, xq, n_in, o0, o1 < n_out ? o1 : n_out,
+                    gemv_rows(t, f16i, rs, ws[j], x, x0, xq, n_in, o0, o1 < n_out ? o1 : n_out,
                               ys[j]);
                     b0 = e;
                 }
