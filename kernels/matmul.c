@@ -908,9 +908,12 @@ static inline __attribute__((always_inline)) void wstep(lh_type t, int f16i, con
                                                          __m512 *b, __m512i *orr)
 {
     if (t == LH_TYPE_F32) {
+        /* four 256-bit loads: none crosses a cache line where the row is 32-byte aligned */
         const float *p = (const float *)row + i;
-        *a = _mm512_maskz_loadu_ps((__mmask16)k, p);
-        *b = _mm512_maskz_loadu_ps((__mmask16)(k >> 16), p + 16);
+        *a = _mm512_insertf32x8(_mm512_castps256_ps512(_mm256_maskz_loadu_ps((__mmask8)k, p)),
+                                _mm256_maskz_loadu_ps((__mmask8)(k >> 8), p + 8), 1);
+        *b = _mm512_insertf32x8(_mm512_castps256_ps512(_mm256_maskz_loadu_ps((__mmask8)(k >> 16), p + 16)),
+                                _mm256_maskz_loadu_ps((__mmask8)(k >> 24), p + 24), 1);
         return;
     }
     const uint16_t *p = (const uint16_t *)row + i;
