@@ -910,10 +910,12 @@ static inline __attribute__((always_inline)) void wstep(lh_type t, int f16i, con
     if (t == LH_TYPE_F32) {
         /* four 256-bit loads: none crosses a cache line where the row is 32-byte aligned */
         const float *p = (const float *)row + i;
-        *a = _mm512_insertf32x8(_mm512_castps256_ps512(_mm256_maskz_loadu_ps((__mmask8)k, p)),
-                                _mm256_maskz_loadu_ps((__mmask8)(k >> 8), p + 8), 1);
-        *b = _mm512_insertf32x8(_mm512_castps256_ps512(_mm256_maskz_loadu_ps((__mmask8)(k >> 16), p + 16)),
-                                _mm256_maskz_loadu_ps((__mmask8)(k >> 24), p + 24), 1);
+        __m256 h0 = _mm256_maskz_loadu_ps((__mmask8)k, p);
+        __m256 h1 = _mm256_maskz_loadu_ps((__mmask8)(k >> 8), p + 8);
+        __m256 h2 = _mm256_maskz_loadu_ps((__mmask8)(k >> 16), p + 16);
+        __m256 h3 = _mm256_maskz_loadu_ps((__mmask8)(k >> 24), p + 24);
+        *a = _mm512_insertf32x8(_mm512_castps256_ps512(h0), h1, 1);
+        *b = _mm512_insertf32x8(_mm512_castps256_ps512(h2), h3, 1);
         return;
     }
     const uint16_t *p = (const uint16_t *)row + i;

@@ -159,10 +159,10 @@ static void test_matmul_bf16(void)
     check_matmul(LH_TYPE_BF16, 4096, 257, 17);
 }
 
-/* The decode GEMV of the float types (kernels/matmul.c gemv_float: 64 elements a step, then
- * 32-element masked tails; BF16 against a deinterleaved, zero-padded copy of x): every tail
- * length class around the step sizes, n_out not a multiple of the 16-row blocks, and one shape
- * large enough to run on the thread team. */
+/* The decode GEMV of the float types (kernels/matmul.c row_dot: 64 elements a step, then
+ * 32-element masked tails, 16-bit weights 16 per masked load; F16 against x times 2^56): every
+ * tail length class around the step sizes, n_out not a multiple of the 16-row blocks, and one
+ * shape large enough to run on the thread team. */
 static void test_matmul_gemv_tails(void)
 {
     static const size_t n_ins[] = {1, 2, 15, 16, 31, 32, 33, 63, 64, 65, 95, 96, 97, 130, 160};
