@@ -23,7 +23,8 @@
 # Sections:
 #   side    pp512 and tg64 per model file, ours beside llama-bench's (`-p 512 -n 64 -t T`), and a
 #           roofline line per file: the bytes one decoded token reads from the weights divided by
-#           the read bandwidth measured by longheads-bwprobe, and each engine's share of it.
+#           the read bandwidth measured by longheads-bwprobe just before and just after that
+#           file's runs (the higher of the two), and each engine's share of it.
 #   depth   tg64 and pp512 after a context of BENCH_DEPTH tokens (llama-bench -d), full attention
 #           and LongHeads (w=64 L=512), stories110M and stories260K shapes.
 #   daemon  through the socket: longheadsd started on a model, longheads-dbench sends requests
@@ -126,8 +127,9 @@ else
     echo "llama.cpp: LLAMA_BENCH is not set: longheads' figures alone, no ratios" \
          "(set LLAMA_BENCH=/path/to/llama-bench to run both side by side)"
 fi
-# The host's bandwidth moves from minute to minute (33-57 GB/s seen): probed here and again after
-# the side-by-side section; the roofline takes the higher figure
+# The host's bandwidth moves from minute to minute (22-66 GB/s seen in one day): probed here, after
+# each file of the side-by-side section (the roofline takes the probes around a file's runs) and
+# after the section
 BW=$("$B/longheads-bwprobe" | awk '{ print $2 }')
 echo "read bandwidth (longheads-bwprobe, $NT threads, read-only, best of 7): $BW GB/s"
 
@@ -137,6 +139,9 @@ if has side; then
     printf '%-14s %-14s %11s %11s %8s\n' model test longheads llama ratio
     i=0
     roof=""
+    # a probe between files: the one before a file's runs and the one after them bound what the
+    # memory gave while they ran (it moves 2x within minutes on a shared host)
+    pb=$BW
     for m in $MODELS; do
         shape=${m%%:*} type=${m#*:}
         f=$(model "$shape" "$type")
@@ -156,9 +161,11 @@ if has side; then
         for t in pp512 tg64; do
             row "$shape $type" "$t" "$(val "$o" "$t")" "$(val "$l" "$t")"
         done
-        # name, weight bytes per token, our tg64, llama's (- when absent)
-        roof="$roof$shape $type|$(val "$o" weight_bytes_per_token)|$(val "$o" tg64)|$(val "$l" tg64)
+        pa=$("$B/longheads-bwprobe" | awk '{ print $2 }')
+        # name, weight bytes per token, our tg64, llama's (- when absent), the probes around them
+        roof="$roof$shape $type|$(val "$o" weight_bytes_per_token)|$(val "$o" tg64)|$(val "$l" tg64)|$pb|$pa
 "
+        pb=$pa
         fa=$(val "$l" fa)
         [ "$m" = 1b:f16 ] && f16_tg=$(val "$o" tg64) && f16_r=$r
     done
@@ -171,13 +178,14 @@ if has side; then
     fi
     BW2=$("$B/longheads-bwprobe" | awk '{ print $2 }')
     echo "read bandwidth again after this section: $BW2 GB/s"
-    BW=$(awk -v a="$BW" -v b="$BW2" 'BEGIN { print (b > a ? b : a) }')
     echo
-    echo "roofline: decode reads every weight once per token; limit = $BW GB/s (the higher probe) / bytes per token"
-    printf '%-14s %13s %15s %9s %9s\n' model "bytes/token" "limit" longheads llama
-    printf '%s' "$roof" | awk -F'|' -v bw="$BW" '$2 > 0 {
+    echo "roofline: decode reads every weight once per token; limit = bandwidth / bytes per token, the"
+    echo "bandwidth the higher of the probes just before and just after that file's runs (GB/s)"
+    printf '%-14s %13s %12s %15s %9s %9s\n' model "bytes/token" "probes" "limit" longheads llama
+    printf '%s' "$roof" | awk -F'|' '$2 > 0 {
+        bw = $6 > $5 ? $6 : $5
         r = bw * 1e9 / $2
-        printf "%-14s %10.1f MB %9.1f tok/s %9s %9s\n", $1, $2 / 1e6, r,
+        printf "%-14s %10.1f MB %5.1f %5.1f %9.1f tok/s %9s %9s\n", $1, $2 / 1e6, $5, $6, r,
                $3 != "" ? sprintf("%.0f%%", 100 * $3 / r) : "-",
                $4 != "" ? sprintf("%.0f%%", 100 * $4 / r) : "-" }'
 fi
