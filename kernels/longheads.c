@@ -385,24 +385,10 @@ static const float *kv_rows(const lh_lh_params *p, const void *kv, size_t g, siz
 static void rotate_scaled(const lh_lh *s, float *restrict dst, const float *restrict src,
                           size_t pos, float scale)
 {
-    size_t d = s->p.head_dim, n = (s->p.n_rot < d ? s->p.n_rot : d) & ~(size_t)1, i = 0;
-    const float *cs = s->rope + pos * s->p.n_rot;
-#ifdef LH_HAVE_AVX2
-    /* the scaling loop and lh_ops_rope_apply's vector loop fused, the same operations: this runs
-     * for every (row, chunk) pair attended to, and the scalar loop took ~14% of attend_rows */
-    __m256 sc = _mm256_set1_ps(scale);
-    for (; i + 8 <= n; i += 8) {
-        __m256 v = _mm256_mul_ps(_mm256_loadu_ps(src + i), sc);
-        __m256 t = _mm256_loadu_ps(cs + i);
-        __m256 sw = _mm256_permute_ps(v, 0xB1);
-        _mm256_storeu_ps(dst + i, _mm256_fmaddsub_ps(v, _mm256_moveldup_ps(t),
-                                                     _mm256_mul_ps(sw, _mm256_movehdup_ps(t))));
-    }
-#endif
-    for (size_t j = i; j < d; j++)
-        dst[j] = src[j] * scale;
-    if (i < n)   /* the pairs the vector loop left (n_rot not a multiple of 8) */
-        lh_ops_rope_apply(dst + i, 1, n - i, n - i, cs + i);
+    /* in one pass: this runs for every (row, chunk) pair attended to, and a separate scalar
+     * scaling loop took ~14% of attend_rows */
+    lh_ops_rope_apply_scaled(dst, src, scale, s->p.head_dim, s->p.n_rot,
+                             s->rope + pos * s->p.n_rot);
 }
 
 /* Representation of chunk c for head h (KV head g) into element `off` of s->rep (head_dim

@@ -92,8 +92,8 @@ struct lh_matmul {
                                             wpk) is made for */
     int32_t *xcorr;                      /* (max_rows, n_corr) activation corrections */
     size_t n_corr;
-    float *xs;                           /* (round_up(n_in, 32)) x times 2^56 for the F16 GEMV
-                                            (f16i); NULL for other types */
+    float *xs;                           /* (n_in) x times 2^56 for the F16 GEMV (f16i); NULL for
+                                            other types */
     uint16_t *xbf;                       /* (max_rows, n_in) x rounded to BF16 for the BF16
                                             prefill (bf16_dnnl); NULL otherwise */
     int bf16_dnnl;                       /* BF16 W: oneDNN bf16 x bf16 -> f32 on W in place */
@@ -804,8 +804,7 @@ int lh_matmul_new(lh_matmul **mp, lh_type wtype, size_t n_in, size_t n_out, size
         rc = -ENOMEM;
     }
     if (wtype == LH_TYPE_F16) {
-        size_t n_pad = (n_in + 31) / 32 * 32;
-        if (posix_memalign((void **)&m->xs, 64, n_pad * sizeof(float)) != 0) {
+        if (posix_memalign((void **)&m->xs, 64, n_in * sizeof(float)) != 0) {
             m->xs = NULL;
             goto fail;
         }
@@ -938,7 +937,7 @@ static inline __attribute__((always_inline)) void wstep(lh_type t, int f16i, con
     }
 }
 
-/* Σ row · x over n elements; *orr: the OR of f16i's converted values (else untouched). */
+/* Σ row · x over n elements; *orr: the OR of f16i's converted values (only f16i uses orr). */
 static inline __attribute__((always_inline)) float row_dot(lh_type t, int f16i, const char *row,
                                                            const float *x, size_t n, __m512i *orr)
 {
@@ -966,17 +965,15 @@ static inline __attribute__((always_inline)) float row_dot(lh_type t, int f16i, 
 static void rows_f32(const char *w, size_t rs, size_t o0, size_t o1, const float *x, size_t n,
                      float *y)
 {
-    __m512i orr;
     for (size_t o = o0; o < o1; o++)
-        y[o] = row_dot(LH_TYPE_F32, 0, w + o * rs, x, n, &orr);
+        y[o] = row_dot(LH_TYPE_F32, 0, w + o * rs, x, n, NULL);
 }
 /* the same through vcvtph2ps (MXCSR.DAZ set, x too large for f16i, a row with Inf or NaN) */
 static void rows_f16c(const char *w, size_t rs, size_t o0, size_t o1, const float *x, size_t n,
                       float *y)
 {
-    __m512i orr;
     for (size_t o = o0; o < o1; o++)
-        y[o] = row_dot(LH_TYPE_F16, 0, w + o * rs, x, n, &orr);
+        y[o] = row_dot(LH_TYPE_F16, 0, w + o * rs, x, n, NULL);
 }
 /* f16i: xs is x times 2^56 (gemv_prep), x itself for the rows recomputed through vcvtph2ps */
 static void rows_f16(const char *w, size_t rs, size_t o0, size_t o1, const float *xs,
@@ -993,9 +990,8 @@ static void rows_f16(const char *w, size_t rs, size_t o0, size_t o1, const float
 static void rows_bf16(const char *w, size_t rs, size_t o0, size_t o1, const float *x, size_t n,
                       float *y)
 {
-    __m512i orr;
     for (size_t o = o0; o < o1; o++)
-        y[o] = row_dot(LH_TYPE_BF16, 0, w + o * rs, x, n, &orr);
+        y[o] = row_dot(LH_TYPE_BF16, 0, w + o * rs, x, n, NULL);
 }
 #endif
 

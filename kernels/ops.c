@@ -150,30 +150,36 @@ void lh_ops_rope_table(float *cs, size_t n_pos, size_t n_rot, const lh_rope *r)
     }
 }
 
+void lh_ops_rope_apply_scaled(float *dst, const float *src, float scale, size_t head_dim,
+                              size_t n_rot, const float *cs_row)
+{
+    size_t n = (n_rot < head_dim ? n_rot : head_dim) & ~(size_t)1, j = 0;
+#ifdef LH_HAVE_AVX2
+    /* 4 pairs per vector: even lanes x0*c - x1*s, odd lanes x1*c + x0*s (addsub). */
+    __m256 vsc = _mm256_set1_ps(scale);
+    for (; j + 8 <= n; j += 8) {
+        __m256 v = _mm256_mul_ps(_mm256_loadu_ps(src + j), vsc);
+        __m256 t = _mm256_loadu_ps(cs_row + j);
+        __m256 c = _mm256_moveldup_ps(t), s = _mm256_movehdup_ps(t);
+        __m256 sw = _mm256_permute_ps(v, 0xB1);
+        _mm256_storeu_ps(dst + j, _mm256_fmaddsub_ps(v, c, _mm256_mul_ps(sw, s)));
+    }
+#endif
+    for (; j < n; j += 2) {
+        float c = cs_row[j], s = cs_row[j + 1];
+        float x0 = src[j] * scale, x1 = src[j + 1] * scale;
+        dst[j] = x0 * c - x1 * s;
+        dst[j + 1] = x0 * s + x1 * c;
+    }
+    for (; j < head_dim; j++)
+        dst[j] = src[j] * scale;
+}
+
 void lh_ops_rope_apply(float *x, size_t n_head, size_t head_dim, size_t n_rot, const float *cs_row)
 {
-    size_t n = n_rot < head_dim ? n_rot : head_dim;
-    n &= ~(size_t)1;
-    for (size_t h = 0; h < n_head; h++) {
-        float *xh = x + h * head_dim;
-        size_t j = 0;
-#ifdef LH_HAVE_AVX2
-        /* 4 pairs per vector: even lanes x0*c - x1*s, odd lanes x1*c + x0*s (addsub). */
-        for (; j + 8 <= n; j += 8) {
-            __m256 v = _mm256_loadu_ps(xh + j);
-            __m256 t = _mm256_loadu_ps(cs_row + j);
-            __m256 c = _mm256_moveldup_ps(t), s = _mm256_movehdup_ps(t);
-            __m256 sw = _mm256_permute_ps(v, 0xB1);
-            _mm256_storeu_ps(xh + j, _mm256_fmaddsub_ps(v, c, _mm256_mul_ps(sw, s)));
-        }
-#endif
-        for (; j < n; j += 2) {
-            float c = cs_row[j], s = cs_row[j + 1];
-            float x0 = xh[j], x1 = xh[j + 1];
-            xh[j] = x0 * c - x1 * s;
-            xh[j + 1] = x0 * s + x1 * c;
-        }
-    }
+    /* times 1 is exact: the same bits as rotating in place without a scale */
+    for (size_t h = 0; h < n_head; h++)
+        lh_ops_rope_apply_scaled(x + h * head_dim, x + h * head_dim, 1.0f, head_dim, n_rot, cs_row);
 }
 
 void lh_ops_rope(float *x, size_t n_head, size_t head_dim, size_t n_rot, double pos, const lh_rope *r)

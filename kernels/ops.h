@@ -54,6 +54,10 @@ void lh_ops_rope_ref(float *x, size_t n_head, size_t head_dim, size_t n_rot, dou
 void lh_ops_rope_table(float *cs, size_t n_pos, size_t n_rot, const lh_rope *r);
 /* Rotate n_head heads of x by the table row cs_row (n_rot/2 {cos,sin} pairs). */
 void lh_ops_rope_apply(float *x, size_t n_head, size_t head_dim, size_t n_rot, const float *cs_row);
+/* One head: dst = src * scale, then rotated as lh_ops_rope_apply does (the same operations, in one
+ * pass); dst may be src. */
+void lh_ops_rope_apply_scaled(float *dst, const float *src, float scale, size_t head_dim,
+                              size_t n_rot, const float *cs_row);
 
 /* GPT-NeoX layout (Qwen2) to llama's: within each head, y[2i] = x[i], y[2i+1] = x[i + n_rot/2]
  * for i < n_rot/2, the rest unchanged.  Applied to q and k alike it preserves every q·k, and turns

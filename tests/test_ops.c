@@ -152,6 +152,28 @@ static void test_rope_vs_ref(void)
     }
 }
 
+/* The scaled form (LongHeads' query rotation) is bit for bit scaling, then lh_ops_rope_apply: the
+ * vector pairs, the scalar pairs past them and the dimensions past n_rot. */
+static void test_rope_apply_scaled(void)
+{
+    static const size_t dims[][2] = {{64, 64}, {20, 12}, {10, 6}, {16, 2}, {8, 0}};
+    lh_rope r = lh_ops_rope_plain(10000.0f);
+    for (size_t d = 0; d < sizeof dims / sizeof dims[0]; d++) {
+        size_t hd = dims[d][0], nr = dims[d][1];
+        float cs[64 * 2], src[64], want[64], got[64];
+        lh_ops_rope_table(cs, 2, nr, &r);
+        fill(src, hd, -1, 1);
+        for (size_t i = 0; i < hd; i++)
+            want[i] = src[i] * 0.125f;
+        lh_ops_rope_apply(want, 1, hd, nr, cs + nr);   /* position 1 */
+        lh_ops_rope_apply_scaled(got, src, 0.125f, hd, nr, cs + nr);
+        CU_ASSERT(memcmp(got, want, hd * sizeof *got) == 0);
+        memcpy(got, src, hd * sizeof *got);             /* in place */
+        lh_ops_rope_apply_scaled(got, got, 0.125f, hd, nr, cs + nr);
+        CU_ASSERT(memcmp(got, want, hd * sizeof *got) == 0);
+    }
+}
+
 /* Frequency factors and YaRN against values worked out by hand. */
 static void test_rope_factors_yarn(void)
 {
@@ -328,4 +350,7 @@ void lh_test_ops(void)
     CU_add_test(s, "swiglu", test_swiglu);
     CU_add_test(s, "softmax", test_softmax);
     CU_add_test(s, "add", test_add);
+    /* last: its fill() draws would shift the random inputs of the tests above (the NeoX test
+     * compares one value exactly) */
+    CU_add_test(s, "rope apply scaled == scale then rope", test_rope_apply_scaled);
 }
