@@ -98,9 +98,9 @@ static void direct_tiles(const lh_attn_shape *s, size_t R, size_t nq, size_t pos
         if (hd == 64)
             for (; r + 2 <= R; r += 2)
                 f16 ? scores2_64(1, Q + r * hd, Q + (r + 1) * hd, kp, kt, S + r * KT,
-                                 S + (r + 1) * KT)
+                                 S + (r + 1) * KT, NULL)
                     : scores2_64(0, Q + r * hd, Q + (r + 1) * hd, kp, kt, S + r * KT,
-                                 S + (r + 1) * KT);
+                                 S + (r + 1) * KT, NULL);
 #endif
         for (; r < R; r++)
             f16 ? direct_scores(1, Q + r * hd, kp, kt, hd, S + r * KT)

@@ -29,6 +29,30 @@ static inline __attribute__((always_inline)) __m256 ld8(int f16, const void *p, 
     return _mm256_loadu_ps((const float *)p + i);
 }
 
+/* A prefetch cursor for the kernels below: the lines from p to end, `lines` of them per step of
+ * the kernel's loop (NULL: none).  Spread over the work of one tile, the next tile's lines arrive
+ * while this one is computed; issued all at once they stall the loads behind them (LongHeads'
+ * selected chunks: no gain at any distance that way). */
+typedef struct {
+    const char *p, *end;
+    size_t lines;
+} lh_pf;
+
+/* A cursor over the size bytes at p, spread over n_steps steps (none when p is NULL). */
+static inline lh_pf pf_over(const void *p, size_t size, size_t n_steps)
+{
+    lh_pf pf = {(const char *)p, (const char *)p + (p ? size : 0), 0};
+    pf.lines = n_steps ? (size / 64 + n_steps - 1) / n_steps : size / 64;
+    return pf;
+}
+
+static inline __attribute__((always_inline)) void pf_step(lh_pf *pf)
+{
+    if (pf)
+        for (size_t i = 0; i < pf->lines && pf->p < pf->end; i++, pf->p += 64)
+            __builtin_prefetch(pf->p);
+}
+
 #ifdef __AVX512F__
 static inline __attribute__((always_inline)) __m512 ld16(int f16, const void *p, size_t i)
 {
@@ -230,10 +254,11 @@ static inline __attribute__((always_inline)) void direct_pv(int f16, const float
 #ifdef __AVX512F__
 /* Two rows at once, head_dim 64: s0[j] = q0 · K[j], s1[j] = q1 · K[j], each key row loaded once
  * for both (a GQA group's rows share their keys).  Eight keys per step: 16 accumulators, the
- * two queries in 8 registers, then one shuffle tree for the 16 sums. */
+ * two queries in 8 registers, then one shuffle tree for the 16 sums; pf advances once a step. */
 static inline __attribute__((always_inline)) void scores2_64(int f16, const float *qa,
                                                              const float *qb, const void *K,
-                                                             size_t kt, float *sa, float *sb)
+                                                             size_t kt, float *sa, float *sb,
+                                                             lh_pf *pf)
 {
     __m512 a0 = _mm512_loadu_ps(qa), a1 = _mm512_loadu_ps(qa + 16);
     __m512 a2 = _mm512_loadu_ps(qa + 32), a3 = _mm512_loadu_ps(qa + 48);
@@ -254,6 +279,7 @@ static inline __attribute__((always_inline)) void scores2_64(int f16, const floa
     } while (0)
         KEY2(0); KEY2(1); KEY2(2); KEY2(3); KEY2(4); KEY2(5); KEY2(6); KEY2(7);
 #undef KEY2
+        pf_step(pf);
         __m512 r = hs16(x0, x1, x2, x3, x4, x5, x6, x7, y0, y1, y2, y3, y4, y5, y6, y7);
         /* row a keys 0-7, row b 0-7 */
         _mm256_storeu_ps(sa + j, _mm512_castps512_ps256(r));
@@ -272,12 +298,12 @@ static inline __attribute__((always_inline)) void scores2_64(int f16, const floa
 
 /* Four rows at once, head_dim 64: o_r += Σ_j p_r[j] V[j] for r = 0..3 (rows anywhere: four
  * pointers each), each value row loaded (and converted) once for the four; the 4 x 64 outputs
- * stay in 16 registers. */
+ * stay in 16 registers; pf advances once a value row. */
 static inline __attribute__((always_inline)) void pv4_64p(int f16, const float *p0,
                                                           const float *p1, const float *p2,
                                                           const float *p3, const void *V,
                                                           size_t kt, float *o0, float *o1,
-                                                          float *o2, float *o3)
+                                                          float *o2, float *o3, lh_pf *pf)
 {
     /* sixteen named accumulators: an array here stayed on the stack (GCC -O2) */
 #define LD4(r)                                                                                \
@@ -304,6 +330,7 @@ static inline __attribute__((always_inline)) void pv4_64p(int f16, const float *
         ROW(2);
         ROW(3);
 #undef ROW
+        pf_step(pf);
     }
 #define ST4(r)                                                                                \
     do {                                                                                      \
@@ -325,7 +352,7 @@ static inline __attribute__((always_inline)) void pv4_64(int f16, const float *p
                                                          size_t ldo)
 {
     pv4_64p(f16, p, p + ldp, p + 2 * ldp, p + 3 * ldp, V, kt, o, o + ldo, o + 2 * ldo,
-            o + 3 * ldo);
+            o + 3 * ldo, NULL);
 }
 #endif
 #endif /* LH_HAVE_AVX2 && __F16C__ */
