@@ -86,7 +86,8 @@
  * items in parallel: a KV head with the query heads of its group and whole blocks of the batch
  * (a block: the batch's queries of one chunk), as many rows (query head x query) as the scratch
  * holds (max_rows: scores of 1 MiB), cut smaller only to give every thread an item.  An item
- * selects for every row (one scoring GEMM per block and head), then reads every chunk in the
+ * selects for every row (the block's queries of a head scored together against
+ * the representation tiles, rep_scores), then reads every chunk in the
  * union of its rows' selections once: the rows that chose it, each query rotated for the slot it
  * holds in that row's layout, go through it in pairs (scores) and fours (P·V) with kernels that
  * read the cache in place (kernels/rows.h).  Rows share chunks across blocks and across the
@@ -129,8 +130,9 @@ struct lh_lh {
     size_t n_keep;          /* K = L / w */
     size_t n_chunk;         /* n_ctx / w: chunks that can ever complete */
     size_t ld_q;            /* n_head * head_dim */
-    void *rep;              /* (n_layer, n_head, n_chunk, head_dim) chunk representations, in
-                               the KV cache's type (F16 halves what scoring reads) */
+    void *rep;              /* (n_layer, n_head) x rep_chunks(s) x head_dim chunk
+                               representations in tiles of REP_T chunks (rep_at), in the KV
+                               cache's type (F16 halves what scoring reads) */
     float *ring;            /* (n_layer, w, n_head * head_dim) un-rotated queries of the last
                                w tokens processed, slot pos mod w */
     size_t *n_done;         /* (n_layer) tokens processed per layer */
@@ -152,10 +154,11 @@ struct lh_lh {
     int check;              /* lh_lh_set_check */
 };
 
-/* Chunk representations a prefill block scores per GEMM when they are F16 (converted first):
- * 1024 rows (256 KiB at head_dim 64, in L2) make one GEMM per block up to 65536 tokens of
- * chunks of 64; tiles of 128 measured the same within noise. */
-#define REP_TILE 1024
+/* Chunk representations are kept in tiles of REP_T chunks, dimension-major inside a tile: the
+ * element i of chunk c at rep_at(d, c, i).  One vector load is then dimension i of 16 chunks, and
+ * scoring a block of queries is broadcast-multiply-adds into one register per (query, tile), with
+ * no horizontal sums, no packing and no conversion pass (rep_scores). */
+#define REP_T 16
 
 /* Scores of one work item: R = max_rows is at most ITEM_FLOATS / L, so that x->sc stays within
  * 1 MiB (L2), and at least w. */
@@ -170,7 +173,6 @@ typedef struct {
     float *or;              /* (R, head_dim) the item's outputs */
     float *vec;             /* (2*w + head_dim): small vectors when building reps */
     float *qb;              /* (head_dim) a query rotated for the bound score */
-    float *rt;              /* (REP_TILE, head_dim) F16 representations converted to F32 */
     size_t *sel;            /* (R, K) selection of each row of an item */
     size_t *cur;            /* (max(n_chunk + 1, R)) merge cursors, or per-chunk counts (all 0
                                between items) */
@@ -197,6 +199,21 @@ static int params_ok(const lh_lh_params *p)
            (p->score == LH_LH_SCORE_REP || p->score == LH_LH_SCORE_BOUND);
 }
 
+/* Chunks of the representations of one (layer, head): n_chunk rounded up to whole tiles. */
+static size_t rep_chunks(const lh_lh *s) { return (s->n_chunk + REP_T - 1) / REP_T * REP_T; }
+
+/* Element offset of the representations of (layer, head) in s->rep. */
+static size_t rep_base(const lh_lh *s, size_t layer, size_t h)
+{
+    return (layer * s->p.n_head + h) * rep_chunks(s) * s->p.head_dim;
+}
+
+/* Element i of chunk c from a rep_base. */
+static size_t rep_at(size_t d, size_t c, size_t i)
+{
+    return c / REP_T * REP_T * d + i * REP_T + c % REP_T;
+}
+
 static size_t cur_size(const lh_lh *s)
 {
     return s->n_chunk + 1 > s->max_rows ? s->n_chunk + 1 : s->max_rows;
@@ -220,7 +237,6 @@ static scratch scratch_of(const lh_lh *s, size_t tid)
     x.or = x.ss + w * s->n_chunk;
     x.vec = x.or + R * d;
     x.qb = x.vec + 2 * w + d;
-    x.rt = x.qb + d;
     x.heap = s->heap ? s->heap + tid * s->n_node : NULL;
     x.stat = s->stat + tid * 8;
     size_t wk = R * s->n_keep;
@@ -261,11 +277,10 @@ int lh_lh_new(lh_lh **sp, const lh_lh_params *p, size_t max_q)
     if (R > ITEM_FLOATS / p->window)
         R = ITEM_FLOATS / p->window;
     s->max_rows = R = R < w ? w : R;
-    s->scr_floats = 2 * w * d + 2 * R * d + R * p->window + w * s->n_chunk + 2 * w + 2 * d +
-                    REP_TILE * d;
+    s->scr_floats = 2 * w * d + 2 * R * d + R * p->window + w * s->n_chunk + 2 * w + 2 * d;
     /* Counts come from the model's configuration; keep the products honest anyway. */
     size_t n_rep = p->n_layer * p->n_head;
-    if (s->n_chunk && n_rep > SIZE_MAX / sizeof(float) / d / s->n_chunk)
+    if (s->n_chunk && n_rep > SIZE_MAX / sizeof(float) / d / (s->n_chunk + REP_T))
         goto fail;
     if (p->score == LH_LH_SCORE_BOUND) {
         size_t n = s->n_chunk;
@@ -286,7 +301,7 @@ int lh_lh_new(lh_lh **sp, const lh_lh_params *p, size_t max_q)
             goto fail;
         s->rep = calloc(1, sizeof(float));
     } else {
-        s->rep = calloc(n_rep * (s->n_chunk ? s->n_chunk : 1) * d, kv_elt(p));
+        s->rep = calloc(n_rep * rep_chunks(s) * d + 1, kv_elt(p));
     }
     s->stat = calloc(s->n_thread * 8, sizeof(size_t));
     s->ring = calloc(p->n_layer * w * s->ld_q, sizeof(float));
@@ -391,12 +406,11 @@ static void rotate_scaled(const lh_lh *s, float *restrict dst, const float *rest
                              s->rope + pos * s->p.n_rot);
 }
 
-/* Representation of chunk c for head h (KV head g) into element `off` of s->rep (head_dim
- * values, rounded to F16 with an F16 cache).  qraw(j) is the un-rotated query of position
- * c*w + j: from the batch when it is in it, else from the ring. */
+/* Representation of chunk c for head h (KV head g) into s->rep (head_dim values, rounded to F16
+ * with an F16 cache).  qraw(j) is the un-rotated query of position c*w + j: from the batch when
+ * it is in it, else from the ring. */
 static void build_rep(const lh_lh *s, const scratch *x, size_t layer, size_t h, size_t g,
-                      size_t c, const float *q, size_t pos0, const void *k, const void *v,
-                      size_t off)
+                      size_t c, const float *q, size_t pos0, const void *k, const void *v)
 {
     size_t w = s->p.chunk, d = s->p.head_dim;
     float scale = 1.0f / sqrtf((float)d);
@@ -430,7 +444,11 @@ static void build_rep(const lh_lh *s, const scratch *x, size_t layer, size_t h, 
         pj[j] *= scale;
     lh_ops_softmax(pj, w);
     lh_gemm_nn(1, d, w, pj, w, kc, d, sv, d, 0.0f);   /* sv is free again */
-    lh_quant_row(s->p.kv_type, sv, (char *)s->rep + off * kv_elt(&s->p), d);
+    size_t e = kv_elt(&s->p), base = rep_base(s, layer, h);
+    char *row = (char *)x->qr;   /* free again too */
+    lh_quant_row(s->p.kv_type, sv, row, d);
+    for (size_t i = 0; i < d; i++)
+        memcpy((char *)s->rep + (base + rep_at(d, c, i)) * e, row + i * e, e);
 }
 
 /* ---- bound score: min/max tree and branch and bound ------------------------------------------ */
@@ -657,7 +675,22 @@ static size_t select_threshold(size_t m, size_t cc, const float *score, size_t *
         a0 = _mm256_max_ps(a0, _mm256_loadu_ps(score + i));
         a1 = _mm256_max_ps(a1, _mm256_loadu_ps(score + i + 8));
     }
-    float gm[16], ts[16], th = -INFINITY;
+    float ts[16], th = -INFINITY;
+#ifdef __AVX512F__
+    /* the m-th largest: the largest left, all its copies removed at once, until m are gone (the
+     * same value as one removal per pass; a scalar loop of those passes was ~40% of the
+     * selection, one dependent load after another) */
+    __m512 gv = _mm512_insertf32x8(_mm512_castps256_ps512(a0), a1, 1);
+    for (size_t gone = 0; gone < m;) {
+        th = _mm512_reduce_max_ps(gv);
+        __mmask16 eq = _mm512_cmp_ps_mask(gv, _mm512_set1_ps(th), _CMP_EQ_OQ);
+        if (!eq)
+            return 0;   /* NaN */
+        gone += (size_t)__builtin_popcount(eq);
+        gv = _mm512_mask_mov_ps(gv, eq, _mm512_set1_ps(-INFINITY));
+    }
+#else
+    float gm[16];
     _mm256_storeu_ps(gm, a0);
     _mm256_storeu_ps(gm + 8, a1);
     for (size_t r = 0; r < m; r++) {   /* the m-th largest, by m passes of max-and-remove */
@@ -667,6 +700,7 @@ static size_t select_threshold(size_t m, size_t cc, const float *score, size_t *
         th = gm[b];
         gm[b] = -INFINITY;
     }
+#endif
     __m256 vt = _mm256_set1_ps(th);
     for (size_t i = 0; i < n_cand; i += 8) {
         unsigned bits;
@@ -837,22 +871,161 @@ static void chunk_pv(const lh_lh_params *p, const float *const *pr, const char *
         row_pv(p, pr[i], vc, 0, n, o[i]);
 }
 
-/* x->ss[j * n_chunk + c] = q_j · rep_c for the nb queries q_j (row stride ld_q) of a prefill block
- * and the n representations from element off of s->rep: one GEMM, per tile of REP_TILE converted
- * rows when they are F16. */
-static void rep_scores(const lh_lh *s, const scratch *x, size_t nb, const float *q, size_t off,
-                       size_t n)
+/* The scores of a tile group: out[j * ldo + c - c0] = q_j · rep_c for the R queries q_j (stride
+ * ldq) and the chunks c of tiles t0 .. t0+T-1 inside [c0, c1), from the representations at rb
+ * (a rep_base).  Per score one chain of multiply-adds over i = 0 .. d-1, as rep_score_ref: the
+ * bits do not depend on R, T or which queries share a call (a batch cut elsewhere, a decode step
+ * and a prefill score alike). */
+#ifdef __AVX512F__
+/* Lanes lo .. hi-1 of tile t (chunks t*REP_T ..) of v to out[c - c0], the lanes within [c0, c1);
+ * moved down to lane 0 first when the tile starts before c0. */
+static inline __attribute__((always_inline)) void rep_store(float *out, size_t t, size_t c0,
+                                                            size_t c1, __m512 v)
+{
+    size_t first = t * REP_T, lo = first < c0 ? c0 : first;
+    size_t hi = first + REP_T < c1 ? first + REP_T : c1;
+    __mmask16 low = (__mmask16)((1u << (hi - lo)) - 1);
+    if (lo != first)
+        v = _mm512_maskz_compress_ps((__mmask16)(low << (lo - first)), v);
+    _mm512_mask_storeu_ps(out + (lo - c0), low, v);
+}
+
+/* Tile i-th vector of tile t: dimension i of its REP_T chunks. */
+#define REP_LD(t) ld16(f16, rb, (t) * REP_T * d + i * REP_T)
+
+/* R <= 8 queries (stride ldq) against tiles t0 .. t0+T-1 (T <= 3): R x T accumulators, named
+ * (an array of them stayed in memory, GCC -O2); R and T constants at every call. */
+static inline __attribute__((always_inline)) void rep_tiles(int f16, size_t R, size_t T,
+                                                            const float *q, size_t ldq,
+                                                            const void *rb, size_t d, size_t t0,
+                                                            size_t c0, size_t c1, float *out,
+                                                            size_t ldo)
+{
+#define DECL(r) __m512 a##r##0 = _mm512_setzero_ps(), a##r##1 = a##r##0, a##r##2 = a##r##0
+    DECL(0); DECL(1); DECL(2); DECL(3); DECL(4); DECL(5); DECL(6); DECL(7);
+#undef DECL
+    for (size_t i = 0; i < d; i++) {
+        __m512 k0 = REP_LD(t0);
+        __m512 k1 = T > 1 ? REP_LD(t0 + 1) : k0, k2 = T > 2 ? REP_LD(t0 + 2) : k0;
+#define ROW(r)                                                                                \
+    if (R > r) {                                                                              \
+        __m512 b_ = _mm512_set1_ps(q[r * ldq + i]);                                           \
+        a##r##0 = _mm512_fmadd_ps(b_, k0, a##r##0);                                           \
+        if (T > 1)                                                                            \
+            a##r##1 = _mm512_fmadd_ps(b_, k1, a##r##1);                                       \
+        if (T > 2)                                                                            \
+            a##r##2 = _mm512_fmadd_ps(b_, k2, a##r##2);                                       \
+    }
+        ROW(0) ROW(1) ROW(2) ROW(3) ROW(4) ROW(5) ROW(6) ROW(7)
+#undef ROW
+    }
+#define STORE(r)                                                                              \
+    if (R > r) {                                                                              \
+        rep_store(out + r * ldo, t0, c0, c1, a##r##0);                                        \
+        if (T > 1)                                                                            \
+            rep_store(out + r * ldo, t0 + 1, c0, c1, a##r##1);                                \
+        if (T > 2)                                                                            \
+            rep_store(out + r * ldo, t0 + 2, c0, c1, a##r##2);                                \
+    }
+    STORE(0) STORE(1) STORE(2) STORE(3) STORE(4) STORE(5) STORE(6) STORE(7)
+#undef STORE
+}
+
+/* One query against eight tiles: eight independent chains (decode). */
+static inline __attribute__((always_inline)) void rep_tiles8(int f16, const float *q,
+                                                             const void *rb, size_t d, size_t t0,
+                                                             size_t c0, size_t c1, float *out)
+{
+    __m512 a0 = _mm512_setzero_ps(), a1 = a0, a2 = a0, a3 = a0, a4 = a0, a5 = a0, a6 = a0, a7 = a0;
+    for (size_t i = 0; i < d; i++) {
+        __m512 b = _mm512_set1_ps(q[i]);
+        a0 = _mm512_fmadd_ps(b, REP_LD(t0), a0);
+        a1 = _mm512_fmadd_ps(b, REP_LD(t0 + 1), a1);
+        a2 = _mm512_fmadd_ps(b, REP_LD(t0 + 2), a2);
+        a3 = _mm512_fmadd_ps(b, REP_LD(t0 + 3), a3);
+        a4 = _mm512_fmadd_ps(b, REP_LD(t0 + 4), a4);
+        a5 = _mm512_fmadd_ps(b, REP_LD(t0 + 5), a5);
+        a6 = _mm512_fmadd_ps(b, REP_LD(t0 + 6), a6);
+        a7 = _mm512_fmadd_ps(b, REP_LD(t0 + 7), a7);
+    }
+    rep_store(out, t0, c0, c1, a0);
+    rep_store(out, t0 + 1, c0, c1, a1);
+    rep_store(out, t0 + 2, c0, c1, a2);
+    rep_store(out, t0 + 3, c0, c1, a3);
+    rep_store(out, t0 + 4, c0, c1, a4);
+    rep_store(out, t0 + 5, c0, c1, a5);
+    rep_store(out, t0 + 6, c0, c1, a6);
+    rep_store(out, t0 + 7, c0, c1, a7);
+}
+#undef REP_LD
+#endif
+
+/* rep_tiles' arithmetic, one score at a time (other CPUs, and lh_lh_set_check's reference) */
+static float rep_score_ref(int f16, const float *q, const void *rb, size_t d, size_t c)
+{
+    float acc = 0.0f;
+    for (size_t i = 0; i < d; i++)
+        acc = fmaf(q[i], elem(f16, rb, rep_at(d, c, i)), acc);
+    return acc;
+}
+
+#ifdef __AVX512F__
+/* rep_tiles for the (R, T) shapes rep_scores uses, the type a constant in each */
+static void rep_tiles_any(int f16, size_t R, size_t T, const float *q, size_t ldq, const void *rb,
+                          size_t d, size_t t0, size_t c0, size_t c1, float *out, size_t ldo)
+{
+#define SHAPE(R_, T_)                                                                         \
+    if (R == R_ && T == T_) {                                                                 \
+        f16 ? rep_tiles(1, R_, T_, q, ldq, rb, d, t0, c0, c1, out, ldo)                       \
+            : rep_tiles(0, R_, T_, q, ldq, rb, d, t0, c0, c1, out, ldo);                      \
+        return;                                                                               \
+    }
+    SHAPE(8, 3) SHAPE(4, 3) SHAPE(1, 3) SHAPE(8, 1) SHAPE(4, 1) SHAPE(1, 1)
+#undef SHAPE
+    if (R == 1 && T == 8)
+        f16 ? rep_tiles8(1, q, rb, d, t0, c0, c1, out) : rep_tiles8(0, q, rb, d, t0, c0, c1, out);
+}
+#endif
+
+/* out[j * ldo + c - c0] = q_j · rep_c for the nb queries q_j (stride ldq) and the chunks c0 .. c1-1
+ * of (layer, head): a prefill block's queries eight at a time against three tiles (24
+ * accumulators, each tile load shared by eight queries), a decode query against eight tiles
+ * (eight independent chains).  stat (lh_lh_set_check): every score is compared with
+ * rep_score_ref, and stat[4] counts those that differ in any bit. */
+static void rep_scores(const lh_lh *s, size_t layer, size_t h, size_t nb, const float *q,
+                       size_t ldq, size_t c0, size_t c1, float *out, size_t ldo, size_t *stat)
 {
     size_t d = s->p.head_dim;
-    if (s->p.kv_type != LH_TYPE_F16) {
-        lh_gemm_nt(nb, n, d, q, s->ld_q, (const float *)s->rep + off, d, x->ss, s->n_chunk, 0.0f);
+    int f16 = s->p.kv_type == LH_TYPE_F16;
+    const char *rb = (const char *)s->rep + rep_base(s, layer, h) * kv_elt(&s->p);
+    if (c1 <= c0)
         return;
+#ifdef __AVX512F__
+    size_t t_end = (c1 + REP_T - 1) / REP_T, T = nb == 1 ? 8 : 3;
+    for (size_t t0 = c0 / REP_T; t0 < t_end; t0 += T) {
+        size_t nt = t_end - t0 < T ? t_end - t0 : T;
+        for (size_t j = 0; j < nb;) {
+            size_t R = nb - j >= 8 ? 8 : nb - j >= 4 ? 4 : 1;
+            if (nt == T)
+                rep_tiles_any(f16, R, T, q + j * ldq, ldq, rb, d, t0, c0, c1, out + j * ldo, ldo);
+            else
+                for (size_t t = t0; t < t0 + nt; t++)
+                    rep_tiles_any(f16, R, 1, q + j * ldq, ldq, rb, d, t, c0, c1, out + j * ldo,
+                                  ldo);
+            j += R;
+        }
     }
-    for (size_t c0 = 0; c0 < n; c0 += REP_TILE) {
-        size_t nt = n - c0 < REP_TILE ? n - c0 : REP_TILE;
-        lh_dequant_row(LH_TYPE_F16, (const uint16_t *)s->rep + off + c0 * d, x->rt, nt * d);
-        lh_gemm_nt(nb, nt, d, q, s->ld_q, x->rt, d, x->ss + c0, s->n_chunk, 0.0f);
-    }
+#else
+    for (size_t j = 0; j < nb; j++)
+        for (size_t c = c0; c < c1; c++)
+            out[j * ldo + c - c0] = rep_score_ref(f16, q + j * ldq, rb, d, c);
+#endif
+    if (stat)
+        for (size_t j = 0; j < nb; j++)
+            for (size_t c = c0; c < c1; c++) {
+                float want = rep_score_ref(f16, q + j * ldq, rb, d, c);
+                stat[4] += memcmp(&want, out + j * ldo + c - c0, sizeof want) != 0;
+            }
 }
 
 /* A work item of lh_lh_layer: KV head g, its query heads h0 .. h0+hp-1 and queries i0 .. i0+qn-1
@@ -885,10 +1058,8 @@ static void select_rows(const lh_lh *s, const scratch *x, size_t layer, const it
     size_t w = p->chunk, d = p->head_dim, L = p->window, K = s->n_keep, ldq = s->ld_q;
     size_t hp = it->hp, ldsel = hp * K;   /* one query to the next, same head */
     int bound = p->score == LH_LH_SCORE_BOUND;
-    int f16 = p->kv_type == LH_TYPE_F16;
     for (size_t hh = 0; hh < hp; hh++) {
         size_t h = it->h0 + hh, g = it->g;
-        size_t rep0 = (layer * p->n_head + h) * s->n_chunk * d;   /* element offset in s->rep */
         for (size_t j = 0; j < it->qn;) {
             size_t i = it->i0 + j, t = pos0 + i, cc = t / w;
             size_t nb = (cc + 1) * w - t;       /* queries of this item in chunk cc */
@@ -932,12 +1103,10 @@ static void select_rows(const lh_lh *s, const scratch *x, size_t layer, const it
                     }
                 }
             } else {
-                /* decode: one query against every representation, a row-dot kernel
-                 * (lh_gemm_nt pads a single row) */
-                if (K > 3 && nb == 1)
-                    dots(f16, d, qb, s->rep, rep0 + d, cc - 2, x->ss);
-                else if (K > 3)
-                    rep_scores(s, x, nb, qb, rep0 + d, cc - 2);
+                /* the block's queries against the representations of chunks 1 .. cc-2 */
+                if (K > 3)
+                    rep_scores(s, layer, h, nb, qb, ldq, 1, cc - 1, x->ss, s->n_chunk,
+                               s->check ? x->stat : NULL);
                 for (size_t jj = 0; jj < nb; jj++)
                     select_from_scores(K, cc, x->ss + jj * s->n_chunk, sel + jj * ldsel);
                 x->stat[0] += nb;
@@ -1090,12 +1259,10 @@ static void attend_rows(const lh_lh *s, const scratch *x, const item *it, size_t
 static void head_reps(const lh_lh *s, size_t tid, size_t layer, size_t h, const float *q,
                       size_t n_q, size_t pos0, const void *k, const void *v)
 {
-    size_t w = s->p.chunk, d = s->p.head_dim;
-    size_t g = h / (s->p.n_head / s->p.n_head_kv);
+    size_t w = s->p.chunk, g = h / (s->p.n_head / s->p.n_head_kv);
     scratch x = scratch_of(s, tid);
-    size_t rep0 = (layer * s->p.n_head + h) * s->n_chunk * d;   /* element offset in s->rep */
     for (size_t c = pos0 / w; c < (pos0 + n_q) / w; c++)
-        build_rep(s, &x, layer, h, g, c, q, pos0, k, v, rep0 + c * d);
+        build_rep(s, &x, layer, h, g, c, q, pos0, k, v);
 }
 
 /* The next smaller divisor of n below m (m > 1). */
@@ -1199,9 +1366,7 @@ static void flat_scores(const lh_lh *s, size_t layer, size_t head, const float *
         }
         return;
     }
-    size_t rep0 = (layer * s->p.n_head + head) * s->n_chunk * d;
-    if (n)
-        dots(s->p.kv_type == LH_TYPE_F16, d, q_head, s->rep, rep0, n, score);
+    rep_scores(s, layer, head, 1, q_head, s->p.head_dim, 0, n, score, n, NULL);
 }
 
 static size_t select_any(const lh_lh *s, size_t layer, size_t head, const float *q_head, size_t t,
@@ -1482,11 +1647,12 @@ size_t lh_lh_keepable(const lh_lh *s, size_t n)
 }
 
 /* The state a save holds, as a table: each array of the state is n_rows rows, row_stride bytes
- * apart, and holds `unit` bytes per complete chunk (per_token: per token) at the start of each
- * row.  A new per-chunk array (e.g. per-chunk key bounds) is one more line here. */
+ * apart, and holds `unit` bytes per `group` complete chunks (per_token: per token), a group begun
+ * counting whole, at the start of each row.  A new per-chunk array (e.g. per-chunk key bounds) is
+ * one more line here. */
 typedef struct {
     char *base;
-    size_t n_rows, row_stride, unit;
+    size_t n_rows, row_stride, unit, group;
     int per_token;
 } state_array;
 
@@ -1494,17 +1660,18 @@ typedef struct {
 
 static size_t state_arrays(const lh_lh *s, state_array *a)
 {
-    size_t n = 0, d = s->p.head_dim, nc = s->n_chunk;
-    /* rep: (n_layer, n_head, n_chunk, head_dim); not kept with the bound score */
+    size_t n = 0, d = s->p.head_dim;
+    /* rep: (n_layer, n_head) rows of tiles of REP_T chunks; not kept with the bound score */
     if (!s->bmin) {
         size_t e = kv_elt(&s->p);
-        a[n++] = (state_array){(char *)s->rep, s->p.n_layer * s->p.n_head, nc * d * e, d * e, 0};
+        a[n++] = (state_array){(char *)s->rep, s->p.n_layer * s->p.n_head,
+                               rep_chunks(s) * d * e, REP_T * d * e, REP_T, 0};
     } else {
         /* bound score: the chunks' key min / max (level 0 of each KV head's tree; the levels
          * above are rebuilt from it on load, tree_rebuild) */
         size_t rows = s->p.n_layer * s->p.n_head_kv, stride = s->n_node * d * sizeof(float);
-        a[n++] = (state_array){(char *)s->bmin, rows, stride, d * sizeof(float), 0};
-        a[n++] = (state_array){(char *)s->bmax, rows, stride, d * sizeof(float), 0};
+        a[n++] = (state_array){(char *)s->bmin, rows, stride, d * sizeof(float), 1, 0};
+        a[n++] = (state_array){(char *)s->bmax, rows, stride, d * sizeof(float), 1, 0};
     }
     return n;
 }
@@ -1532,12 +1699,18 @@ static void tree_rebuild(lh_lh *s, size_t n_complete)
 
 static size_t ring_size(const lh_lh *s) { return s->p.n_layer * s->p.chunk * s->ld_q * sizeof(float); }
 
+/* Bytes of a state array's row for n tokens. */
+static size_t state_len(const lh_lh *s, const state_array *a, size_t n)
+{
+    return a->unit * (a->per_token ? n : (n / s->p.chunk + a->group - 1) / a->group);
+}
+
 size_t lh_lh_state_size(const lh_lh *s, size_t n)
 {
     state_array a[MAX_STATE_ARRAYS];
     size_t na = state_arrays(s, a), total = ring_size(s);
     for (size_t i = 0; i < na; i++)
-        total += a[i].n_rows * a[i].unit * (a[i].per_token ? n : n / s->p.chunk);
+        total += a[i].n_rows * state_len(s, &a[i], n);
     return total;
 }
 
@@ -1547,7 +1720,7 @@ static int state_io(const lh_lh *s, size_t n, lh_lh_io_fn fn, void *ud)
     size_t na = state_arrays(s, a);
     int rc;
     for (size_t i = 0; i < na; i++) {
-        size_t len = a[i].unit * (a[i].per_token ? n : n / s->p.chunk);
+        size_t len = state_len(s, &a[i], n);
         for (size_t r = 0; len && r < a[i].n_rows; r++)
             if ((rc = fn(ud, a[i].base + r * a[i].row_stride, len)))
                 return rc;

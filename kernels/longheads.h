@@ -55,7 +55,9 @@ typedef struct {
     size_t n_cand;       /* candidate chunks they had (what flat scoring scores) */
     size_t n_chunk;      /* chunks actually scored */
     size_t n_node;       /* bound-tree nodes scored (groups of 2^k chunks; bound only) */
-    size_t n_mismatch;   /* with lh_lh_set_check: selections that differed from flat scoring */
+    size_t n_mismatch;   /* with lh_lh_set_check: selections that differed from flat scoring
+                            (bound), representation scores that differed from the scalar
+                            reference in any bit (rep) */
 } lh_lh_stats;
 
 typedef struct lh_lh lh_lh;
@@ -113,9 +115,10 @@ size_t lh_lh_scores(const lh_lh *s, size_t layer, size_t head, const float *q_he
 size_t lh_lh_bound_pos(const lh_lh_params *p, size_t t);
 
 void lh_lh_stats_get(const lh_lh *s, lh_lh_stats *st);
-/* on != 0 (bound score): lh_lh_layer selects by branch and bound, whatever branch_and_bound says,
+/* on != 0, bound score: lh_lh_layer selects by branch and bound, whatever branch_and_bound says,
  * and also by flat scoring, and counts the selections that differ (n_mismatch), to check branch
- * and bound on real data.  For tests: slow. */
+ * and bound on real data.  Rep score: every representation score is recomputed by the scalar
+ * reference and those that differ are counted (n_mismatch).  For tests: slow. */
 void lh_lh_set_check(lh_lh *s, int on);
 void lh_lh_stats_reset(lh_lh *s);
 

@@ -702,6 +702,36 @@ static void test_bb_truncate(void)
     fixture_free(&f);
 }
 
+/* Representation scores: every score the tiled kernels give (prefill blocks of 16 queries: rows
+ * eight and four at a time, three tiles a step; decode: eight tiles; partial tiles at both ends)
+ * equals the scalar chain of multiply-adds bit for bit (lh_lh_set_check counts each that
+ * differs), F32 and F16. */
+static void test_rep_scores_exact(void)
+{
+    for (int kv = 0; kv < 2; kv++) {
+        lh_lh_params p = params(16, 64, 4, 2, 16, 16, 2560, kv ? LH_TYPE_F16 : LH_TYPE_F32);
+        size_t n_tok = 2400, batches[] = { 64, 13, 1 };
+        fixture f;
+        fixture_init(&f, &p, n_tok, 77 + kv);
+        float *out = malloc(p.n_layer * n_tok * p.n_head * p.head_dim * sizeof(float));
+        CU_ASSERT_FATAL(out != NULL);
+        lh_lh *s = NULL;
+        CU_ASSERT_FATAL(lh_lh_new(&s, &p, 64) == 0);
+        lh_lh_set_check(s, 1);
+        /* a prefill in batches of 64 and of 13, then decode steps */
+        CU_ASSERT_EQUAL(feed(s, &f, 0, 1600, batches[0], out), 0);
+        CU_ASSERT_EQUAL(feed(s, &f, 1600, 2300, batches[1], out), 0);
+        CU_ASSERT_EQUAL(feed(s, &f, 2300, n_tok, batches[2], out), 0);
+        lh_lh_stats st;
+        lh_lh_stats_get(s, &st);
+        CU_ASSERT(st.n_cand > 100 * st.n_select / 2);   /* up to 147 candidates each */
+        CU_ASSERT_EQUAL(st.n_mismatch, 0);
+        lh_lh_free(s);
+        free(out);
+        fixture_free(&f);
+    }
+}
+
 /* The real passkey model with the bound score: every branch-and-bound selection of a prefill and
  * of decode steps equals flat scoring (lh_lh_set_check), and it does prune. */
 static void test_bb_real_model(void)
@@ -794,6 +824,7 @@ void lh_test_longheads(void)
     CU_add_test(s, "bound: fast == oracle, f16 cache", test_oracle_bound_f16);
     CU_add_test(s, "bound: >= every key's q.k, = min/max bound", test_bound_is_bound);
     CU_add_test(s, "bound: branch and bound == flat (random, ties)", test_bb_exact);
+    CU_add_test(s, "rep scores == scalar reference, bit for bit", test_rep_scores_exact);
     CU_add_test(s, "bound: tree after truncate == fresh", test_bb_truncate);
     CU_add_test(s, "bound: branch and bound == flat, passkey model", test_bb_real_model);
 }
