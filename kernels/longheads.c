@@ -1118,6 +1118,16 @@ static void select_rows(const lh_lh *s, const scratch *x, size_t layer, const it
     }
 }
 
+/* The chunks uc[u+1 .. u+4] of the head's cache at h (chunk stride cb bytes) into b, NULL past
+ * the n_u of the union. */
+static const char *const *next4(const char *h, const size_t *uc, size_t u, size_t n_u, size_t cb,
+                                const char **b)
+{
+    for (size_t k = 0; k < 4; k++)
+        b[k] = u + 1 + k < n_u ? h + uc[u + 1 + k] * cb : NULL;
+    return b;
+}
+
 /* Attention of an item's rows to their selected chunks (select_rows).  Each chunk in the union of
  * the selections of all rows (several blocks of queries, every query head of the KV head) is read
  * (and converted) once: the rows that chose it, each query rotated for the slot it has in its own
@@ -1194,6 +1204,7 @@ static void attend_rows(const lh_lh *s, const scratch *x, const item *it, size_t
      * past a row's own key is masked by its softmax, and each key's score is its own lanes. */
     const size_t n_ctx = s->p.n_ctx, elt = kv_elt(&s->p);
     const char *kh = (const char *)k + g * n_ctx * d * elt, *vh = (const char *)v + g * n_ctx * d * elt;
+    const char *nb4[4];
     if (it->qn == 1) /* decode: every selected chunk's keys and values, all requests in flight */
         for (size_t u = 0; u < n_u; u++) {
             size_t nk = t_end - uc[u] * w < w ? t_end - uc[u] * w : w;
@@ -1208,10 +1219,9 @@ static void attend_rows(const lh_lh *s, const scratch *x, const item *it, size_t
             rotate_scaled(s, x->qr + j * d, q + x->rq[r], x->rp[r] - us[e + j] * w, scale);
         }
         const char *kc = kh + c * w * d * elt;
-        /* the next chunk's keys are fetched over this one's steps (past the window the chunks
-         * lie scattered over a cache far larger than the caches: longheads-bench --mults 128,
-         * cycles of the scores per query and layer 22-23 K -> 18-19 K) */
-        lh_pf pf = pf_over(u + 1 < n_u ? kh + uc[u + 1] * w * d * elt : NULL, w * d * elt,
+        /* the next four chunks' keys are fetched over this one's steps, a quarter each (past
+         * the window the chunks lie scattered over a cache far larger than the caches) */
+        lh_pf pf = pf_over(next4(kh, uc, u, n_u, w * d * elt, nb4), w * d * elt,
                            (n_c + 1) / 2 * (nk / 8));
         for (size_t j = 0; j < n_c; j += 2) {
             size_t j1 = j + 1 < n_c ? j + 1 : j;   /* an odd row is paired with itself */
@@ -1236,8 +1246,8 @@ static void attend_rows(const lh_lh *s, const scratch *x, const item *it, size_t
     for (size_t u = 0, e = 0; u < n_u; e += un[u], u++) {
         size_t c = uc[u], n_c = un[u], nk = t_end - c * w < w ? t_end - c * w : w;
         const char *vc = vh + c * w * d * elt;
-        lh_pf pf = pf_over(u + 1 < n_u ? vh + uc[u + 1] * w * d * elt : NULL, w * d * elt,
-                           (n_c + 3) / 4 * nk);   /* as for the keys: 19-20 K -> 15 K */
+        lh_pf pf = pf_over(next4(vh, uc, u, n_u, w * d * elt, nb4), w * d * elt,
+                           (n_c + 3) / 4 * nk);   /* as for the keys */
         for (size_t j = 0; j < n_c; j += 4) {
             size_t jj[4];
             for (size_t i = 0; i < 4; i++)
