@@ -848,6 +848,8 @@ static void chunk_qk(const lh_lh_params *p, const float *qa, const float *qb, co
         return;
     }
 #endif
+    for (size_t i = 0; i < n / 8; i++)   /* this call's share of the prefetch, at once */
+        pf_step(pf);
     dots(f16, d, qa, kc, 0, n, sa);
     if (sb != sa)
         dots(f16, d, qb, kc, 0, n, sb);
@@ -867,6 +869,8 @@ static void chunk_pv(const lh_lh_params *p, const float *const *pr, const char *
         return;
     }
 #endif
+    for (size_t i = 0; i < n; i++)
+        pf_step(pf);
     for (size_t i = 0; i < n_live; i++)
         row_pv(p, pr[i], vc, 0, n, o[i]);
 }

@@ -14,21 +14,6 @@
 
 #include "simd.h"
 
-#if defined(LH_HAVE_AVX2) && defined(__F16C__)
-#define LH_HAVE_ROWS 1
-/* Decode-shaped items (few rows: one query per head of a GQA group) read the cache in place, F16
- * or F32, every key and value row once per tile and then from L1/L2 for the other rows of the
- * item.  Copying or converting whole tiles first, or the 2x4 / 4x16 GEMM blocks built for prefill,
- * cost several times the arithmetic here (measured: the F32 cache read at ~4.6 GB/s on one thread
- * through lh_gemm_nt/nn, F16 in place at ~19).  hd % 8 == 0 (AVX2 loops) or hd % 16 == 0
- * (AVX-512 loops). */
-static inline __attribute__((always_inline)) __m256 ld8(int f16, const void *p, size_t i)
-{
-    if (f16)
-        return _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)((const uint16_t *)p + i)));
-    return _mm256_loadu_ps((const float *)p + i);
-}
-
 /* A prefetch cursor for the kernels below (NULL: none): over the steps of the kernel's loop, line
  * j of the size bytes at b[j % 4], `lines` lines a step, for the j < size / 64.  Given the next
  * four tiles in b[0..3], every tile is fetched a quarter at a time over the four tiles before it:
@@ -55,6 +40,21 @@ static inline __attribute__((always_inline)) void pf_step(lh_pf *pf)
         for (size_t i = 0; i < pf->lines && pf->j < pf->n_lines; i++, pf->j++)
             if (pf->b[pf->j % 4])
                 __builtin_prefetch(pf->b[pf->j % 4] + pf->j * 64);
+}
+
+#if defined(LH_HAVE_AVX2) && defined(__F16C__)
+#define LH_HAVE_ROWS 1
+/* Decode-shaped items (few rows: one query per head of a GQA group) read the cache in place, F16
+ * or F32, every key and value row once per tile and then from L1/L2 for the other rows of the
+ * item.  Copying or converting whole tiles first, or the 2x4 / 4x16 GEMM blocks built for prefill,
+ * cost several times the arithmetic here (measured: the F32 cache read at ~4.6 GB/s on one thread
+ * through lh_gemm_nt/nn, F16 in place at ~19).  hd % 8 == 0 (AVX2 loops) or hd % 16 == 0
+ * (AVX-512 loops). */
+static inline __attribute__((always_inline)) __m256 ld8(int f16, const void *p, size_t i)
+{
+    if (f16)
+        return _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)((const uint16_t *)p + i)));
+    return _mm256_loadu_ps((const float *)p + i);
 }
 
 #ifdef __AVX512F__
