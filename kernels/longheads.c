@@ -875,11 +875,6 @@ static void chunk_pv(const lh_lh_params *p, const float *const *pr, const char *
         row_pv(p, pr[i], vc, 0, n, o[i]);
 }
 
-/* The scores of a tile group: out[j * ldo + c - c0] = q_j · rep_c for the R queries q_j (stride
- * ldq) and the chunks c of tiles t0 .. t0+T-1 inside [c0, c1), from the representations at rb
- * (a rep_base).  Per score one chain of multiply-adds over i = 0 .. d-1, as rep_score_ref: the
- * bits do not depend on R, T or which queries share a call (a batch cut elsewhere, a decode step
- * and a prefill score alike). */
 #ifdef __AVX512F__
 /* Lanes lo .. hi-1 of tile t (chunks t*REP_T ..) of v to out[c - c0], the lanes within [c0, c1);
  * moved down to lane 0 first when the tile starts before c0. */
@@ -897,8 +892,12 @@ static inline __attribute__((always_inline)) void rep_store(float *out, size_t t
 /* Tile i-th vector of tile t: dimension i of its REP_T chunks. */
 #define REP_LD(t) ld16(f16, rb, (t) * REP_T * d + i * REP_T)
 
-/* R <= 8 queries (stride ldq) against tiles t0 .. t0+T-1 (T <= 3): R x T accumulators, named
- * (an array of them stayed in memory, GCC -O2); R and T constants at every call. */
+/* The scores of a tile group: out[j * ldo + c - c0] = q_j · rep_c for the R <= 8 queries q_j
+ * (stride ldq) and the chunks c of tiles t0 .. t0+T-1 (T <= 3) inside [c0, c1), from the
+ * representations at rb (a rep_base).  Per score one chain of multiply-adds over i = 0 .. d-1, as
+ * rep_score_ref: the bits do not depend on R, T or which queries share a call (a batch cut
+ * elsewhere, a decode step and a prefill score alike).  R x T accumulators, named (an array of
+ * them stayed in memory, GCC -O2); R and T constants at every call. */
 static inline __attribute__((always_inline)) void rep_tiles(int f16, size_t R, size_t T,
                                                             const float *q, size_t ldq,
                                                             const void *rb, size_t d, size_t t0,
