@@ -1208,7 +1208,10 @@ static void attend_rows(const lh_lh *s, const scratch *x, const item *it, size_t
     const size_t n_ctx = s->p.n_ctx, elt = kv_elt(&s->p);
     const char *kh = (const char *)k + g * n_ctx * d * elt, *vh = (const char *)v + g * n_ctx * d * elt;
     const char *nb4[4];
-    if (it->qn == 1) /* decode: every selected chunk's keys and values, all requests in flight */
+    /* decode: every selected chunk's keys and values, all requests in flight at once; prefill: the
+     * cursors below, four chunks ahead (pf, NULL in decode: it would fetch the same lines again) */
+    int decode = it->qn == 1;
+    if (decode)
         for (size_t u = 0; u < n_u; u++) {
             size_t nk = t_end - uc[u] * w < w ? t_end - uc[u] * w : w;
             prefetch_rows(&s->p, k, g, uc[u] * w, nk);
@@ -1230,7 +1233,7 @@ static void attend_rows(const lh_lh *s, const scratch *x, const item *it, size_t
             size_t j1 = j + 1 < n_c ? j + 1 : j;   /* an odd row is paired with itself */
             chunk_qk(&s->p, x->qr + j * d, x->qr + j1 * d, kc, nk,
                      x->sc + ur[e + j] * ld + us[e + j] * w, x->sc + ur[e + j1] * ld + us[e + j1] * w,
-                     &pf);
+                     decode ? NULL : &pf);
         }
     }
     for (size_t r = 0; r < n_rows; r++) {
@@ -1261,7 +1264,7 @@ static void attend_rows(const lh_lh *s, const scratch *x, const item *it, size_t
                 pr[i] = x->sc + ur[e + jj[i]] * ld + us[e + jj[i]] * w;
                 orow[i] = o + ur[e + jj[i]] * d;
             }
-            chunk_pv(&s->p, pr, vc, nk, orow, n_c - j < 4 ? n_c - j : 4, &pf);
+            chunk_pv(&s->p, pr, vc, nk, orow, n_c - j < 4 ? n_c - j : 4, decode ? NULL : &pf);
         }
     }
     for (size_t r = 0; r < n_rows; r++)
