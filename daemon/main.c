@@ -74,7 +74,7 @@ static const char usage_text[] =
     "                           answer; committed as it fills)\n"
     "  --max-memory BYTES       budget for the slots' contexts, K/M/G suffixes (default: 3/4\n"
     "                           of the available memory)\n"
-    "  --batch N                largest prefill slice in tokens (default 256)\n"
+    "  --batch N                largest prefill slice in tokens (default 512)\n"
     "  --kv f32|f16             KV-cache type (default f16)\n"
     "  --attn full|longheads    default attention (default longheads: inside the window it\n"
     "                           is full attention, past it each head picks its chunks)\n"

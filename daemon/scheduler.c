@@ -599,9 +599,11 @@ static void run_quick(lh_sched *s, req *r)
 
 /* The smallest prefill slice: below it GEMMs turn into weight streaming (measured on
  * stories110M's shape, F32, noisy: 12 tok/s at 4 tokens a slice, 92 at 8, 529 at 64; 256 gives
- * 1.5-1.9x the speed of 64).  Cancels and timeouts do not wait for a slice: lh_ctx_eval checks
- * them between layers. */
-#define MIN_SLICE 256
+ * 1.5-1.9x the speed of 64), and LongHeads past the window shares each selected chunk's reads
+ * among the slice's queries (512, the engine's default batch: see lh_ctx_params_default).
+ * Cancels and timeouts do not wait for a slice: lh_ctx_eval checks them between layers and
+ * twice inside each. */
+#define MIN_SLICE 512
 static size_t min_slice(size_t n_batch) { return n_batch < MIN_SLICE ? n_batch : MIN_SLICE; }
 
 /* Starts a generate/score request on its slot: the prompt cache, the generation loop.  0 or

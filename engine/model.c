@@ -101,7 +101,7 @@ struct lh_ctx {
     float *att;               /* (n_batch, n_head*hd) */
     float *hb, *hb2;          /* (n_batch, n_ff) */
     void *attn_scratch;       /* n_threads * lh_attn_scratch_size */
-    lh_ctx_abort_fn abort_fn; /* checked between layers, or NULL */
+    lh_ctx_abort_fn abort_fn; /* checked between layers and inside them (aborted), or NULL */
     void *abort_ud;
 };
 
@@ -594,7 +594,11 @@ size_t lh_model_eog_ids(const lh_model *m, const int32_t **idsp)
 void lh_ctx_params_default(lh_ctx_params *p)
 {
     memset(p, 0, sizeof *p);
-    p->n_batch = 256;   /* GEMMs of 256 rows: 1.5-1.9x the prefill speed of 64 (stories110M F32, measured) */
+    /* GEMMs of 256 rows: 1.5-1.9x the prefill speed of 64 (stories110M F32, measured); 512
+     * (llama.cpp's default micro-batch) for LongHeads past the window, whose work items read each
+     * selected chunk once for all the slice's queries that chose it: 128x L prefill 1.35-1.37x
+     * its 1x cost against 1.41-1.43x at 256 (longheads-bench, dim-512 model, alternating) */
+    p->n_batch = 512;
     p->kv_type = LH_TYPE_F32;
     p->attn = LH_ATTN_FULL;
 }
@@ -673,7 +677,7 @@ static int resolve_params(const lh_model *m, lh_ctx_params *p)
     if (p->n_ctx == 0)
         p->n_ctx = hp->n_ctx_train;
     if (p->n_batch == 0)
-        p->n_batch = 256;
+        p->n_batch = 512;
     if (p->n_ctx > (1u << 22) || p->n_batch > 4096) {
         lh_log_error("context %zu tokens / batch %zu is past the limits (4194304 / 4096)", p->n_ctx,
                      p->n_batch);
@@ -904,6 +908,16 @@ static void add_bias(float *y, const float *b, size_t n, size_t dim)
         lh_ops_add(y + i * dim, b, dim);
 }
 
+/* The abort check of forward: between layers and inside each, after the attention and after the
+ * FFN's gate and up products, so that a cancel waits for at most about half a layer (the gate
+ * and up products of a 1B model are ~half of its layer).  A slice stopped there leaves n_past
+ * unchanged, whatever rows of the slice the layers so far stored: the caller resyncs LongHeads
+ * and the next slice overwrites them. */
+static int aborted(const lh_ctx *c)
+{
+    return c->abort_fn && c->abort_fn(c->abort_ud);
+}
+
 /* One slice of n <= n_batch tokens at positions c->n_past ..; logits as in lh_ctx_eval for this
  * slice (NULL, last row only, or all n rows). */
 static int forward(lh_ctx *c, const int32_t *tokens, size_t n, float *logits, int all)
@@ -955,6 +969,8 @@ static int forward(lh_ctx *c, const int32_t *tokens, size_t n, float *logits, in
             return rc;
         add_bias(c->xb, L->bo, n, D);
         lh_ops_add(c->x, c->xb, n * D);
+        if (aborted(c))
+            return LH_E_CANCELLED;
 
         lh_ops_rmsnorm(c->xb, c->x, L->ffn_norm, n, D, hp->rms_eps);
         const weight *gu[2] = {&L->w_gate, &L->w_up};
@@ -963,12 +979,14 @@ static int forward(lh_ctx *c, const int32_t *tokens, size_t n, float *logits, in
         add_bias(c->hb, L->b_gate, n, hp->n_ff);
         add_bias(c->hb2, L->b_up, n, hp->n_ff);
         lh_ops_swiglu(c->hb, c->hb, c->hb2, n * hp->n_ff);
+        if (aborted(c))
+            return LH_E_CANCELLED;
         if ((rc = matmul(c, &L->w_down, c->hb, n, c->xb)))
             return rc;
         add_bias(c->xb, L->b_down, n, D);
         lh_ops_add(c->x, c->xb, n * D);
-        if (c->abort_fn && l + 1 < hp->n_layer && c->abort_fn(c->abort_ud))
-            return LH_E_CANCELLED;  /* n_past unchanged; the caller resyncs LongHeads */
+        if (l + 1 < hp->n_layer && aborted(c))
+            return LH_E_CANCELLED;
     }
 
     if (logits) {

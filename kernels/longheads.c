@@ -162,7 +162,7 @@ struct lh_lh {
 
 /* Scores of one work item: R = max_rows is at most ITEM_FLOATS / L, so that x->sc stays within
  * 1 MiB (L2), and at least w. */
-#define ITEM_FLOATS (1u << 18)
+#define ITEM_FLOATS (1u << 19)
 
 /* Views into one thread's scratch (R = max_rows). */
 typedef struct {

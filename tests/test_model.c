@@ -231,9 +231,11 @@ static int abort_after(void *ud)
     return ++a->calls > a->after;
 }
 
-/* A prefill stopped between layers keeps exactly the complete slices, and going on from there
- * gives the logits of an uninterrupted run (full attention and LongHeads past its window). */
-static void check_abort(lh_attn_mode attn)
+/* A prefill stopped inside a slice keeps exactly the complete slices, and going on from there
+ * gives the logits of an uninterrupted run (full attention and LongHeads past its window).  The
+ * check runs 3 * n_layer - 1 times a slice (after each layer's attention, after its gate and up
+ * products, after each layer but the last); the stop comes at check `at` of the fifth slice. */
+static void check_abort(lh_attn_mode attn, size_t at)
 {
     size_t V = lh_model_hparams(g_model)->n_vocab, n_layer = lh_model_hparams(g_model)->n_layer;
     size_t n = 300;
@@ -254,7 +256,7 @@ static void check_abort(lh_attn_mode attn)
     CU_ASSERT_EQUAL_FATAL(lh_ctx_new(&b, g_model, &p), 0);
     CU_ASSERT_EQUAL(lh_ctx_eval(a, toks, n, la, 0), 0);
     /* stop b inside the fifth slice (tokens 128..159): 4 slices of 32 complete */
-    abort_state st = {0, (int)(4 * (n_layer - 1) + 2)};
+    abort_state st = {0, (int)(4 * (3 * n_layer - 1) + at)};
     lh_ctx_set_abort(b, abort_after, &st);
     CU_ASSERT_EQUAL(lh_ctx_eval(b, toks, n, lb, 0), LH_E_CANCELLED);
     lh_ctx_set_abort(b, NULL, NULL);
@@ -276,8 +278,13 @@ static void check_abort(lh_attn_mode attn)
 
 static void test_abort_between_layers(void)
 {
-    check_abort(LH_ATTN_FULL);
-    check_abort(LH_ATTN_LONGHEADS);
+    size_t n_layer = lh_model_hparams(g_model)->n_layer;
+    /* after the first attention, after the first gate and up, after the first layer, the last */
+    size_t at[] = {0, 1, 2, 3 * n_layer - 2};
+    for (size_t i = 0; i < sizeof at / sizeof at[0]; i++) {
+        check_abort(LH_ATTN_FULL, at[i]);
+        check_abort(LH_ATTN_LONGHEADS, at[i]);
+    }
 }
 
 static void test_limits_and_errors(void)
@@ -922,7 +929,7 @@ void lh_test_model(void)
     CU_add_test(s, "prefill equals decode (longheads, 17x window)", test_prefill_equals_decode_longheads);
     CU_add_test(s, "longheads inside the window equals full", test_longheads_inside_window_equals_full);
     CU_add_test(s, "limits and errors", test_limits_and_errors);
-    CU_add_test(s, "a prefill stopped between layers resumes exactly", test_abort_between_layers);
+    CU_add_test(s, "a prefill stopped inside a slice resumes exactly", test_abort_between_layers);
     CU_add_test(s, "F16, BF16 and Q8_0 weights follow F32", test_weight_types);
     CU_add_test(s, "weights read into memory == mapped", test_weights_load_or_map);
     CU_add_test(s, "unusable models are refused", test_bad_models);

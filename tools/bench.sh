@@ -135,7 +135,7 @@ echo "read bandwidth (longheads-bwprobe, $NT threads, read-only, best of 7): $BW
 
 if has side; then
     section "pp512 / tg64, full attention, tokens/s (ratio > 1: longheads is faster)"
-    echo "ours: longheads-bench --pp 512 --tg 64 --reps $REPS --stat mean (the mean rate, as llama-bench's avg_ts); kv f16, batch 256, weights auto (the daemon's defaults)"
+    echo "ours: longheads-bench --pp 512 --tg 64 --reps $REPS --stat mean (the mean rate, as llama-bench's avg_ts); kv f16, batch 512, weights auto (the daemon's defaults)"
     printf '%-14s %-14s %11s %11s %8s\n' model test longheads llama ratio
     i=0
     roof=""
