@@ -85,7 +85,7 @@
  * Cost and shape of the work: new chunk representations first (one thread per head), then work
  * items in parallel: a KV head with the query heads of its group and whole blocks of the batch
  * (a block: the batch's queries of one chunk), as many rows (query head x query) as the scratch
- * holds (max_rows: scores of 1 MiB), cut smaller only to give every thread an item.  An item
+ * holds (max_rows: scores of 2 MiB), cut smaller only to give every thread an item.  An item
  * selects for every row (the block's queries of a head scored together against
  * the representation tiles, rep_scores), then reads every chunk in the
  * union of its rows' selections once: the rows that chose it, each query rotated for the slot it
@@ -160,8 +160,10 @@ struct lh_lh {
  * no horizontal sums, no packing and no conversion pass (rep_scores). */
 #define REP_T 16
 
-/* Scores of one work item: R = max_rows is at most ITEM_FLOATS / L, so that x->sc stays within
- * 1 MiB (L2), and at least w. */
+/* Scores of one work item: R = max_rows is at most ITEM_FLOATS / L (x->sc 2 MiB), and at least
+ * w.  Larger items share more chunk reads: with 2 heads x 512 queries (1024 rows) a 128x L
+ * prefill on the dim-512 model ran at 1.35-1.37x its 1x cost, with 512 rows (1 MiB, within L2)
+ * at 1.41-1.43x (longheads-bench, alternating). */
 #define ITEM_FLOATS (1u << 19)
 
 /* Views into one thread's scratch (R = max_rows). */
