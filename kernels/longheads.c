@@ -669,6 +669,79 @@ done:
  * scoring >= T only, in ascending chunk order, which keeps the m best of a superset of them: the
  * same list, ties included.  Returns n (== m), or 0 when T rules out too many (NaN scores): the
  * caller scans instead; score is not written. */
+#ifdef __AVX512F__
+/* The AVX-512 form: 16 scores a compare, and pass 2 collects the candidates >= T (ascending, at
+ * most 32; more: 0, the caller scans) with their chunks, then takes the largest m times, the
+ * earliest on ties: the same list as the insertion (~25% less time per selection than the
+ * 8-wide insertion form, 1022 candidates, m = 5, scores in L2). */
+static size_t select_threshold(size_t m, size_t cc, const float *score, size_t *top)
+{
+    size_t n_cand = cc - 2, i = 0;
+    const __m512 ninf = _mm512_set1_ps(-INFINITY);
+    __m512 g0 = ninf, g1 = ninf, g2 = ninf, g3 = ninf;
+    for (; i + 64 <= n_cand; i += 64) {
+        g0 = _mm512_max_ps(g0, _mm512_loadu_ps(score + i));
+        g1 = _mm512_max_ps(g1, _mm512_loadu_ps(score + i + 16));
+        g2 = _mm512_max_ps(g2, _mm512_loadu_ps(score + i + 32));
+        g3 = _mm512_max_ps(g3, _mm512_loadu_ps(score + i + 48));
+    }
+    for (; i + 16 <= n_cand; i += 16)
+        g0 = _mm512_max_ps(g0, _mm512_loadu_ps(score + i));
+    if (i < n_cand)
+        g1 = _mm512_max_ps(g1, _mm512_mask_loadu_ps(ninf, (__mmask16)((1u << (n_cand - i)) - 1),
+                                                    score + i));
+    /* groups: the 16 lanes.  The m-th largest: the largest left, all its copies removed at once,
+     * until m are gone (the same value as one removal per pass) */
+    __m512 gv = _mm512_max_ps(_mm512_max_ps(g0, g1), _mm512_max_ps(g2, g3));
+    float th = -INFINITY;
+    for (size_t gone = 0; gone < m;) {
+        th = _mm512_reduce_max_ps(gv);
+        __mmask16 eq = _mm512_cmp_ps_mask(gv, _mm512_set1_ps(th), _CMP_EQ_OQ);
+        if (!eq)
+            return 0;   /* NaN */
+        gone += (size_t)__builtin_popcount(eq);
+        gv = _mm512_mask_mov_ps(gv, eq, ninf);
+    }
+    const __m512 vt = _mm512_set1_ps(th);
+    const __m512i chunk1 = _mm512_setr_epi32(1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16);
+    float cs[32 + 16] = {0};   /* (the masked loads below read only what was stored) */
+    int32_t ci[32 + 16];
+    size_t nc = 0;
+    for (i = 0; i < n_cand; i += 16) {
+        __mmask16 k = i + 16 <= n_cand ? (__mmask16)0xffff : (__mmask16)((1u << (n_cand - i)) - 1);
+        __m512 v = _mm512_maskz_loadu_ps(k, score + i);
+        __mmask16 ge = _mm512_mask_cmp_ps_mask(k, v, vt, _CMP_GE_OQ);
+        if (ge) {
+            _mm512_storeu_ps(cs + nc, _mm512_maskz_compress_ps(ge, v));
+            _mm512_storeu_si512(ci + nc, _mm512_maskz_compress_epi32(
+                                             ge, _mm512_add_epi32(chunk1, _mm512_set1_epi32((int)i))));
+            nc += (size_t)__builtin_popcount(ge);
+            if (nc > 32)
+                return 0;
+        }
+    }
+    if (nc < m)
+        return 0;
+    __mmask16 k0 = (__mmask16)(nc >= 16 ? 0xffff : (1u << nc) - 1);
+    __mmask16 k1 = (__mmask16)(nc >= 32 ? 0xffff : nc > 16 ? (1u << (nc - 16)) - 1 : 0);
+    __m512 s0 = _mm512_mask_loadu_ps(ninf, k0, cs), s1 = _mm512_mask_loadu_ps(ninf, k1, cs + 16);
+    for (size_t r = 0; r < m; r++) {
+        float mx = _mm512_reduce_max_ps(_mm512_max_ps(s0, s1));
+        __m512 vm = _mm512_set1_ps(mx);
+        __mmask16 e0 = _mm512_cmp_ps_mask(s0, vm, _CMP_EQ_OQ);
+        if (e0) {
+            unsigned l = (unsigned)__builtin_ctz(e0);
+            top[r] = (size_t)ci[l];
+            s0 = _mm512_mask_mov_ps(s0, (__mmask16)(1u << l), ninf);
+        } else {
+            unsigned l = (unsigned)__builtin_ctz(_mm512_cmp_ps_mask(s1, vm, _CMP_EQ_OQ));
+            top[r] = (size_t)ci[16 + l];
+            s1 = _mm512_mask_mov_ps(s1, (__mmask16)(1u << l), ninf);
+        }
+    }
+    return m;
+}
+#else
 static size_t select_threshold(size_t m, size_t cc, const float *score, size_t *top)
 {
     size_t n_cand = cc - 2, nv = n_cand & ~(size_t)15, n = 0;
@@ -678,20 +751,6 @@ static size_t select_threshold(size_t m, size_t cc, const float *score, size_t *
         a1 = _mm256_max_ps(a1, _mm256_loadu_ps(score + i + 8));
     }
     float ts[16], th = -INFINITY;
-#ifdef __AVX512F__
-    /* the m-th largest: the largest left, all its copies removed at once, until m are gone (the
-     * same value as one removal per pass; a scalar loop of those passes was ~40% of the
-     * selection, one dependent load after another) */
-    __m512 gv = _mm512_insertf32x8(_mm512_castps256_ps512(a0), a1, 1);
-    for (size_t gone = 0; gone < m;) {
-        th = _mm512_reduce_max_ps(gv);
-        __mmask16 eq = _mm512_cmp_ps_mask(gv, _mm512_set1_ps(th), _CMP_EQ_OQ);
-        if (!eq)
-            return 0;   /* NaN */
-        gone += (size_t)__builtin_popcount(eq);
-        gv = _mm512_mask_mov_ps(gv, eq, _mm512_set1_ps(-INFINITY));
-    }
-#else
     float gm[16];
     _mm256_storeu_ps(gm, a0);
     _mm256_storeu_ps(gm + 8, a1);
@@ -702,7 +761,6 @@ static size_t select_threshold(size_t m, size_t cc, const float *score, size_t *
         th = gm[b];
         gm[b] = -INFINITY;
     }
-#endif
     __m256 vt = _mm256_set1_ps(th);
     for (size_t i = 0; i < n_cand; i += 8) {
         unsigned bits;
@@ -719,6 +777,7 @@ static size_t select_threshold(size_t m, size_t cc, const float *score, size_t *
     }
     return n == m ? n : 0;
 }
+#endif
 #endif
 
 static void select_from_scores(size_t n_keep, size_t cc, float *score, size_t *sel)

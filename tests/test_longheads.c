@@ -516,6 +516,73 @@ static void test_selection_planted(void)
     fixture_free(&f);
 }
 
+/* Ties in the two-pass top-k (cc >= 130 candidates): w = 8, L = 64 (K = 8, the 5 best), d = 8.
+ * Copies of one chunk (keys all a·e6, values all 3, queries 0: every copy has the same
+ * representation) score the same, bit for bit.  Scenario 1: 7 copies of a = 8, the last query 4·e6: the
+ * 5 earliest copies are chosen.  Scenario 2: 20 copies of a = 8 and one chunk of a = 9 late (the
+ * 21st candidate at or above the threshold): it and the 4 earliest copies. */
+static void plant_copy(fixture *f, size_t c, float a)
+{
+    const lh_lh_params *p = &f->p;
+    float three[8] = { 3, 3, 3, 3, 3, 3, 3, 3 };
+    for (size_t j = 0; j < p->chunk; j++) {
+        size_t t = c * p->chunk + j;
+        float *kr = f->kraw + t * p->head_dim;   /* KV head 0 */
+        memset(kr, 0, p->head_dim * sizeof(float));
+        kr[6] = a;
+        fixture_set_key(f, 0, t);
+        put_row(p, f->v, 0, t, three);
+        for (size_t l = 0; l < p->n_layer; l++)   /* the chunk's own queries too */
+            memset((float *)q_of(f, l) + t * p->n_head * p->head_dim, 0,
+                   p->n_head * p->head_dim * sizeof(float));
+    }
+}
+
+static void check_ties(const size_t *copies, size_t n_copies, size_t late, const size_t *want)
+{
+    lh_lh_params p = params(8, 64, 2, 1, 8, 8, 0, LH_TYPE_F32);
+    size_t n = 160 * 8, d = p.head_dim, ld = p.n_head * d;
+    fixture f;
+    p.n_ctx = n;
+    fixture_init(&f, &p, n, 9);
+    for (size_t i = 0; i < n_copies; i++)
+        plant_copy(&f, copies[i], 8.0f);
+    if (late)
+        plant_copy(&f, late, 9.0f);
+    for (size_t l = 0; l < p.n_layer; l++) {
+        float *qt = (float *)q_of(&f, l) + (n - 1) * ld;
+        memset(qt, 0, d * sizeof(float));
+        qt[6] = 4.0f;
+    }
+    float *out = malloc(p.n_layer * n * ld * sizeof(float));
+    CU_ASSERT_FATAL(out != NULL);
+    lh_lh *s = NULL;
+    CU_ASSERT_FATAL(lh_lh_new(&s, &p, 256) == 0);
+    CU_ASSERT_EQUAL(feed(s, &f, 0, n, 256, out), 0);
+    for (size_t l = 0; l < p.n_layer; l++) {
+        const float *qt = q_of(&f, l) + (n - 1) * ld;
+        size_t sel[8], ns = lh_lh_select(s, l, 0, qt, n - 1, sel, 8);
+        CU_ASSERT_EQUAL_FATAL(ns, 8);
+        for (size_t i = 0; i < 8; i++)
+            CU_ASSERT_EQUAL(sel[i], want[i]);
+    }
+    lh_lh_free(s);
+    free(out);
+    fixture_free(&f);
+}
+
+static void test_selection_ties(void)
+{
+    size_t c1[] = { 10, 30, 50, 70, 90, 110, 130 };
+    size_t w1[] = { 0, 10, 30, 50, 70, 90, 158, 159 };
+    check_ties(c1, 7, 0, w1);
+    size_t c2[20];
+    for (size_t i = 0; i < 20; i++)
+        c2[i] = 5 + 5 * i;
+    size_t w2[] = { 0, 5, 10, 15, 20, 140, 158, 159 };
+    check_ties(c2, 20, 140, w2);
+}
+
 /* ---- bound score: a true bound, branch and bound == flat, the tree after truncation ---------- */
 
 /* The stored key (g, t) as F32 (what the kernel reads). */
@@ -819,6 +886,7 @@ void lh_test_longheads(void)
     CU_add_test(s, "batches cut at chunk boundaries: same bits", test_cut_invariance);
     CU_add_test(s, "truncate then re-run", test_truncate);
     CU_add_test(s, "planted chunk is selected per head", test_selection_planted);
+    CU_add_test(s, "ties: the earliest chunks, two-pass top-k", test_selection_ties);
     CU_add_test(s, "bad parameters", test_bad_params);
     CU_add_test(s, "bound: fast == oracle, f32", test_oracle_bound_f32);
     CU_add_test(s, "bound: fast == oracle, f16 cache", test_oracle_bound_f16);
