@@ -90,6 +90,7 @@ struct lh_ctx {
     char *kv_dir;             /* p.kv_dir's copy */
     lh_attn_shape shape;
     lh_lh *lh;                /* LongHeads state, or NULL in full mode */
+    float *rope_keys;         /* LongHeads: (chunk, n_rot) the keys' rotations, by pos mod chunk */
     mm_slot mms[N_MM_SLOTS];
     size_t n_mms;
     size_t n_threads;
@@ -805,6 +806,11 @@ int lh_ctx_new(lh_ctx **cp, const lh_model *m, const lh_ctx_params *params)
         lh_lh_params lp = lh_params_of(c);
         if ((rc = lh_lh_new(&c->lh, &lp, nb)))
             goto fail;
+        if (!(c->rope_keys = malloc(c->p.chunk * (hp->n_rot ? hp->n_rot : 1) * sizeof(float)))) {
+            rc = -ENOMEM;
+            goto fail;
+        }
+        lh_ops_rope_table(c->rope_keys, c->p.chunk, hp->n_rot, &hp->rope);
     }
     if ((rc = add_matmul(c, &m->output)))
         goto fail;
@@ -840,6 +846,7 @@ void lh_ctx_free(lh_ctx *c)
     for (size_t i = 0; i < c->n_mms; i++)
         lh_matmul_free(c->mms[i].mm);
     lh_lh_free(c->lh);
+    free(c->rope_keys);
     free(c->k);
     free(c->v);
     free(c->tokens);
@@ -908,6 +915,28 @@ static void add_bias(float *y, const float *b, size_t n, size_t dim)
         lh_ops_add(y + i * dim, b, dim);
 }
 
+/* The pages of the KV cache rows pos0 .. pos0+n-1 (every layer, K and V, KV head) made resident
+ * in one call each (MADV_POPULATE_WRITE, Linux 5.14) instead of one fault per page as the rows
+ * are stored: the same pages, so the resident KV stays within kv_touched's bound.  Advice only:
+ * an older kernel refuses it and the stores fault the pages in as before. */
+static void populate_kv(const lh_ctx *c, size_t pos0, size_t n)
+{
+#ifdef MADV_POPULATE_WRITE
+    const lh_hparams *hp = &c->m->hp;
+    size_t row = lh_type_row_size(c->p.kv_type, hp->head_dim), page = 4096;
+    for (size_t l = 0; l < hp->n_layer; l++)
+        for (size_t h = 0; h < 2 * hp->n_head_kv; h++) {
+            char *seg = (char *)(h < hp->n_head_kv ? c->k[l] : c->v[l]) +
+                        h % hp->n_head_kv * c->p.n_ctx * row;
+            uintptr_t a = (uintptr_t)(seg + pos0 * row) & ~(uintptr_t)(page - 1);
+            uintptr_t e = (uintptr_t)(seg + (pos0 + n) * row);
+            madvise((void *)a, e - a, MADV_POPULATE_WRITE);
+        }
+#else
+    (void)c, (void)pos0, (void)n;
+#endif
+}
+
 /* The abort check of forward: between layers and inside each, after the attention and after the
  * FFN's gate and up products, so that a cancel waits for at most about half a layer (the gate
  * and up products of a 1B model are ~half of its layer).  A slice stopped there leaves n_past
@@ -935,6 +964,8 @@ static int forward(lh_ctx *c, const int32_t *tokens, size_t n, float *logits, in
         lh_dequant_row((lh_type)emb->type, (const char *)emb->data + (size_t)tokens[i] * emb_row,
                        c->x + i * D, D);
 
+    if (!c->kvf)
+        populate_kv(c, pos0, n);
     for (size_t l = 0; l < hp->n_layer; l++) {
         const layer *L = &m->layers[l];
         lh_ops_rmsnorm(c->xb, c->x, L->attn_norm, n, D, hp->rms_eps);
@@ -944,6 +975,11 @@ static int forward(lh_ctx *c, const int32_t *tokens, size_t n, float *logits, in
         add_bias(c->q, L->bq, n, q_dim);
         add_bias(c->kb, L->bk, n, kv_dim);
         add_bias(c->vb, L->bv, n, kv_dim);
+        /* rotations and the cache rows, token by token on all threads (a slice's worth was ~5% of
+         * a LongHeads prefill on one thread, the cos/sin of each position most of it) */
+#ifdef _OPENMP
+#pragma omp parallel for schedule(static) if (n >= 64)
+#endif
         for (size_t i = 0; i < n; i++) {
             size_t pos = pos0 + i;
             float *qi = c->q + i * q_dim, *ki = c->kb + i * kv_dim;
@@ -951,8 +987,9 @@ static int forward(lh_ctx *c, const int32_t *tokens, size_t n, float *logits, in
                 lh_ops_neox_to_pairs(qi, hp->n_head, hd, hp->n_rot);
                 lh_ops_neox_to_pairs(ki, hp->n_head_kv, hd, hp->n_rot);
             }
-            if (longheads) {
-                lh_ops_rope(ki, hp->n_head_kv, hd, hp->n_rot, (double)(pos % c->p.chunk), &hp->rope);
+            if (longheads) {   /* lh_ops_rope's bits, from the table */
+                lh_ops_rope_apply(ki, hp->n_head_kv, hd, hp->n_rot,
+                                  c->rope_keys + pos % c->p.chunk * hp->n_rot);
             } else {
                 lh_ops_rope(qi, hp->n_head, hd, hp->n_rot, (double)pos, &hp->rope);
                 lh_ops_rope(ki, hp->n_head_kv, hd, hp->n_rot, (double)pos, &hp->rope);

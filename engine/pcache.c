@@ -14,8 +14,8 @@
 #include "log.h"
 
 #define MAGIC 0x4548434143504c48ull /* "LHPCACHE" little-endian */
-#define VERSION 3   /* 2: chunk representations in the KV type (F16 with an F16 cache); 3: in
-                       tiles of 16 chunks, dimension-major */
+#define VERSION 4   /* 2: chunk representations in the KV type (F16 with an F16 cache); 3: in
+                       tiles of 16 chunks, dimension-major; 4: BF16, in pairs of dimensions */
 #define HDR_WORDS 16
 #define HDR_SIZE (HDR_WORDS * 8)
 

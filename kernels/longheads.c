@@ -169,6 +169,8 @@ struct lh_lh {
 /* Views into one thread's scratch (R = max_rows). */
 typedef struct {
     float *kb, *vb;         /* (w, head_dim) F16 keys / values converted to F32 */
+    uint32_t *qp;           /* (w, head_dim / 2) a block's queries for rep_scores (on kb: the
+                               representations are made before any selection) */
     float *qr;              /* (R, head_dim) queries rotated for one chunk */
     float *sc;              /* (R, L) attention rows of an item; (w, w) when building reps */
     float *ss;              /* (w, n_chunk) selection scores of a block of queries */
@@ -188,14 +190,15 @@ typedef struct {
 
 static size_t n_keep_of(const lh_lh_params *p) { return p->window / p->chunk; }
 
-/* Bytes of one element of the KV cache, and of the chunk representations (the same type). */
+/* Bytes of one element of the KV cache. */
 static size_t kv_elt(const lh_lh_params *p) { return lh_type_row_size(p->kv_type, 1); }
 
 static int params_ok(const lh_lh_params *p)
 {
     return p->chunk > 0 && p->window % p->chunk == 0 && p->window >= 2 * p->chunk &&
            p->n_layer > 0 && p->n_head > 0 && p->n_head_kv > 0 &&
-           p->n_head % p->n_head_kv == 0 && p->head_dim > 0 && p->n_rot % 2 == 0 &&
+           p->n_head % p->n_head_kv == 0 && p->head_dim > 0 && p->head_dim % 2 == 0 &&
+           p->n_rot % 2 == 0 &&
            p->n_rot <= p->head_dim && p->n_ctx > 0 &&
            (p->kv_type == LH_TYPE_F32 || p->kv_type == LH_TYPE_F16) &&
            (p->score == LH_LH_SCORE_REP || p->score == LH_LH_SCORE_BOUND);
@@ -210,10 +213,34 @@ static size_t rep_base(const lh_lh *s, size_t layer, size_t h)
     return (layer * s->p.n_head + h) * rep_chunks(s) * s->p.head_dim;
 }
 
-/* Element i of chunk c from a rep_base. */
+/* Element i of chunk c from a rep_base: inside a tile, dimensions 2k and 2k+1 of its REP_T chunks
+ * are 32 BF16 values, chunk by chunk (what one vdpbf16ps multiplies with a query's pair). */
 static size_t rep_at(size_t d, size_t c, size_t i)
 {
-    return c / REP_T * REP_T * d + i * REP_T + c % REP_T;
+    return c / REP_T * REP_T * d + (i & ~(size_t)1) * REP_T + c % REP_T * 2 + (i & 1);
+}
+
+/* A representation's or a query's value as selection scores it: BF16, rounded to nearest even,
+ * and 0 below 2^-50 in magnitude.  Then every product of two is a multiple of 2^-114 and so is
+ * every sum of them: no partial sum is ever subnormal, and vdpbf16ps (which treats subnormals in
+ * its own way) gives exactly what rep_score_ref's FMAs give. */
+static uint16_t rep_bf16(float x)
+{
+    uint32_t u;
+    memcpy(&u, &x, sizeof u);
+    if ((u & 0x7fffffffu) > 0x7f800000u)
+        return (uint16_t)(u >> 16 | 0x40);   /* NaN stays NaN */
+    if (fabsf(x) < 0x1p-50f)
+        return 0;
+    return (uint16_t)((u + 0x7fffu + (u >> 16 & 1)) >> 16);
+}
+
+static float bf16_f32(uint16_t b)
+{
+    uint32_t u = (uint32_t)b << 16;
+    float f;
+    memcpy(&f, &u, sizeof f);
+    return f;
 }
 
 static size_t cur_size(const lh_lh *s)
@@ -233,6 +260,7 @@ static scratch scratch_of(const lh_lh *s, size_t tid)
     scratch x;
     x.kb = f;
     x.vb = x.kb + w * d;
+    x.qp = (uint32_t *)x.kb;
     x.qr = x.vb + w * d;
     x.sc = x.qr + R * d;
     x.ss = x.sc + R * s->p.window;
@@ -303,7 +331,7 @@ int lh_lh_new(lh_lh **sp, const lh_lh_params *p, size_t max_q)
             goto fail;
         s->rep = calloc(1, sizeof(float));
     } else {
-        s->rep = calloc(n_rep * rep_chunks(s) * d + 1, kv_elt(p));
+        s->rep = calloc(n_rep * rep_chunks(s) * d + 1, sizeof(uint16_t));
     }
     s->stat = calloc(s->n_thread * 8, sizeof(size_t));
     s->ring = calloc(p->n_layer * w * s->ld_q, sizeof(float));
@@ -383,7 +411,7 @@ double lh_lh_bytes_per_token(const lh_lh_params *p)
     if (p->score == LH_LH_SCORE_BOUND) /* min and max, chunks and (fewer) tree nodes above them */
         return 4.0 * (double)p->n_layer * (double)p->n_head_kv * (double)p->head_dim *
                sizeof(float) / (double)p->chunk;
-    return (double)p->n_layer * (double)p->n_head * (double)p->head_dim * (double)kv_elt(p) /
+    return (double)p->n_layer * (double)p->n_head * (double)p->head_dim * sizeof(uint16_t) /
            (double)p->chunk;
 }
 
@@ -446,11 +474,9 @@ static void build_rep(const lh_lh *s, const scratch *x, size_t layer, size_t h, 
         pj[j] *= scale;
     lh_ops_softmax(pj, w);
     lh_gemm_nn(1, d, w, pj, w, kc, d, sv, d, 0.0f);   /* sv is free again */
-    size_t e = kv_elt(&s->p), base = rep_base(s, layer, h);
-    char *row = (char *)x->qr;   /* free again too */
-    lh_quant_row(s->p.kv_type, sv, row, d);
+    uint16_t *rep = (uint16_t *)s->rep + rep_base(s, layer, h);
     for (size_t i = 0; i < d; i++)
-        memcpy((char *)s->rep + (base + rep_at(d, c, i)) * e, row + i * e, e);
+        rep[rep_at(d, c, i)] = rep_bf16(sv[i]);
 }
 
 /* ---- bound score: min/max tree and branch and bound ------------------------------------------ */
@@ -936,6 +962,37 @@ static void chunk_pv(const lh_lh_params *p, const float *const *pr, const char *
         row_pv(p, pr[i], vc, 0, n, o[i]);
 }
 
+/* The nb queries q_j (stride ldq) as selection scores them: qp[j * d/2 + k] holds rep_bf16 of
+ * dimensions 2k (low half) and 2k+1 (high half). */
+static void rep_queries(const float *q, size_t ldq, size_t nb, size_t d, uint32_t *qp)
+{
+    size_t hd2 = d / 2;
+    for (size_t j = 0; j < nb; j++) {
+        const float *qj = q + j * ldq;
+        uint32_t *pj = qp + j * hd2;
+        size_t i = 0;
+#ifdef __AVX512F__
+        /* rep_bf16, 16 values at a time */
+        const __m512i one = _mm512_set1_epi32(1), rnd = _mm512_set1_epi32(0x7fff);
+        const __m512i abs = _mm512_set1_epi32(0x7fffffff), inf = _mm512_set1_epi32(0x7f800000);
+        const __m512 tiny = _mm512_set1_ps(0x1p-50f);
+        for (; i + 16 <= d; i += 16) {
+            __m512 x = _mm512_loadu_ps(qj + i);
+            __m512i u = _mm512_castps_si512(x);
+            __m512i r = _mm512_srli_epi32(
+                _mm512_add_epi32(_mm512_add_epi32(u, rnd),
+                                 _mm512_and_si512(_mm512_srli_epi32(u, 16), one)), 16);
+            __mmask16 nan = _mm512_cmpgt_epi32_mask(_mm512_and_si512(u, abs), inf);
+            r = _mm512_mask_or_epi32(r, nan, _mm512_srli_epi32(u, 16), _mm512_set1_epi32(0x40));
+            r = _mm512_maskz_mov_epi32(_mm512_cmp_ps_mask(_mm512_abs_ps(x), tiny, _CMP_NLT_UQ), r);
+            _mm256_storeu_si256((__m256i *)(pj + i / 2), _mm512_cvtepi32_epi16(r));
+        }
+#endif
+        for (; i < d; i += 2)
+            pj[i / 2] = (uint32_t)rep_bf16(qj[i]) | (uint32_t)rep_bf16(qj[i + 1]) << 16;
+    }
+}
+
 #ifdef __AVX512F__
 /* Lanes lo .. hi-1 of tile t (chunks t*REP_T ..) of v to out[c - c0], the lanes within [c0, c1);
  * moved down to lane 0 first when the tile starts before c0. */
@@ -950,35 +1007,51 @@ static inline __attribute__((always_inline)) void rep_store(float *out, size_t t
     _mm512_mask_storeu_ps(out + (lo - c0), low, v);
 }
 
-/* Tile i-th vector of tile t: dimension i of its REP_T chunks. */
-#define REP_LD(t) ld16(f16, rb, (t) * REP_T * d + i * REP_T)
-
-/* The scores of a tile group: out[j * ldo + c - c0] = q_j · rep_c for the R <= 8 queries q_j
- * (stride ldq) and the chunks c of tiles t0 .. t0+T-1 (T <= 3) inside [c0, c1), from the
- * representations at rb (a rep_base).  Per score one chain of multiply-adds over i = 0 .. d-1, as
- * rep_score_ref: the bits do not depend on R, T or which queries share a call (a batch cut
- * elsewhere, a decode step and a prefill score alike).  R x T accumulators, named (an array of
- * them stayed in memory, GCC -O2); R and T constants at every call. */
-static inline __attribute__((always_inline)) void rep_tiles(int f16, size_t R, size_t T,
-                                                            const float *q, size_t ldq,
-                                                            const void *rb, size_t d, size_t t0,
-                                                            size_t c0, size_t c1, float *out,
-                                                            size_t ldo)
+/* acc += the products of a query's pair of dimensions (q: the pair in every lane) with the same
+ * pair of 16 chunks (r), the high dimension's product added first, then the low one's: one
+ * vdpbf16ps, or (without AVX512_BF16) the same two roundings as two FMAs of exact products. */
+static inline __attribute__((always_inline)) __m512 rep_dp(__m512 acc, __m512i q, __m512i r)
 {
+#ifdef __AVX512BF16__
+    return _mm512_dpbf16_ps(acc, (__m512bh)q, (__m512bh)r);
+#else
+    const __m512i hi = _mm512_set1_epi32((int)0xffff0000u);
+    acc = _mm512_fmadd_ps(_mm512_castsi512_ps(_mm512_and_si512(q, hi)),
+                          _mm512_castsi512_ps(_mm512_and_si512(r, hi)), acc);
+    return _mm512_fmadd_ps(_mm512_castsi512_ps(_mm512_slli_epi32(q, 16)),
+                           _mm512_castsi512_ps(_mm512_slli_epi32(r, 16)), acc);
+#endif
+}
+
+/* Pair k of tile t: dimensions 2k and 2k+1 of its REP_T chunks. */
+#define REP_LD(t) _mm512_loadu_si512(rb + (t) * REP_T * d + k * 2 * REP_T)
+
+/* The scores of a tile group: out[j * ldo + c - c0] = q_j · rep_c for the R <= 8 queries of qp
+ * (rep_queries, stride hd2 = d/2) and the chunks c of tiles t0 .. t0+T-1 (T <= 3) inside [c0, c1),
+ * from the representations at rb (a rep_base).  Per score one chain over the pairs k = 0 ..
+ * d/2-1, as rep_score_ref: the bits do not depend on R, T or which queries share a call (a batch
+ * cut elsewhere, a decode step and a prefill score alike).  R x T accumulators, named (an array
+ * of them stayed in memory, GCC -O2); R and T constants at every call. */
+static inline __attribute__((always_inline)) void rep_tiles(size_t R, size_t T, const uint32_t *qp,
+                                                            const uint16_t *rb, size_t d,
+                                                            size_t t0, size_t c0, size_t c1,
+                                                            float *out, size_t ldo)
+{
+    size_t hd2 = d / 2;
 #define DECL(r) __m512 a##r##0 = _mm512_setzero_ps(), a##r##1 = a##r##0, a##r##2 = a##r##0
     DECL(0); DECL(1); DECL(2); DECL(3); DECL(4); DECL(5); DECL(6); DECL(7);
 #undef DECL
-    for (size_t i = 0; i < d; i++) {
-        __m512 k0 = REP_LD(t0);
-        __m512 k1 = T > 1 ? REP_LD(t0 + 1) : k0, k2 = T > 2 ? REP_LD(t0 + 2) : k0;
+    for (size_t k = 0; k < hd2; k++) {
+        __m512i k0 = REP_LD(t0);
+        __m512i k1 = T > 1 ? REP_LD(t0 + 1) : k0, k2 = T > 2 ? REP_LD(t0 + 2) : k0;
 #define ROW(r)                                                                                \
     if (R > r) {                                                                              \
-        __m512 b_ = _mm512_set1_ps(q[r * ldq + i]);                                           \
-        a##r##0 = _mm512_fmadd_ps(b_, k0, a##r##0);                                           \
+        __m512i b_ = _mm512_set1_epi32((int)qp[r * hd2 + k]);                                 \
+        a##r##0 = rep_dp(a##r##0, b_, k0);                                                    \
         if (T > 1)                                                                            \
-            a##r##1 = _mm512_fmadd_ps(b_, k1, a##r##1);                                       \
+            a##r##1 = rep_dp(a##r##1, b_, k1);                                                \
         if (T > 2)                                                                            \
-            a##r##2 = _mm512_fmadd_ps(b_, k2, a##r##2);                                       \
+            a##r##2 = rep_dp(a##r##2, b_, k2);                                                \
     }
         ROW(0) ROW(1) ROW(2) ROW(3) ROW(4) ROW(5) ROW(6) ROW(7)
 #undef ROW
@@ -996,21 +1069,21 @@ static inline __attribute__((always_inline)) void rep_tiles(int f16, size_t R, s
 }
 
 /* One query against eight tiles: eight independent chains (decode). */
-static inline __attribute__((always_inline)) void rep_tiles8(int f16, const float *q,
-                                                             const void *rb, size_t d, size_t t0,
-                                                             size_t c0, size_t c1, float *out)
+static inline __attribute__((always_inline)) void rep_tiles8(const uint32_t *qp, const uint16_t *rb,
+                                                             size_t d, size_t t0, size_t c0,
+                                                             size_t c1, float *out)
 {
     __m512 a0 = _mm512_setzero_ps(), a1 = a0, a2 = a0, a3 = a0, a4 = a0, a5 = a0, a6 = a0, a7 = a0;
-    for (size_t i = 0; i < d; i++) {
-        __m512 b = _mm512_set1_ps(q[i]);
-        a0 = _mm512_fmadd_ps(b, REP_LD(t0), a0);
-        a1 = _mm512_fmadd_ps(b, REP_LD(t0 + 1), a1);
-        a2 = _mm512_fmadd_ps(b, REP_LD(t0 + 2), a2);
-        a3 = _mm512_fmadd_ps(b, REP_LD(t0 + 3), a3);
-        a4 = _mm512_fmadd_ps(b, REP_LD(t0 + 4), a4);
-        a5 = _mm512_fmadd_ps(b, REP_LD(t0 + 5), a5);
-        a6 = _mm512_fmadd_ps(b, REP_LD(t0 + 6), a6);
-        a7 = _mm512_fmadd_ps(b, REP_LD(t0 + 7), a7);
+    for (size_t k = 0; k < d / 2; k++) {
+        __m512i b = _mm512_set1_epi32((int)qp[k]);
+        a0 = rep_dp(a0, b, REP_LD(t0));
+        a1 = rep_dp(a1, b, REP_LD(t0 + 1));
+        a2 = rep_dp(a2, b, REP_LD(t0 + 2));
+        a3 = rep_dp(a3, b, REP_LD(t0 + 3));
+        a4 = rep_dp(a4, b, REP_LD(t0 + 4));
+        a5 = rep_dp(a5, b, REP_LD(t0 + 5));
+        a6 = rep_dp(a6, b, REP_LD(t0 + 6));
+        a7 = rep_dp(a7, b, REP_LD(t0 + 7));
     }
     rep_store(out, t0, c0, c1, a0);
     rep_store(out, t0 + 1, c0, c1, a1);
@@ -1024,46 +1097,51 @@ static inline __attribute__((always_inline)) void rep_tiles8(int f16, const floa
 #undef REP_LD
 #endif
 
-/* rep_tiles' arithmetic, one score at a time (other CPUs, and lh_lh_set_check's reference) */
-static float rep_score_ref(int f16, const float *q, const void *rb, size_t d, size_t c)
+/* rep_tiles' arithmetic, one score at a time (other CPUs, and lh_lh_set_check's reference): from
+ * 0, per pair of dimensions the high one's product added, then the low one's, each rounded (the
+ * products of two BF16 values are exact in F32, so an FMA rounds once, as vdpbf16ps does). */
+static float rep_score_ref(const uint32_t *qp, const uint16_t *rb, size_t d, size_t c)
 {
     float acc = 0.0f;
-    for (size_t i = 0; i < d; i++)
-        acc = fmaf(q[i], elem(f16, rb, rep_at(d, c, i)), acc);
+    for (size_t k = 0; k < d / 2; k++) {
+        acc = fmaf(bf16_f32((uint16_t)(qp[k] >> 16)), bf16_f32(rb[rep_at(d, c, 2 * k + 1)]), acc);
+        acc = fmaf(bf16_f32((uint16_t)qp[k]), bf16_f32(rb[rep_at(d, c, 2 * k)]), acc);
+    }
     return acc;
 }
 
 #ifdef __AVX512F__
-/* rep_tiles for the (R, T) shapes rep_scores uses, the type a constant in each */
-static void rep_tiles_any(int f16, size_t R, size_t T, const float *q, size_t ldq, const void *rb,
-                          size_t d, size_t t0, size_t c0, size_t c1, float *out, size_t ldo)
+/* rep_tiles for the (R, T) shapes rep_scores uses */
+static void rep_tiles_any(size_t R, size_t T, const uint32_t *qp, const uint16_t *rb, size_t d,
+                          size_t t0, size_t c0, size_t c1, float *out, size_t ldo)
 {
 #define SHAPE(R_, T_)                                                                         \
     if (R == R_ && T == T_) {                                                                 \
-        f16 ? rep_tiles(1, R_, T_, q, ldq, rb, d, t0, c0, c1, out, ldo)                       \
-            : rep_tiles(0, R_, T_, q, ldq, rb, d, t0, c0, c1, out, ldo);                      \
+        rep_tiles(R_, T_, qp, rb, d, t0, c0, c1, out, ldo);                                   \
         return;                                                                               \
     }
     SHAPE(8, 3) SHAPE(4, 3) SHAPE(1, 3) SHAPE(8, 1) SHAPE(4, 1) SHAPE(1, 1)
 #undef SHAPE
     if (R == 1 && T == 8)
-        f16 ? rep_tiles8(1, q, rb, d, t0, c0, c1, out) : rep_tiles8(0, q, rb, d, t0, c0, c1, out);
+        rep_tiles8(qp, rb, d, t0, c0, c1, out);
 }
 #endif
 
 /* out[j * ldo + c - c0] = q_j · rep_c for the nb queries q_j (stride ldq) and the chunks c0 .. c1-1
- * of (layer, head): a prefill block's queries eight at a time against three tiles (24
- * accumulators, each tile load shared by eight queries), a decode query against eight tiles
- * (eight independent chains).  stat (lh_lh_set_check): every score is compared with
- * rep_score_ref, and stat[4] counts those that differ in any bit. */
+ * of (layer, head), the queries rounded as the representations are (rep_queries into qp: nb x
+ * d/2): a prefill block's queries eight at a time against three tiles (24 accumulators, each
+ * tile load shared by eight queries), a decode query against eight tiles (eight independent
+ * chains).  stat (lh_lh_set_check): every score is compared with rep_score_ref and every
+ * rounded query value with rep_bf16, and stat[4] counts those that differ in any bit. */
 static void rep_scores(const lh_lh *s, size_t layer, size_t h, size_t nb, const float *q,
-                       size_t ldq, size_t c0, size_t c1, float *out, size_t ldo, size_t *stat)
+                       size_t ldq, uint32_t *qp, size_t c0, size_t c1, float *out, size_t ldo,
+                       size_t *stat)
 {
-    size_t d = s->p.head_dim;
-    int f16 = s->p.kv_type == LH_TYPE_F16;
-    const char *rb = (const char *)s->rep + rep_base(s, layer, h) * kv_elt(&s->p);
+    size_t d = s->p.head_dim, hd2 = d / 2;
+    const uint16_t *rb = (const uint16_t *)s->rep + rep_base(s, layer, h);
     if (c1 <= c0)
         return;
+    rep_queries(q, ldq, nb, d, qp);
 #ifdef __AVX512F__
     size_t t_end = (c1 + REP_T - 1) / REP_T, T = nb == 1 ? 8 : 3;
     for (size_t t0 = c0 / REP_T; t0 < t_end; t0 += T) {
@@ -1071,25 +1149,27 @@ static void rep_scores(const lh_lh *s, size_t layer, size_t h, size_t nb, const 
         for (size_t j = 0; j < nb;) {
             size_t R = nb - j >= 8 ? 8 : nb - j >= 4 ? 4 : 1;
             if (nt == T)
-                rep_tiles_any(f16, R, T, q + j * ldq, ldq, rb, d, t0, c0, c1, out + j * ldo, ldo);
+                rep_tiles_any(R, T, qp + j * hd2, rb, d, t0, c0, c1, out + j * ldo, ldo);
             else
                 for (size_t t = t0; t < t0 + nt; t++)
-                    rep_tiles_any(f16, R, 1, q + j * ldq, ldq, rb, d, t, c0, c1, out + j * ldo,
-                                  ldo);
+                    rep_tiles_any(R, 1, qp + j * hd2, rb, d, t, c0, c1, out + j * ldo, ldo);
             j += R;
         }
     }
 #else
     for (size_t j = 0; j < nb; j++)
         for (size_t c = c0; c < c1; c++)
-            out[j * ldo + c - c0] = rep_score_ref(f16, q + j * ldq, rb, d, c);
+            out[j * ldo + c - c0] = rep_score_ref(qp + j * hd2, rb, d, c);
 #endif
     if (stat)
-        for (size_t j = 0; j < nb; j++)
+        for (size_t j = 0; j < nb; j++) {
+            for (size_t i = 0; i < d; i++)
+                stat[4] += (uint16_t)(qp[j * hd2 + i / 2] >> (i % 2 * 16)) != rep_bf16(q[j * ldq + i]);
             for (size_t c = c0; c < c1; c++) {
-                float want = rep_score_ref(f16, q + j * ldq, rb, d, c);
+                float want = rep_score_ref(qp + j * hd2, rb, d, c);
                 stat[4] += memcmp(&want, out + j * ldo + c - c0, sizeof want) != 0;
             }
+        }
 }
 
 /* A work item of lh_lh_layer: KV head g, its query heads h0 .. h0+hp-1 and queries i0 .. i0+qn-1
@@ -1169,7 +1249,7 @@ static void select_rows(const lh_lh *s, const scratch *x, size_t layer, const it
             } else {
                 /* the block's queries against the representations of chunks 1 .. cc-2 */
                 if (K > 3)
-                    rep_scores(s, layer, h, nb, qb, ldq, 1, cc - 1, x->ss, s->n_chunk,
+                    rep_scores(s, layer, h, nb, qb, ldq, x->qp, 1, cc - 1, x->ss, s->n_chunk,
                                s->check ? x->stat : NULL);
                 for (size_t jj = 0; jj < nb; jj++)
                     select_from_scores(K, cc, x->ss + jj * s->n_chunk, sel + jj * ldsel);
@@ -1443,7 +1523,7 @@ static void flat_scores(const lh_lh *s, size_t layer, size_t head, const float *
         }
         return;
     }
-    rep_scores(s, layer, head, 1, q_head, s->p.head_dim, 0, n, score, n, NULL);
+    rep_scores(s, layer, head, 1, q_head, s->p.head_dim, (uint32_t *)qb, 0, n, score, n, NULL);
 }
 
 static size_t select_any(const lh_lh *s, size_t layer, size_t head, const float *q_head, size_t t,
@@ -1611,8 +1691,8 @@ void lh_lh_layer_ref(const lh_lh_params *p, const float *q_all, size_t n_tok, si
         for (size_t c = 0; c < n_chunk; c++) {
             double *r = rep + (h * n_chunk + c) * d;
             ref_rep(p, q_all, h, c, k, v, r, qbuf, sc, sv);
-            for (size_t i = 0; i < d && p->kv_type == LH_TYPE_F16; i++)
-                r[i] = lh_f16_to_f32(lh_f32_to_f16((float)r[i])); /* stored as the cache is */
+            for (size_t i = 0; i < d; i++)
+                r[i] = bf16_f32(rep_bf16((float)r[i]));   /* stored as selection reads it */
         }
 
     for (size_t t = pos0; t < n_tok; t++) {
@@ -1641,8 +1721,8 @@ void lh_lh_layer_ref(const lh_lh_params *p, const float *q_all, size_t n_tok, si
                         }
                         cs[c] += fmax(qbuf[i] * mn, qbuf[i] * mx);
                     }
-                    for (size_t i = 0; i < d && !bound; i++)
-                        cs[c] += (double)q[i] * rep[(h * n_chunk + c) * d + i];
+                    for (size_t i = 0; i < d && !bound; i++)   /* q rounded as rep_queries does */
+                        cs[c] += (double)bf16_f32(rep_bf16(q[i])) * rep[(h * n_chunk + c) * d + i];
                     taken[c] = 0;
                 }
                 taken[0] = 1;
@@ -1740,7 +1820,7 @@ static size_t state_arrays(const lh_lh *s, state_array *a)
     size_t n = 0, d = s->p.head_dim;
     /* rep: (n_layer, n_head) rows of tiles of REP_T chunks; not kept with the bound score */
     if (!s->bmin) {
-        size_t e = kv_elt(&s->p);
+        size_t e = sizeof(uint16_t);
         a[n++] = (state_array){(char *)s->rep, s->p.n_layer * s->p.n_head,
                                rep_chunks(s) * d * e, REP_T * d * e, REP_T, 0};
     } else {

@@ -771,8 +771,9 @@ static void test_bb_truncate(void)
 
 /* Representation scores: every score the tiled kernels give (prefill blocks of 16 queries: rows
  * eight and four at a time, three tiles a step; decode: eight tiles; partial tiles at both ends)
- * equals the scalar chain of multiply-adds bit for bit (lh_lh_set_check counts each that
- * differs), F32 and F16. */
+ * equals the scalar chain of multiply-adds bit for bit, and every query value rounded for them
+ * equals the scalar rounding (lh_lh_set_check counts each that differs), with F32 and F16
+ * caches (BF16 representations either way). */
 static void test_rep_scores_exact(void)
 {
     for (int kv = 0; kv < 2; kv++) {
@@ -868,10 +869,12 @@ static void test_bad_params(void)
     CU_ASSERT_EQUAL(lh_lh_new(&s, &p, 1), -EINVAL);
     p = params(4, 16, 4, 2, 8, 8, 64, LH_TYPE_F16);
     CU_ASSERT_EQUAL(lh_lh_new(&s, &p, 1), 0);
-    CU_ASSERT(lh_lh_bytes_per_token(&p) == 2.0 * 4 * 8 * 2 / 4);   /* F16 representations */
+    CU_ASSERT(lh_lh_bytes_per_token(&p) == 2.0 * 4 * 8 * 2 / 4);   /* BF16 representations */
     lh_lh_free(s);
     p.kv_type = LH_TYPE_F32;
-    CU_ASSERT(lh_lh_bytes_per_token(&p) == 2.0 * 4 * 8 * 4 / 4);
+    CU_ASSERT(lh_lh_bytes_per_token(&p) == 2.0 * 4 * 8 * 2 / 4);   /* BF16 with any cache */
+    p = params(4, 16, 4, 2, 9, 8, 64, LH_TYPE_F32);     /* odd head_dim: pairs of dimensions */
+    CU_ASSERT_EQUAL(lh_lh_new(&s, &p, 1), -EINVAL);
     lh_lh_free(NULL);
 }
 
