@@ -964,7 +964,7 @@ static int forward(lh_ctx *c, const int32_t *tokens, size_t n, float *logits, in
         lh_dequant_row((lh_type)emb->type, (const char *)emb->data + (size_t)tokens[i] * emb_row,
                        c->x + i * D, D);
 
-    if (!c->kvf)
+    if (!c->kvf && n >= 64)   /* a decode step touches a new page once in 32+ steps */
         populate_kv(c, pos0, n);
     for (size_t l = 0; l < hp->n_layer; l++) {
         const layer *L = &m->layers[l];

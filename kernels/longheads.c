@@ -26,11 +26,14 @@
  * inside the chunk; the mean of the w outputs is the summary s (what the chunk is about in value
  * space); c = sum_j softmax_j(s·k_j/sqrt(d)) k_j is then a point in key space weighted towards the
  * keys that summary finds most relevant, so q·c approximates how strongly q would attend there.
- * Local positions make c independent of where the chunk sits in the context.  c is stored in the
- * KV cache's type: with the default F16 cache scoring reads half the bytes (decode at 65536
- * tokens on a dim-512 8-layer model, longheads-bench, alternating: 274-339 against 243-254
- * tokens/s with F32 representations; prefill the same within noise), and the oracle rounds its
- * representations the same way.
+ * Local positions make c independent of where the chunk sits in the context.  c is stored in
+ * BF16 whatever the cache's type, and scored against the query rounded to BF16 the same way
+ * (rep_bf16): one vdpbf16ps does 32 products where an F32 FMA does 16, so selection per query
+ * and layer at 128x L (dim-512 8-layer model, w = 64, L = 512, rdtsc, both threads) went from
+ * 17-20 K to ~11 K cycles together with the AVX-512 top-k; the scores carry ~3 significant
+ * digits, and they only rank chunks.  (Before: the cache's type, F16 with the default cache,
+ * which had already halved the bytes against F32: decode at 65536 tokens 274-339 against 243-254
+ * tokens/s.)  The oracle rounds its representations and queries the same way.
  *
  * Bound score (LH_LH_SCORE_BOUND, beyond the paper, after Quest: Tang et al. 2024, arXiv
  * 2406.10774): per layer, KV head and complete chunk the element-wise min and max of its cached
@@ -154,10 +157,11 @@ struct lh_lh {
     int check;              /* lh_lh_set_check */
 };
 
-/* Chunk representations are kept in tiles of REP_T chunks, dimension-major inside a tile: the
- * element i of chunk c at rep_at(d, c, i).  One vector load is then dimension i of 16 chunks, and
- * scoring a block of queries is broadcast-multiply-adds into one register per (query, tile), with
- * no horizontal sums, no packing and no conversion pass (rep_scores). */
+/* Chunk representations are kept in BF16 in tiles of REP_T chunks, by pairs of dimensions inside
+ * a tile: element i of chunk c at rep_at(d, c, i).  One vector load is then dimensions 2k and
+ * 2k+1 of 16 chunks, and scoring a block of queries is one vdpbf16ps per (query, tile, pair) with
+ * the query's pair broadcast, into one register per (query, tile): no horizontal sums, no packing
+ * and no conversion pass (rep_scores). */
 #define REP_T 16
 
 /* Scores of one work item: R = max_rows is at most ITEM_FLOATS / L (x->sc 2 MiB), and at least
