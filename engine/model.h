@@ -50,7 +50,7 @@ typedef enum { LH_SCORE_REP = 0, LH_SCORE_BOUND = 1 } lh_score_mode;
 
 typedef struct {
     size_t n_ctx;          /* KV capacity in tokens (default: n_ctx_train; up to >= 131072) */
-    size_t n_batch;        /* max tokens per forward (prefill slice), default 256 */
+    size_t n_batch;        /* max tokens per forward (prefill slice), default 512 */
     lh_type kv_type;       /* LH_TYPE_F32 (default; the front ends': F16) or LH_TYPE_F16 */
     lh_attn_mode attn;     /* default LH_ATTN_FULL */
     size_t chunk;          /* LongHeads w (0: the file's longheads.chunk_size, else 256, capped

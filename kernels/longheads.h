@@ -11,9 +11,10 @@
  * rot(q,P)·rot(k,p) = rot(q,P-p0)·rot(k,p-p0)), so no key is ever re-rotated.
  *
  * State (lh_lh, one per sequence), rep score: for every layer, query head and complete chunk, the
- * chunk representation c (head_dim values of kv_type: F16 with an F16 cache, which halves what
- * scoring reads; the reference rounds its representations the same way); and for every layer the un-rotated queries of the
- * tokens of the current partial chunk (needed to build its representation once it completes).
+ * chunk representation c (head_dim BF16 values whatever kv_type, scored against the query
+ * rounded to BF16; the reference rounds both the same way; head_dim must be even); and for every
+ * layer the un-rotated queries of the tokens of the current partial chunk (needed to build its
+ * representation once it completes).
  * Bound score: for every layer and KV head a binary tree over the chunks, level 0 the chunks
  * themselves, node i of level j covering chunks [i*2^j, (i+1)*2^j): the element-wise min and
  * max (head_dim floats each) of the locally rotated keys of the complete chunks under it.  It
@@ -56,8 +57,8 @@ typedef struct {
     size_t n_chunk;      /* chunks actually scored */
     size_t n_node;       /* bound-tree nodes scored (groups of 2^k chunks; bound only) */
     size_t n_mismatch;   /* with lh_lh_set_check: selections that differed from flat scoring
-                            (bound), representation scores that differed from the scalar
-                            reference in any bit (rep) */
+                            (bound), representation scores and rounded query values that
+                            differed from the scalar reference in any bit (rep) */
 } lh_lh_stats;
 
 typedef struct lh_lh lh_lh;
@@ -118,7 +119,8 @@ void lh_lh_stats_get(const lh_lh *s, lh_lh_stats *st);
 /* on != 0, bound score: lh_lh_layer selects by branch and bound, whatever branch_and_bound says,
  * and also by flat scoring, and counts the selections that differ (n_mismatch), to check branch
  * and bound on real data.  Rep score: every representation score is recomputed by the scalar
- * reference and those that differ are counted (n_mismatch).  For tests: slow. */
+ * reference, every query value rounded for scoring by the scalar rounding, and those that differ
+ * are counted (n_mismatch).  For tests: slow. */
 void lh_lh_set_check(lh_lh *s, int on);
 void lh_lh_stats_reset(lh_lh *s);
 
