@@ -17,8 +17,9 @@
 #   BENCH_REPS=3                       repetitions; both engines report the mean of the runs'
 #                                      rates after a warm-up (llama-bench's avg_ts, ours --stat mean);
 #                                      unset: 3, and 2 for the 1b files.
-#   BENCH_SECTIONS="side depth daemon" add "lh" (LongHeads against full, 1x..128x the window,
-#                                      and the LongHeads kernel) and "kernels" (longheads-kbench).
+#   BENCH_SECTIONS="side depth daemon lh"  add "kernels" (longheads-kbench); "lh" is LongHeads
+#                                      against full attention, 1x..128x the window (the per-token
+#                                      cost at 128x against 1x), and the LongHeads kernel.
 #
 # Sections:
 #   side    pp512 and tg64 per model file, ours beside llama-bench's (`-p 512 -n 64 -t T`), and a
@@ -30,6 +31,10 @@
 #   daemon  through the socket: longheadsd started on a model, longheads-dbench sends requests
 #           (512 random prompt tokens, 64 generated): time to first token, prefill and decode
 #           tokens/s from the Final frame, beside the engine-level figures of the same file.
+#   lh      ours alone: longheads-bench on a dim-512 8-layer random model (w=64, L=512), prefill
+#           and decode per token at 1x, 8x, 32x and 128x the window, LongHeads beside full
+#           attention, and its goal line (the cost at 128x against 1x measured beside it); then
+#           longheads-lhbench (the LongHeads attention kernel against dense).
 #
 # Ours runs as the daemon runs: its thread count (all cores) and its OpenMP wait policy (the
 # daemon is started with GOMP_SPINCOUNT=10000 by its unit and `make run`, see
@@ -48,7 +53,7 @@ mkdir -p "$D"
 REPS=${BENCH_REPS:-3}
 MODELS=${BENCH_MODELS:-"small:f32 small:f16 small:bf16 small:q8_0 small:q4_0 small:q4_k small:q5_k small:q6_k 1b:f32 1b:f16 1b:bf16 1b:q8_0 1b:q4_k"}
 DEPTH=${BENCH_DEPTH:-16384}
-SECTIONS=${BENCH_SECTIONS:-"side depth daemon"}
+SECTIONS=${BENCH_SECTIONS:-"side depth daemon lh"}
 LB=${LLAMA_BENCH:-}
 NT=$(nproc 2>/dev/null || echo 1)
 [ -n "${OMP_NUM_THREADS:-}" ] && NT=$OMP_NUM_THREADS
