@@ -133,9 +133,8 @@ struct lh_lh {
     size_t n_keep;          /* K = L / w */
     size_t n_chunk;         /* n_ctx / w: chunks that can ever complete */
     size_t ld_q;            /* n_head * head_dim */
-    void *rep;              /* (n_layer, n_head) x rep_chunks(s) x head_dim chunk
-                               representations in tiles of REP_T chunks (rep_at), in the KV
-                               cache's type (F16 halves what scoring reads) */
+    uint16_t *rep;          /* (n_layer, n_head) x rep_chunks(s) x head_dim chunk
+                               representations in BF16, in tiles of REP_T chunks (rep_at) */
     float *ring;            /* (n_layer, w, n_head * head_dim) un-rotated queries of the last
                                w tokens processed, slot pos mod w */
     size_t *n_done;         /* (n_layer) tokens processed per layer */
@@ -230,21 +229,7 @@ static size_t rep_at(size_t d, size_t c, size_t i)
  * its own way) gives exactly what rep_score_ref's FMAs give. */
 static uint16_t rep_bf16(float x)
 {
-    uint32_t u;
-    memcpy(&u, &x, sizeof u);
-    if ((u & 0x7fffffffu) > 0x7f800000u)
-        return (uint16_t)(u >> 16 | 0x40);   /* NaN stays NaN */
-    if (fabsf(x) < 0x1p-50f)
-        return 0;
-    return (uint16_t)((u + 0x7fffu + (u >> 16 & 1)) >> 16);
-}
-
-static float bf16_f32(uint16_t b)
-{
-    uint32_t u = (uint32_t)b << 16;
-    float f;
-    memcpy(&f, &u, sizeof f);
-    return f;
+    return fabsf(x) < 0x1p-50f ? 0 : lh_f32_to_bf16(x);   /* (a NaN is not below: stays NaN) */
 }
 
 static size_t cur_size(const lh_lh *s)
@@ -440,8 +425,8 @@ static void rotate_scaled(const lh_lh *s, float *restrict dst, const float *rest
                              s->rope + pos * s->p.n_rot);
 }
 
-/* Representation of chunk c for head h (KV head g) into s->rep (head_dim values, rounded to F16
- * with an F16 cache).  qraw(j) is the un-rotated query of position c*w + j: from the batch when
+/* Representation of chunk c for head h (KV head g) into s->rep (head_dim values, rounded by
+ * rep_bf16).  qraw(j) is the un-rotated query of position c*w + j: from the batch when
  * it is in it, else from the ring. */
 static void build_rep(const lh_lh *s, const scratch *x, size_t layer, size_t h, size_t g,
                       size_t c, const float *q, size_t pos0, const void *k, const void *v)
@@ -478,7 +463,7 @@ static void build_rep(const lh_lh *s, const scratch *x, size_t layer, size_t h, 
         pj[j] *= scale;
     lh_ops_softmax(pj, w);
     lh_gemm_nn(1, d, w, pj, w, kc, d, sv, d, 0.0f);   /* sv is free again */
-    uint16_t *rep = (uint16_t *)s->rep + rep_base(s, layer, h);
+    uint16_t *rep = s->rep + rep_base(s, layer, h);
     for (size_t i = 0; i < d; i++)
         rep[rep_at(d, c, i)] = rep_bf16(sv[i]);
 }
@@ -780,8 +765,7 @@ static size_t select_threshold(size_t m, size_t cc, const float *score, size_t *
         a0 = _mm256_max_ps(a0, _mm256_loadu_ps(score + i));
         a1 = _mm256_max_ps(a1, _mm256_loadu_ps(score + i + 8));
     }
-    float ts[16], th = -INFINITY;
-    float gm[16];
+    float gm[16], ts[16], th = -INFINITY;
     _mm256_storeu_ps(gm, a0);
     _mm256_storeu_ps(gm + 8, a1);
     for (size_t r = 0; r < m; r++) {   /* the m-th largest, by m passes of max-and-remove */
@@ -1108,8 +1092,8 @@ static float rep_score_ref(const uint32_t *qp, const uint16_t *rb, size_t d, siz
 {
     float acc = 0.0f;
     for (size_t k = 0; k < d / 2; k++) {
-        acc = fmaf(bf16_f32((uint16_t)(qp[k] >> 16)), bf16_f32(rb[rep_at(d, c, 2 * k + 1)]), acc);
-        acc = fmaf(bf16_f32((uint16_t)qp[k]), bf16_f32(rb[rep_at(d, c, 2 * k)]), acc);
+        acc = fmaf(lh_bf16_to_f32((uint16_t)(qp[k] >> 16)), lh_bf16_to_f32(rb[rep_at(d, c, 2 * k + 1)]), acc);
+        acc = fmaf(lh_bf16_to_f32((uint16_t)qp[k]), lh_bf16_to_f32(rb[rep_at(d, c, 2 * k)]), acc);
     }
     return acc;
 }
@@ -1142,7 +1126,7 @@ static void rep_scores(const lh_lh *s, size_t layer, size_t h, size_t nb, const 
                        size_t *stat)
 {
     size_t d = s->p.head_dim, hd2 = d / 2;
-    const uint16_t *rb = (const uint16_t *)s->rep + rep_base(s, layer, h);
+    const uint16_t *rb = s->rep + rep_base(s, layer, h);
     if (c1 <= c0)
         return;
     rep_queries(q, ldq, nb, d, qp);
@@ -1696,7 +1680,7 @@ void lh_lh_layer_ref(const lh_lh_params *p, const float *q_all, size_t n_tok, si
             double *r = rep + (h * n_chunk + c) * d;
             ref_rep(p, q_all, h, c, k, v, r, qbuf, sc, sv);
             for (size_t i = 0; i < d; i++)
-                r[i] = bf16_f32(rep_bf16((float)r[i]));   /* stored as selection reads it */
+                r[i] = lh_bf16_to_f32(rep_bf16((float)r[i]));   /* stored as selection reads it */
         }
 
     for (size_t t = pos0; t < n_tok; t++) {
@@ -1726,7 +1710,7 @@ void lh_lh_layer_ref(const lh_lh_params *p, const float *q_all, size_t n_tok, si
                         cs[c] += fmax(qbuf[i] * mn, qbuf[i] * mx);
                     }
                     for (size_t i = 0; i < d && !bound; i++)   /* q rounded as rep_queries does */
-                        cs[c] += (double)bf16_f32(rep_bf16(q[i])) * rep[(h * n_chunk + c) * d + i];
+                        cs[c] += (double)lh_bf16_to_f32(rep_bf16(q[i])) * rep[(h * n_chunk + c) * d + i];
                     taken[c] = 0;
                 }
                 taken[0] = 1;

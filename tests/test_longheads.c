@@ -456,6 +456,21 @@ static void test_truncate(void)
 
 /* ---- (f) selection: a planted chunk is found by the head whose query points at it ------------- */
 
+/* Chunk c of KV head 0 planted: its keys all a·e6, its values all 3 (head_dim 8). */
+static void plant_chunk(fixture *f, size_t c, float a)
+{
+    const lh_lh_params *p = &f->p;
+    float three[8] = { 3, 3, 3, 3, 3, 3, 3, 3 };
+    for (size_t j = 0; j < p->chunk; j++) {
+        size_t t = c * p->chunk + j;
+        float *kr = f->kraw + t * p->head_dim;   /* KV head 0 */
+        memset(kr, 0, p->head_dim * sizeof(float));
+        kr[6] = a;
+        fixture_set_key(f, 0, t);
+        put_row(p, f->v, 0, t, three);
+    }
+}
+
 static void test_selection_planted(void)
 {
     /* w = 8, L = 32 (K = 4), d = 8, heads 0 and 1 share KV head 0.  Chunk 20's keys are all
@@ -467,15 +482,7 @@ static void test_selection_planted(void)
     fixture f;
     p.n_ctx = n;
     fixture_init(&f, &p, n, 5);
-    float three[8] = { 3, 3, 3, 3, 3, 3, 3, 3 };
-    for (size_t j = 0; j < p.chunk; j++) {
-        size_t t = planted * p.chunk + j;
-        float *kr = f.kraw + t * d;   /* KV head 0 */
-        memset(kr, 0, d * sizeof(float));
-        kr[6] = 8.0f;
-        fixture_set_key(&f, 0, t);
-        put_row(&p, f.v, 0, t, three);
-    }
+    plant_chunk(&f, planted, 8.0f);
     for (size_t l = 0; l < p.n_layer; l++) {
         float *qt = (float *)q_of(&f, l) + (n - 1) * ld;
         memset(qt, 0, 2 * d * sizeof(float));
@@ -521,21 +528,15 @@ static void test_selection_planted(void)
  * representation) score the same, bit for bit.  Scenario 1: 7 copies of a = 8, the last query 4·e6: the
  * 5 earliest copies are chosen.  Scenario 2: 20 copies of a = 8 and one chunk of a = 9 late (the
  * 21st candidate at or above the threshold): it and the 4 earliest copies. */
+/* Copies of plant_chunk, their own queries 0 (every copy then has the same representation). */
 static void plant_copy(fixture *f, size_t c, float a)
 {
     const lh_lh_params *p = &f->p;
-    float three[8] = { 3, 3, 3, 3, 3, 3, 3, 3 };
-    for (size_t j = 0; j < p->chunk; j++) {
-        size_t t = c * p->chunk + j;
-        float *kr = f->kraw + t * p->head_dim;   /* KV head 0 */
-        memset(kr, 0, p->head_dim * sizeof(float));
-        kr[6] = a;
-        fixture_set_key(f, 0, t);
-        put_row(p, f->v, 0, t, three);
-        for (size_t l = 0; l < p->n_layer; l++)   /* the chunk's own queries too */
+    plant_chunk(f, c, a);
+    for (size_t t = c * p->chunk; t < (c + 1) * p->chunk; t++)
+        for (size_t l = 0; l < p->n_layer; l++)
             memset((float *)q_of(f, l) + t * p->n_head * p->head_dim, 0,
                    p->n_head * p->head_dim * sizeof(float));
-    }
 }
 
 static void check_ties(const size_t *copies, size_t n_copies, size_t late, const size_t *want)
