@@ -19,10 +19,16 @@
  * run), prompt processing of each N tokens at that depth ("pp512", "pp512@16384") and generation
  * of T tokens one at a time after it ("tg64", "tg64@16384"), in one attention mode; one line per
  * test "NAME TOKENS/S", plus "weight_bytes_per_token" (what a decode step reads from the weights)
- * and "kv_bytes_per_token" for the roofline line of tools/bench.sh.
+ * and "kv_bytes_per_token" for the roofline line of tools/bench.sh.  --roofline N: after the
+ * tests, N decode steps (at the last depth), each followed by one read pass over exactly the bytes
+ * a step reads from the weights, where the model holds them, with the same threads: the pass's
+ * rate ("roofline_read_gbs"), the steps' ("roofline_tg") and the share of the read speed the
+ * decode reaches ("roofline_share", read time / decode time).  Alternating one step with one
+ * pass keeps the machine's bandwidth, which drifts over seconds here, the same for both sides.
  *
  *   longheads-bench -m MODEL [--pp 512,4096] [--tg 64] [--depth 0,4096] [--attn full|longheads]
  *                   [--reps R] [--kv f32|f16] [--batch B] [--window L] [--chunk W]
+ *                   [--roofline N]
  *
  * Timings are the best of --reps runs (default 3; after one untimed warm-up) up to 8 × L
  * (decode rewound with lh_ctx_truncate, prefill from 0); past that prefill runs once and decode
@@ -38,6 +44,9 @@
 #include <time.h>
 #ifdef _OPENMP
 #include <omp.h>
+#endif
+#if defined(__AVX2__)
+#include <immintrin.h>
 #endif
 
 #include "gguf.h"
@@ -63,6 +72,7 @@ typedef struct {
     lh_attn_mode attn;
     lh_weights_hold weights; /* as the daemon's --weights (default auto) */
     int mean;                /* --stat mean: llama-bench's statistic, not the best run */
+    size_t roofline;         /* --roofline N: N decode steps alternating with read passes */
 } opts;
 
 static double now_s(void)
@@ -447,24 +457,92 @@ out:
 /* ------------------------------------------------------------------------------------------ */
 /* llama-bench-like tests                                                                       */
 
-/* Bytes a decode step reads from the weights: every 2-D weight once (the GEMVs stream them), the
- * embedding as one row unless it is also the classifier.  What the roofline line divides by. */
-static double weight_bytes_per_token(const char *path)
+/* The bytes of tensor t a decode step reads: every weight once (the GEMVs stream them), the
+ * embedding as one row unless it is also the classifier. */
+static size_t token_bytes(const lh_gguf *g, const lh_gguf_tensor *t)
 {
-    lh_gguf *g = NULL;
-    if (lh_gguf_open(&g, path))
-        return -1;
-    double b = 0;
     int tied = lh_gguf_find_tensor(g, "output.weight") == NULL;
-    for (size_t i = 0; i < lh_gguf_n_tensors(g); i++) {
-        const lh_gguf_tensor *t = lh_gguf_tensor_at(g, i);
-        if (t->n_dims == 2 && !strcmp(t->name, "token_embd.weight") && !tied)
-            b += (double)t->size / (double)t->ne[1];
-        else
-            b += (double)t->size;
-    }
-    lh_gguf_close(g);
+    if (t->n_dims == 2 && !strcmp(t->name, "token_embd.weight") && !tied)
+        return t->size / t->ne[1];
+    return t->size;
+}
+
+/* Bytes a decode step reads from the weights (token_bytes over every tensor): what the roofline
+ * line divides by. */
+static double weight_bytes_per_token(const lh_gguf *g)
+{
+    double b = 0;
+    for (size_t i = 0; i < lh_gguf_n_tensors(g); i++)
+        b += (double)token_bytes(g, lh_gguf_tensor_at(g, i));
     return b;
+}
+
+/* XOR of the 64-byte words of p[0..n) (n % 64 == 0) into eight named accumulators (an array
+ * of them was kept in memory by gcc -O2: a third slower), a pure read stream, integer so that no
+ * value of the weights can slow it, returned so that the reads stay.  256-bit loads even with
+ * AVX-512: over the 1b F16 file's weights, two threads, they read 62-68 GB/s where 512-bit loads
+ * read 25-51 (and longheads-bwprobe's float sum 56-66 over its own buffer). */
+#define XOR8(V, LOAD, XOR)                                                                        \
+    for (; i + 8 * sizeof(V) <= n; i += 8 * sizeof(V)) {                                          \
+        const V *q = (const V *)(p + i);                                                          \
+        a0 = XOR(a0, LOAD(q)), a1 = XOR(a1, LOAD(q + 1)), a2 = XOR(a2, LOAD(q + 2));              \
+        a3 = XOR(a3, LOAD(q + 3)), a4 = XOR(a4, LOAD(q + 4)), a5 = XOR(a5, LOAD(q + 5));          \
+        a6 = XOR(a6, LOAD(q + 6)), a7 = XOR(a7, LOAD(q + 7));                                     \
+    }                                                                                             \
+    for (; i < n; i += sizeof(V))                                                                 \
+        a0 = XOR(a0, LOAD((const V *)(p + i)));                                                   \
+    a0 = XOR(XOR(XOR(a0, a1), XOR(a2, a3)), XOR(XOR(a4, a5), XOR(a6, a7)))
+
+static uint64_t read_xor(const unsigned char *p, size_t n)
+{
+    size_t i = 0;
+#if defined(__AVX2__)
+    __m256i a0 = _mm256_setzero_si256(), a1 = a0, a2 = a0, a3 = a0, a4 = a0, a5 = a0, a6 = a0,
+            a7 = a0;
+    XOR8(__m256i, _mm256_loadu_si256, _mm256_xor_si256);
+    uint64_t w[4];
+    _mm256_storeu_si256((void *)w, a0);
+    return w[0] ^ w[1] ^ w[2] ^ w[3];
+#else
+    uint64_t a0 = 0, a1 = 0, a2 = 0, a3 = 0, a4 = 0, a5 = 0, a6 = 0, a7 = 0;
+#define LD64(q) (*(const uint64_t *)(q))
+#define XOR64(a, b) ((a) ^ (b))
+    XOR8(uint64_t, LD64, XOR64);
+    return a0;
+#endif
+}
+
+/* One pass over exactly the bytes a decode step reads from the weights (token_bytes of every
+ * tensor, where the model holds them), split evenly over the threads as the GEMVs split them:
+ * seconds.  Whole 64-byte words: each tensor's bytes rounded down to them. */
+static double read_pass(const lh_gguf *g, volatile uint64_t *sink)
+{
+    size_t n_t = lh_gguf_n_tensors(g), total = 0;
+    for (size_t i = 0; i < n_t; i++)
+        total += token_bytes(g, lh_gguf_tensor_at(g, i)) / 64;
+    uint64_t x = 0;
+    double t0 = now_s();
+#pragma omp parallel reduction(^ : x)
+    {
+        size_t th = 0, nt = 1;
+#ifdef _OPENMP
+        th = (size_t)omp_get_thread_num();
+        nt = (size_t)omp_get_num_threads();
+#endif
+        /* this thread's words [w0, w1) of the tensors' words in file order */
+        size_t w0 = total * th / nt, w1 = total * (th + 1) / nt, at = 0;
+        for (size_t i = 0; i < n_t && at < w1; i++) {
+            const lh_gguf_tensor *t = lh_gguf_tensor_at(g, i);
+            size_t n = token_bytes(g, t) / 64, a = at > w0 ? at : w0;
+            size_t b = at + n < w1 ? at + n : w1;
+            if (b > a)
+                x ^= read_xor((const unsigned char *)t->data + (a - at) * 64, (b - a) * 64);
+            at += n;
+        }
+    }
+    double dt = now_s() - t0;
+    *sink ^= x;
+    return dt;
 }
 
 /* Best (or with mean: mean rate) of reps prefills of n tokens at depth d (rewound to d each
@@ -499,6 +577,7 @@ static int llama_tests(const lh_model *m, const opts *o)
         max_t = o->pp[i] > max_t ? o->pp[i] : max_t;
     for (size_t i = 0; i < o->n_depth; i++)
         max_d = o->depth[i] > max_d ? o->depth[i] : max_d;
+    max_t = o->roofline > max_t ? o->roofline : max_t;
     lh_ctx_params cp = o->cp;
     cp.attn = o->attn;
     cp.n_ctx = max_d + max_t;
@@ -515,8 +594,9 @@ static int llama_tests(const lh_model *m, const opts *o)
            lh_model_desc(m), rp->attn == LH_ATTN_LONGHEADS ? "longheads" : "full",
            lh_type_name(rp->kv_type), rp->n_batch, n_thr, o->mean ? "mean rate" : "best",
            o->reps);
-    printf("weight_bytes_per_token %.0f\nkv_bytes_per_token %zu\n",
-           weight_bytes_per_token(o->model), lh_ctx_kv_bytes_per_token(c));
+    const lh_gguf *g = lh_model_gguf(m);
+    printf("weight_bytes_per_token %.0f\nkv_bytes_per_token %zu\n", weight_bytes_per_token(g),
+           lh_ctx_kv_bytes_per_token(c));
     /* depths in the order given; each is filled once from empty (that fill is itself reported,
      * one run, as "fillD"), then every pp test runs at that depth and the tg test after it */
     for (size_t i = 0; i < o->n_depth; i++) {
@@ -549,6 +629,27 @@ static int llama_tests(const lh_model *m, const opts *o)
         printf("tg%zu%s %.1f\n", o->tg, at, 1.0 / s);
         fflush(stdout);
     }
+    if (o->roofline) {
+        /* decode steps and read passes over the same bytes, alternating one by one, so that the
+         * machine's bandwidth, which drifts over seconds here, is the same for both sides */
+        size_t d = o->depth[o->n_depth - 1];
+        if (lh_ctx_truncate(c, d) != d)
+            goto out;
+        volatile uint64_t sink = 0;
+        double td = 0, tr = 0;
+        read_pass(g, &sink);   /* warm-up */
+        for (size_t i = 0; i < o->roofline; i++) {
+            double t = time_decode(c, tokens + d + i, 1, logits);
+            if (t < 0)
+                goto out;
+            td += t;
+            tr += read_pass(g, &sink);
+        }
+        printf("roofline_read_gbs %.1f\nroofline_tg %.1f\nroofline_share %.3f\n",
+               weight_bytes_per_token(g) * (double)o->roofline / tr / 1e9,
+               (double)o->roofline / td, tr / td);
+        fflush(stdout);
+    }
     rc = 0;
 out:
     if (rc)
@@ -569,6 +670,8 @@ static void usage(FILE *f)
             "       longheads-bench -m MODEL [--pp N,..] [--tg T] [--depth D,..]\n"
             "         [--attn full|longheads] [--reps R] [--kv f32|f16] [--batch B]\n"
             "         [--stat best|mean]  (mean: the mean of the runs' rates, llama-bench's avg_ts)\n"
+            "         [--roofline N]  (N decode steps, each followed by a read pass over the\n"
+            "                          bytes it read from the weights: the share of bandwidth)\n"
             "       both: [--weights auto|load|map] (default auto, as the daemon)\n"
             "Per-token prefill and decode times, LongHeads against full attention, with ratios;\n"
             "with --pp/--tg: tokens/s in the manner of llama-bench.\n");
@@ -624,6 +727,8 @@ int main(int argc, char **argv)
             bad = parse_list(v, 0, 1u << 20, o.depth, &o.n_depth);
         else if (!strcmp(a, "--weights"))
             bad = lh_weights_hold_parse(v, &o.weights);
+        else if (!strcmp(a, "--roofline"))
+            bad = lh_params_parse_size(v, 1, 4096, &o.roofline), llama_mode = 1;
         else if (!strcmp(a, "--stat"))
             bad = strcmp(v, "best") && strcmp(v, "mean"), o.mean = !strcmp(v, "mean");
         else if (!strcmp(a, "--attn") || !strcmp(a, "--kv") || !strcmp(a, "--batch") ||

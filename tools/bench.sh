@@ -25,7 +25,9 @@
 #   side    pp512 and tg64 per model file, ours beside llama-bench's (`-p 512 -n 64 -t T`), and a
 #           roofline line per file: the bytes one decoded token reads from the weights divided by
 #           the read bandwidth measured by longheads-bwprobe just before and just after that
-#           file's runs (the higher of the two), and each engine's share of it.
+#           file's runs (the higher of the two), and each engine's share of it; beside it ours
+#           measured interleaved (longheads-bench --roofline: decode steps alternating with read
+#           passes over the same bytes, so that both see the same bandwidth).
 #   depth   tg64 and pp512 after a context of BENCH_DEPTH tokens (llama-bench -d), full attention
 #           and LongHeads (w=64 L=512), stories110M and stories260K shapes.
 #   daemon  through the socket: longheadsd started on a model, longheads-dbench sends requests
@@ -156,11 +158,11 @@ if has side; then
         # alternate which engine runs first, so a drift in the machine's speed does not always
         # favour the same one
         if [ $((i % 2)) = 0 ]; then
-            o=$(ours "$f" --pp 512 --tg 64 --reps "$r" --stat mean)
+            o=$(ours "$f" --pp 512 --tg 64 --reps "$r" --stat mean --roofline 32)
             l=$(llama "$f" -p 512 -n 64 -r "$r")
         else
             l=$(llama "$f" -p 512 -n 64 -r "$r")
-            o=$(ours "$f" --pp 512 --tg 64 --reps "$r" --stat mean)
+            o=$(ours "$f" --pp 512 --tg 64 --reps "$r" --stat mean --roofline 32)
         fi
         i=$((i + 1))
         for t in pp512 tg64; do
@@ -168,7 +170,7 @@ if has side; then
         done
         pa=$("$B/longheads-bwprobe" | awk '{ print $2 }')
         # name, weight bytes per token, our tg64, llama's (- when absent), the probes around them
-        roof="$roof$shape $type|$(val "$o" weight_bytes_per_token)|$(val "$o" tg64)|$(val "$l" tg64)|$pb|$pa
+        roof="$roof$shape $type|$(val "$o" weight_bytes_per_token)|$(val "$o" tg64)|$(val "$l" tg64)|$pb|$pa|$(val "$o" roofline_read_gbs)|$(val "$o" roofline_share)
 "
         pb=$pa
         fa=$(val "$l" fa)
@@ -185,14 +187,18 @@ if has side; then
     echo "read bandwidth again after this section: $BW2 GB/s"
     echo
     echo "roofline: decode reads every weight once per token; limit = bandwidth / bytes per token, the"
-    echo "bandwidth the higher of the probes just before and just after that file's runs (GB/s)"
-    printf '%-14s %13s %12s %15s %9s %9s\n' model "bytes/token" "probes" "limit" longheads llama
+    echo "bandwidth the higher of the probes just before and just after that file's runs (GB/s)."
+    echo "interleaved: 32 of our decode steps, each followed by a read pass over the same bytes where"
+    echo "the model holds them, same threads (longheads-bench --roofline): the pass's GB/s and the"
+    echo "decode's share of its speed, both measured within the same seconds"
+    printf '%-14s %13s %12s %15s %9s %9s %17s\n' model "bytes/token" "probes" "limit" longheads llama "interleaved"
     printf '%s' "$roof" | awk -F'|' '$2 > 0 {
         bw = $6 > $5 ? $6 : $5
         r = bw * 1e9 / $2
-        printf "%-14s %10.1f MB %5.1f %5.1f %9.1f tok/s %9s %9s\n", $1, $2 / 1e6, $5, $6, r,
+        printf "%-14s %10.1f MB %5.1f %5.1f %9.1f tok/s %9s %9s %17s\n", $1, $2 / 1e6, $5, $6, r,
                $3 != "" ? sprintf("%.0f%%", 100 * $3 / r) : "-",
-               $4 != "" ? sprintf("%.0f%%", 100 * $4 / r) : "-" }'
+               $4 != "" ? sprintf("%.0f%%", 100 * $4 / r) : "-",
+               $8 != "" ? sprintf("%.0f%% of %.1f", 100 * $8, $7) : "-" }'
 fi
 
 if has depth && [ "$DEPTH" -gt 0 ]; then
