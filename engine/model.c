@@ -646,8 +646,12 @@ static int matmul(lh_ctx *c, const weight *w, const float *x, size_t n, float *y
 /* Decode (n == 1): y_j = x · W_jᵀ for the k weights ws[j] in one parallel region
  * (lh_matmul_run_gemvs) when they share type and n_in; otherwise, and for prefill, one matmul
  * each. */
+static int aborted(const lh_ctx *c);
+
+/* The products of ws with the same x: one fused GEMV for a decode step, else one after the
+ * other, with check the abort check (aborted) between them. */
 static int matmuls(lh_ctx *c, const weight *const *ws, size_t k, const float *x, size_t n,
-                   float *const *ys)
+                   float *const *ys, int check)
 {
     lh_matmul *ms[3];
     const void *data[3];
@@ -667,8 +671,11 @@ static int matmuls(lh_ctx *c, const weight *const *ws, size_t k, const float *x,
     if (fuse)
         return lh_matmul_run_gemvs(ms, data, k, x, ys);
     int rc = 0;
-    for (size_t j = 0; j < k && rc == 0; j++)
+    for (size_t j = 0; j < k && rc == 0; j++) {
+        if (j > 0 && check && aborted(c))
+            return LH_E_CANCELLED;
         rc = matmul(c, ws[j], x, n, ys[j]);
+    }
     return rc;
 }
 
@@ -937,9 +944,10 @@ static void populate_kv(const lh_ctx *c, size_t pos0, size_t n)
 #endif
 }
 
-/* The abort check of forward: between layers and inside each, after the attention and after the
- * FFN's gate and up products, so that a cancel waits for at most about half a layer (the gate
- * and up products of a 1B model are ~half of its layer).  A slice stopped there leaves n_past
+/* The abort check of forward: between layers and inside each, after the attention, between the
+ * FFN's gate and up products (slices of more than one token: a decode step fuses them) and
+ * after them, so that a cancel waits for at most about a quarter of a layer (the gate, up and
+ * down products of a 1B model are each ~22% of its layer).  A slice stopped there leaves n_past
  * unchanged, whatever rows of the slice the layers so far stored: the caller resyncs LongHeads
  * and the next slice overwrites them. */
 static int aborted(const lh_ctx *c)
@@ -970,7 +978,7 @@ static int forward(lh_ctx *c, const int32_t *tokens, size_t n, float *logits, in
         const layer *L = &m->layers[l];
         lh_ops_rmsnorm(c->xb, c->x, L->attn_norm, n, D, hp->rms_eps);
         const weight *qkv[3] = {&L->wq, &L->wk, &L->wv};
-        if ((rc = matmuls(c, qkv, 3, c->xb, n, (float *const[3]){c->q, c->kb, c->vb})))
+        if ((rc = matmuls(c, qkv, 3, c->xb, n, (float *const[3]){c->q, c->kb, c->vb}, 0)))
             return rc;
         add_bias(c->q, L->bq, n, q_dim);
         add_bias(c->kb, L->bk, n, kv_dim);
@@ -1011,7 +1019,7 @@ static int forward(lh_ctx *c, const int32_t *tokens, size_t n, float *logits, in
 
         lh_ops_rmsnorm(c->xb, c->x, L->ffn_norm, n, D, hp->rms_eps);
         const weight *gu[2] = {&L->w_gate, &L->w_up};
-        if ((rc = matmuls(c, gu, 2, c->xb, n, (float *const[2]){c->hb, c->hb2})))
+        if ((rc = matmuls(c, gu, 2, c->xb, n, (float *const[2]){c->hb, c->hb2}, 1)))
             return rc;
         add_bias(c->hb, L->b_gate, n, hp->n_ff);
         add_bias(c->hb2, L->b_up, n, hp->n_ff);
