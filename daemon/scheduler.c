@@ -602,7 +602,7 @@ static void run_quick(lh_sched *s, req *r)
  * 1.5-1.9x the speed of 64), and LongHeads past the window shares each selected chunk's reads
  * among the slice's queries (512, the engine's default batch: see lh_ctx_params_default).
  * Cancels and timeouts do not wait for a slice: lh_ctx_eval checks them between layers and
- * three times inside each. */
+ * four times inside each. */
 #define MIN_SLICE 512
 static size_t min_slice(size_t n_batch) { return n_batch < MIN_SLICE ? n_batch : MIN_SLICE; }
 

@@ -128,12 +128,13 @@ const int32_t *lh_ctx_tokens(const lh_ctx *c);
 int lh_ctx_eval(lh_ctx *c, const int32_t *tokens, size_t n, float *logits, int all);
 
 /* Lets a caller stop a long lh_ctx_eval inside a slice: fn(ud) is called after every layer of
- * every slice and three times inside each (after the attention, between the FFN's gate and up
- * products in slices of more than one token, after them; a cheap check: an atomic load); when it
+ * every slice and four times inside each (before and after the attention, between the FFN's gate
+ * and up products, after them; the first and third only in slices of more than one token; a
+ * cheap check: an atomic load); when it
  * returns non-zero lh_ctx_eval returns LH_E_CANCELLED, keeping the tokens of the slices already
  * complete (lh_ctx_n_past says how many; with LongHeads it may round down to a chunk boundary,
  * as lh_ctx_truncate).  So a prefill can run in slices sized for throughput while a cancel takes
- * effect within about a quarter of a layer.
+ * effect within about a fifth of a layer.
  * fn NULL: never stopped (the default). */
 typedef int (*lh_ctx_abort_fn)(void *ud);
 void lh_ctx_set_abort(lh_ctx *c, lh_ctx_abort_fn fn, void *ud);

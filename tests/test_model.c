@@ -233,9 +233,9 @@ static int abort_after(void *ud)
 
 /* A prefill stopped inside a slice keeps exactly the complete slices, and going on from there
  * gives the logits of an uninterrupted run (full attention and LongHeads past its window).  The
- * check runs 4 * n_layer - 1 times a slice (after each layer's attention, between its gate and
- * up products, after them, after each layer but the last); the stop comes at check `at` of the
- * fifth slice. */
+ * check runs 5 * n_layer - 1 times a slice (before and after each layer's attention, between
+ * its gate and up products, after them, after each layer but the last); the stop comes at check
+ * `at` of the fifth slice. */
 static void check_abort(lh_attn_mode attn, size_t at)
 {
     size_t V = lh_model_hparams(g_model)->n_vocab, n_layer = lh_model_hparams(g_model)->n_layer;
@@ -257,7 +257,7 @@ static void check_abort(lh_attn_mode attn, size_t at)
     CU_ASSERT_EQUAL_FATAL(lh_ctx_new(&b, g_model, &p), 0);
     CU_ASSERT_EQUAL(lh_ctx_eval(a, toks, n, la, 0), 0);
     /* stop b inside the fifth slice (tokens 128..159): 4 slices of 32 complete */
-    abort_state st = {0, (int)(4 * (4 * n_layer - 1) + at)};
+    abort_state st = {0, (int)(4 * (5 * n_layer - 1) + at)};
     lh_ctx_set_abort(b, abort_after, &st);
     CU_ASSERT_EQUAL(lh_ctx_eval(b, toks, n, lb, 0), LH_E_CANCELLED);
     lh_ctx_set_abort(b, NULL, NULL);
@@ -280,9 +280,9 @@ static void check_abort(lh_attn_mode attn, size_t at)
 static void test_abort_between_layers(void)
 {
     size_t n_layer = lh_model_hparams(g_model)->n_layer;
-    /* checks per slice: 4 a layer, none after the last.  After the first attention, between
-     * the first gate and up products, after them, after the first layer, the last */
-    size_t at[] = {0, 1, 2, 3, 4 * n_layer - 2};
+    /* checks per slice: 5 a layer, none after the last.  Before the first attention, after it,
+     * between the first gate and up products, after them, after the first layer, the last */
+    size_t at[] = {0, 1, 2, 3, 4, 5 * n_layer - 2};
     for (size_t i = 0; i < sizeof at / sizeof at[0]; i++) {
         check_abort(LH_ATTN_FULL, at[i]);
         check_abort(LH_ATTN_LONGHEADS, at[i]);
