@@ -1621,7 +1621,8 @@ static inline __m256i k4_madd64(__m256i lo, __m256i hi, __m256i slo, __m256i shi
     return _mm256_add_epi32(_mm256_madd_epi16(plo, slo), _mm256_madd_epi16(phi, shi));
 }
 
-static float vdot_q4_K(const lh_block_q4_K *w, const lh_block_q8K *a, size_t nb)
+static __attribute__((unused)) float vdot_q4_K(const lh_block_q4_K *w, const lh_block_q8K *a,
+                                                size_t nb)
 {
     const __m256i m4 = _mm256_set1_epi8(0x0f);
     __m256 acc = _mm256_setzero_ps();
@@ -1647,7 +1648,62 @@ static float vdot_q4_K(const lh_block_q4_K *w, const lh_block_q8K *a, size_t nb)
     return lh_hsum256(acc) - hsum128(accm);
 }
 
-static float vdot_q5_K(const lh_block_q5_K *w, const lh_block_q8K *a, size_t nb)
+#if defined(__AVX512F__) && defined(__AVX512BW__) && defined(__AVX512VNNI__)
+/* vdot_q4_K on 512-bit registers, for the decode GEMV: half a block (64 bytes of levels, sub-blocks
+ * 4h .. 4h+3) per step.  Its low nibbles are sub-blocks 4h and 4h+2, its high nibbles 4h+1 and
+ * 4h+3, so each meets the activations of two sub-blocks (two 32-byte loads) in one vpdpbusd: 16
+ * int32 lanes of 4 products, lanes 0-7 one sub-block, 8-15 the other.  A lane is at most
+ * 4 x 15 x 128 < 2^15, so vpmaddwd against the lane's scale in the low half of a 32-bit lane (high
+ * half 0) multiplies it exactly.  Lane l + 8 holds the sub-blocks of lane l's other half, so
+ * adding the two 256-bit halves gives exactly vdot_q4_K's 8 integer lanes, and the float part is
+ * vdot_q4_K's: the same bits (lh_gemm_q8's four-row kernels and the short prefill slices keep
+ * equal to it), with fewer than half the instructions per block. */
+static float vdot_q4_K_z(const lh_block_q4_K *w, const lh_block_q8K *a, size_t nb)
+{
+    const __m512i m4 = _mm512_set1_epi8(0x0f);
+    /* which of the 16 scale/min lanes (scales 0-7, then mins) each half of a product takes */
+    const __m512i p02 = _mm512_setr_epi32(0, 0, 0, 0, 0, 0, 0, 0, 2, 2, 2, 2, 2, 2, 2, 2);
+    const __m512i p13 = _mm512_add_epi32(p02, _mm512_set1_epi32(1));
+    const __m512i p46 = _mm512_add_epi32(p02, _mm512_set1_epi32(4));
+    const __m512i p57 = _mm512_add_epi32(p02, _mm512_set1_epi32(5));
+    __m256 acc = _mm256_setzero_ps();
+    __m128 accm = _mm_setzero_ps();
+    for (size_t i = 0; i < nb; i++) {
+        __m128i sm = k4_scales_mins(w[i].scales);
+        float da = a[i].d;
+        accm = _mm_fmadd_ps(_mm_set1_ps(f16_fast(w[i].dmin) * da),
+                            _mm_cvtepi32_ps(k4_min_terms(sm, a[i].bsums)), accm);
+        __m512i sc = _mm512_cvtepu8_epi32(sm);
+        const int8_t *x = a[i].qs;
+        __m512i isum = _mm512_setzero_si512();
+        LH_UNROLL
+        for (int h = 0; h < 2; h++) {
+            __m512i q = _mm512_loadu_si512((const void *)(w[i].qs + 64 * h));
+            __m512i lo = _mm512_and_si512(q, m4), hi = _mm512_and_si512(_mm512_srli_epi16(q, 4), m4);
+            const int8_t *xh = x + 128 * h;
+            __m512i al = _mm512_inserti64x4(
+                _mm512_castsi256_si512(_mm256_loadu_si256((const __m256i *)xh)),
+                _mm256_loadu_si256((const __m256i *)(xh + 64)), 1);
+            __m512i ah = _mm512_inserti64x4(
+                _mm512_castsi256_si512(_mm256_loadu_si256((const __m256i *)(xh + 32))),
+                _mm256_loadu_si256((const __m256i *)(xh + 96)), 1);
+            __m512i dl = _mm512_dpbusd_epi32(_mm512_setzero_si512(), lo, al);
+            __m512i dh = _mm512_dpbusd_epi32(_mm512_setzero_si512(), hi, ah);
+            isum = _mm512_add_epi32(isum, _mm512_madd_epi16(dl, _mm512_permutexvar_epi32(h ? p46 : p02, sc)));
+            isum = _mm512_add_epi32(isum, _mm512_madd_epi16(dh, _mm512_permutexvar_epi32(h ? p57 : p13, sc)));
+        }
+        __m256i i8 = _mm256_add_epi32(_mm512_castsi512_si256(isum), _mm512_extracti64x4_epi64(isum, 1));
+        acc = _mm256_fmadd_ps(_mm256_set1_ps(f16_fast(w[i].d) * da), _mm256_cvtepi32_ps(i8), acc);
+    }
+    return lh_hsum256(acc) - hsum128(accm);
+}
+#define VDOT_Q4_K_ROW vdot_q4_K_z
+#else
+#define VDOT_Q4_K_ROW vdot_q4_K
+#endif
+
+static __attribute__((unused)) float vdot_q5_K(const lh_block_q5_K *w, const lh_block_q8K *a,
+                                                size_t nb)
 {
     const __m256i m4 = _mm256_set1_epi8(0x0f), m1 = _mm256_set1_epi8(1);
     __m256 acc = _mm256_setzero_ps();
@@ -1676,6 +1732,61 @@ static float vdot_q5_K(const lh_block_q5_K *w, const lh_block_q8K *a, size_t nb)
     }
     return lh_hsum256(acc) - hsum128(accm);
 }
+
+#if defined(__AVX512F__) && defined(__AVX512BW__) && defined(__AVX512VNNI__)
+/* vdot_q5_K as vdot_q4_K_z does vdot_q4_K: the fifth bits of the two sub-blocks a vector holds
+ * come from qh shifted by their own counts (two 256-bit shifts); a lane is at most
+ * 4 x 31 x 128 < 2^15, so vpmaddwd still scales it exactly; the same bits as vdot_q5_K. */
+static float vdot_q5_K_z(const lh_block_q5_K *w, const lh_block_q8K *a, size_t nb)
+{
+    const __m512i m4 = _mm512_set1_epi8(0x0f), m1 = _mm512_set1_epi8(1);
+    const __m512i p02 = _mm512_setr_epi32(0, 0, 0, 0, 0, 0, 0, 0, 2, 2, 2, 2, 2, 2, 2, 2);
+    const __m512i p13 = _mm512_add_epi32(p02, _mm512_set1_epi32(1));
+    const __m512i p46 = _mm512_add_epi32(p02, _mm512_set1_epi32(4));
+    const __m512i p57 = _mm512_add_epi32(p02, _mm512_set1_epi32(5));
+    __m256 acc = _mm256_setzero_ps();
+    __m128 accm = _mm_setzero_ps();
+    for (size_t i = 0; i < nb; i++) {
+        __m128i sm = k4_scales_mins(w[i].scales);
+        float da = a[i].d;
+        accm = _mm_fmadd_ps(_mm_set1_ps(f16_fast(w[i].dmin) * da),
+                            _mm_cvtepi32_ps(k4_min_terms(sm, a[i].bsums)), accm);
+        __m512i sc = _mm512_cvtepu8_epi32(sm);
+        __m256i qh = _mm256_loadu_si256((const __m256i *)w[i].qh);
+        const int8_t *x = a[i].qs;
+        __m512i isum = _mm512_setzero_si512();
+        LH_UNROLL
+        for (int h = 0; h < 2; h++) {
+            /* sub-blocks 4h, 4h+2 (low nibbles) take qh bits 4h, 4h+2; 4h+1, 4h+3 bits 4h+1, 4h+3 */
+            __m512i bl = _mm512_inserti64x4(_mm512_castsi256_si512(_mm256_srli_epi16(qh, 4 * h)),
+                                            _mm256_srli_epi16(qh, 4 * h + 2), 1);
+            __m512i bh = _mm512_srli_epi16(bl, 1);
+            __m512i q = _mm512_loadu_si512((const void *)(w[i].qs + 64 * h));
+            __m512i lo = _mm512_or_si512(_mm512_and_si512(q, m4),
+                                         _mm512_slli_epi16(_mm512_and_si512(bl, m1), 4));
+            __m512i hi = _mm512_or_si512(_mm512_and_si512(_mm512_srli_epi16(q, 4), m4),
+                                         _mm512_slli_epi16(_mm512_and_si512(bh, m1), 4));
+            const int8_t *xh = x + 128 * h;
+            __m512i al = _mm512_inserti64x4(
+                _mm512_castsi256_si512(_mm256_loadu_si256((const __m256i *)xh)),
+                _mm256_loadu_si256((const __m256i *)(xh + 64)), 1);
+            __m512i ah = _mm512_inserti64x4(
+                _mm512_castsi256_si512(_mm256_loadu_si256((const __m256i *)(xh + 32))),
+                _mm256_loadu_si256((const __m256i *)(xh + 96)), 1);
+            __m512i dl = _mm512_dpbusd_epi32(_mm512_setzero_si512(), lo, al);
+            __m512i dh = _mm512_dpbusd_epi32(_mm512_setzero_si512(), hi, ah);
+            isum = _mm512_add_epi32(isum, _mm512_madd_epi16(dl, _mm512_permutexvar_epi32(h ? p46 : p02, sc)));
+            isum = _mm512_add_epi32(isum, _mm512_madd_epi16(dh, _mm512_permutexvar_epi32(h ? p57 : p13, sc)));
+        }
+        __m256i i8 = _mm256_add_epi32(_mm512_castsi512_si256(isum), _mm512_extracti64x4_epi64(isum, 1));
+        acc = _mm256_fmadd_ps(_mm256_set1_ps(f16_fast(w[i].d) * da), _mm256_cvtepi32_ps(i8), acc);
+    }
+    return lh_hsum256(acc) - hsum128(accm);
+}
+#define VDOT_Q5_K_ROW vdot_q5_K_z
+#else
+#define VDOT_Q5_K_ROW vdot_q5_K
+#endif
 
 /* Q2_K, Q3_K, Q6_K: 16 scales of 16 elements; sc16[h] holds scales 8h .. 8h+7 as int16 in both
  * 128-bit lanes, and the 32 elements 128h + 32j .. +31 take scales 8h + 2j (lane 0) and
@@ -1756,7 +1867,8 @@ static float vdot_q3_K(const lh_block_q3_K *w, const lh_block_q8K *a, size_t nb)
     return lh_hsum256(acc);
 }
 
-static float vdot_q6_K(const lh_block_q6_K *w, const lh_block_q8K *a, size_t nb)
+static __attribute__((unused)) float vdot_q6_K(const lh_block_q6_K *w, const lh_block_q8K *a,
+                                                size_t nb)
 {
     const __m256i m4 = _mm256_set1_epi8(0x0f), m3 = _mm256_set1_epi8(3);
     __m256 acc = _mm256_setzero_ps();
@@ -1795,6 +1907,53 @@ static float vdot_q6_K(const lh_block_q6_K *w, const lh_block_q8K *a, size_t nb)
     }
     return lh_hsum256(acc);
 }
+#if defined(__AVX512F__) && defined(__AVX512BW__) && defined(__AVX512VNNI__)
+/* vdot_q6_K on 512-bit registers: the 32-element groups j and j+1 of a half block share a vector
+ * (their activations are one 64-byte load), one vpdpbusd each pair; a lane is at most
+ * 4 x 63 x 128 < 2^15, so vpmaddwd against its (signed) scale in the low half of a 32-bit lane
+ * scales it exactly, and the two 256-bit halves added give vdot_q6_K's 8 integer lanes: the same
+ * bits. */
+static float vdot_q6_K_z(const lh_block_q6_K *w, const lh_block_q8K *a, size_t nb)
+{
+    const __m512i m4 = _mm512_set1_epi8(0x0f), m3 = _mm512_set1_epi8(3);
+    const __m512i lo16 = _mm512_set1_epi32(0xffff);
+    /* lane l of the pair (j, j+1) takes scale 2j + l / 4 (16 elements a scale, 4 a lane) */
+    const __m512i p0 = _mm512_setr_epi32(0, 0, 0, 0, 1, 1, 1, 1, 2, 2, 2, 2, 3, 3, 3, 3);
+    __m256 acc = _mm256_setzero_ps();
+    for (size_t i = 0; i < nb; i++) {
+        __m128i scb = _mm_loadu_si128((const __m128i *)w[i].scales);
+        __m256i corr = _mm256_madd_epi16(_mm256_cvtepi8_epi16(scb),
+                                         _mm256_loadu_si256((const __m256i *)a[i].bsums));
+        __m512i sc = _mm512_and_si512(_mm512_cvtepi8_epi32(scb), lo16);
+        __m512i isum = _mm512_setzero_si512();
+        LH_UNROLL
+        for (int h = 0; h < 2; h++) {
+            __m512i l01 = _mm512_loadu_si512((const void *)(w[i].ql + 64 * h));
+            __m256i qh = _mm256_loadu_si256((const __m256i *)(w[i].qh + 32 * h));
+            __m512i qz = _mm512_inserti64x4(_mm512_castsi256_si512(qh), _mm256_srli_epi16(qh, 2), 1);
+            __m512i u12 = _mm512_or_si512(_mm512_and_si512(l01, m4),
+                                          _mm512_slli_epi16(_mm512_and_si512(qz, m3), 4));
+            __m512i u34 = _mm512_or_si512(_mm512_and_si512(_mm512_srli_epi16(l01, 4), m4),
+                                          _mm512_slli_epi16(_mm512_and_si512(_mm512_srli_epi16(qz, 4), m3), 4));
+            const int8_t *x = a[i].qs + 128 * h;
+            __m512i d12 = _mm512_dpbusd_epi32(_mm512_setzero_si512(), u12, _mm512_loadu_si512((const void *)x));
+            __m512i d34 = _mm512_dpbusd_epi32(_mm512_setzero_si512(), u34, _mm512_loadu_si512((const void *)(x + 64)));
+            __m512i i12 = _mm512_add_epi32(p0, _mm512_set1_epi32(8 * h));
+            __m512i i34 = _mm512_add_epi32(p0, _mm512_set1_epi32(8 * h + 4));
+            isum = _mm512_add_epi32(isum, _mm512_madd_epi16(d12, _mm512_permutexvar_epi32(i12, sc)));
+            isum = _mm512_add_epi32(isum, _mm512_madd_epi16(d34, _mm512_permutexvar_epi32(i34, sc)));
+        }
+        __m256i i8 = _mm256_add_epi32(_mm512_castsi512_si256(isum), _mm512_extracti64x4_epi64(isum, 1));
+        i8 = _mm256_add_epi32(_mm256_sub_epi32(_mm256_setzero_si256(), _mm256_slli_epi32(corr, 5)), i8);
+        acc = _mm256_fmadd_ps(_mm256_set1_ps(f16_fast(w[i].d) * a[i].d), _mm256_cvtepi32_ps(i8), acc);
+    }
+    return lh_hsum256(acc);
+}
+#define VDOT_Q6_K_ROW vdot_q6_K_z
+#else
+#define VDOT_Q6_K_ROW vdot_q6_K
+#endif
+
 /* ---- several activation rows per weight row (prefill) ----------------------------------------
  *
  * The same arithmetic as the single-row kernels, per (weight row, activation row) pair in the same
@@ -2184,9 +2343,9 @@ void lh_dot_rows_q8(lh_type t, const void *rows, size_t row_size, const void *xq
     case LH_TYPE_IQ4_NL: ROWS(vdot_iq4_nl);
     case LH_TYPE_Q2_K: ROWS(vdot_q2_K);
     case LH_TYPE_Q3_K: ROWS(vdot_q3_K);
-    case LH_TYPE_Q4_K: ROWS(vdot_q4_K);
-    case LH_TYPE_Q5_K: ROWS(vdot_q5_K);
-    case LH_TYPE_Q6_K: ROWS(vdot_q6_K);
+    case LH_TYPE_Q4_K: ROWS(VDOT_Q4_K_ROW);
+    case LH_TYPE_Q5_K: ROWS(VDOT_Q5_K_ROW);
+    case LH_TYPE_Q6_K: ROWS(VDOT_Q6_K_ROW);
     default:
         for (size_t i = 0; i < n_rows; i++)
             y[i] = 0;
