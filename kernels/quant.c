@@ -1298,7 +1298,8 @@ void lh_dot_rows(lh_type t, const void *rows, size_t row_size, const float *x, s
  * blocks: exact integer sums inside each (sub-)block, one float multiply-add per block.  Offsets
  * and mins (Q4_0's -8, Q4_K's -dmin·m, ...) are applied once per block through the activation's
  * block sums instead of per element.  u8 × s8 products go through AVX-512 VNNI (vpdpbusd on 256-bit
- * registers) where the build has it, AVX2 maddubs otherwise (no saturation is possible: the
+ * registers; for Q4_K, Q5_K and Q6_K in decode on 512-bit ones, vdot_q4_K_z and its siblings, with
+ * the same bits) where the build has it, AVX2 maddubs otherwise (no saturation is possible: the
  * weight side is at most 63 except Q8_0's, whose pairs are at most 2·128·127 < 32768). */
 
 int lh_q8_kind(lh_type t)
