@@ -1650,57 +1650,83 @@ static __attribute__((unused)) float vdot_q4_K(const lh_block_q4_K *w, const lh_
 }
 
 #if defined(__AVX512F__) && defined(__AVX512BW__) && defined(__AVX512VNNI__)
-/* vdot_q4_K on 512-bit registers, for the decode GEMV: half a block (64 bytes of levels, sub-blocks
+/* vdot_q4_K and vdot_q5_K on 512-bit registers, for the decode GEMV (both block types: d, dmin,
+ * scales, then Q5_K's qh, then qs; q5 says which): half a block (64 bytes of levels, sub-blocks
  * 4h .. 4h+3) per step.  Its low nibbles are sub-blocks 4h and 4h+2, its high nibbles 4h+1 and
- * 4h+3, so each meets the activations of two sub-blocks (two 32-byte loads) in one vpdpbusd: 16
- * int32 lanes of 4 products, lanes 0-7 one sub-block, 8-15 the other.  A lane is at most
- * 4 x 15 x 128 < 2^15, so vpmaddwd against the lane's scale in the low half of a 32-bit lane (high
- * half 0) multiplies it exactly.  Lane l + 8 holds the sub-blocks of lane l's other half, so
- * adding the two 256-bit halves gives exactly vdot_q4_K's 8 integer lanes, and the float part is
- * vdot_q4_K's: the same bits (lh_gemm_q8's four-row kernels and the short prefill slices keep
- * equal to it), with fewer than half the instructions per block. */
-static float vdot_q4_K_z(const lh_block_q4_K *w, const lh_block_q8K *a, size_t nb)
+ * 4h+3 (Q5_K: their fifth bits from qh shifted by their own counts), so each meets the
+ * activations of two sub-blocks (two 32-byte loads) in one vpdpbusd: 16 int32 lanes of 4
+ * products, lanes 0-7 one sub-block, 8-15 the other.  A lane is at most 4 x 31 x 128 < 2^15, so
+ * vpmaddwd against the lane's scale in the low half of a 32-bit lane (high half 0) multiplies it
+ * exactly.  Lane l + 8 holds the sub-blocks of lane l's other half, so adding the two 256-bit
+ * halves gives exactly the 256-bit kernels' 8 integer lanes, and the float part is theirs: the
+ * same bits (lh_gemm_q8's four-row kernels and the short prefill slices stay equal to it), with
+ * fewer than half the instructions per block. */
+static inline __attribute__((always_inline)) float vdot_k45_z(const char *w, size_t bs, int q5,
+                                                              const lh_block_q8K *a, size_t nb)
 {
-    const __m512i m4 = _mm512_set1_epi8(0x0f);
+    const size_t o_sc = offsetof(lh_block_q4_K, scales);
+    const size_t o_qs = q5 ? offsetof(lh_block_q5_K, qs) : offsetof(lh_block_q4_K, qs);
+    const __m512i m4 = _mm512_set1_epi8(0x0f), m1 = _mm512_set1_epi8(1);
     /* which of the 16 scale/min lanes (scales 0-7, then mins) each half of a product takes */
     const __m512i p02 = _mm512_setr_epi32(0, 0, 0, 0, 0, 0, 0, 0, 2, 2, 2, 2, 2, 2, 2, 2);
-    const __m512i p13 = _mm512_add_epi32(p02, _mm512_set1_epi32(1));
-    const __m512i p46 = _mm512_add_epi32(p02, _mm512_set1_epi32(4));
-    const __m512i p57 = _mm512_add_epi32(p02, _mm512_set1_epi32(5));
     __m256 acc = _mm256_setzero_ps();
     __m128 accm = _mm_setzero_ps();
-    for (size_t i = 0; i < nb; i++) {
-        __m128i sm = k4_scales_mins(w[i].scales);
+    for (size_t i = 0; i < nb; i++, w += bs) {
+        uint16_t d, dmin;
+        memcpy(&d, w, 2);
+        memcpy(&dmin, w + 2, 2);
+        __m128i sm = k4_scales_mins((const uint8_t *)w + o_sc);
         float da = a[i].d;
-        accm = _mm_fmadd_ps(_mm_set1_ps(f16_fast(w[i].dmin) * da),
+        accm = _mm_fmadd_ps(_mm_set1_ps(f16_fast(dmin) * da),
                             _mm_cvtepi32_ps(k4_min_terms(sm, a[i].bsums)), accm);
         __m512i sc = _mm512_cvtepu8_epi32(sm);
-        const int8_t *x = a[i].qs;
+        __m256i qh = q5 ? _mm256_loadu_si256((const __m256i *)(w + offsetof(lh_block_q5_K, qh)))
+                        : _mm256_setzero_si256();
         __m512i isum = _mm512_setzero_si512();
         LH_UNROLL
         for (int h = 0; h < 2; h++) {
-            __m512i q = _mm512_loadu_si512((const void *)(w[i].qs + 64 * h));
+            __m512i q = _mm512_loadu_si512((const void *)(w + o_qs + 64 * h));
             __m512i lo = _mm512_and_si512(q, m4), hi = _mm512_and_si512(_mm512_srli_epi16(q, 4), m4);
-            const int8_t *xh = x + 128 * h;
+            if (q5) {   /* low nibbles take qh bits 4h, 4h+2; high ones 4h+1, 4h+3 */
+                __m512i bl = _mm512_inserti64x4(
+                    _mm512_castsi256_si512(_mm256_srli_epi16(qh, 4 * h)),
+                    _mm256_srli_epi16(qh, 4 * h + 2), 1);
+                lo = _mm512_or_si512(lo, _mm512_slli_epi16(_mm512_and_si512(bl, m1), 4));
+                hi = _mm512_or_si512(hi, _mm512_slli_epi16(
+                                             _mm512_and_si512(_mm512_srli_epi16(bl, 1), m1), 4));
+            }
+            const int8_t *xh = a[i].qs + 128 * h;
             __m512i al = _mm512_inserti64x4(
                 _mm512_castsi256_si512(_mm256_loadu_si256((const __m256i *)xh)),
                 _mm256_loadu_si256((const __m256i *)(xh + 64)), 1);
             __m512i ah = _mm512_inserti64x4(
                 _mm512_castsi256_si512(_mm256_loadu_si256((const __m256i *)(xh + 32))),
                 _mm256_loadu_si256((const __m256i *)(xh + 96)), 1);
+            __m512i pl = _mm512_add_epi32(p02, _mm512_set1_epi32(4 * h));
+            __m512i ph = _mm512_add_epi32(pl, _mm512_set1_epi32(1));
             __m512i dl = _mm512_dpbusd_epi32(_mm512_setzero_si512(), lo, al);
             __m512i dh = _mm512_dpbusd_epi32(_mm512_setzero_si512(), hi, ah);
-            isum = _mm512_add_epi32(isum, _mm512_madd_epi16(dl, _mm512_permutexvar_epi32(h ? p46 : p02, sc)));
-            isum = _mm512_add_epi32(isum, _mm512_madd_epi16(dh, _mm512_permutexvar_epi32(h ? p57 : p13, sc)));
+            isum = _mm512_add_epi32(isum, _mm512_madd_epi16(dl, _mm512_permutexvar_epi32(pl, sc)));
+            isum = _mm512_add_epi32(isum, _mm512_madd_epi16(dh, _mm512_permutexvar_epi32(ph, sc)));
         }
         __m256i i8 = _mm256_add_epi32(_mm512_castsi512_si256(isum), _mm512_extracti64x4_epi64(isum, 1));
-        acc = _mm256_fmadd_ps(_mm256_set1_ps(f16_fast(w[i].d) * da), _mm256_cvtepi32_ps(i8), acc);
+        acc = _mm256_fmadd_ps(_mm256_set1_ps(f16_fast(d) * da), _mm256_cvtepi32_ps(i8), acc);
     }
     return lh_hsum256(acc) - hsum128(accm);
 }
+static float vdot_q4_K_z(const lh_block_q4_K *w, const lh_block_q8K *a, size_t nb)
+{
+    return vdot_k45_z((const char *)w, sizeof *w, 0, a, nb);
+}
+static float vdot_q5_K_z(const lh_block_q5_K *w, const lh_block_q8K *a, size_t nb)
+{
+    return vdot_k45_z((const char *)w, sizeof *w, 1, a, nb);
+}
 #define VDOT_Q4_K_ROW vdot_q4_K_z
+#define VDOT_Q5_K_ROW vdot_q5_K_z
 #else
 #define VDOT_Q4_K_ROW vdot_q4_K
+#define VDOT_Q5_K_ROW vdot_q5_K
 #endif
 
 static __attribute__((unused)) float vdot_q5_K(const lh_block_q5_K *w, const lh_block_q8K *a,
@@ -1734,60 +1760,6 @@ static __attribute__((unused)) float vdot_q5_K(const lh_block_q5_K *w, const lh_
     return lh_hsum256(acc) - hsum128(accm);
 }
 
-#if defined(__AVX512F__) && defined(__AVX512BW__) && defined(__AVX512VNNI__)
-/* vdot_q5_K as vdot_q4_K_z does vdot_q4_K: the fifth bits of the two sub-blocks a vector holds
- * come from qh shifted by their own counts (two 256-bit shifts); a lane is at most
- * 4 x 31 x 128 < 2^15, so vpmaddwd still scales it exactly; the same bits as vdot_q5_K. */
-static float vdot_q5_K_z(const lh_block_q5_K *w, const lh_block_q8K *a, size_t nb)
-{
-    const __m512i m4 = _mm512_set1_epi8(0x0f), m1 = _mm512_set1_epi8(1);
-    const __m512i p02 = _mm512_setr_epi32(0, 0, 0, 0, 0, 0, 0, 0, 2, 2, 2, 2, 2, 2, 2, 2);
-    const __m512i p13 = _mm512_add_epi32(p02, _mm512_set1_epi32(1));
-    const __m512i p46 = _mm512_add_epi32(p02, _mm512_set1_epi32(4));
-    const __m512i p57 = _mm512_add_epi32(p02, _mm512_set1_epi32(5));
-    __m256 acc = _mm256_setzero_ps();
-    __m128 accm = _mm_setzero_ps();
-    for (size_t i = 0; i < nb; i++) {
-        __m128i sm = k4_scales_mins(w[i].scales);
-        float da = a[i].d;
-        accm = _mm_fmadd_ps(_mm_set1_ps(f16_fast(w[i].dmin) * da),
-                            _mm_cvtepi32_ps(k4_min_terms(sm, a[i].bsums)), accm);
-        __m512i sc = _mm512_cvtepu8_epi32(sm);
-        __m256i qh = _mm256_loadu_si256((const __m256i *)w[i].qh);
-        const int8_t *x = a[i].qs;
-        __m512i isum = _mm512_setzero_si512();
-        LH_UNROLL
-        for (int h = 0; h < 2; h++) {
-            /* sub-blocks 4h, 4h+2 (low nibbles) take qh bits 4h, 4h+2; 4h+1, 4h+3 bits 4h+1, 4h+3 */
-            __m512i bl = _mm512_inserti64x4(_mm512_castsi256_si512(_mm256_srli_epi16(qh, 4 * h)),
-                                            _mm256_srli_epi16(qh, 4 * h + 2), 1);
-            __m512i bh = _mm512_srli_epi16(bl, 1);
-            __m512i q = _mm512_loadu_si512((const void *)(w[i].qs + 64 * h));
-            __m512i lo = _mm512_or_si512(_mm512_and_si512(q, m4),
-                                         _mm512_slli_epi16(_mm512_and_si512(bl, m1), 4));
-            __m512i hi = _mm512_or_si512(_mm512_and_si512(_mm512_srli_epi16(q, 4), m4),
-                                         _mm512_slli_epi16(_mm512_and_si512(bh, m1), 4));
-            const int8_t *xh = x + 128 * h;
-            __m512i al = _mm512_inserti64x4(
-                _mm512_castsi256_si512(_mm256_loadu_si256((const __m256i *)xh)),
-                _mm256_loadu_si256((const __m256i *)(xh + 64)), 1);
-            __m512i ah = _mm512_inserti64x4(
-                _mm512_castsi256_si512(_mm256_loadu_si256((const __m256i *)(xh + 32))),
-                _mm256_loadu_si256((const __m256i *)(xh + 96)), 1);
-            __m512i dl = _mm512_dpbusd_epi32(_mm512_setzero_si512(), lo, al);
-            __m512i dh = _mm512_dpbusd_epi32(_mm512_setzero_si512(), hi, ah);
-            isum = _mm512_add_epi32(isum, _mm512_madd_epi16(dl, _mm512_permutexvar_epi32(h ? p46 : p02, sc)));
-            isum = _mm512_add_epi32(isum, _mm512_madd_epi16(dh, _mm512_permutexvar_epi32(h ? p57 : p13, sc)));
-        }
-        __m256i i8 = _mm256_add_epi32(_mm512_castsi512_si256(isum), _mm512_extracti64x4_epi64(isum, 1));
-        acc = _mm256_fmadd_ps(_mm256_set1_ps(f16_fast(w[i].d) * da), _mm256_cvtepi32_ps(i8), acc);
-    }
-    return lh_hsum256(acc) - hsum128(accm);
-}
-#define VDOT_Q5_K_ROW vdot_q5_K_z
-#else
-#define VDOT_Q5_K_ROW vdot_q5_K
-#endif
 
 /* Q2_K, Q3_K, Q6_K: 16 scales of 16 elements; sc16[h] holds scales 8h .. 8h+7 as int16 in both
  * 128-bit lanes, and the 32 elements 128h + 32j .. +31 take scales 8h + 2j (lane 0) and
