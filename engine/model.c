@@ -637,8 +637,10 @@ static int matmul(lh_ctx *c, const weight *w, const float *x, size_t n, float *y
     const lh_gguf_tensor *t = w->t;
     for (size_t i = 0; i < c->n_mms; i++) {
         mm_slot *s = &c->mms[i];
-        if (s->type == t->type && s->n_in == t->ne[0] && s->n_out == t->ne[1])
-            return lh_matmul_run(s->mm, t->data, x, n, y);
+        if (s->type == t->type && s->n_in == t->ne[0] && s->n_out == t->ne[1]) {
+            int rc = lh_matmul_run(s->mm, t->data, x, n, y);
+            return rc == LH_MATMUL_STOPPED ? LH_E_CANCELLED : rc;   /* the abort, polled inside */
+        }
     }
     return -EINVAL; /* every weight got a slot in lh_ctx_new */
 }
@@ -873,6 +875,8 @@ void lh_ctx_set_abort(lh_ctx *c, lh_ctx_abort_fn fn, void *ud)
 {
     c->abort_fn = fn;
     c->abort_ud = ud;
+    for (size_t i = 0; i < c->n_mms; i++)   /* long prefill products poll it too */
+        lh_matmul_set_poll(c->mms[i].mm, fn, ud);
 }
 
 const lh_ctx_params *lh_ctx_params_get(const lh_ctx *c) { return &c->p; }
@@ -949,9 +953,9 @@ static void populate_kv(const lh_ctx *c, size_t pos0, size_t n)
  * than one token: a decode step fuses them) and after them, so that a cancel waits for one of
  * these stretches at most: on the 1B F16 file in a 512-token slice (traced in the daemon) the
  * Q/K/V products ~20 ms, the attention and output product, the gate, the up and the down
- * product 33-45 ms each.  A slice stopped there leaves n_past unchanged, whatever rows of the
- * slice the layers so far stored: the caller resyncs LongHeads and the next slice overwrites
- * them. */
+ * product 33-45 ms each; inside those products our own GEMMs poll it too (lh_ctx_set_abort).
+ * A slice stopped anywhere leaves n_past unchanged, whatever rows of the slice the layers so far
+ * stored: the caller resyncs LongHeads and the next slice overwrites them. */
 static int aborted(const lh_ctx *c)
 {
     return c->abort_fn && c->abort_fn(c->abort_ud);

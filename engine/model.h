@@ -133,8 +133,10 @@ int lh_ctx_eval(lh_ctx *c, const int32_t *tokens, size_t n, float *logits, int a
  * cheap check: an atomic load); when it
  * returns non-zero lh_ctx_eval returns LH_E_CANCELLED, keeping the tokens of the slices already
  * complete (lh_ctx_n_past says how many; with LongHeads it may round down to a chunk boundary,
- * as lh_ctx_truncate).  So a prefill can run in slices sized for throughput while a cancel takes
- * effect within about a fifth of a layer.
+ * as lh_ctx_truncate).  Our own prefill products (F16 weights, quantised ones) also call it
+ * between groups of output rows (lh_matmul_set_poll, from this thread only), so with those types
+ * a cancel takes effect within a few milliseconds of work, with F32/BF16 (oneDNN's products)
+ * within about a fifth of a layer; a prefill can run in slices sized for throughput either way.
  * fn NULL: never stopped (the default). */
 typedef int (*lh_ctx_abort_fn)(void *ud);
 void lh_ctx_set_abort(lh_ctx *c, lh_ctx_abort_fn fn, void *ud);

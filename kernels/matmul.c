@@ -94,6 +94,8 @@ struct lh_matmul {
     size_t n_corr;
     float *xs;                           /* (n_in) x times 2^56 for the F16 GEMV (f16i); NULL for
                                             other types */
+    int (*poll)(void *);                 /* lh_matmul_set_poll, or NULL */
+    void *poll_ud;
     uint16_t *xbf;                       /* (max_rows, n_in) x rounded to BF16 for the BF16
                                             prefill (bf16_dnnl); NULL otherwise */
     int bf16_dnnl;                       /* BF16 W: oneDNN bf16 x bf16 -> f32 on W in place */
@@ -1121,6 +1123,31 @@ static void gemv_multi(lh_matmul *const *ms, const void *const *ws, size_t n_mat
     }
 }
 
+/* Inside a product's loop over groups of output rows: 1 when this group is to be skipped, the
+ * poll having said stop (now, seen by the calling thread every POLL_EVERY groups of its share,
+ * or earlier, seen by any thread in *stop). */
+#define POLL_EVERY 4
+static inline int stopped(const lh_matmul *m, int *stop, size_t g)
+{
+    if (__atomic_load_n(stop, __ATOMIC_RELAXED))
+        return 1;
+#ifdef _OPENMP
+    if (omp_get_thread_num() != 0)
+        return 0;
+#endif
+    if (m->poll && g % POLL_EVERY == 0 && m->poll(m->poll_ud)) {
+        __atomic_store_n(stop, 1, __ATOMIC_RELAXED);
+        return 1;
+    }
+    return 0;
+}
+
+void lh_matmul_set_poll(lh_matmul *m, int (*fn)(void *), void *ud)
+{
+    m->poll = fn;
+    m->poll_ud = ud;
+}
+
 #ifdef LH_HAVE_AVX512
 /* ---- the F16 prefill GEMM (AVX-512) -----------------------------------------------------------
  *
@@ -1226,8 +1253,9 @@ static inline void gf_tr16(const float *src, size_t ld, size_t n_rows, __mmask16
     }
 }
 
-static void gemm_f16(lh_matmul *m, const void *w, const float *x, size_t n_rows, float *y)
+static int gemm_f16(lh_matmul *m, const void *w, const float *x, size_t n_rows, float *y)
 {
+    int stop = 0;
     size_t k = m->n_in, n_out = m->n_out, rs = m->row_size;
     size_t k_pad = (k + GF_KC - 1) / GF_KC * GF_KC, n_chunk = k_pad / GF_KC;
     size_t n_tb = (n_rows + 31) / 32, n_grp = (n_out + GF_MR - 1) / GF_MR;
@@ -1266,6 +1294,8 @@ static void gemm_f16(lh_matmul *m, const void *w, const float *x, size_t n_rows,
         float *wp = m->wpk + tid * k_pad * GF_MR;
         OMP(omp for schedule(static))
         for (size_t g = 0; g < n_grp; g++) {
+            if (stopped(m, &stop, g))
+                continue;
             size_t o0 = g * GF_MR, nr = n_out - o0 < GF_MR ? n_out - o0 : GF_MR;
             gf_pack_w((const char *)w + o0 * rs, rs, nr, k, k_pad, wp);
             for (size_t b = 0; b < n_tb; b++) {
@@ -1274,6 +1304,7 @@ static void gemm_f16(lh_matmul *m, const void *w, const float *x, size_t n_rows,
             }
         }
     }
+    return stop ? LH_MATMUL_STOPPED : 0;
 }
 #endif
 
@@ -1298,8 +1329,9 @@ static void gemm_f16(lh_matmul *m, const void *w, const float *x, size_t n_rows,
  * won for them too: stories110M-shape Q4_0 pp512 658 -> 767 tok/s, TinyLlama-shape Q8_0 48 -> 84
  * (the panel conversion is single-pass scalar and oneDNN waits on it).  So every quantised type
  * takes an integer path. */
-static void gemm_q8(const lh_matmul *m, const void *w, const float *x, size_t n_rows, float *y)
+static int gemm_q8(const lh_matmul *m, const void *w, const float *x, size_t n_rows, float *y)
 {
+    int stop = 0;
     size_t n_out = m->n_out, n_in = m->n_in, rs = m->row_size, qs = m->q8_size;
     lh_type t = m->wtype;
     char *xq = m->xq;
@@ -1323,12 +1355,14 @@ static void gemm_q8(const lh_matmul *m, const void *w, const float *x, size_t n_
 #endif
             OMP(omp for schedule(static))
             for (size_t g = 0; g < n_grp; g++) {
+                if (stopped(m, &stop, g))
+                    continue;
                 size_t o = g * LH_Q8P_ROWS, nr = n_out - o < LH_Q8P_ROWS ? n_out - o : LH_Q8P_ROWS;
                 lh_q8p_pack(t, (const char *)w + o * rs, rs, nr, n_in, panel);
                 lh_q8p_gemm(t, panel, nr, xq, qs, corr, nc, n_rows, n_in, y + o, n_out);
             }
         }
-        return;
+        return stop ? LH_MATMUL_STOPPED : 0;
     }
     size_t n_blk = (n_out + 15) / 16;
     for (size_t r0 = 0; r0 < n_rows; r0 += ACT_BLOCK) {
@@ -1340,6 +1374,7 @@ static void gemm_q8(const lh_matmul *m, const void *w, const float *x, size_t n_
                        y + r0 * n_out + o, n_out);
         }
     }
+    return 0;
 }
 
 static int exec(lh_matmul *m, dnnl_primitive_t prim, dnnl_memory_t wmem, const void *wdata,
@@ -1407,15 +1442,11 @@ int lh_matmul_run(lh_matmul *m, const void *w, const float *x, size_t n_rows, fl
         gemv_multi(&m, &w, 1, x, &y);
         return 0;
     }
-    if (m->xq) {
-        gemm_q8(m, w, x, n_rows, y);
-        return 0;
-    }
+    if (m->xq)
+        return gemm_q8(m, w, x, n_rows, y);
 #ifdef LH_HAVE_AVX512
-    if (m->f16_gemm) {
-        gemm_f16(m, w, x, n_rows, y);
-        return 0;
-    }
+    if (m->f16_gemm)
+        return gemm_f16(m, w, x, n_rows, y);
 #endif
     return lh_matmul_run_dnnl(m, w, x, n_rows, y);
 }

@@ -32,9 +32,19 @@ typedef struct lh_matmul lh_matmul;
  * or LH_E_FORMAT-style positive codes are not used here: unsupported types give -EINVAL. */
 int lh_matmul_new(lh_matmul **mp, lh_type wtype, size_t n_in, size_t n_out, size_t max_rows);
 void lh_matmul_free(lh_matmul *m);
-/* y (n_rows, n_out) = x (n_rows, n_in) · Wᵀ.  n_rows <= max_rows. Returns 0 or -EIO on a
- * oneDNN failure (logged once). No allocation. */
+/* y (n_rows, n_out) = x (n_rows, n_in) · Wᵀ.  n_rows <= max_rows. Returns 0, -EIO on a
+ * oneDNN failure (logged once), or LH_MATMUL_STOPPED when the poll (lh_matmul_set_poll) stopped
+ * it: y then partly written. No allocation. */
 int lh_matmul_run(lh_matmul *m, const void *w, const float *x, size_t n_rows, float *y);
+
+/* A poll for long products: with n_rows > 1 our own GEMMs (F16 weights, and the quantised types
+ * from 16 rows) call fn(ud) from the calling thread between groups of output rows (every few
+ * milliseconds of work on a 1B model), and when it returns non-zero every thread skips the
+ * groups left and lh_matmul_run returns LH_MATMUL_STOPPED.  oneDNN's products (F32, BF16) and
+ * the GEMV run whole.  fn NULL (the default): never.  For cancelling a prefill within a product
+ * instead of after it. */
+#define LH_MATMUL_STOPPED 1
+void lh_matmul_set_poll(lh_matmul *m, int (*fn)(void *), void *ud);
 
 /* Decode of several matrices that share one activation row: ys[j] (n_out of ms[j]) = x (n_in) ·
  * W_jᵀ with W_j = ws[j], for j < n, as n calls of lh_matmul_run with n_rows 1 would give them

@@ -289,6 +289,70 @@ static void test_abort_between_layers(void)
     }
 }
 
+/* Our own prefill products (F16 weights, quantised ones from 16 rows) poll the abort between
+ * groups of output rows: a slice's calls outnumber the 5 * n_layer - 1 checks between them, and
+ * a stop at any call, inside a product or between, keeps exactly the complete slices, from which
+ * going on gives the logits of an uninterrupted run. */
+static void test_abort_inside_products(void)
+{
+    const char *types[] = { "f16", "q8_0" };
+    enum { N = 64, B = 32, L = 2, V = 300 };
+    int32_t toks[N];
+    for (size_t i = 0; i < N; i++)
+        toks[i] = i == 0 ? 1 : (int32_t)(3 + (i * 37) % 297);
+    for (int t = 0; t < 2; t++) {
+        char path[128], cmd[1024];
+        snprintf(path, sizeof path, "/tmp/lh-test-abort-%d-%s.gguf", (int)getpid(), types[t]);
+        snprintf(cmd, sizeof cmd,
+                 "%s/longheads-mkmodel -o %s --type %s --dim 64 --ff 192 --layers %d --heads 4 "
+                 "--kv-heads 2 --vocab %d --ctx 256 --seed 5 2>/dev/null",
+                 lh_test_build_dir(), path, types[t], L, V);
+        CU_ASSERT_EQUAL_FATAL(system(cmd), 0);
+        lh_model *m = NULL;
+        CU_ASSERT_EQUAL_FATAL(lh_model_open(&m, path), 0);
+        lh_ctx_params p;
+        lh_ctx_params_default(&p);
+        p.n_ctx = N;
+        p.n_batch = B;
+        lh_ctx *a = NULL, *b = NULL;
+        float *la = malloc(V * sizeof *la), *lb = malloc(V * sizeof *lb);
+        CU_ASSERT_FATAL(la && lb);
+        CU_ASSERT_EQUAL_FATAL(lh_ctx_new(&a, m, &p), 0);
+        CU_ASSERT_EQUAL_FATAL(lh_ctx_new(&b, m, &p), 0);
+        /* the calls of the two slices, never stopping */
+        abort_state st = {0, 1 << 30};
+        lh_ctx_set_abort(a, abort_after, &st);
+        CU_ASSERT_EQUAL(lh_ctx_eval(a, toks, N, la, 0), 0);
+        lh_ctx_set_abort(a, NULL, NULL);
+        int per_slice = st.calls / 2;
+        CU_ASSERT(per_slice > 5 * L - 1);
+        /* every stop inside the second slice */
+        int bad = 0;
+        for (int k = 0; k < per_slice; k++) {
+            lh_ctx_truncate(b, 0);
+            abort_state sb = {0, per_slice + k};
+            lh_ctx_set_abort(b, abort_after, &sb);
+            int rc = lh_ctx_eval(b, toks, N, lb, 0);
+            lh_ctx_set_abort(b, NULL, NULL);
+            size_t kept = lh_ctx_n_past(b);
+            if (rc != LH_E_CANCELLED || kept != B ||
+                lh_ctx_eval(b, toks + kept, N - kept, lb, 0) != 0) {
+                bad++;
+                continue;
+            }
+            for (size_t v = 0; v < V; v++)
+                bad += fabsf(la[v] - lb[v]) >= 1e-4f;
+        }
+        CU_ASSERT_EQUAL(bad, 0);
+        lh_ctx_free(a);
+        lh_ctx_free(b);
+        free(la);
+        free(lb);
+        lh_model_close(m);
+        unlink(path);
+    }
+}
+
 static void test_limits_and_errors(void)
 {
     lh_ctx_params p;
@@ -932,6 +996,8 @@ void lh_test_model(void)
     CU_add_test(s, "longheads inside the window equals full", test_longheads_inside_window_equals_full);
     CU_add_test(s, "limits and errors", test_limits_and_errors);
     CU_add_test(s, "a prefill stopped inside a slice resumes exactly", test_abort_between_layers);
+    CU_add_test(s, "a prefill stopped inside a product resumes exactly (F16, Q8_0)",
+                test_abort_inside_products);
     CU_add_test(s, "F16, BF16 and Q8_0 weights follow F32", test_weight_types);
     CU_add_test(s, "weights read into memory == mapped", test_weights_load_or_map);
     CU_add_test(s, "unusable models are refused", test_bad_models);
