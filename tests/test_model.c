@@ -231,6 +231,18 @@ static int abort_after(void *ud)
     return ++a->calls > a->after;
 }
 
+/* Two contexts of m with the same parameters and a logits row for each (the abort tests run one
+ * straight through and stop the other). */
+static void two_ctxs(const lh_model *m, const lh_ctx_params *p, size_t V, lh_ctx **a, lh_ctx **b,
+                     float **la, float **lb)
+{
+    *la = malloc(V * sizeof **la);
+    *lb = malloc(V * sizeof **lb);
+    CU_ASSERT_FATAL(*la && *lb);
+    CU_ASSERT_EQUAL_FATAL(lh_ctx_new(a, m, p), 0);
+    CU_ASSERT_EQUAL_FATAL(lh_ctx_new(b, m, p), 0);
+}
+
 /* A prefill stopped inside a slice keeps exactly the complete slices, and going on from there
  * gives the logits of an uninterrupted run (full attention and LongHeads past its window).  The
  * check runs 5 * n_layer - 1 times a slice (before and after each layer's attention, between
@@ -251,10 +263,8 @@ static void check_abort(lh_attn_mode attn, size_t at)
     p.n_batch = 32;
     p.n_ctx = n;
     lh_ctx *a = NULL, *b = NULL;
-    float *la = malloc(V * sizeof *la), *lb = malloc(V * sizeof *lb);
-    CU_ASSERT_FATAL(la && lb);
-    CU_ASSERT_EQUAL_FATAL(lh_ctx_new(&a, g_model, &p), 0);
-    CU_ASSERT_EQUAL_FATAL(lh_ctx_new(&b, g_model, &p), 0);
+    float *la, *lb;
+    two_ctxs(g_model, &p, V, &a, &b, &la, &lb);
     CU_ASSERT_EQUAL(lh_ctx_eval(a, toks, n, la, 0), 0);
     /* stop b inside the fifth slice (tokens 128..159): 4 slices of 32 complete */
     abort_state st = {0, (int)(4 * (5 * n_layer - 1) + at)};
@@ -315,10 +325,8 @@ static void test_abort_inside_products(void)
         p.n_ctx = N;
         p.n_batch = B;
         lh_ctx *a = NULL, *b = NULL;
-        float *la = malloc(V * sizeof *la), *lb = malloc(V * sizeof *lb);
-        CU_ASSERT_FATAL(la && lb);
-        CU_ASSERT_EQUAL_FATAL(lh_ctx_new(&a, m, &p), 0);
-        CU_ASSERT_EQUAL_FATAL(lh_ctx_new(&b, m, &p), 0);
+        float *la, *lb;
+        two_ctxs(m, &p, V, &a, &b, &la, &lb);
         /* the calls of the two slices, never stopping */
         abort_state st = {0, 1 << 30};
         lh_ctx_set_abort(a, abort_after, &st);
