@@ -54,26 +54,40 @@ static inline __m128 lh_hsum4x256(__m256 a, __m256 b, __m256 c, __m256 d)
     return _mm_add_ps(_mm256_castps256_ps128(abcd), _mm256_extractf128_ps(abcd, 1));
 }
 
+/* The constants of lh_exp256 and lh_exp512, written once so that the two widths stay the same
+ * operations on the same values (tests/test_ops.c checks them bit for bit). */
+#define LH_EXP_HI 88.7f
+#define LH_EXP_LO (-87.3f)
+#define LH_EXP_LOG2E 1.44269504088896341f
+#define LH_EXP_LN2_HI 0.693359375f         /* ln 2 = LN2_HI + LN2_LO (Cody-Waite) */
+#define LH_EXP_LN2_LO (-2.12194440e-4f)
+#define LH_EXP_P0 1.9875691500e-4f         /* the polynomial, highest degree first */
+#define LH_EXP_P1 1.3981999507e-3f
+#define LH_EXP_P2 8.3334519073e-3f
+#define LH_EXP_P3 4.1665795894e-2f
+#define LH_EXP_P4 1.6666665459e-1f
+#define LH_EXP_P5 5.0000001201e-1f
+
 /* e^x for 8 lanes, relative error ~2 ulp over the normal range (Cody-Waite range reduction to
  * |r| <= ln2/2, then a degree-6 minimax polynomial, then scaling by 2^n through the exponent
  * bits).  x < -87.3 (including -inf) gives 0, x > 88.7 gives +inf, NaN stays NaN. */
 static inline __m256 lh_exp256(__m256 x)
 {
-    const __m256 hi = _mm256_set1_ps(88.7f), lo = _mm256_set1_ps(-87.3f);
+    const __m256 hi = _mm256_set1_ps(LH_EXP_HI), lo = _mm256_set1_ps(LH_EXP_LO);
     __m256 under = _mm256_cmp_ps(x, lo, _CMP_LT_OQ);
     __m256 over = _mm256_cmp_ps(x, hi, _CMP_GT_OQ);
     __m256 nan = _mm256_cmp_ps(x, x, _CMP_UNORD_Q);
     __m256 xc = _mm256_min_ps(_mm256_max_ps(x, lo), hi);
-    __m256 n = _mm256_round_ps(_mm256_mul_ps(xc, _mm256_set1_ps(1.44269504088896341f)),
+    __m256 n = _mm256_round_ps(_mm256_mul_ps(xc, _mm256_set1_ps(LH_EXP_LOG2E)),
                                _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-    __m256 r = _mm256_fnmadd_ps(n, _mm256_set1_ps(0.693359375f), xc);
-    r = _mm256_fnmadd_ps(n, _mm256_set1_ps(-2.12194440e-4f), r);
-    __m256 p = _mm256_set1_ps(1.9875691500e-4f);
-    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.3981999507e-3f));
-    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(8.3334519073e-3f));
-    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(4.1665795894e-2f));
-    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.6666665459e-1f));
-    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(5.0000001201e-1f));
+    __m256 r = _mm256_fnmadd_ps(n, _mm256_set1_ps(LH_EXP_LN2_HI), xc);
+    r = _mm256_fnmadd_ps(n, _mm256_set1_ps(LH_EXP_LN2_LO), r);
+    __m256 p = _mm256_set1_ps(LH_EXP_P0);
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(LH_EXP_P1));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(LH_EXP_P2));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(LH_EXP_P3));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(LH_EXP_P4));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(LH_EXP_P5));
     p = _mm256_fmadd_ps(p, _mm256_mul_ps(r, r), _mm256_add_ps(r, _mm256_set1_ps(1.0f)));
     /* 2^n split as 2^(n/2) * 2^(n - n/2) so that n = 128 (x near 88.7) does not overflow the
      * exponent field before the final multiply. */
@@ -92,21 +106,21 @@ static inline __m256 lh_exp256(__m256 x)
 /* lh_exp256 on 16 lanes: the same operations lane by lane, so the same bits. */
 static inline __m512 lh_exp512(__m512 x)
 {
-    const __m512 hi = _mm512_set1_ps(88.7f), lo = _mm512_set1_ps(-87.3f);
+    const __m512 hi = _mm512_set1_ps(LH_EXP_HI), lo = _mm512_set1_ps(LH_EXP_LO);
     __mmask16 under = _mm512_cmp_ps_mask(x, lo, _CMP_LT_OQ);
     __mmask16 over = _mm512_cmp_ps_mask(x, hi, _CMP_GT_OQ);
     __mmask16 nan = _mm512_cmp_ps_mask(x, x, _CMP_UNORD_Q);
     __m512 xc = _mm512_min_ps(_mm512_max_ps(x, lo), hi);
-    __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(xc, _mm512_set1_ps(1.44269504088896341f)),
+    __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(xc, _mm512_set1_ps(LH_EXP_LOG2E)),
                                     _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-    __m512 r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693359375f), xc);
-    r = _mm512_fnmadd_ps(n, _mm512_set1_ps(-2.12194440e-4f), r);
-    __m512 p = _mm512_set1_ps(1.9875691500e-4f);
-    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.3981999507e-3f));
-    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(8.3334519073e-3f));
-    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(4.1665795894e-2f));
-    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.6666665459e-1f));
-    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(5.0000001201e-1f));
+    __m512 r = _mm512_fnmadd_ps(n, _mm512_set1_ps(LH_EXP_LN2_HI), xc);
+    r = _mm512_fnmadd_ps(n, _mm512_set1_ps(LH_EXP_LN2_LO), r);
+    __m512 p = _mm512_set1_ps(LH_EXP_P0);
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(LH_EXP_P1));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(LH_EXP_P2));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(LH_EXP_P3));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(LH_EXP_P4));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(LH_EXP_P5));
     p = _mm512_fmadd_ps(p, _mm512_mul_ps(r, r), _mm512_add_ps(r, _mm512_set1_ps(1.0f)));
     __m512i ni = _mm512_cvtps_epi32(n);
     __m512i n1 = _mm512_srai_epi32(ni, 1);
