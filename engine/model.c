@@ -592,14 +592,17 @@ size_t lh_model_eog_ids(const lh_model *m, const int32_t **idsp)
 /* ------------------------------------------------------------------------------------------ */
 /* contexts                                                                                     */
 
+/* The default prefill slice (n_batch 0 means it too).  GEMMs of 256 rows: 1.5-1.9x the prefill
+ * speed of 64 (stories110M F32, measured); 512 (llama.cpp's default micro-batch) for LongHeads
+ * past the window, whose work items read each selected chunk once for all the slice's queries
+ * that chose it: 128x L prefill 1.35-1.37x its 1x cost against 1.41-1.43x at 256
+ * (longheads-bench, dim-512 model, alternating). */
+#define DEFAULT_BATCH 512
+
 void lh_ctx_params_default(lh_ctx_params *p)
 {
     memset(p, 0, sizeof *p);
-    /* GEMMs of 256 rows: 1.5-1.9x the prefill speed of 64 (stories110M F32, measured); 512
-     * (llama.cpp's default micro-batch) for LongHeads past the window, whose work items read each
-     * selected chunk once for all the slice's queries that chose it: 128x L prefill 1.35-1.37x
-     * its 1x cost against 1.41-1.43x at 256 (longheads-bench, dim-512 model, alternating) */
-    p->n_batch = 512;
+    p->n_batch = DEFAULT_BATCH;
     p->kv_type = LH_TYPE_F32;
     p->attn = LH_ATTN_FULL;
 }
@@ -687,7 +690,7 @@ static int resolve_params(const lh_model *m, lh_ctx_params *p)
     if (p->n_ctx == 0)
         p->n_ctx = hp->n_ctx_train;
     if (p->n_batch == 0)
-        p->n_batch = 512;
+        p->n_batch = DEFAULT_BATCH;
     if (p->n_ctx > (1u << 22) || p->n_batch > 4096) {
         lh_log_error("context %zu tokens / batch %zu is past the limits (4194304 / 4096)", p->n_ctx,
                      p->n_batch);

@@ -523,11 +523,6 @@ static void test_selection_planted(void)
     fixture_free(&f);
 }
 
-/* Ties in the two-pass top-k (cc >= 130 candidates): w = 8, L = 64 (K = 8, the 5 best), d = 8.
- * Copies of one chunk (keys all a·e6, values all 3, queries 0: every copy has the same
- * representation) score the same, bit for bit.  Scenario 1: 7 copies of a = 8, the last query 4·e6: the
- * 5 earliest copies are chosen.  Scenario 2: 20 copies of a = 8 and one chunk of a = 9 late (the
- * 21st candidate at or above the threshold): it and the 4 earliest copies. */
 /* Copies of plant_chunk, their own queries 0 (every copy then has the same representation). */
 static void plant_copy(fixture *f, size_t c, float a)
 {
@@ -539,6 +534,11 @@ static void plant_copy(fixture *f, size_t c, float a)
                    p->n_head * p->head_dim * sizeof(float));
 }
 
+/* Ties in the two-pass top-k (cc >= 130 candidates): w = 8, L = 64 (K = 8, the 5 best), d = 8.
+ * Copies of one chunk (keys all a·e6, values all 3, queries 0: every copy has the same
+ * representation) score the same, bit for bit.  Scenario 1: 7 copies of a = 8, the last query 4·e6: the
+ * 5 earliest copies are chosen.  Scenario 2: 20 copies of a = 8 and one chunk of a = 9 late (the
+ * 21st candidate at or above the threshold): it and the 4 earliest copies. */
 static void check_ties(const size_t *copies, size_t n_copies, size_t late, const size_t *want)
 {
     lh_lh_params p = params(8, 64, 2, 1, 8, 8, 0, LH_TYPE_F32);
