@@ -49,12 +49,6 @@
 #if defined(__AVX512F__) && defined(__AVX512BW__) && defined(__AVX512VL__) && defined(__F16C__)
 #define LH_HAVE_AVX512 1
 #endif
-/* The F16 GEMV without vcvtph2ps (f16i, see wstep) reads each F16 as an F32 equal to it times
- * 2^-112; x is scaled by 2^56 and each row's sum by 2^56, so no weight is multiplied: exact
- * scalings, the same bits unless a product is below 2^-70 in magnitude (an F32 subnormal there). */
-#define F16I_X_SCALE 0x1p56f
-#define F16I_Y_SCALE 0x1p56f
-
 /* F16 GEMM: k chunk and W rows per register tile (see gemm_f16) */
 #define GF_KC 256
 #define GF_MR 12
@@ -92,8 +86,6 @@ struct lh_matmul {
                                             wpk) is made for */
     int32_t *xcorr;                      /* (max_rows, n_corr) activation corrections */
     size_t n_corr;
-    float *xs;                           /* (n_in) x times 2^56 for the F16 GEMV (f16i); NULL for
-                                            other types */
     int (*poll)(void *);                 /* lh_matmul_set_poll, or NULL */
     void *poll_ud;
     uint16_t *xbf;                       /* (max_rows, n_in) x rounded to BF16 for the BF16
@@ -648,7 +640,6 @@ void lh_matmul_free(lh_matmul *m)
     free(m->xq);
     free(m->panels);
     free(m->xcorr);
-    free(m->xs);
     free(m->xbf);
     free(m->xpk);
     free(m->wpk);
@@ -805,12 +796,6 @@ int lh_matmul_new(lh_matmul **mp, lh_type wtype, size_t n_in, size_t n_out, size
             goto fail;
         rc = -ENOMEM;
     }
-    if (wtype == LH_TYPE_F16) {
-        if (posix_memalign((void **)&m->xs, 64, n_in * sizeof(float)) != 0) {
-            m->xs = NULL;
-            goto fail;
-        }
-    }
 #ifdef LH_HAVE_AVX512
     if (wtype == LH_TYPE_F16 && max_rows > 1) {
         size_t k_pad = (n_in + GF_KC - 1) / GF_KC * GF_KC, n_tb = (max_rows + 31) / 32;
@@ -863,20 +848,34 @@ fail:
 /* ---- the decode GEMV for F32 / F16 / BF16 weights (AVX-512) --------------------------------
  *
  * Decode reads every weight once, so this loop must run at memory speed.  Each thread takes
- * contiguous runs of rows (gemv_multi) and walks each row after row: one sequential stream per
- * core, which the hardware prefetcher follows by itself.  (The previous kernel, lh_dot_rows,
- * interleaved four rows; at n_in = 2048 F16 those are 4 KiB apart, four streams aliasing in
- * the same cache sets.  Software prefetch 0.5-4 KiB ahead measured slower here, one thread,
- * 5632 x 2048 over 400 MB: F16 27 GB/s without, 16-19 with.)  A row goes 64 elements per step
- * into four accumulators (independent FMA chains cover the FMA latency); x (n_in F32, in L1/L2)
- * is re-read for every row.
+ * contiguous runs of rows (gemv_multi) and splits each run's rows of one matrix into four
+ * quarters walked side by side: rows o, o + q, o + 2q, o + 3q (q = a quarter of the piece), four
+ * sequential streams at least GEMV_GAP bytes apart, sharing each load of x.  Which streams, and
+ * how far apart, decided the speed (1b F16 decode, AMD EPYC with AVX512_VP2INTERSECT, 2 threads;
+ * the bench's --roofline pass: one decode step, then one read pass over the same weights,
+ * alternating, so both see the same bandwidth; six rounds each, variants alternating step by
+ * step inside one process):
+ * - one row at a time (the kernel before): 79-95% of the read pass, 22-31 tok/s;
+ * - four rows a quarter of the piece apart (this one): 89-102%, 4-17% more tokens per second
+ *   than one row in every round (and 2-11% on the stories110M shape, four of four);
+ * - four ADJACENT rows (at n_in = 2048 F16 they are 4 KiB apart, as in lh_dot_rows, the kernel
+ *   before that): about half the speed of one row; four rows 4 rows apart (16 KiB): 17-27%
+ *   slower than one row; 16 rows apart (64 KiB): the same as one row; the four quarters of the
+ *   whole region (megabytes apart): the same as this one.  So four far-apart streams, and
+ *   below GEMV_GAP one row at a time.
+ * (Software prefetch 0.5-32 KiB ahead measured no faster, and slower on an earlier CPU.)
  *
- * A half-step yields two 16-lane F32 vectors of weights, A and B, for elements i..i+15 and
+ * A row goes 32 elements per step into two accumulators (16 lanes each: eight independent FMA
+ * chains with four rows cover the FMA latency), then a masked tail step; the same order whether
+ * the row is one of four or alone, so a row's result never depends on how the rows were split
+ * between threads or runs.  x (n_in F32, in L1/L2) is re-read for every group of four rows.
+ *
+ * A step yields two 16-lane F32 vectors of weights, A and B, for elements i..i+15 and
  * i+16..i+31, against x + i and x + i + 16; 16-bit weights are read 16 at a time (256 bits) and
  * widened to 32-bit lanes.  F32: loaded as they are.  BF16: zero-extended and shifted left by 16
- * (exact).  F16: either vcvtph2ps (F16C, exact) or the integer conversion below (f16i).  So every
- * product is exact in F32's range before it is added; the sums are F32 FMAs in another order than
- * the reference, within the float accumulation bound the tests state (1e-5 of Σ|w·x| at
+ * (exact).  F16: vcvtph2ps (F16C, exact for every value, whatever MXCSR says).  So every product
+ * is exact in F32's range before it is added; the sums are F32 FMAs in another order than the
+ * reference, within the float accumulation bound the tests state (1e-5 of Σ|w·x| at
  * n_in <= 4096).  The tail (n_in % 32) is a masked load that reads nothing past the row.
  *
  * How the 16-bit weights are read decided the speed on the two CPUs this was measured on (both
@@ -887,26 +886,14 @@ fail:
  * the second (with AVX512_VP2INTERSECT) the same kernels decoded at 12.6-12.9 tok/s (BF16) and
  * 11.1-11.5 (F16), against 21.1-22.8 and 19.0-20.3 with 256-bit loads widened as above, in
  * natural order; llama.cpp 14.7 and ~19.  The widening form is the one kept for both types.
- *
- * F16 without vcvtph2ps (f16i, the default): the value is sign-extended to 32 bits and shifted
- * left by 13, which puts the F16's exponent and mantissa at F32's (bits 27..13) and copies the
- * sign into bits 31..28; masking off bits 30..28 leaves an F32 equal to the value times 2^-112
- * (the exponent biases 15 and 127; F16 subnormals become F32 subnormals).  Nothing multiplies it
- * back: x is scaled by 2^56 (m->xs, once per call) and each row's sum by 2^56 (F16I_X_SCALE,
- * F16I_Y_SCALE), exact unless a product falls below 2^-70; x past 2^64 in magnitude takes
- * vcvtph2ps instead.  F16 with exponent 31 (Inf, NaN) would come out finite, so the converted
- * values of a row are OR-ed together (one ternary-logic op per 32 values) and a row whose OR has
- * all five exponent bits set in some lane is recomputed through vcvtph2ps: exactly the rows
- * holding an Inf or NaN, and rarely a row whose weights' exponents together cover 31 (one of
- * magnitude >= 2 among others; the answer is the same, only slower).  So the result is bit for
- * bit vcvtph2ps's for every value, tested over all 65536.  All of this is exact only while the
- * CPU does not treat subnormal inputs as zero (MXCSR.DAZ, which nothing here sets): gemv_prep
- * checks it and keeps vcvtph2ps if it is set.  Which of the two conversions is faster differs
- * by CPU (vcvtph2ps limited the first one to 0.69x llama.cpp); on the second they measured the
- * same, 21.6-23.2 tok/s against 22.4-23.0 (three alternating rounds). */
-static inline __attribute__((always_inline)) void wstep(lh_type t, int f16i, const char *row,
-                                                         size_t i, __mmask32 k, __m512 *a,
-                                                         __m512 *b, __m512i *orr)
+ * F16 had an integer conversion instead of vcvtph2ps (sign-extend, shift, mask: the value times
+ * 2^-112 against x times 2^56, rows with Inf or NaN recomputed), which the first CPU needed; on
+ * this one, four rows at a time, the two measured the same (1b: 0.91-1.03 of the read pass
+ * against 0.91-1.02, six rounds), and vcvtph2ps needs none of the scaling, so it went. */
+#define GEMV_GAP 65536
+
+static inline __attribute__((always_inline)) void wstep(lh_type t, const char *row, size_t i,
+                                                         __mmask32 k, __m512 *a, __m512 *b)
 {
     if (t == LH_TYPE_F32) {
         /* four 256-bit loads: none crosses a cache line where the row is 32-byte aligned */
@@ -922,15 +909,7 @@ static inline __attribute__((always_inline)) void wstep(lh_type t, int f16i, con
     const uint16_t *p = (const uint16_t *)row + i;
     __m256i ha = _mm256_maskz_loadu_epi16((__mmask16)k, p);
     __m256i hb = _mm256_maskz_loadu_epi16((__mmask16)(k >> 16), p + 16);
-    if (t == LH_TYPE_F16 && f16i) {
-        /* the values times 2^-112: x carries 2^56, y the rest */
-        const __m512i keep = _mm512_set1_epi32((int)0x8fffe000u);
-        __m512i ra = _mm512_and_si512(_mm512_slli_epi32(_mm512_cvtepi16_epi32(ha), 13), keep);
-        __m512i rb = _mm512_and_si512(_mm512_slli_epi32(_mm512_cvtepi16_epi32(hb), 13), keep);
-        *orr = _mm512_ternarylogic_epi32(*orr, ra, rb, 0xfe);   /* orr | ra | rb */
-        *a = _mm512_castsi512_ps(ra);
-        *b = _mm512_castsi512_ps(rb);
-    } else if (t == LH_TYPE_F16) {
+    if (t == LH_TYPE_F16) {
         *a = _mm512_cvtph_ps(ha);
         *b = _mm512_cvtph_ps(hb);
     } else {
@@ -939,95 +918,99 @@ static inline __attribute__((always_inline)) void wstep(lh_type t, int f16i, con
     }
 }
 
-/* Σ row · x over n elements; *orr: the OR of f16i's converted values (only f16i uses orr). */
-static inline __attribute__((always_inline)) float row_dot(lh_type t, int f16i, const char *row,
-                                                           const float *x, size_t n, __m512i *orr)
+/* One step (elements i .. i+31, mask k) of R rows (1 or 4, a constant) at row + j*st. */
+static inline __attribute__((always_inline)) void rstep(lh_type t, int R, const char *row,
+                                                         size_t st, const float *x, size_t i,
+                                                         __mmask32 k, __m512 *a0, __m512 *b0,
+                                                         __m512 *a1, __m512 *b1, __m512 *a2,
+                                                         __m512 *b2, __m512 *a3, __m512 *b3)
 {
-    __m512 a0 = _mm512_setzero_ps(), b0 = a0, a1 = a0, b1 = a0, wa, wb;
-    size_t i = 0;
-    for (; i + 64 <= n; i += 64) {
-        wstep(t, f16i, row, i, ~(__mmask32)0, &wa, &wb, orr);
-        a0 = _mm512_fmadd_ps(wa, _mm512_loadu_ps(x + i), a0);
-        b0 = _mm512_fmadd_ps(wb, _mm512_loadu_ps(x + i + 16), b0);
-        wstep(t, f16i, row, i + 32, ~(__mmask32)0, &wa, &wb, orr);
-        a1 = _mm512_fmadd_ps(wa, _mm512_loadu_ps(x + i + 32), a1);
-        b1 = _mm512_fmadd_ps(wb, _mm512_loadu_ps(x + i + 48), b1);
-    }
-    for (; i < n; i += 32) {
-        size_t left = n - i;
-        __mmask32 k = left >= 32 ? ~(__mmask32)0 : (__mmask32)(0xffffffffu >> (32 - left));
-        wstep(t, f16i, row, i, k, &wa, &wb, orr);
-        a0 = _mm512_fmadd_ps(wa, _mm512_maskz_loadu_ps((__mmask16)k, x + i), a0);
-        b0 = _mm512_fmadd_ps(wb, _mm512_maskz_loadu_ps((__mmask16)(k >> 16), x + i + 16), b0);
-    }
-    return _mm512_reduce_add_ps(_mm512_add_ps(_mm512_add_ps(a0, b0), _mm512_add_ps(a1, b1)));
+    __m512 x0 = _mm512_maskz_loadu_ps((__mmask16)k, x + i);
+    __m512 x1 = _mm512_maskz_loadu_ps((__mmask16)(k >> 16), x + i + 16), wa, wb;
+    wstep(t, row, i, k, &wa, &wb);
+    *a0 = _mm512_fmadd_ps(wa, x0, *a0);
+    *b0 = _mm512_fmadd_ps(wb, x1, *b0);
+    if (R == 1)
+        return;
+    wstep(t, row + st, i, k, &wa, &wb);
+    *a1 = _mm512_fmadd_ps(wa, x0, *a1);
+    *b1 = _mm512_fmadd_ps(wb, x1, *b1);
+    wstep(t, row + 2 * st, i, k, &wa, &wb);
+    *a2 = _mm512_fmadd_ps(wa, x0, *a2);
+    *b2 = _mm512_fmadd_ps(wb, x1, *b2);
+    wstep(t, row + 3 * st, i, k, &wa, &wb);
+    *a3 = _mm512_fmadd_ps(wa, x0, *a3);
+    *b3 = _mm512_fmadd_ps(wb, x1, *b3);
 }
 
-/* y[o] for o in [o0, o1): one instance per type, so wstep's branches go at compile time. */
+/* y[j*ys] = Σ (row + j*st) · x over n elements, for j < R (1 or 4, a constant). */
+static inline __attribute__((always_inline)) void rows_dot(lh_type t, int R, const char *row,
+                                                            size_t st, const float *x, size_t n,
+                                                            float *y, size_t ys)
+{
+    __m512 a0 = _mm512_setzero_ps(), b0 = a0, a1 = a0, b1 = a0, a2 = a0, b2 = a0, a3 = a0, b3 = a0;
+    size_t i = 0;
+    for (; i + 32 <= n; i += 32)
+        rstep(t, R, row, st, x, i, ~(__mmask32)0, &a0, &b0, &a1, &b1, &a2, &b2, &a3, &b3);
+    if (i < n)
+        rstep(t, R, row, st, x, i, (__mmask32)(0xffffffffu >> (32 - (n - i))), &a0, &b0, &a1,
+              &b1, &a2, &b2, &a3, &b3);
+    y[0] = _mm512_reduce_add_ps(_mm512_add_ps(a0, b0));
+    if (R == 1)
+        return;
+    y[ys] = _mm512_reduce_add_ps(_mm512_add_ps(a1, b1));
+    y[2 * ys] = _mm512_reduce_add_ps(_mm512_add_ps(a2, b2));
+    y[3 * ys] = _mm512_reduce_add_ps(_mm512_add_ps(a3, b3));
+}
+
+/* y[o] for o in [o0, o1): the quarters four rows at a time where they lie GEMV_GAP apart, the
+ * rest one row at a time (the same arithmetic per row). */
+static inline __attribute__((always_inline)) void rows_float(lh_type t, const char *w, size_t rs,
+                                                              size_t o0, size_t o1,
+                                                              const float *x, size_t n, float *y)
+{
+    size_t q = (o1 - o0) / 4, o = o0;
+    if (q * rs >= GEMV_GAP) {
+        for (; o < o0 + q; o++)
+            rows_dot(t, 4, w + o * rs, q * rs, x, n, y + o, q);
+        o = o0 + 4 * q;
+    }
+    for (; o < o1; o++)
+        rows_dot(t, 1, w + o * rs, 0, x, n, y + o, 0);
+}
+/* one instance per type, so wstep's branches go at compile time */
 static void rows_f32(const char *w, size_t rs, size_t o0, size_t o1, const float *x, size_t n,
                      float *y)
 {
-    for (size_t o = o0; o < o1; o++)
-        y[o] = row_dot(LH_TYPE_F32, 0, w + o * rs, x, n, NULL);
+    rows_float(LH_TYPE_F32, w, rs, o0, o1, x, n, y);
 }
-/* the same through vcvtph2ps (MXCSR.DAZ set, x too large for f16i, a row with Inf or NaN) */
-static void rows_f16c(const char *w, size_t rs, size_t o0, size_t o1, const float *x, size_t n,
-                      float *y)
+static void rows_f16(const char *w, size_t rs, size_t o0, size_t o1, const float *x, size_t n,
+                     float *y)
 {
-    for (size_t o = o0; o < o1; o++)
-        y[o] = row_dot(LH_TYPE_F16, 0, w + o * rs, x, n, NULL);
-}
-/* f16i: xs is x times 2^56 (gemv_prep), x itself for the rows recomputed through vcvtph2ps */
-static void rows_f16(const char *w, size_t rs, size_t o0, size_t o1, const float *xs,
-                     const float *x, size_t n, float *y)
-{
-    const __m512i e31 = _mm512_set1_epi32(0x0f800000);
-    for (size_t o = o0; o < o1; o++) {
-        __m512i orr = _mm512_setzero_si512();
-        y[o] = row_dot(LH_TYPE_F16, 1, w + o * rs, xs, n, &orr) * F16I_Y_SCALE;
-        if (__builtin_expect(_mm512_cmpeq_epi32_mask(_mm512_and_si512(orr, e31), e31) != 0, 0))
-            rows_f16c(w, rs, o, o + 1, x, n, y);
-    }
+    rows_float(LH_TYPE_F16, w, rs, o0, o1, x, n, y);
 }
 static void rows_bf16(const char *w, size_t rs, size_t o0, size_t o1, const float *x, size_t n,
                       float *y)
 {
-    for (size_t o = o0; o < o1; o++)
-        y[o] = row_dot(LH_TYPE_BF16, 0, w + o * rs, x, n, NULL);
+    rows_float(LH_TYPE_BF16, w, rs, o0, o1, x, n, y);
 }
 #endif
 
 /* ---- the decode driver: one or several GEMVs sharing x, one parallel region ------------ */
 
-/* x as the row kernels of m's type take it: quantised to 8 bits (*xqp = m->xq), times 2^56 for
- * the F16 kernel (returned: m->xs, with *f16ip set), or x itself. */
-static const float *gemv_prep(lh_matmul *m, const float *x, const void **xqp, int *f16ip)
+/* x as the row kernels of m's type take it: quantised to 8 bits (returned: m->xq) for the
+ * quantised types, NULL (x itself) for the others. */
+static const void *gemv_prep(lh_matmul *m, const float *x)
 {
-    *xqp = m->xq;
-    *f16ip = 0;
     if (m->xq)
         lh_q8_quant(m->wtype, x, m->xq, m->n_in);
-#ifdef LH_HAVE_AVX512
-    /* F16 without vcvtph2ps unless MXCSR.DAZ is set (decided here, once, for every thread) */
-    if (m->wtype == LH_TYPE_F16 && !(_mm_getcsr() & 0x40)) {
-        size_t n_in = m->n_in;
-        float *xs = m->xs, big = 0;
-        for (size_t i = 0; i < n_in; i++) {
-            big = fabsf(x[i]) > big ? fabsf(x[i]) : big;
-            xs[i] = x[i] * F16I_X_SCALE;
-        }
-        /* 2^56 |x| could overflow: vcvtph2ps on x itself (a NaN in x stays a NaN either way) */
-        *f16ip = big < 0x1p64f;
-        return *f16ip ? xs : x;
-    }
-#endif
-    return x;
+    return m->xq;
 }
 
 /* y[o] for o in [o0, o1) of one W, x prepared by gemv_prep (of a matmul of the same type and
  * n_in). */
-static void gemv_rows(lh_type t, int f16i, size_t rs, const void *w, const float *x,
-                      const float *x0, const void *xq, size_t n_in, size_t o0, size_t o1, float *y)
+static void gemv_rows(lh_type t, size_t rs, const void *w, const float *x, const void *xq,
+                      size_t n_in, size_t o0, size_t o1, float *y)
 {
 #ifdef LH_HAVE_AVX512
     const char *wc = (const char *)w;
@@ -1036,18 +1019,13 @@ static void gemv_rows(lh_type t, int f16i, size_t rs, const void *w, const float
         return;
     }
     if (t == LH_TYPE_F16) {
-        if (f16i)
-            rows_f16(wc, rs, o0, o1, x, x0, n_in, y);
-        else
-            rows_f16c(wc, rs, o0, o1, x, n_in, y);
+        rows_f16(wc, rs, o0, o1, x, n_in, y);
         return;
     }
     if (t == LH_TYPE_BF16) {
         rows_bf16(wc, rs, o0, o1, x, n_in, y);
         return;
     }
-#else
-    (void)x0;
 #endif
     for (size_t o = o0; o < o1; o += 16) {
         size_t nr = o1 - o < 16 ? o1 - o : 16;
@@ -1073,10 +1051,7 @@ static void gemv_rows(lh_type t, int f16i, size_t rs, const void *w, const float
 static void gemv_multi(lh_matmul *const *ms, const void *const *ws, size_t n_mat, const float *x,
                        float *const *ys)
 {
-    const void *xq;
-    int f16i;
-    const float *x0 = x;
-    x = gemv_prep(ms[0], x, &xq, &f16i);
+    const void *xq = gemv_prep(ms[0], x);
     size_t n_blk = 0, n_w = 0;
     for (size_t j = 0; j < n_mat; j++) {
         n_blk += (ms[j]->n_out + GEMV_BLK - 1) / GEMV_BLK;
@@ -1113,7 +1088,7 @@ static void gemv_multi(lh_matmul *const *ms, const void *const *ws, size_t n_mat
                 if (b0 < base + nb) {
                     size_t e = b1 < base + nb ? b1 : base + nb;
                     size_t o0 = (b0 - base) * GEMV_BLK, o1 = (e - base) * GEMV_BLK;
-                    gemv_rows(t, f16i, rs, ws[j], x, x0, xq, n_in, o0, o1 < n_out ? o1 : n_out,
+                    gemv_rows(t, rs, ws[j], x, xq, n_in, o0, o1 < n_out ? o1 : n_out,
                               ys[j]);
                     b0 = e;
                 }

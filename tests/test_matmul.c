@@ -159,10 +159,12 @@ static void test_matmul_bf16(void)
     check_matmul(LH_TYPE_BF16, 4096, 257, 17);
 }
 
-/* The decode GEMV of the float types (kernels/matmul.c row_dot: 64 elements a step, then
- * 32-element masked tails, 16-bit weights 16 per masked load; F16 against x times 2^56): every
- * tail length class around the step sizes, n_out not a multiple of the 16-row blocks, and one
- * shape large enough to run on the thread team. */
+/* The decode GEMV of the float types (kernels/matmul.c rows_dot: 32 elements a step, then one
+ * masked tail step, 16-bit weights 16 per masked load; four rows at a time where the quarters of
+ * a thread's piece of rows lie GEMV_GAP apart, one at a time otherwise): every tail length class
+ * around the step sizes, n_out not a multiple of the 16-row blocks (single rows), and two shapes
+ * on the thread team whose runs (64 rows and more) go four rows at a time, with a tail and rows
+ * left over. */
 static void test_matmul_gemv_tails(void)
 {
     static const size_t n_ins[] = {1, 2, 15, 16, 31, 32, 33, 63, 64, 65, 95, 96, 97, 130, 160};
@@ -171,12 +173,13 @@ static void test_matmul_gemv_tails(void)
         for (size_t i = 0; i < sizeof n_ins / sizeof n_ins[0]; i++)
             check_matmul(types[t], n_ins[i], 19, 1);
         check_matmul(types[t], 2079, 67, 1);   /* 2079 * 67 >= the team threshold */
+        check_matmul(types[t], 4097, 259, 1);
     }
 }
 
-/* The F16 decode GEMV converts without vcvtph2ps (kernels/matmul.c f16i): every F16 value but
- * NaNs, each alone in its row at a position that walks every lane of the 32-value steps and the
- * tail (n_in = 50), against x = 1: y must be the value exactly (lh_f16_to_f32), Inf, subnormals,
+/* The F16 decode GEMV's conversion: every F16 value but NaNs, each alone in its row at a position
+ * that walks every lane of the 32-value steps and the tail (n_in = 50), against x = 1, on the
+ * thread team four rows at a time: y must be the value exactly (lh_f16_to_f32), Inf, subnormals,
  * signed zeros included; and one row with a NaN gives a NaN. */
 static void test_matmul_f16_values(void)
 {
@@ -207,8 +210,8 @@ static void test_matmul_f16_values(void)
     free(w), free(x), free(y);
 }
 
-/* The F16 decode GEMV scales x by 2^56 (and each sum back): an x too large for that (|x| >= 2^64)
- * takes the vcvtph2ps path instead and gives the reference's finite result, not an Inf. */
+/* The F16 decode GEMV with an x near the top of F32's range (|x| = 1e22: an earlier kernel
+ * scaled x by 2^56 and had to notice that): the reference's finite result, not an Inf. */
 static void test_matmul_f16_big_x(void)
 {
     const size_t n_in = 96, n_out = 40;
@@ -223,7 +226,7 @@ static void test_matmul_f16_big_x(void)
     }
     for (size_t i = 0; i < n_in; i++)
         x[i] = frand(-1, 1);
-    x[7] = 1e22f;   /* 2^56 x would be 7.2e38: past F32's range */
+    x[7] = 1e22f;
     lh_matmul *mm = NULL;
     CU_ASSERT_EQUAL_FATAL(lh_matmul_new(&mm, LH_TYPE_F16, n_in, n_out, 1), 0);
     CU_ASSERT_EQUAL(lh_matmul_run(mm, w, x, 1, y), 0);
@@ -500,7 +503,7 @@ void lh_test_matmul(void)
     CU_add_test(s, "BF16 (panels + tail)", test_matmul_bf16);
     CU_add_test(s, "F32/F16/BF16 decode GEMV (every n_in tail)", test_matmul_gemv_tails);
     CU_add_test(s, "F16 decode GEMV: every F16 value converted exactly", test_matmul_f16_values);
-    CU_add_test(s, "F16 decode GEMV: x too large for its 2^56 scaling", test_matmul_f16_big_x);
+    CU_add_test(s, "F16 decode GEMV: x near the top of F32's range", test_matmul_f16_big_x);
     CU_add_test(s, "fused decode GEMVs sharing x (lh_matmul_run_gemvs)", test_matmul_gemvs);
     CU_add_test(s, "Q8_0 (panels + tail)", test_matmul_q8_0);
     CU_add_test(s, "Q4_0 .. Q5_1, Q2_K .. Q6_K, IQ4_NL (GEMV, panels + tail)", test_matmul_quant);
