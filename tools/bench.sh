@@ -14,9 +14,10 @@
 #                                      types f32 f16 bf16 q8_0 q4_0 q4_k q5_k q6_k); default:
 #                                      the eight small files and 1b in f32 f16 bf16 q8_0 q4_k.
 #   BENCH_DEPTH=16384                  context depth of the "at depth" section (0: skip it).
-#   BENCH_REPS=3                       repetitions; both engines report the mean of the runs'
-#                                      rates after a warm-up (llama-bench's avg_ts, ours --stat mean);
-#                                      unset: 3, and 2 for the 1b files.
+#   BENCH_REPS=3                       repetitions: a run of each engine per repetition (its
+#                                      warm-up and one measured run), in ABBA order; the table
+#                                      gives the mean of the runs' rates (as llama-bench's
+#                                      avg_ts); unset: 3, and 2 for the 1b files.
 #   BENCH_SECTIONS="side depth daemon lh"  add "kernels" (longheads-kbench); "lh" is LongHeads
 #                                      against full attention, 1x..128x the window (the per-token
 #                                      cost at 128x against 1x), and the LongHeads kernel.
@@ -105,6 +106,8 @@ llama() {
 }
 
 val() { printf '%s\n' "$1" | awk -v k="$2" '$1 == k { print $2; exit }'; }
+# mean LINES KEY: the mean of KEY's values over several runs' lines (nothing when there are none)
+mean() { printf '%s\n' "$1" | awk -v k="$2" '$1 == k { s += $2; n++ } END { if (n) print s / n }'; }
 
 # row LABEL TEST OURS LLAMA: one line of a side-by-side table.
 row() {
@@ -142,7 +145,7 @@ echo "read bandwidth (longheads-bwprobe, $NT threads, read-only, best of 7): $BW
 
 if has side; then
     section "pp512 / tg64, full attention, tokens/s (ratio > 1: longheads is faster)"
-    echo "ours: longheads-bench --pp 512 --tg 64 --reps $REPS --stat mean (the mean rate, as llama-bench's avg_ts); kv f16, batch 512, weights auto (the daemon's defaults)"
+    echo "ours: longheads-bench --pp 512 --tg 64 --reps 1, llama-bench -p 512 -n 64 -r 1, each run $REPS times (2 for 1b files unless BENCH_REPS is set) in ABBA order; the mean of the runs' rates (as llama-bench's avg_ts); kv f16, batch 512, weights auto (the daemon's defaults)"
     printf '%-14s %-14s %11s %11s %8s\n' model test longheads llama ratio
     i=0
     roof=""
@@ -155,26 +158,41 @@ if has side; then
         r=$REPS
         # the 1b files take ~10 s a repetition: 2 unless BENCH_REPS says otherwise
         [ "$shape" = 1b ] && [ -z "${BENCH_REPS:-}" ] && r=2
-        # alternate which engine runs first, so a drift in the machine's speed does not always
-        # favour the same one
-        if [ $((i % 2)) = 0 ]; then
-            o=$(ours "$f" --pp 512 --tg 64 --reps "$r" --stat mean --roofline 32)
-            l=$(llama "$f" -p 512 -n 64 -r "$r")
-        else
-            l=$(llama "$f" -p 512 -n 64 -r "$r")
-            o=$(ours "$f" --pp 512 --tg 64 --reps "$r" --stat mean --roofline 32)
-        fi
+        # one run of each engine per repetition (each its warm-up and one measured run), in
+        # ABBA order (which engine starts alternates between repetitions and between files): the
+        # machine's bandwidth drifts by a third within a file's runs, and a drift that is linear
+        # over them then falls on both engines alike.  (Before: all of one engine's repetitions,
+        # then the other's: 1b f32 tg64 read 0.90x in a run whose probes rose from 38.6 to 62.2
+        # GB/s across that file, where alternating builds measured ours faster.)  Our roofline
+        # steps run once, in the first repetition.
+        o="" oa="" la=""
+        for k in $(seq 1 "$r"); do
+            rf=""
+            [ "$k" = 1 ] && rf="--roofline 32"
+            if [ $(((i + k) % 2)) = 1 ]; then
+                ok=$(ours "$f" --pp 512 --tg 64 --reps 1 --stat mean $rf)
+                lk=$(llama "$f" -p 512 -n 64 -r 1)
+            else
+                lk=$(llama "$f" -p 512 -n 64 -r 1)
+                ok=$(ours "$f" --pp 512 --tg 64 --reps 1 --stat mean $rf)
+            fi
+            [ "$k" = 1 ] && o=$ok
+            oa="$oa$ok
+"
+            la="$la$lk
+"
+        done
         i=$((i + 1))
         for t in pp512 tg64; do
-            row "$shape $type" "$t" "$(val "$o" "$t")" "$(val "$l" "$t")"
+            row "$shape $type" "$t" "$(mean "$oa" "$t")" "$(mean "$la" "$t")"
         done
         pa=$("$B/longheads-bwprobe" | awk '{ print $2 }')
         # name, weight bytes per token, our tg64, llama's (- when absent), the probes around them
-        roof="$roof$shape $type|$(val "$o" weight_bytes_per_token)|$(val "$o" tg64)|$(val "$l" tg64)|$pb|$pa|$(val "$o" roofline_read_gbs)|$(val "$o" roofline_share)
+        roof="$roof$shape $type|$(val "$o" weight_bytes_per_token)|$(mean "$oa" tg64)|$(mean "$la" tg64)|$pb|$pa|$(val "$o" roofline_read_gbs)|$(val "$o" roofline_share)
 "
         pb=$pa
-        fa=$(val "$l" fa)
-        [ "$m" = 1b:f16 ] && f16_tg=$(val "$o" tg64) && f16_r=$r
+        fa=$(val "$la" fa)
+        [ "$m" = 1b:f16 ] && f16_tg=$(mean "$oa" tg64) && f16_r=$r
     done
     [ -n "$LB" ] && echo "(llama-bench flash_attn: ${fa:-?})"
     # our default reads the weights into memory (--weights auto); llama-bench maps them unless
