@@ -854,15 +854,18 @@ fail:
  * how far apart, decided the speed (1b F16 decode, AMD EPYC with AVX512_VP2INTERSECT, 2 threads;
  * the bench's --roofline pass: one decode step, then one read pass over the same weights,
  * alternating, so both see the same bandwidth; six rounds each, variants alternating step by
- * step inside one process):
- * - one row at a time (the kernel before): 79-95% of the read pass, 22-31 tok/s;
- * - four rows a quarter of the piece apart (this one): 89-102%, 4-17% more tokens per second
- *   than one row in every round (and 2-11% on the stories110M shape, four of four);
+ * step inside one process, 4 rounds of 96-128 steps per comparison):
+ * - four rows a quarter of the piece apart (this one) against one row at a time (the kernel
+ *   before): 1-23% more tokens per second in each of 24 rounds, 0.89-1.08 of the read pass
+ *   against 0.78-1.05 (both the higher where the bandwidth was low; in other rounds, with the
+ *   pass at 68-72 GB/s, four rows read 0.69-0.92 of it); on the stories110M shape 2-12% more,
+ *   four rounds of four;
  * - four ADJACENT rows (at n_in = 2048 F16 they are 4 KiB apart, as in lh_dot_rows, the kernel
- *   before that): about half the speed of one row; four rows 4 rows apart (16 KiB): 17-27%
- *   slower than one row; 16 rows apart (64 KiB): the same as one row; the four quarters of the
- *   whole region (megabytes apart): the same as this one.  So four far-apart streams, and
- *   below GEMV_GAP one row at a time.
+ *   before that): about half the speed of one row; the four rows 4 rows apart (16 KiB): 2-20%
+ *   slower than one row; 16 rows apart (64 KiB): 0-6% slower; the quarters of the whole region
+ *   (megabytes apart): the same as this one; eight rows an eighth apart: 1-8% slower than four;
+ *   each row whole but the four quarters' rows taken in turn: 0.52-0.61 of the read pass.  So
+ *   four far-apart streams advancing together, and below GEMV_GAP one row at a time.
  * (Software prefetch 0.5-32 KiB ahead measured no faster, and slower on an earlier CPU.)
  *
  * A row goes 32 elements per step into two accumulators (16 lanes each: eight independent FMA
@@ -888,8 +891,9 @@ fail:
  * natural order; llama.cpp 14.7 and ~19.  The widening form is the one kept for both types.
  * F16 had an integer conversion instead of vcvtph2ps (sign-extend, shift, mask: the value times
  * 2^-112 against x times 2^56, rows with Inf or NaN recomputed), which the first CPU needed; on
- * this one, four rows at a time, the two measured the same (1b: 0.91-1.03 of the read pass
- * against 0.91-1.02, six rounds), and vcvtph2ps needs none of the scaling, so it went. */
+ * this one, four rows at a time, the two measured the same (1b: vcvtph2ps 0.91-1.02 of the
+ * read pass, the integer conversion 0.91-1.03, six rounds; stories110M shape: vcvtph2ps faster
+ * in three of four), and vcvtph2ps needs none of the scaling, so it went. */
 #define GEMV_GAP 65536
 
 static inline __attribute__((always_inline)) void wstep(lh_type t, const char *row, size_t i,
