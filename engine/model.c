@@ -742,6 +742,7 @@ static lh_lh_params lh_params_of(const lh_ctx *c)
         .head_dim = hp->head_dim, .n_rot = hp->n_rot, .rope = hp->rope, .chunk = c->p.chunk, .window = c->p.window,
         .n_ctx = c->p.n_ctx, .kv_type = c->p.kv_type,
         .score = c->p.score == LH_SCORE_BOUND ? LH_LH_SCORE_BOUND : LH_LH_SCORE_REP,
+        .branch_and_bound = c->p.select == LH_SELECT_TREE,
     };
 }
 

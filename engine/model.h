@@ -47,6 +47,9 @@ typedef enum { LH_ATTN_FULL = 0, LH_ATTN_LONGHEADS = 1 } lh_attn_mode;
 /* How LongHeads scores chunks (kernels/longheads.h lh_lh_score): the paper's representations, or
  * the upper bound of q·k from the keys' min and max. */
 typedef enum { LH_SCORE_REP = 0, LH_SCORE_BOUND = 1 } lh_score_mode;
+/* How the bound score's top chunks are found (kernels/longheads.h branch_and_bound): by scoring
+ * every chunk, or by branch and bound over a search tree; the same chunks either way. */
+typedef enum { LH_SELECT_FLAT = 0, LH_SELECT_TREE = 1 } lh_select_mode;
 
 typedef struct {
     size_t n_ctx;          /* KV capacity in tokens (default: n_ctx_train; up to >= 131072) */
@@ -65,6 +68,7 @@ typedef struct {
     size_t kv_disk_reserve;/* with kv_dir: bytes of its file system that lh_params_fit_ctx leaves
                             * to others (the daemon's prompt cache when it shares it) */
     lh_score_mode score;   /* LongHeads chunk score, default LH_SCORE_REP */
+    lh_select_mode select; /* with LH_SCORE_BOUND, default LH_SELECT_FLAT */
 } lh_ctx_params;
 
 typedef struct lh_model lh_model;

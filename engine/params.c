@@ -30,10 +30,11 @@ size_t lh_params_bytes_per_token(const lh_model *m, const lh_ctx_params *cp)
     size_t lh = 0;
     if (cp->attn == LH_ATTN_LONGHEADS) {
         /* one F32 representation per chunk, layer and query head, or for bound an F32 min and
-         * max per chunk, layer and KV head plus a tree above them of fewer nodes than chunks
-         * (kernels/longheads.c) */
+         * max per chunk, layer and KV head, and with --select tree a search tree of twice as
+         * many nodes as chunks (kernels/longheads.c) */
         size_t chunk = cp->chunk ? cp->chunk : hp->lh_chunk ? hp->lh_chunk : 256;
-        size_t per_chunk = cp->score == LH_SCORE_BOUND ? 4 * hp->n_head_kv : hp->n_head;
+        size_t per_chunk = cp->score != LH_SCORE_BOUND ? hp->n_head
+                           : (cp->select == LH_SELECT_TREE ? 6 : 2) * hp->n_head_kv;
         lh = (hp->n_layer * per_chunk * hp->head_dim * sizeof(float) + chunk - 1) / chunk;
     }
     return kv + lh + sizeof(int32_t);
@@ -286,6 +287,13 @@ int lh_params_set(lh_ctx_params *cp, lh_sampler_params *sp, const char *key, con
                 cp->score = LH_SCORE_REP, rc = 0;
             else if (strcmp(value, "bound") == 0)
                 cp->score = LH_SCORE_BOUND, rc = 0;
+        } else if (key_is(key, "select")) {
+            range = "flat or tree";
+            rc = LH_E_FORMAT;
+            if (strcmp(value, "flat") == 0)
+                cp->select = LH_SELECT_FLAT, rc = 0;
+            else if (strcmp(value, "tree") == 0)
+                cp->select = LH_SELECT_TREE, rc = 0;
         } else if (key_is(key, "chunk")) {
             range = "an integer in 1..65536";
             if (!(rc = lh_params_parse_size(value, 1, 65536, &z)))

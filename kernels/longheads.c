@@ -61,17 +61,27 @@
  * model misses 1 of 20 with full attention inside its window); rep at seed 11: 16 13 12 12 11.
  *
  * Exact sub-linear selection: bounds compose, the min of mins and the max of maxes bound a group,
- * so each KV head keeps a binary tree of min/max over aligned groups of 2^k chunks, updated as
- * chunks complete (a node whose first chunk completes starts from it; truncation rebuilds the one
- * node per level that straddles the cut).  Top-K-3 is found best-first: a node is opened only
- * while its bound could still place one of its chunks in the list under the flat order (higher
- * score, then earlier chunk), so the result equals scoring every chunk (tested against flat on
- * random data, ties and the passkey model).  It only pays where the bounds of GROUPS separate, and
- * in head_dim 8..64 the box around two chunks' keys is already far looser than either chunk's: on
- * stories260K (longheads-ppl, 17697 tokens) it scores 30 of 140 candidate chunks but 117 tree
- * nodes per selection, on passkey-plain (3000 tokens) 30 of 48 plus 52 nodes, on lhbench's random
- * and clustered keys every chunk and every node: more work than flat, plus the heap.  So flat
- * scoring is the default (branch_and_bound = 0); the tree is kept (cheap) for the search.
+ * so a tree of groups can be searched best-first: a node is opened only while its bound could
+ * still place one of its chunks among the K-3 best under the flat order (higher score, then
+ * earlier chunk), so the result equals scoring every chunk (tested against flat on random data,
+ * ties, repeated chunks and the passkey model).  It pays only where the box around a GROUP stays
+ * near its chunks' boxes, and in head_dim 8..64 the box around two unlike chunks is already far
+ * looser than either.  The first tree grouped aligned runs of 2^k chunks (neighbours in the
+ * text): it scored more nodes than flat scoring scores chunks on every data tried (stories260K,
+ * 17697 tokens: 30 of 140 candidate chunks plus 117 nodes per selection; passkey-plain, 3000
+ * tokens: 30 of 48 plus 52; its filler prompt at 303 and 1203 candidates: 548 and 2154 chunks
+ * and nodes).  Neighbours in a text
+ * differ; what repeats is far apart (a filler sentence, a recurring form).  So the tree now groups
+ * chunks by their boxes (kd_build: median splits of the boxes' centres, rebuilt every KD_STEP
+ * chunks, the newer ones scored flat), and the tie rule prunes a group of equal copies behind its
+ * first.  Per selection on the passkey prompt (passkey-plain, w = 32, L = 256, longheads-ppl
+ * --select tree): 35, 58, 79 and 102 chunks and nodes scored against 33, 123, 483 and 1923
+ * candidates (2 k, 7.8 k, 31 k and 123 k tokens); its whole prefill at 123 k tokens 9.9 s against
+ * 13.7 s flat.  On stories260K 34 of 140 chunks plus 90 nodes (the text varies: little to prune,
+ * and the heap and the rebuilds cost more than they save: 3.6-8.8 k against 4.7-22.8 k tokens/s
+ * flat over two runs each); on lhbench's random and clustered keys about every chunk and node.
+ * So flat scoring stays the default (branch_and_bound = 0, `--select flat`), and `--select tree`
+ * is there for long repetitive contexts.
  *
  * Positions: the selected chunks are laid out contiguously in chunk order, keys at layout
  * positions 0, 1, 2, ... and the query at the position of its own key, (K-1)*w + t mod w, so no
@@ -124,8 +134,14 @@
  * it (the earliest chunk it could give, for the tie rule). */
 typedef struct {
     float b;
-    uint32_t lvl, idx, first;
+    uint32_t node, first;
 } bb_ent;
+
+/* A chunk and its sort key while a search tree is built. */
+typedef struct {
+    float key;
+    uint32_t c;
+} kd_key;
 
 struct lh_lh {
     lh_lh_params p;
@@ -146,12 +162,17 @@ struct lh_lh {
     size_t *sel;            /* (n_thread, sel_size) per thread: selections, their union and
                                the rows' offsets (scratch_of) */
     /* bound score only */
-    size_t n_level;         /* levels of the bound tree: 0 the chunks, the last a single node */
-    size_t lvl_off[64];     /* first node of each level */
-    size_t n_node;          /* nodes of all levels */
-    float *bmin, *bmax;     /* (n_layer, n_head_kv, n_node, head_dim) element-wise min / max of
-                               the keys of the complete chunks under each node */
-    bb_ent *heap;           /* (n_thread, n_node) branch-and-bound frontier */
+    float *bmin, *bmax;     /* (n_layer, n_head_kv, n_chunk, head_dim) element-wise min / max of
+                               each complete chunk's keys */
+    /* the search tree of each layer and KV head (kd_build; branch and bound only) */
+    size_t kd_cap;          /* nodes per tree: 2 n_chunk */
+    float *kmin, *kmax;     /* (n_layer, n_head_kv, kd_cap, head_dim) each node's min / max */
+    uint32_t *kinfo;        /* (n_layer, n_head_kv, kd_cap, 3) each node's right child (its left
+                               is the next node; 0: a leaf), first chunk under it, and a leaf's
+                               chunk */
+    size_t *n_kd;           /* (n_layer, n_head_kv) the tree holds chunks 1 .. n_kd-1 (0: none) */
+    kd_key *kd_scr;         /* (n_chunk) build scratch */
+    bb_ent *heap;           /* (n_thread, kd_cap) branch-and-bound frontier */
     size_t *stat;           /* (n_thread, 8): lh_lh_stats counters, one cache line each */
     int check;              /* lh_lh_set_check */
 };
@@ -187,7 +208,7 @@ typedef struct {
     size_t *ur, *us;        /* (R*K) per (chunk, row) entry: row and its slot */
     size_t *rq, *rp;        /* (R) per row: offset of its query in q and out; rotation of its
                                query for slot 0 (slot m: m*w less) */
-    bb_ent *heap;           /* (n_node) bound only */
+    bb_ent *heap;           /* (kd_cap) bound only */
     size_t *stat;           /* (8) this thread's counters */
 } scratch;
 
@@ -256,7 +277,7 @@ static scratch scratch_of(const lh_lh *s, size_t tid)
     x.or = x.ss + w * s->n_chunk;
     x.vec = x.or + R * d;
     x.qb = x.vec + 2 * w + d;
-    x.heap = s->heap ? s->heap + tid * s->n_node : NULL;
+    x.heap = s->heap ? s->heap + tid * s->kd_cap : NULL;
     x.stat = s->stat + tid * 8;
     size_t wk = R * s->n_keep;
     x.sel = s->sel + tid * sel_size(s);
@@ -302,21 +323,20 @@ int lh_lh_new(lh_lh **sp, const lh_lh_params *p, size_t max_q)
     if (s->n_chunk && n_rep > SIZE_MAX / sizeof(float) / d / (s->n_chunk + REP_T))
         goto fail;
     if (p->score == LH_LH_SCORE_BOUND) {
-        size_t n = s->n_chunk;
-        for (s->n_level = 0; n && s->n_level < 64; s->n_level++) {
-            s->lvl_off[s->n_level] = s->n_node;
-            s->n_node += n;
-            if (n == 1)
-                n = 0;
-            else
-                n = (n + 1) / 2;
-        }
-        size_t n_b = p->n_layer * p->n_head_kv * (s->n_node ? s->n_node : 1) * d;
-        /* calloc: the pages are committed only as chunks complete */
-        s->bmin = calloc(n_b, sizeof(float));
-        s->bmax = calloc(n_b, sizeof(float));
-        s->heap = calloc(s->n_thread * (s->n_node ? s->n_node : 1), sizeof(bb_ent));
-        if (!s->bmin || !s->bmax || !s->heap)
+        size_t n_t = p->n_layer * p->n_head_kv, nc = s->n_chunk ? s->n_chunk : 1;
+        s->kd_cap = 2 * nc;
+        /* calloc: the pages are committed only as chunks complete (the trees' only where branch
+         * and bound runs) */
+        s->bmin = calloc(n_t * nc * d, sizeof(float));
+        s->bmax = calloc(n_t * nc * d, sizeof(float));
+        s->kmin = calloc(n_t * s->kd_cap * d, sizeof(float));
+        s->kmax = calloc(n_t * s->kd_cap * d, sizeof(float));
+        s->kinfo = calloc(n_t * s->kd_cap * 3, sizeof(uint32_t));
+        s->n_kd = calloc(n_t, sizeof(size_t));
+        s->kd_scr = calloc(nc, sizeof(kd_key));
+        s->heap = calloc(s->n_thread * s->kd_cap, sizeof(bb_ent));
+        if (!s->bmin || !s->bmax || !s->kmin || !s->kmax || !s->kinfo || !s->n_kd || !s->kd_scr ||
+            !s->heap)
             goto fail;
         s->rep = calloc(1, sizeof(float));
     } else {
@@ -352,6 +372,11 @@ void lh_lh_free(lh_lh *s)
     free(s->sel);
     free(s->bmin);
     free(s->bmax);
+    free(s->kmin);
+    free(s->kmax);
+    free(s->kinfo);
+    free(s->n_kd);
+    free(s->kd_scr);
     free(s->heap);
     free(s->stat);
     free(s);
@@ -369,7 +394,6 @@ static size_t keepable(size_t want, size_t nd, size_t w)
     return want;
 }
 
-static void tree_fix(lh_lh *s, size_t layer, size_t n_complete);
 
 size_t lh_lh_truncate(lh_lh *s, size_t n_past)
 {
@@ -379,8 +403,10 @@ size_t lh_lh_truncate(lh_lh *s, size_t n_past)
         for (size_t l = 0; l < s->p.n_layer; l++)
             keep = s->n_done[l] < keep ? s->n_done[l] : keep;
         for (size_t l = 0; l < s->p.n_layer; l++) {
-            if (keep / s->p.chunk < s->n_done[l] / s->p.chunk)
-                tree_fix(s, l, keep / s->p.chunk);
+            /* a search tree holding a dropped chunk goes (kd_update builds the next) */
+            for (size_t g = 0; g < s->p.n_head_kv; g++)
+                if (s->n_kd[l * s->p.n_head_kv + g] > keep / s->p.chunk)
+                    s->n_kd[l * s->p.n_head_kv + g] = 0;
             s->n_done[l] = keep;
         }
         return keep;
@@ -397,9 +423,9 @@ double lh_lh_bytes_per_token(const lh_lh_params *p)
 {
     if (!p->chunk)
         return 0;
-    if (p->score == LH_LH_SCORE_BOUND) /* min and max, chunks and (fewer) tree nodes above them */
-        return 4.0 * (double)p->n_layer * (double)p->n_head_kv * (double)p->head_dim *
-               sizeof(float) / (double)p->chunk;
+    if (p->score == LH_LH_SCORE_BOUND) /* min and max of the chunks; search trees twice that */
+        return (p->branch_and_bound ? 6.0 : 2.0) * (double)p->n_layer * (double)p->n_head_kv *
+               (double)p->head_dim * sizeof(float) / (double)p->chunk;
     return (double)p->n_layer * (double)p->n_head * (double)p->head_dim * sizeof(uint16_t) /
            (double)p->chunk;
 }
@@ -470,10 +496,10 @@ static void build_rep(const lh_lh *s, const scratch *x, size_t layer, size_t h, 
 
 /* ---- bound score: min/max tree and branch and bound ------------------------------------------ */
 
-/* Element offset of node idx of level lvl of KV head g's tree in bmin / bmax. */
-static size_t tree_node(const lh_lh *s, size_t layer, size_t g, size_t lvl, size_t idx)
+/* Element offset of chunk c's min / max (KV head g of layer) in bmin / bmax. */
+static size_t box_off(const lh_lh *s, size_t layer, size_t g, size_t c)
 {
-    return ((layer * s->p.n_head_kv + g) * s->n_node + s->lvl_off[lvl] + idx) * s->p.head_dim;
+    return ((layer * s->p.n_head_kv + g) * s->n_chunk + c) * s->p.head_dim;
 }
 
 static void fold(float *mn, float *mx, const float *a, const float *b, size_t d)
@@ -484,49 +510,106 @@ static void fold(float *mn, float *mx, const float *a, const float *b, size_t d)
     }
 }
 
-/* Chunk c of KV head g has completed in this layer: its keys' min and max, folded into every node
- * above it.  Chunks complete in order, so a node whose first chunk c is starts from c's. */
-static void tree_add(lh_lh *s, size_t layer, size_t g, size_t c, const void *k, float *buf)
+/* Chunk c of KV head g has completed in this layer: its keys' min and max. */
+static void box_add(lh_lh *s, size_t layer, size_t g, size_t c, const void *k, float *buf)
 {
     size_t w = s->p.chunk, d = s->p.head_dim;
     const float *kc = kv_rows(&s->p, k, g, c * w, w, buf);
-    size_t o = tree_node(s, layer, g, 0, c);
+    size_t o = box_off(s, layer, g, c);
     float *mn = s->bmin + o, *mx = s->bmax + o;
     memcpy(mn, kc, d * sizeof(float));
     memcpy(mx, kc, d * sizeof(float));
     for (size_t j = 1; j < w; j++)
         fold(mn, mx, kc + j * d, kc + j * d, d);
-    for (size_t lvl = 1; lvl < s->n_level; lvl++) {
-        size_t idx = c >> lvl, on = tree_node(s, layer, g, lvl, idx);
-        if (idx << lvl == c) {
-            memcpy(s->bmin + on, mn, d * sizeof(float));
-            memcpy(s->bmax + on, mx, d * sizeof(float));
-        } else {
-            fold(s->bmin + on, s->bmax + on, mn, mx, d);
-        }
-    }
 }
 
-/* The layer keeps its first n_complete chunks: on every level the one node that covers kept and
- * dropped chunks is rebuilt from its children, bottom up (nodes wholly past the end restart from
- * their first chunk when it completes again, see tree_add). */
-static void tree_fix(lh_lh *s, size_t layer, size_t n_complete)
+/* ---- the search tree (branch and bound) ----
+ * Chunks far apart in the text can be alike (a repeated filler, a recurring structure), and the
+ * box around alike chunks is nearly as tight as each of theirs, where the box around neighbours
+ * in the text is far looser than either (see "Exact sub-linear selection" at the top).  So the
+ * tree groups chunks by their boxes, not by position: each node splits its chunks at the median
+ * of their boxes' centres in the dimension where those centres spread most (a kd-tree), down to
+ * single chunks; a node's min / max are its two children's folded.  It is rebuilt from the boxes
+ * (kd_update) whenever the complete chunks reach the next multiple of KD_STEP, so it depends on
+ * that count only, never on the batches that got there; chunks completed since are scored flat.
+ * A build is O(n log^2 n) for n chunks (a sort per level), every KD_STEP chunks. */
+#define KD_STEP 32
+
+static int kd_cmp(const void *a, const void *b)
 {
-    size_t d = s->p.head_dim;
-    for (size_t g = 0; g < s->p.n_head_kv; g++)
-        for (size_t lvl = 1; lvl < s->n_level; lvl++) {
-            size_t idx = n_complete >> lvl;
-            if (idx << lvl == n_complete)
-                continue;
-            size_t on = tree_node(s, layer, g, lvl, idx);
-            size_t oa = tree_node(s, layer, g, lvl - 1, 2 * idx);
-            memcpy(s->bmin + on, s->bmin + oa, d * sizeof(float));
-            memcpy(s->bmax + on, s->bmax + oa, d * sizeof(float));
-            if ((2 * idx + 1) << (lvl - 1) < n_complete) {
-                size_t ob = tree_node(s, layer, g, lvl - 1, 2 * idx + 1);
-                fold(s->bmin + on, s->bmax + on, s->bmin + ob, s->bmax + ob, d);
-            }
+    const kd_key *x = a, *y = b;
+    if (x->key != y->key)
+        return x->key < y->key ? -1 : 1;
+    return x->c < y->c ? -1 : x->c > y->c;
+}
+
+/* Node (tree t, preorder index *next) over the n chunks in e; returns its index. */
+static uint32_t kd_node(lh_lh *s, size_t layer, size_t g, kd_key *e, size_t n, uint32_t *next)
+{
+    size_t d = s->p.head_dim, t0 = (layer * s->p.n_head_kv + g) * s->kd_cap;
+    uint32_t me = (*next)++;
+    float *mn = s->kmin + (t0 + me) * d, *mx = s->kmax + (t0 + me) * d;
+    uint32_t *inf = s->kinfo + (t0 + me) * 3;
+    if (n == 1) {
+        size_t o = box_off(s, layer, g, e[0].c);
+        memcpy(mn, s->bmin + o, d * sizeof(float));
+        memcpy(mx, s->bmax + o, d * sizeof(float));
+        inf[0] = 0;
+        inf[1] = inf[2] = e[0].c;
+        return me;
+    }
+    /* the dimension where the centres spread most (min + max: twice the centre, same order) */
+    size_t bd = 0;
+    float best = -1;
+    for (size_t i = 0; i < d; i++) {
+        float lo = INFINITY, hi = -INFINITY;
+        for (size_t j = 0; j < n; j++) {
+            size_t o = box_off(s, layer, g, e[j].c) + i;
+            float c = s->bmin[o] + s->bmax[o];
+            lo = c < lo ? c : lo;
+            hi = c > hi ? c : hi;
         }
+        if (hi - lo > best) {
+            best = hi - lo;
+            bd = i;
+        }
+    }
+    for (size_t j = 0; j < n; j++) {
+        size_t o = box_off(s, layer, g, e[j].c) + bd;
+        e[j].key = s->bmin[o] + s->bmax[o];
+    }
+    qsort(e, n, sizeof *e, kd_cmp);
+    size_t h = n / 2;
+    uint32_t l = kd_node(s, layer, g, e, h, next);
+    uint32_t r = kd_node(s, layer, g, e + h, n - h, next);
+    const uint32_t *il = s->kinfo + (t0 + l) * 3, *ir = s->kinfo + (t0 + r) * 3;
+    memcpy(mn, s->kmin + (t0 + l) * d, d * sizeof(float));
+    memcpy(mx, s->kmax + (t0 + l) * d, d * sizeof(float));
+    fold(mn, mx, s->kmin + (t0 + r) * d, s->kmax + (t0 + r) * d, d);
+    inf[0] = r;
+    inf[1] = il[1] < ir[1] ? il[1] : ir[1];
+    inf[2] = UINT32_MAX;
+    return me;
+}
+
+/* The trees of layer for its first n_complete chunks: rebuilt where they are not the tree of
+ * chunks 1 .. KD_STEP * floor(n_complete / KD_STEP) - 1 (chunk 0 is never a candidate). */
+static void kd_update(lh_lh *s, size_t layer, size_t n_complete)
+{
+    size_t want = n_complete / KD_STEP * KD_STEP;
+    for (size_t g = 0; g < s->p.n_head_kv; g++) {
+        size_t *nk = &s->n_kd[layer * s->p.n_head_kv + g];
+        if (*nk == want)
+            continue;
+        *nk = 0;
+        if (want < 2)
+            continue;
+        for (size_t c = 1; c < want; c++)
+            s->kd_scr[c - 1] = (kd_key){0, (uint32_t)c};
+        uint32_t next = 0;
+        kd_node(s, layer, g, s->kd_scr, want - 1, &next);
+        *nk = want;
+    }
 }
 
 /* sum_i max(q_i mn_i, q_i mx_i) >= q·k for every k with mn <= k <= mx element-wise.  The one
@@ -618,39 +701,46 @@ static bb_ent heap_pop(bb_ent *h, size_t *np)
 static void finish_sel(size_t n_keep, size_t cc, size_t n, size_t *sel);
 
 /* Selection (what select_from_scores gives for the bound scores of chunks 1 .. cc-2) for the
- * query qb, already rotated by lh_lh_bound_pos, of KV head g's tree; ts is scratch (K floats).
- * Best first: a node is expanded only while its bound could still place a chunk under it among
- * the K-3 best, with the tie rule of flat scoring (earlier chunk first), so the result is the
- * same, visiting only the chunks and nodes whose bounds could matter. */
+ * query qb, already rotated by lh_lh_bound_pos, of KV head g; ts is scratch (K floats).  The
+ * chunks after the search tree's are scored first, flat; then the tree best first: a node is
+ * expanded only while its bound could still place a chunk under it among the K-3 best, with the
+ * tie rule of flat scoring (earlier chunk first: a node carries the first chunk under it), so the
+ * result is the same, visiting only the chunks and nodes whose bounds could matter.  A node may
+ * hold chunks past cc-2 (a prefill batch completes chunks before its later queries select): they
+ * are skipped as leaves, and their min / max only loosen the bound. */
 static void select_bound(const lh_lh *s, size_t layer, size_t g, const float *qb, size_t cc,
                          float *ts, bb_ent *heap, size_t *stat, size_t *sel)
 {
     size_t K = s->n_keep, m = K >= 3 ? K - 3 : 0, n = 0, d = s->p.head_dim, hn = 0;
     size_t *top = sel + 1, last = cc - 2;   /* candidates 1 .. last */
+    size_t tg = layer * s->p.n_head_kv + g, nk = s->n_kd[tg], t0 = tg * s->kd_cap;
     stat[0]++;
     stat[1] += last;
     if (m && last >= 1) {
-        /* the root, then children of popped nodes; chunks are scored as they are reached */
-        size_t todo_lvl[2], todo_idx[2], n_todo = 1;
-        todo_lvl[0] = s->n_level - 1;
-        todo_idx[0] = 0;
+        for (size_t c = nk > 1 ? nk : 1; c <= last; c++) {
+            size_t o = box_off(s, layer, g, c);
+            stat[2]++;
+            top_insert(ts, top, &n, m, bound_dot(qb, s->bmin + o, s->bmax + o, d), c);
+        }
+        /* the root, then the children of popped nodes; chunks are scored as they are reached */
+        uint32_t todo[2] = {0, 0};
+        size_t n_todo = nk > 1 ? 1 : 0;
         for (;;) {
             for (size_t u = 0; u < n_todo; u++) {
-                size_t lvl = todo_lvl[u], idx = todo_idx[u], first = idx << lvl;
-                if (first > last || (lvl == 0 && first == 0))
+                const uint32_t *inf = s->kinfo + (t0 + todo[u]) * 3;
+                if (inf[1] > last)
                     continue;
-                size_t o = tree_node(s, layer, g, lvl, idx);
-                float b = bound_dot(qb, s->bmin + o, s->bmax + o, d);
-                size_t lo = first ? first : 1;
-                if (lvl == 0) {
+                const float *mn = s->kmin + (t0 + todo[u]) * d, *mx = s->kmax + (t0 + todo[u]) * d;
+                float b = bound_dot(qb, mn, mx, d);
+                if (!inf[0]) {
                     stat[2]++;
-                    top_insert(ts, top, &n, m, b, first);
+                    top_insert(ts, top, &n, m, b, inf[2]);
                     continue;
                 }
                 stat[3]++;
-                if (n == m && !beats(b, lo, ts[m - 1], top[m - 1]))
+                if (n == m && !beats(b, inf[1], ts[m - 1], top[m - 1]))
                     continue;
-                heap_push(heap, &hn, (bb_ent){ b, (uint32_t)lvl, (uint32_t)idx, (uint32_t)lo });
+                heap_push(heap, &hn, (bb_ent){ b, todo[u], inf[1] });
             }
             bb_ent e;
             do {
@@ -661,9 +751,8 @@ static void select_bound(const lh_lh *s, size_t layer, size_t g, const float *qb
                     goto done;   /* the best bound left cannot place a chunk: nor can the rest */
             } while (n == m && !beats(e.b, e.first, ts[m - 1], top[m - 1]));
             n_todo = 2;
-            todo_lvl[0] = todo_lvl[1] = e.lvl - 1;
-            todo_idx[0] = 2 * (size_t)e.idx;
-            todo_idx[1] = 2 * (size_t)e.idx + 1;
+            todo[0] = e.node + 1;
+            todo[1] = s->kinfo[(t0 + e.node) * 3];
         }
     }
 done:
@@ -1207,7 +1296,7 @@ static void select_rows(const lh_lh *s, const scratch *x, size_t layer, const it
             } else if (bound && !p->branch_and_bound && !s->check) {
                 /* every candidate's bound, chunk-major so that each min/max pair is read once
                  * for the block; q un-rotated (lh_lh_bound_pos is 0) */
-                size_t o = tree_node(s, layer, g, 0, 0);
+                size_t o = box_off(s, layer, g, 0);
                 for (size_t c = 1; c + 1 < cc; c++)
                     for (size_t jj = 0; jj < nb; jj++)
                         x->ss[jj * s->n_chunk + c - 1] =
@@ -1227,7 +1316,7 @@ static void select_rows(const lh_lh *s, const scratch *x, size_t layer, const it
                          * used */
                         float *sc = x->ss + K;
                         for (size_t c = 0; c + 1 < cc; c++) {
-                            size_t o = tree_node(s, layer, g, 0, c);
+                            size_t o = box_off(s, layer, g, c);
                             sc[c] = bound_dot(x->qb, s->bmin + o, s->bmax + o, d);
                         }
                         select_from_scores(K, cc, sc + 1, x->uc);
@@ -1429,13 +1518,17 @@ int lh_lh_layer(lh_lh *s, size_t layer, const float *q, size_t n_q, size_t pos0,
     }
     if (n_q == 0)
         return 0;
-    /* The bound tree is per KV head and read by all heads of its group: built first, serially
-     * (a min/max pass over the new keys, far less work than the attention). */
+    /* The chunks' min / max and the search trees are per KV head and read by all heads of its
+     * group: made first, serially (a min/max pass over the new keys, and a tree every KD_STEP
+     * chunks: far less work than the attention). */
     int bound = s->p.score == LH_LH_SCORE_BOUND;
-    if (bound)
+    if (bound) {
         for (size_t c = pos0 / s->p.chunk; c < (pos0 + n_q) / s->p.chunk; c++)
             for (size_t g = 0; g < s->p.n_head_kv; g++)
-                tree_add(s, layer, g, c, k, s->scr);
+                box_add(s, layer, g, c, k, s->scr);
+        if (s->p.branch_and_bound || s->check)
+            kd_update(s, layer, (pos0 + n_q) / s->p.chunk);
+    }
     /* Work items: a KV head with all query heads of its group and as many queries as the scratch
      * holds rows (s->max_rows), split further (fewer heads, then fewer queries) until there is an
      * item for every thread.  Each item writes only its rows of out; new representations are
@@ -1506,7 +1599,7 @@ static void flat_scores(const lh_lh *s, size_t layer, size_t head, const float *
     if (s->p.score == LH_LH_SCORE_BOUND) {
         rotate_scaled(s, qb, q_head, lh_lh_bound_pos(&s->p, t), 1.0f);
         for (size_t c = 0; c < n; c++) {
-            size_t o = tree_node(s, layer, g, 0, c);
+            size_t o = box_off(s, layer, g, c);
             score[c] = bound_dot(qb, s->bmin + o, s->bmax + o, d);
         }
         return;
@@ -1531,7 +1624,7 @@ static size_t select_any(const lh_lh *s, size_t layer, size_t head, const float 
         return 0;
     float *qb = score + cc + K;
     if (!flat && s->p.score == LH_LH_SCORE_BOUND) {
-        bb_ent *heap = malloc((s->n_node ? s->n_node : 1) * sizeof *heap);
+        bb_ent *heap = malloc(s->kd_cap * sizeof *heap);
         size_t stat[8] = {0};
         if (!heap) {
             free(score);
@@ -1812,34 +1905,13 @@ static size_t state_arrays(const lh_lh *s, state_array *a)
         a[n++] = (state_array){(char *)s->rep, s->p.n_layer * s->p.n_head,
                                rep_chunks(s) * d * e, REP_T * d * e, REP_T, 0};
     } else {
-        /* bound score: the chunks' key min / max (level 0 of each KV head's tree; the levels
-         * above are rebuilt from it on load, tree_rebuild) */
-        size_t rows = s->p.n_layer * s->p.n_head_kv, stride = s->n_node * d * sizeof(float);
+        /* bound score: the chunks' key min / max (the search trees are rebuilt from them after
+         * a load, kd_update) */
+        size_t rows = s->p.n_layer * s->p.n_head_kv, stride = s->n_chunk * d * sizeof(float);
         a[n++] = (state_array){(char *)s->bmin, rows, stride, d * sizeof(float), 1, 0};
         a[n++] = (state_array){(char *)s->bmax, rows, stride, d * sizeof(float), 1, 0};
     }
     return n;
-}
-
-/* Every node above level 0 of every tree, from the first n_complete chunks (after a load). */
-static void tree_rebuild(lh_lh *s, size_t n_complete)
-{
-    size_t d = s->p.head_dim;
-    for (size_t l = 0; l < s->p.n_layer; l++)
-        for (size_t g = 0; g < s->p.n_head_kv; g++)
-            for (size_t lvl = 1; lvl < s->n_level; lvl++) {
-                size_t below = (n_complete + ((size_t)1 << (lvl - 1)) - 1) >> (lvl - 1);
-                for (size_t idx = 0; 2 * idx < below; idx++) {
-                    size_t on = tree_node(s, l, g, lvl, idx);
-                    size_t oa = tree_node(s, l, g, lvl - 1, 2 * idx);
-                    memcpy(s->bmin + on, s->bmin + oa, d * sizeof(float));
-                    memcpy(s->bmax + on, s->bmax + oa, d * sizeof(float));
-                    if (2 * idx + 1 < below) {
-                        size_t ob = tree_node(s, l, g, lvl - 1, 2 * idx + 1);
-                        fold(s->bmin + on, s->bmax + on, s->bmin + ob, s->bmax + ob, d);
-                    }
-                }
-            }
 }
 
 static size_t ring_size(const lh_lh *s) { return s->p.n_layer * s->p.chunk * s->ld_q * sizeof(float); }
@@ -1887,7 +1959,9 @@ int lh_lh_state_load(lh_lh *s, size_t n, lh_lh_io_fn fn, void *ud)
     int rc = state_io(s, n, fn, ud);
     for (size_t l = 0; l < s->p.n_layer; l++)
         s->n_done[l] = rc ? 0 : n;
-    if (!rc && s->bmin)
-        tree_rebuild(s, n / s->p.chunk);
+    if (s->bmin)
+        for (size_t l = 0; l < s->p.n_layer; l++)
+            for (size_t g = 0; g < s->p.n_head_kv; g++)
+                s->n_kd[l * s->p.n_head_kv + g] = 0;   /* kd_update builds them again */
     return rc;
 }

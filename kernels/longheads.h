@@ -15,10 +15,10 @@
  * rounded to BF16; the reference rounds both the same way; head_dim must be even); and for every
  * layer the un-rotated queries of the tokens of the current partial chunk (needed to build its
  * representation once it completes).
- * Bound score: for every layer and KV head a binary tree over the chunks, level 0 the chunks
- * themselves, node i of level j covering chunks [i*2^j, (i+1)*2^j): the element-wise min and
- * max (head_dim floats each) of the locally rotated keys of the complete chunks under it.  It
- * depends on the cached keys only (rebuildable from them) and needs no queries, so truncation
+ * Bound score: for every layer, KV head and complete chunk the element-wise min and max
+ * (head_dim floats each) of its locally rotated keys; with branch_and_bound (or check mode) also
+ * a search tree over them per layer and KV head (chunks grouped by their min/max, longheads.c).
+ * Both depend on the cached keys only (rebuildable from them) and need no queries, so truncation
  * keeps any prefix.
  * Scratch for every thread is sized in lh_lh_new; lh_lh_layer never allocates.
  */
@@ -33,7 +33,8 @@
 typedef enum {
     LH_LH_SCORE_REP = 0,   /* the paper's: q · the chunk's representation */
     LH_LH_SCORE_BOUND = 1, /* an upper bound of q·k over the chunk's keys, from their element-wise
-                            * min and max (Quest); top-k found exactly by branch and bound */
+                            * min and max (Quest); top-k by scoring every chunk, or exactly by
+                            * branch and bound */
 } lh_lh_score;
 
 typedef struct {
@@ -45,9 +46,9 @@ typedef struct {
     size_t n_ctx;        /* cache capacity in tokens */
     lh_type kv_type;     /* LH_TYPE_F32 or LH_TYPE_F16 */
     lh_lh_score score;   /* default (0) LH_LH_SCORE_REP */
-    int branch_and_bound; /* bound: 1 = top-k by branch and bound over the tree, 0 (default) =
-                           * score every candidate; the same selections (longheads.c: which is
-                           * faster where) */
+    int branch_and_bound; /* bound: 1 = top-k by branch and bound over a search tree, 0
+                           * (default) = score every candidate; the same selections
+                           * (longheads.c: which is faster where) */
 } lh_lh_params;
 
 /* Work counters, summed over threads since lh_lh_new or the last lh_lh_stats_reset. */
@@ -55,7 +56,7 @@ typedef struct {
     size_t n_select;     /* selections made (query, head) past the window */
     size_t n_cand;       /* candidate chunks they had (what flat scoring scores) */
     size_t n_chunk;      /* chunks actually scored */
-    size_t n_node;       /* bound-tree nodes scored (groups of 2^k chunks; bound only) */
+    size_t n_node;       /* search-tree nodes scored (groups of chunks; bound only) */
     size_t n_mismatch;   /* with lh_lh_set_check: selections that differed from flat scoring
                             (bound), representation scores and rounded query values that
                             differed from the scalar reference in any bit (rep) */
@@ -124,8 +125,8 @@ void lh_lh_stats_get(const lh_lh *s, lh_lh_stats *st);
 void lh_lh_set_check(lh_lh *s, int on);
 void lh_lh_stats_reset(lh_lh *s);
 
-/* Bytes of state per token of context (chunk representations, or the bound tree), for
- * reporting. */
+/* Bytes of state per token of context (chunk representations, or the chunks' min/max and
+ * their search trees), for reporting. */
 double lh_lh_bytes_per_token(const lh_lh_params *p);
 
 /* ---- saving and restoring the state (the daemon's persistent prompt cache, engine/pcache) ---- */

@@ -801,6 +801,62 @@ static void test_rep_scores_exact(void)
     }
 }
 
+/* Branch and bound over the search tree where chunks repeat (a filler text: the passkey prompt's
+ * sentences repeat exactly, and so do their keys at the same place in a chunk): every chunk's keys
+ * a copy of one of four patterns, but three chunks in the middle their own (a pass key), so four
+ * groups of equal boxes spread over the text, and a few unique chunks.  The tree groups chunks by their boxes, and the
+ * tie rule (the earlier chunk first) prunes a group of copies behind its first, so a decode
+ * selection scores a few nodes per group whatever the context: at 40x the window (316 candidates) it must score under a quarter of the
+ * candidates, and under twice what it scores at 10x (76 candidates); a tree over neighbours in the
+ * text mixes the four patterns in every node and scores about all of them.  The selections still
+ * equal flat scoring (check mode). */
+static size_t tree_visits(size_t mult, lh_lh_stats *st)
+{
+    lh_lh_params p = params(8, 64, 2, 2, 16, 16, 0, LH_TYPE_F32);
+    p.score = LH_LH_SCORE_BOUND;
+    p.branch_and_bound = 1;
+    size_t n = mult * p.window, w = p.chunk;
+    fixture f;
+    p.n_ctx = n;
+    fixture_init(&f, &p, n, 9100 + mult);
+    for (size_t g = 0; g < p.n_head_kv; g++)
+        for (size_t t = w; t < n; t++) {
+            const float *src = f.kraw + (g * p.n_ctx + (1 + (t / w) % 4) * w + t % w) * p.head_dim;
+            float *dst = f.kraw + (g * p.n_ctx + t) * p.head_dim;
+            if (t >= 5 * w && (t / w < n / w / 2 || t / w >= n / w / 2 + 3)) /* 3 unique ones */
+                memcpy(dst, src, p.head_dim * sizeof(float));
+            fixture_set_key(&f, g, t);
+        }
+    float *out = malloc(p.n_layer * n * p.n_head * p.head_dim * sizeof(float));
+    CU_ASSERT_FATAL(out != NULL);
+    lh_lh *s = NULL;
+    CU_ASSERT_FATAL(lh_lh_new(&s, &p, 64) == 0);
+    CU_ASSERT_EQUAL(feed(s, &f, 0, n - 8, 64, out), 0);
+    lh_lh_stats_reset(s);
+    lh_lh_set_check(s, 1);
+    CU_ASSERT_EQUAL(feed(s, &f, n - 8, n, 1, out), 0);   /* decode steps */
+    lh_lh_stats_get(s, st);
+    CU_ASSERT_EQUAL(st->n_mismatch, 0);
+    CU_ASSERT(st->n_select == 8 * p.n_layer * p.n_head);
+    if (getenv("LH_TEST_VERBOSE"))
+        fprintf(stderr, "\n  repeated chunks, %zux: %.1f of %.1f candidates and %.1f nodes scored "
+                "per selection\n", mult, (double)st->n_chunk / st->n_select,
+                (double)st->n_cand / st->n_select, (double)st->n_node / st->n_select);
+    lh_lh_free(s);
+    free(out);
+    fixture_free(&f);
+    return (st->n_chunk + st->n_node) / st->n_select;
+}
+
+static void test_bb_sublinear(void)
+{
+    lh_lh_stats s10, s40;
+    size_t v10 = tree_visits(20, &s10), v40 = tree_visits(160, &s40);
+    CU_ASSERT(s40.n_cand > 3 * s10.n_cand);
+    CU_ASSERT(4 * v40 * s40.n_select < s40.n_cand);
+    CU_ASSERT(v40 < 2 * v10);
+}
+
 /* The real passkey model with the bound score: every branch-and-bound selection of a prefill and
  * of decode steps equals flat scoring (lh_lh_set_check), and it does prune. */
 static void test_bb_real_model(void)
@@ -899,4 +955,6 @@ void lh_test_longheads(void)
     CU_add_test(s, "rep scores == scalar reference, bit for bit", test_rep_scores_exact);
     CU_add_test(s, "bound: tree after truncate == fresh", test_bb_truncate);
     CU_add_test(s, "bound: branch and bound == flat, passkey model", test_bb_real_model);
+    CU_add_test(s, "bound: the search tree scores sub-linearly where chunks repeat",
+                test_bb_sublinear);
 }

@@ -29,6 +29,10 @@ static void test_defaults(void)
     CU_ASSERT_EQUAL(lh_params_set(&p, NULL, "ctx-size", "4096"), 0);
     CU_ASSERT_EQUAL(p.n_ctx, 4096);
     CU_ASSERT_EQUAL(lh_params_set(&p, NULL, "ctx_size", "0"), LH_E_FORMAT);
+    CU_ASSERT_EQUAL(p.select, LH_SELECT_FLAT);
+    CU_ASSERT_EQUAL(lh_params_set(&p, NULL, "select", "tree"), 0);
+    CU_ASSERT_EQUAL(p.select, LH_SELECT_TREE);
+    CU_ASSERT_EQUAL(lh_params_set(&p, NULL, "select", "heap"), LH_E_FORMAT);
 }
 
 static void test_fit(void)
@@ -53,6 +57,14 @@ static void test_fit(void)
     p.n_ctx = 500;
     CU_ASSERT_EQUAL(lh_params_fit_ctx(g_model, &p, 1, 1u << 20, NULL, 0), 0);
     CU_ASSERT_EQUAL(p.n_ctx, 500);
+    /* the bound score: a min and max per chunk, layer and KV head (5 x 4 x 2 x 8 floats / 64),
+     * three times that with the search trees */
+    p.score = LH_SCORE_BOUND;
+    CU_ASSERT_EQUAL(lh_params_bytes_per_token(g_model, &p), 640 + 20 + 4);
+    p.select = LH_SELECT_TREE;
+    CU_ASSERT_EQUAL(lh_params_bytes_per_token(g_model, &p), 640 + 60 + 4);
+    p.score = LH_SCORE_REP;
+    p.select = LH_SELECT_FLAT;
     /* full attention has no chunk representations */
     p.attn = LH_ATTN_FULL;
     CU_ASSERT_EQUAL(lh_params_bytes_per_token(g_model, &p), 644);

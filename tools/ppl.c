@@ -36,7 +36,7 @@
 static void usage(FILE *f)
 {
     fprintf(f, "usage: longheads-ppl -m MODEL -f FILE [--attn full|longheads] [--chunk W] [--window L]\n"
-               "         [--score rep|bound]\n"
+               "         [--score rep|bound] [--select flat|tree]\n"
                "         [--bucket B] [--max-tokens N] [--ctx N] [--kv f32|f16] [--batch B] [--threads T]\n"
                "       longheads-ppl -m MODEL -f FILE --mode llama -c N [--chunks K] [--kv f32|f16]\n"
                "         (scores what llama-perplexity -c N --chunks K scores)\n");

@@ -40,6 +40,7 @@ static void usage(FILE *f)
             "usage: longheads-run -m MODEL [-p PROMPT | -f FILE] [-n N|-1] [--temp T] [--seed S]\n"
             "         [--top-k K] [--top-p P] [--min-p P] [--repeat-penalty R] [--repeat-last-n N]\n"
             "         [--attn full|longheads] [--chunk W] [--window L] [--score rep|bound]\n"
+            "         [--select flat|tree]\n"
             "         [-c|--ctx N] [--kv f32|f16] [--batch B] [--threads T] [--version]\n"
             "         [--weights auto|load|map]  (the model read into memory or mapped; auto: read\n"
             "         when at most half the available memory)\n"
