@@ -242,6 +242,18 @@ static int parse_float(const char *s, double lo, double hi, int lo_open, float *
     return 0;
 }
 
+/* value is a (*out = 0) or b (*out = 1): 0, else LH_E_FORMAT. */
+static int pick2(const char *value, const char *a, const char *b, int *out)
+{
+    if (strcmp(value, a) == 0)
+        *out = 0;
+    else if (strcmp(value, b) == 0)
+        *out = 1;
+    else
+        return LH_E_FORMAT;
+    return 0;
+}
+
 static int key_is(const char *key, const char *name)
 {
     for (; *key && *name; key++, name++) {
@@ -255,6 +267,7 @@ static int key_is(const char *key, const char *name)
 int lh_params_set(lh_ctx_params *cp, lh_sampler_params *sp, const char *key, const char *value)
 {
     size_t z;
+    int i;
     int rc = LH_E_NOTFOUND;
     const char *range = "";
     if (cp) {
@@ -275,25 +288,16 @@ int lh_params_set(lh_ctx_params *cp, lh_sampler_params *sp, const char *key, con
                 cp->kv_type = LH_TYPE_F16, rc = 0;
         } else if (key_is(key, "attn")) {
             range = "full or longheads";
-            rc = LH_E_FORMAT;
-            if (strcmp(value, "full") == 0)
-                cp->attn = LH_ATTN_FULL, rc = 0;
-            else if (strcmp(value, "longheads") == 0)
-                cp->attn = LH_ATTN_LONGHEADS, rc = 0;
+            if (!(rc = pick2(value, "full", "longheads", &i)))
+                cp->attn = i ? LH_ATTN_LONGHEADS : LH_ATTN_FULL;
         } else if (key_is(key, "score")) {
             range = "rep or bound";
-            rc = LH_E_FORMAT;
-            if (strcmp(value, "rep") == 0)
-                cp->score = LH_SCORE_REP, rc = 0;
-            else if (strcmp(value, "bound") == 0)
-                cp->score = LH_SCORE_BOUND, rc = 0;
+            if (!(rc = pick2(value, "rep", "bound", &i)))
+                cp->score = i ? LH_SCORE_BOUND : LH_SCORE_REP;
         } else if (key_is(key, "select")) {
             range = "flat or tree";
-            rc = LH_E_FORMAT;
-            if (strcmp(value, "flat") == 0)
-                cp->select = LH_SELECT_FLAT, rc = 0;
-            else if (strcmp(value, "tree") == 0)
-                cp->select = LH_SELECT_TREE, rc = 0;
+            if (!(rc = pick2(value, "flat", "tree", &i)))
+                cp->select = i ? LH_SELECT_TREE : LH_SELECT_FLAT;
         } else if (key_is(key, "chunk")) {
             range = "an integer in 1..65536";
             if (!(rc = lh_params_parse_size(value, 1, 65536, &z)))
