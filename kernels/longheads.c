@@ -325,19 +325,21 @@ int lh_lh_new(lh_lh **sp, const lh_lh_params *p, size_t max_q)
     if (p->score == LH_LH_SCORE_BOUND) {
         size_t n_t = p->n_layer * p->n_head_kv, nc = s->n_chunk ? s->n_chunk : 1;
         s->kd_cap = 2 * nc;
-        /* calloc: the pages are committed only as chunks complete (the trees' only where branch
-         * and bound runs) */
+        /* calloc: the pages are committed only as chunks complete */
         s->bmin = calloc(n_t * nc * d, sizeof(float));
         s->bmax = calloc(n_t * nc * d, sizeof(float));
-        s->kmin = calloc(n_t * s->kd_cap * d, sizeof(float));
-        s->kmax = calloc(n_t * s->kd_cap * d, sizeof(float));
-        s->kinfo = calloc(n_t * s->kd_cap * 3, sizeof(uint32_t));
         s->n_kd = calloc(n_t, sizeof(size_t));
-        s->kd_scr = calloc(nc, sizeof(kd_key));
         s->heap = calloc(s->n_thread * s->kd_cap, sizeof(bb_ent));
-        if (!s->bmin || !s->bmax || !s->kmin || !s->kmax || !s->kinfo || !s->n_kd || !s->kd_scr ||
-            !s->heap)
+        if (!s->bmin || !s->bmax || !s->n_kd || !s->heap)
             goto fail;
+        if (p->branch_and_bound) {   /* the search trees: without them select_bound is flat */
+            s->kmin = calloc(n_t * s->kd_cap * d, sizeof(float));
+            s->kmax = calloc(n_t * s->kd_cap * d, sizeof(float));
+            s->kinfo = calloc(n_t * s->kd_cap * 3, sizeof(uint32_t));
+            s->kd_scr = calloc(nc, sizeof(kd_key));
+            if (!s->kmin || !s->kmax || !s->kinfo || !s->kd_scr)
+                goto fail;
+        }
         s->rep = calloc(1, sizeof(float));
     } else {
         s->rep = calloc(n_rep * rep_chunks(s) * d + 1, sizeof(uint16_t));
@@ -1526,7 +1528,7 @@ int lh_lh_layer(lh_lh *s, size_t layer, const float *q, size_t n_q, size_t pos0,
         for (size_t c = pos0 / s->p.chunk; c < (pos0 + n_q) / s->p.chunk; c++)
             for (size_t g = 0; g < s->p.n_head_kv; g++)
                 box_add(s, layer, g, c, k, s->scr);
-        if (s->p.branch_and_bound || s->check)
+        if (s->kmin)
             kd_update(s, layer, (pos0 + n_q) / s->p.chunk);
     }
     /* Work items: a KV head with all query heads of its group and as many queries as the scratch

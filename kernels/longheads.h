@@ -117,11 +117,12 @@ size_t lh_lh_scores(const lh_lh *s, size_t layer, size_t head, const float *q_he
 size_t lh_lh_bound_pos(const lh_lh_params *p, size_t t);
 
 void lh_lh_stats_get(const lh_lh *s, lh_lh_stats *st);
-/* on != 0, bound score: lh_lh_layer selects by branch and bound, whatever branch_and_bound says,
- * and also by flat scoring, and counts the selections that differ (n_mismatch), to check branch
- * and bound on real data.  Rep score: every representation score is recomputed by the scalar
- * reference, every query value rounded for scoring by the scalar rounding, and those that differ
- * are counted (n_mismatch).  For tests: slow. */
+/* on != 0, bound score: lh_lh_layer selects through the branch-and-bound search (over the search
+ * trees with branch_and_bound; without them it scores every candidate) and also by flat scoring,
+ * and counts the selections that differ (n_mismatch), to check branch and bound on real data.
+ * Rep score: every representation score is recomputed by the scalar reference, every query value
+ * rounded for scoring by the scalar rounding, and those that differ are counted (n_mismatch).
+ * For tests: slow. */
 void lh_lh_set_check(lh_lh *s, int on);
 void lh_lh_stats_reset(lh_lh *s);
 

@@ -519,13 +519,13 @@ static char *story(size_t n_words)
 
 /* The bound score's per-chunk key bounds travel too: a context restored from a save selects
  * exactly as the one that computed the prefix, by flat scoring and by branch and bound over the
- * rebuilt tree (the check mode runs both and counts every selection where they differ); a rep
+ * rebuilt search trees (the check mode runs both and counts every selection where they differ); a rep
  * save is not loaded into a bound context. */
 static void test_pcache_bound(void)
 {
     char dir[128];
     mkdir_in(dir, sizeof dir, "pcb");
-    const size_t N = 1500;
+    const size_t N = 2200;   /* 34 chunks of 64: a search tree over 32 (one every 32 chunks) */
     lh_pcache *pc = NULL;
     CU_ASSERT_EQUAL_FATAL(lh_pcache_open(&pc, dir, g_model, (size_t)1 << 30), 0);
     lh_ctx_params p;
@@ -534,6 +534,7 @@ static void test_pcache_bound(void)
     p.kv_type = LH_TYPE_F32;
     p.n_ctx = 4096;
     p.score = LH_SCORE_BOUND;
+    p.select = LH_SELECT_TREE;   /* so that the check mode searches the rebuilt trees */
     lh_ctx *a = NULL, *b = NULL;
     CU_ASSERT_EQUAL_FATAL(lh_ctx_new(&a, g_model, &p), 0);
     CU_ASSERT_EQUAL_FATAL(lh_ctx_new(&b, g_model, &p), 0);
@@ -553,6 +554,7 @@ static void test_pcache_bound(void)
     lh_lh_stats st;
     lh_lh_stats_get(lb, &st);
     CU_ASSERT(st.n_select > 0);
+    CU_ASSERT(st.n_node > 0);   /* the rebuilt trees were searched */
     CU_ASSERT_EQUAL(st.n_mismatch, 0);
     printf("\n    restored bound state: %zu selections, %zu differ from flat scoring ", st.n_select,
            st.n_mismatch);

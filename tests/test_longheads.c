@@ -867,6 +867,7 @@ static void test_bb_real_model(void)
     lh_ctx_params_default(&cp);
     cp.attn = LH_ATTN_LONGHEADS;
     cp.score = LH_SCORE_BOUND;
+    cp.select = LH_SELECT_TREE;
     cp.n_ctx = 4096;
     cp.n_batch = 128;
     lh_ctx *c = NULL;
