@@ -1549,6 +1549,38 @@ static float vdot_q8_0(const lh_block_q8_0 *w, const lh_block_q8a *a, size_t nb)
     return lh_hsum256(acc);
 }
 
+/* vdot_q8_0 of four rows (w0 + j*st bytes) against one activation row: each row's arithmetic is
+ * vdot_q8_0's, so its result is the same bits; the activation loads serve all four. */
+static void vdot_q8_0_r4(const char *w0, size_t st, const lh_block_q8a *a, size_t nb, float *y,
+                         size_t ys)
+{
+    const lh_block_q8_0 *w[4];
+    for (int j = 0; j < 4; j++)
+        w[j] = (const lh_block_q8_0 *)(w0 + j * st);
+    __m256 acc0 = _mm256_setzero_ps(), acc1 = acc0, acc2 = acc0, acc3 = acc0;
+#define Q8R(j, acc)                                                                               \
+    do {                                                                                      \
+        __m256i q = _mm256_loadu_si256((const __m256i *)w[j][i].qs);                          \
+        __m256i p = dot_us(_mm256_setzero_si256(), _mm256_sign_epi8(q, q),                    \
+                           _mm256_sign_epi8(x, q));                                           \
+        acc = _mm256_fmadd_ps(_mm256_set1_ps(f16_fast(w[j][i].d) * ad), _mm256_cvtepi32_ps(p),  \
+                              acc);                                                           \
+    } while (0)
+    for (size_t i = 0; i < nb; i++) {
+        __m256i x = _mm256_loadu_si256((const __m256i *)a[i].qs);
+        float ad = a[i].d;
+        Q8R(0, acc0);
+        Q8R(1, acc1);
+        Q8R(2, acc2);
+        Q8R(3, acc3);
+    }
+#undef Q8R
+    y[0] = lh_hsum256(acc0);
+    y[ys] = lh_hsum256(acc1);
+    y[2 * ys] = lh_hsum256(acc2);
+    y[3 * ys] = lh_hsum256(acc3);
+}
+
 static float vdot_iq4_nl(const lh_block_iq4_nl *w, const lh_block_q8a *a, size_t nb)
 {
     const __m256i table = _mm256_broadcastsi128_si256(_mm_loadu_si128((const __m128i *)lh_iq4nl_values));
@@ -2295,6 +2327,20 @@ static float sdot_q8(lh_type t, const void *row, const void *xq, size_t n)
     return s;
 }
 #endif
+
+int lh_dot_rows4_q8(lh_type t, const void *rows, size_t st, const void *xq, size_t n, float *y,
+                    size_t ys)
+{
+#ifdef LH_HAVE_AVX2
+    if (t == LH_TYPE_Q8_0) {
+        vdot_q8_0_r4(rows, st, xq, n / lh_type_block(t), y, ys);
+        return 1;
+    }
+#else
+    (void)t, (void)rows, (void)st, (void)xq, (void)n, (void)y, (void)ys;
+#endif
+    return 0;
+}
 
 void lh_dot_rows_q8(lh_type t, const void *rows, size_t row_size, const void *xq, size_t n,
                     float *y, size_t n_rows)

@@ -165,6 +165,10 @@ void lh_q8_quant(lh_type t, const float *x, void *xq, size_t n);
  * integer sums inside each (sub-)block and float scaling (AVX-512 VNNI / AVX2 / scalar). */
 void lh_dot_rows_q8(lh_type t, const void *rows, size_t row_size, const void *xq, size_t n,
                     float *y, size_t n_rows);
+/* Four rows at rows + j*st (j < 4) into y[j*ys], each equal to lh_dot_rows_q8's for it bit for
+ * bit; 1, or 0 (nothing done) for a type without a four-row kernel (so far: all but Q8_0). */
+int lh_dot_rows4_q8(lh_type t, const void *rows, size_t st, const void *xq, size_t n, float *y,
+                    size_t ys);
 /* The same for n_act quantised activation rows (xq_stride bytes apart): y[a * ldy + r] =
  * lh_dot_rows_q8's y[r] for activation a, bit for bit; several activation rows share each
  * unpacked weight block where a kernel for that exists (prefill). */

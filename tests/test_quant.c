@@ -606,6 +606,39 @@ static void test_q8_act(void)
     CU_ASSERT(k[0].d == 0 && k[0].qs[5] == 0 && k[0].bsums[3] == 0 && a[0].d == 0 && a[0].ds == 0);
 }
 
+/* lh_dot_rows4_q8: four rows st bytes apart (here 5 rows apart, so interleaved with others)
+ * give lh_dot_rows_q8's result for each, bit for bit (the decode GEMV mixes the two forms
+ * depending on how the rows were split between threads); types without a four-row kernel say
+ * so and write nothing. */
+static void test_rows4(void)
+{
+    const size_t n = 32 * 37, nr = 20;
+    lh_type t = LH_TYPE_Q8_0;
+    size_t rs = lh_type_row_size(t, n);
+    float *w = malloc(n * sizeof *w), *x = malloc(n * sizeof *x), y1[20], y4[20];
+    char *rows = malloc(rs * nr);
+    void *xq = malloc(lh_q8_size(t, n));
+    CU_ASSERT_FATAL(w && x && rows && xq);
+    for (size_t r = 0; r < nr; r++) {
+        for (size_t i = 0; i < n; i++)
+            w[i] = frand(-1, 1) * (1 + (float)((i + r) % 13) / 4);
+        lh_quant_row(t, w, rows + r * rs, n);
+    }
+    for (size_t i = 0; i < n; i++)
+        x[i] = frand(-2, 2);
+    lh_q8_quant(t, x, xq, n);
+    lh_dot_rows_q8(t, rows, rs, xq, n, y1, nr);
+    for (size_t r = 0; r < nr; r++)
+        y4[r] = NAN;
+    for (size_t r = 0; r < 5; r++)
+        CU_ASSERT_EQUAL(lh_dot_rows4_q8(t, rows + r * rs, 5 * rs, xq, n, y4 + r, 5), 1);
+    CU_ASSERT_EQUAL(memcmp(y1, y4, sizeof y1), 0);
+    float z = NAN;
+    CU_ASSERT_EQUAL(lh_dot_rows4_q8(LH_TYPE_Q4_0, rows, rs, xq, 32, &z, 1), 0);
+    CU_ASSERT(isnan(z));
+    free(w), free(x), free(rows), free(xq);
+}
+
 /* lh_dot_rows_q8 against the plain reference of the same math: the exact dequantised weights
  * times the dequantised 8-bit activations, summed in double.  Bound: 1e-5 of
  * Σ_i (|w_i| + max|w|) |a_i| — the kernels sum exact integers per block and then take a few
@@ -898,6 +931,7 @@ void lh_test_quant(void)
     CU_add_test(s, "8-bit activations", test_q8_act);
     CU_add_test(s, "8-bit K activations as ggml, byte for byte", test_q8K_exact);
     CU_add_test(s, "fused 8-bit dot products", test_fused);
+    CU_add_test(s, "four rows at a time == one at a time, bit for bit (Q8_0)", test_rows4);
     CU_add_test(s, "several activation rows at once, bit for bit", test_gemm_q8);
     CU_add_test(s, "32-row interleaved panels (prefill)", test_panels);
 }
