@@ -70,8 +70,8 @@
  * text): it scored more nodes than flat scoring scores chunks on every data tried (stories260K,
  * 17697 tokens: 30 of 140 candidate chunks plus 117 nodes per selection; passkey-plain, 3000
  * tokens: 30 of 48 plus 52; its filler prompt at 303 and 1203 candidates: 548 and 2154 chunks
- * and nodes).  Neighbours in a text
- * differ; what repeats is far apart (a filler sentence, a recurring form).  So the tree now groups
+ * and nodes).  Neighbours in a text differ; what repeats is far apart (a filler sentence, a
+ * recurring form).  So the tree now groups
  * chunks by their boxes (kd_build: median splits of the boxes' centres, rebuilt every KD_STEP
  * chunks, the newer ones scored flat), and the tie rule prunes a group of equal copies behind its
  * first.  Per selection on the passkey prompt (passkey-plain, w = 32, L = 256, longheads-ppl
@@ -167,9 +167,9 @@ struct lh_lh {
     /* the search tree of each layer and KV head (kd_build; branch and bound only) */
     size_t kd_cap;          /* nodes per tree: 2 n_chunk */
     float *kmin, *kmax;     /* (n_layer, n_head_kv, kd_cap, head_dim) each node's min / max */
-    uint32_t *kinfo;        /* (n_layer, n_head_kv, kd_cap, 3) each node's right child (its left
-                               is the next node; 0: a leaf), first chunk under it, and a leaf's
-                               chunk */
+    uint32_t *kinfo;        /* (n_layer, n_head_kv, kd_cap, 2) each node's right child (its left
+                               is the next node; 0: a leaf) and the first chunk under it (a
+                               leaf's chunk) */
     size_t *n_kd;           /* (n_layer, n_head_kv) the tree holds chunks 1 .. n_kd-1 (0: none) */
     kd_key *kd_scr;         /* (n_chunk) build scratch */
     bb_ent *heap;           /* (n_thread, kd_cap) branch-and-bound frontier */
@@ -335,7 +335,7 @@ int lh_lh_new(lh_lh **sp, const lh_lh_params *p, size_t max_q)
         if (p->branch_and_bound) {   /* the search trees: without them select_bound is flat */
             s->kmin = calloc(n_t * s->kd_cap * d, sizeof(float));
             s->kmax = calloc(n_t * s->kd_cap * d, sizeof(float));
-            s->kinfo = calloc(n_t * s->kd_cap * 3, sizeof(uint32_t));
+            s->kinfo = calloc(n_t * s->kd_cap * 2, sizeof(uint32_t));
             s->kd_scr = calloc(nc, sizeof(kd_key));
             if (!s->kmin || !s->kmax || !s->kinfo || !s->kd_scr)
                 goto fail;
@@ -551,13 +551,13 @@ static uint32_t kd_node(lh_lh *s, size_t layer, size_t g, kd_key *e, size_t n, u
     size_t d = s->p.head_dim, t0 = (layer * s->p.n_head_kv + g) * s->kd_cap;
     uint32_t me = (*next)++;
     float *mn = s->kmin + (t0 + me) * d, *mx = s->kmax + (t0 + me) * d;
-    uint32_t *inf = s->kinfo + (t0 + me) * 3;
+    uint32_t *inf = s->kinfo + (t0 + me) * 2;
     if (n == 1) {
         size_t o = box_off(s, layer, g, e[0].c);
         memcpy(mn, s->bmin + o, d * sizeof(float));
         memcpy(mx, s->bmax + o, d * sizeof(float));
         inf[0] = 0;
-        inf[1] = inf[2] = e[0].c;
+        inf[1] = e[0].c;
         return me;
     }
     /* the dimension where the centres spread most (min + max: twice the centre, same order) */
@@ -584,13 +584,12 @@ static uint32_t kd_node(lh_lh *s, size_t layer, size_t g, kd_key *e, size_t n, u
     size_t h = n / 2;
     uint32_t l = kd_node(s, layer, g, e, h, next);
     uint32_t r = kd_node(s, layer, g, e + h, n - h, next);
-    const uint32_t *il = s->kinfo + (t0 + l) * 3, *ir = s->kinfo + (t0 + r) * 3;
+    const uint32_t *il = s->kinfo + (t0 + l) * 2, *ir = s->kinfo + (t0 + r) * 2;
     memcpy(mn, s->kmin + (t0 + l) * d, d * sizeof(float));
     memcpy(mx, s->kmax + (t0 + l) * d, d * sizeof(float));
     fold(mn, mx, s->kmin + (t0 + r) * d, s->kmax + (t0 + r) * d, d);
     inf[0] = r;
     inf[1] = il[1] < ir[1] ? il[1] : ir[1];
-    inf[2] = UINT32_MAX;
     return me;
 }
 
@@ -729,14 +728,14 @@ static void select_bound(const lh_lh *s, size_t layer, size_t g, const float *qb
         size_t n_todo = nk > 1 ? 1 : 0;
         for (;;) {
             for (size_t u = 0; u < n_todo; u++) {
-                const uint32_t *inf = s->kinfo + (t0 + todo[u]) * 3;
+                const uint32_t *inf = s->kinfo + (t0 + todo[u]) * 2;
                 if (inf[1] > last)
                     continue;
                 const float *mn = s->kmin + (t0 + todo[u]) * d, *mx = s->kmax + (t0 + todo[u]) * d;
                 float b = bound_dot(qb, mn, mx, d);
                 if (!inf[0]) {
                     stat[2]++;
-                    top_insert(ts, top, &n, m, b, inf[2]);
+                    top_insert(ts, top, &n, m, b, inf[1]);   /* a leaf: its chunk */
                     continue;
                 }
                 stat[3]++;
@@ -754,7 +753,7 @@ static void select_bound(const lh_lh *s, size_t layer, size_t g, const float *qb
             } while (n == m && !beats(e.b, e.first, ts[m - 1], top[m - 1]));
             n_todo = 2;
             todo[0] = e.node + 1;
-            todo[1] = s->kinfo[(t0 + e.node) * 3];
+            todo[1] = s->kinfo[(t0 + e.node) * 2];
         }
     }
 done:

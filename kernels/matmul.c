@@ -53,6 +53,15 @@
  * float kernels' comment) */
 #define GEMV_GAP 65536
 
+/* Rows [o0, o1) of size rs go as four quarters side by side, rows o, o + q, o + 2q, o + 3q for
+ * o in [o0, o0 + q), then the 4q .. rest one at a time: q, or 0 where the quarters would lie
+ * closer than GEMV_GAP (all one at a time). */
+static size_t gemv_quarter(size_t o0, size_t o1, size_t rs)
+{
+    size_t q = (o1 - o0) / 4;
+    return q * rs >= GEMV_GAP ? q : 0;
+}
+
 /* F16 GEMM: k chunk and W rows per register tile (see gemm_f16) */
 #define GF_KC 256
 #define GF_MR 12
@@ -857,8 +866,8 @@ fail:
  * sequential streams at least GEMV_GAP bytes apart, sharing each load of x.  Which streams, and
  * how far apart, decided the speed (1b F16 decode, AMD EPYC with AVX512_VP2INTERSECT, 2 threads;
  * the bench's --roofline pass: one decode step, then one read pass over the same weights,
- * alternating, so both see the same bandwidth; six rounds each, variants alternating step by
- * step inside one process, 4 rounds of 96-128 steps per comparison):
+ * alternating, so both see the same bandwidth; variants alternating step by step inside one
+ * process, six rounds of 96-128 steps per comparison):
  * - four rows a quarter of the piece apart (this one) against one row at a time (the kernel
  *   before): 1-23% more tokens per second in each of 24 rounds, 0.89-1.08 of the read pass
  *   against 0.78-1.05 (both the higher where the bandwidth was low; in other rounds, with the
@@ -976,8 +985,8 @@ static inline __attribute__((always_inline)) void rows_float(lh_type t, const ch
                                                               size_t o0, size_t o1,
                                                               const float *x, size_t n, float *y)
 {
-    size_t q = (o1 - o0) / 4, o = o0;
-    if (q * rs >= GEMV_GAP) {
+    size_t q = gemv_quarter(o0, o1, rs), o = o0;
+    if (q) {
         for (; o < o0 + q; o++)
             rows_dot(t, 4, w + o * rs, q * rs, x, n, y + o, q);
         o = o0 + 4 * q;
@@ -1038,8 +1047,8 @@ static void gemv_rows(lh_type t, size_t rs, const void *w, const float *x, const
      * float kernels above say why), the same bits per row.  Q8_0 decode, alternating
      * processes: 1b 38.4-40.1 -> 49.5-50.7 tok/s (0.64-0.68 -> 0.83-0.88 of the read pass),
      * and at a lower bandwidth 33.2-33.9 -> 37.1-38.6; small 293-296 -> 336-340. */
-    size_t q = (o1 - o0) / 4;
-    if (xq && q * rs >= GEMV_GAP &&
+    size_t q = gemv_quarter(o0, o1, rs);
+    if (xq && q &&
         lh_dot_rows4_q8(t, (const char *)w + o0 * rs, q * rs, xq, n_in, y + o0, q)) {
         for (size_t o = o0 + 1; o < o0 + q; o++)
             lh_dot_rows4_q8(t, (const char *)w + o * rs, q * rs, xq, n_in, y + o, q);

@@ -1536,16 +1536,21 @@ static float vdot_q5_1(const lh_block_q5_1 *w, const lh_block_q8a *a, size_t nb)
     return lh_hsum256(acc) + off;
 }
 
+/* One Q8_0 block of a row against its activation block (levels x, scale ad), into acc. */
+static inline __attribute__((always_inline)) void q8_0_step(const lh_block_q8_0 *w, __m256i x,
+                                                             float ad, __m256 *acc)
+{
+    __m256i q = _mm256_loadu_si256((const __m256i *)w->qs);
+    /* |w| × (x with w's sign): u8 × s8 with the same products */
+    __m256i p = dot_us(_mm256_setzero_si256(), _mm256_sign_epi8(q, q), _mm256_sign_epi8(x, q));
+    *acc = _mm256_fmadd_ps(_mm256_set1_ps(f16_fast(w->d) * ad), _mm256_cvtepi32_ps(p), *acc);
+}
+
 static float vdot_q8_0(const lh_block_q8_0 *w, const lh_block_q8a *a, size_t nb)
 {
     __m256 acc = _mm256_setzero_ps();
-    for (size_t i = 0; i < nb; i++) {
-        __m256i q = _mm256_loadu_si256((const __m256i *)w[i].qs);
-        __m256i x = _mm256_loadu_si256((const __m256i *)a[i].qs);
-        /* |w| × (x with w's sign): u8 × s8 with the same products */
-        __m256i p = dot_us(_mm256_setzero_si256(), _mm256_sign_epi8(q, q), _mm256_sign_epi8(x, q));
-        acc = _mm256_fmadd_ps(_mm256_set1_ps(f16_fast(w[i].d) * a[i].d), _mm256_cvtepi32_ps(p), acc);
-    }
+    for (size_t i = 0; i < nb; i++)
+        q8_0_step(w + i, _mm256_loadu_si256((const __m256i *)a[i].qs), a[i].d, &acc);
     return lh_hsum256(acc);
 }
 
@@ -1558,23 +1563,13 @@ static void vdot_q8_0_r4(const char *w0, size_t st, const lh_block_q8a *a, size_
     for (int j = 0; j < 4; j++)
         w[j] = (const lh_block_q8_0 *)(w0 + j * st);
     __m256 acc0 = _mm256_setzero_ps(), acc1 = acc0, acc2 = acc0, acc3 = acc0;
-#define Q8R(j, acc)                                                                               \
-    do {                                                                                      \
-        __m256i q = _mm256_loadu_si256((const __m256i *)w[j][i].qs);                          \
-        __m256i p = dot_us(_mm256_setzero_si256(), _mm256_sign_epi8(q, q),                    \
-                           _mm256_sign_epi8(x, q));                                           \
-        acc = _mm256_fmadd_ps(_mm256_set1_ps(f16_fast(w[j][i].d) * ad), _mm256_cvtepi32_ps(p),  \
-                              acc);                                                           \
-    } while (0)
     for (size_t i = 0; i < nb; i++) {
         __m256i x = _mm256_loadu_si256((const __m256i *)a[i].qs);
-        float ad = a[i].d;
-        Q8R(0, acc0);
-        Q8R(1, acc1);
-        Q8R(2, acc2);
-        Q8R(3, acc3);
+        q8_0_step(w[0] + i, x, a[i].d, &acc0);
+        q8_0_step(w[1] + i, x, a[i].d, &acc1);
+        q8_0_step(w[2] + i, x, a[i].d, &acc2);
+        q8_0_step(w[3] + i, x, a[i].d, &acc3);
     }
-#undef Q8R
     y[0] = lh_hsum256(acc0);
     y[ys] = lh_hsum256(acc1);
     y[2 * ys] = lh_hsum256(acc2);
@@ -1791,7 +1786,6 @@ static __attribute__((unused)) float vdot_q5_K(const lh_block_q5_K *w, const lh_
     }
     return lh_hsum256(acc) - hsum128(accm);
 }
-
 
 /* Q2_K, Q3_K, Q6_K: 16 scales of 16 elements; sc16[h] holds scales 8h .. 8h+7 as int16 in both
  * 128-bit lanes, and the 32 elements 128h + 32j .. +31 take scales 8h + 2j (lane 0) and
