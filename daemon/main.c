@@ -85,6 +85,8 @@ static const char usage_text[] =
     "  --select flat|tree       how the bound score finds its top chunks: scoring every one\n"
     "                           (default) or branch and bound over a search tree (the same\n"
     "                           chunks; fewer scored where chunks repeat, as filler does)\n"
+    "  --recent N               the last chunks every LongHeads head keeps, the current one\n"
+    "                           included (default 2, the paper's; the others by score)\n"
     "  --allow-attn LIST        modes requests may ask for: full,longheads (default both)\n"
     "  --slice-ms MS            target duration of one prefill slice (default 20)\n"
     "  --max-tokens N           default tokens per generation (default 256)\n"
@@ -302,7 +304,7 @@ static int set_option(options *o, const char *key, const char *v)
         return parse_seconds(key, v, &o->srv.frame_s);
     if (strcmp(key, "slot-idle") == 0)
         return parse_seconds(key, v, &o->sc.slot_idle_s);
-    /* ctx, batch, kv, attn, chunk, window, score, select: the engine's shared parser */
+    /* ctx, batch, kv, attn, chunk, window, score, select, recent: the engine's shared parser */
     rc = lh_params_set(&o->sc.ctx, NULL, key, v);
     return rc;
 }

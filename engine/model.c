@@ -726,6 +726,14 @@ static int resolve_params(const lh_model *m, lh_ctx_params *p)
                          "chunks (chunk %zu, window %zu)", p->chunk, p->window);
             return -EINVAL;
         }
+        if (p->recent >= p->window / p->chunk) {
+            lh_log_error("LongHeads keeps at most window/chunk - 1 = %zu recent chunks besides the "
+                         "first (chunk %zu, window %zu, recent %zu)", p->window / p->chunk - 1,
+                         p->chunk, p->window, p->recent);
+            return -EINVAL;
+        }
+        p->recent = lh_lh_recent(&(lh_lh_params){.chunk = p->chunk, .window = p->window,
+                                                 .recent = p->recent});
     } else if (p->attn != LH_ATTN_FULL) {
         lh_log_error("unknown attention mode %d", (int)p->attn);
         return -EINVAL;
@@ -742,7 +750,7 @@ static lh_lh_params lh_params_of(const lh_ctx *c)
         .head_dim = hp->head_dim, .n_rot = hp->n_rot, .rope = hp->rope, .chunk = c->p.chunk, .window = c->p.window,
         .n_ctx = c->p.n_ctx, .kv_type = c->p.kv_type,
         .score = c->p.score == LH_SCORE_BOUND ? LH_LH_SCORE_BOUND : LH_LH_SCORE_REP,
-        .branch_and_bound = c->p.select == LH_SELECT_TREE,
+        .branch_and_bound = c->p.select == LH_SELECT_TREE, .recent = c->p.recent,
     };
 }
 

@@ -69,6 +69,8 @@ typedef struct {
                             * to others (the daemon's prompt cache when it shares it) */
     lh_score_mode score;   /* LongHeads chunk score, default LH_SCORE_REP */
     lh_select_mode select; /* with LH_SCORE_BOUND, default LH_SELECT_FLAT */
+    size_t recent;         /* LongHeads: the last chunks every head keeps, the current one
+                            * included, 1 .. window/chunk - 1 (0: the paper's 2; resolved) */
 } lh_ctx_params;
 
 typedef struct lh_model lh_model;

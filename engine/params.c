@@ -302,6 +302,10 @@ int lh_params_set(lh_ctx_params *cp, lh_sampler_params *sp, const char *key, con
             range = "an integer in 1..65536";
             if (!(rc = lh_params_parse_size(value, 1, 65536, &z)))
                 cp->chunk = z;
+        } else if (key_is(key, "recent")) {
+            range = "an integer in 1..65536";
+            if (!(rc = lh_params_parse_size(value, 1, 65536, &z)))
+                cp->recent = z;
         } else if (key_is(key, "window")) {
             range = "an integer in 2..1048576";
             if (!(rc = lh_params_parse_size(value, 2, 1u << 20, &z)))

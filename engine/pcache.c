@@ -104,10 +104,11 @@ out:
 static uint64_t params_hash(const lh_ctx *c)
 {
     const lh_ctx_params *p = lh_ctx_params_get(c);
-    uint64_t v[5] = {(uint64_t)p->attn, (uint64_t)p->kv_type,
+    uint64_t v[6] = {(uint64_t)p->attn, (uint64_t)p->kv_type,
                      p->attn == LH_ATTN_LONGHEADS ? p->chunk : 0,
                      p->attn == LH_ATTN_LONGHEADS ? p->window : 0,
-                     p->attn == LH_ATTN_LONGHEADS ? (uint64_t)p->score : 0};
+                     p->attn == LH_ATTN_LONGHEADS ? (uint64_t)p->score : 0,
+                     p->attn == LH_ATTN_LONGHEADS ? p->recent : 0};
     return hash_final(hash_update(HASH_SEED, v, sizeof v)) & 0xffffffffu;
 }
 

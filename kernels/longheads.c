@@ -147,6 +147,8 @@ struct lh_lh {
     lh_lh_params p;
     size_t max_q;
     size_t n_keep;          /* K = L / w */
+    size_t n_recent;        /* R: the last chunks every selection keeps (lh_lh_recent) */
+    size_t n_top;           /* K - 1 - R: the slots filled by score from chunks 1 .. cc-R */
     size_t n_chunk;         /* n_ctx / w: chunks that can ever complete */
     size_t ld_q;            /* n_head * head_dim */
     uint16_t *rep;          /* (n_layer, n_head) x rep_chunks(s) x head_dim chunk
@@ -225,7 +227,15 @@ static int params_ok(const lh_lh_params *p)
            p->n_rot % 2 == 0 &&
            p->n_rot <= p->head_dim && p->n_ctx > 0 &&
            (p->kv_type == LH_TYPE_F32 || p->kv_type == LH_TYPE_F16) &&
-           (p->score == LH_LH_SCORE_REP || p->score == LH_LH_SCORE_BOUND);
+           (p->score == LH_LH_SCORE_REP || p->score == LH_LH_SCORE_BOUND) &&
+           p->recent < p->window / p->chunk;
+}
+
+size_t lh_lh_recent(const lh_lh_params *p)
+{
+    if (p->recent)
+        return p->recent;
+    return p->chunk && p->window / p->chunk == 2 ? 1 : 2;
 }
 
 /* Chunks of the representations of one (layer, head): n_chunk rounded up to whole tiles. */
@@ -295,9 +305,9 @@ int lh_lh_new(lh_lh **sp, const lh_lh_params *p, size_t max_q)
 {
     *sp = NULL;
     if (!params_ok(p)) {
-        lh_log_error("longheads: bad parameters (chunk %zu, window %zu, heads %zu/%zu, head_dim "
-                     "%zu, n_rot %zu, kv type %d)", p->chunk, p->window, p->n_head, p->n_head_kv,
-                     p->head_dim, p->n_rot, (int)p->kv_type);
+        lh_log_error("longheads: bad parameters (chunk %zu, window %zu, recent %zu, heads %zu/%zu, "
+                     "head_dim %zu, n_rot %zu, kv type %d)", p->chunk, p->window, p->recent,
+                     p->n_head, p->n_head_kv, p->head_dim, p->n_rot, (int)p->kv_type);
         return -EINVAL;
     }
     lh_lh *s = calloc(1, sizeof *s);
@@ -306,6 +316,8 @@ int lh_lh_new(lh_lh **sp, const lh_lh_params *p, size_t max_q)
     s->p = *p;
     s->max_q = max_q;
     s->n_keep = n_keep_of(p);
+    s->n_recent = lh_lh_recent(p);
+    s->n_top = s->n_keep - 1 - s->n_recent;
     s->n_chunk = p->n_ctx / p->chunk;
     s->ld_q = p->n_head * p->head_dim;
 #ifdef _OPENMP
@@ -699,21 +711,21 @@ static bb_ent heap_pop(bb_ent *h, size_t *np)
     return top;
 }
 
-static void finish_sel(size_t n_keep, size_t cc, size_t n, size_t *sel);
+static void finish_sel(size_t R, size_t cc, size_t n, size_t *sel);
 
-/* Selection (what select_from_scores gives for the bound scores of chunks 1 .. cc-2) for the
+/* Selection (what select_from_scores gives for the bound scores of chunks 1 .. cc-R) for the
  * query qb, already rotated by lh_lh_bound_pos, of KV head g; ts is scratch (K floats).  The
  * chunks after the search tree's are scored first, flat; then the tree best first: a node is
  * expanded only while its bound could still place a chunk under it among the K-3 best, with the
  * tie rule of flat scoring (earlier chunk first: a node carries the first chunk under it), so the
  * result is the same, visiting only the chunks and nodes whose bounds could matter.  A node may
- * hold chunks past cc-2 (a prefill batch completes chunks before its later queries select): they
+ * hold chunks past cc-R (a prefill batch completes chunks before its later queries select): they
  * are skipped as leaves, and their min / max only loosen the bound. */
 static void select_bound(const lh_lh *s, size_t layer, size_t g, const float *qb, size_t cc,
                          float *ts, bb_ent *heap, size_t *stat, size_t *sel)
 {
-    size_t K = s->n_keep, m = K >= 3 ? K - 3 : 0, n = 0, d = s->p.head_dim, hn = 0;
-    size_t *top = sel + 1, last = cc - 2;   /* candidates 1 .. last */
+    size_t m = s->n_top, n = 0, d = s->p.head_dim, hn = 0;
+    size_t *top = sel + 1, last = cc - s->n_recent;   /* candidates 1 .. last */
     size_t tg = layer * s->p.n_head_kv + g, nk = s->n_kd[tg], t0 = tg * s->kd_cap;
     stat[0]++;
     stat[1] += last;
@@ -757,16 +769,16 @@ static void select_bound(const lh_lh *s, size_t layer, size_t g, const float *qb
         }
     }
 done:
-    finish_sel(K, cc, n, sel);
+    finish_sel(s->n_recent, cc, n, sel);
 }
 
-/* Selection for a query in chunk cc >= K given score(c) for the candidates c = 1 .. cc-2
- * (score[c - 1]): fills sel (K entries, ascending).  The K-3 best are kept in sel[1 ..] sorted by
+/* Selection for a query in chunk cc >= K given score(c) for the candidates c = 1 .. cc-R
+ * (score[c - 1]): fills sel (K entries, ascending).  The m = K-1-R best are kept in sel[1 ..] sorted by
  * descending score (top_insert); candidates arrive in ascending chunk order, so ties go to the
  * earlier chunk.  score doubles as the store of the running top scores: entry i is only rewritten
  * once candidate i+1 has been read, and it is scratch to every caller. */
 #if defined(LH_HAVE_AVX2)
-/* The same top-m of candidates 1 .. cc-2 as the scan below, for many candidates and m <= 16, in
+/* The same top-m of the n_cand candidates 1 .. cc-R as the scan below, for many candidates and m <= 16, in
  * two passes that branch far less (the scan's cost was its mispredicted branches: ~20 insertions
  * per selection at random places, a quarter of a prefill at 128x L).  Pass 1, branch-free: the
  * maxima of 16 disjoint groups of scores; their m-th largest T has m distinct candidates scoring
@@ -779,9 +791,9 @@ done:
  * most 32; more: 0, the caller scans) with their chunks, then takes the largest m times, the
  * earliest on ties: the same list as the insertion (~25% less time per selection than the
  * 8-wide insertion form, 1022 candidates, m = 5, scores in L2). */
-static size_t select_threshold(size_t m, size_t cc, const float *score, size_t *top)
+static size_t select_threshold(size_t m, size_t n_cand, const float *score, size_t *top)
 {
-    size_t n_cand = cc - 2, i = 0;
+    size_t i = 0;
     const __m512 ninf = _mm512_set1_ps(-INFINITY);
     __m512 g0 = ninf, g1 = ninf, g2 = ninf, g3 = ninf;
     for (; i + 64 <= n_cand; i += 64) {
@@ -847,9 +859,9 @@ static size_t select_threshold(size_t m, size_t cc, const float *score, size_t *
     return m;
 }
 #else
-static size_t select_threshold(size_t m, size_t cc, const float *score, size_t *top)
+static size_t select_threshold(size_t m, size_t n_cand, const float *score, size_t *top)
 {
-    size_t n_cand = cc - 2, nv = n_cand & ~(size_t)15, n = 0;
+    size_t nv = n_cand & ~(size_t)15, n = 0;
     __m256 a0 = _mm256_set1_ps(-INFINITY), a1 = a0;
     for (size_t i = 0; i < nv; i += 16) {
         a0 = _mm256_max_ps(a0, _mm256_loadu_ps(score + i));
@@ -884,41 +896,41 @@ static size_t select_threshold(size_t m, size_t cc, const float *score, size_t *
 #endif
 #endif
 
-static void select_from_scores(size_t n_keep, size_t cc, float *score, size_t *sel)
+static void select_from_scores(const lh_lh *s, size_t cc, float *score, size_t *sel)
 {
-    size_t m = n_keep >= 3 ? n_keep - 3 : 0, n = 0;
+    size_t m = s->n_top, R = s->n_recent, n = 0, last = cc - R;   /* candidates 1 .. last */
     size_t *top = sel + 1;
     float *ts = score;
 #if defined(LH_HAVE_AVX2)
-    if (m && m <= 16 && cc >= 128 + 2 && (n = select_threshold(m, cc, score, top)) == m) {
-        finish_sel(n_keep, cc, n, sel);
+    if (m && m <= 16 && last >= 128 && (n = select_threshold(m, last, score, top)) == m) {
+        finish_sel(R, cc, n, sel);
         return;
     }
     n = 0;
 #endif
-    for (size_t c = 1; m && c + 1 < cc; c++) {
+    for (size_t c = 1; m && c <= last; c++) {
 #if defined(LH_HAVE_AVX2)
         /* Once the list is full almost every candidate falls below its last entry: skip eight at
          * a time while none beats it (the compare is the scalar test's, NaN included; entries
          * past m are never written, so the loads see the scores). */
         if (n == m) {
             __m256 th = _mm256_set1_ps(ts[m - 1]);
-            while (c + 8 < cc &&
+            while (c + 7 <= last &&
                    !_mm256_movemask_ps(_mm256_cmp_ps(_mm256_loadu_ps(score + c - 1), th,
                                                      _CMP_GT_OQ)))
                 c += 8;
-            if (c + 1 >= cc)
+            if (c > last)
                 break;
         }
 #endif
         top_insert(ts, top, &n, m, score[c - 1], c);
     }
-    finish_sel(n_keep, cc, n, sel);
+    finish_sel(R, cc, n, sel);
 }
 
-/* sel[1 .. n] hold the chosen candidates: sorts them and adds chunk 0, the previous and the
- * current chunk. */
-static void finish_sel(size_t n_keep, size_t cc, size_t n, size_t *sel)
+/* sel[1 .. n] hold the chosen candidates: sorts them and adds chunk 0 and the last R chunks
+ * cc-R+1 .. cc. */
+static void finish_sel(size_t R, size_t cc, size_t n, size_t *sel)
 {
     size_t *top = sel + 1;
     for (size_t i = 1; i < n; i++) {
@@ -930,12 +942,8 @@ static void finish_sel(size_t n_keep, size_t cc, size_t n, size_t *sel)
         top[j] = c;
     }
     sel[0] = 0;
-    if (n_keep == 2) {
-        sel[1] = cc;
-        return;
-    }
-    sel[1 + n] = cc - 1;
-    sel[2 + n] = cc;
+    for (size_t i = 0; i < R; i++)
+        sel[1 + n + i] = cc + 1 - R + i;
 }
 
 /* One query against the rows of one chunk, straight from the cache (kernels/rows.h): a padded
@@ -1279,6 +1287,7 @@ static void select_rows(const lh_lh *s, const scratch *x, size_t layer, const it
     const lh_lh_params *p = &s->p;
     size_t w = p->chunk, d = p->head_dim, L = p->window, K = s->n_keep, ldq = s->ld_q;
     size_t hp = it->hp, ldsel = hp * K;   /* one query to the next, same head */
+    size_t R = s->n_recent;   /* candidates 1 .. cc-R */
     int bound = p->score == LH_LH_SCORE_BOUND;
     for (size_t hh = 0; hh < hp; hh++) {
         size_t h = it->h0 + hh, g = it->g;
@@ -1298,42 +1307,42 @@ static void select_rows(const lh_lh *s, const scratch *x, size_t layer, const it
                 /* every candidate's bound, chunk-major so that each min/max pair is read once
                  * for the block; q un-rotated (lh_lh_bound_pos is 0) */
                 size_t o = box_off(s, layer, g, 0);
-                for (size_t c = 1; c + 1 < cc; c++)
+                for (size_t c = 1; s->n_top && c + R <= cc; c++)
                     for (size_t jj = 0; jj < nb; jj++)
                         x->ss[jj * s->n_chunk + c - 1] =
                             bound_dot(qb + jj * ldq, s->bmin + o + c * d, s->bmax + o + c * d, d);
                 for (size_t jj = 0; jj < nb; jj++)
-                    select_from_scores(K, cc, x->ss + jj * s->n_chunk, sel + jj * ldsel);
+                    select_from_scores(s, cc, x->ss + jj * s->n_chunk, sel + jj * ldsel);
                 x->stat[0] += nb;
-                x->stat[1] += nb * (cc - 2);
-                x->stat[2] += nb * (cc - 2);
+                x->stat[1] += nb * (cc - R);
+                x->stat[2] += s->n_top ? nb * (cc - R) : 0;
             } else if (bound) {
                 for (size_t jj = 0; jj < nb; jj++) {
                     size_t *sj = sel + jj * ldsel;
                     rotate_scaled(s, x->qb, qb + jj * ldq, lh_lh_bound_pos(p, t + jj), 1.0f);
                     select_bound(s, layer, g, x->qb, cc, x->ss, x->heap, x->stat, sj);
                     if (s->check) {
-                        /* flat: bound scores of chunks 0 .. cc-2 after the K floats select_bound
+                        /* flat: bound scores of chunks 0 .. cc-R after the K floats select_bound
                          * used */
                         float *sc = x->ss + K;
-                        for (size_t c = 0; c + 1 < cc; c++) {
+                        for (size_t c = 0; c + R <= cc; c++) {
                             size_t o = box_off(s, layer, g, c);
                             sc[c] = bound_dot(x->qb, s->bmin + o, s->bmax + o, d);
                         }
-                        select_from_scores(K, cc, sc + 1, x->uc);
+                        select_from_scores(s, cc, sc + 1, x->uc);
                         x->stat[4] += memcmp(x->uc, sj, K * sizeof(size_t)) != 0;
                     }
                 }
             } else {
-                /* the block's queries against the representations of chunks 1 .. cc-2 */
-                if (K > 3)
-                    rep_scores(s, layer, h, nb, qb, ldq, x->qp, 1, cc - 1, x->ss, s->n_chunk,
+                /* the block's queries against the representations of chunks 1 .. cc-R */
+                if (s->n_top)
+                    rep_scores(s, layer, h, nb, qb, ldq, x->qp, 1, cc - R + 1, x->ss, s->n_chunk,
                                s->check ? x->stat : NULL);
                 for (size_t jj = 0; jj < nb; jj++)
-                    select_from_scores(K, cc, x->ss + jj * s->n_chunk, sel + jj * ldsel);
+                    select_from_scores(s, cc, x->ss + jj * s->n_chunk, sel + jj * ldsel);
                 x->stat[0] += nb;
-                x->stat[1] += nb * (cc - 2);
-                x->stat[2] += K > 3 ? nb * (cc - 2) : 0;
+                x->stat[1] += nb * (cc - R);
+                x->stat[2] += s->n_top ? nb * (cc - R) : 0;
             }
             j += nb;
         }
@@ -1591,8 +1600,8 @@ int lh_lh_layer(lh_lh *s, size_t layer, const float *q, size_t n_q, size_t pos0,
     return 0;
 }
 
-/* The scores of candidates 1 .. cc-2 (score[c - 1]) for head `head`'s query at t in chunk cc, flat;
- * qb (head_dim) receives the query as the bound rotates it. */
+/* The scores of chunks 0 .. n-1 (score[c]) for head `head`'s query at t, flat; qb (head_dim)
+ * receives the query as the bound rotates it. */
 static void flat_scores(const lh_lh *s, size_t layer, size_t head, const float *q_head, size_t t,
                         size_t n, float *score, float *qb)
 {
@@ -1636,8 +1645,8 @@ static size_t select_any(const lh_lh *s, size_t layer, size_t head, const float 
                      chunks);
         free(heap);
     } else {
-        flat_scores(s, layer, head, q_head, t, cc - 1, score, qb);
-        select_from_scores(K, cc, score + 1, chunks);
+        flat_scores(s, layer, head, q_head, t, cc - s->n_recent + 1, score, qb);
+        select_from_scores(s, cc, score + 1, chunks);
     }
     free(score);
     return K;
@@ -1754,7 +1763,7 @@ void lh_lh_layer_ref(const lh_lh_params *p, const float *q_all, size_t n_tok, si
                      const void *k, const void *v, float *out)
 {
     size_t w = p->chunk, d = p->head_dim, L = p->window, K = L / w, nh = p->n_head;
-    size_t n_chunk = n_tok / w;
+    size_t n_chunk = n_tok / w, R = lh_lh_recent(p);
     double scale = 1.0 / sqrt((double)d);
     double *rep = malloc((nh * n_chunk + 1) * d * sizeof(double));
     double *sc = malloc((L + w + d) * sizeof(double));
@@ -1785,14 +1794,14 @@ void lh_lh_layer_ref(const lh_lh_params *p, const float *q_all, size_t n_tok, si
                 for (size_t c = 0; c <= cc; c++)
                     sel[n_s++] = c;
             } else {
-                /* candidates 1 .. cc-2 by q·c (un-rotated q), or by the bound for q rotated by
-                 * lh_lh_bound_pos: sum_i max(q_i min_i, q_i max_i) over the chunk's keys; K-3
-                 * best, earlier chunk on ties */
+                /* candidates 1 .. cc-R by q·c (un-rotated q), or by the bound for q rotated by
+                 * lh_lh_bound_pos: sum_i max(q_i min_i, q_i max_i) over the chunk's keys; K-1-R
+                 * best, earlier chunk on ties; then the last R chunks */
                 if (bound) {
                     memcpy(qbuf, q, d * sizeof(float));
                     lh_ops_rope_ref(qbuf, 1, d, p->n_rot, (double)lh_lh_bound_pos(p, t), &p->rope);
                 }
-                for (size_t c = 1; c + 1 < cc; c++) {
+                for (size_t c = 1; c + R <= cc; c++) {
                     cs[c] = 0;
                     for (size_t i = 0; i < d && bound; i++) {
                         double mn = ref_kv(p, k, g, c * w, i), mx = mn;
@@ -1809,17 +1818,16 @@ void lh_lh_layer_ref(const lh_lh_params *p, const float *q_all, size_t n_tok, si
                 }
                 taken[0] = 1;
                 sel[n_s++] = 0;
-                for (size_t r = 0; K >= 3 && r < K - 3; r++) {
+                for (size_t r = 0; r + 1 + R < K; r++) {
                     size_t best = 0;
-                    for (size_t c = 1; c + 1 < cc; c++)
+                    for (size_t c = 1; c + R <= cc; c++)
                         if (!taken[c] && (best == 0 || cs[c] > cs[best]))
                             best = c;
                     taken[best] = 1;
                     sel[n_s++] = best;
                 }
-                if (K >= 3)
-                    sel[n_s++] = cc - 1;
-                sel[n_s++] = cc;
+                for (size_t c = cc + 1 - R; c <= cc; c++)
+                    sel[n_s++] = c;
                 for (size_t i = 1; i < n_s; i++)   /* by position */
                     for (size_t j = i; j > 0 && sel[j - 1] > sel[j]; j--) {
                         size_t tmp = sel[j];

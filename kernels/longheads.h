@@ -49,6 +49,8 @@ typedef struct {
     int branch_and_bound; /* bound: 1 = top-k by branch and bound over a search tree, 0
                            * (default) = score every candidate; the same selections
                            * (longheads.c: which is faster where) */
+    size_t recent;       /* the last chunks every selection keeps, the current one included:
+                          * 1 .. K-1, or 0 (default) for the paper's 2 (1 when K == 2) */
 } lh_lh_params;
 
 /* Work counters, summed over threads since lh_lh_new or the last lh_lh_stats_reset. */
@@ -65,7 +67,7 @@ typedef struct {
 typedef struct lh_lh lh_lh;
 
 /* max_q: the largest batch lh_lh_layer will see.  Returns 0, -EINVAL (bad params: w == 0,
- * L % w != 0, L < 2w), -ENOMEM. */
+ * L % w != 0, L < 2w, recent > K-1), -ENOMEM. */
 int lh_lh_new(lh_lh **sp, const lh_lh_params *p, size_t max_q);
 void lh_lh_free(lh_lh *s);
 
@@ -112,6 +114,10 @@ size_t lh_lh_select_flat(const lh_lh *s, size_t layer, size_t head, const float 
  * n (the complete chunks of that layer, at most cap), 0 on bad arguments.  For tests. */
 size_t lh_lh_scores(const lh_lh *s, size_t layer, size_t head, const float *q_head, size_t t,
                     float *scores, size_t cap);
+
+/* The last chunks every selection keeps (the current one included): p->recent, or the paper's 2
+ * (1 when K == 2) for 0. */
+size_t lh_lh_recent(const lh_lh_params *p);
 
 /* The position the query at t is rotated by for the bound score (longheads.c says which and why). */
 size_t lh_lh_bound_pos(const lh_lh_params *p, size_t t);

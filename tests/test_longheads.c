@@ -246,6 +246,85 @@ static void test_oracle_bound_f16(void)
     oracle_all(LH_TYPE_F16, LH_LH_SCORE_BOUND, 1);
 }
 
+/* ---- recent: the last R chunks kept (the paper keeps 2) ----------------------------------------- */
+
+/* Every selection past the window is chunk 0, K-1-R chunks by score from 1 .. cc-R, then
+ * cc-R+1 .. cc; returns how many selections differ from the same state's with the paper's R = 2
+ * (same keys and queries). */
+static size_t check_recent_layout(const lh_lh *s, const lh_lh *s2, const lh_lh_params *p,
+                                  size_t n_tok)
+{
+    size_t K = p->window / p->chunk, R = lh_lh_recent(p), got[64], two[64], differ = 0;
+    float probe[64];
+    for (size_t t = p->window; t < n_tok; t++)
+        for (size_t h = 0; h < p->n_head; h++) {
+            size_t cc = t / p->chunk;
+            for (size_t i = 0; i < p->head_dim; i++)
+                probe[i] = 3.0f * frand();
+            CU_ASSERT_EQUAL_FATAL(lh_lh_select(s, 1, h, probe, t, got, 64), K);
+            CU_ASSERT_EQUAL_FATAL(lh_lh_select(s2, 1, h, probe, t, two, 64), K);
+            CU_ASSERT_EQUAL(got[0], 0);
+            for (size_t i = 1; i + R < K; i++)
+                CU_ASSERT(got[i] > got[i - 1] && got[i] + R <= cc);
+            for (size_t i = 0; i < R; i++)
+                CU_ASSERT_EQUAL(got[K - R + i], cc + 1 - R + i);
+            differ += memcmp(got, two, K * sizeof got[0]) != 0;
+        }
+    return differ;
+}
+
+/* recent = 1 .. K-1 against the oracle (rep, bound, branch and bound; the two-pass top-k past 128
+ * candidates), and the selections keep exactly the last R chunks. */
+static void test_recent(void)
+{
+    lh_lh_params ps[3] = { params(4, 16, 4, 2, 8, 8, 0, LH_TYPE_F32),     /* K = 4 */
+                           params(3, 15, 3, 1, 6, 4, 0, LH_TYPE_F16),     /* K = 5, MQA */
+                           params(2, 40, 2, 1, 8, 8, 0, LH_TYPE_F32) };   /* K = 20 */
+    size_t recents[3][3] = { { 1, 3, 0 }, { 1, 4, 3 }, { 1, 5, 19 } };
+    for (size_t i = 0; i < 3; i++)
+        for (size_t r = 0; r < 3 && recents[i][r]; r++)
+            for (int sc = 0; sc < 3; sc++) {
+                lh_lh_params p = ps[i];
+                p.recent = recents[i][r];
+                p.score = sc ? LH_LH_SCORE_BOUND : LH_LH_SCORE_REP;
+                p.branch_and_bound = sc == 2;
+                CU_ASSERT_EQUAL(lh_lh_recent(&p), p.recent);
+                check_vs_oracle(p, 4 * p.window + p.chunk / 2 + 1, 7100 + 10 * i + r);
+                check_vs_oracle(p, 16 * p.window, 7200 + 10 * i + r);
+            }
+    for (int sc = 0; sc < 2; sc++) {   /* 150 chunks, m = 3: the two-pass top-k */
+        lh_lh_params p = params(2, 16, 4, 2, 8, 8, 0, LH_TYPE_F32);
+        p.recent = 4;
+        p.score = sc ? LH_LH_SCORE_BOUND : LH_LH_SCORE_REP;
+        check_vs_oracle(p, 300, 7300 + sc);
+    }
+    /* the layout, and that R changes what is selected (the paper's R = 2 beside it) */
+    for (int sc = 0; sc < 2; sc++) {
+        lh_lh_params p = params(4, 32, 4, 2, 8, 8, 0, LH_TYPE_F32), p2;   /* K = 8 */
+        size_t n = 12 * p.window + 3;
+        p.n_ctx = n;
+        p.score = sc ? LH_LH_SCORE_BOUND : LH_LH_SCORE_REP;
+        p.recent = 4;
+        p2 = p;
+        p2.recent = 0;
+        CU_ASSERT_EQUAL(lh_lh_recent(&p2), 2);
+        fixture f;
+        fixture_init(&f, &p, n, 7400 + (uint64_t)sc);
+        float *out = malloc(p.n_layer * n * p.n_head * p.head_dim * sizeof(float));
+        CU_ASSERT_FATAL(out != NULL);
+        lh_lh *s = NULL, *s2 = NULL;
+        CU_ASSERT_FATAL(lh_lh_new(&s, &p, 64) == 0 && lh_lh_new(&s2, &p2, 64) == 0);
+        CU_ASSERT_EQUAL(feed(s, &f, 0, n, 64, out), 0);
+        CU_ASSERT_EQUAL(feed(s2, &f, 0, n, 64, out), 0);
+        size_t differ = check_recent_layout(s, s2, &p, n);
+        CU_ASSERT(differ > (n - p.window) * p.n_head / 2);
+        lh_lh_free(s);
+        lh_lh_free(s2);
+        free(out);
+        fixture_free(&f);
+    }
+}
+
 /* ---- (b) inside the window LongHeads is dense causal attention at absolute positions --------- */
 
 static void test_inside_window_dense(void)
@@ -933,6 +1012,14 @@ static void test_bad_params(void)
     CU_ASSERT(lh_lh_bytes_per_token(&p) == 2.0 * 4 * 8 * 2 / 4);   /* BF16 with any cache */
     p = params(4, 16, 4, 2, 9, 8, 64, LH_TYPE_F32);     /* odd head_dim: pairs of dimensions */
     CU_ASSERT_EQUAL(lh_lh_new(&s, &p, 1), -EINVAL);
+    p = params(4, 16, 4, 2, 8, 8, 64, LH_TYPE_F32);
+    p.recent = 4;                                       /* K = 4: at most 3 besides chunk 0 */
+    CU_ASSERT_EQUAL(lh_lh_new(&s, &p, 1), -EINVAL);
+    p.recent = 3;
+    CU_ASSERT_EQUAL(lh_lh_new(&s, &p, 1), 0);
+    lh_lh_free(s);
+    p = params(4, 8, 4, 2, 8, 8, 64, LH_TYPE_F32);      /* K = 2: sink + the current chunk */
+    CU_ASSERT_EQUAL(lh_lh_recent(&p), 1);
     lh_lh_free(NULL);
 }
 
@@ -949,6 +1036,7 @@ void lh_test_longheads(void)
     CU_add_test(s, "planted chunk is selected per head", test_selection_planted);
     CU_add_test(s, "ties: the earliest chunks, two-pass top-k", test_selection_ties);
     CU_add_test(s, "bad parameters", test_bad_params);
+    CU_add_test(s, "recent 1 .. K-1: fast == oracle, the last R chunks kept", test_recent);
     CU_add_test(s, "bound: fast == oracle, f32", test_oracle_bound_f32);
     CU_add_test(s, "bound: fast == oracle, f16 cache", test_oracle_bound_f16);
     CU_add_test(s, "bound: >= every key's q.k, = min/max bound", test_bound_is_bound);

@@ -33,6 +33,32 @@ static void test_defaults(void)
     CU_ASSERT_EQUAL(lh_params_set(&p, NULL, "select", "tree"), 0);
     CU_ASSERT_EQUAL(p.select, LH_SELECT_TREE);
     CU_ASSERT_EQUAL(lh_params_set(&p, NULL, "select", "heap"), LH_E_FORMAT);
+    CU_ASSERT_EQUAL(p.recent, 0); /* the paper's 2 */
+    CU_ASSERT_EQUAL(lh_params_set(&p, NULL, "recent", "4"), 0);
+    CU_ASSERT_EQUAL(p.recent, 4);
+    CU_ASSERT_EQUAL(lh_params_set(&p, NULL, "recent", "0"), LH_E_FORMAT);
+}
+
+/* recent resolves to the paper's 2 and must leave chunk 0 a slot: stories260K's files say w = 64,
+ * L = 512 (K = 8), so 7 is the most. */
+static void test_recent(void)
+{
+    lh_ctx_params p;
+    lh_params_default(&p);
+    p.n_ctx = 1024;
+    lh_ctx *c = NULL;
+    CU_ASSERT_FATAL(lh_ctx_new(&c, g_model, &p) == 0);
+    CU_ASSERT_EQUAL(lh_ctx_params_get(c)->recent, 2);
+    lh_ctx_free(c);
+    c = NULL;
+    p.recent = 7;
+    CU_ASSERT_FATAL(lh_ctx_new(&c, g_model, &p) == 0);
+    CU_ASSERT_EQUAL(lh_ctx_params_get(c)->recent, 7);
+    lh_ctx_free(c);
+    c = NULL;
+    p.recent = 8;
+    CU_ASSERT_NOT_EQUAL(lh_ctx_new(&c, g_model, &p), 0);
+    CU_ASSERT_PTR_NULL(c);
 }
 
 static void test_fit(void)
@@ -95,4 +121,5 @@ void lh_test_params(void)
     CU_add_test(s, "front-end defaults: LongHeads, automatic context", test_defaults);
     CU_add_test(s, "the context a memory budget holds", test_fit);
     CU_add_test(s, "byte sizes", test_bytes);
+    CU_add_test(s, "recent: the paper's 2 by default, at most window/chunk - 1", test_recent);
 }

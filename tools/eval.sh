@@ -173,7 +173,7 @@ if [ -z "${LH_EVAL_SKIP_PPL:-}" ]; then
         echo "  $summary ($(($(now) - t0)) s)"
         if [ "$name" = default ]; then
             # "longheads-ppl: 17697 tokens, attn longheads (chunk 64, window 512), ..."
-            w=$(echo "$summary" | sed -n 's/.*(chunk \([0-9]*\), window \([0-9]*\)).*/w=\1 L=\2/p')
+            w=$(echo "$summary" | sed -n 's/.*(chunk \([0-9]*\), window \([0-9]*\)[,)].*/w=\1 L=\2/p')
             [ -n "$w" ] || { echo "eval: cannot read the default settings from: $summary" >&2; exit 1; }
             name="LongHeads $w (default)"
             ppl_default=$w

@@ -36,7 +36,7 @@
 static void usage(FILE *f)
 {
     fprintf(f, "usage: longheads-ppl -m MODEL -f FILE [--attn full|longheads] [--chunk W] [--window L]\n"
-               "         [--score rep|bound] [--select flat|tree]\n"
+               "         [--score rep|bound] [--select flat|tree] [--recent R]\n"
                "         [--bucket B] [--max-tokens N] [--ctx N] [--kv f32|f16] [--batch B] [--threads T]\n"
                "       longheads-ppl -m MODEL -f FILE --mode llama -c N [--chunks K] [--kv f32|f16]\n"
                "         (scores what llama-perplexity -c N --chunks K scores)\n");
@@ -205,8 +205,8 @@ int main(int argc, char **argv)
     fprintf(stderr, "longheads-ppl: %zu tokens, attn %s", n,
             rp->attn == LH_ATTN_LONGHEADS ? "longheads" : "full");
     if (rp->attn == LH_ATTN_LONGHEADS)
-        fprintf(stderr, " (chunk %zu, window %zu%s)", rp->chunk, rp->window,
-                rp->score == LH_SCORE_BOUND ? ", score bound" : "");
+        fprintf(stderr, " (chunk %zu, window %zu, recent %zu%s)", rp->chunk, rp->window,
+                rp->recent, rp->score == LH_SCORE_BOUND ? ", score bound" : "");
     fprintf(stderr, ", %.2f s (%.0f tok/s)\n", secs, n / secs);
     rc = 0;
 out:

@@ -40,7 +40,7 @@ static void usage(FILE *f)
             "usage: longheads-run -m MODEL [-p PROMPT | -f FILE] [-n N|-1] [--temp T] [--seed S]\n"
             "         [--top-k K] [--top-p P] [--min-p P] [--repeat-penalty R] [--repeat-last-n N]\n"
             "         [--attn full|longheads] [--chunk W] [--window L] [--score rep|bound]\n"
-            "         [--select flat|tree]\n"
+            "         [--select flat|tree] [--recent R]\n"
             "         [-c|--ctx N] [--kv f32|f16] [--batch B] [--threads T] [--version]\n"
             "         [--weights auto|load|map]  (the model read into memory or mapped; auto: read\n"
             "         when at most half the available memory)\n"
@@ -209,8 +209,8 @@ int main(int argc, char **argv)
             "\nlongheads-run: %s\n  attn %s", lh_model_desc(m),
             rp->attn == LH_ATTN_LONGHEADS ? "longheads" : "full");
     if (rp->attn == LH_ATTN_LONGHEADS)
-        fprintf(stderr, " (chunk %zu, window %zu, score %s)", rp->chunk, rp->window,
-                rp->score == LH_SCORE_BOUND ? "bound" : "rep");
+        fprintf(stderr, " (chunk %zu, window %zu, recent %zu, score %s)", rp->chunk, rp->window,
+                rp->recent, rp->score == LH_SCORE_BOUND ? "bound" : "rep");
     fprintf(stderr, ", ctx %zu, kv %s\n  prefill %zu tokens in %.3f s (%.1f tok/s), "
             "generated %zu tokens in %.3f s (%.1f tok/s)\n",
             rp->n_ctx, lh_type_name(rp->kv_type), n_prompt, t1 - t0,
