@@ -7,14 +7,14 @@
 # 1. Perplexity per bucket of positions (longheads-ppl) of tests/data/stories-long.txt (17,697
 #    tokens) under the bundled stories260K (trained at 512 tokens): full attention, LongHeads at
 #    the tool's defaults (the file's longheads.* keys: chunk 64, window 512), two other
-#    LongHeads settings and the defaults with the bound chunk score (--score bound), one column
-#    each.
+#    LongHeads settings, the defaults with the bound chunk score (--score bound), and both scores
+#    keeping the last LH_EVAL_RECENT chunks (--recent 4) instead of the paper's 2, one column each.
 # 2. The pass-key table of the LongHeads paper (`longheads passkey`), end to end through a
 #    longheadsd started here on a temporary socket: for models/passkey-aligned.gguf and
 #    models/passkey-plain.gguf (models/PASSKEY.md, trained at 256 tokens), LongHeads at the
 #    daemon's defaults (the files' keys: chunk 32, window 256), the same with the bound chunk
-#    score (--score bound, up to LH_EVAL_BOUND_MAX) and full attention, one passkey
-#    run per length (keys and depths depend only on the seed and the length, so the first trials
+#    score (--score bound, up to LH_EVAL_BOUND_MAX) and full attention; then a daemon started
+#    with --recent 4: both scores up to LH_EVAL_BOUND_MAX; one passkey run per length (keys and depths depend only on the seed and the length, so the first trials
 #    of every cell are the same prompts in both attentions and in the long version).
 # 3. The daemon's peak resident memory (VmHWM) after the longest LongHeads prompt, and the
 #    KV-cache and chunk-representation bytes per token computed from the model's shape.
@@ -43,7 +43,9 @@
 #   LH_EVAL_FULL_LONG_TRIALS full-attention trials per length past 16384 (default 1)
 #   LH_EVAL_FULL_MAX         longest length run with full attention (default 32768; 131072)
 #   LH_EVAL_SEED             seed of the keys and depths (default 1)
-#   LH_EVAL_BOUND_MAX        longest length run with the bound chunk score (default 32768)
+#   LH_EVAL_BOUND_MAX        longest length run with the bound chunk score and with --recent
+#                            (default 32768)
+#   LH_EVAL_RECENT           the other number of recent chunks measured (default 4)
 #   LH_EVAL_MODELS           the pass-key models (default the two above)
 #   LH_EVAL_SKIP_PPL         set: skip part 1
 #   LH_EVAL_THREADS          compute threads of the daemon and longheads-ppl (default 1)
@@ -69,6 +71,7 @@ FULL_LONG=${LH_EVAL_FULL_LONG_TRIALS:-1}
 LENGTHS=${LH_EVAL_LENGTHS:-256,1024,4096,8192,16384,32768,131072}
 SEED=${LH_EVAL_SEED:-1}
 BOUND_MAX=${LH_EVAL_BOUND_MAX:-32768}
+RECENT=${LH_EVAL_RECENT:-4}
 THREADS=${LH_EVAL_THREADS:-1}
 BUNDLED=models/stories260K.gguf
 TEXT=tests/data/stories-long.txt
@@ -121,10 +124,12 @@ commit=$(git rev-parse --short=12 HEAD 2>/dev/null || echo unknown)
 dirty=$(git status --porcelain --untracked-files=no -- . ':!results' 2>/dev/null)
 [ -n "$dirty" ] && commit="$commit (with uncommitted changes)"
 
-# start_daemon MODEL CTX: longheadsd on $sock, waits until it answers (up to 120 s).
+# start_daemon MODEL CTX [OPTION...]: longheadsd on $sock, waits until it answers (up to 120 s).
 start_daemon() {
-    set -- --model "$1" --socket "$sock" --ctx "$2" --timeout 0 --threads "$THREADS" \
-           --log-file "$tmp/daemon.log"
+    dm=$1 dc=$2
+    shift 2
+    set -- --model "$dm" --socket "$sock" --ctx "$dc" --timeout 0 --threads "$THREADS" \
+           --log-file "$tmp/daemon.log" "$@"
     log_cmd "$B/longheadsd $* &"
     "$B/longheadsd" "$@" &
     daemon_pid=$!
@@ -154,7 +159,9 @@ if [ -z "${LH_EVAL_SKIP_PPL:-}" ]; then
            "default" "" \
            "LongHeads w=32 L=512" "--chunk 32 --window 512" \
            "LongHeads w=32 L=256" "--chunk 32 --window 256" \
-           "LongHeads w=64 L=512, bound score" "--score bound"
+           "LongHeads w=64 L=512, bound score" "--score bound" \
+           "LongHeads w=64 L=512, recent $RECENT" "--recent $RECENT" \
+           "LongHeads w=64 L=512, recent $RECENT, bound score" "--recent $RECENT --score bound"
     k=0 header="| tokens |" rule="|---|"
     while [ $# -ge 2 ]; do
         name=$1 args=$2
@@ -317,6 +324,11 @@ for model in $models; do
     echo "-- full attention"
     pk_row "$mname, full" full_trials --attn full
     stop_daemon
+    echo "-- LongHeads ($settings), $RECENT recent chunks (a daemon started with --recent $RECENT)"
+    start_daemon "$model" "$ctx" --recent "$RECENT" || exit 1
+    pk_row "$mname, LongHeads $settings, recent $RECENT" bound_trials
+    pk_row "$mname, LongHeads $settings, recent $RECENT, bound score" bound_trials --score bound
+    stop_daemon
     echo
 done
 pk_table=$(printf '%s\n%s\n%s' "$pk_header" "$pk_rule" "$pk_rows")
@@ -364,7 +376,9 @@ mkdir -p "$(dirname "$OUT")"
         echo "\`longheads-ppl\` on \`$TEXT\` ($n_tok tokens) under \`$BUNDLED\`"
         echo "(trained at 512 tokens), per bucket of $bucket positions.  w = chunk size, L = the"
         echo "window each head attends to; \"default\" is what the tool does without options"
-        echo "($ppl_default, the file's \`longheads.*\` keys); \"bound score\": \`--score bound\`."
+        echo "($ppl_default, the file's \`longheads.*\` keys); \"bound score\": \`--score bound\`;"
+        echo "\"recent $RECENT\": \`--recent $RECENT\`, every head keeps the last $RECENT chunks (the current one"
+        echo "included) instead of the paper's 2, and fills the other slots by score."
         echo
         echo "$ppl_table"
         echo
@@ -375,7 +389,9 @@ mkdir -p "$(dirname "$OUT")"
     echo "correct/trials per prompt length in tokens.  LongHeads at the daemon's defaults (the"
     echo "files' \`longheads.*\` keys: $pk_settings): $lh_note.  \"bound score\": the chunk"
     echo "score \`--score bound\` (an upper bound of q·k from the keys' min and max) instead of the"
-    echo "paper's representations: $bound_note."
+    echo "paper's representations: $bound_note.  \"recent $RECENT\": a daemon started with"
+    echo "\`--recent $RECENT\` (every head keeps the last $RECENT chunks, the current one included, instead"
+    echo "of the paper's 2): $bound_note."
     echo "Full attention: $full_note (its cost grows with the square of the length)."
     echo
     echo "$pk_table"
