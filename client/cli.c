@@ -49,6 +49,8 @@ static const char usage_text[] =
     "      --attn full|longheads  attention mode (default: the daemon's, longheads)\n"
     "      --chunk N, --window N  LongHeads chunk size and window (default: the daemon's)\n"
     "      --score rep|bound      LongHeads chunk score (default: the daemon's)\n"
+    "      --recent N             LongHeads: the last chunks every head keeps (default: the\n"
+    "                             daemon's, 2)\n"
     "      --timeout MS           per-request timeout (default: the daemon's)\n"
     "      -p, --prompt TEXT      the prompt; -f, --file FILE reads it ('-': standard input)\n"
     "      --echo                 print the prompt before the completion\n"
@@ -388,7 +390,7 @@ typedef struct {
 static int parse_gen(gen_cli *g, int argc, char **argv, int chat)
 {
     enum { O_TEMP = 256, O_TOPK, O_TOPP, O_MINP, O_REP, O_REPN, O_SEED, O_STOP, O_ATTN, O_CHUNK,
-           O_WINDOW, O_TIMEOUT, O_ECHO, O_STATS, O_JSON, O_SYSTEM, O_SPECIAL, O_SCORE };
+           O_WINDOW, O_TIMEOUT, O_ECHO, O_STATS, O_JSON, O_SYSTEM, O_SPECIAL, O_SCORE, O_RECENT };
     static const struct option opts[] = {
         {"max-tokens", required_argument, 0, 'n'}, {"n-predict", required_argument, 0, 'n'},
         {"temp", required_argument, 0, O_TEMP}, {"temperature", required_argument, 0, O_TEMP},
@@ -397,7 +399,7 @@ static int parse_gen(gen_cli *g, int argc, char **argv, int chat)
         {"repeat-last-n", required_argument, 0, O_REPN}, {"seed", required_argument, 0, O_SEED},
         {"stop", required_argument, 0, O_STOP}, {"attn", required_argument, 0, O_ATTN},
         {"chunk", required_argument, 0, O_CHUNK}, {"window", required_argument, 0, O_WINDOW},
-        {"score", required_argument, 0, O_SCORE},
+        {"score", required_argument, 0, O_SCORE}, {"recent", required_argument, 0, O_RECENT},
         {"timeout", required_argument, 0, O_TIMEOUT}, {"echo", no_argument, 0, O_ECHO},
         {"special", no_argument, 0, O_SPECIAL},
         {"stats", no_argument, 0, O_STATS}, {"json", no_argument, 0, O_JSON},
@@ -486,6 +488,7 @@ static int parse_gen(gen_cli *g, int argc, char **argv, int chat)
             break;
         case O_CHUNK: if (parse_int("--chunk", optarg, 1, 65536, &v)) return EXIT_USAGE; g->o.chunk = (uint32_t)v; break;
         case O_WINDOW: if (parse_int("--window", optarg, 2, 1 << 20, &v)) return EXIT_USAGE; g->o.window = (uint32_t)v; break;
+        case O_RECENT: if (parse_int("--recent", optarg, 1, 65536, &v)) return EXIT_USAGE; g->o.recent = (uint32_t)v; break;
         case O_TIMEOUT: if (parse_int("--timeout", optarg, 0, 1e9, &v)) return EXIT_USAGE; g->o.timeout_ms = (uint32_t)v; break;
         case O_ECHO: g->echo = 1; break;
         case O_SPECIAL: g->o.special = 1; break;
@@ -827,13 +830,14 @@ static int cmd_info(const char *sock, int argc, char **argv)
         json_str(stdout, m->desc, strlen(m->desc));
         printf(",\"n_params\":%llu,\"n_layer\":%u,\"n_embd\":%u,\"n_head\":%u,\"n_head_kv\":%u,"
                "\"n_vocab\":%u,\"n_ctx\":%u,\"n_ctx_train\":%u,\"n_slots\":%u,\"kv_type\":\"%s\","
-               "\"attn\":\"%s\",\"chunk\":%u,\"window\":%u,\"score\":\"%s\",\"attn_allowed\":[%s%s%s],"
+               "\"attn\":\"%s\",\"chunk\":%u,\"window\":%u,\"score\":\"%s\",\"recent\":%u,"
+               "\"attn_allowed\":[%s%s%s],"
                "\"max_prompt_tokens\":%u,\"max_frame\":%u,\"chat_template\":",
                (unsigned long long)m->n_params, m->n_layer, m->n_embd, m->n_head, m->n_head_kv,
                m->n_vocab, m->n_ctx, m->n_ctx_train, m->n_slots, m->kv_type,
                attn_name(m->attn_default), lh ? m->chunk_default : 0, lh ? m->window_default : 0,
                m->score_default == LH_CLIENT_SCORE_BOUND ? "bound" : "rep",
-               m->attn_full_allowed ? "\"full\"" : "",
+               lh ? m->recent_default : 0, m->attn_full_allowed ? "\"full\"" : "",
                m->attn_full_allowed && m->attn_longheads_allowed ? "," : "",
                m->attn_longheads_allowed ? "\"longheads\"" : "", m->max_prompt_tokens,
                m->max_frame);
@@ -850,9 +854,10 @@ static int cmd_info(const char *sock, int argc, char **argv)
     printf("layers:        %u, embedding %u, heads %u (kv %u), vocabulary %u\n", m->n_layer,
            m->n_embd, m->n_head, m->n_head_kv, m->n_vocab);
     if (lh)
-        printf("attention:     longheads, chunk %u, window %u, score %s (each head attends to at "
-               "most %u tokens; inside them it is full attention)\n", m->chunk_default,
-               m->window_default, m->score_default == LH_CLIENT_SCORE_BOUND ? "bound" : "rep",
+        printf("attention:     longheads, chunk %u, window %u, score %s, recent %u (each head "
+               "attends to at most %u tokens; inside them it is full attention)\n",
+               m->chunk_default, m->window_default,
+               m->score_default == LH_CLIENT_SCORE_BOUND ? "bound" : "rep", m->recent_default,
                m->window_default);
     else
         printf("attention:     full (the whole context)\n");
@@ -905,9 +910,10 @@ static int cmd_health(const char *sock, int argc, char **argv, int full)
             for (uint32_t i = 0; i < s.n_slots && i < LH_CLIENT_MAX_SLOTS; i++) {
                 const lh_client_slot *sl = &s.slots[i];
                 printf("%s{\"busy\":%s,\"cached_tokens\":%u,\"n_ctx\":%u,\"attn\":\"%s\","
-                       "\"chunk\":%u,\"window\":%u,\"kv_bytes\":%llu,\"kv_disk_bytes\":%llu}",
+                       "\"chunk\":%u,\"window\":%u,\"recent\":%u,\"kv_bytes\":%llu,"
+                       "\"kv_disk_bytes\":%llu}",
                        i ? "," : "", sl->busy ? "true" : "false", sl->n_cached, sl->n_ctx,
-                       attn_name(sl->attn), sl->chunk, sl->window,
+                       attn_name(sl->attn), sl->chunk, sl->window, sl->recent,
                        (unsigned long long)sl->kv_bytes, (unsigned long long)sl->kv_disk_bytes);
             }
             printf("]");
@@ -941,8 +947,8 @@ static int cmd_health(const char *sock, int argc, char **argv, int full)
             printf(" on disk");
         }
         if (sl->attn == LH_CLIENT_ATTN_LONGHEADS)
-            printf("), longheads chunk %u window %u%s\n", sl->chunk, sl->window,
-                   sl->score == LH_CLIENT_SCORE_BOUND ? " score bound" : "");
+            printf("), longheads chunk %u window %u recent %u%s\n", sl->chunk, sl->window,
+                   sl->recent, sl->score == LH_CLIENT_SCORE_BOUND ? " score bound" : "");
         else
             printf("), full attention\n");
     }

@@ -3,7 +3,8 @@
  * run end to end through the daemon.
  *
  *   longheads [--socket PATH] passkey [--lengths 256,1024,...] [--trials N] [--seed S]
- *             [--attn full|longheads] [--chunk W] [--window L] [--max-tokens N]
+ *             [--attn full|longheads] [--chunk W] [--window L] [--score S] [--recent R]
+ *             [--max-tokens N]
  *             [--timeout MS] [-v]
  *
  * The prompt, as text (sentences joined by single spaces):
@@ -373,6 +374,8 @@ static const char passkey_usage[] =
     "  --attn full|longheads   attention (default: the daemon's)\n"
     "  --chunk W, --window L   LongHeads chunk size and window (default: the daemon's)\n"
     "  --score rep|bound       LongHeads chunk score (default: the daemon's)\n"
+    "  --recent N              LongHeads: the last chunks every head keeps (default: the\n"
+    "                          daemon's, 2)\n"
     "  --max-tokens N          tokens generated for the answer (default 8)\n"
     "  --timeout MS            per-request timeout (default: the daemon's)\n"
     "  -v, --verbose           one line per trial\n";
@@ -417,12 +420,12 @@ static int parse_lengths(const char *s, size_t *out, size_t *np)
 int lh_cli_passkey(const char *sock, int argc, char **argv)
 {
     enum { O_LENGTHS = 256, O_TRIALS, O_SEED, O_ATTN, O_CHUNK, O_WINDOW, O_MAXTOK, O_TIMEOUT,
-           O_SCORE };
+           O_SCORE, O_RECENT };
     static const struct option opts[] = {
         {"lengths", required_argument, 0, O_LENGTHS}, {"trials", required_argument, 0, O_TRIALS},
         {"seed", required_argument, 0, O_SEED}, {"attn", required_argument, 0, O_ATTN},
         {"chunk", required_argument, 0, O_CHUNK}, {"window", required_argument, 0, O_WINDOW},
-        {"score", required_argument, 0, O_SCORE},
+        {"score", required_argument, 0, O_SCORE}, {"recent", required_argument, 0, O_RECENT},
         {"max-tokens", required_argument, 0, O_MAXTOK},
         {"timeout", required_argument, 0, O_TIMEOUT}, {"verbose", no_argument, 0, 'v'},
         {"help", no_argument, 0, 'h'}, {0, 0, 0, 0}};
@@ -471,6 +474,11 @@ int lh_cli_passkey(const char *sock, int argc, char **argv)
                 fprintf(stderr, "longheads: passkey: --score takes rep or bound\n");
                 return EXIT_USAGE;
             }
+            break;
+        case O_RECENT:
+            if (parse_u64("--recent", optarg, 1, 65536, &v))
+                return EXIT_USAGE;
+            r.o.recent = (uint32_t)v;
             break;
         case O_CHUNK:
         case O_WINDOW:
@@ -539,7 +547,9 @@ int lh_cli_passkey(const char *sock, int argc, char **argv)
         if (l)
             snprintf(ls, sizeof ls, "%u", l);
         lh_client_chunk_score sc = r.o.score ? r.o.score : m->score_default;
-        printf(" (chunk %s, window %s%s)", ws, ls, sc == LH_CLIENT_SCORE_BOUND ? ", score bound" : "");
+        uint32_t nr = r.o.recent ? r.o.recent : m->recent_default;
+        printf(" (chunk %s, window %s, recent %u%s)", ws, ls, nr,
+               sc == LH_CLIENT_SCORE_BOUND ? ", score bound" : "");
     }
     printf(", %zu trial(s) per length, seed %llu\n", r.n_trials, (unsigned long long)seed);
     fflush(stdout);

@@ -196,6 +196,7 @@ static void copy_model(lh_client_model_info *m, const Longheads__ModelInfo *p)
     m->chunk_default = p->chunk_default;
     m->window_default = p->window_default;
     m->score_default = (lh_client_chunk_score)p->chunk_score_default;
+    m->recent_default = p->recent_default;
 }
 
 static int connect_fd(const char *path, int64_t deadline, int *fdp)
@@ -417,6 +418,7 @@ static void fill_gen(Longheads__GenerateRequest *g, const lh_client_gen_opts *o)
     g->timeout_ms = o->timeout_ms;
     g->special = o->special != 0;
     g->chunk_score = (Longheads__ChunkScore)o->score;
+    g->recent = o->recent;
 }
 
 static int run_stream(lh_client *c, Longheads__Request *req, lh_client_gen_cb cb, void *ud,
@@ -691,6 +693,7 @@ int lh_client_get_status(lh_client *c, lh_client_status *out)
         d->kv_bytes = ss->kv_bytes;
         d->kv_disk_bytes = ss->kv_disk_bytes;
         d->score = (lh_client_chunk_score)ss->chunk_score;
+        d->recent = ss->recent;
     }
     longheads__response__free_unpacked(r, NULL);
     return 0;

@@ -77,6 +77,7 @@ typedef struct {
     int attn_full_allowed, attn_longheads_allowed;
     uint32_t chunk_default, window_default;
     lh_client_chunk_score score_default;  /* LH_CLIENT_SCORE_DEFAULT from a daemon that does not say */
+    uint32_t recent_default;   /* LongHeads: the last chunks every head keeps (0: not said) */
 } lh_client_model_info;
 
 /* Resolves the socket path as described above into buf (cap bytes).  Returns 0 or
@@ -124,6 +125,8 @@ typedef struct {
     int special;               /* 1: special token texts in the prompt (<|eot_id|>, <s>) become
                                 * those tokens (as lh_client_tokenize's LH_CLIENT_TOK_SPECIAL) */
     lh_client_chunk_score score;/* LongHeads chunk score (default: the daemon's) */
+    uint32_t recent;           /* LongHeads: the last chunks every head keeps, the current one
+                                * included (0: the daemon's default) */
 } lh_client_gen_opts;
 
 /* Defaults: temperature 0.8, top_k 40, top_p 0.95, min_p 0.05 (as ollama), repeat_penalty 1 (off,
@@ -198,6 +201,7 @@ typedef struct {
     uint64_t kv_bytes;         /* bytes those cached tokens hold (KV cache, LongHeads state) */
     uint64_t kv_disk_bytes;    /* of kv_bytes, the KV cache in its file on disk (--kv-dir) */
     lh_client_chunk_score score;/* LongHeads slots */
+    uint32_t recent;           /* LongHeads slots: the last chunks every head keeps */
 } lh_client_slot;
 typedef struct {
     lh_client_health health;

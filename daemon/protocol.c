@@ -104,6 +104,7 @@ static lh_err_code generate_args(const Longheads__GenerateRequest *g, lh_sched_a
     a->special = g->special;
     a->chunk = g->chunk;
     a->window = g->window;
+    a->recent = g->recent;
     if (attn_arg(g->attn, &a->attn) != 0) {
         snprintf(msg, msg_size, "unknown attention mode %d (0 default, 1 full, 2 longheads)",
                  (int)g->attn);
@@ -211,6 +212,7 @@ static lh_err_code submit_args(Longheads__Request *req, lh_sched_args *a, char *
         a->kind = LH_REQ_SCORE;
         a->chunk = req->score->chunk;
         a->window = req->score->window;
+        a->recent = req->score->recent;
         if (attn_arg(req->score->attn, &a->attn) != 0) {
             snprintf(msg, msg_size, "unknown attention mode %d (0 default, 1 full, 2 longheads)",
                      (int)req->score->attn);
@@ -432,6 +434,7 @@ static void fill_model_info(const lh_model *m, lh_sched *s, size_t max_frame,
     mi->attn_allowed = allowed;
     mi->chunk_default = (uint32_t)cp->chunk;
     mi->window_default = (uint32_t)cp->window;
+    mi->recent_default = (uint32_t)cp->recent;
     mi->max_prompt_tokens = (uint32_t)sc->max_prompt_tokens;
     mi->max_frame = (uint32_t)max_frame;
     mi->kv_type = cp->kv_type == LH_TYPE_F16 ? "f16" : "f32";
@@ -504,8 +507,10 @@ uint8_t *lh_proto_health_reply(uint64_t id, const lh_proto_health *hh, lh_sched 
         sp[i].window = (uint32_t)ss[i].window;
         sp[i].kv_bytes = ss[i].kv_bytes;
         sp[i].kv_disk_bytes = ss[i].kv_disk_bytes;
-        if (ss[i].attn == LH_ATTN_LONGHEADS)
+        if (ss[i].attn == LH_ATTN_LONGHEADS) {
             sp[i].chunk_score = score_wire(ss[i].score);
+            sp[i].recent = (uint32_t)ss[i].recent;
+        }
         spp[i] = &sp[i];
     }
     resp.id = id;

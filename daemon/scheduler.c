@@ -26,6 +26,7 @@ typedef struct slot {
     lh_attn_mode attn;          /* what the slot was created for (requested values) */
     size_t chunk, window;
     lh_score_mode score;
+    size_t recent;
     float *logits;              /* (n_batch, n_vocab) */
     size_t n_batch;
     struct req *busy;           /* the request using it, NULL if free */
@@ -333,13 +334,14 @@ static void req_free(req *r)
 /* ---- slots --------------------------------------------------------------------------------- */
 
 static int slot_create(lh_sched *s, slot *sl, lh_attn_mode attn, size_t chunk, size_t window,
-                       lh_score_mode score)
+                       lh_score_mode score, size_t recent)
 {
     lh_ctx_params p = s->cfg.ctx;
     p.attn = attn;
     p.chunk = chunk;
     p.window = window;
     p.score = score;
+    p.recent = recent;
     lh_ctx_free(sl->ctx);
     sl->ctx = NULL;
     int rc = lh_ctx_new(&sl->ctx, s->model, &p);
@@ -360,16 +362,17 @@ static int slot_create(lh_sched *s, slot *sl, lh_attn_mode attn, size_t chunk, s
     sl->chunk = chunk;
     sl->window = window;
     sl->score = score;
+    sl->recent = recent;
     return 0;
 }
 
 static int slot_matches(const slot *sl, lh_attn_mode attn, size_t chunk, size_t window,
-                        lh_score_mode score)
+                        lh_score_mode score, size_t recent)
 {
     if (!sl->ctx || sl->attn != attn)
         return 0;
-    return attn == LH_ATTN_FULL ||
-           (sl->chunk == chunk && sl->window == window && sl->score == score);
+    return attn == LH_ATTN_FULL || (sl->chunk == chunk && sl->window == window &&
+                                    sl->score == score && sl->recent == recent);
 }
 
 static size_t common_prefix(const int32_t *a, size_t na, const int32_t *b, size_t nb)
@@ -492,6 +495,7 @@ static slot *pick_slot(lh_sched *s, req *r, char *msg, size_t msg_size, lh_err_c
     size_t chunk = r->a.chunk ? r->a.chunk : s->cfg.ctx.chunk;
     size_t window = r->a.window ? r->a.window : s->cfg.ctx.window;
     lh_score_mode score = r->a.score < 0 ? s->cfg.ctx.score : (lh_score_mode)r->a.score;
+    size_t recent = r->a.recent ? r->a.recent : s->cfg.ctx.recent;
     slot *best = NULL, *lru = NULL;
     size_t best_lcp = 0;
     for (size_t i = 0; i < s->cfg.n_slots; i++) {
@@ -500,7 +504,7 @@ static slot *pick_slot(lh_sched *s, req *r, char *msg, size_t msg_size, lh_err_c
             continue;
         if (!lru || sl->last_used < lru->last_used)
             lru = sl;
-        if (!slot_matches(sl, attn, chunk, window, score))
+        if (!slot_matches(sl, attn, chunk, window, score, recent))
             continue;
         size_t lcp = common_prefix(lh_ctx_tokens(sl->ctx), lh_ctx_n_past(sl->ctx), r->prompt,
                                    r->n_prompt);
@@ -516,23 +520,24 @@ static slot *pick_slot(lh_sched *s, req *r, char *msg, size_t msg_size, lh_err_c
         *errp = LH_ERR_INTERNAL;
         return NULL;
     }
-    int rc = slot_create(s, lru, attn, chunk, window, score);
+    int rc = slot_create(s, lru, attn, chunk, window, score, recent);
     if (rc != 0) {
         snprintf(msg, msg_size, "cannot create a context with attention %s, chunk %zu, window "
-                 "%zu (%s); check the values against `longheads info`",
-                 attn == LH_ATTN_FULL ? "full" : "longheads", chunk, window,
+                 "%zu, recent %zu (%s); check the values against `longheads info`",
+                 attn == LH_ATTN_FULL ? "full" : "longheads", chunk, window, recent,
                  rc == -EINVAL ? "invalid parameters" : "out of memory");
         *errp = rc == -EINVAL ? LH_ERR_INVALID_ARGUMENT : LH_ERR_INTERNAL;
         /* put the slot back to the defaults so that later requests find it usable */
         if (slot_create(s, lru, s->cfg.ctx.attn, s->cfg.ctx.chunk, s->cfg.ctx.window,
-                        s->cfg.ctx.score) != 0)
+                        s->cfg.ctx.score, s->cfg.ctx.recent) != 0)
             lh_log_error("slot could not be recreated with the default parameters; it stays "
                          "unusable until the next request recreates it");
         return NULL;
     }
-    lh_log_info("slot %zu recreated: attention %s, chunk %zu, window %zu, score %s",
+    lh_log_info("slot %zu recreated: attention %s, chunk %zu, window %zu, score %s, recent %zu",
                 (size_t)(lru - s->slots), attn == LH_ATTN_FULL ? "full" : "longheads", chunk,
-                window, score == LH_SCORE_BOUND ? "bound" : "rep");
+                window, score == LH_SCORE_BOUND ? "bound" : "rep",
+                lh_ctx_params_get(lru->ctx)->recent);
     return lru;
 }
 
@@ -860,6 +865,7 @@ static void slot_snapshot(slot *sl)
     st->chunk = p->attn == LH_ATTN_LONGHEADS ? p->chunk : 0;
     st->window = p->attn == LH_ATTN_LONGHEADS ? p->window : 0;
     st->score = p->score;
+    st->recent = p->attn == LH_ATTN_LONGHEADS ? p->recent : 0;
     st->kv_bytes = (size_t)((double)st->n_cached * ((double)lh_ctx_kv_bytes_per_token(sl->ctx) +
                                                     lh_ctx_lh_bytes_per_token(sl->ctx)));
     st->kv_disk_bytes = p->kv_dir ? st->n_cached * lh_ctx_kv_bytes_per_token(sl->ctx) : 0;
@@ -1203,7 +1209,7 @@ int lh_sched_new(lh_sched **sp, const lh_model *m, const lh_sched_config *cfg,
     }
     for (size_t i = 0; i < s->cfg.n_slots; i++) {
         rc = slot_create(s, &s->slots[i], s->cfg.ctx.attn, s->cfg.ctx.chunk, s->cfg.ctx.window,
-                         s->cfg.ctx.score);
+                         s->cfg.ctx.score, s->cfg.ctx.recent);
         if (rc != 0)
             goto fail;
     }

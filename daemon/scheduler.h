@@ -97,6 +97,7 @@ typedef struct {
     int attn;                /* -1: default, else lh_attn_mode */
     size_t chunk, window;    /* 0: default */
     int score;               /* -1: default, else lh_score_mode */
+    size_t recent;           /* LongHeads recent chunks, 0: default */
     uint32_t timeout_ms;     /* 0: config timeout; otherwise the smaller wins */
     uid_t uid;               /* for the request's log line */
     lh_chat_msg *msgs;       /* generate: when n_msgs > 0, the prompt is these messages rendered
@@ -200,6 +201,7 @@ typedef struct {
     lh_attn_mode attn;
     size_t chunk, window;
     lh_score_mode score;
+    size_t recent;          /* LongHeads slots: the last chunks every head keeps */
     size_t kv_bytes;        /* n_cached x the context's bytes per token */
     size_t kv_disk_bytes;   /* with --kv-dir: the KV cache's part of kv_bytes, which lives in its
                              * file on disk (only a budget's worth of its pages is resident) */

@@ -1221,10 +1221,11 @@ static size_t count_lines(const char *path, const char *needle)
     return n;
 }
 
-/* The chunk score is wired through: a daemon started with --score bound says so in its info,
- * serves requests with its default and with either score asked for, and each gives byte for byte
- * the text longheads-run gives with that score (the prompt, 2500 bytes of stories, runs past the
- * 512-token window, where the two scores choose different chunks and the texts differ). */
+/* The chunk score and the recent chunks are wired through: a daemon started with --score bound
+ * --recent 3 says so in its info, serves requests with its defaults and with either score or
+ * another recent count asked for, and each gives byte for byte the text longheads-run gives with
+ * those settings (the prompt, 2500 bytes of stories, runs past the 512-token window, where the
+ * settings choose different chunks and the texts differ); the slot then reports what it ran. */
 static void test_score_option(void)
 {
     char path[128], cmd[1024];
@@ -1237,20 +1238,25 @@ static void test_score_option(void)
     CU_ASSERT_FATAL(f != NULL);
     fputs(all, f);
     fclose(f);
-    const char *extra[] = {"--score", "bound", "--ctx", "2048", NULL};
+    const char *extra[] = {"--score", "bound", "--recent", "3", "--ctx", "2048", NULL};
     pid_t pid = aux_start("score", extra);
     CU_ASSERT_FATAL(pid > 0);
     lh_client *c;
     CU_ASSERT_EQUAL_FATAL(lh_client_connect(&c, g_sock, 10000), 0);
     CU_ASSERT_EQUAL(lh_client_model(c)->score_default, LH_CLIENT_SCORE_BOUND);
-    static const struct { lh_client_chunk_score score; const char *arg; } runs[] = {
-        {LH_CLIENT_SCORE_DEFAULT, "bound"}, {LH_CLIENT_SCORE_REP, "rep"},
-        {LH_CLIENT_SCORE_BOUND, "bound"}};
-    char *text[3] = {0};
-    for (size_t k = 0; k < 3; k++) {
+    CU_ASSERT_EQUAL(lh_client_model(c)->recent_default, 3);
+    static const struct {
+        lh_client_chunk_score score;
+        const char *arg;
+        uint32_t recent;
+    } runs[] = {
+        {LH_CLIENT_SCORE_DEFAULT, "bound", 0}, {LH_CLIENT_SCORE_REP, "rep", 0},
+        {LH_CLIENT_SCORE_BOUND, "bound", 0}, {LH_CLIENT_SCORE_BOUND, "bound", 2}};
+    char *text[4] = {0};
+    for (size_t k = 0; k < 4; k++) {
         snprintf(cmd, sizeof cmd, "%s/longheads-run -m %s -f %s -n 48 --temp 0 --ctx 2048 "
-                 "--score %s 2>/dev/null", lh_test_build_dir(), lh_test_model_path(), path,
-                 runs[k].arg);
+                 "--score %s --recent %u 2>/dev/null", lh_test_build_dir(), lh_test_model_path(),
+                 path, runs[k].arg, runs[k].recent ? runs[k].recent : 3);
         int st;
         char *ref = run_capture(cmd, &st);
         CU_ASSERT_EQUAL(st, 0);
@@ -1261,6 +1267,7 @@ static void test_score_option(void)
         o.max_tokens = 48;
         o.temperature = 0;
         o.score = runs[k].score;
+        o.recent = runs[k].recent;
         static stream s;
         memset(&s, 0, sizeof s);
         lh_client_result res;
@@ -1272,7 +1279,14 @@ static void test_score_option(void)
     }
     CU_ASSERT_STRING_EQUAL(text[0], text[2]);
     CU_ASSERT(strcmp(text[1], text[2]) != 0);
-    for (size_t k = 0; k < 3; k++)
+    CU_ASSERT(strcmp(text[3], text[2]) != 0);
+    lh_client_status st;
+    CU_ASSERT_EQUAL(lh_client_get_status(c, &st), 0);
+    size_t n_two = 0;   /* the slot the last request ran on */
+    for (uint32_t i = 0; i < st.n_slots && i < LH_CLIENT_MAX_SLOTS; i++)
+        n_two += st.slots[i].attn == LH_CLIENT_ATTN_LONGHEADS && st.slots[i].recent == 2;
+    CU_ASSERT(n_two >= 1);
+    for (size_t k = 0; k < 4; k++)
         free(text[k]);
     free(all);
     lh_client_close(c);
