@@ -13,8 +13,8 @@
 #    longheadsd started here on a temporary socket: for models/passkey-aligned.gguf and
 #    models/passkey-plain.gguf (models/PASSKEY.md, trained at 256 tokens), LongHeads at the
 #    daemon's defaults (the files' keys: chunk 32, window 256), the same with the bound chunk
-#    score (--score bound, up to LH_EVAL_BOUND_MAX) and full attention; then a daemon started
-#    with --recent 4: both scores up to LH_EVAL_BOUND_MAX; one passkey run per length (keys and depths depend only on the seed and the length, so the first trials
+#    score (--score bound, up to LH_EVAL_BOUND_MAX), both scores keeping the last LH_EVAL_RECENT
+#    chunks (--recent 4, up to LH_EVAL_BOUND_MAX) and full attention; one passkey run per length (keys and depths depend only on the seed and the length, so the first trials
 #    of every cell are the same prompts in both attentions and in the long version).
 # 3. The daemon's peak resident memory (VmHWM) after the longest LongHeads prompt, and the
 #    KV-cache and chunk-representation bytes per token computed from the model's shape.
@@ -124,12 +124,10 @@ commit=$(git rev-parse --short=12 HEAD 2>/dev/null || echo unknown)
 dirty=$(git status --porcelain --untracked-files=no -- . ':!results' 2>/dev/null)
 [ -n "$dirty" ] && commit="$commit (with uncommitted changes)"
 
-# start_daemon MODEL CTX [OPTION...]: longheadsd on $sock, waits until it answers (up to 120 s).
+# start_daemon MODEL CTX: longheadsd on $sock, waits until it answers (up to 120 s).
 start_daemon() {
-    dm=$1 dc=$2
-    shift 2
-    set -- --model "$dm" --socket "$sock" --ctx "$dc" --timeout 0 --threads "$THREADS" \
-           --log-file "$tmp/daemon.log" "$@"
+    set -- --model "$1" --socket "$sock" --ctx "$2" --timeout 0 --threads "$THREADS" \
+           --log-file "$tmp/daemon.log"
     log_cmd "$B/longheadsd $* &"
     "$B/longheadsd" "$@" &
     daemon_pid=$!
@@ -321,13 +319,12 @@ for model in $models; do
 
     echo "-- LongHeads ($settings) with the bound chunk score"
     pk_row "$mname, LongHeads $settings, bound score" bound_trials --score bound
+    echo "-- LongHeads ($settings), $RECENT recent chunks"
+    pk_row "$mname, LongHeads $settings, recent $RECENT" bound_trials --recent "$RECENT"
+    pk_row "$mname, LongHeads $settings, recent $RECENT, bound score" bound_trials \
+        --recent "$RECENT" --score bound
     echo "-- full attention"
     pk_row "$mname, full" full_trials --attn full
-    stop_daemon
-    echo "-- LongHeads ($settings), $RECENT recent chunks (a daemon started with --recent $RECENT)"
-    start_daemon "$model" "$ctx" --recent "$RECENT" || exit 1
-    pk_row "$mname, LongHeads $settings, recent $RECENT" bound_trials
-    pk_row "$mname, LongHeads $settings, recent $RECENT, bound score" bound_trials --score bound
     stop_daemon
     echo
 done
@@ -389,9 +386,8 @@ mkdir -p "$(dirname "$OUT")"
     echo "correct/trials per prompt length in tokens.  LongHeads at the daemon's defaults (the"
     echo "files' \`longheads.*\` keys: $pk_settings): $lh_note.  \"bound score\": the chunk"
     echo "score \`--score bound\` (an upper bound of q·k from the keys' min and max) instead of the"
-    echo "paper's representations: $bound_note.  \"recent $RECENT\": a daemon started with"
-    echo "\`--recent $RECENT\` (every head keeps the last $RECENT chunks, the current one included, instead"
-    echo "of the paper's 2): $bound_note."
+    echo "paper's representations: $bound_note.  \"recent $RECENT\": \`--recent $RECENT\` (every head"
+    echo "keeps the last $RECENT chunks, the current one included, instead of the paper's 2): $bound_note."
     echo "Full attention: $full_note (its cost grows with the square of the length)."
     echo
     echo "$pk_table"
