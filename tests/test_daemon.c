@@ -268,12 +268,10 @@ static void test_limits_at_submit(void)
     a.text_len = big;
     lh_sampler_params_default(&a.sp);
     char msg[256];
-    struct timespec t0, t1;
-    clock_gettime(CLOCK_MONOTONIC, &t0);
     CU_ASSERT_EQUAL(lh_sched_submit(s, 1, 1, &a, msg, sizeof msg), LH_ERR_LIMIT);
-    clock_gettime(CLOCK_MONOTONIC, &t1);
-    double ms = (double)(t1.tv_sec - t0.tv_sec) * 1e3 + (double)(t1.tv_nsec - t0.tv_nsec) * 1e-6;
-    CU_ASSERT(ms < 100);
+    /* refused on its byte count (the message the tokenized count would give names tokens; a
+     * timing bound here failed under the sanitizers on a loaded machine) */
+    CU_ASSERT_PTR_NOT_NULL(strstr(msg, "the prompt has 8388608 bytes"));
     CU_ASSERT_PTR_NOT_NULL(strstr(msg, "max-prompt-tokens"));
     /* duplicate ids while queued/active; the live request is unaffected */
     lh_sched_set_throttled(s, 1, 1);
