@@ -70,7 +70,8 @@ static const char usage_text[] =
     "                             token ids, one per line; --special: <|eot_id|>, <s>... in\n"
     "                             the text become those tokens\n"
     "  detokenize ID...           text of token ids\n"
-    "  score [--attn A] [--chunk N] [--window N] [--json] [TEXT | -f FILE | -]\n"
+    "  score [--attn A] [--chunk N] [--window N] [--score S] [--recent N] [--json]\n"
+    "        [TEXT | -f FILE | -]\n"
     "                             log-probability of the text under the model\n"
     "  passkey [options]          the pass-key retrieval test (LongHeads paper): a key hidden\n"
     "                             at a random depth of filler text, asked for at the end\n"
@@ -960,15 +961,17 @@ static int cmd_tokenize(const char *sock, int argc, char **argv, int score)
 {
     const char *file = NULL;
     int add_bos = 1, special = 0, c, json = 0;
-    lh_client_attn attn = LH_CLIENT_ATTN_DEFAULT;
-    double chunk = 0, window = 0;
-    enum { O_NOBOS = 256, O_SPECIAL, O_JSON, O_ATTN, O_CHUNK, O_WINDOW };
+    lh_client_score_opts so = {LH_CLIENT_ATTN_DEFAULT, 0, 0, LH_CLIENT_SCORE_DEFAULT, 0};
+    double v = 0;
+    enum { O_NOBOS = 256, O_SPECIAL, O_JSON, O_ATTN, O_CHUNK, O_WINDOW, O_SCORE, O_RECENT };
     static const struct option opts[] = {{"no-bos", no_argument, 0, O_NOBOS},
                                          {"special", no_argument, 0, O_SPECIAL},
                                          {"json", no_argument, 0, O_JSON},
                                          {"attn", required_argument, 0, O_ATTN},
                                          {"chunk", required_argument, 0, O_CHUNK},
                                          {"window", required_argument, 0, O_WINDOW},
+                                         {"score", required_argument, 0, O_SCORE},
+                                         {"recent", required_argument, 0, O_RECENT},
                                          {"file", required_argument, 0, 'f'},
                                          {0, 0, 0, 0}};
     const char *cmd = score ? "score" : "tokenize";
@@ -985,19 +988,34 @@ static int cmd_tokenize(const char *sock, int argc, char **argv, int score)
             file = optarg;
         } else if (c == O_ATTN && score) {
             if (strcmp(optarg, "full") == 0)
-                attn = LH_CLIENT_ATTN_FULL;
+                so.attn = LH_CLIENT_ATTN_FULL;
             else if (strcmp(optarg, "longheads") == 0)
-                attn = LH_CLIENT_ATTN_LONGHEADS;
+                so.attn = LH_CLIENT_ATTN_LONGHEADS;
             else {
                 fprintf(stderr, "longheads: --attn: '%s' is not full or longheads\n", optarg);
                 return EXIT_USAGE;
             }
+        } else if (c == O_SCORE && score) {
+            if (strcmp(optarg, "rep") == 0)
+                so.score = LH_CLIENT_SCORE_REP;
+            else if (strcmp(optarg, "bound") == 0)
+                so.score = LH_CLIENT_SCORE_BOUND;
+            else {
+                fprintf(stderr, "longheads: --score: '%s' is not rep or bound\n", optarg);
+                return EXIT_USAGE;
+            }
         } else if (c == O_CHUNK && score) {
-            if (parse_int("--chunk", optarg, 1, 65536, &chunk))
+            if (parse_int("--chunk", optarg, 1, 65536, &v))
                 return EXIT_USAGE;
+            so.chunk = (uint32_t)v;
         } else if (c == O_WINDOW && score) {
-            if (parse_int("--window", optarg, 2, 1 << 20, &window))
+            if (parse_int("--window", optarg, 2, 1 << 20, &v))
                 return EXIT_USAGE;
+            so.window = (uint32_t)v;
+        } else if (c == O_RECENT && score) {
+            if (parse_int("--recent", optarg, 1, 65536, &v))
+                return EXIT_USAGE;
+            so.recent = (uint32_t)v;
         } else {
             fprintf(stderr, "longheads: %s: unknown option %s (see longheads --help)\n", cmd,
                     argv[optind - 1]);
@@ -1023,8 +1041,7 @@ static int cmd_tokenize(const char *sock, int argc, char **argv, int score)
     if ((rc = lh_cli_connect(&cl, sock)) != 0)
         goto out;
     double total = 0;
-    int trc = score ? lh_client_score_attn(cl, text, len, attn, (uint32_t)chunk, (uint32_t)window,
-                                           lp, cap, &n, &total)
+    int trc = score ? lh_client_score_ex(cl, text, len, &so, lp, cap, &n, &total)
                     : lh_client_tokenize(cl, text, len,
                                          (add_bos ? LH_CLIENT_TOK_BOS : 0) |
                                              (special ? LH_CLIENT_TOK_SPECIAL : 0),

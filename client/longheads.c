@@ -768,14 +768,23 @@ int lh_client_detokenize(lh_client *c, const int32_t *ids, size_t n, char *buf, 
 int lh_client_score(lh_client *c, const char *text, size_t len, float *logprobs, size_t cap,
                     size_t *n_outp, double *totalp)
 {
-    return lh_client_score_attn(c, text, len, LH_CLIENT_ATTN_DEFAULT, 0, 0, logprobs, cap, n_outp,
-                                totalp);
+    return lh_client_score_ex(c, text, len, NULL, logprobs, cap, n_outp, totalp);
 }
 
 int lh_client_score_attn(lh_client *c, const char *text, size_t len, lh_client_attn attn,
                          uint32_t chunk, uint32_t window, float *logprobs, size_t cap,
                          size_t *n_outp, double *totalp)
 {
+    lh_client_score_opts o = {attn, chunk, window, LH_CLIENT_SCORE_DEFAULT, 0};
+    return lh_client_score_ex(c, text, len, &o, logprobs, cap, n_outp, totalp);
+}
+
+int lh_client_score_ex(lh_client *c, const char *text, size_t len, const lh_client_score_opts *o,
+                       float *logprobs, size_t cap, size_t *n_outp, double *totalp)
+{
+    static const lh_client_score_opts defaults;
+    if (!o)
+        o = &defaults;
     *n_outp = 0;
     if (!text)
         return LH_CLIENT_E_ARGUMENT;
@@ -785,9 +794,11 @@ int lh_client_score_attn(lh_client *c, const char *text, size_t len, lh_client_a
     Longheads__Request req = LONGHEADS__REQUEST__INIT;
     Longheads__ScoreRequest sc = LONGHEADS__SCORE_REQUEST__INIT;
     sc.text = s;
-    sc.attn = (Longheads__AttnMode)attn;
-    sc.chunk = chunk;
-    sc.window = window;
+    sc.attn = (Longheads__AttnMode)o->attn;
+    sc.chunk = o->chunk;
+    sc.window = o->window;
+    sc.chunk_score = (Longheads__ChunkScore)o->score;
+    sc.recent = o->recent;
     req.body_case = LONGHEADS__REQUEST__BODY_SCORE;
     req.score = &sc;
     Longheads__Response *r;

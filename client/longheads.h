@@ -234,6 +234,16 @@ int lh_client_score(lh_client *c, const char *text, size_t len, float *logprobs,
 int lh_client_score_attn(lh_client *c, const char *text, size_t len, lh_client_attn attn,
                          uint32_t chunk, uint32_t window, float *logprobs, size_t cap,
                          size_t *n_outp, double *totalp);
+/* The attention settings of a score, each 0 / DEFAULT for the daemon's. */
+typedef struct {
+    lh_client_attn attn;
+    uint32_t chunk, window;
+    lh_client_chunk_score score;  /* LongHeads chunk score */
+    uint32_t recent;              /* LongHeads: the last chunks every head keeps */
+} lh_client_score_opts;
+/* The same with every attention setting; o NULL: the daemon's defaults. */
+int lh_client_score_ex(lh_client *c, const char *text, size_t len, const lh_client_score_opts *o,
+                       float *logprobs, size_t cap, size_t *n_outp, double *totalp);
 
 const char *lh_client_strerror(int err);
 /* The daemon's last error message and code on this connection ("" and 0 if none). */

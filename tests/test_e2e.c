@@ -1286,6 +1286,25 @@ static void test_score_option(void)
     for (uint32_t i = 0; i < st.n_slots && i < LH_CLIENT_MAX_SLOTS; i++)
         n_two += st.slots[i].attn == LH_CLIENT_ATTN_LONGHEADS && st.slots[i].recent == 2;
     CU_ASSERT(n_two >= 1);
+    /* a Score request takes the same settings: the daemon's defaults spelled out give the same
+     * log-probabilities bit for bit, another score or recent count others */
+    static const lh_client_score_opts sos[4] = {
+        {LH_CLIENT_ATTN_DEFAULT, 0, 0, LH_CLIENT_SCORE_DEFAULT, 0},
+        {LH_CLIENT_ATTN_LONGHEADS, 0, 0, LH_CLIENT_SCORE_BOUND, 3},
+        {LH_CLIENT_ATTN_DEFAULT, 0, 0, LH_CLIENT_SCORE_DEFAULT, 2},
+        {LH_CLIENT_ATTN_DEFAULT, 0, 0, LH_CLIENT_SCORE_REP, 0}};
+    double tot[4];
+    size_t n_lp[4];
+    float *lp = malloc(4096 * sizeof *lp);
+    CU_ASSERT_FATAL(lp != NULL);
+    for (size_t k = 0; k < 4; k++)
+        CU_ASSERT_EQUAL(lh_client_score_ex(c, all, 2500, &sos[k], lp, 4096, &n_lp[k], &tot[k]),
+                        0);
+    CU_ASSERT(n_lp[0] > 600 && n_lp[0] == n_lp[1] && n_lp[0] == n_lp[2]);
+    CU_ASSERT(tot[0] == tot[1]);
+    CU_ASSERT(tot[2] != tot[0]);
+    CU_ASSERT(tot[3] != tot[0]);
+    free(lp);
     for (size_t k = 0; k < 4; k++)
         free(text[k]);
     free(all);
