@@ -367,6 +367,35 @@ static int parse_num(const char *flag, const char *s, double lo, double hi, doub
     return 0;
 }
 
+/* s is a (*out = 0) or b (*out = 1): 0, else EXIT_USAGE after saying what flag takes. */
+static int pick_word(const char *flag, const char *s, const char *a, const char *b, int *out)
+{
+    if (strcmp(s, a) != 0 && strcmp(s, b) != 0) {
+        fprintf(stderr, "longheads: %s: '%s' is not %s or %s\n", flag, s, a, b);
+        return EXIT_USAGE;
+    }
+    *out = strcmp(s, b) == 0;
+    return 0;
+}
+
+int lh_cli_parse_attn(const char *s, lh_client_attn *out)
+{
+    int i;
+    if (pick_word("--attn", s, "full", "longheads", &i))
+        return EXIT_USAGE;
+    *out = i ? LH_CLIENT_ATTN_LONGHEADS : LH_CLIENT_ATTN_FULL;
+    return 0;
+}
+
+int lh_cli_parse_score(const char *s, lh_client_chunk_score *out)
+{
+    int i;
+    if (pick_word("--score", s, "rep", "bound", &i))
+        return EXIT_USAGE;
+    *out = i ? LH_CLIENT_SCORE_BOUND : LH_CLIENT_SCORE_REP;
+    return 0;
+}
+
 static int parse_int(const char *flag, const char *s, double lo, double hi, double *outp)
 {
     if (parse_num(flag, s, lo, hi, outp))
@@ -468,24 +497,12 @@ static int parse_gen(gen_cli *g, int argc, char **argv, int chat)
             g->stops[g->n_stop++] = optarg;
             break;
         case O_ATTN:
-            if (strcmp(optarg, "full") == 0)
-                g->o.attn = LH_CLIENT_ATTN_FULL;
-            else if (strcmp(optarg, "longheads") == 0)
-                g->o.attn = LH_CLIENT_ATTN_LONGHEADS;
-            else {
-                fprintf(stderr, "longheads: --attn: '%s' is not full or longheads\n", optarg);
+            if (lh_cli_parse_attn(optarg, &g->o.attn))
                 return EXIT_USAGE;
-            }
             break;
         case O_SCORE:
-            if (strcmp(optarg, "rep") == 0)
-                g->o.score = LH_CLIENT_SCORE_REP;
-            else if (strcmp(optarg, "bound") == 0)
-                g->o.score = LH_CLIENT_SCORE_BOUND;
-            else {
-                fprintf(stderr, "longheads: --score: '%s' is not rep or bound\n", optarg);
+            if (lh_cli_parse_score(optarg, &g->o.score))
                 return EXIT_USAGE;
-            }
             break;
         case O_CHUNK: if (parse_int("--chunk", optarg, 1, 65536, &v)) return EXIT_USAGE; g->o.chunk = (uint32_t)v; break;
         case O_WINDOW: if (parse_int("--window", optarg, 2, 1 << 20, &v)) return EXIT_USAGE; g->o.window = (uint32_t)v; break;
@@ -987,23 +1004,11 @@ static int cmd_tokenize(const char *sock, int argc, char **argv, int score)
         } else if (c == 'f') {
             file = optarg;
         } else if (c == O_ATTN && score) {
-            if (strcmp(optarg, "full") == 0)
-                so.attn = LH_CLIENT_ATTN_FULL;
-            else if (strcmp(optarg, "longheads") == 0)
-                so.attn = LH_CLIENT_ATTN_LONGHEADS;
-            else {
-                fprintf(stderr, "longheads: --attn: '%s' is not full or longheads\n", optarg);
+            if (lh_cli_parse_attn(optarg, &so.attn))
                 return EXIT_USAGE;
-            }
         } else if (c == O_SCORE && score) {
-            if (strcmp(optarg, "rep") == 0)
-                so.score = LH_CLIENT_SCORE_REP;
-            else if (strcmp(optarg, "bound") == 0)
-                so.score = LH_CLIENT_SCORE_BOUND;
-            else {
-                fprintf(stderr, "longheads: --score: '%s' is not rep or bound\n", optarg);
+            if (lh_cli_parse_score(optarg, &so.score))
                 return EXIT_USAGE;
-            }
         } else if (c == O_CHUNK && score) {
             if (parse_int("--chunk", optarg, 1, 65536, &v))
                 return EXIT_USAGE;

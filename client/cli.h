@@ -16,6 +16,11 @@ enum {
  * stderr where it looked and how to start the daemon, and returns EXIT_CONNECT. */
 int lh_cli_connect(lh_client **cp, const char *sock);
 
+/* --attn full|longheads and --score rep|bound (generate, chat, score, passkey): 0, or EXIT_USAGE
+ * after telling the person what the option takes. */
+int lh_cli_parse_attn(const char *s, lh_client_attn *out);
+int lh_cli_parse_score(const char *s, lh_client_chunk_score *out);
+
 /* client/cli_passkey.c: `longheads passkey`; returns one of the exit statuses above. */
 int lh_cli_passkey(const char *sock, int argc, char **argv);
 

@@ -456,24 +456,12 @@ int lh_cli_passkey(const char *sock, int argc, char **argv)
                 return EXIT_USAGE;
             break;
         case O_ATTN:
-            if (strcmp(optarg, "full") == 0)
-                r.o.attn = LH_CLIENT_ATTN_FULL;
-            else if (strcmp(optarg, "longheads") == 0)
-                r.o.attn = LH_CLIENT_ATTN_LONGHEADS;
-            else {
-                fprintf(stderr, "longheads: passkey: --attn takes full or longheads\n");
+            if (lh_cli_parse_attn(optarg, &r.o.attn))
                 return EXIT_USAGE;
-            }
             break;
         case O_SCORE:
-            if (strcmp(optarg, "rep") == 0)
-                r.o.score = LH_CLIENT_SCORE_REP;
-            else if (strcmp(optarg, "bound") == 0)
-                r.o.score = LH_CLIENT_SCORE_BOUND;
-            else {
-                fprintf(stderr, "longheads: passkey: --score takes rep or bound\n");
+            if (lh_cli_parse_score(optarg, &r.o.score))
                 return EXIT_USAGE;
-            }
             break;
         case O_RECENT:
             if (parse_u64("--recent", optarg, 1, 65536, &v))
