@@ -1641,7 +1641,7 @@ static size_t select_any(const lh_lh *s, size_t layer, size_t head, const float 
 {
     size_t w = s->p.chunk, d = s->p.head_dim, K = s->n_keep, cc = t / w;
     if (layer >= s->p.n_layer || head >= s->p.n_head || cap < K ||
-        (cc >= 1 && (cc - 1) * w > s->n_done[layer]))
+        (cc + 1 > s->n_recent && (cc + 1 - s->n_recent) * w > s->n_done[layer]))
         return 0;
     if (t < s->p.window) {
         for (size_t c = 0; c <= cc; c++)

@@ -98,7 +98,8 @@ void lh_lh_layer_ref(const lh_lh_params *p, const float *q_all, size_t n_tok, si
 /* The chunks (ascending, layout order) that query head `head` of `layer` attends to for a query at
  * position t whose un-rotated query for that head is q_head (head_dim floats), from the cached
  * representations: exactly what lh_lh_layer uses.  For t < L that is 0 .. t/w.  Needs the
- * representations of chunks up to t/w - 2, i.e. (t/w - 1)*w tokens processed in that layer.
+ * representations of chunks up to t/w - R (R = lh_lh_recent), i.e. (t/w - R + 1)*w tokens
+ * processed in that layer.
  * Returns the number of chunks written (K for t >= L), or 0 when cap < K or the layer has not got
  * that far.  For tests and diagnostics (which heads look where); allocates, not for the forward. */
 size_t lh_lh_select(const lh_lh *s, size_t layer, size_t head, const float *q_head, size_t t,

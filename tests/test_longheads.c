@@ -318,6 +318,19 @@ static void test_recent(void)
         CU_ASSERT_EQUAL(feed(s2, &f, 0, n, 64, out), 0);
         size_t differ = check_recent_layout(s, s2, &p, n);
         CU_ASSERT(differ > (n - p.window) * p.n_head / 2);
+        /* R = 1 reads the chunk before the current one by score: lh_lh_select needs it complete
+         * (n ends 3 tokens into a chunk) */
+        lh_lh_params p1 = p;
+        p1.recent = 1;
+        lh_lh *s1 = NULL;
+        size_t got[8];
+        float probe[8] = {1, 2, 3, 4, 5, 6, 7, 8};
+        CU_ASSERT_FATAL(lh_lh_new(&s1, &p1, 64) == 0);
+        CU_ASSERT_EQUAL(feed(s1, &f, 0, n, 64, out), 0);
+        CU_ASSERT_EQUAL(lh_lh_select(s1, 1, 0, probe, n, got, 8), 8);
+        CU_ASSERT_EQUAL(lh_lh_select(s1, 1, 0, probe, n + p.chunk, got, 8), 0);
+        CU_ASSERT_EQUAL(lh_lh_select(s2, 1, 0, probe, n + p.chunk, got, 8), 8);
+        lh_lh_free(s1);
         lh_lh_free(s);
         lh_lh_free(s2);
         free(out);
