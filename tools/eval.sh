@@ -14,7 +14,8 @@
 #    models/passkey-plain.gguf (models/PASSKEY.md, trained at 256 tokens), LongHeads at the
 #    daemon's defaults (the files' keys: chunk 32, window 256), the same with the bound chunk
 #    score (--score bound, up to LH_EVAL_BOUND_MAX), both scores keeping the last LH_EVAL_RECENT
-#    chunks (--recent 4, up to LH_EVAL_BOUND_MAX) and full attention; one passkey run per length (keys and depths depend only on the seed and the length, so the first trials
+#    chunks (--recent 4: rep up to LH_EVAL_BOUND_MAX, the bound at every length) and full
+#    attention; one passkey run per length (keys and depths depend only on the seed and the length, so the first trials
 #    of every cell are the same prompts in both attentions and in the long version).
 # 3. The daemon's peak resident memory (VmHWM) after the longest LongHeads prompt, and the
 #    KV-cache and chunk-representation bytes per token computed from the model's shape.
@@ -321,7 +322,7 @@ for model in $models; do
     pk_row "$mname, LongHeads $settings, bound score" bound_trials --score bound
     echo "-- LongHeads ($settings), $RECENT recent chunks"
     pk_row "$mname, LongHeads $settings, recent $RECENT" bound_trials --recent "$RECENT"
-    pk_row "$mname, LongHeads $settings, recent $RECENT, bound score" bound_trials \
+    pk_row "$mname, LongHeads $settings, recent $RECENT, bound score" lh_trials \
         --recent "$RECENT" --score bound
     echo "-- full attention"
     pk_row "$mname, full" full_trials --attn full
@@ -387,7 +388,8 @@ mkdir -p "$(dirname "$OUT")"
     echo "files' \`longheads.*\` keys: $pk_settings): $lh_note.  \"bound score\": the chunk"
     echo "score \`--score bound\` (an upper bound of q·k from the keys' min and max) instead of the"
     echo "paper's representations: $bound_note.  \"recent $RECENT\": \`--recent $RECENT\` (every head"
-    echo "keeps the last $RECENT chunks, the current one included, instead of the paper's 2): $bound_note."
+    echo "keeps the last $RECENT chunks, the current one included, instead of the paper's 2): $bound_note;"
+    echo "with the bound score as LongHeads at the defaults, $lh_note."
     echo "Full attention: $full_note (its cost grows with the square of the length)."
     echo
     echo "$pk_table"
