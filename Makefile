@@ -70,7 +70,7 @@ help:
 	@echo "make test     deps + build, then every test suite (CUnit + end-to-end)"
 	@echo "make asan     the whole suite built with AddressSanitizer + UndefinedBehaviorSanitizer"
 	@echo "make bench    longheads beside llama.cpp (LLAMA_BENCH=path/to/llama-bench), same files"
-	@echo "make eval     the README's perplexity and passkey tables -> results/eval.md (~10 min;"
+	@echo "make eval     the README's perplexity and passkey tables -> results/eval.md (~11 min;"
 	@echo "              EVAL_FULL=1: also 131072 x20 and full attention there -> results/eval-full.md)"
 	@echo "make stress   load test: STRESS_CONNS x STRESS_REQUESTS through the socket, every stream checked"
 	@echo "make tsan     the daemon and end-to-end suites under ThreadSanitizer"

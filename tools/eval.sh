@@ -26,7 +26,7 @@
 # busy machine two OpenMP threads on two shared cores are many times slower than one (barriers
 # wait for a descheduled thread), and one thread makes the duration predictable.
 #
-# Defaults (about 10 minutes with one thread on the 2-core development machine while other jobs
+# Defaults (about 11 minutes with one thread on the 2-core development machine while other jobs
 # kept its load average at 2-6; allow 20 on a busier one): LongHeads 20 trials per length at 256..32768 and 5 at 131072;
 # full attention 20 trials up to 8192, 3 at 16384, 1 at 32768 and none at 131072 (its cost grows
 # with the square of the length: one trial there takes about 20 minutes, 16x the one at 32768).
