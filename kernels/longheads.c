@@ -54,7 +54,8 @@
  * rotated by its local position t mod w plus 0, 1, 2, 4 and 6 chunks: passkey 9-10/10 for all;
  * perplexity at 8192 2.84, 2.86, 2.92 for 0, 1, 2 chunks against 2.81 un-rotated (rep 2.63).
  * Relative to a key stored at local position j the un-rotated query sits at distance -j, inside
- * one chunk.  Chunks 0, cc-1 and cc are kept exactly as with rep, and ties go to the earlier chunk.
+ * one chunk.  Chunk 0 and the last R chunks are kept exactly as with rep, and ties go to the
+ * earlier chunk.
  * Against rep (stories260K, tests/data/stories-long.txt, 35 buckets of 512): with the paper's
  * R = 2 overall perplexity 2.520 vs 2.492, 7 buckets more than 2% worse (worst +6.8%); with
  * R = 4 (both scores) 2.428 vs 2.430, no bucket more than 0.6% worse, and R = 3 2.449 vs 2.440
@@ -66,22 +67,22 @@
  * the bound alone, with the other slots the most recent chunks 3 of 200: the bound already found
  * the key; its other picks distracted.  Mixing the scores instead (rep's 4 best plus the bound's
  * best where it beats rep's picks' bounds by > 1 logit, 1 / sqrt(d) scale) met the perplexity
- * (worst +1.9%) but missed more keys on untuned seeds (seeds 22, 23: 17 and 18 of 20 at 4096);
- * not kept.  Tighter bounds do not select better there: min/max per sub-block of w/n keys, a chunk scoring its best sub-block (still an
- * upper bound, n times the memory), gave for n = 2, 4, 8, 16, 32, 64 (64: the exact best q·k)
- * 14, 9, 7, 6, 7, 13 buckets over 2% (overall 2.535 .. 2.508); an upper bound of the chunk's
- * attention mass (log-sum-exp over sub-blocks), keys re-rotated to one common distance, and w=32
- * were worse too (measured on a branch, not kept).  Passkey-plain, bound, 20 trials at
- * 1024/4096/8192/16384/32768, seeds never tuned on: R = 2: seed 1 (make eval) 20 19 19 20 18,
- * seed 11 20 20 19 20 20, seed 12 20 19 20 19 20, seed 13 20 20 20 18 20, seeds 21-23 each >= 19
- * (the model misses 1 of 20 with full attention inside its window); rep at seed 11: 16 13 12 12
- * 11.  R = 4: seed 7 (200 trials) 197/192/199 at 1024/4096/8192 against 191/188/192 with R = 2,
- * seeds 24-26 (fresh) 19 19 20 20 19, 20 20 20 19 20, 19 20 20 20 20; rep with R = 4 unchanged
- * (118/133 of 200 at 1024/4096, 122/131 with R = 2).
+ * (worst +1.9%) but missed more keys on untuned seeds (seeds 22, 23: 17 and 18 of 20 at 4096); not
+ * kept.  Tighter bounds do not select better there: min/max per sub-block of w/n keys, a chunk
+ * scoring its best sub-block (still an upper bound, n times the memory), gave for n = 2, 4, 8, 16,
+ * 32, 64 (64: the exact best q·k) 14, 9, 7, 6, 7, 13 buckets over 2% (overall 2.535 .. 2.508); an
+ * upper bound of the chunk's attention mass (log-sum-exp over sub-blocks), keys re-rotated to one
+ * common distance, and w=32 were worse too (measured on a branch, not kept).  Passkey-plain,
+ * bound, 20 trials at 1024/4096/8192/16384/32768, seeds never tuned on: R = 2: seed 1 (make
+ * eval) 20 19 19 20 18, seed 11 20 20 19 20 20, seed 12 20 19 20 19 20, seed 13 20 20 20 18 20,
+ * seeds 21-23 each >= 19 (the model misses 1 of 20 with full attention inside its window); rep at
+ * seed 11: 16 13 12 12 11.  R = 4: seed 7 (200 trials) 197/192/199 at 1024/4096/8192 against
+ * 191/188/192 with R = 2, seeds 24-26 (fresh) 19 19 20 20 19, 20 20 20 19 20, 19 20 20 20 20; rep
+ * with R = 4 unchanged (118/133 of 200 at 1024/4096, 122/131 with R = 2).
  *
  * Exact sub-linear selection: bounds compose, the min of mins and the max of maxes bound a group,
  * so a tree of groups can be searched best-first: a node is opened only while its bound could
- * still place one of its chunks among the K-3 best under the flat order (higher score, then
+ * still place one of its chunks among the K-1-R best under the flat order (higher score, then
  * earlier chunk), so the result equals scoring every chunk (tested against flat on random data,
  * ties, repeated chunks and the passkey model).  It pays only where the box around a GROUP stays
  * near its chunks' boxes, and in head_dim 8..64 the box around two unlike chunks is already far
@@ -735,7 +736,7 @@ static void finish_sel(size_t R, size_t cc, size_t n, size_t *sel);
 /* Selection (what select_from_scores gives for the bound scores of chunks 1 .. cc-R) for the
  * query qb, already rotated by lh_lh_bound_pos, of KV head g; ts is scratch (K floats).  The
  * chunks after the search tree's are scored first, flat; then the tree best first: a node is
- * expanded only while its bound could still place a chunk under it among the K-3 best, with the
+ * expanded only while its bound could still place a chunk under it among the K-1-R best, with the
  * tie rule of flat scoring (earlier chunk first: a node carries the first chunk under it), so the
  * result is the same, visiting only the chunks and nodes whose bounds could matter.  A node may
  * hold chunks past cc-R (a prefill batch completes chunks before its later queries select): they
@@ -797,14 +798,14 @@ done:
  * earlier chunk.  score doubles as the store of the running top scores: entry i is only rewritten
  * once candidate i+1 has been read, and it is scratch to every caller. */
 #if defined(LH_HAVE_AVX2)
-/* The same top-m of the n_cand candidates 1 .. cc-R as the scan below, for many candidates and m <= 16, in
- * two passes that branch far less (the scan's cost was its mispredicted branches: ~20 insertions
- * per selection at random places, a quarter of a prefill at 128x L).  Pass 1, branch-free: the
- * maxima of 16 disjoint groups of scores; their m-th largest T has m distinct candidates scoring
- * >= it, so every one of the m best scores >= T.  Pass 2: the scan's insertion over the candidates
- * scoring >= T only, in ascending chunk order, which keeps the m best of a superset of them: the
- * same list, ties included.  Returns n (== m), or 0 when T rules out too many (NaN scores): the
- * caller scans instead; score is not written. */
+/* The same top-m of the n_cand candidates 1 .. cc-R as the scan below, for many candidates and
+ * m <= 16, in two passes that branch far less (the scan's cost was its mispredicted branches: ~20
+ * insertions per selection at random places, a quarter of a prefill at 128x L).  Pass 1,
+ * branch-free: the maxima of 16 disjoint groups of scores; their m-th largest T has m distinct
+ * candidates scoring >= it, so every one of the m best scores >= T.  Pass 2: the scan's insertion
+ * over the candidates scoring >= T only, in ascending chunk order, which keeps the m best of a
+ * superset of them: the same list, ties included.  Returns n (== m), or 0 when T rules out too many
+ * (NaN scores): the caller scans instead; score is not written. */
 #ifdef __AVX512F__
 /* The AVX-512 form: 16 scores a compare, and pass 2 collects the candidates >= T (ascending, at
  * most 32; more: 0, the caller scans) with their chunks, then takes the largest m times, the

@@ -246,7 +246,7 @@ static void test_oracle_bound_f16(void)
     oracle_all(LH_TYPE_F16, LH_LH_SCORE_BOUND, 1);
 }
 
-/* ---- recent: the last R chunks kept (the paper keeps 2) ----------------------------------------- */
+/* ---- recent: the last R chunks kept (the paper keeps 2) ------------------------------------- */
 
 /* Every selection past the window is chunk 0, K-1-R chunks by score from 1 .. cc-R, then
  * cc-R+1 .. cc; returns how many selections differ from the same state's with the paper's R = 2

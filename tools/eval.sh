@@ -15,7 +15,8 @@
 #    daemon's defaults (the files' keys: chunk 32, window 256), the same with the bound chunk
 #    score (--score bound, up to LH_EVAL_BOUND_MAX), both scores keeping the last LH_EVAL_RECENT
 #    chunks (--recent 4: rep up to LH_EVAL_BOUND_MAX, the bound at every length) and full
-#    attention; one passkey run per length (keys and depths depend only on the seed and the length, so the first trials
+#    attention; one passkey run per length (keys and depths depend only on the seed and the
+#    length, so the first trials
 #    of every cell are the same prompts in both attentions and in the long version).
 # 3. The daemon's peak resident memory (VmHWM) after the longest LongHeads prompt, and the
 #    KV-cache and chunk-representation bytes per token computed from the model's shape.
