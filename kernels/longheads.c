@@ -194,7 +194,7 @@ struct lh_lh {
                                leaf's chunk) */
     size_t *n_kd;           /* (n_layer, n_head_kv) the tree holds chunks 1 .. n_kd-1 (0: none) */
     kd_key *kd_scr;         /* (n_chunk) build scratch */
-    bb_ent *heap;           /* (n_thread, kd_cap) branch-and-bound frontier */
+    bb_ent *heap;           /* (n_thread, kd_cap) branch-and-bound frontier (with the trees) */
     size_t *stat;           /* (n_thread, 8): lh_lh_stats counters, one cache line each */
     int check;              /* lh_lh_set_check */
 };
@@ -230,7 +230,7 @@ typedef struct {
     size_t *ur, *us;        /* (R*K) per (chunk, row) entry: row and its slot */
     size_t *rq, *rp;        /* (R) per row: offset of its query in q and out; rotation of its
                                query for slot 0 (slot m: m*w less) */
-    bb_ent *heap;           /* (kd_cap) bound only */
+    bb_ent *heap;           /* (kd_cap) with the search trees only, else NULL */
     size_t *stat;           /* (8) this thread's counters */
 } scratch;
 
@@ -361,15 +361,15 @@ int lh_lh_new(lh_lh **sp, const lh_lh_params *p, size_t max_q)
         s->bmin = calloc(n_t * nc * d, sizeof(float));
         s->bmax = calloc(n_t * nc * d, sizeof(float));
         s->n_kd = calloc(n_t, sizeof(size_t));
-        s->heap = calloc(s->n_thread * s->kd_cap, sizeof(bb_ent));
-        if (!s->bmin || !s->bmax || !s->n_kd || !s->heap)
+        if (!s->bmin || !s->bmax || !s->n_kd)
             goto fail;
         if (p->branch_and_bound) {   /* the search trees: without them select_bound is flat */
             s->kmin = calloc(n_t * s->kd_cap * d, sizeof(float));
             s->kmax = calloc(n_t * s->kd_cap * d, sizeof(float));
             s->kinfo = calloc(n_t * s->kd_cap * 2, sizeof(uint32_t));
             s->kd_scr = calloc(nc, sizeof(kd_key));
-            if (!s->kmin || !s->kmax || !s->kinfo || !s->kd_scr)
+            s->heap = calloc(s->n_thread * s->kd_cap, sizeof(bb_ent));
+            if (!s->kmin || !s->kmax || !s->kinfo || !s->kd_scr || !s->heap)
                 goto fail;
         }
         s->rep = calloc(1, sizeof(float));
